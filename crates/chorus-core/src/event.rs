@@ -1,0 +1,445 @@
+//! The event envelope of `docs/design/event-format.md`: encoding, signing and the checks that
+//! need nothing but the bytes. Checks that need the timeline live in `timeline.rs`.
+
+use std::sync::Arc;
+
+use cid::Cid;
+use ipld_core::ipld::Ipld;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::{
+    codec::{self, CodecError},
+    crypto::{self, Keypair, VerifyError},
+    ids::{AuthorId, EventId},
+    limits::{MAX_BODY_BYTES, MAX_COUNTER, MAX_EVENT_BYTES, MAX_KIND_BYTES, MAX_PARENTS},
+};
+
+/// Well-known kinds.
+pub mod kind {
+    pub const GENESIS: &str = "genesis";
+    pub const STIMULUS: &str = "stimulus";
+    pub const INTENT: &str = "intent";
+    pub const MEMBER: &str = "member";
+    pub const EMISSARY: &str = "emissary";
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const HEARTBEAT: &str = "heartbeat";
+}
+
+/// Current format version.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Every way an event can be refused. Each variant is counted separately by the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    #[error("event is {size} bytes, more than the 65536-byte limit")]
+    TooLarge { size: usize },
+    #[error("bad encoding: {0}")]
+    Encoding(String),
+    #[error("not canonical DAG-CBOR")]
+    NonCanonical,
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u64),
+    #[error("bad kind {0:?}")]
+    BadKind(String),
+    #[error("body is {size} bytes, more than the 49152-byte limit")]
+    BodyTooLarge { size: usize },
+    #[error("{count} parents, more than 16")]
+    TooManyParents { count: usize },
+    #[error("non-genesis event without parents")]
+    NoParents,
+    #[error("parents are not sorted and unique")]
+    ParentsNotSorted,
+    #[error("genesis/timeline shape: {0}")]
+    GenesisShape(&'static str),
+    #[error("sq or lc out of range")]
+    CounterRange,
+    #[error("author key is not a valid Ed25519 public key")]
+    BadAuthorKey,
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("event belongs to timeline {found}, not this one")]
+    WrongTimeline { found: String },
+    #[error("sq {sq} does not follow the author's chain: {why}")]
+    BadSeq { sq: u64, why: &'static str },
+    #[error("lc {found} but max(parents.lc)+1 = {expected}")]
+    BadLamport { found: u64, expected: u64 },
+    #[error("author {0} is not a member in the event's causal past")]
+    UnknownAuthor(String),
+    #[error("member events must be signed by the admin")]
+    NotAdmin,
+    #[error("bad {kind} body: {why}")]
+    BadBody { kind: String, why: String },
+    #[error("pending set is full ({events} events); event not taken, retry later")]
+    PendingFull { events: usize },
+}
+
+impl EventError {
+    /// Stable name of the variant, used as the counter key and in reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EventError::TooLarge { .. } => "too_large",
+            EventError::Encoding(_) => "encoding",
+            EventError::NonCanonical => "non_canonical",
+            EventError::UnsupportedVersion(_) => "unsupported_version",
+            EventError::BadKind(_) => "bad_kind",
+            EventError::BodyTooLarge { .. } => "body_too_large",
+            EventError::TooManyParents { .. } => "too_many_parents",
+            EventError::NoParents => "no_parents",
+            EventError::ParentsNotSorted => "parents_not_sorted",
+            EventError::GenesisShape(_) => "genesis_shape",
+            EventError::CounterRange => "counter_range",
+            EventError::BadAuthorKey => "bad_author_key",
+            EventError::BadSignature => "bad_signature",
+            EventError::WrongTimeline { .. } => "wrong_timeline",
+            EventError::BadSeq { .. } => "bad_seq",
+            EventError::BadLamport { .. } => "bad_lamport",
+            EventError::UnknownAuthor(_) => "unknown_author",
+            EventError::NotAdmin => "not_admin",
+            EventError::BadBody { .. } => "bad_body",
+            EventError::PendingFull { .. } => "pending_full",
+        }
+    }
+}
+
+/// The wire form. Field order is irrelevant (the encoder sorts keys canonically); names are the
+/// one-or-two-letter keys of the format.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    b: Ipld,
+    k: String,
+    v: u64,
+    au: ByteBuf,
+    lc: u64,
+    pa: Vec<Cid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sg: Option<ByteBuf>,
+    sq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tl: Option<Cid>,
+}
+
+/// The fields of an event, decoded. Build one, then [`UnsignedEvent::sign`] it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsignedEvent {
+    /// Genesis CID of the timeline; `None` only for the genesis itself.
+    pub timeline: Option<EventId>,
+    pub author: AuthorId,
+    pub seq: u64,
+    pub lamport: u64,
+    /// Sorted, unique.
+    pub parents: Vec<EventId>,
+    pub kind: String,
+    pub body: Ipld,
+}
+
+impl UnsignedEvent {
+    fn to_wire(&self, sig: Option<&[u8; 64]>) -> Wire {
+        Wire {
+            b: self.body.clone(),
+            k: self.kind.clone(),
+            v: FORMAT_VERSION,
+            au: ByteBuf::from(self.author.0.to_vec()),
+            lc: self.lamport,
+            pa: self.parents.iter().map(EventId::to_cid).collect(),
+            sg: sig.map(|s| ByteBuf::from(s.to_vec())),
+            sq: self.seq,
+            tl: self.timeline.as_ref().map(EventId::to_cid),
+        }
+    }
+
+    /// The bytes covered by the signature (the map without `sg`).
+    pub fn signing_payload(&self) -> Vec<u8> {
+        codec::encode(&self.to_wire(None))
+    }
+
+    /// Signs with `key` (whose public key must be `author`) and encodes the block. The result
+    /// still has to pass [`SignedEvent::decode`]'s checks; building an invalid event is possible
+    /// (tests need that) and is caught there.
+    pub fn sign(self, key: &Keypair) -> SignedEvent {
+        let sig = key.sign_event(&self.signing_payload());
+        let bytes: Arc<[u8]> = codec::encode(&self.to_wire(Some(&sig))).into();
+        SignedEvent {
+            id: EventId::of_block(&bytes),
+            bytes,
+            event: Arc::new(Event {
+                fields: self,
+                signature: sig,
+            }),
+        }
+    }
+}
+
+/// A decoded event with its signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub fields: UnsignedEvent,
+    pub signature: [u8; 64],
+}
+
+impl std::ops::Deref for Event {
+    type Target = UnsignedEvent;
+    fn deref(&self) -> &UnsignedEvent {
+        &self.fields
+    }
+}
+
+/// An event together with its exact block bytes and id. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SignedEvent {
+    id: EventId,
+    bytes: Arc<[u8]>,
+    event: Arc<Event>,
+}
+
+impl PartialEq for SignedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl SignedEvent {
+    /// Decodes a block and runs every check that needs only the bytes (steps 1–9 of the
+    /// format's validation order), including the signature.
+    pub fn decode(bytes: &[u8]) -> Result<SignedEvent, EventError> {
+        let (ev, sig_payload) = Self::decode_unverified(bytes)?;
+        crypto::verify_event(&ev.event.author, &sig_payload, &ev.event.signature).map_err(|e| {
+            match e {
+                VerifyError::BadKey => EventError::BadAuthorKey,
+                VerifyError::BadSignature => EventError::BadSignature,
+            }
+        })?;
+        Ok(ev)
+    }
+
+    /// Like [`decode`](Self::decode) but without the signature check: for blocks read back from
+    /// our own store, which were verified before they were written. `chorus verify` re-checks.
+    pub fn decode_trusted(bytes: &[u8]) -> Result<SignedEvent, EventError> {
+        Self::decode_unverified(bytes).map(|(ev, _)| ev)
+    }
+
+    fn decode_unverified(bytes: &[u8]) -> Result<(SignedEvent, Vec<u8>), EventError> {
+        if bytes.len() > MAX_EVENT_BYTES {
+            return Err(EventError::TooLarge { size: bytes.len() });
+        }
+        let wire: Wire = codec::decode_canonical(bytes).map_err(|e| match e {
+            CodecError::NonCanonical => EventError::NonCanonical,
+            CodecError::Decode(s) => EventError::Encoding(s),
+        })?;
+        if wire.v != FORMAT_VERSION {
+            return Err(EventError::UnsupportedVersion(wire.v));
+        }
+        check_kind(&wire.k)?;
+        let body_len = codec::encode(&wire.b).len();
+        if body_len > MAX_BODY_BYTES {
+            return Err(EventError::BodyTooLarge { size: body_len });
+        }
+        let author = AuthorId(
+            wire.au
+                .as_slice()
+                .try_into()
+                .map_err(|_| EventError::Encoding("au is not 32 bytes".into()))?,
+        );
+        let signature: [u8; 64] = wire
+            .sg
+            .as_ref()
+            .ok_or_else(|| EventError::Encoding("missing sg".into()))?
+            .as_slice()
+            .try_into()
+            .map_err(|_| EventError::Encoding("sg is not 64 bytes".into()))?;
+        let mut parents = Vec::with_capacity(wire.pa.len());
+        for cid in &wire.pa {
+            parents.push(
+                EventId::from_cid(cid).map_err(|e| EventError::Encoding(format!("parent: {e}")))?,
+            );
+        }
+        let timeline = match &wire.tl {
+            Some(cid) => {
+                Some(EventId::from_cid(cid).map_err(|e| EventError::Encoding(format!("tl: {e}")))?)
+            }
+            None => None,
+        };
+        if parents.len() > MAX_PARENTS {
+            return Err(EventError::TooManyParents {
+                count: parents.len(),
+            });
+        }
+        if parents.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(EventError::ParentsNotSorted);
+        }
+        if wire.sq > MAX_COUNTER || wire.lc > MAX_COUNTER {
+            return Err(EventError::CounterRange);
+        }
+        if wire.sq == 0 {
+            return Err(EventError::GenesisShape("sq must be at least 1"));
+        }
+        if wire.k == kind::GENESIS {
+            if timeline.is_some() || !parents.is_empty() || wire.sq != 1 || wire.lc != 0 {
+                return Err(EventError::GenesisShape(
+                    "genesis has no tl, no parents, sq 1, lc 0",
+                ));
+            }
+        } else {
+            if timeline.is_none() {
+                return Err(EventError::GenesisShape("non-genesis event without tl"));
+            }
+            if parents.is_empty() {
+                return Err(EventError::NoParents);
+            }
+        }
+        let fields = UnsignedEvent {
+            timeline,
+            author,
+            seq: wire.sq,
+            lamport: wire.lc,
+            parents,
+            kind: wire.k,
+            body: wire.b,
+        };
+        let payload = fields.signing_payload();
+        let ev = SignedEvent {
+            id: EventId::of_block(bytes),
+            bytes: bytes.into(),
+            event: Arc::new(Event { fields, signature }),
+        };
+        Ok((ev, payload))
+    }
+
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// The exact block bytes (what the CID hashes).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Shared handle on the block bytes.
+    pub fn bytes_arc(&self) -> Arc<[u8]> {
+        self.bytes.clone()
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.event
+    }
+
+    /// The body's `text` field, if it is a map holding one.
+    pub fn text(&self) -> Option<&str> {
+        body_text(&self.event.body)
+    }
+}
+
+impl std::ops::Deref for SignedEvent {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// The `text` field of a map body.
+pub fn body_text(body: &Ipld) -> Option<&str> {
+    match body {
+        Ipld::Map(m) => match m.get("text") {
+            Some(Ipld::String(s)) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn check_kind(k: &str) -> Result<(), EventError> {
+    let ok = !k.is_empty()
+        && k.len() <= MAX_KIND_BYTES
+        && k.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(EventError::BadKind(k.chars().take(40).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn sample(key: &Keypair) -> SignedEvent {
+        let mut m = BTreeMap::new();
+        m.insert("text".to_string(), Ipld::String("hello world".into()));
+        UnsignedEvent {
+            timeline: Some(EventId::of_block(b"genesis")),
+            author: key.author(),
+            seq: 2,
+            lamport: 5,
+            parents: vec![EventId::of_block(b"p1"), EventId::of_block(b"p2")]
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            kind: kind::STIMULUS.into(),
+            body: Ipld::Map(m),
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn round_trip_is_byte_exact_and_deterministic() {
+        let key = Keypair::from_seed([7; 32]);
+        let ev = sample(&key);
+        let back = SignedEvent::decode(ev.bytes()).unwrap();
+        assert_eq!(back.id(), ev.id());
+        assert_eq!(back.event(), ev.event());
+        assert_eq!(sample(&key).bytes(), ev.bytes(), "signing is deterministic");
+        assert_eq!(back.text(), Some("hello world"));
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected_with_a_typed_error() {
+        let key = Keypair::from_seed([9; 32]);
+        let ev = sample(&key);
+        let bytes = ev.bytes().to_vec();
+        let mut codes = BTreeMap::new();
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            let err = SignedEvent::decode(&b).expect_err("a flipped bit must be rejected");
+            *codes.entry(err.code()).or_insert(0u32) += 1;
+        }
+        // The signature covers everything else, so most flips end there; the rest fail earlier.
+        assert!(codes.contains_key("bad_signature"), "{codes:?}");
+        assert!(
+            codes.len() >= 3,
+            "several distinct typed errors expected: {codes:?}"
+        );
+    }
+
+    #[test]
+    fn oversize_is_refused_before_decoding() {
+        let junk = vec![0xffu8; MAX_EVENT_BYTES + 1];
+        assert_eq!(
+            SignedEvent::decode(&junk).unwrap_err(),
+            EventError::TooLarge { size: junk.len() }
+        );
+    }
+
+    #[test]
+    fn unsorted_parents_and_bad_kinds_are_refused() {
+        let key = Keypair::from_seed([1; 32]);
+        let mut ev = sample(&key).event().fields.clone();
+        ev.parents.reverse();
+        assert_eq!(
+            SignedEvent::decode(ev.clone().sign(&key).bytes()).unwrap_err(),
+            EventError::ParentsNotSorted
+        );
+        ev.parents.reverse();
+        ev.kind = "Shout!".into();
+        assert!(matches!(
+            SignedEvent::decode(ev.sign(&key).bytes()).unwrap_err(),
+            EventError::BadKind(_)
+        ));
+    }
+}

@@ -1,0 +1,122 @@
+//! The genesis body: who administers the timeline, who may write, and which machine (with which
+//! profile and phase encoder) folds it. Changing any of these makes a different timeline id, so
+//! a replay can never silently switch machine or encoder.
+
+use ipld_core::ipld::Ipld;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::{
+    codec,
+    event::{EventError, SignedEvent, kind},
+    ids::AuthorId,
+    limits::DEFAULT_CHECKPOINT_INTERVAL,
+};
+
+/// The only writer policy of format 1: members (admin, anchors, writers) may write.
+pub const WRITER_POLICY_MEMBERS: &str = "members";
+
+/// Parsed genesis body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenesisBody {
+    pub name: String,
+    pub admin: ByteBuf,
+    pub anchors: Vec<ByteBuf>,
+    pub writers: Vec<ByteBuf>,
+    pub writer_policy: String,
+    /// Machine id with version, e.g. `kairos/1` or `counter/1`.
+    pub machine: String,
+    /// Machine profile, e.g. `master`.
+    pub profile: String,
+    /// Phase encoder id with version, e.g. `sha256-fallback/1`.
+    pub encoder: String,
+    /// Ordered events between machine checkpoints (a local performance knob recorded here so
+    /// every replica of a timeline checkpoints at the same keys).
+    pub checkpoint_interval: u64,
+}
+
+/// A validated genesis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Genesis {
+    pub body: GenesisBody,
+    pub admin: AuthorId,
+    pub anchors: Vec<AuthorId>,
+    pub writers: Vec<AuthorId>,
+}
+
+fn key(b: &ByteBuf, what: &str) -> Result<AuthorId, EventError> {
+    b.as_slice()
+        .try_into()
+        .map(AuthorId)
+        .map_err(|_| EventError::BadBody {
+            kind: kind::GENESIS.into(),
+            why: format!("{what} key is not 32 bytes"),
+        })
+}
+
+impl Genesis {
+    /// A genesis body for a new timeline administered (and anchored) by `admin`.
+    pub fn new_body(name: &str, admin: AuthorId, machine: &str) -> GenesisBody {
+        GenesisBody {
+            name: name.to_string(),
+            admin: ByteBuf::from(admin.0.to_vec()),
+            anchors: vec![ByteBuf::from(admin.0.to_vec())],
+            writers: vec![],
+            writer_policy: WRITER_POLICY_MEMBERS.into(),
+            machine: machine.into(),
+            profile: "master".into(),
+            encoder: "sha256-fallback/1".into(),
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
+
+    /// The body as IPLD, ready to put in an event.
+    pub fn body_ipld(body: &GenesisBody) -> Ipld {
+        let bytes = codec::encode(body);
+        serde_ipld_dagcbor::from_slice(&bytes).expect("re-decodes")
+    }
+
+    /// Parses and checks a genesis event (whose envelope already passed `SignedEvent::decode`).
+    pub fn from_event(ev: &SignedEvent) -> Result<Genesis, EventError> {
+        let bad = |why: String| EventError::BadBody {
+            kind: kind::GENESIS.into(),
+            why,
+        };
+        if ev.kind != kind::GENESIS {
+            return Err(EventError::GenesisShape("first event must be a genesis"));
+        }
+        let bytes = codec::encode(&ev.body);
+        let body: GenesisBody =
+            serde_ipld_dagcbor::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        let admin = key(&body.admin, "admin")?;
+        if admin != ev.author {
+            return Err(bad("genesis must be signed by its admin".into()));
+        }
+        if body.writer_policy != WRITER_POLICY_MEMBERS {
+            return Err(bad(format!(
+                "writer_policy {:?} unsupported",
+                body.writer_policy
+            )));
+        }
+        if body.checkpoint_interval == 0 {
+            return Err(bad("checkpoint_interval must be > 0".into()));
+        }
+        let anchors = body
+            .anchors
+            .iter()
+            .map(|k| key(k, "anchor"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let writers = body
+            .writers
+            .iter()
+            .map(|k| key(k, "writer"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Genesis {
+            body,
+            admin,
+            anchors,
+            writers,
+        })
+    }
+}

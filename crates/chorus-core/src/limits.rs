@@ -1,0 +1,23 @@
+//! Every bound of the core, as a named constant. Changing one of the event-format limits is a
+//! format change (see `docs/design/event-format.md`).
+
+/// Largest accepted encoded event block, checked on the raw length before decoding.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// Largest accepted DAG-CBOR encoding of an event body; bigger content goes in a blob.
+pub const MAX_BODY_BYTES: usize = 48 * 1024;
+/// Most parents an event may name.
+pub const MAX_PARENTS: usize = 16;
+/// Longest kind string, in bytes.
+pub const MAX_KIND_BYTES: usize = 32;
+/// Largest `sq` / `lc` accepted: 2^53 - 1 so that JSON readers see exact integers.
+pub const MAX_COUNTER: u64 = (1 << 53) - 1;
+/// Most events held while waiting for their parents.
+pub const MAX_PENDING_EVENTS: usize = 65_536;
+/// Most bytes held in the pending set.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Recently inserted blocks kept in memory so replays near the tip need no store reads.
+pub const RECENT_BLOCK_CACHE: usize = 4_096;
+/// Default number of ordered events between two machine checkpoints.
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 256;
+/// Signing domain prefix of event signatures (the NUL byte is part of it).
+pub const EVENT_SIGNING_DOMAIN: &[u8] = b"chorus/event/v1\0";

@@ -1,0 +1,983 @@
+//! The timeline: a grow-only Merkle-DAG of signed events, its deterministic total order, and the
+//! machine state folded over that order.
+//!
+//! Every event, local or foreign, enters through [`Timeline::insert`] (or `insert_batch`):
+//!
+//! 1. duplicates are recognised by id; an event of another timeline is refused;
+//! 2. an event with missing parents is held *pending* (bounded) and its parents are reported as
+//!    wanted; it is indexed as soon as they arrive;
+//! 3. contextual checks: `sq` follows the author's chain, `lc = max(parents.lc) + 1`, the author
+//!    is a member in the event's causal past, `member` events come from the admin;
+//! 4. indexing: DAG, heads, author chain (a second event at the same `(au, sq)` is
+//!    equivocation), the order position, exclusion changes, the members' views (settled frontier);
+//! 5. the state catches up: events sorting after everything folded so far are applied directly;
+//!    an event sorting earlier, or an exclusion change, rewinds to the newest checkpoint before it
+//!    and re-applies to the tip (counted in [`Stats::reapplied`]).
+//!
+//! Order: ascending `(lc, id)`. Since `id` is the digest of the block and every CID has the same
+//! prefix, this is ascending `(lc, cid bytes)`. It depends only on the event set.
+//!
+//! Memory: per event the index keeps ~60 bytes plus its parents (4 bytes each); bodies are not
+//! kept. Replays read blocks from a small cache of recent blocks or from a [`BlockSource`].
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
+
+use crate::{
+    event::{EventError, SignedEvent, UnsignedEvent, kind},
+    genesis::Genesis,
+    ids::{AuthorId, EventId},
+    limits::{MAX_PARENTS, MAX_PENDING_BYTES, MAX_PENDING_EVENTS, RECENT_BLOCK_CACHE},
+    machine::{Applied, Machine},
+    membership::{MemberOp, Membership, Role},
+};
+
+/// Position of an event in the total order: `(lc, id)`, compared lexicographically.
+pub type OrderKey = (u64, EventId);
+
+/// Where replays read blocks that are no longer in the recent-block cache.
+pub trait BlockSource {
+    /// The block with this id, if present.
+    fn get_block(&self, id: &EventId) -> Option<Arc<[u8]>>;
+}
+
+/// A source with no blocks: for timelines whose every block is still cached (tests, small runs).
+pub struct NoBlocks;
+impl BlockSource for NoBlocks {
+    fn get_block(&self, _: &EventId) -> Option<Arc<[u8]>> {
+        None
+    }
+}
+
+impl BlockSource for BTreeMap<EventId, Arc<[u8]>> {
+    fn get_block(&self, id: &EventId) -> Option<Arc<[u8]>> {
+        self.get(id).cloned()
+    }
+}
+
+/// Result of a successful insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The event is indexed and ordered. `released` lists pending events that it completed and
+    /// that got indexed with it (not including itself).
+    Indexed { released: Vec<EventId> },
+    /// Held until the listed parents arrive.
+    Pending { missing: Vec<EventId> },
+    /// Already known (indexed or pending).
+    Duplicate,
+}
+
+/// Failure of an insert or of catching the state up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimelineError {
+    #[error(transparent)]
+    Invalid(#[from] EventError),
+    /// A block the replay needs is neither cached nor in the block source: the store is
+    /// inconsistent.
+    #[error("block {0} needed for replay is missing from the store")]
+    MissingBlock(EventId),
+}
+
+/// A change to the set of checkpoints, for the store to mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointChange {
+    /// Store this state, which includes every event with key `<= key`.
+    Put { key: OrderKey, state: Arc<Vec<u8>> },
+    /// Drop every checkpoint with key `>= key` (a late event or an exclusion made them stale).
+    DropFrom { key: OrderKey },
+}
+
+/// Counters, for status and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events applied to the machine, re-applications included.
+    pub applied: u64,
+    /// Events applied again after a rewind (the late-insert amplification).
+    pub reapplied: u64,
+    /// Rewinds to a checkpoint.
+    pub rewinds: u64,
+    /// Rejected events per error code.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Events that sorted below the settled frontier when they arrived (only possible with a
+    /// misbehaving member); the frontier moved back to them.
+    pub frontier_regressions: u64,
+}
+
+/// Who holds the settled frontier and how far it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontier {
+    /// Number of events in the settled prefix of the order.
+    pub settled: u64,
+    /// The last settled event and its `lc`.
+    pub last: Option<(EventId, u64)>,
+    /// The first member (key order) whose latest event does not yet contain the first unsettled
+    /// event, with its role and the `lc` of its latest event (None: it has published nothing).
+    pub held_by: Option<(AuthorId, Role, Option<u64>)>,
+    /// The first unsettled event (what the holder has not yet seen).
+    pub first_unsettled: Option<(EventId, u64)>,
+}
+
+/// Proof of equivocation: two events with the same author and sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Equivocation {
+    pub author: AuthorId,
+    pub seq: u64,
+    pub first: EventId,
+    pub second: EventId,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    lc: u64,
+    sq: u64,
+    admin_seen: u64,
+    author: u32,
+    parents_start: u32,
+    parents_len: u8,
+}
+
+struct Checkpoint<S> {
+    bytes: Arc<Vec<u8>>,
+    /// The decoded state, kept only for the newest checkpoint (restoring it is then a clone).
+    live: Option<S>,
+}
+
+#[derive(Default)]
+struct MemberView {
+    latest: Option<u32>,
+    /// Per author index: highest `sq` in the causal past of `latest`.
+    vv: Vec<u64>,
+}
+
+/// See the module docs.
+pub struct Timeline<M: Machine> {
+    machine: M,
+    genesis_id: EventId,
+    genesis: Genesis,
+    membership: Membership,
+    checkpoint_interval: u64,
+
+    ids: Vec<EventId>,
+    metas: Vec<Meta>,
+    by_id: HashMap<EventId, u32>,
+    parents_arena: Vec<u32>,
+    authors: Vec<AuthorId>,
+    author_index: HashMap<AuthorId, u32>,
+    /// Per author: `chain[sq-1]` = the first indexed event with that sq.
+    chains: Vec<Vec<u32>>,
+    /// Per author: lowest sq at which two events exist.
+    forks: BTreeMap<u32, u64>,
+    equivocations: Vec<Equivocation>,
+    /// Per author: (highest sq seen by the removal, admin sq of the removal).
+    removals: BTreeMap<u32, Vec<(u64, u64)>>,
+    heads: BTreeSet<EventId>,
+    /// Event indices sorted by `(lc, id)`.
+    order: Vec<u32>,
+
+    pending: BTreeMap<EventId, SignedEvent>,
+    pending_bytes: usize,
+    /// Missing parent → pending children waiting for it.
+    waiting: BTreeMap<EventId, Vec<EventId>>,
+
+    state: M::State,
+    /// Key of the last event folded into `state` (None: nothing folded, `state` is `init`).
+    applied_key: Option<OrderKey>,
+    /// Smallest key whose fold result changed since the last catch-up.
+    rewind_from: Option<OrderKey>,
+    checkpoints: BTreeMap<OrderKey, Checkpoint<M::State>>,
+    checkpoint_log: Vec<CheckpointChange>,
+    recent: HashMap<EventId, SignedEvent>,
+    recent_fifo: VecDeque<EventId>,
+
+    views: BTreeMap<AuthorId, MemberView>,
+    settled: usize,
+
+    stats: Stats,
+}
+
+impl<M: Machine> Timeline<M> {
+    /// A timeline holding only its genesis, which must be valid (decoded and signed).
+    pub fn new(genesis_event: SignedEvent, machine: M) -> Result<Self, EventError> {
+        let genesis = Genesis::from_event(&genesis_event)?;
+        if genesis.body.machine != machine.id() {
+            return Err(EventError::BadBody {
+                kind: kind::GENESIS.into(),
+                why: format!(
+                    "timeline uses machine {}, this replica runs {}",
+                    genesis.body.machine,
+                    machine.id()
+                ),
+            });
+        }
+        let state = machine.init(&genesis);
+        let membership = Membership::from_genesis(&genesis);
+        let mut tl = Timeline {
+            checkpoint_interval: genesis.body.checkpoint_interval,
+            genesis_id: genesis_event.id(),
+            machine,
+            genesis,
+            membership,
+            ids: vec![],
+            metas: vec![],
+            by_id: HashMap::new(),
+            parents_arena: vec![],
+            authors: vec![],
+            author_index: HashMap::new(),
+            chains: vec![],
+            forks: BTreeMap::new(),
+            equivocations: vec![],
+            removals: BTreeMap::new(),
+            heads: BTreeSet::new(),
+            order: vec![],
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            waiting: BTreeMap::new(),
+            state,
+            applied_key: None,
+            rewind_from: None,
+            checkpoints: BTreeMap::new(),
+            checkpoint_log: vec![],
+            recent: HashMap::new(),
+            recent_fifo: VecDeque::new(),
+            views: BTreeMap::new(),
+            settled: 0,
+            stats: Stats::default(),
+        };
+        tl.refresh_views();
+        tl.index(&genesis_event, 1);
+        tl.cache(genesis_event);
+        tl.catch_up(&NoBlocks).expect("genesis is cached");
+        Ok(tl)
+    }
+
+    // ----------------------------------------------------------------- accessors
+
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+    pub fn genesis_id(&self) -> EventId {
+        self.genesis_id
+    }
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+    /// The machine state after every ordered, non-excluded event. Call [`catch_up`] first if
+    /// you inserted with `insert_deferred`.
+    ///
+    /// [`catch_up`]: Self::catch_up
+    pub fn state(&self) -> &M::State {
+        &self.state
+    }
+    pub fn state_hash(&self) -> [u8; 32] {
+        self.machine.state_hash(&self.state)
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    /// Number of indexed (ordered) events, genesis included.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+    /// Pending events, in id order.
+    pub fn pending(&self) -> impl Iterator<Item = &SignedEvent> {
+        self.pending.values()
+    }
+    /// Parents that pending events are waiting for.
+    pub fn wanted(&self) -> Vec<EventId> {
+        self.waiting.keys().copied().collect()
+    }
+    pub fn contains(&self, id: &EventId) -> bool {
+        self.by_id.contains_key(id)
+    }
+    /// Current heads (events no other indexed event names as parent), sorted by id.
+    pub fn heads(&self) -> Vec<EventId> {
+        self.heads.iter().copied().collect()
+    }
+    /// Version vector: author → highest contiguous sq held.
+    pub fn version_vector(&self) -> BTreeMap<AuthorId, u64> {
+        self.authors
+            .iter()
+            .zip(&self.chains)
+            .map(|(a, c)| (*a, c.len() as u64))
+            .collect()
+    }
+    pub fn equivocations(&self) -> &[Equivocation] {
+        &self.equivocations
+    }
+    /// Ids in total order.
+    pub fn order(&self) -> impl ExactSizeIterator<Item = EventId> + '_ {
+        self.order.iter().map(|&i| self.ids[i as usize])
+    }
+    /// Order key of an indexed event.
+    pub fn key_of(&self, id: &EventId) -> Option<OrderKey> {
+        self.by_id.get(id).map(|&i| self.key(i))
+    }
+    /// Position of an indexed event in the total order.
+    pub fn position_of(&self, id: &EventId) -> Option<usize> {
+        let key = self.key_of(id)?;
+        Some(self.lower_bound(&key))
+    }
+    /// Whether the state skips this event (equivocation or removal).
+    pub fn is_excluded(&self, id: &EventId) -> bool {
+        self.by_id.get(id).is_some_and(|&i| self.excluded(i))
+    }
+    /// Author, sq and lc of an indexed event.
+    pub fn meta_of(&self, id: &EventId) -> Option<(AuthorId, u64, u64)> {
+        self.by_id.get(id).map(|&i| {
+            let m = self.metas[i as usize];
+            (self.authors[m.author as usize], m.sq, m.lc)
+        })
+    }
+    /// The block of an indexed event, from the cache or `src`.
+    pub fn load(&self, id: &EventId, src: &dyn BlockSource) -> Result<SignedEvent, TimelineError> {
+        if let Some(ev) = self.recent.get(id) {
+            return Ok(ev.clone());
+        }
+        let bytes = src.get_block(id).ok_or(TimelineError::MissingBlock(*id))?;
+        SignedEvent::decode_trusted(&bytes).map_err(TimelineError::Invalid)
+    }
+    /// Drains the checkpoint changes since the last call, for the store to persist.
+    pub fn take_checkpoint_changes(&mut self) -> Vec<CheckpointChange> {
+        std::mem::take(&mut self.checkpoint_log)
+    }
+    /// Keys of the checkpoints held.
+    pub fn checkpoint_keys(&self) -> Vec<OrderKey> {
+        self.checkpoints.keys().copied().collect()
+    }
+
+    // ----------------------------------------------------------------- local events
+
+    /// Builds the next event of `author`: parents are the current heads (at most 16, the
+    /// author's own latest event always included), `sq` and `lc` follow the rules. Sign it and
+    /// insert it like any other event.
+    pub fn prepare(
+        &self,
+        author: AuthorId,
+        kind: &str,
+        body: ipld_core::ipld::Ipld,
+    ) -> UnsignedEvent {
+        let own_latest = self
+            .author_index
+            .get(&author)
+            .and_then(|&a| self.chains[a as usize].last().copied());
+        let seq = own_latest.map_or(1, |i| self.metas[i as usize].sq + 1);
+        let mut parents: Vec<u32> = self.heads.iter().map(|h| self.by_id[h]).collect();
+        if parents.len() > MAX_PARENTS {
+            // Keep the newest heads; the rest stay heads and are picked up next time.
+            parents.sort_by_key(|&i| std::cmp::Reverse(self.key(i)));
+            parents.truncate(MAX_PARENTS);
+        }
+        if let Some(own) = own_latest {
+            if !parents.contains(&own) {
+                if parents.len() == MAX_PARENTS {
+                    parents.pop();
+                }
+                parents.push(own);
+            }
+        }
+        let lamport = parents
+            .iter()
+            .map(|&i| self.metas[i as usize].lc)
+            .max()
+            .map_or(0, |lc| lc + 1);
+        let mut parent_ids: Vec<EventId> = parents.iter().map(|&i| self.ids[i as usize]).collect();
+        parent_ids.sort();
+        UnsignedEvent {
+            timeline: Some(self.genesis_id),
+            author,
+            seq,
+            lamport,
+            parents: parent_ids,
+            kind: kind.to_string(),
+            body,
+        }
+    }
+
+    // ----------------------------------------------------------------- insertion
+
+    /// Inserts one event and brings the state up to date.
+    pub fn insert(
+        &mut self,
+        ev: SignedEvent,
+        src: &dyn BlockSource,
+    ) -> Result<Inserted, TimelineError> {
+        let out = self.insert_deferred(ev)?;
+        self.catch_up(src)?;
+        Ok(out)
+    }
+
+    /// Inserts many events, then brings the state up to date once (one rewind at most, however
+    /// many late events the batch holds). Returns one result per event.
+    pub fn insert_batch(
+        &mut self,
+        evs: impl IntoIterator<Item = SignedEvent>,
+        src: &dyn BlockSource,
+    ) -> Result<Vec<Result<Inserted, EventError>>, TimelineError> {
+        let out = evs.into_iter().map(|e| self.insert_deferred(e)).collect();
+        self.catch_up(src)?;
+        Ok(out)
+    }
+
+    /// Indexes an event without touching the machine state; call [`catch_up`](Self::catch_up)
+    /// before reading the state.
+    pub fn insert_deferred(&mut self, ev: SignedEvent) -> Result<Inserted, EventError> {
+        let res = self.try_insert(ev);
+        if let Err(e) = &res {
+            *self.stats.rejected.entry(e.code()).or_insert(0) += 1;
+        }
+        res
+    }
+
+    fn try_insert(&mut self, ev: SignedEvent) -> Result<Inserted, EventError> {
+        let id = ev.id();
+        if self.by_id.contains_key(&id) || self.pending.contains_key(&id) {
+            return Ok(Inserted::Duplicate);
+        }
+        if ev.timeline != Some(self.genesis_id) {
+            return Err(EventError::WrongTimeline {
+                found: ev
+                    .timeline
+                    .map_or_else(|| "none (a genesis)".into(), |t| t.to_string()),
+            });
+        }
+        let missing: Vec<EventId> = ev
+            .parents
+            .iter()
+            .filter(|p| !self.by_id.contains_key(p))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            if self.pending.len() >= MAX_PENDING_EVENTS
+                || self.pending_bytes + ev.bytes().len() > MAX_PENDING_BYTES
+            {
+                return Err(EventError::PendingFull {
+                    events: self.pending.len(),
+                });
+            }
+            for m in &missing {
+                self.waiting.entry(*m).or_default().push(id);
+            }
+            self.pending_bytes += ev.bytes().len();
+            self.pending.insert(id, ev);
+            return Ok(Inserted::Pending { missing });
+        }
+        let admin_seen = self.validate(&ev)?;
+        self.index(&ev, admin_seen);
+        self.cache(ev);
+        let released = self.release_pending(id);
+        Ok(Inserted::Indexed { released })
+    }
+
+    /// Indexes the pending events that `id` completes, transitively.
+    fn release_pending(&mut self, id: EventId) -> Vec<EventId> {
+        let mut released = vec![];
+        let mut ready = vec![id];
+        while let Some(done) = ready.pop() {
+            let Some(children) = self.waiting.remove(&done) else {
+                continue;
+            };
+            for child in children {
+                let complete = self
+                    .pending
+                    .get(&child)
+                    .is_some_and(|c| c.parents.iter().all(|p| self.by_id.contains_key(p)));
+                if !complete {
+                    continue;
+                }
+                let ev = self.pending.remove(&child).expect("checked");
+                self.pending_bytes -= ev.bytes().len();
+                match self.validate(&ev) {
+                    Ok(admin_seen) => {
+                        self.index(&ev, admin_seen);
+                        self.cache(ev);
+                        released.push(child);
+                        ready.push(child);
+                    }
+                    Err(e) => {
+                        *self.stats.rejected.entry(e.code()).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+        released
+    }
+
+    /// Contextual checks for an event whose parents are all indexed. Returns its `admin_seen`.
+    fn validate(&self, ev: &SignedEvent) -> Result<u64, EventError> {
+        let author = self.author_index.get(&ev.author).copied();
+        let mut expected_lc = 0;
+        let mut admin_seen = 0;
+        let mut has_own_previous = ev.seq == 1;
+        for p in &ev.parents {
+            let m = self.metas[self.by_id[p] as usize];
+            expected_lc = expected_lc.max(m.lc + 1);
+            admin_seen = admin_seen.max(m.admin_seen);
+            if Some(m.author) == author {
+                if m.sq >= ev.seq {
+                    return Err(EventError::BadSeq {
+                        sq: ev.seq,
+                        why: "a parent by the same author has an equal or higher sq",
+                    });
+                }
+                if m.sq + 1 == ev.seq {
+                    has_own_previous = true;
+                }
+            }
+        }
+        if !has_own_previous {
+            return Err(EventError::BadSeq {
+                sq: ev.seq,
+                why: "the author's previous event is not a parent",
+            });
+        }
+        if ev.lamport != expected_lc {
+            return Err(EventError::BadLamport {
+                found: ev.lamport,
+                expected: expected_lc,
+            });
+        }
+        let is_admin = ev.author == self.membership.admin();
+        if is_admin {
+            admin_seen = ev.seq;
+        } else if self.membership.role_at(&ev.author, admin_seen).is_none() {
+            return Err(EventError::UnknownAuthor(ev.author.to_string()));
+        }
+        if ev.kind == kind::MEMBER {
+            if !is_admin {
+                return Err(EventError::NotAdmin);
+            }
+            let op = MemberOp::parse(&ev.body)?;
+            let target = match op {
+                MemberOp::Add(k, _) | MemberOp::Remove(k) => k,
+            };
+            if target == self.membership.admin() {
+                return Err(EventError::BadBody {
+                    kind: kind::MEMBER.into(),
+                    why: "the admin's membership cannot change".into(),
+                });
+            }
+        }
+        Ok(admin_seen)
+    }
+
+    fn intern_author(&mut self, a: AuthorId) -> u32 {
+        if let Some(&i) = self.author_index.get(&a) {
+            return i;
+        }
+        let i = self.authors.len() as u32;
+        self.authors.push(a);
+        self.author_index.insert(a, i);
+        self.chains.push(vec![]);
+        i
+    }
+
+    fn key(&self, idx: u32) -> OrderKey {
+        (self.metas[idx as usize].lc, self.ids[idx as usize])
+    }
+
+    fn lower_bound(&self, key: &OrderKey) -> usize {
+        self.order.partition_point(|&i| self.key(i) < *key)
+    }
+
+    fn mark_rewind(&mut self, key: OrderKey) {
+        if self.applied_key.is_some_and(|a| key <= a) {
+            self.rewind_from = Some(self.rewind_from.map_or(key, |r| r.min(key)));
+        }
+    }
+
+    fn excluded(&self, idx: u32) -> bool {
+        let m = self.metas[idx as usize];
+        if self.forks.get(&m.author).is_some_and(|&f| m.sq >= f) {
+            return true;
+        }
+        self.removals.get(&m.author).is_some_and(|rs| {
+            rs.iter()
+                .any(|&(seen, admin_sq)| m.sq > seen && m.admin_seen < admin_sq)
+        })
+    }
+
+    /// Adds a validated event (parents indexed) to every index.
+    fn index(&mut self, ev: &SignedEvent, admin_seen: u64) {
+        let id = ev.id();
+        let author = self.intern_author(ev.author);
+        let idx = self.ids.len() as u32;
+        let parents_start = self.parents_arena.len() as u32;
+        for p in &ev.parents {
+            let pi = self.by_id[p];
+            self.parents_arena.push(pi);
+            self.heads.remove(p);
+        }
+        self.ids.push(id);
+        self.metas.push(Meta {
+            lc: ev.lamport,
+            sq: ev.seq,
+            admin_seen,
+            author,
+            parents_start,
+            parents_len: ev.parents.len() as u8,
+        });
+        self.by_id.insert(id, idx);
+        self.heads.insert(id);
+        let key = self.key(idx);
+
+        let pos = self.lower_bound(&key);
+        self.order.insert(pos, idx);
+        self.mark_rewind(key);
+        if pos < self.settled {
+            self.stats.frontier_regressions += 1;
+            self.settled = pos;
+        }
+
+        // Author chain and equivocation.
+        let chain = &mut self.chains[author as usize];
+        let slot = (ev.seq - 1) as usize;
+        if slot < chain.len() {
+            let first = chain[slot];
+            self.equivocations.push(Equivocation {
+                author: ev.author,
+                seq: ev.seq,
+                first: self.ids[first as usize],
+                second: id,
+            });
+            let fork = self.forks.entry(author).or_insert(ev.seq);
+            *fork = (*fork).min(ev.seq);
+            let fork = *fork;
+            let from = self.chains[author as usize][(fork - 1) as usize..]
+                .iter()
+                .map(|&i| self.key(i))
+                .min();
+            if let Some(k) = from {
+                self.mark_rewind(k);
+            }
+        } else {
+            debug_assert_eq!(slot, chain.len(), "validated: previous sq is a parent");
+            chain.push(idx);
+        }
+
+        if ev.kind == kind::MEMBER && ev.author == self.membership.admin() {
+            if let Ok(op) = MemberOp::parse(&ev.body) {
+                self.membership.record(ev.seq, &op);
+                if let MemberOp::Remove(k) = op {
+                    self.record_removal(idx, k, ev.seq);
+                }
+                self.refresh_views();
+            }
+        }
+
+        self.update_view(idx);
+        self.advance_frontier();
+    }
+
+    /// `member remove K` at event `idx`: freeze K at the removal's causal past.
+    fn record_removal(&mut self, idx: u32, removed: AuthorId, admin_sq: u64) {
+        let Some(&k) = self.author_index.get(&removed) else {
+            // K never wrote: nothing to freeze, and its future events fail the membership check.
+            return;
+        };
+        let seen = self.highest_in_past(idx, k);
+        self.removals.entry(k).or_default().push((seen, admin_sq));
+        let from = self.chains[k as usize]
+            .iter()
+            .skip(seen as usize)
+            .filter(|&&i| self.metas[i as usize].admin_seen < admin_sq)
+            .map(|&i| self.key(i))
+            .min();
+        if let Some(key) = from {
+            self.mark_rewind(key);
+        }
+    }
+
+    /// Highest sq of `author` in the causal past of `idx` (a full walk; removals are rare).
+    fn highest_in_past(&self, idx: u32, author: u32) -> u64 {
+        let mut best = 0;
+        let mut seen = HashSet::new();
+        let mut stack = vec![idx];
+        while let Some(i) = stack.pop() {
+            if !seen.insert(i) {
+                continue;
+            }
+            let m = self.metas[i as usize];
+            if m.author == author {
+                best = best.max(m.sq);
+            }
+            stack.extend(self.parents(i));
+        }
+        best
+    }
+
+    fn parents(&self, idx: u32) -> &[u32] {
+        let m = self.metas[idx as usize];
+        &self.parents_arena
+            [m.parents_start as usize..m.parents_start as usize + m.parents_len as usize]
+    }
+
+    fn cache(&mut self, ev: SignedEvent) {
+        let id = ev.id();
+        if self.recent.insert(id, ev).is_none() {
+            self.recent_fifo.push_back(id);
+        }
+        while self.recent_fifo.len() > RECENT_BLOCK_CACHE {
+            if let Some(old) = self.recent_fifo.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- settled frontier
+
+    /// Makes `views` match the current members: new members start with an empty view.
+    fn refresh_views(&mut self) {
+        let current: BTreeSet<AuthorId> = self
+            .membership
+            .current()
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        self.views.retain(|a, _| current.contains(a));
+        for a in current {
+            if !self.views.contains_key(&a) {
+                let mut view = MemberView::default();
+                // A member that already wrote (e.g. re-added) starts from its latest event.
+                if let Some(&ai) = self.author_index.get(&a) {
+                    if let Some(&latest) = self.chains[ai as usize].last() {
+                        view.latest = Some(latest);
+                        self.extend_view(&mut view, latest);
+                    }
+                }
+                self.views.insert(a, view);
+            }
+        }
+    }
+
+    fn update_view(&mut self, idx: u32) {
+        let author = self.authors[self.metas[idx as usize].author as usize];
+        let Some(mut view) = self.views.remove(&author) else {
+            return;
+        };
+        view.latest = Some(idx);
+        self.extend_view(&mut view, idx);
+        self.views.insert(author, view);
+    }
+
+    /// Adds the causal past of `idx` to `view.vv`. Events already covered by the old vector are
+    /// not walked: their whole past is covered already (each event contains its author's
+    /// previous one, so coverage of `(a, sq)` implies coverage of its past).
+    fn extend_view(&self, view: &mut MemberView, idx: u32) {
+        let covered = |vv: &Vec<u64>, a: u32, sq: u64| vv.get(a as usize).is_some_and(|&s| s >= sq);
+        let mut seen = HashSet::new();
+        let mut updates: Vec<(u32, u64)> = vec![];
+        let mut stack = vec![idx];
+        while let Some(i) = stack.pop() {
+            let m = self.metas[i as usize];
+            if covered(&view.vv, m.author, m.sq) || !seen.insert(i) {
+                continue;
+            }
+            updates.push((m.author, m.sq));
+            stack.extend(self.parents(i));
+        }
+        if view.vv.len() < self.authors.len() {
+            view.vv.resize(self.authors.len(), 0);
+        }
+        for (a, sq) in updates {
+            let slot = &mut view.vv[a as usize];
+            *slot = (*slot).max(sq);
+        }
+    }
+
+    fn covered_by_all(&self, idx: u32) -> Option<AuthorId> {
+        let m = self.metas[idx as usize];
+        self.views
+            .iter()
+            .find(|(_, v)| v.vv.get(m.author as usize).is_none_or(|&s| s < m.sq))
+            .map(|(a, _)| *a)
+    }
+
+    fn advance_frontier(&mut self) {
+        while self.settled < self.order.len()
+            && self.covered_by_all(self.order[self.settled]).is_none()
+        {
+            self.settled += 1;
+        }
+    }
+
+    /// The settled frontier and who holds it.
+    pub fn frontier(&self) -> Frontier {
+        let last = self
+            .settled
+            .checked_sub(1)
+            .map(|p| self.order[p])
+            .map(|i| (self.ids[i as usize], self.metas[i as usize].lc));
+        let first_unsettled = self.order.get(self.settled).copied();
+        let held_by = first_unsettled.and_then(|i| {
+            let who = self.covered_by_all(i)?;
+            let role = self.membership.role_at(&who, u64::MAX)?;
+            let latest = self.views[&who].latest.map(|l| self.metas[l as usize].lc);
+            Some((who, role, latest))
+        });
+        Frontier {
+            settled: self.settled as u64,
+            last,
+            held_by,
+            first_unsettled: first_unsettled
+                .map(|i| (self.ids[i as usize], self.metas[i as usize].lc)),
+        }
+    }
+
+    /// Whether an event is behind the settled frontier.
+    pub fn is_settled(&self, id: &EventId) -> bool {
+        self.position_of(id).is_some_and(|p| p < self.settled)
+    }
+
+    // ----------------------------------------------------------------- state
+
+    /// Brings the machine state up to date with the order: rewinds to the newest checkpoint
+    /// before the first changed key if needed, then applies every event after the last folded
+    /// one, taking a checkpoint every `checkpoint_interval` positions.
+    pub fn catch_up(&mut self, src: &dyn BlockSource) -> Result<(), TimelineError> {
+        let mut replay_until = None;
+        if let Some(from) = self.rewind_from.take() {
+            self.stats.rewinds += 1;
+            replay_until = self.applied_key;
+            let stale = self.checkpoints.split_off(&from);
+            if !stale.is_empty() {
+                self.checkpoint_log
+                    .push(CheckpointChange::DropFrom { key: from });
+            }
+            match self.checkpoints.iter_mut().next_back() {
+                Some((key, ck)) => {
+                    let state = match ck.live.clone() {
+                        Some(s) => s,
+                        None => self
+                            .machine
+                            .decode_state(&ck.bytes)
+                            .expect("checkpoints we encoded decode"),
+                    };
+                    ck.live = Some(state.clone());
+                    self.state = state;
+                    self.applied_key = Some(*key);
+                }
+                None => {
+                    self.state = self.machine.init(&self.genesis);
+                    self.applied_key = None;
+                }
+            }
+        }
+        let start = match self.applied_key {
+            None => 0,
+            Some(k) => self.lower_bound(&k) + 1,
+        };
+        let end = self.order.len();
+        for pos in start..end {
+            let idx = self.order[pos];
+            let key = self.key(idx);
+            if !self.excluded(idx) {
+                let id = self.ids[idx as usize];
+                let ev = self.load(&id, src)?;
+                self.machine.apply(
+                    &mut self.state,
+                    &Applied {
+                        id,
+                        author: ev.author,
+                        seq: ev.seq,
+                        lamport: ev.lamport,
+                        kind: &ev.kind,
+                        body: &ev.body,
+                    },
+                );
+                self.stats.applied += 1;
+                if replay_until.is_some_and(|u| key <= u) {
+                    self.stats.reapplied += 1;
+                }
+            }
+            self.applied_key = Some(key);
+            if (pos as u64 + 1) % self.checkpoint_interval == 0 {
+                self.take_checkpoint(key);
+            }
+        }
+        Ok(())
+    }
+
+    fn take_checkpoint(&mut self, key: OrderKey) {
+        let bytes = Arc::new(self.machine.encode_state(&self.state));
+        if let Some((_, newest)) = self.checkpoints.iter_mut().next_back() {
+            newest.live = None;
+        }
+        self.checkpoints.insert(
+            key,
+            Checkpoint {
+                bytes: bytes.clone(),
+                live: Some(self.state.clone()),
+            },
+        );
+        self.checkpoint_log
+            .push(CheckpointChange::Put { key, state: bytes });
+    }
+
+    // ----------------------------------------------------------------- restore
+
+    /// Rebuilds a timeline from a store: `events` in total order (genesis first, already
+    /// verified when stored), `checkpoints` as persisted. The state starts from the newest
+    /// checkpoint whose key is in the order; only events after it are applied.
+    pub fn restore(
+        genesis: SignedEvent,
+        machine: M,
+        events: impl IntoIterator<Item = SignedEvent>,
+        checkpoints: impl IntoIterator<Item = (OrderKey, Vec<u8>)>,
+        src: &dyn BlockSource,
+    ) -> Result<Self, TimelineError> {
+        let mut tl = Timeline::new(genesis, machine)?;
+        for ev in events {
+            if ev.id() == tl.genesis_id {
+                continue;
+            }
+            match tl.try_insert(ev)? {
+                Inserted::Indexed { .. } | Inserted::Duplicate => {}
+                Inserted::Pending { missing } => {
+                    return Err(TimelineError::MissingBlock(missing[0]));
+                }
+            }
+        }
+        tl.rewind_from = None;
+        for (key, bytes) in checkpoints {
+            if tl.by_id.contains_key(&key.1) {
+                tl.checkpoints.insert(
+                    key,
+                    Checkpoint {
+                        bytes: Arc::new(bytes),
+                        live: None,
+                    },
+                );
+            }
+        }
+        let newest = tl
+            .checkpoints
+            .iter()
+            .next_back()
+            .map(|(k, c)| (*k, c.bytes.clone()));
+        if let Some((key, bytes)) = newest {
+            if tl.applied_key.is_none_or(|a| a < key) {
+                tl.state = tl
+                    .machine
+                    .decode_state(&bytes)
+                    .map_err(|e| EventError::BadBody {
+                        kind: kind::CHECKPOINT.into(),
+                        why: e.to_string(),
+                    })?;
+                tl.applied_key = Some(key);
+            }
+        }
+        tl.catch_up(src)?;
+        Ok(tl)
+    }
+}
