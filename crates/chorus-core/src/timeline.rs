@@ -94,7 +94,8 @@ pub enum CheckpointChange {
 pub struct Stats {
     /// Events applied to the machine, re-applications included.
     pub applied: u64,
-    /// Events applied again after a rewind (the late-insert amplification).
+    /// Applications of events that had been applied before (the late-insert amplification:
+    /// `applied - reapplied` is the number of distinct events ever applied).
     pub reapplied: u64,
     /// Rewinds to a checkpoint.
     pub rewinds: u64,
@@ -188,6 +189,8 @@ pub struct Timeline<M: Machine> {
     rewind_from: Option<OrderKey>,
     checkpoints: BTreeMap<OrderKey, Checkpoint<M::State>>,
     checkpoint_log: Vec<CheckpointChange>,
+    /// Bit per event index: applied at least once (to count re-applications).
+    applied_once: Vec<u64>,
     recent: HashMap<EventId, SignedEvent>,
     recent_fifo: VecDeque<EventId>,
 
@@ -239,6 +242,7 @@ impl<M: Machine> Timeline<M> {
             rewind_from: None,
             checkpoints: BTreeMap::new(),
             checkpoint_log: vec![],
+            applied_once: vec![],
             recent: HashMap::new(),
             recent_fifo: VecDeque::new(),
             views: BTreeMap::new(),
@@ -845,10 +849,8 @@ impl<M: Machine> Timeline<M> {
     /// before the first changed key if needed, then applies every event after the last folded
     /// one, taking a checkpoint every `checkpoint_interval` positions.
     pub fn catch_up(&mut self, src: &dyn BlockSource) -> Result<(), TimelineError> {
-        let mut replay_until = None;
         if let Some(from) = self.rewind_from.take() {
             self.stats.rewinds += 1;
-            replay_until = self.applied_key;
             let stale = self.checkpoints.split_off(&from);
             if !stale.is_empty() {
                 self.checkpoint_log
@@ -896,9 +898,14 @@ impl<M: Machine> Timeline<M> {
                     },
                 );
                 self.stats.applied += 1;
-                if replay_until.is_some_and(|u| key <= u) {
+                let (word, bit) = (idx as usize / 64, 1u64 << (idx % 64));
+                if self.applied_once.len() <= word {
+                    self.applied_once.resize(word + 1, 0);
+                }
+                if self.applied_once[word] & bit != 0 {
                     self.stats.reapplied += 1;
                 }
+                self.applied_once[word] |= bit;
             }
             self.applied_key = Some(key);
             if (pos as u64 + 1) % self.checkpoint_interval == 0 {

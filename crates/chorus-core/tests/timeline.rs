@@ -1,0 +1,473 @@
+//! Timeline behaviour: order invariance, pending, equivocation, removal, late inserts, frontier.
+
+use std::collections::BTreeMap;
+
+use chorus_core::{
+    crypto::Keypair,
+    event::{EventError, SignedEvent, UnsignedEvent, kind},
+    genesis::Genesis,
+    ids::EventId,
+    machine::{Applied, Machine, StateDecodeError},
+    membership::{MemberOp, Role},
+    timeline::{Inserted, NoBlocks, Timeline},
+};
+use ipld_core::ipld::Ipld;
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+
+/// A machine whose state is a hash chain over the applied ids: any change of order or of the
+/// applied set changes its hash. (The counter machine would not notice a reordering.)
+#[derive(Clone, Copy)]
+struct ChainMachine;
+impl Machine for ChainMachine {
+    type State = [u8; 32];
+    fn id(&self) -> &'static str {
+        "counter/1" // reuses the genesis machine id of the fixtures below
+    }
+    fn init(&self, _: &Genesis) -> [u8; 32] {
+        [0; 32]
+    }
+    fn apply(&self, s: &mut [u8; 32], e: &Applied<'_>) {
+        let mut h = Sha256::new();
+        h.update(*s);
+        h.update(e.id.0);
+        *s = h.finalize().into();
+    }
+    fn encode_state(&self, s: &[u8; 32]) -> Vec<u8> {
+        s.to_vec()
+    }
+    fn decode_state(&self, b: &[u8]) -> Result<[u8; 32], StateDecodeError> {
+        b.try_into().map_err(|_| StateDecodeError {
+            machine: "chain".into(),
+            why: "len".into(),
+        })
+    }
+}
+
+/// Reference model: fold the chain over the given ids sorted by (lc, id), skipping `excluded`.
+fn reference_hash(events: &[SignedEvent], excluded: &dyn Fn(&SignedEvent) -> bool) -> [u8; 32] {
+    let mut by_key: BTreeMap<(u64, EventId), &SignedEvent> = BTreeMap::new();
+    for e in events {
+        by_key.insert((e.lamport, e.id()), e);
+    }
+    let mut s = [0u8; 32];
+    for e in by_key.values() {
+        if !excluded(e) {
+            let mut h = Sha256::new();
+            h.update(s);
+            h.update(e.id().0);
+            s = h.finalize().into();
+        }
+    }
+    s
+}
+
+fn genesis(admin: &Keypair, writers: &[&Keypair], interval: u64) -> SignedEvent {
+    let mut body = Genesis::new_body("test", admin.author(), "counter/1");
+    body.writers = writers
+        .iter()
+        .map(|k| serde_bytes::ByteBuf::from(k.author().0.to_vec()))
+        .collect();
+    body.checkpoint_interval = interval;
+    UnsignedEvent {
+        timeline: None,
+        author: admin.author(),
+        seq: 1,
+        lamport: 0,
+        parents: vec![],
+        kind: kind::GENESIS.into(),
+        body: Genesis::body_ipld(&body),
+    }
+    .sign(admin)
+}
+
+fn text(s: &str) -> Ipld {
+    let mut m = BTreeMap::new();
+    m.insert("text".to_string(), Ipld::String(s.into()));
+    Ipld::Map(m)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Several writers appending concurrently and syncing now and then; returns all events in
+/// creation order (a valid causal order).
+fn history(
+    seed: u64,
+    writers: usize,
+    events: usize,
+    interval: u64,
+) -> (SignedEvent, Vec<SignedEvent>) {
+    let admin = Keypair::from_seed([200; 32]);
+    let keys: Vec<Keypair> = (0..writers)
+        .map(|i| Keypair::from_seed([i as u8 + 1; 32]))
+        .collect();
+    let g = genesis(&admin, &keys.iter().collect::<Vec<_>>(), interval);
+    let mut replicas: Vec<Timeline<ChainMachine>> = (0..writers)
+        .map(|_| Timeline::new(g.clone(), ChainMachine).unwrap())
+        .collect();
+    let mut all = vec![];
+    let mut rng = Rng(seed | 1);
+    while all.len() < events {
+        let w = rng.below(writers);
+        if rng.below(10) < 3 {
+            let other = rng.below(writers);
+            let theirs: Vec<SignedEvent> = all
+                .iter()
+                .filter(|e: &&SignedEvent| replicas[other].contains(&e.id()))
+                .cloned()
+                .collect();
+            for e in theirs {
+                replicas[w].insert_deferred(e).unwrap();
+            }
+        } else {
+            let ev = replicas[w]
+                .prepare(
+                    keys[w].author(),
+                    kind::STIMULUS,
+                    text(&format!("e{}", all.len())),
+                )
+                .sign(&keys[w]);
+            replicas[w].insert_deferred(ev.clone()).unwrap();
+            all.push(ev);
+        }
+    }
+    (g, all)
+}
+
+fn fingerprint(tl: &Timeline<ChainMachine>) -> (Vec<EventId>, Vec<EventId>, [u8; 32]) {
+    (tl.heads(), tl.order().collect(), tl.state_hash())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any permutation, duplication and batching of one event set gives the same heads, order
+    /// and state hash — and that hash is the reference model's.
+    #[test]
+    fn order_is_invariant_under_delivery(
+        seed in 1u64..u64::MAX,
+        perm_seed in 1u64..u64::MAX,
+        batch in 1usize..40,
+        dup_every in 2usize..9,
+    ) {
+        let (g, evs) = history(seed, 4, 120, 7);
+        let mut in_order = Timeline::new(g.clone(), ChainMachine).unwrap();
+        for e in &evs {
+            in_order.insert(e.clone(), &NoBlocks).unwrap();
+        }
+        let mut shuffled: Vec<SignedEvent> = evs.clone();
+        let mut rng = Rng(perm_seed);
+        for i in (1..shuffled.len()).rev() {
+            shuffled.swap(i, rng.below(i + 1));
+        }
+        let dups: Vec<SignedEvent> = shuffled.iter().step_by(dup_every).cloned().collect();
+        shuffled.extend(dups);
+        let mut other = Timeline::new(g, ChainMachine).unwrap();
+        for chunk in shuffled.chunks(batch) {
+            for r in other.insert_batch(chunk.iter().cloned(), &NoBlocks).unwrap() {
+                prop_assert!(r.is_ok(), "{r:?}");
+            }
+        }
+        prop_assert_eq!(other.pending_len(), 0);
+        prop_assert_eq!(fingerprint(&in_order), fingerprint(&other));
+        let mut with_genesis = vec![];
+        with_genesis.extend(evs.iter().cloned());
+        let reference = {
+            let genesis_first: Vec<SignedEvent> =
+                std::iter::once(in_order.load(&in_order.genesis_id(), &NoBlocks).unwrap())
+                    .chain(with_genesis)
+                    .collect();
+            reference_hash(&genesis_first, &|_| false)
+        };
+        prop_assert_eq!(*other.state(), reference);
+    }
+}
+
+#[test]
+fn children_before_parents_wait_as_pending_then_apply() {
+    let (g, evs) = history(42, 3, 60, 5);
+    let mut tl = Timeline::new(g, ChainMachine).unwrap();
+    let mut pending = 0;
+    for e in evs.iter().rev() {
+        if let Inserted::Pending { missing } = tl.insert(e.clone(), &NoBlocks).unwrap() {
+            assert!(!missing.is_empty());
+            pending += 1;
+        }
+    }
+    assert!(pending > 0);
+    assert_eq!(tl.pending_len(), 0, "every pending event was released");
+    assert_eq!(tl.len(), evs.len() + 1);
+}
+
+#[test]
+fn contextual_errors_are_typed() {
+    let admin = Keypair::from_seed([200; 32]);
+    let w = Keypair::from_seed([1; 32]);
+    let stranger = Keypair::from_seed([66; 32]);
+    let g = genesis(&admin, &[&w], 4);
+    let mut tl = Timeline::new(g.clone(), ChainMachine).unwrap();
+
+    let mut bad_lc = tl.prepare(w.author(), kind::STIMULUS, text("x"));
+    bad_lc.lamport += 5;
+    let err = tl.insert(bad_lc.sign(&w), &NoBlocks).unwrap_err();
+    assert!(
+        matches!(
+            err.clone().into_event(),
+            Some(EventError::BadLamport { .. })
+        ),
+        "{err}"
+    );
+
+    let mut bad_sq = tl.prepare(w.author(), kind::STIMULUS, text("x"));
+    bad_sq.seq = 3;
+    let err = tl.insert(bad_sq.sign(&w), &NoBlocks).unwrap_err();
+    assert!(matches!(err.into_event(), Some(EventError::BadSeq { .. })));
+
+    let alien = tl.prepare(stranger.author(), kind::STIMULUS, text("x"));
+    let err = tl.insert(alien.sign(&stranger), &NoBlocks).unwrap_err();
+    assert!(matches!(
+        err.into_event(),
+        Some(EventError::UnknownAuthor(_))
+    ));
+
+    let coup = tl.prepare(
+        w.author(),
+        kind::MEMBER,
+        MemberOp::Add(stranger.author(), Role::Anchor).to_body(),
+    );
+    let err = tl.insert(coup.sign(&w), &NoBlocks).unwrap_err();
+    assert!(matches!(err.into_event(), Some(EventError::NotAdmin)));
+
+    let mut other_tl = tl.prepare(w.author(), kind::STIMULUS, text("x"));
+    other_tl.timeline = Some(EventId::of_block(b"elsewhere"));
+    let err = tl.insert(other_tl.sign(&w), &NoBlocks).unwrap_err();
+    assert!(matches!(
+        err.into_event(),
+        Some(EventError::WrongTimeline { .. })
+    ));
+
+    let rejected = &tl.stats().rejected;
+    for code in [
+        "bad_lamport",
+        "bad_seq",
+        "unknown_author",
+        "not_admin",
+        "wrong_timeline",
+    ] {
+        assert_eq!(rejected.get(code), Some(&1), "{code}: {rejected:?}");
+    }
+    assert_eq!(tl.len(), 1, "nothing invalid was indexed");
+}
+
+trait IntoEvent {
+    fn into_event(self) -> Option<EventError>;
+}
+impl IntoEvent for chorus_core::timeline::TimelineError {
+    fn into_event(self) -> Option<EventError> {
+        match self {
+            chorus_core::timeline::TimelineError::Invalid(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn equivocation_is_excluded_identically_whatever_the_arrival_order() {
+    let admin = Keypair::from_seed([200; 32]);
+    let w = Keypair::from_seed([1; 32]);
+    let honest = Keypair::from_seed([2; 32]);
+    let g = genesis(&admin, &[&w, &honest], 3);
+    let mut base = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let mut common = vec![];
+    for i in 0..5 {
+        let e = base
+            .prepare(w.author(), kind::STIMULUS, text(&format!("c{i}")))
+            .sign(&w);
+        base.insert(e.clone(), &NoBlocks).unwrap();
+        common.push(e);
+    }
+    // Two branches from the same point, each three events long, plus honest work on each.
+    let branch = |tag: &str, honest_too: bool| {
+        let mut t = Timeline::new(g.clone(), ChainMachine).unwrap();
+        for e in &common {
+            t.insert(e.clone(), &NoBlocks).unwrap();
+        }
+        let mut out = vec![];
+        for i in 0..3 {
+            let e = t
+                .prepare(w.author(), kind::STIMULUS, text(&format!("{tag}{i}")))
+                .sign(&w);
+            t.insert(e.clone(), &NoBlocks).unwrap();
+            out.push(e);
+            if !honest_too {
+                continue;
+            }
+            let h = t
+                .prepare(honest.author(), kind::STIMULUS, text(&format!("h{tag}{i}")))
+                .sign(&honest);
+            t.insert(h.clone(), &NoBlocks).unwrap();
+            out.push(h);
+        }
+        out
+    };
+    let a = branch("a", true);
+    let b_writer = branch("b", false);
+
+    let mut r1 = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let mut r2 = Timeline::new(g.clone(), ChainMachine).unwrap();
+    for e in common.iter().chain(&a).chain(&b_writer) {
+        r1.insert(e.clone(), &NoBlocks).unwrap();
+    }
+    for e in common.iter().chain(&b_writer).chain(&a) {
+        r2.insert(e.clone(), &NoBlocks).unwrap();
+    }
+    // One piece of evidence per conflicting sq (6, 7, 8) on both replicas; the fork is at 6.
+    assert_eq!(r1.equivocations().len(), 3);
+    assert_eq!(r2.equivocations().len(), 3);
+    assert_eq!(r1.equivocations().iter().map(|e| e.seq).min(), Some(6));
+    assert_eq!(fingerprint(&r1), fingerprint(&r2));
+    for e in a.iter().chain(&b_writer) {
+        assert_eq!(r1.is_excluded(&e.id()), e.author == w.author(), "{e:?}");
+        assert_eq!(r1.is_excluded(&e.id()), r2.is_excluded(&e.id()));
+    }
+    // The state equals the reference model that skips the forked author from sq 6.
+    let all: Vec<SignedEvent> = std::iter::once(g)
+        .chain(common)
+        .chain(a)
+        .chain(b_writer)
+        .collect();
+    let wa = w.author();
+    assert_eq!(
+        *r1.state(),
+        reference_hash(&all, &|e| e.author == wa && e.seq >= 6)
+    );
+}
+
+#[test]
+fn late_event_ten_thousand_back_equals_replay_from_scratch() {
+    let admin = Keypair::from_seed([200; 32]);
+    let fast = Keypair::from_seed([1; 32]);
+    let slow = Keypair::from_seed([2; 32]);
+    let g = genesis(&admin, &[&fast, &slow], 256);
+    let mut tl = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let late = tl
+        .prepare(slow.author(), kind::STIMULUS, text("from the pi zero"))
+        .sign(&slow);
+    let mut src: BTreeMap<EventId, std::sync::Arc<[u8]>> = BTreeMap::new();
+    src.insert(g.id(), g.bytes_arc());
+    let mut evs = vec![];
+    for i in 0..10_000 {
+        let e = tl
+            .prepare(fast.author(), kind::STIMULUS, text(&format!("gpu {i}")))
+            .sign(&fast);
+        src.insert(e.id(), e.bytes_arc());
+        tl.insert(e.clone(), &src).unwrap();
+        evs.push(e);
+    }
+    let before = tl.stats().reapplied;
+    src.insert(late.id(), late.bytes_arc());
+    tl.insert(late.clone(), &src).unwrap();
+    let pos = tl.position_of(&late.id()).unwrap();
+    assert!(pos <= 2, "lc 1 sorts right after the genesis, at {pos}");
+    assert_eq!(tl.len() - pos, 10_000, "10 000 positions back from the tip");
+    assert!(
+        tl.stats().reapplied - before >= 9_999,
+        "replayed from before the insertion point"
+    );
+
+    let mut fresh = Timeline::new(g, ChainMachine).unwrap();
+    fresh.insert(late, &NoBlocks).unwrap();
+    for e in evs {
+        fresh.insert(e, &src).unwrap();
+    }
+    assert_eq!(fingerprint(&tl), fingerprint(&fresh));
+}
+
+#[test]
+fn removal_freezes_the_member_at_the_removal_past() {
+    let admin = Keypair::from_seed([200; 32]);
+    let w = Keypair::from_seed([1; 32]);
+    let g = genesis(&admin, &[&w], 4);
+    let mut tl = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let e1 = tl
+        .prepare(w.author(), kind::STIMULUS, text("seen"))
+        .sign(&w);
+    tl.insert(e1.clone(), &NoBlocks).unwrap();
+    // The admin removes w having seen e1; w concurrently writes e2 and e3 (not seen).
+    let mut writer_view = Timeline::new(g.clone(), ChainMachine).unwrap();
+    writer_view.insert(e1.clone(), &NoBlocks).unwrap();
+    let e2 = writer_view
+        .prepare(w.author(), kind::STIMULUS, text("unseen"))
+        .sign(&w);
+    writer_view.insert(e2.clone(), &NoBlocks).unwrap();
+    let e3 = writer_view
+        .prepare(w.author(), kind::STIMULUS, text("unseen 2"))
+        .sign(&w);
+    let removal = tl
+        .prepare(
+            admin.author(),
+            kind::MEMBER,
+            MemberOp::Remove(w.author()).to_body(),
+        )
+        .sign(&admin);
+
+    let mut r1 = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let mut r2 = Timeline::new(g.clone(), ChainMachine).unwrap();
+    for e in [&e1, &e2, &e3, &removal] {
+        r1.insert((*e).clone(), &NoBlocks).unwrap();
+    }
+    for e in [&e1, &removal, &e2, &e3] {
+        r2.insert((*e).clone(), &NoBlocks).unwrap();
+    }
+    assert_eq!(fingerprint(&r1), fingerprint(&r2));
+    assert!(!r1.is_excluded(&e1.id()));
+    assert!(r1.is_excluded(&e2.id()) && r1.is_excluded(&e3.id()));
+    // After the removal, w may not write at all.
+    let after = r1
+        .prepare(w.author(), kind::STIMULUS, text("too late"))
+        .sign(&w);
+    assert!(r1.insert(after, &NoBlocks).is_err());
+}
+
+#[test]
+fn frontier_waits_for_every_member_and_names_the_holder() {
+    let admin = Keypair::from_seed([200; 32]);
+    let fast = Keypair::from_seed([1; 32]);
+    let slow = Keypair::from_seed([2; 32]);
+    let g = genesis(&admin, &[&fast, &slow], 4);
+    let mut tl = Timeline::new(g, ChainMachine).unwrap();
+    let e = tl
+        .prepare(fast.author(), kind::STIMULUS, text("hi"))
+        .sign(&fast);
+    tl.insert(e.clone(), &NoBlocks).unwrap();
+    let f = tl.frontier();
+    assert!(!tl.is_settled(&e.id()));
+    assert!(f.held_by.is_some());
+    // An event's own author has seen it; the admin and the slow writer have not.
+    let hb = tl
+        .prepare(admin.author(), kind::HEARTBEAT, Ipld::Null)
+        .sign(&admin);
+    tl.insert(hb, &NoBlocks).unwrap();
+    assert!(!tl.is_settled(&e.id()));
+    let (holder, role, latest) = tl.frontier().held_by.unwrap();
+    assert_eq!((holder, role, latest), (slow.author(), Role::Writer, None));
+    let hb = tl
+        .prepare(slow.author(), kind::HEARTBEAT, Ipld::Null)
+        .sign(&slow);
+    tl.insert(hb, &NoBlocks).unwrap();
+    assert!(tl.is_settled(&e.id()));
+    let f = tl.frontier();
+    let (holder, _, _) = f.held_by.expect("the newest events are not settled yet");
+    assert!([admin.author(), fast.author()].contains(&holder));
+}
