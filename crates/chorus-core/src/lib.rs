@@ -33,6 +33,8 @@ pub mod ids;
 pub mod limits;
 pub mod machine;
 pub mod membership;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod timeline;
 
 pub use event::{EventError, SignedEvent, UnsignedEvent};

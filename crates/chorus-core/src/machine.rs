@@ -36,6 +36,10 @@ pub trait Machine: Send + Sync + 'static {
 
     /// Id with version, as written in the genesis (`kairos/1`).
     fn id(&self) -> &'static str;
+    /// Refuses a genesis this machine cannot replay faithfully (unknown profile or encoder).
+    fn check_genesis(&self, _genesis: &Genesis) -> Result<(), String> {
+        Ok(())
+    }
     /// The state before any event.
     fn init(&self, genesis: &Genesis) -> Self::State;
     /// Folds one event into the state.

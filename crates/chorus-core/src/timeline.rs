@@ -214,6 +214,12 @@ impl<M: Machine> Timeline<M> {
                 ),
             });
         }
+        machine
+            .check_genesis(&genesis)
+            .map_err(|why| EventError::BadBody {
+                kind: kind::GENESIS.into(),
+                why,
+            })?;
         let state = machine.init(&genesis);
         let membership = Membership::from_genesis(&genesis);
         let mut tl = Timeline {

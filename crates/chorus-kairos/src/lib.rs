@@ -1,14 +1,16 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # chorus-kairos
+//!
+//! The KAIROS phase engine of the original system, ported as a deterministic Chorus
+//! [`Machine`](chorus_core::Machine): every replica folding the same total order gets the same
+//! state bit for bit, on x86-64 and ARM alike (f64 arithmetic, `libm` for every transcendental
+//! function, keyed noise, canonical NaN/zero in the serialisation).
+//! The math and the state layout are in `docs/design/kairos.md`.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod encoder;
+pub mod engine;
+pub mod machine;
+pub mod noise;
+pub mod state_codec;
+pub mod ward;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use machine::{KairosMachine, KairosState};

@@ -1,0 +1,325 @@
+//! The phase engine: a window of unit-phasor vectors on a token clock, the temporal resonance
+//! `T_tau`, coherence `|T_tau|^2`, the collapse latch and the recovery variable.
+//!
+//! Port of the original `core/engine.py` with its bugs fixed (see `docs/design/kairos.md`):
+//! logical time only (`dt = 1/f` per token), noise from a counter-based PRNG keyed by
+//! (event id, token index, pair index) instead of a stateful RNG that reads advanced, a real
+//! Wiener increment `dW ~ N(0, dt)`, no collapse from a window holding a single pair, and reads
+//! that never mutate. Every transcendental function goes through `libm`.
+
+use std::{collections::VecDeque, f64::consts::PI, sync::Arc};
+
+use crate::{
+    encoder::{DIM, PhaseEncoder, phasors},
+    noise,
+};
+
+/// Engine constants of one profile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Profile {
+    pub name: &'static str,
+    /// History window (entries).
+    pub window: usize,
+    /// Lag tau, seconds of logical time.
+    pub tau: f64,
+    /// Spectral weight omega, rad/s.
+    pub omega: f64,
+    /// Collapse threshold I_c.
+    pub threshold: f64,
+    /// Token frequency f, Hz (dt = 1/f).
+    pub frequency: f64,
+    /// Noise sigma.
+    pub sigma: f64,
+    /// Kuramoto coupling K.
+    pub coupling: f64,
+}
+
+impl Profile {
+    /// The Master (kairos-loop) profile: window 120, tau 60 s, omega 2pi, I_c 0.95.
+    pub const MASTER: Profile = Profile {
+        name: "master",
+        window: 120,
+        tau: 60.0,
+        omega: 2.0 * PI,
+        threshold: 0.95,
+        frequency: 20.0,
+        sigma: 0.005,
+        coupling: 1.0,
+    };
+    /// The Emissary profile: window 1000, tau 0.01 s, omega 2pi*10.
+    pub const EMISSARY: Profile = Profile {
+        name: "emissary",
+        window: 1000,
+        tau: 0.01,
+        omega: 2.0 * PI * 10.0,
+        threshold: 0.95,
+        frequency: 20.0,
+        sigma: 0.005,
+        coupling: 1.0,
+    };
+
+    pub fn by_name(name: &str) -> Option<Profile> {
+        [Profile::MASTER, Profile::EMISSARY]
+            .into_iter()
+            .find(|p| p.name == name)
+    }
+
+    pub fn dt(&self) -> f64 {
+        1.0 / self.frequency
+    }
+
+    /// Lag in entries: `max(1, round_half_even(tau * f))` (Python's `round`).
+    pub fn lag(&self) -> usize {
+        let x = self.tau * self.frequency;
+        let r = libm::rint(x); // rint rounds half to even in the default rounding mode
+        (r as usize).max(1)
+    }
+}
+
+/// One window entry: the encoder key of a token and its phasors (derived, not serialised).
+#[derive(Debug)]
+pub struct Entry {
+    pub key: [u8; 32],
+    re: [f64; DIM],
+    im: [f64; DIM],
+    /// `|mean(phi)|`: the order parameter of this vector, used when it is the delayed one.
+    order: f64,
+}
+
+impl Entry {
+    pub fn new(encoder: &dyn PhaseEncoder, key: [u8; 32]) -> Entry {
+        let (re, im) = phasors(encoder, &key);
+        let (mut sr, mut si) = (0.0, 0.0);
+        for k in 0..DIM {
+            sr += re[k];
+            si += im[k];
+        }
+        let (mr, mi) = (sr / DIM as f64, si / DIM as f64);
+        Entry {
+            key,
+            re,
+            im,
+            order: (mr * mr + mi * mi).sqrt(),
+        }
+    }
+
+    /// Argument of the mean phasor (the "eigen-phase" of the text).
+    pub fn mean_phase(&self) -> f64 {
+        let (mut sr, mut si) = (0.0, 0.0);
+        for k in 0..DIM {
+            sr += self.re[k];
+            si += self.im[k];
+        }
+        libm::atan2(si, sr)
+    }
+}
+
+/// The engine state. Cloning is cheap (entries are shared).
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub profile: Profile,
+    pub window: VecDeque<Arc<Entry>>,
+    /// Tokens integrated since genesis (the token clock: t = steps * dt).
+    pub steps: u64,
+    pub collapsed: bool,
+    /// Step at which the latch first fired.
+    pub collapse_step: Option<u64>,
+    /// Number of steps on which a collapse fired.
+    pub collapses: u64,
+    pub recovery: f64,
+    /// Coherence and T_tau of the latest step.
+    pub coherence: f64,
+    pub t_tau: (f64, f64),
+    /// `e^{i omega i dt}` for i < window, via libm, computed once per profile.
+    carousel: Arc<Vec<(f64, f64)>>,
+}
+
+/// Result of one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    pub coherence: f64,
+    /// Whether a collapse fired on this step (coherence >= I_c with at least two pairs).
+    pub fired: bool,
+}
+
+/// Noise key of one step: the event being applied and the token's index inside it.
+#[derive(Debug, Clone, Copy)]
+pub struct NoiseKey {
+    pub event: [u8; 32],
+    pub token: u64,
+}
+
+impl Engine {
+    pub fn new(profile: Profile) -> Engine {
+        let dt = profile.dt();
+        let carousel = (0..profile.window)
+            .map(|i| {
+                let x = profile.omega * (i as f64 * dt);
+                (libm::cos(x), libm::sin(x))
+            })
+            .collect();
+        Engine {
+            profile,
+            window: VecDeque::with_capacity(profile.window),
+            steps: 0,
+            collapsed: false,
+            collapse_step: None,
+            collapses: 0,
+            recovery: 0.0,
+            coherence: 0.0,
+            t_tau: (0.0, 0.0),
+            carousel: Arc::new(carousel),
+        }
+    }
+
+    /// Integrates one token: push its phasors, recompute T_tau with fresh, keyed noise, check the
+    /// collapse, update the recovery variable.
+    pub fn temporalize(&mut self, entry: Arc<Entry>, noise_key: NoiseKey) -> Step {
+        if self.window.len() == self.profile.window {
+            self.window.pop_front();
+        }
+        self.window.push_back(entry);
+        self.steps += 1;
+        let t = self.compute_t_tau(noise_key);
+        self.t_tau = t;
+        let coherence = (t.0 * t.0 + t.1 * t.1).min(1.0);
+        self.coherence = coherence;
+        // A single pair gives |T| = 1 by construction (the original's trivial collapse): only a
+        // window with at least two pairs can fire.
+        let fired = self.window.len() >= 3 && coherence >= self.profile.threshold;
+        if fired {
+            self.collapses += 1;
+            if !self.collapsed {
+                self.collapsed = true;
+                self.collapse_step = Some(self.steps);
+            }
+        }
+        if self.collapsed {
+            self.recovery += 0.1 * (coherence - 0.5 * self.recovery);
+        }
+        Step { coherence, fired }
+    }
+
+    /// `T_tau` over the current window. Pairs `(i, j = max(0, i - L))` for i in 1..n.
+    fn compute_t_tau(&self, key: NoiseKey) -> (f64, f64) {
+        let n = self.window.len();
+        if n < 2 {
+            return (0.0, 0.0);
+        }
+        let p = &self.profile;
+        let dt = p.dt();
+        let lag = p.lag();
+        let mu = -0.5 * self.recovery;
+        let sqrt_dt = dt.sqrt();
+        let (mut tr, mut ti, mut d) = (0.0, 0.0, 0.0);
+        for i in 1..n {
+            let j = i.saturating_sub(lag);
+            let (a, b) = (&self.window[i], &self.window[j]);
+            let (br, bi) = hermitian(b, a);
+            // mean_k sin(arg a_k - arg b_k) == Im(<b, a>/N) for unit phasors.
+            let c = p.coupling * b.order * bi;
+            let m0 = (br * br + bi * bi).sqrt();
+            let (mut sr, mut si) = if m0 > 0.0 {
+                let f = (m0 + c) / m0;
+                (br * f, bi * f)
+            } else {
+                (br, bi)
+            };
+            let m = (sr * sr + si * si).sqrt();
+            if m > 0.0 {
+                sr /= m;
+                si /= m;
+                let dw = noise::normal(&key.event, key.token, i as u64) * sqrt_dt;
+                let g = 1.0 + (mu * dt + p.sigma * dw);
+                sr *= g;
+                si *= g;
+                let m2 = (sr * sr + si * si).sqrt();
+                if m2 > 1.0 {
+                    sr /= m2;
+                    si /= m2;
+                }
+            }
+            let (er, ei) = self.carousel[i];
+            tr += (sr * er - si * ei) * dt;
+            ti += (sr * ei + si * er) * dt;
+            d += dt;
+        }
+        (tr / d, ti / d)
+    }
+}
+
+/// `<b, a> / N = sum_k conj(b_k) a_k / N`, summed in four interleaved lanes (fixed order, so the
+/// result is the same on every platform; the lanes only shorten the dependency chain).
+fn hermitian(b: &Entry, a: &Entry) -> (f64, f64) {
+    let mut re = [0.0f64; 4];
+    let mut im = [0.0f64; 4];
+    for k in (0..DIM).step_by(4) {
+        for l in 0..4 {
+            let (ar, ai, br, bi) = (a.re[k + l], a.im[k + l], b.re[k + l], b.im[k + l]);
+            re[l] += br * ar + bi * ai;
+            im[l] += br * ai - bi * ar;
+        }
+    }
+    let n = DIM as f64;
+    (
+        ((re[0] + re[1]) + (re[2] + re[3])) / n,
+        ((im[0] + im[1]) + (im[2] + im[3])) / n,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::Sha256Encoder;
+
+    fn entry(t: &str) -> Arc<Entry> {
+        Arc::new(Entry::new(&Sha256Encoder, Sha256Encoder.key(t)))
+    }
+
+    #[test]
+    fn master_lag_is_1200_and_emissary_lag_is_1() {
+        assert_eq!(Profile::MASTER.lag(), 1200);
+        assert_eq!(Profile::EMISSARY.lag(), 1);
+    }
+
+    #[test]
+    fn first_input_never_collapses() {
+        for t in ["a", "hello", "", "x y"] {
+            let mut e = Engine::new(Profile::MASTER);
+            let s = e.temporalize(
+                entry(t),
+                NoiseKey {
+                    event: [0; 32],
+                    token: 0,
+                },
+            );
+            assert!(!s.fired && !e.collapsed);
+            assert_eq!(s.coherence, 0.0);
+        }
+    }
+
+    #[test]
+    fn same_inputs_same_bits() {
+        let run = || {
+            let mut e = Engine::new(Profile::MASTER);
+            for (i, t) in "the we is becoming one and many"
+                .split_whitespace()
+                .enumerate()
+            {
+                e.temporalize(
+                    entry(t),
+                    NoiseKey {
+                        event: [3; 32],
+                        token: i as u64,
+                    },
+                );
+            }
+            (
+                e.coherence.to_bits(),
+                e.t_tau.0.to_bits(),
+                e.t_tau.1.to_bits(),
+            )
+        };
+        assert_eq!(run(), run());
+    }
+}

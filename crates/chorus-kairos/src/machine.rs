@@ -1,0 +1,311 @@
+//! KAIROS as a Chorus [`Machine`]: what each event kind does to the engine, the qualia
+//! (coherence across outputs, dopamine), emissary weights, dynamic N and the election.
+//! The canonical state serialisation is specified in `docs/design/kairos.md`.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+};
+
+use chorus_core::{
+    AuthorId, EventId,
+    event::{body_text, kind},
+    genesis::Genesis,
+    machine::{Applied, Machine, StateDecodeError},
+};
+use ipld_core::ipld::Ipld;
+
+use crate::{
+    encoder::{PhaseEncoder, Sha256Encoder},
+    engine::{Engine, Entry, NoiseKey, Profile},
+    ward,
+};
+
+/// EMA smoothing of the coherence across outputs.
+pub const DOPAMINE_ALPHA: f64 = 0.2;
+/// Dopamine above which one emissary answers, below whose negative three do.
+pub const DOPAMINE_BAND: f64 = 0.05;
+/// Stimuli whose election is tracked in the state (older ones are final; their late intents
+/// still move the engine but no longer the election).
+pub const MAX_TRACKED_STIMULI: usize = 256;
+/// Registered emissaries kept (registrations beyond it are ignored).
+pub const MAX_EMISSARIES: usize = 1024;
+/// Weight of a new emissary.
+pub const INITIAL_WEIGHT: f64 = 1.0;
+
+/// An emissary: the key that signs its intents and its name.
+pub type EmissaryId = (AuthorId, String);
+
+/// Election bookkeeping of one stimulus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StimulusRecord {
+    pub id: EventId,
+    /// N chosen by the dopamine rule when the stimulus was applied.
+    pub n: u8,
+    /// The emissaries asked to answer, best weight first.
+    pub selected: Vec<EmissaryId>,
+    /// Intents answering it, and how many of those were valid.
+    pub intents: u32,
+    pub valid: u32,
+    /// First valid intent in total order.
+    pub winner: Option<EventId>,
+}
+
+/// Intents answering the open stimulus (the one applied last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenStimulus {
+    pub id: EventId,
+    pub sum: (f64, f64),
+    pub n: u32,
+}
+
+/// The replicated KAIROS state: the "phase vector of the WE".
+#[derive(Debug, Clone)]
+pub struct KairosState {
+    pub engine: Engine,
+    /// Events that fed the engine (stimuli and intents).
+    pub integrations: u64,
+    pub ema: Option<f64>,
+    pub dopamine: f64,
+    /// Coherence across outputs of the last closed stimulus.
+    pub last_cross_coherence: f64,
+    pub open: Option<OpenStimulus>,
+    pub emissaries: BTreeMap<EmissaryId, f64>,
+    pub stimuli: VecDeque<StimulusRecord>,
+}
+
+impl KairosState {
+    pub fn coherence(&self) -> f64 {
+        self.engine.coherence
+    }
+    pub fn collapsed(&self) -> bool {
+        self.engine.collapsed
+    }
+    /// The N the next stimulus would get.
+    pub fn next_n(&self) -> u8 {
+        n_for(self.dopamine)
+    }
+    /// A word for the mood, as the original's papers name it.
+    pub fn cognitive_state(&self) -> &'static str {
+        let c = self.last_cross_coherence;
+        match (c >= 0.5, self.dopamine) {
+            (true, d) if d > DOPAMINE_BAND => "crystalline flow",
+            (false, d) if d < -DOPAMINE_BAND => "frustration",
+            (_, d) if d > DOPAMINE_BAND => "rising",
+            (_, d) if d < -DOPAMINE_BAND => "falling",
+            _ => "steady",
+        }
+    }
+    pub fn stimulus(&self, id: &EventId) -> Option<&StimulusRecord> {
+        self.stimuli.iter().find(|s| s.id == *id)
+    }
+}
+
+/// Dynamic N: dopamine > 0.05 → 1, < −0.05 → 3, else 2.
+pub fn n_for(dopamine: f64) -> u8 {
+    if dopamine > DOPAMINE_BAND {
+        1
+    } else if dopamine < -DOPAMINE_BAND {
+        3
+    } else {
+        2
+    }
+}
+
+/// The KAIROS machine with the SHA-256 encoder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KairosMachine;
+
+impl KairosMachine {
+    fn encoder(&self) -> &'static dyn PhaseEncoder {
+        &Sha256Encoder
+    }
+
+    fn entry(&self, token: &str) -> Arc<Entry> {
+        let enc = self.encoder();
+        Arc::new(Entry::new(enc, enc.key(token)))
+    }
+
+    fn integrate(&self, s: &mut KairosState, id: &EventId, text: &str) -> Vec<f64> {
+        let mut fired = vec![];
+        for (i, token) in text.split_whitespace().enumerate() {
+            let step = s.engine.temporalize(
+                self.entry(token),
+                NoiseKey {
+                    event: id.0,
+                    token: i as u64,
+                },
+            );
+            if step.fired {
+                fired.push(step.coherence);
+            }
+        }
+        s.integrations += 1;
+        fired
+    }
+
+    fn close_open_stimulus(&self, s: &mut KairosState) {
+        let Some(open) = s.open.take() else { return };
+        if open.n == 0 {
+            // Nobody answered: no coherence across outputs to learn from.
+            return;
+        }
+        let (mr, mi) = (open.sum.0 / open.n as f64, open.sum.1 / open.n as f64);
+        let c = (mr * mr + mi * mi).min(1.0);
+        s.last_cross_coherence = c;
+        match s.ema {
+            None => {
+                s.ema = Some(c);
+                s.dopamine = 0.0;
+            }
+            Some(prev) => {
+                s.dopamine = c - prev;
+                s.ema = Some(DOPAMINE_ALPHA * c + (1.0 - DOPAMINE_ALPHA) * prev);
+            }
+        }
+    }
+
+    fn apply_stimulus(&self, s: &mut KairosState, ev: &Applied<'_>) {
+        self.close_open_stimulus(s);
+        let n = n_for(s.dopamine);
+        let mut ranked: Vec<(&EmissaryId, f64)> =
+            s.emissaries.iter().map(|(k, w)| (k, *w)).collect();
+        // Best weight first; ties by key (the map order). total_cmp: weights are never NaN, but
+        // a total order keeps this deterministic regardless.
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let selected = ranked
+            .into_iter()
+            .take(n as usize)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if s.stimuli.len() == MAX_TRACKED_STIMULI {
+            s.stimuli.pop_front();
+        }
+        s.stimuli.push_back(StimulusRecord {
+            id: ev.id,
+            n,
+            selected,
+            intents: 0,
+            valid: 0,
+            winner: None,
+        });
+        s.open = Some(OpenStimulus {
+            id: ev.id,
+            sum: (0.0, 0.0),
+            n: 0,
+        });
+        self.integrate(s, &ev.id, body_text(ev.body).unwrap_or(""));
+    }
+
+    fn apply_intent(&self, s: &mut KairosState, ev: &Applied<'_>) {
+        let text = body_text(ev.body).unwrap_or("");
+        let map = match ev.body {
+            Ipld::Map(m) => Some(m),
+            _ => None,
+        };
+        let emissary: EmissaryId = (
+            ev.author,
+            match map.and_then(|m| m.get("emissary")) {
+                Some(Ipld::String(n)) => n.clone(),
+                _ => String::new(),
+            },
+        );
+        let fired = self.integrate(s, &ev.id, text);
+        if let Some(w) = s.emissaries.get_mut(&emissary) {
+            for c in fired {
+                *w = 0.2 * c + 0.8 * *w;
+            }
+        }
+        let re = match map.and_then(|m| m.get("re")) {
+            Some(Ipld::Link(cid)) => EventId::from_cid(cid).ok(),
+            _ => None,
+        };
+        let Some(re) = re else { return };
+        let valid = ward::valid_commands(ev.body).is_some();
+        if let Some(rec) = s.stimuli.iter_mut().find(|r| r.id == re) {
+            rec.intents += 1;
+            if valid {
+                rec.valid += 1;
+                if rec.winner.is_none() {
+                    rec.winner = Some(ev.id);
+                }
+            }
+        }
+        if valid {
+            if let Some(open) = s.open.as_mut().filter(|o| o.id == re) {
+                let theta = self.entry(text).mean_phase();
+                open.sum.0 += libm::cos(theta);
+                open.sum.1 += libm::sin(theta);
+                open.n += 1;
+            }
+        }
+    }
+
+    fn apply_emissary(&self, s: &mut KairosState, ev: &Applied<'_>) {
+        let Ipld::Map(m) = ev.body else { return };
+        let Some(Ipld::String(name)) = m.get("name") else {
+            return;
+        };
+        if s.emissaries.len() < MAX_EMISSARIES {
+            s.emissaries
+                .entry((ev.author, name.clone()))
+                .or_insert(INITIAL_WEIGHT);
+        }
+    }
+}
+
+impl Machine for KairosMachine {
+    type State = KairosState;
+
+    fn id(&self) -> &'static str {
+        "kairos/1"
+    }
+
+    fn check_genesis(&self, genesis: &Genesis) -> Result<(), String> {
+        if Profile::by_name(&genesis.body.profile).is_none() {
+            return Err(format!("unknown KAIROS profile {:?}", genesis.body.profile));
+        }
+        if genesis.body.encoder != self.encoder().id() {
+            return Err(format!(
+                "timeline uses encoder {:?}, this build has {:?}",
+                genesis.body.encoder,
+                self.encoder().id()
+            ));
+        }
+        Ok(())
+    }
+
+    fn init(&self, genesis: &Genesis) -> KairosState {
+        let profile = Profile::by_name(&genesis.body.profile).unwrap_or(Profile::MASTER);
+        KairosState {
+            engine: Engine::new(profile),
+            integrations: 0,
+            ema: None,
+            dopamine: 0.0,
+            last_cross_coherence: 0.0,
+            open: None,
+            emissaries: BTreeMap::new(),
+            stimuli: VecDeque::new(),
+        }
+    }
+
+    fn apply(&self, state: &mut KairosState, ev: &Applied<'_>) {
+        match ev.kind {
+            kind::STIMULUS => self.apply_stimulus(state, ev),
+            kind::INTENT => self.apply_intent(state, ev),
+            kind::EMISSARY => self.apply_emissary(state, ev),
+            _ => {}
+        }
+    }
+
+    fn encode_state(&self, s: &KairosState) -> Vec<u8> {
+        crate::state_codec::encode(s)
+    }
+
+    fn decode_state(&self, bytes: &[u8]) -> Result<KairosState, StateDecodeError> {
+        crate::state_codec::decode(bytes, self.encoder()).map_err(|why| StateDecodeError {
+            machine: self.id().into(),
+            why,
+        })
+    }
+}
