@@ -179,6 +179,9 @@ pub struct Timeline<M: Machine> {
 
     pending: BTreeMap<EventId, SignedEvent>,
     pending_bytes: usize,
+    /// Pending events that failed validation when their parents arrived (for the store to
+    /// forget them too).
+    dropped_pending: Vec<(EventId, EventError)>,
     /// Missing parent → pending children waiting for it.
     waiting: BTreeMap<EventId, Vec<EventId>>,
 
@@ -242,6 +245,7 @@ impl<M: Machine> Timeline<M> {
             order: vec![],
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            dropped_pending: vec![],
             waiting: BTreeMap::new(),
             state,
             applied_key: None,
@@ -360,6 +364,10 @@ impl<M: Machine> Timeline<M> {
     /// Drains the checkpoint changes since the last call, for the store to persist.
     pub fn take_checkpoint_changes(&mut self) -> Vec<CheckpointChange> {
         std::mem::take(&mut self.checkpoint_log)
+    }
+    /// Drains the pending events that were rejected once their parents arrived.
+    pub fn take_dropped_pending(&mut self) -> Vec<(EventId, EventError)> {
+        std::mem::take(&mut self.dropped_pending)
     }
     /// Keys of the checkpoints held.
     pub fn checkpoint_keys(&self) -> Vec<OrderKey> {
@@ -516,6 +524,7 @@ impl<M: Machine> Timeline<M> {
                     }
                     Err(e) => {
                         *self.stats.rejected.entry(e.code()).or_insert(0) += 1;
+                        self.dropped_pending.push((child, e));
                     }
                 }
             }

@@ -1,14 +1,11 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! # chorus-store
+//!
+//! Durable storage of one Chorus replica on redb (`docs/design/store.md`), and [`Replica`]:
+//! node key + store + timeline, the synchronous core a node or the CLI drives.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod replica;
+pub mod store;
+pub mod tables;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use replica::{IngestReport, Replica, ReplicaError};
+pub use store::{Batch, IntegrityReport, Store, StoreError};

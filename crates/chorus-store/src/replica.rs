@@ -1,0 +1,330 @@
+//! A replica: one data directory = node key + redb store + the in-memory timeline folded from
+//! it. This is the synchronous core of a node; the CLI uses it directly, the node actor (next
+//! milestone) owns one.
+//!
+//! Data directory layout:
+//! ```text
+//! <dir>/node.key      32-byte Ed25519 seed, hex, mode 0600
+//! <dir>/chorus.redb   the store (docs/design/store.md)
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use chorus_core::{
+    EventError, EventId, Machine, SignedEvent, Timeline, UnsignedEvent,
+    crypto::Keypair,
+    event::kind,
+    genesis::{Genesis, GenesisBody},
+    timeline::{Inserted, TimelineError},
+};
+use ipld_core::ipld::Ipld;
+
+use crate::store::{Batch, Store, StoreError};
+
+pub const STORE_FILE: &str = "chorus.redb";
+pub const KEY_FILE: &str = "node.key";
+
+/// Replica failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Timeline(#[from] TimelineError),
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("node key: {0}")]
+    Key(String),
+    #[error("invalid event: {0}")]
+    Invalid(#[from] EventError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReplicaError + '_ {
+    move |err| ReplicaError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// Reads the node key of `dir`, if there is one.
+pub fn read_key(dir: &Path) -> Result<Option<Keypair>, ReplicaError> {
+    let path = dir.join(KEY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = fs::read_to_string(&path).map_err(io(&path))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| ReplicaError::Key(e.to_string()))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| ReplicaError::Key(format!("{} is not a 32-byte hex seed", path.display())))?;
+    Ok(Some(Keypair::from_seed(seed)))
+}
+
+/// Reads the node key of `dir`, creating the directory and a fresh key (from the OS RNG) if
+/// needed.
+pub fn load_or_create_key(dir: &Path) -> Result<Keypair, ReplicaError> {
+    if let Some(k) = read_key(dir)? {
+        return Ok(k);
+    }
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| ReplicaError::Key(e.to_string()))?;
+    let key = Keypair::from_seed(seed);
+    let path = dir.join(KEY_FILE);
+    write_private(&path, hex::encode(seed).as_bytes()).map_err(io(&path))?;
+    Ok(key)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Counts of an ingest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Indexed now (including pending events they released).
+    pub new: u64,
+    pub duplicate: u64,
+    /// Held for missing parents (persisted; applied when the parents come).
+    pub pending: u64,
+    /// Rejected, per error code, with the first few ids and reasons.
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected_examples: Vec<(EventId, String)>,
+}
+
+impl IngestReport {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+    fn reject(&mut self, id: EventId, e: &EventError) {
+        *self.rejected.entry(e.code()).or_insert(0) += 1;
+        if self.rejected_examples.len() < 20 {
+            self.rejected_examples.push((id, e.to_string()));
+        }
+    }
+}
+
+/// See the module docs.
+pub struct Replica<M: Machine> {
+    dir: PathBuf,
+    store: Store,
+    timeline: Timeline<M>,
+    key: Keypair,
+}
+
+impl<M: Machine> Replica<M> {
+    /// Creates a new timeline in `dir`: the node key becomes admin and first anchor.
+    pub fn init(
+        dir: &Path,
+        genesis_body: impl FnOnce(&Keypair) -> GenesisBody,
+        machine: M,
+    ) -> Result<Self, ReplicaError> {
+        let store_path = dir.join(STORE_FILE);
+        if store_path.exists() {
+            return Err(StoreError::AlreadyInitialised(store_path.display().to_string()).into());
+        }
+        let key = load_or_create_key(dir)?;
+        let body = genesis_body(&key);
+        let genesis = UnsignedEvent {
+            timeline: None,
+            author: key.author(),
+            seq: 1,
+            lamport: 0,
+            parents: vec![],
+            kind: kind::GENESIS.into(),
+            body: Genesis::body_ipld(&body),
+        }
+        .sign(&key);
+        // Round-trip through the decoder so a bad body is caught before anything is written.
+        let genesis = SignedEvent::decode(genesis.bytes())?;
+        Self::create_from_genesis(dir, genesis, machine)
+    }
+
+    /// Creates a replica of an existing timeline from its genesis (`chorus import` into an empty
+    /// directory, and later `chorus join`).
+    pub fn create_from_genesis(
+        dir: &Path,
+        genesis: SignedEvent,
+        machine: M,
+    ) -> Result<Self, ReplicaError> {
+        let key = load_or_create_key(dir)?;
+        let timeline = Timeline::new(genesis.clone(), machine)?;
+        let store = Store::create(&dir.join(STORE_FILE), &genesis, timeline.machine().id())?;
+        Ok(Replica {
+            dir: dir.to_path_buf(),
+            store,
+            timeline,
+            key,
+        })
+    }
+
+    /// Opens a replica: integrity check, then the state from the newest checkpoint (only the
+    /// events after it are applied), then the persisted pending events.
+    pub fn open(dir: &Path, machine: M) -> Result<Self, ReplicaError> {
+        let store = Store::open(&dir.join(STORE_FILE))?;
+        store.integrity_check()?;
+        Self::open_checked(dir, store, machine)
+    }
+
+    /// Opens an already-opened and checked store.
+    pub fn open_checked(dir: &Path, store: Store, machine: M) -> Result<Self, ReplicaError> {
+        let key = load_or_create_key(dir)?;
+        let genesis = store.genesis()?;
+        let mut first_error: Option<StoreError> = None;
+        let events = store.ordered_events().map_while(|r| match r {
+            Ok(ev) => Some(ev),
+            Err(e) => {
+                first_error = Some(e);
+                None
+            }
+        });
+        let timeline = Timeline::restore(genesis, machine, events, store.checkpoints()?, &store);
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
+        let mut replica = Replica {
+            dir: dir.to_path_buf(),
+            store,
+            timeline: timeline?,
+            key,
+        };
+        let pending = replica.store.pending()?;
+        if !pending.is_empty() {
+            replica.ingest(pending)?;
+        }
+        // Checkpoints taken while catching up since the newest stored one.
+        replica.persist(Batch::default(), false)?;
+        Ok(replica)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn key(&self) -> &Keypair {
+        &self.key
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    pub fn timeline(&self) -> &Timeline<M> {
+        &self.timeline
+    }
+
+    /// Signs and appends one local event; returns after it is durable.
+    pub fn append(&mut self, kind: &str, body: Ipld) -> Result<SignedEvent, ReplicaError> {
+        Ok(self.append_batch(vec![(kind.to_string(), body)])?.remove(0))
+    }
+
+    /// Signs and appends several local events, each on top of the previous, and commits them in
+    /// one durable transaction (group commit). All are acknowledged together.
+    pub fn append_batch(
+        &mut self,
+        items: Vec<(String, Ipld)>,
+    ) -> Result<Vec<SignedEvent>, ReplicaError> {
+        let mut out = Vec::with_capacity(items.len());
+        for (k, body) in items {
+            let ev = self
+                .timeline
+                .prepare(self.key.author(), &k, body)
+                .sign(&self.key);
+            match self.timeline.insert_deferred(ev.clone())? {
+                Inserted::Indexed { .. } => out.push(ev),
+                other => {
+                    return Err(ReplicaError::Key(format!(
+                        "local event was not indexed ({other:?}); is this key a member?"
+                    )));
+                }
+            }
+        }
+        self.timeline.catch_up(&self.store)?;
+        let has_member = out.iter().any(|e| e.kind == kind::MEMBER);
+        self.persist(
+            Batch {
+                blocks: out.clone(),
+                ..Batch::default()
+            },
+            has_member,
+        )?;
+        Ok(out)
+    }
+
+    /// Ingests foreign events (import today, peers tomorrow) through the same path as local
+    /// ones, then commits once.
+    pub fn ingest(&mut self, events: Vec<SignedEvent>) -> Result<IngestReport, ReplicaError> {
+        let mut report = IngestReport::default();
+        let mut batch = Batch::default();
+        let mut has_member = false;
+        let results = self
+            .timeline
+            .insert_batch(events.iter().cloned(), &self.store)?;
+        for (ev, res) in events.into_iter().zip(results) {
+            match res {
+                Ok(Inserted::Indexed { released }) => {
+                    report.new += 1 + released.len() as u64;
+                    has_member |= ev.kind == kind::MEMBER;
+                    for id in released {
+                        let r = self.timeline.load(&id, &self.store)?;
+                        has_member |= r.kind == kind::MEMBER;
+                        batch.pending_del.push(id);
+                        batch.blocks.push(r);
+                    }
+                    batch.blocks.push(ev);
+                }
+                Ok(Inserted::Pending { .. }) => {
+                    report.pending += 1;
+                    batch.pending_put.push(ev);
+                }
+                Ok(Inserted::Duplicate) => report.duplicate += 1,
+                Err(e) => report.reject(ev.id(), &e),
+            }
+        }
+        for (id, e) in self.timeline.take_dropped_pending() {
+            report.reject(id, &e);
+            batch.pending_del.push(id);
+        }
+        // Events released from pending in this batch were counted as pending when they arrived
+        // earlier in the same batch; they are new now.
+        let released_now: std::collections::BTreeSet<EventId> =
+            batch.pending_del.iter().copied().collect();
+        let before = batch.pending_put.len();
+        batch
+            .pending_put
+            .retain(|e| !released_now.contains(&e.id()));
+        report.pending -= (before - batch.pending_put.len()) as u64;
+        self.persist(batch, has_member)?;
+        Ok(report)
+    }
+
+    fn persist(&mut self, mut batch: Batch, membership_changed: bool) -> Result<(), ReplicaError> {
+        batch.checkpoints = self.timeline.take_checkpoint_changes();
+        if !batch.blocks.is_empty() {
+            batch.heads = Some(self.timeline.heads());
+        }
+        if membership_changed {
+            batch.membership = Some(
+                self.timeline
+                    .membership()
+                    .current()
+                    .into_iter()
+                    .map(|(a, r)| (a, r.as_str()))
+                    .collect(),
+            );
+        }
+        self.store.commit(batch)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,479 @@
+//! The durable store of one replica: one redb file. Writes go through [`Store::commit`], one
+//! transaction per batch, committed with `Durability::Immediate` (fsync) before it returns — an
+//! append is acknowledged only after that. Batching many events into one commit is the group
+//! commit that makes durable appends fast.
+
+use std::{path::Path, sync::Arc};
+
+use chorus_core::{
+    AuthorId, EventId, SignedEvent,
+    timeline::{BlockSource, CheckpointChange, OrderKey},
+};
+use redb::{
+    Database, ReadableDatabase, ReadableMultimapTable, ReadableTable, ReadableTableMetadata,
+};
+
+use crate::tables::*;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("store is corrupt at block {}: {why}", block.map_or("-".to_string(), |b| b.to_string()))]
+    Corrupt { block: Option<EventId>, why: String },
+    #[error("store schema version {found}, this build reads {expected}")]
+    Schema { found: u64, expected: u64 },
+    #[error("no Chorus store at {0} (run `chorus init` or `chorus import`)")]
+    NotInitialised(String),
+    #[error("a Chorus store already exists at {0}")]
+    AlreadyInitialised(String),
+}
+
+fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+/// Everything written in one transaction.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Newly indexed events.
+    pub blocks: Vec<SignedEvent>,
+    /// Events now waiting for parents.
+    pub pending_put: Vec<SignedEvent>,
+    /// Pending events that got indexed (or rejected).
+    pub pending_del: Vec<EventId>,
+    /// The new set of heads, replacing the old one.
+    pub heads: Option<Vec<EventId>>,
+    pub checkpoints: Vec<CheckpointChange>,
+    /// The new membership mirror, replacing the old one.
+    pub membership: Option<Vec<(AuthorId, &'static str)>>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+            && self.pending_put.is_empty()
+            && self.pending_del.is_empty()
+            && self.heads.is_none()
+            && self.checkpoints.is_empty()
+            && self.membership.is_none()
+    }
+}
+
+/// What the integrity check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntegrityReport {
+    pub blocks: u64,
+    pub ordered: u64,
+    pub heads: u64,
+    pub pending: u64,
+    pub checkpoints: u64,
+}
+
+/// One replica's redb file.
+pub struct Store {
+    db: Database,
+    genesis: EventId,
+    machine: String,
+}
+
+/// Events read per read transaction when streaming the order.
+const LOAD_PAGE: usize = 8192;
+
+impl Store {
+    /// Creates a new store holding `genesis`.
+    pub fn create(path: &Path, genesis: &SignedEvent, machine: &str) -> Result<Store, StoreError> {
+        if path.exists() {
+            return Err(StoreError::AlreadyInitialised(path.display().to_string()));
+        }
+        let db = Database::create(path).map_err(dberr)?;
+        let txn = db.begin_write().map_err(dberr)?;
+        {
+            let mut meta = txn.open_table(META).map_err(dberr)?;
+            meta.insert("schema", SCHEMA_VERSION.to_le_bytes().as_slice())
+                .map_err(dberr)?;
+            meta.insert("genesis", genesis.id().0.as_slice())
+                .map_err(dberr)?;
+            meta.insert("machine", machine.as_bytes()).map_err(dberr)?;
+            // Create every table so readers never meet a missing one.
+            txn.open_table(BLOCKS).map_err(dberr)?;
+            txn.open_multimap_table(AUTHORS).map_err(dberr)?;
+            txn.open_table(ORDER).map_err(dberr)?;
+            txn.open_table(HEADS).map_err(dberr)?;
+            txn.open_table(PENDING).map_err(dberr)?;
+            txn.open_table(CHECKPOINTS).map_err(dberr)?;
+            txn.open_table(MEMBERSHIP).map_err(dberr)?;
+            txn.open_table(PEERS).map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)?;
+        let store = Store {
+            db,
+            genesis: genesis.id(),
+            machine: machine.to_string(),
+        };
+        store.commit(Batch {
+            blocks: vec![genesis.clone()],
+            heads: Some(vec![genesis.id()]),
+            ..Batch::default()
+        })?;
+        Ok(store)
+    }
+
+    /// Opens an existing store and checks its schema version (running numbered migrations when
+    /// there are any; version 1 has none).
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::NotInitialised(path.display().to_string()));
+        }
+        let db = Database::open(path).map_err(dberr)?;
+        let txn = db.begin_read().map_err(dberr)?;
+        let meta = txn.open_table(META).map_err(dberr)?;
+        let get = |k: &str| -> Result<Vec<u8>, StoreError> {
+            Ok(meta
+                .get(k)
+                .map_err(dberr)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    block: None,
+                    why: format!("meta-v1 has no {k:?}"),
+                })?
+                .value()
+                .to_vec())
+        };
+        let schema =
+            u64::from_le_bytes(get("schema")?.try_into().map_err(|_| StoreError::Corrupt {
+                block: None,
+                why: "schema is not 8 bytes".into(),
+            })?);
+        if schema != SCHEMA_VERSION {
+            return Err(StoreError::Schema {
+                found: schema,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        let genesis = EventId(
+            get("genesis")?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt {
+                    block: None,
+                    why: "genesis id is not 32 bytes".into(),
+                })?,
+        );
+        let machine = String::from_utf8(get("machine")?).map_err(|_| StoreError::Corrupt {
+            block: None,
+            why: "machine id is not utf-8".into(),
+        })?;
+        drop(meta);
+        drop(txn);
+        Ok(Store {
+            db,
+            genesis,
+            machine,
+        })
+    }
+
+    pub fn genesis_id(&self) -> EventId {
+        self.genesis
+    }
+
+    pub fn machine_id(&self) -> &str {
+        &self.machine
+    }
+
+    /// Writes a batch in one durable transaction.
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut blocks = txn.open_table(BLOCKS).map_err(dberr)?;
+            let mut authors = txn.open_multimap_table(AUTHORS).map_err(dberr)?;
+            let mut order = txn.open_table(ORDER).map_err(dberr)?;
+            for ev in &batch.blocks {
+                let id = ev.id();
+                blocks.insert(id.0.as_slice(), ev.bytes()).map_err(dberr)?;
+                authors
+                    .insert(author_key(&ev.author.0, ev.seq).as_slice(), id.0.as_slice())
+                    .map_err(dberr)?;
+                order
+                    .insert(order_key(ev.lamport, &id.0).as_slice(), ())
+                    .map_err(dberr)?;
+            }
+            let mut pending = txn.open_table(PENDING).map_err(dberr)?;
+            for id in &batch.pending_del {
+                pending.remove(id.0.as_slice()).map_err(dberr)?;
+            }
+            for ev in &batch.pending_put {
+                pending
+                    .insert(ev.id().0.as_slice(), ev.bytes())
+                    .map_err(dberr)?;
+            }
+            if let Some(new_heads) = &batch.heads {
+                let mut heads = txn.open_table(HEADS).map_err(dberr)?;
+                heads.retain(|_, _| false).map_err(dberr)?;
+                for h in new_heads {
+                    heads.insert(h.0.as_slice(), ()).map_err(dberr)?;
+                }
+            }
+            let mut cks = txn.open_table(CHECKPOINTS).map_err(dberr)?;
+            for change in &batch.checkpoints {
+                match change {
+                    CheckpointChange::Put { key, state } => {
+                        cks.insert(order_key(key.0, &key.1.0).as_slice(), state.as_slice())
+                            .map_err(dberr)?;
+                    }
+                    CheckpointChange::DropFrom { key } => {
+                        let from = order_key(key.0, &key.1.0);
+                        cks.retain(|k, _| k < from.as_slice()).map_err(dberr)?;
+                    }
+                }
+            }
+            if let Some(members) = &batch.membership {
+                let mut m = txn.open_table(MEMBERSHIP).map_err(dberr)?;
+                m.retain(|_, _| false).map_err(dberr)?;
+                for (a, role) in members {
+                    m.insert(a.0.as_slice(), *role).map_err(dberr)?;
+                }
+            }
+        }
+        txn.commit().map_err(dberr)?;
+        Ok(())
+    }
+
+    /// The genesis block.
+    pub fn genesis(&self) -> Result<SignedEvent, StoreError> {
+        let bytes = self
+            .get_block(&self.genesis)
+            .ok_or_else(|| StoreError::Corrupt {
+                block: Some(self.genesis),
+                why: "genesis block missing".into(),
+            })?;
+        SignedEvent::decode_trusted(&bytes).map_err(|e| StoreError::Corrupt {
+            block: Some(self.genesis),
+            why: e.to_string(),
+        })
+    }
+
+    /// Order keys after `after` (exclusive), at most `limit`, in total order.
+    pub fn order_page(
+        &self,
+        after: Option<OrderKey>,
+        limit: usize,
+    ) -> Result<Vec<OrderKey>, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let order = txn.open_table(ORDER).map_err(dberr)?;
+        let start = after.map(|k| order_key(k.0, &k.1.0));
+        let iter = match &start {
+            Some(s) => order.range::<&[u8]>(s.as_slice()..).map_err(dberr)?,
+            None => order.iter().map_err(dberr)?,
+        };
+        let mut out = Vec::with_capacity(limit.min(LOAD_PAGE));
+        for item in iter {
+            let (k, _) = item.map_err(dberr)?;
+            let (lc, id) = split_order_key(k.value()).ok_or_else(|| StoreError::Corrupt {
+                block: None,
+                why: "order key is not 40 bytes".into(),
+            })?;
+            let key = (lc, EventId(id));
+            if Some(key) == after {
+                continue;
+            }
+            out.push(key);
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams every ordered event (decoded without re-verifying signatures) in total order,
+    /// one read transaction per page.
+    pub fn ordered_events(&self) -> impl Iterator<Item = Result<SignedEvent, StoreError>> + '_ {
+        let mut after: Option<OrderKey> = None;
+        let mut page: std::vec::IntoIter<OrderKey> = Vec::new().into_iter();
+        let mut done = false;
+        std::iter::from_fn(move || {
+            loop {
+                if let Some(key) = page.next() {
+                    after = Some(key);
+                    let bytes = match self.get_block(&key.1) {
+                        Some(b) => b,
+                        None => {
+                            return Some(Err(StoreError::Corrupt {
+                                block: Some(key.1),
+                                why: "ordered block missing from blocks-v1".into(),
+                            }));
+                        }
+                    };
+                    return Some(SignedEvent::decode_trusted(&bytes).map_err(|e| {
+                        StoreError::Corrupt {
+                            block: Some(key.1),
+                            why: e.to_string(),
+                        }
+                    }));
+                }
+                if done {
+                    return None;
+                }
+                match self.order_page(after, LOAD_PAGE) {
+                    Ok(p) => {
+                        done = p.len() < LOAD_PAGE;
+                        page = p.into_iter();
+                    }
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+        })
+    }
+
+    /// Persisted checkpoints, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<(OrderKey, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let t = txn.open_table(CHECKPOINTS).map_err(dberr)?;
+        let mut out = vec![];
+        for item in t.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let (lc, id) = split_order_key(k.value()).ok_or_else(|| StoreError::Corrupt {
+                block: None,
+                why: "checkpoint key is not 40 bytes".into(),
+            })?;
+            out.push(((lc, EventId(id)), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Events waiting for parents.
+    pub fn pending(&self) -> Result<Vec<SignedEvent>, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let t = txn.open_table(PENDING).map_err(dberr)?;
+        let mut out = vec![];
+        for item in t.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let id = EventId(k.value().try_into().map_err(|_| StoreError::Corrupt {
+                block: None,
+                why: "pending key is not 32 bytes".into(),
+            })?);
+            let ev = SignedEvent::decode_trusted(v.value()).map_err(|e| StoreError::Corrupt {
+                block: Some(id),
+                why: e.to_string(),
+            })?;
+            out.push(ev);
+        }
+        Ok(out)
+    }
+
+    /// Heads as stored.
+    pub fn heads(&self) -> Result<Vec<EventId>, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let t = txn.open_table(HEADS).map_err(dberr)?;
+        let mut out = vec![];
+        for item in t.iter().map_err(dberr)? {
+            let (k, _) = item.map_err(dberr)?;
+            out.push(EventId(k.value().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    block: None,
+                    why: "head key is not 32 bytes".into(),
+                }
+            })?));
+        }
+        Ok(out)
+    }
+
+    /// Checks the store's invariants without trusting anything: every block's id is the SHA-256
+    /// of its bytes, every ordered event and every head has a block, every author-index entry
+    /// points at a block, and the counts agree. Reports the first bad block.
+    pub fn integrity_check(&self) -> Result<IntegrityReport, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let blocks = txn.open_table(BLOCKS).map_err(dberr)?;
+        let corrupt = |block: Option<EventId>, why: &str| StoreError::Corrupt {
+            block,
+            why: why.to_string(),
+        };
+        let mut n_blocks = 0u64;
+        for item in blocks.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let id: [u8; 32] = k
+                .value()
+                .try_into()
+                .map_err(|_| corrupt(None, "block key is not 32 bytes"))?;
+            if EventId::of_block(v.value()).0 != id {
+                return Err(corrupt(
+                    Some(EventId(id)),
+                    "block bytes do not hash to its id",
+                ));
+            }
+            n_blocks += 1;
+        }
+        let order = txn.open_table(ORDER).map_err(dberr)?;
+        let mut n_ordered = 0u64;
+        for item in order.iter().map_err(dberr)? {
+            let (k, _) = item.map_err(dberr)?;
+            let (_, id) =
+                split_order_key(k.value()).ok_or_else(|| corrupt(None, "bad order key"))?;
+            if blocks.get(id.as_slice()).map_err(dberr)?.is_none() {
+                return Err(corrupt(Some(EventId(id)), "ordered event has no block"));
+            }
+            n_ordered += 1;
+        }
+        if n_ordered != n_blocks {
+            return Err(corrupt(
+                None,
+                &format!("{n_blocks} blocks but {n_ordered} ordered events"),
+            ));
+        }
+        let heads = txn.open_table(HEADS).map_err(dberr)?;
+        for item in heads.iter().map_err(dberr)? {
+            let (k, _) = item.map_err(dberr)?;
+            if blocks.get(k.value()).map_err(dberr)?.is_none() {
+                let id = k.value().try_into().ok().map(EventId);
+                return Err(corrupt(id, "head has no block"));
+            }
+        }
+        let authors = txn.open_multimap_table(AUTHORS).map_err(dberr)?;
+        for item in authors.iter().map_err(dberr)? {
+            let (_, values) = item.map_err(dberr)?;
+            for v in values {
+                let v = v.map_err(dberr)?;
+                if blocks.get(v.value()).map_err(dberr)?.is_none() {
+                    let id = v.value().try_into().ok().map(EventId);
+                    return Err(corrupt(id, "author index points at a missing block"));
+                }
+            }
+        }
+        if blocks
+            .get(self.genesis.0.as_slice())
+            .map_err(dberr)?
+            .is_none()
+        {
+            return Err(corrupt(Some(self.genesis), "genesis block missing"));
+        }
+        Ok(IntegrityReport {
+            blocks: n_blocks,
+            ordered: n_ordered,
+            heads: heads.len().map_err(dberr)?,
+            pending: txn
+                .open_table(PENDING)
+                .map_err(dberr)?
+                .len()
+                .map_err(dberr)?,
+            checkpoints: txn
+                .open_table(CHECKPOINTS)
+                .map_err(dberr)?
+                .len()
+                .map_err(dberr)?,
+        })
+    }
+}
+
+impl BlockSource for Store {
+    fn get_block(&self, id: &EventId) -> Option<Arc<[u8]>> {
+        let txn = self.db.begin_read().ok()?;
+        let t = txn.open_table(BLOCKS).ok()?;
+        let v = t.get(id.0.as_slice()).ok()??;
+        Some(v.value().into())
+    }
+}
