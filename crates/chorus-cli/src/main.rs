@@ -1,3 +1,172 @@
+//! `chorus`: create, write, inspect, verify, export and import a Chorus timeline.
+
+mod commands;
+mod machines;
+mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Chorus: one signed, replicated, deterministic timeline for a swarm of language-model agents.
+#[derive(Parser)]
+#[command(name = "chorus", version, about, long_about = None)]
+struct Cli {
+    /// Data directory of this replica (node key + store).
+    #[arg(
+        long,
+        global = true,
+        env = "CHORUS_DATA_DIR",
+        default_value = "./chorus-data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new timeline: node key, genesis (this key is admin and first anchor).
+    Init(InitArgs),
+    /// Print this node's public key (creating the key if the data directory has none).
+    Key,
+    /// Change membership (admin only): add or remove an anchor or writer.
+    Member {
+        #[command(subcommand)]
+        op: MemberCmd,
+    },
+    /// Sign and append an event; prints its CID once it is durable.
+    Append(AppendArgs),
+    /// Print events in total order (lc, cid).
+    Log(LogArgs),
+    /// Print the replicated state: coherence, collapse, dopamine, frontier, state_hash.
+    State {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-verify every hash and signature, replay from genesis, compare with the stored state.
+    Verify,
+    /// Export the timeline as a CAR file (IPFS) or JSONL.
+    Export(ExportArgs),
+    /// Import events from a CAR or JSONL file (validated, idempotent).
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// Timeline name, recorded in the genesis.
+    #[arg(long, default_value = "chorus")]
+    name: String,
+    /// State machine folded over the timeline.
+    #[arg(long, value_enum, default_value_t = MachineArg::Kairos)]
+    machine: MachineArg,
+    /// Ordered events between machine checkpoints.
+    #[arg(long, default_value_t = chorus_core::limits::DEFAULT_CHECKPOINT_INTERVAL)]
+    checkpoint_interval: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MachineArg {
+    /// The KAIROS phase engine (kairos/1).
+    Kairos,
+    /// A per-kind event counter (counter/1).
+    Counter,
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Add a member.
+    Add {
+        /// The member's public key (hex, from `chorus key`).
+        key: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Remove a member; its events not seen by the removal are excluded from the state.
+    Remove {
+        /// The member's public key (hex).
+        key: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Anchor,
+    Writer,
+}
+
+#[derive(Args)]
+struct AppendArgs {
+    /// Event kind.
+    #[arg(long, default_value = "stimulus")]
+    kind: String,
+    /// Text of the event (body `{"text": TEXT}`); `{i}` is replaced by the index with --count.
+    text: Option<String>,
+    /// Body as JSON instead of TEXT.
+    #[arg(long, conflicts_with = "text")]
+    json: Option<String>,
+    /// For intents: the stimulus answered (default: the latest stimulus in total order).
+    #[arg(long)]
+    re: Option<String>,
+    /// For intents: the emissary name.
+    #[arg(long, default_value = "cli")]
+    emissary: String,
+    /// Append this many events, printing each CID as soon as it is durable.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Events per durable transaction (group commit) with --count.
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+}
+
+#[derive(Args)]
+struct LogArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// At most this many events (0 = all).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Start at this event (CID).
+    #[arg(long)]
+    from: Option<String>,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct ExportArgs {
+    /// Write a CARv1 file (roots = heads, blocks in total order).
+    #[arg(long)]
+    car: Option<PathBuf>,
+    /// Write one JSON object per event.
+    #[arg(long)]
+    jsonl: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// CAR or JSONL file (detected from its first byte).
+    file: PathBuf,
+    /// Exit with status 3 if any event was rejected.
+    #[arg(long)]
+    strict: bool,
+}
+
 fn main() {
-    println!("Hello, world!");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match commands::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -71,6 +71,8 @@ pub enum EventError {
     NotAdmin,
     #[error("bad {kind} body: {why}")]
     BadBody { kind: String, why: String },
+    #[error("block does not hash to the CID it came under ({claimed})")]
+    CidMismatch { claimed: String },
     #[error("pending set is full ({events} events); event not taken, retry later")]
     PendingFull { events: usize },
 }
@@ -98,6 +100,7 @@ impl EventError {
             EventError::UnknownAuthor(_) => "unknown_author",
             EventError::NotAdmin => "not_admin",
             EventError::BadBody { .. } => "bad_body",
+            EventError::CidMismatch { .. } => "cid_mismatch",
             EventError::PendingFull { .. } => "pending_full",
         }
     }

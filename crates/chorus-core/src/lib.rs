@@ -25,6 +25,7 @@
 //! assert_eq!(a.state_hash(), b.state_hash());
 //! ```
 
+pub mod archive;
 pub mod codec;
 pub mod crypto;
 pub mod event;

@@ -307,9 +307,14 @@ impl<M: Machine> Timeline<M> {
     pub fn pending(&self) -> impl Iterator<Item = &SignedEvent> {
         self.pending.values()
     }
-    /// Parents that pending events are waiting for.
+    /// Events that pending events wait for and that are not pending themselves: what to
+    /// fetch.
     pub fn wanted(&self) -> Vec<EventId> {
-        self.waiting.keys().copied().collect()
+        self.waiting
+            .keys()
+            .filter(|id| !self.pending.contains_key(id))
+            .copied()
+            .collect()
     }
     pub fn contains(&self, id: &EventId) -> bool {
         self.by_id.contains_key(id)

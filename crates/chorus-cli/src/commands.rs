@@ -1,0 +1,611 @@
+//! The subcommands. Each opens the data directory's replica with the machine its genesis names.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, Write},
+    path::Path,
+};
+
+use anyhow::{Context, Result, bail};
+use chorus_core::{
+    AuthorId, EventId, Machine, SignedEvent, Timeline,
+    archive::{self, ArchivedBlock},
+    event::kind,
+    genesis::Genesis,
+    machine::CounterMachine,
+    membership::{MemberOp, Role},
+};
+use chorus_kairos::KairosMachine;
+use chorus_store::{Replica, Store, replica::STORE_FILE};
+use ipld_core::ipld::Ipld;
+use serde_json::{Value, json};
+
+use crate::{
+    AppendArgs, Cli, Command, ExportArgs, ImportArgs, InitArgs, LogArgs, MachineArg, MemberCmd,
+    RoleArg, machines::CliMachine, progress::Progress,
+};
+
+/// Events handed to the timeline per batch by import and verify.
+const INGEST_CHUNK: usize = 4096;
+
+pub fn run(cli: Cli) -> Result<i32> {
+    let dir = cli.data_dir.as_path();
+    match cli.command {
+        Command::Init(a) => init(dir, a),
+        Command::Key => {
+            let key = chorus_store::replica::load_or_create_key(dir)?;
+            println!("{}", key.author());
+            Ok(0)
+        }
+        Command::Import(a) => import(dir, a),
+        other => {
+            let store = Store::open(&dir.join(STORE_FILE))?;
+            match store.machine_id() {
+                "kairos/1" => with_machine::<KairosMachine>(dir, store, other),
+                "counter/1" => with_machine::<CounterMachine>(dir, store, other),
+                m => bail!("this build does not know machine {m:?}"),
+            }
+        }
+    }
+}
+
+fn with_machine<M: CliMachine>(dir: &Path, store: Store, cmd: Command) -> Result<i32> {
+    if let Command::Verify = cmd {
+        return verify::<M>(dir, store);
+    }
+    store.integrity_check()?;
+    let mut replica = Replica::open_checked(dir, store, M::default())?;
+    match cmd {
+        Command::Member { op } => member(&mut replica, op),
+        Command::Append(a) => append(&mut replica, a),
+        Command::Log(a) => log(&replica, a),
+        Command::State { json } => state(&replica, json),
+        Command::Export(a) => export(&replica, a),
+        Command::Init(_) | Command::Key | Command::Import(_) | Command::Verify => {
+            unreachable!("dispatched in run")
+        }
+    }
+}
+
+fn init(dir: &Path, a: InitArgs) -> Result<i32> {
+    let machine_id = match a.machine {
+        MachineArg::Kairos => KairosMachine.id(),
+        MachineArg::Counter => CounterMachine.id(),
+    };
+    let body = |k: &chorus_core::crypto::Keypair| {
+        let mut b = Genesis::new_body(&a.name, k.author(), machine_id);
+        b.checkpoint_interval = a.checkpoint_interval;
+        b
+    };
+    let (id, key) = match a.machine {
+        MachineArg::Kairos => {
+            let r = Replica::init(dir, body, KairosMachine)?;
+            (r.timeline().genesis_id(), r.key().author())
+        }
+        MachineArg::Counter => {
+            let r = Replica::init(dir, body, CounterMachine)?;
+            (r.timeline().genesis_id(), r.key().author())
+        }
+    };
+    eprintln!(
+        "created timeline {:?} in {} (machine {machine_id}); admin and anchor: {key}",
+        a.name,
+        dir.display()
+    );
+    println!("{id}");
+    Ok(0)
+}
+
+fn member<M: CliMachine>(r: &mut Replica<M>, op: MemberCmd) -> Result<i32> {
+    let parse = |k: &str| k.parse::<AuthorId>().map_err(|e| anyhow::anyhow!(e));
+    let op = match op {
+        MemberCmd::Add { key, role } => MemberOp::Add(
+            parse(&key)?,
+            match role {
+                RoleArg::Anchor => Role::Anchor,
+                RoleArg::Writer => Role::Writer,
+            },
+        ),
+        MemberCmd::Remove { key } => MemberOp::Remove(parse(&key)?),
+    };
+    if r.key().author() != r.timeline().membership().admin() {
+        bail!(
+            "only the admin ({}) can change membership; this node is {}",
+            r.timeline().membership().admin(),
+            r.key().author()
+        );
+    }
+    let ev = r.append(kind::MEMBER, op.to_body())?;
+    println!("{}", ev.id());
+    Ok(0)
+}
+
+/// JSON → IPLD for `--json` bodies.
+fn json_to_ipld(v: Value) -> Result<Ipld> {
+    Ok(match v {
+        Value::Null => Ipld::Null,
+        Value::Bool(b) => Ipld::Bool(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Ipld::Integer(i.into()),
+            None => match n.as_u64() {
+                Some(u) => Ipld::Integer(u.into()),
+                None => Ipld::Float(n.as_f64().context("number")?),
+            },
+        },
+        Value::String(s) => Ipld::String(s),
+        Value::Array(a) => Ipld::List(a.into_iter().map(json_to_ipld).collect::<Result<_>>()?),
+        Value::Object(o) => Ipld::Map(
+            o.into_iter()
+                .map(|(k, v)| Ok((k, json_to_ipld(v)?)))
+                .collect::<Result<_>>()?,
+        ),
+    })
+}
+
+fn latest_stimulus<M: Machine>(r: &Replica<M>) -> Result<Option<EventId>> {
+    let order: Vec<EventId> = r.timeline().order().collect();
+    for id in order.iter().rev().take(100_000) {
+        if r.timeline().load(id, r.store())?.kind == kind::STIMULUS {
+            return Ok(Some(*id));
+        }
+    }
+    Ok(None)
+}
+
+fn append<M: CliMachine>(r: &mut Replica<M>, a: AppendArgs) -> Result<i32> {
+    let re = match (&a.re, a.kind == kind::INTENT) {
+        (Some(c), _) => Some(
+            c.parse::<EventId>()
+                .map_err(|e| anyhow::anyhow!("--re: {e}"))?,
+        ),
+        (None, true) => latest_stimulus(r)?,
+        (None, false) => None,
+    };
+    let body_for = |i: u64| -> Result<Ipld> {
+        if let Some(j) = &a.json {
+            return json_to_ipld(serde_json::from_str(j).context("--json is not valid JSON")?);
+        }
+        let text = a
+            .text
+            .clone()
+            .unwrap_or_default()
+            .replace("{i}", &i.to_string());
+        let mut m = BTreeMap::new();
+        m.insert("text".to_string(), Ipld::String(text));
+        if a.kind == kind::INTENT {
+            if let Some(re) = re {
+                m.insert("re".to_string(), Ipld::Link(re.to_cid()));
+            }
+            m.insert("emissary".to_string(), Ipld::String(a.emissary.clone()));
+        }
+        Ok(Ipld::Map(m))
+    };
+    if a.text.is_none() && a.json.is_none() {
+        bail!("give the event's TEXT or --json BODY");
+    }
+    let batch = a.batch.max(1);
+    let stdout = std::io::stdout();
+    let mut i = 0;
+    while i < a.count {
+        let n = batch.min(a.count - i);
+        let items = (i..i + n)
+            .map(|j| Ok((a.kind.clone(), body_for(j)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let evs = r.append_batch(items)?;
+        // Durable now: acknowledge.
+        let mut out = stdout.lock();
+        for ev in evs {
+            writeln!(out, "{}", ev.id())?;
+        }
+        out.flush()?;
+        i += n;
+    }
+    Ok(0)
+}
+
+fn short_text(ev: &SignedEvent) -> String {
+    let t = if ev.kind == kind::GENESIS {
+        match Genesis::from_event(ev) {
+            Ok(g) => format!(
+                "{:?} machine {} admin {}",
+                g.body.name,
+                g.body.machine,
+                g.admin.fmt_short()
+            ),
+            Err(e) => format!("invalid genesis: {e}"),
+        }
+    } else if ev.kind == kind::MEMBER {
+        match MemberOp::parse(&ev.body) {
+            Ok(MemberOp::Add(k, r)) => format!("add {} {}", r.as_str(), k),
+            Ok(MemberOp::Remove(k)) => format!("remove {k}"),
+            Err(e) => e.to_string(),
+        }
+    } else {
+        match ev.text() {
+            Some(t) => t.to_string(),
+            None => match &ev.body {
+                Ipld::Null => String::new(),
+                b => format!("{b:?}"),
+            },
+        }
+    };
+    let one_line: String = t
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.chars().count() > 80 {
+        format!("{}…", one_line.chars().take(79).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+fn log<M: CliMachine>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
+    let tl = r.timeline();
+    let start = match &a.from {
+        Some(c) => {
+            let id = c
+                .parse::<EventId>()
+                .map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+            tl.position_of(&id)
+                .with_context(|| format!("{id} is not in this timeline"))?
+        }
+        None => 0,
+    };
+    let limit = if a.limit == 0 { usize::MAX } else { a.limit };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    for (pos, id) in tl.order().enumerate().skip(start).take(limit) {
+        let ev = tl.load(&id, r.store())?;
+        let excluded = tl.is_excluded(&id);
+        let settled = tl.is_settled(&id);
+        if a.json {
+            let line = json!({
+                "pos": pos, "cid": id.to_string(), "lc": ev.lamport, "author": ev.author.to_string(),
+                "sq": ev.seq, "kind": ev.kind, "text": ev.text(), "excluded": excluded, "settled": settled,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "{pos:>6} lc={:<5} {} {} {:<9} {}{}",
+                ev.lamport,
+                id,
+                ev.author.fmt_short(),
+                ev.kind,
+                if excluded { "[excluded] " } else { "" },
+                short_text(&ev)
+            )?;
+        }
+    }
+    Ok(0)
+}
+
+fn state_json<M: CliMachine>(r: &Replica<M>) -> Value {
+    let tl = r.timeline();
+    let f = tl.frontier();
+    json!({
+        "timeline": tl.genesis_id().to_string(),
+        "machine": tl.machine().id(),
+        "events": tl.len(),
+        "pending": tl.pending_len(),
+        "heads": tl.heads().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        "state_hash": hex::encode(tl.state_hash()),
+        "settled_frontier": {
+            "settled": f.settled,
+            "last": f.last.map(|(id, lc)| json!({"cid": id.to_string(), "lc": lc})),
+            "held_by": f.held_by.map(|(a, role, latest)| json!({
+                "member": a.to_string(), "role": role.as_str(), "latest_lc": latest })),
+            "first_unsettled": f.first_unsettled.map(|(id, lc)| json!({"cid": id.to_string(), "lc": lc})),
+        },
+        "members": tl.membership().current().iter().map(|(a, r)| json!({
+            "key": a.to_string(), "role": r.as_str() })).collect::<Vec<_>>(),
+        "equivocations": tl.equivocations().len(),
+        "rejected": tl.stats().rejected,
+        "state": M::describe(tl.state()),
+    })
+}
+
+fn state<M: CliMachine>(r: &Replica<M>, as_json: bool) -> Result<i32> {
+    let v = state_json(r);
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let s = &v["state"];
+    println!(
+        "timeline     {} ({})",
+        v["timeline"].as_str().unwrap_or(""),
+        v["machine"].as_str().unwrap_or("")
+    );
+    println!(
+        "events       {} ({} pending, {} heads)",
+        v["events"],
+        v["pending"],
+        v["heads"].as_array().map_or(0, |h| h.len())
+    );
+    if s.get("coherence").is_some() {
+        println!("coherence    {}", s["coherence"]);
+        println!(
+            "collapsed    {} ({} collapses, recovery {})",
+            s["collapsed"], s["collapses"], s["recovery"]
+        );
+        println!(
+            "dopamine     {} ({}; next N = {})",
+            s["dopamine"],
+            s["cognitive_state"].as_str().unwrap_or(""),
+            s["next_n"]
+        );
+        println!(
+            "integrations {} events, {} tokens",
+            s["integrations"], s["tokens"]
+        );
+        if let Some(l) = s["last_stimulus"].as_object() {
+            println!(
+                "last stimulus {} winner {}",
+                l["id"].as_str().unwrap_or(""),
+                l["winner"].as_str().unwrap_or("none yet")
+            );
+        }
+    } else {
+        println!("counts       {}", s);
+    }
+    let f = &v["settled_frontier"];
+    print!("settled      {} events", f["settled"]);
+    if let Some(h) = f["held_by"].as_object() {
+        let latest = match h["latest_lc"].as_u64() {
+            Some(lc) => format!("its latest event has lc {lc}"),
+            None => "it has published nothing yet".into(),
+        };
+        print!(
+            "; held by {} {} ({latest})",
+            h["role"].as_str().unwrap_or(""),
+            h["member"].as_str().unwrap_or(""),
+        );
+    }
+    println!();
+    println!("state_hash   {}", v["state_hash"].as_str().unwrap_or(""));
+    Ok(0)
+}
+
+fn export<M: CliMachine>(r: &Replica<M>, a: ExportArgs) -> Result<i32> {
+    let tl = r.timeline();
+    let mut progress = Progress::new("export", Some(tl.len() as u64));
+    let mut n = 0u64;
+    if let Some(path) = &a.car {
+        let f = File::create(path).with_context(|| path.display().to_string())?;
+        let mut w = archive::CarWriter::new(BufWriter::new(f), &tl.heads())?;
+        for ev in r.store().ordered_events() {
+            w.write(&ev?)?;
+            n += 1;
+            progress.add(1);
+        }
+        w.finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
+    } else if let Some(path) = &a.jsonl {
+        let f = File::create(path).with_context(|| path.display().to_string())?;
+        let mut w = BufWriter::new(f);
+        for ev in r.store().ordered_events() {
+            archive::write_jsonl_line(&mut w, &ev?)?;
+            n += 1;
+            progress.add(1);
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    }
+    progress.finish();
+    eprintln!("exported {n} events");
+    Ok(0)
+}
+
+fn open_archive(
+    path: &Path,
+) -> Result<Box<dyn Iterator<Item = Result<ArchivedBlock, archive::ArchiveError>>>> {
+    let mut f = BufReader::new(File::open(path).with_context(|| path.display().to_string())?);
+    let first = f.fill_buf()?.first().copied();
+    Ok(match first {
+        Some(b'{') => Box::new(archive::read_jsonl(f)),
+        Some(_) => Box::new(archive::CarReader::new(f)?),
+        None => bail!("{} is empty", path.display()),
+    })
+}
+
+fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
+    let store_path = dir.join(STORE_FILE);
+    let machine = if store_path.exists() {
+        Store::open(&store_path)?.machine_id().to_string()
+    } else {
+        // A fresh directory takes the timeline from the file's genesis.
+        let mut found = None;
+        for item in open_archive(&a.file)? {
+            if let (_, Ok(ev)) = item? {
+                if ev.kind == kind::GENESIS {
+                    found = Some(ev);
+                    break;
+                }
+            }
+        }
+        let g = found.context("the data directory is empty and the file holds no valid genesis")?;
+        let m = Genesis::from_event(&g)?.body.machine;
+        match m.as_str() {
+            "kairos/1" => drop(Replica::create_from_genesis(dir, g, KairosMachine)?),
+            "counter/1" => drop(Replica::create_from_genesis(dir, g, CounterMachine)?),
+            other => bail!("the file's timeline uses machine {other:?}, unknown to this build"),
+        }
+        eprintln!("created a replica of timeline from {}", a.file.display());
+        m
+    };
+    match machine.as_str() {
+        "kairos/1" => import_into::<KairosMachine>(dir, a),
+        "counter/1" => import_into::<CounterMachine>(dir, a),
+        m => bail!("this build does not know machine {m:?}"),
+    }
+}
+
+fn import_into<M: CliMachine>(dir: &Path, a: ImportArgs) -> Result<i32> {
+    let mut r = Replica::open(dir, M::default())?;
+    let genesis = r.timeline().genesis_id();
+    let mut total = chorus_store::IngestReport::default();
+    let mut progress = Progress::new("import", None);
+    let mut chunk: Vec<SignedEvent> = Vec::with_capacity(INGEST_CHUNK);
+    let flush = |r: &mut Replica<M>,
+                 chunk: &mut Vec<SignedEvent>,
+                 total: &mut chorus_store::IngestReport|
+     -> Result<()> {
+        let rep = r.ingest(std::mem::take(chunk))?;
+        total.new += rep.new;
+        total.duplicate += rep.duplicate;
+        total.pending = r.timeline().pending_len() as u64;
+        for (k, v) in rep.rejected {
+            *total.rejected.entry(k).or_insert(0) += v;
+        }
+        total.rejected_examples.extend(rep.rejected_examples);
+        Ok(())
+    };
+    for item in open_archive(&a.file)? {
+        let (cid, res) = item?;
+        progress.add(1);
+        match res {
+            Ok(ev) if ev.id() == genesis => total.duplicate += 1,
+            Ok(ev) => chunk.push(ev),
+            Err(e) => {
+                *total.rejected.entry(e.code()).or_insert(0) += 1;
+                if total.rejected_examples.len() < 20 {
+                    total.rejected_examples.push((
+                        cid.parse().unwrap_or(EventId([0; 32])),
+                        format!("{cid}: {e}"),
+                    ));
+                }
+            }
+        }
+        if chunk.len() == INGEST_CHUNK {
+            flush(&mut r, &mut chunk, &mut total)?;
+        }
+    }
+    flush(&mut r, &mut chunk, &mut total)?;
+    progress.finish();
+    println!(
+        "new {} duplicate {} pending {} rejected {}",
+        total.new,
+        total.duplicate,
+        total.pending,
+        total.rejected_total()
+    );
+    for (code, n) in &total.rejected {
+        println!("  rejected {code}: {n}");
+    }
+    for (_, why) in total.rejected_examples.iter().take(20) {
+        println!("  - {why}");
+    }
+    if total.pending > 0 {
+        println!(
+            "  pending events wait for parents that are not in this replica (kept, applied when they arrive):"
+        );
+        for id in r.timeline().wanted().iter().take(10) {
+            println!("  - missing {id}");
+        }
+    }
+    Ok(if a.strict && total.rejected_total() > 0 {
+        3
+    } else {
+        0
+    })
+}
+
+/// Re-verifies everything from the bytes: block hashes (integrity check), canonical encoding
+/// and signatures of every event, then a replay from genesis that must reproduce the order,
+/// the heads, every stored checkpoint and the stored state.
+fn verify<M: CliMachine>(dir: &Path, store: Store) -> Result<i32> {
+    let fail = |what: String| -> Result<i32> {
+        println!("verify FAILED: {what}");
+        Ok(1)
+    };
+    let report = match store.integrity_check() {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut progress = Progress::new("verify signatures", Some(report.ordered));
+    let mut events = Vec::with_capacity(report.ordered as usize);
+    for ev in store.ordered_events() {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => return fail(e.to_string()),
+        };
+        if let Err(e) = SignedEvent::decode(ev.bytes()) {
+            return fail(format!("block {}: {e}", ev.id()));
+        }
+        events.push(ev);
+        progress.add(1);
+    }
+    progress.finish();
+    for ev in store.pending()? {
+        if let Err(e) = SignedEvent::decode(ev.bytes()) {
+            return fail(format!("pending block {}: {e}", ev.id()));
+        }
+    }
+    let checkpoints = store.checkpoints()?;
+    let stored = match Replica::open_checked(dir, store, M::default()) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("opening the stored state: {e}")),
+    };
+
+    let mut progress = Progress::new("replay", Some(events.len() as u64));
+    let genesis = events.first().cloned().context("store holds no events")?;
+    let mut fresh = Timeline::new(genesis, M::default())?;
+    let mut cks = checkpoints.iter().peekable();
+    let mut checked = 0;
+    for ev in events.iter().skip(1) {
+        let key = (ev.lamport, ev.id());
+        if let Err(e) = fresh.insert_deferred(ev.clone()) {
+            return fail(format!("block {}: {e}", ev.id()));
+        }
+        while cks.peek().is_some_and(|(k, _)| *k < key) {
+            cks.next();
+        }
+        if let Some((k, bytes)) = cks.peek() {
+            if *k == key {
+                fresh.catch_up(stored.store())?;
+                let want: [u8; 32] = sha256(bytes);
+                if fresh.state_hash() != want {
+                    return fail(format!("checkpoint at {} differs from the replay", ev.id()));
+                }
+                checked += 1;
+                cks.next();
+            }
+        }
+        progress.add(1);
+    }
+    fresh.catch_up(stored.store())?;
+    progress.finish();
+    let st = stored.timeline();
+    if !fresh.order().eq(st.order()) {
+        return fail("the replayed order differs from the stored order".into());
+    }
+    if fresh.heads() != st.heads() || fresh.heads() != stored.store().heads()? {
+        return fail("heads differ between replay, timeline and store".into());
+    }
+    if fresh.state_hash() != st.state_hash() {
+        return fail(format!(
+            "state hash of the replay {} differs from the stored state {}",
+            hex::encode(fresh.state_hash()),
+            hex::encode(st.state_hash())
+        ));
+    }
+    println!(
+        "verify OK: {} events, {} signatures, {} checkpoints checked, {} pending, state_hash {}",
+        events.len(),
+        events.len(),
+        checked,
+        st.pending_len(),
+        hex::encode(st.state_hash())
+    );
+    Ok(0)
+}
+
+/// Plain SHA-256 (what `state_hash` is over the canonical state bytes); `EventId::of_block` is
+/// exactly that digest.
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    EventId::of_block(bytes).0
+}
