@@ -1,0 +1,306 @@
+//! The `chorus` binary as a user runs it: export checked by an independent IPFS stack, tampered
+//! imports, a writer killed with SIGKILL, and `--help` everywhere.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chorus");
+
+fn chorus(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run chorus");
+    out
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = chorus(dir, args);
+    assert!(
+        out.status.success(),
+        "chorus {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn state(dir: &Path) -> Value {
+    serde_json::from_str(&ok(dir, &["state", "--json"])).unwrap()
+}
+
+/// Two writers on two replicas append concurrently, then merge: a DAG with two heads.
+fn two_writer_timeline(root: &Path) -> (PathBuf, PathBuf) {
+    let a = root.join("a");
+    let b = root.join("b");
+    ok(
+        &a,
+        &["init", "--name", "cli-test", "--checkpoint-interval", "4"],
+    );
+    let kb = ok(&b, &["key"]);
+    ok(&a, &["member", "add", kb.trim(), "--role", "writer"]);
+    let x = root.join("a.car");
+    ok(&a, &["export", "--car", x.to_str().unwrap()]);
+    ok(&b, &["import", x.to_str().unwrap()]);
+    ok(&a, &["append", "--count", "6", "a says {i} things"]);
+    ok(&b, &["append", "--count", "5", "b says {i} other things"]);
+    let y = root.join("b.jsonl");
+    ok(&b, &["export", "--jsonl", y.to_str().unwrap()]);
+    ok(&a, &["import", y.to_str().unwrap()]);
+    assert_eq!(state(&a)["heads"].as_array().unwrap().len(), 2);
+    (a, b)
+}
+
+fn npm_ready() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ipfs");
+    if !dir.join("node_modules/@ipld/car").exists() {
+        let st = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is needed for the IPFS-side CAR check (apt-get install nodejs npm)");
+        assert!(st.success(), "npm ci in tests/ipfs failed");
+    }
+    dir
+}
+
+#[test]
+fn car_export_passes_an_independent_ipfs_implementation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = two_writer_timeline(tmp.path());
+    let car = tmp.path().join("out.car");
+    ok(&a, &["export", "--car", car.to_str().unwrap()]);
+    let heads: Vec<String> = state(&a)["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+    let js = npm_ready();
+    let run = |file: &Path| {
+        Command::new("node")
+            .arg(js.join("check-car.mjs"))
+            .arg(file)
+            .args(&heads)
+            .output()
+            .expect("node")
+    };
+    let out = run(&car);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["blocks"], 13, "genesis + member + 6 + 5: {report}");
+    assert_eq!(report["ok"], true);
+
+    // The checker bites: one flipped byte in the last block is caught.
+    let mut bytes = std::fs::read(&car).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    let bad = tmp.path().join("bad.car");
+    std::fs::write(&bad, bytes).unwrap();
+    assert!(!run(&bad).status.success());
+}
+
+fn tamper_jsonl_line(line: &str, recompute_cid: bool) -> String {
+    let mut v: Value = serde_json::from_str(line).unwrap();
+    let b64 = v["block"].as_str().unwrap();
+    let mut block = base64_decode(b64);
+    // Flip a bit inside the body text (well before the signature at the end).
+    let i = block
+        .windows(4)
+        .position(|w| w == b"says")
+        .expect("text present");
+    block[i] ^= 0x20;
+    v["block"] = Value::String(base64_encode(&block));
+    if recompute_cid {
+        v["cid"] = Value::String(cid_of(&block));
+    }
+    v.to_string()
+}
+
+#[test]
+fn tampered_imports_reject_exactly_the_tampered_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = two_writer_timeline(tmp.path());
+    let src = state(&a);
+    let heads: Vec<String> = src["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().into())
+        .collect();
+    let jsonl = tmp.path().join("all.jsonl");
+    ok(&a, &["export", "--jsonl", jsonl.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&jsonl).unwrap();
+    let total = text.lines().count();
+
+    // Tamper both heads: one keeps its claimed CID (mismatch), one gets a recomputed CID (so the
+    // signature is what catches it).
+    let mut n = 0;
+    let tampered: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            if heads.contains(&v["cid"].as_str().unwrap().to_string()) {
+                n += 1;
+                tamper_jsonl_line(l, n == 2)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(n, 2);
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, tampered.join("\n") + "\n").unwrap();
+    let c = tmp.path().join("c");
+    let report = ok(&c, &["import", bad.to_str().unwrap()]);
+    assert!(
+        report.contains(&format!(
+            "new {} duplicate 1 pending 0 rejected 2",
+            total - 3
+        )),
+        "{report}"
+    );
+    assert!(
+        report.contains("rejected cid_mismatch: 1") && report.contains("rejected bad_signature: 1"),
+        "{report}"
+    );
+    assert!(ok(&c, &["verify"]).starts_with("verify OK"));
+    assert_eq!(state(&c)["events"], total - 2);
+    let strict = chorus(&c, &["import", "--strict", bad.to_str().unwrap()]);
+    assert_eq!(strict.status.code(), Some(3));
+
+    // A tampered block in the middle of a CAR: it is rejected, its descendants wait as pending
+    // (kept, never lost), and importing the genuine file completes the replica exactly.
+    let car = tmp.path().join("all.car");
+    ok(&a, &["export", "--car", car.to_str().unwrap()]);
+    let mut bytes = std::fs::read(&car).unwrap();
+    let at = bytes
+        .windows(10)
+        .position(|w| w == b"a says 2 t")
+        .expect("event a2 present");
+    bytes[at] ^= 0x20;
+    let bad_car = tmp.path().join("bad.car");
+    std::fs::write(&bad_car, bytes).unwrap();
+    let d = tmp.path().join("d");
+    let report = ok(&d, &["import", bad_car.to_str().unwrap()]);
+    assert!(
+        report.contains("rejected 1") && report.contains("rejected cid_mismatch: 1"),
+        "{report}"
+    );
+    assert!(
+        !report.contains("pending 0"),
+        "descendants of the bad block wait: {report}"
+    );
+    assert!(ok(&d, &["verify"]).starts_with("verify OK"));
+    ok(&d, &["import", car.to_str().unwrap()]);
+    let fixed = state(&d);
+    assert_eq!(fixed["pending"], 0);
+    assert_eq!(fixed["state_hash"], src["state_hash"]);
+    assert!(ok(&d, &["verify"]).starts_with("verify OK"));
+}
+
+#[test]
+fn sigkill_during_appends_loses_no_acknowledged_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("w");
+    ok(&dir, &["init", "--checkpoint-interval", "16"]);
+    let mut acknowledged: Vec<String> = vec![];
+    for round in 0..3 {
+        let mut child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args([
+                "append",
+                "--count",
+                "1000000",
+                "--batch",
+                "3",
+                &format!("round {round} event {{i}}"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let target = 40 + 37 * round;
+        for _ in 0..target {
+            acknowledged.push(lines.next().unwrap().unwrap());
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        // Anything printed before the kill was acknowledged too.
+        for l in lines.map_while(Result::ok) {
+            acknowledged.push(l);
+        }
+    }
+    let verify = ok(&dir, &["verify"]);
+    assert!(verify.starts_with("verify OK"), "{verify}");
+    let log = ok(&dir, &["log", "--json", "--limit", "0"]);
+    let present: std::collections::BTreeSet<String> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["cid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|c| !present.contains(*c))
+        .collect();
+    assert!(acknowledged.len() >= 40 + 77 + 114);
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+}
+
+#[test]
+fn every_command_has_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in [
+        vec!["--help"],
+        vec!["init", "--help"],
+        vec!["key", "--help"],
+        vec!["member", "add", "--help"],
+        vec!["member", "remove", "--help"],
+        vec!["append", "--help"],
+        vec!["log", "--help"],
+        vec!["state", "--help"],
+        vec!["verify", "--help"],
+        vec!["export", "--help"],
+        vec!["import", "--help"],
+    ] {
+        let out = ok(tmp.path(), &cmd);
+        assert!(out.contains("--data-dir"), "{cmd:?}: {out}");
+    }
+}
+
+#[test]
+fn commands_on_a_missing_store_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = chorus(&tmp.path().join("nothing"), &["state"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chorus init"));
+}
+
+// --- helpers ------------------------------------------------------------------------------
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn cid_of(b: &[u8]) -> String {
+    chorus_core::EventId::of_block(b).to_string()
+}
