@@ -420,11 +420,11 @@ fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
         // A fresh directory takes the timeline from the file's genesis.
         let mut found = None;
         for item in open_archive(&a.file)? {
-            if let (_, Ok(ev)) = item? {
-                if ev.kind == kind::GENESIS {
-                    found = Some(ev);
-                    break;
-                }
+            if let (_, Ok(ev)) = item?
+                && ev.kind == kind::GENESIS
+            {
+                found = Some(ev);
+                break;
             }
         }
         let g = found.context("the data directory is empty and the file holds no valid genesis")?;
@@ -564,16 +564,16 @@ fn verify<M: CliMachine>(dir: &Path, store: Store) -> Result<i32> {
         while cks.peek().is_some_and(|(k, _)| *k < key) {
             cks.next();
         }
-        if let Some((k, bytes)) = cks.peek() {
-            if *k == key {
-                fresh.catch_up(stored.store())?;
-                let want: [u8; 32] = sha256(bytes);
-                if fresh.state_hash() != want {
-                    return fail(format!("checkpoint at {} differs from the replay", ev.id()));
-                }
-                checked += 1;
-                cks.next();
+        if let Some((k, bytes)) = cks.peek()
+            && *k == key
+        {
+            fresh.catch_up(stored.store())?;
+            let want: [u8; 32] = sha256(bytes);
+            if fresh.state_hash() != want {
+                return fail(format!("checkpoint at {} differs from the replay", ev.id()));
             }
+            checked += 1;
+            cks.next();
         }
         progress.add(1);
     }

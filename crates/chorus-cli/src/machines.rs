@@ -27,11 +27,18 @@ impl CliMachine for KairosMachine {
             "window": e.window.len(),
             "emissaries": s.emissaries.iter().map(|((a, n), w)| json!({
                 "author": a.to_string(), "name": n, "weight": w })).collect::<Vec<_>>(),
-            "last_stimulus": s.stimuli.back().map(|r| json!({
-                "id": r.id.to_string(), "n": r.n, "intents": r.intents, "valid": r.valid,
-                "winner": r.winner.map(|w| w.to_string()) })),
+            "last_stimulus": s.stimuli.back().map(election),
+            "last_election": s.stimuli.iter().rev().find(|r| r.winner.is_some()).map(election),
         })
     }
+}
+
+fn election(r: &chorus_kairos::machine::StimulusRecord) -> Value {
+    json!({
+        "stimulus": r.id.to_string(), "n": r.n, "intents": r.intents, "valid": r.valid,
+        "selected": r.selected.iter().map(|(a, n)| format!("{}/{n}", a.fmt_short())).collect::<Vec<_>>(),
+        "winner": r.winner.map(|w| w.to_string()),
+    })
 }
 
 impl CliMachine for CounterMachine {

@@ -12,13 +12,12 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_chorus");
 
 fn chorus(dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(BIN)
+    Command::new(BIN)
         .arg("--data-dir")
         .arg(dir)
         .args(args)
         .output()
-        .expect("run chorus");
-    out
+        .expect("run chorus")
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {

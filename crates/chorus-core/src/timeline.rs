@@ -401,13 +401,13 @@ impl<M: Machine> Timeline<M> {
             parents.sort_by_key(|&i| std::cmp::Reverse(self.key(i)));
             parents.truncate(MAX_PARENTS);
         }
-        if let Some(own) = own_latest {
-            if !parents.contains(&own) {
-                if parents.len() == MAX_PARENTS {
-                    parents.pop();
-                }
-                parents.push(own);
+        if let Some(own) = own_latest
+            && !parents.contains(&own)
+        {
+            if parents.len() == MAX_PARENTS {
+                parents.pop();
             }
+            parents.push(own);
         }
         let lamport = parents
             .iter()
@@ -689,14 +689,15 @@ impl<M: Machine> Timeline<M> {
             chain.push(idx);
         }
 
-        if ev.kind == kind::MEMBER && ev.author == self.membership.admin() {
-            if let Ok(op) = MemberOp::parse(&ev.body) {
-                self.membership.record(ev.seq, &op);
-                if let MemberOp::Remove(k) = op {
-                    self.record_removal(idx, k, ev.seq);
-                }
-                self.refresh_views();
+        if ev.kind == kind::MEMBER
+            && ev.author == self.membership.admin()
+            && let Ok(op) = MemberOp::parse(&ev.body)
+        {
+            self.membership.record(ev.seq, &op);
+            if let MemberOp::Remove(k) = op {
+                self.record_removal(idx, k, ev.seq);
             }
+            self.refresh_views();
         }
 
         self.update_view(idx);
@@ -773,11 +774,11 @@ impl<M: Machine> Timeline<M> {
             if !self.views.contains_key(&a) {
                 let mut view = MemberView::default();
                 // A member that already wrote (e.g. re-added) starts from its latest event.
-                if let Some(&ai) = self.author_index.get(&a) {
-                    if let Some(&latest) = self.chains[ai as usize].last() {
-                        view.latest = Some(latest);
-                        self.extend_view(&mut view, latest);
-                    }
+                if let Some(&ai) = self.author_index.get(&a)
+                    && let Some(&latest) = self.chains[ai as usize].last()
+                {
+                    view.latest = Some(latest);
+                    self.extend_view(&mut view, latest);
                 }
                 self.views.insert(a, view);
             }
@@ -928,7 +929,7 @@ impl<M: Machine> Timeline<M> {
                 self.applied_once[word] |= bit;
             }
             self.applied_key = Some(key);
-            if (pos as u64 + 1) % self.checkpoint_interval == 0 {
+            if (pos as u64 + 1).is_multiple_of(self.checkpoint_interval) {
                 self.take_checkpoint(key);
             }
         }
@@ -992,17 +993,17 @@ impl<M: Machine> Timeline<M> {
             .iter()
             .next_back()
             .map(|(k, c)| (*k, c.bytes.clone()));
-        if let Some((key, bytes)) = newest {
-            if tl.applied_key.is_none_or(|a| a < key) {
-                tl.state = tl
-                    .machine
-                    .decode_state(&bytes)
-                    .map_err(|e| EventError::BadBody {
-                        kind: kind::CHECKPOINT.into(),
-                        why: e.to_string(),
-                    })?;
-                tl.applied_key = Some(key);
-            }
+        if let Some((key, bytes)) = newest
+            && tl.applied_key.is_none_or(|a| a < key)
+        {
+            tl.state = tl
+                .machine
+                .decode_state(&bytes)
+                .map_err(|e| EventError::BadBody {
+                    kind: kind::CHECKPOINT.into(),
+                    why: e.to_string(),
+                })?;
+            tl.applied_key = Some(key);
         }
         tl.catch_up(src)?;
         Ok(tl)

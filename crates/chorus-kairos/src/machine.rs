@@ -231,13 +231,11 @@ impl KairosMachine {
                 }
             }
         }
-        if valid {
-            if let Some(open) = s.open.as_mut().filter(|o| o.id == re) {
-                let theta = self.entry(text).mean_phase();
-                open.sum.0 += libm::cos(theta);
-                open.sum.1 += libm::sin(theta);
-                open.n += 1;
-            }
+        if valid && let Some(open) = s.open.as_mut().filter(|o| o.id == re) {
+            let theta = self.entry(text).mean_phase();
+            open.sum.0 += libm::cos(theta);
+            open.sum.1 += libm::sin(theta);
+            open.n += 1;
         }
     }
 
