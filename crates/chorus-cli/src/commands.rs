@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use chorus_core::{
     AuthorId, EventId, Machine, SignedEvent, Timeline,
-    archive::{self, ArchivedBlock},
+    archive::{self, RawBlock},
     event::kind,
     genesis::Genesis,
     machine::CounterMachine,
@@ -402,7 +402,7 @@ fn export<M: CliMachine>(r: &Replica<M>, a: ExportArgs) -> Result<i32> {
 
 fn open_archive(
     path: &Path,
-) -> Result<Box<dyn Iterator<Item = Result<ArchivedBlock, archive::ArchiveError>>>> {
+) -> Result<Box<dyn Iterator<Item = Result<RawBlock, archive::ArchiveError>> + Send>> {
     let mut f = BufReader::new(File::open(path).with_context(|| path.display().to_string())?);
     let first = f.fill_buf()?.first().copied();
     Ok(match first {
@@ -420,7 +420,7 @@ fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
         // A fresh directory takes the timeline from the file's genesis.
         let mut found = None;
         for item in open_archive(&a.file)? {
-            if let (_, Ok(ev)) = item?
+            if let Ok(ev) = item?.check()
                 && ev.kind == kind::GENESIS
             {
                 found = Some(ev);
@@ -449,42 +449,57 @@ fn import_into<M: CliMachine>(dir: &Path, a: ImportArgs) -> Result<i32> {
     let genesis = r.timeline().genesis_id();
     let mut total = chorus_store::IngestReport::default();
     let mut progress = Progress::new("import", None);
-    let mut chunk: Vec<SignedEvent> = Vec::with_capacity(INGEST_CHUNK);
-    let flush = |r: &mut Replica<M>,
-                 chunk: &mut Vec<SignedEvent>,
-                 total: &mut chorus_store::IngestReport|
-     -> Result<()> {
-        let rep = r.ingest(std::mem::take(chunk))?;
+    // Reading and checking (CID + signature, on every core) run on a second thread, one chunk
+    // ahead of the ingest into the timeline and the store on this one.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<
+        Vec<(String, Result<SignedEvent, chorus_core::EventError>)>,
+    >(2);
+    let archive = open_archive(&a.file)?;
+    let reader = std::thread::spawn(move || -> Result<()> {
+        let mut raw: Vec<RawBlock> = Vec::with_capacity(INGEST_CHUNK);
+        let send = |raw: &mut Vec<RawBlock>| {
+            let checked = chorus_store::check_raw_parallel(raw);
+            let out = raw.drain(..).map(|b| b.cid).zip(checked).collect();
+            tx.send(out).is_ok()
+        };
+        for item in archive {
+            raw.push(item?);
+            if raw.len() == INGEST_CHUNK && !send(&mut raw) {
+                return Ok(());
+            }
+        }
+        send(&mut raw);
+        Ok(())
+    });
+    for chunk in rx {
+        progress.add(chunk.len() as u64);
+        let mut events = Vec::with_capacity(chunk.len());
+        for (cid, res) in chunk {
+            match res {
+                Ok(ev) if ev.id() == genesis => total.duplicate += 1,
+                Ok(ev) => events.push(ev),
+                Err(e) => {
+                    *total.rejected.entry(e.code()).or_insert(0) += 1;
+                    if total.rejected_examples.len() < 20 {
+                        total
+                            .rejected_examples
+                            .push((EventId([0; 32]), format!("{cid}: {e}")));
+                    }
+                }
+            }
+        }
+        let rep = r.ingest(events)?;
         total.new += rep.new;
         total.duplicate += rep.duplicate;
-        total.pending = r.timeline().pending_len() as u64;
         for (k, v) in rep.rejected {
             *total.rejected.entry(k).or_insert(0) += v;
         }
         total.rejected_examples.extend(rep.rejected_examples);
-        Ok(())
-    };
-    for item in open_archive(&a.file)? {
-        let (cid, res) = item?;
-        progress.add(1);
-        match res {
-            Ok(ev) if ev.id() == genesis => total.duplicate += 1,
-            Ok(ev) => chunk.push(ev),
-            Err(e) => {
-                *total.rejected.entry(e.code()).or_insert(0) += 1;
-                if total.rejected_examples.len() < 20 {
-                    total.rejected_examples.push((
-                        cid.parse().unwrap_or(EventId([0; 32])),
-                        format!("{cid}: {e}"),
-                    ));
-                }
-            }
-        }
-        if chunk.len() == INGEST_CHUNK {
-            flush(&mut r, &mut chunk, &mut total)?;
-        }
     }
-    flush(&mut r, &mut chunk, &mut total)?;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("archive reader panicked"))??;
+    total.pending = r.timeline().pending_len() as u64;
     progress.finish();
     println!(
         "new {} duplicate {} pending {} rejected {}",

@@ -91,21 +91,39 @@ fn read_varint<R: Read>(r: &mut R) -> Result<Option<usize>, ArchiveError> {
     }
 }
 
-/// One archived block: the CID it came under and its bytes, or why it cannot be read as an event.
-pub type ArchivedBlock = (String, Result<SignedEvent, EventError>);
+/// One archived block as read: the CID it came under (as written) and its bytes. Nothing is
+/// checked yet; see [`RawBlock::check`].
+#[derive(Debug, Clone)]
+pub struct RawBlock {
+    pub cid: String,
+    pub bytes: Result<Vec<u8>, String>,
+}
 
-/// Checks a block against its claimed id and decodes it (all context-free checks).
-pub fn check_block(
-    claimed: Result<EventId, String>,
-    bytes: &[u8],
-) -> Result<SignedEvent, EventError> {
-    let claimed = claimed.map_err(|c| EventError::CidMismatch { claimed: c })?;
-    if EventId::of_block(bytes) != claimed {
-        return Err(EventError::CidMismatch {
-            claimed: claimed.to_string(),
-        });
+impl RawBlock {
+    /// The bytes, if they hash to the claimed CID (a CIDv1 dag-cbor sha2-256).
+    pub fn check_cid(&self) -> Result<&[u8], EventError> {
+        let bytes = self
+            .bytes
+            .as_ref()
+            .map_err(|e| EventError::Encoding(e.clone()))?;
+        let claimed = self
+            .cid
+            .parse::<EventId>()
+            .map_err(|_| EventError::CidMismatch {
+                claimed: self.cid.clone(),
+            })?;
+        if EventId::of_block(bytes) != claimed {
+            return Err(EventError::CidMismatch {
+                claimed: self.cid.clone(),
+            });
+        }
+        Ok(bytes)
     }
-    SignedEvent::decode(bytes)
+
+    /// CID check, then every context-free event check (canonical form, signature, …).
+    pub fn check(&self) -> Result<SignedEvent, EventError> {
+        SignedEvent::decode(self.check_cid()?)
+    }
 }
 
 /// Streams a CARv1 archive: the header is read by [`CarReader::new`], blocks by iteration.
@@ -135,7 +153,7 @@ impl<R: Read> CarReader<R> {
         })
     }
 
-    fn next_block(&mut self) -> Result<Option<ArchivedBlock>, ArchiveError> {
+    fn next_block(&mut self) -> Result<Option<RawBlock>, ArchiveError> {
         let Some(len) = read_varint(&mut self.r)? else {
             return Ok(None);
         };
@@ -146,14 +164,16 @@ impl<R: Read> CarReader<R> {
         self.r.read_exact(&mut section)?;
         let mut cursor = io::Cursor::new(&section[..]);
         let cid = Cid::read_bytes(&mut cursor).map_err(|e| ArchiveError::BadCar(e.to_string()))?;
-        let data = &section[cursor.position() as usize..];
-        let claimed = EventId::from_cid(&cid).map_err(|_| cid.to_string());
-        Ok(Some((cid.to_string(), check_block(claimed, data))))
+        let data = section[cursor.position() as usize..].to_vec();
+        Ok(Some(RawBlock {
+            cid: cid.to_string(),
+            bytes: Ok(data),
+        }))
     }
 }
 
 impl<R: Read> Iterator for CarReader<R> {
-    type Item = Result<ArchivedBlock, ArchiveError>;
+    type Item = Result<RawBlock, ArchiveError>;
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
@@ -195,9 +215,9 @@ pub fn write_jsonl_line<W: Write>(out: &mut W, ev: &SignedEvent) -> io::Result<(
 }
 
 /// Streams a JSONL archive. A line that is not JSON with `cid` and `block` is an
-/// [`ArchiveError`] (the file is not a Chorus export) and ends the stream; a block that fails
-/// its checks is an item error.
-pub fn read_jsonl<R: BufRead>(r: R) -> impl Iterator<Item = Result<ArchivedBlock, ArchiveError>> {
+/// [`ArchiveError`] (the file is not a Chorus export) and ends the stream; block checks are the
+/// caller's ([`RawBlock::check`]).
+pub fn read_jsonl<R: BufRead>(r: R) -> impl Iterator<Item = Result<RawBlock, ArchiveError>> {
     let mut failed = false;
     r.lines().enumerate().filter_map(move |(i, line)| {
         if failed {
@@ -220,17 +240,13 @@ pub fn read_jsonl<R: BufRead>(r: R) -> impl Iterator<Item = Result<ArchivedBlock
                     line: n,
                     why: e.to_string(),
                 })?;
-            let item = match B64.decode(parsed.block.as_bytes()) {
-                Ok(bytes) => check_block(
-                    parsed
-                        .cid
-                        .parse::<EventId>()
-                        .map_err(|_| parsed.cid.clone()),
-                    &bytes,
-                ),
-                Err(e) => Err(EventError::Encoding(format!("block is not base64: {e}"))),
-            };
-            Ok(Some((parsed.cid, item)))
+            let bytes = B64
+                .decode(parsed.block.as_bytes())
+                .map_err(|e| format!("block is not base64: {e}"));
+            Ok(Some(RawBlock {
+                cid: parsed.cid,
+                bytes,
+            }))
         })();
         if res.is_err() {
             failed = true;

@@ -53,16 +53,56 @@ pub enum VerifyError {
     BadSignature,
 }
 
+/// Most decompressed public keys a [`KeyCache`] keeps.
+pub const KEY_CACHE_ENTRIES: usize = 4096;
+
+/// Decompressed, checked public keys by author. Decompressing a key costs about as much as a
+/// seventh of a verification; authors repeat, so verifiers keep a bounded cache (cleared when
+/// full — simple and bounded).
+#[derive(Default)]
+pub struct KeyCache {
+    keys: std::collections::HashMap<AuthorId, Result<VerifyingKey, VerifyError>>,
+}
+
+impl KeyCache {
+    fn get(&mut self, author: &AuthorId) -> Result<VerifyingKey, VerifyError> {
+        if let Some(k) = self.keys.get(author) {
+            return *k;
+        }
+        if self.keys.len() >= KEY_CACHE_ENTRIES {
+            self.keys.clear();
+        }
+        let k = VerifyingKey::from_bytes(&author.0)
+            .map_err(|_| VerifyError::BadKey)
+            .and_then(|k| {
+                if k.is_weak() {
+                    Err(VerifyError::BadKey)
+                } else {
+                    Ok(k)
+                }
+            });
+        self.keys.insert(*author, k);
+        k
+    }
+}
+
 /// Verifies an event signature strictly (no small-order keys, canonical S).
 pub fn verify_event(
     author: &AuthorId,
     payload: &[u8],
     signature: &[u8; 64],
 ) -> Result<(), VerifyError> {
-    let key = VerifyingKey::from_bytes(&author.0).map_err(|_| VerifyError::BadKey)?;
-    if key.is_weak() {
-        return Err(VerifyError::BadKey);
-    }
+    verify_event_cached(author, payload, signature, &mut KeyCache::default())
+}
+
+/// [`verify_event`] with a key cache.
+pub fn verify_event_cached(
+    author: &AuthorId,
+    payload: &[u8],
+    signature: &[u8; 64],
+    cache: &mut KeyCache,
+) -> Result<(), VerifyError> {
+    let key = cache.get(author)?;
     let sig = Signature::from_bytes(signature);
     let mut msg = Vec::with_capacity(EVENT_SIGNING_DOMAIN.len() + payload.len());
     msg.extend_from_slice(EVENT_SIGNING_DOMAIN);

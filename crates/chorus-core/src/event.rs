@@ -10,7 +10,7 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     codec::{self, CodecError},
-    crypto::{self, Keypair, VerifyError},
+    crypto::{self, KeyCache, Keypair, VerifyError},
     ids::{AuthorId, EventId},
     limits::{MAX_BODY_BYTES, MAX_COUNTER, MAX_EVENT_BYTES, MAX_KIND_BYTES, MAX_PARENTS},
 };
@@ -207,13 +207,17 @@ impl SignedEvent {
     /// Decodes a block and runs every check that needs only the bytes (steps 1–9 of the
     /// format's validation order), including the signature.
     pub fn decode(bytes: &[u8]) -> Result<SignedEvent, EventError> {
+        Self::decode_cached(bytes, &mut KeyCache::default())
+    }
+
+    /// [`decode`](Self::decode) reusing decompressed author keys.
+    pub fn decode_cached(bytes: &[u8], keys: &mut KeyCache) -> Result<SignedEvent, EventError> {
         let (ev, sig_payload) = Self::decode_unverified(bytes)?;
-        crypto::verify_event(&ev.event.author, &sig_payload, &ev.event.signature).map_err(|e| {
-            match e {
+        crypto::verify_event_cached(&ev.event.author, &sig_payload, &ev.event.signature, keys)
+            .map_err(|e| match e {
                 VerifyError::BadKey => EventError::BadAuthorKey,
                 VerifyError::BadSignature => EventError::BadSignature,
-            }
-        })?;
+            })?;
         Ok(ev)
     }
 
@@ -235,9 +239,13 @@ impl SignedEvent {
             return Err(EventError::UnsupportedVersion(wire.v));
         }
         check_kind(&wire.k)?;
-        let body_len = codec::encode(&wire.b).len();
-        if body_len > MAX_BODY_BYTES {
-            return Err(EventError::BodyTooLarge { size: body_len });
+        // The body is a strict part of the block, so only a block larger than the body limit
+        // can hold a body over it.
+        if bytes.len() > MAX_BODY_BYTES {
+            let body_len = codec::encode(&wire.b).len();
+            if body_len > MAX_BODY_BYTES {
+                return Err(EventError::BodyTooLarge { size: body_len });
+            }
         }
         let author = AuthorId(
             wire.au

@@ -98,24 +98,31 @@ pub fn history(
         .iter()
         .map(|_| Timeline::new(genesis.clone(), NullMachine(machine_id)).expect("valid genesis"))
         .collect();
+    // Per replica, the indices (into `all`) of the events it holds, in the order it got them
+    // (a causal order); and per (receiver, sender) how much of the sender's list was taken.
+    let mut held: Vec<Vec<usize>> = vec![vec![]; keys.len()];
+    let mut cursor = vec![vec![0usize; keys.len()]; keys.len()];
     let mut all: Vec<SignedEvent> = vec![];
     let mut rng = Rng(seed | 1);
     while all.len() < events {
         let w = rng.below(keys.len());
         if rng.below(10) < 3 {
             let other = rng.below(keys.len());
-            let theirs: Vec<SignedEvent> = all
-                .iter()
-                .filter(|e| replicas[other].contains(&e.id()))
-                .cloned()
-                .collect();
-            for e in theirs {
-                replicas[w].insert_deferred(e).expect("valid");
+            if other != w {
+                let fresh: Vec<usize> = held[other][cursor[w][other]..].to_vec();
+                cursor[w][other] = held[other].len();
+                for i in fresh {
+                    if !replicas[w].contains(&all[i].id()) {
+                        replicas[w].insert_deferred(all[i].clone()).expect("valid");
+                        held[w].push(i);
+                    }
+                }
             }
         } else {
             let (k, b) = body(&all, &mut rng);
             let ev = replicas[w].prepare(keys[w].author(), k, b).sign(&keys[w]);
             replicas[w].insert_deferred(ev.clone()).expect("valid");
+            held[w].push(all.len());
             all.push(ev);
         }
     }

@@ -447,7 +447,15 @@ impl<M: Machine> Timeline<M> {
         evs: impl IntoIterator<Item = SignedEvent>,
         src: &dyn BlockSource,
     ) -> Result<Vec<Result<Inserted, EventError>>, TimelineError> {
-        let out = evs.into_iter().map(|e| self.insert_deferred(e)).collect();
+        let mut out = vec![];
+        for e in evs {
+            out.push(self.insert_deferred(e));
+            // Fold forward while the blocks are still cached, unless a rewind is pending (the
+            // rewind then reads older blocks from `src` anyway).
+            if self.rewind_from.is_none() && self.unfolded() >= RECENT_BLOCK_CACHE / 2 {
+                self.catch_up(src)?;
+            }
+        }
         self.catch_up(src)?;
         Ok(out)
     }
@@ -612,6 +620,14 @@ impl<M: Machine> Timeline<M> {
 
     fn lower_bound(&self, key: &OrderKey) -> usize {
         self.order.partition_point(|&i| self.key(i) < *key)
+    }
+
+    /// Ordered events after the last folded one.
+    fn unfolded(&self) -> usize {
+        match self.applied_key {
+            None => self.order.len(),
+            Some(k) => self.order.len() - self.lower_bound(&k) - 1,
+        }
     }
 
     fn mark_rewind(&mut self, key: OrderKey) {

@@ -9,3 +9,6 @@ pub mod tables;
 
 pub use replica::{IngestReport, Replica, ReplicaError};
 pub use store::{Batch, IntegrityReport, Store, StoreError};
+
+pub mod verify;
+pub use verify::{check_raw_parallel, decode_parallel};

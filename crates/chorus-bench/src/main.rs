@@ -1,0 +1,767 @@
+//! Bench binary for `docs/benchmarks.md`.
+//!
+//! `cargo run --release -p chorus-bench` runs every scenario, each in its own process (so the
+//! peak RSS it reports, from `/proc/self/status` VmHWM, is that scenario's alone), and prints a
+//! markdown table. `cargo run --release -p chorus-bench -- NAME` runs one scenario.
+
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use chorus_core::{
+    EventId, Machine, SignedEvent, Timeline, UnsignedEvent,
+    crypto::Keypair,
+    event::kind,
+    machine::CounterMachine,
+    testkit::{self, NullMachine},
+    timeline::NoBlocks,
+};
+use chorus_kairos::{
+    KairosMachine,
+    encoder::{PhaseEncoder, Sha256Encoder},
+    engine::{Engine, Entry, NoiseKey, Profile},
+};
+use chorus_store::Replica;
+use ipld_core::ipld::Ipld;
+
+const SCENARIOS: &[&str] = &[
+    "append",
+    "ingest-counter",
+    "ingest-kairos",
+    "decode-parts",
+    "ingest-stages",
+    "late",
+    "replay",
+    "kairos-tokens",
+    "w1",
+    "w2-w3-counter",
+    "w2-w3-kairos",
+    "store-1m",
+    "open-1m",
+];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("all") => run_all(),
+        Some(name) => {
+            run_one(name, &args[1..])?;
+            println!(
+                "ROW|{name}: peak RSS of this process|{:.0}|MB||",
+                peak_rss_mb()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn run_all() -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = tempfile::tempdir()?;
+    println!("| measurement | value | unit | target | notes |");
+    println!("|---|---:|---|---|---|");
+    for name in SCENARIOS {
+        eprintln!("running {name} …");
+        let out = Command::new(&exe).arg(name).arg(dir.path()).output()?;
+        if !out.status.success() {
+            anyhow::bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some(row) = line.strip_prefix("ROW|") {
+                println!("| {} |", row.replace('|', " | "));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn row(what: &str, value: f64, unit: &str, target: &str, notes: &str) {
+    let v = if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    };
+    println!("ROW|{what}|{v}|{unit}|{target}|{notes}");
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn run_one(name: &str, args: &[String]) -> Result<()> {
+    let shared = args.first().map(std::path::PathBuf::from);
+    match name {
+        "append" => append(),
+        "ingest-counter" => ingest("counter"),
+        "ingest-kairos" => ingest("kairos"),
+        "late" => late(),
+        "replay" => replay(),
+        "kairos-tokens" => kairos_tokens(),
+        "w1" => w1(),
+        "w2-w3-counter" => w2_w3(CounterMachine, "counter/1"),
+        "w2-w3-kairos" => w2_w3(KairosMachine, "kairos/1"),
+        "store-1m" => store_1m(&shared.expect("shared dir")),
+        "open-1m" => open_1m(&shared.expect("shared dir")),
+        "decode-parts" => decode_parts(),
+        "ingest-stages" => ingest_stages(),
+        other => anyhow::bail!("unknown scenario {other}; one of {SCENARIOS:?}"),
+    }
+}
+
+fn new_replica<M: Machine>(dir: &std::path::Path, machine: M, id: &str) -> Result<Replica<M>> {
+    Ok(Replica::init(
+        dir,
+        |k| chorus_core::genesis::Genesis::new_body("bench", k.author(), id),
+        machine,
+    )?)
+}
+
+const WORDS: [&str; 12] = [
+    "the", "we", "is", "becoming", "one", "phase", "north", "gate", "guard", "fire", "night",
+    "kairos",
+];
+
+fn sentence(i: usize, words: usize) -> String {
+    (0..words)
+        .map(|k| WORDS[(i * 7 + k * 5 + k * k) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Local append: sign + index + durable commit, for several group-commit sizes.
+fn append() -> Result<()> {
+    for (batch, total) in [
+        (1usize, 2_000usize),
+        (10, 10_000),
+        (100, 20_000),
+        (1000, 20_000),
+    ] {
+        let dir = tempfile::tempdir()?;
+        let mut r = new_replica(dir.path(), CounterMachine, "counter/1")?;
+        let t = Instant::now();
+        for b in 0..total / batch {
+            let items = (0..batch)
+                .map(|i| {
+                    (
+                        kind::STIMULUS.to_string(),
+                        testkit::text(&sentence(b * batch + i, 10)),
+                    )
+                })
+                .collect();
+            r.append_batch(items)?;
+        }
+        let target = if batch == 100 { "≥ 5 000/s" } else { "" };
+        row(
+            &format!("local append, durable, {batch} per commit (counter)"),
+            rate(total, t.elapsed()),
+            "events/s",
+            target,
+            &format!("{total} events, fsync per commit"),
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let mut r = new_replica(dir.path(), KairosMachine, "kairos/1")?;
+    let t = Instant::now();
+    for b in 0..100 {
+        let items = (0..100)
+            .map(|i| {
+                (
+                    kind::STIMULUS.to_string(),
+                    testkit::text(&sentence(b * 100 + i, 10)),
+                )
+            })
+            .collect();
+        r.append_batch(items)?;
+    }
+    row(
+        "local append, durable, 100 per commit (KAIROS, 10 tokens/event)",
+        rate(10_000, t.elapsed()),
+        "events/s",
+        "",
+        "",
+    );
+    Ok(())
+}
+
+struct Writers {
+    admin: Keypair,
+    keys: Vec<Keypair>,
+}
+
+fn writers(n: usize) -> Writers {
+    Writers {
+        admin: Keypair::from_seed([250; 32]),
+        keys: (0..n)
+            .map(|i| {
+                Keypair::from_seed([
+                    (i % 250) as u8 + 1,
+                    (i / 250) as u8,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                    7,
+                ])
+            })
+            .collect(),
+    }
+}
+
+/// Foreign events: decode + CID + signature + store + order + apply.
+fn ingest(which: &str) -> Result<()> {
+    for (machine_id, n) in [("counter/1", 20_000usize), ("kairos/1", 5_000)] {
+        if !machine_id.starts_with(which) {
+            continue;
+        }
+        let w = writers(4);
+        let g = testkit::genesis(&w.admin, &w.keys, machine_id, 256);
+        let evs = testkit::history(
+            &g,
+            if machine_id == "counter/1" {
+                "counter/1"
+            } else {
+                "kairos/1"
+            },
+            &w.keys,
+            n,
+            11,
+            |made, _| (kind::STIMULUS, testkit::text(&sentence(made.len(), 10))),
+        );
+        let bytes: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
+        let dir = tempfile::tempdir()?;
+        let t = Instant::now();
+        if machine_id == "counter/1" {
+            let mut r = Replica::create_from_genesis(dir.path(), g, CounterMachine)?;
+            pipelined_ingest(&mut r, &bytes)?;
+        } else {
+            let mut r = Replica::create_from_genesis(dir.path(), g, KairosMachine)?;
+            pipelined_ingest(&mut r, &bytes)?;
+        }
+        let target = if machine_id == "counter/1" {
+            "≥ 15 000/s"
+        } else {
+            ""
+        };
+        row(
+            &format!("ingest foreign events ({machine_id}): decode+CID+verify+store+order+apply"),
+            rate(n, t.elapsed()),
+            "events/s",
+            target,
+            &format!("{n} events from 4 concurrent writers, 1000 per commit, 10 tokens/event"),
+        );
+    }
+    Ok(())
+}
+
+/// Decode + verify (all cores) one chunk ahead of ingest (order + apply + durable store), as
+/// `chorus import` does.
+fn pipelined_ingest<M: Machine>(r: &mut Replica<M>, bytes: &[Vec<u8>]) -> Result<()> {
+    std::thread::scope(|s| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        s.spawn(move || {
+            for chunk in bytes.chunks(1000) {
+                if tx.send(chorus_store::decode_parallel(chunk)).is_err() {
+                    return;
+                }
+            }
+        });
+        for decoded in rx {
+            r.ingest(decoded.into_iter().collect::<Result<Vec<_>, _>>()?)?;
+        }
+        Ok(())
+    })
+}
+
+/// A late event d positions behind the tip: time to insert it and bring the state up to date.
+fn late() -> Result<()> {
+    for machine_id in ["counter/1", "kairos/1"] {
+        let w = writers(64);
+        let fast = &w.keys[0];
+        let g = testkit::genesis(&w.admin, &w.keys, machine_id, 256);
+        let n = 20_000;
+        let mut tl = Timeline::new(
+            g.clone(),
+            NullMachine(if machine_id == "counter/1" {
+                "counter/1"
+            } else {
+                "kairos/1"
+            }),
+        )?;
+        let mut src: BTreeMap<EventId, Arc<[u8]>> = BTreeMap::new();
+        src.insert(g.id(), g.bytes_arc());
+        let mut chain = vec![g.clone()];
+        for i in 0..n {
+            let e = tl
+                .prepare(
+                    fast.author(),
+                    kind::STIMULUS,
+                    testkit::text(&sentence(i, 10)),
+                )
+                .sign(fast);
+            src.insert(e.id(), e.bytes_arc());
+            tl.insert_deferred(e.clone())?;
+            chain.push(e);
+        }
+        for depth in [1usize, 100, 10_000] {
+            let mut times = vec![];
+            let mut reapplied = 0;
+            for trial in 0..9 {
+                // Fresh timeline per trial so every insert is exactly `depth` back.
+                let elapsed = if machine_id == "counter/1" {
+                    late_trial(
+                        &g,
+                        &chain,
+                        &src,
+                        &w,
+                        trial,
+                        depth,
+                        CounterMachine,
+                        &mut reapplied,
+                    )?
+                } else {
+                    late_trial(
+                        &g,
+                        &chain,
+                        &src,
+                        &w,
+                        trial,
+                        depth,
+                        KairosMachine,
+                        &mut reapplied,
+                    )?
+                };
+                times.push(elapsed);
+            }
+            times.sort();
+            let median = times[times.len() / 2];
+            let target = if depth == 100 { "≤ 5 ms" } else { "" };
+            row(
+                &format!("late insert {depth} events back ({machine_id})"),
+                median.as_secs_f64() * 1e3,
+                "ms (median of 9)",
+                target,
+                &format!(
+                    "checkpoint every 256; {} events re-applied per insert",
+                    reapplied / 9
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn late_trial<M: Machine>(
+    g: &SignedEvent,
+    chain: &[SignedEvent],
+    src: &BTreeMap<EventId, Arc<[u8]>>,
+    w: &Writers,
+    trial: usize,
+    depth: usize,
+    machine: M,
+    reapplied: &mut u64,
+) -> Result<Duration> {
+    let mut tl = Timeline::new(g.clone(), machine)?;
+    tl.insert_batch(chain[1..].iter().cloned(), src)?;
+    let parent = &chain[chain.len() - 1 - depth];
+    let slow = &w.keys[1 + trial];
+    let ev = UnsignedEvent {
+        timeline: Some(g.id()),
+        author: slow.author(),
+        seq: 1,
+        lamport: parent.lamport + 1,
+        parents: vec![parent.id()],
+        kind: kind::STIMULUS.into(),
+        body: testkit::text("from the pi zero, late"),
+    }
+    .sign(slow);
+    let before = tl.stats().reapplied;
+    let t = Instant::now();
+    tl.insert(ev, src)?;
+    let d = t.elapsed();
+    *reapplied += tl.stats().reapplied - before;
+    Ok(d)
+}
+
+/// Replay from genesis: index + apply every event in order.
+fn replay() -> Result<()> {
+    let w = writers(4);
+    for (machine_id, n) in [("counter/1", 100_000usize), ("kairos/1", 10_000)] {
+        let g = testkit::genesis(&w.admin, &w.keys, machine_id, 256);
+        let evs = testkit::history(
+            &g,
+            if machine_id == "counter/1" {
+                "counter/1"
+            } else {
+                "kairos/1"
+            },
+            &w.keys,
+            n,
+            5,
+            |made, _| (kind::STIMULUS, testkit::text(&sentence(made.len(), 10))),
+        );
+        let mut sorted = evs.clone();
+        sorted.sort_by_key(|e| (e.lamport, e.id()));
+        let t = Instant::now();
+        let hash = if machine_id == "counter/1" {
+            let mut tl = Timeline::new(g.clone(), CounterMachine)?;
+            tl.insert_batch(sorted, &NoBlocks)?;
+            tl.state_hash()
+        } else {
+            let mut tl = Timeline::new(g.clone(), KairosMachine)?;
+            tl.insert_batch(sorted, &NoBlocks)?;
+            tl.state_hash()
+        };
+        let d = t.elapsed();
+        let target = if machine_id == "counter/1" {
+            "≤ 15 s for 100 000"
+        } else {
+            ""
+        };
+        row(
+            &format!("replay {n} events from genesis ({machine_id})"),
+            d.as_secs_f64(),
+            "s",
+            target,
+            &format!("{:.0} events/s; state {}", rate(n, d), &hex(&hash)[..12]),
+        );
+    }
+    Ok(())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn kairos_tokens() -> Result<()> {
+    let n = 50_000;
+    let entries: Vec<Arc<Entry>> = (0..n)
+        .map(|i| {
+            Arc::new(Entry::new(
+                &Sha256Encoder,
+                Sha256Encoder.key(WORDS[i % WORDS.len()]),
+            ))
+        })
+        .collect();
+    let mut e = Engine::new(Profile::MASTER);
+    let t = Instant::now();
+    for (i, entry) in entries.into_iter().enumerate() {
+        e.temporalize(
+            entry,
+            NoiseKey {
+                event: [1; 32],
+                token: i as u64,
+            },
+        );
+    }
+    let d = t.elapsed();
+    row(
+        "KAIROS temporalize, master profile (window full: 119 pairs/step)",
+        rate(n, d),
+        "tokens/s",
+        "≥ 10 000",
+        "phasors precomputed",
+    );
+    let t = Instant::now();
+    let mut e = Engine::new(Profile::MASTER);
+    for i in 0..n {
+        let entry = Arc::new(Entry::new(
+            &Sha256Encoder,
+            Sha256Encoder.key(&format!("token{i}")),
+        ));
+        e.temporalize(
+            entry,
+            NoiseKey {
+                event: [1; 32],
+                token: i as u64,
+            },
+        );
+    }
+    row(
+        "KAIROS temporalize incl. SHA-256 encoder + 768 libm sin/cos per token",
+        rate(n, t.elapsed()),
+        "tokens/s",
+        "≥ 10 000",
+        "",
+    );
+    Ok(())
+}
+
+/// W1: one writer, 10 000 appends of 100-byte JSON payloads.
+fn w1() -> Result<()> {
+    let payload = |i: usize| -> Ipld {
+        // {"n":i,"pad":"…"} serialised as JSON is 100 bytes.
+        let base = format!("{{\"n\":{i},\"pad\":\"\"}}").len();
+        let mut m = BTreeMap::new();
+        m.insert("n".to_string(), Ipld::Integer(i as i128));
+        m.insert("pad".to_string(), Ipld::String("x".repeat(100 - base)));
+        Ipld::Map(m)
+    };
+    for batch in [1usize, 100] {
+        let dir = tempfile::tempdir()?;
+        let mut r = new_replica(dir.path(), CounterMachine, "counter/1")?;
+        let t = Instant::now();
+        for b in 0..10_000 / batch {
+            r.append_batch(
+                (0..batch)
+                    .map(|i| ("note".to_string(), payload(b * batch + i)))
+                    .collect(),
+            )?;
+        }
+        let d = t.elapsed();
+        row(
+            &format!("W1: 1 writer × 10 000 appends of 100-byte JSON, {batch} per commit"),
+            d.as_secs_f64(),
+            "s",
+            "",
+            &format!("{:.0} events/s durable", rate(10_000, d)),
+        );
+    }
+    Ok(())
+}
+
+/// W2: four writers × 2 500 events created without seeing each other, merged into a fresh
+/// replica; W3: a fifth writer's 1 000 events, concurrent with all of W2, integrated after.
+fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
+    let w = writers(5);
+    let g = testkit::genesis(&w.admin, &w.keys, id, 256);
+    let solo = |k: &Keypair, n: usize, tag: &str| -> Result<Vec<SignedEvent>> {
+        let mut tl = Timeline::new(g.clone(), NullMachine(id))?;
+        let mut out = vec![];
+        for i in 0..n {
+            let e = tl
+                .prepare(
+                    k.author(),
+                    kind::STIMULUS,
+                    testkit::text(&format!("{tag} {}", sentence(i, 10))),
+                )
+                .sign(k);
+            tl.insert_deferred(e.clone())?;
+            out.push(e);
+        }
+        Ok(out)
+    };
+    let mut w2 = vec![];
+    for k in &w.keys[..4] {
+        w2.push(solo(k, 2_500, "w2")?);
+    }
+    let w3 = solo(&w.keys[4], 1_000, "w3")?;
+    let dir = tempfile::tempdir()?;
+    let mut r = Replica::create_from_genesis(dir.path(), g.clone(), machine)?;
+    let t = Instant::now();
+    for writer in &w2 {
+        for chunk in writer.chunks(1000) {
+            r.ingest(chunk.to_vec())?;
+        }
+    }
+    let d2 = t.elapsed();
+    let s2 = r.timeline().stats().clone();
+    row(
+        &format!("W2 ({id}): merge 4 × 2 500 concurrent events into a fresh replica"),
+        d2.as_secs_f64(),
+        "s",
+        "",
+        &format!(
+            "{:.0} events/s; {} applications for 10 000 events ({} re-applied, {} rewinds)",
+            rate(10_000, d2),
+            s2.applied,
+            s2.reapplied,
+            s2.rewinds
+        ),
+    );
+    let t = Instant::now();
+    for chunk in w3.chunks(1000) {
+        r.ingest(chunk.to_vec())?;
+    }
+    let d3 = t.elapsed();
+    let s3 = r.timeline().stats().clone();
+    row(
+        &format!("W3 ({id}): integrate a 5th writer's 1 000 concurrent events after W2"),
+        d3.as_secs_f64(),
+        "s",
+        "",
+        &format!(
+            "{} events re-applied (amplification {:.1}×)",
+            s3.reapplied - s2.reapplied,
+            (s3.applied - s2.applied) as f64 / 1000.0
+        ),
+    );
+    // The merged replica equals a from-scratch replay of the same set.
+    let mut all: Vec<SignedEvent> = w2.into_iter().flatten().chain(w3).collect();
+    all.sort_by_key(|e| (e.lamport, e.id()));
+    let mut fresh = Timeline::new(g, machine)?;
+    fresh.insert_batch(all, r.store())?;
+    assert_eq!(
+        fresh.state_hash(),
+        r.timeline().state_hash(),
+        "merge equals replay"
+    );
+    Ok(())
+}
+
+const ONE_MILLION: usize = 1_000_000;
+
+/// Builds a store with 1 M events (used by open-1m).
+fn store_1m(shared: &std::path::Path) -> Result<()> {
+    let dir = shared.join("one-million");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut r = new_replica(&dir, CounterMachine, "counter/1")?;
+    let t = Instant::now();
+    for b in 0..ONE_MILLION / 1000 {
+        let items = (0..1000)
+            .map(|i| {
+                (
+                    kind::STIMULUS.to_string(),
+                    testkit::text(&sentence(b * 1000 + i, 10)),
+                )
+            })
+            .collect();
+        r.append_batch(items)?;
+    }
+    let d = t.elapsed();
+    row(
+        "build a 1 000 000-event store (append, 1000 per commit)",
+        d.as_secs_f64(),
+        "s",
+        "",
+        &format!("{:.0} events/s", rate(ONE_MILLION, d)),
+    );
+    row(
+        "peak RSS while appending 1 000 000 events",
+        peak_rss_mb(),
+        "MB",
+        "≤ 200 MB",
+        "writer process",
+    );
+    Ok(())
+}
+
+fn open_1m(shared: &std::path::Path) -> Result<()> {
+    let dir = shared.join("one-million");
+    let t = Instant::now();
+    let r = Replica::open(&dir, CounterMachine)?;
+    let d = t.elapsed();
+    row(
+        "open a 1 000 000-event store: integrity check + index + newest checkpoint",
+        d.as_secs_f64(),
+        "s",
+        "",
+        &format!(
+            "{} events, {} applied on open",
+            r.timeline().len(),
+            r.timeline().stats().applied
+        ),
+    );
+    row(
+        "peak RSS with 1 000 000 events stored (opened replica)",
+        peak_rss_mb(),
+        "MB",
+        "≤ 200 MB",
+        "",
+    );
+    Ok(())
+}
+
+fn ingest_stages() -> Result<()> {
+    let w = writers(4);
+    let g = testkit::genesis(&w.admin, &w.keys, "counter/1", 256);
+    let evs = testkit::history(&g, "counter/1", &w.keys, 20_000, 11, |made, _| {
+        (kind::STIMULUS, testkit::text(&sentence(made.len(), 10)))
+    });
+    let bytes: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
+    let t = Instant::now();
+    let decoded = chorus_store::decode_parallel(&bytes)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    row(
+        "ingest stage 1: decode + verify on all cores",
+        rate(bytes.len(), t.elapsed()),
+        "events/s",
+        "",
+        "",
+    );
+    let dir = tempfile::tempdir()?;
+    let mut r = Replica::create_from_genesis(dir.path(), g, CounterMachine)?;
+    let t = Instant::now();
+    for chunk in decoded.chunks(1000) {
+        r.ingest(chunk.to_vec())?;
+    }
+    row(
+        "ingest stage 2: order + apply + durable store (counter)",
+        rate(bytes.len(), t.elapsed()),
+        "events/s",
+        "",
+        "1000 per commit",
+    );
+    Ok(())
+}
+
+fn decode_parts() -> Result<()> {
+    let w = writers(1);
+    let g = testkit::genesis(&w.admin, &w.keys, "counter/1", 256);
+    let evs = testkit::history(&g, "counter/1", &w.keys, 20_000, 3, |made, _| {
+        (kind::STIMULUS, testkit::text(&sentence(made.len(), 10)))
+    });
+    let t = Instant::now();
+    for e in &evs {
+        SignedEvent::decode_trusted(e.bytes())?;
+    }
+    row(
+        "decode + CID, no signature check",
+        rate(evs.len(), t.elapsed()),
+        "events/s",
+        "",
+        "context for the ingest rows",
+    );
+    let t = Instant::now();
+    for e in &evs {
+        SignedEvent::decode(e.bytes())?;
+    }
+    row(
+        "decode + CID + Ed25519 verify_strict",
+        rate(evs.len(), t.elapsed()),
+        "events/s",
+        "",
+        "single thread",
+    );
+    Ok(())
+}
