@@ -199,6 +199,8 @@ pub struct Timeline<M: Machine> {
 
     views: BTreeMap<AuthorId, MemberView>,
     settled: usize,
+    visit_marks: Vec<u32>,
+    visit_stamp: u32,
 
     stats: Stats,
 }
@@ -257,6 +259,8 @@ impl<M: Machine> Timeline<M> {
             recent_fifo: VecDeque::new(),
             views: BTreeMap::new(),
             settled: 0,
+            visit_marks: vec![],
+            visit_stamp: 0,
             stats: Stats::default(),
         };
         tl.refresh_views();
@@ -814,16 +818,25 @@ impl<M: Machine> Timeline<M> {
     /// Adds the causal past of `idx` to `view.vv`. Events already covered by the old vector are
     /// not walked: their whole past is covered already (each event contains its author's
     /// previous one, so coverage of `(a, sq)` implies coverage of its past).
-    fn extend_view(&self, view: &mut MemberView, idx: u32) {
+    fn extend_view(&mut self, view: &mut MemberView, idx: u32) {
         let covered = |vv: &Vec<u64>, a: u32, sq: u64| vv.get(a as usize).is_some_and(|&s| s >= sq);
-        let mut seen = HashSet::new();
+        // Visited marks: one u32 per event, a new stamp per walk (cheaper than a hash set; a
+        // member's first event walks the whole history).
+        self.visit_stamp = self.visit_stamp.wrapping_add(1);
+        if self.visit_stamp == 0 {
+            self.visit_marks.fill(0);
+            self.visit_stamp = 1;
+        }
+        self.visit_marks.resize(self.metas.len(), 0);
         let mut updates: Vec<(u32, u64)> = vec![];
         let mut stack = vec![idx];
         while let Some(i) = stack.pop() {
             let m = self.metas[i as usize];
-            if covered(&view.vv, m.author, m.sq) || !seen.insert(i) {
+            if covered(&view.vv, m.author, m.sq) || self.visit_marks[i as usize] == self.visit_stamp
+            {
                 continue;
             }
+            self.visit_marks[i as usize] = self.visit_stamp;
             updates.push((m.author, m.sq));
             stack.extend(self.parents(i));
         }
