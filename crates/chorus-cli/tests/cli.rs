@@ -303,3 +303,36 @@ fn base64_encode(b: &[u8]) -> String {
 fn cid_of(b: &[u8]) -> String {
     chorus_core::EventId::of_block(b).to_string()
 }
+
+#[test]
+fn verify_catches_a_forged_checkpoint() {
+    use redb::ReadableTable;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("v");
+    ok(&dir, &["init", "--checkpoint-interval", "4"]);
+    ok(&dir, &["append", "--count", "10", "the gate {i} holds"]);
+    assert!(ok(&dir, &["verify"]).contains("checkpoints checked"));
+    {
+        let db = redb::Database::open(dir.join("chorus.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(chorus_store::tables::CHECKPOINTS).unwrap();
+            let (k, mut v) = {
+                let (k, v) = t.iter().unwrap().next().unwrap().unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            };
+            // Flip a low bit of the stored recovery variable: still decodes, different state.
+            let at = 16 + 4 + "master".len() + 8 + 1 + 8 + 8;
+            v[at] ^= 1;
+            t.insert(k.as_slice(), v.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let out = chorus(&dir, &["verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("verify FAILED") && text.contains("checkpoint at"),
+        "{text}"
+    );
+}

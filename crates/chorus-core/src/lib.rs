@@ -30,6 +30,7 @@ pub mod codec;
 pub mod crypto;
 pub mod event;
 pub mod genesis;
+mod id_index;
 pub mod ids;
 pub mod limits;
 pub mod machine;

@@ -28,6 +28,7 @@ use std::{
 use crate::{
     event::{EventError, SignedEvent, UnsignedEvent, kind},
     genesis::Genesis,
+    id_index::IdIndex,
     ids::{AuthorId, EventId},
     limits::{MAX_PARENTS, MAX_PENDING_BYTES, MAX_PENDING_EVENTS, RECENT_BLOCK_CACHE},
     machine::{Applied, Machine},
@@ -162,7 +163,7 @@ pub struct Timeline<M: Machine> {
 
     ids: Vec<EventId>,
     metas: Vec<Meta>,
-    by_id: HashMap<EventId, u32>,
+    by_id: IdIndex,
     parents_arena: Vec<u32>,
     authors: Vec<AuthorId>,
     author_index: HashMap<AuthorId, u32>,
@@ -235,7 +236,7 @@ impl<M: Machine> Timeline<M> {
             membership,
             ids: vec![],
             metas: vec![],
-            by_id: HashMap::new(),
+            by_id: IdIndex::default(),
             parents_arena: vec![],
             authors: vec![],
             author_index: HashMap::new(),
@@ -320,8 +321,11 @@ impl<M: Machine> Timeline<M> {
             .copied()
             .collect()
     }
+    fn index_of(&self, id: &EventId) -> Option<u32> {
+        self.by_id.get(&self.ids, id)
+    }
     pub fn contains(&self, id: &EventId) -> bool {
-        self.by_id.contains_key(id)
+        self.index_of(id).is_some()
     }
     /// Current heads (events no other indexed event names as parent), sorted by id.
     pub fn heads(&self) -> Vec<EventId> {
@@ -344,7 +348,7 @@ impl<M: Machine> Timeline<M> {
     }
     /// Order key of an indexed event.
     pub fn key_of(&self, id: &EventId) -> Option<OrderKey> {
-        self.by_id.get(id).map(|&i| self.key(i))
+        self.index_of(id).map(|i| self.key(i))
     }
     /// Position of an indexed event in the total order.
     pub fn position_of(&self, id: &EventId) -> Option<usize> {
@@ -353,11 +357,11 @@ impl<M: Machine> Timeline<M> {
     }
     /// Whether the state skips this event (equivocation or removal).
     pub fn is_excluded(&self, id: &EventId) -> bool {
-        self.by_id.get(id).is_some_and(|&i| self.excluded(i))
+        self.index_of(id).is_some_and(|i| self.excluded(i))
     }
     /// Author, sq and lc of an indexed event.
     pub fn meta_of(&self, id: &EventId) -> Option<(AuthorId, u64, u64)> {
-        self.by_id.get(id).map(|&i| {
+        self.index_of(id).map(|i| {
             let m = self.metas[i as usize];
             (self.authors[m.author as usize], m.sq, m.lc)
         })
@@ -399,7 +403,11 @@ impl<M: Machine> Timeline<M> {
             .get(&author)
             .and_then(|&a| self.chains[a as usize].last().copied());
         let seq = own_latest.map_or(1, |i| self.metas[i as usize].sq + 1);
-        let mut parents: Vec<u32> = self.heads.iter().map(|h| self.by_id[h]).collect();
+        let mut parents: Vec<u32> = self
+            .heads
+            .iter()
+            .map(|h| self.index_of(h).expect("heads are indexed"))
+            .collect();
         if parents.len() > MAX_PARENTS {
             // Keep the newest heads; the rest stay heads and are picked up next time.
             parents.sort_by_key(|&i| std::cmp::Reverse(self.key(i)));
@@ -476,7 +484,7 @@ impl<M: Machine> Timeline<M> {
 
     fn try_insert(&mut self, ev: SignedEvent) -> Result<Inserted, EventError> {
         let id = ev.id();
-        if self.by_id.contains_key(&id) || self.pending.contains_key(&id) {
+        if self.index_of(&id).is_some() || self.pending.contains_key(&id) {
             return Ok(Inserted::Duplicate);
         }
         if ev.timeline != Some(self.genesis_id) {
@@ -489,7 +497,7 @@ impl<M: Machine> Timeline<M> {
         let missing: Vec<EventId> = ev
             .parents
             .iter()
-            .filter(|p| !self.by_id.contains_key(p))
+            .filter(|p| self.index_of(p).is_none())
             .copied()
             .collect();
         if !missing.is_empty() {
@@ -526,7 +534,7 @@ impl<M: Machine> Timeline<M> {
                 let complete = self
                     .pending
                     .get(&child)
-                    .is_some_and(|c| c.parents.iter().all(|p| self.by_id.contains_key(p)));
+                    .is_some_and(|c| c.parents.iter().all(|p| self.index_of(p).is_some()));
                 if !complete {
                     continue;
                 }
@@ -556,7 +564,7 @@ impl<M: Machine> Timeline<M> {
         let mut admin_seen = 0;
         let mut has_own_previous = ev.seq == 1;
         for p in &ev.parents {
-            let m = self.metas[self.by_id[p] as usize];
+            let m = self.metas[self.index_of(p).expect("parents checked present") as usize];
             expected_lc = expected_lc.max(m.lc + 1);
             admin_seen = admin_seen.max(m.admin_seen);
             if Some(m.author) == author {
@@ -658,7 +666,7 @@ impl<M: Machine> Timeline<M> {
         let idx = self.ids.len() as u32;
         let parents_start = self.parents_arena.len() as u32;
         for p in &ev.parents {
-            let pi = self.by_id[p];
+            let pi = self.index_of(p).expect("validated: parents indexed");
             self.parents_arena.push(pi);
             self.heads.remove(p);
         }
@@ -671,7 +679,7 @@ impl<M: Machine> Timeline<M> {
             parents_start,
             parents_len: ev.parents.len() as u8,
         });
-        self.by_id.insert(id, idx);
+        self.by_id.insert(&self.ids, idx);
         self.heads.insert(id);
         let key = self.key(idx);
 
@@ -1007,7 +1015,7 @@ impl<M: Machine> Timeline<M> {
         }
         tl.rewind_from = None;
         for (key, bytes) in checkpoints {
-            if tl.by_id.contains_key(&key.1) {
+            if tl.index_of(&key.1).is_some() {
                 tl.checkpoints.insert(
                     key,
                     Checkpoint {

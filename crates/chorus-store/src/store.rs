@@ -81,13 +81,24 @@ pub struct Store {
 /// Events read per read transaction when streaming the order.
 const LOAD_PAGE: usize = 8192;
 
+/// redb page cache. redb defaults to 1 GiB, which a node holding a large timeline would fill
+/// (the open-time integrity check reads every block); 32 MiB keeps a replica's resident memory
+/// bounded while still caching the hot tail of the order.
+pub const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(STORE_CACHE_BYTES);
+    b
+}
+
 impl Store {
     /// Creates a new store holding `genesis`.
     pub fn create(path: &Path, genesis: &SignedEvent, machine: &str) -> Result<Store, StoreError> {
         if path.exists() {
             return Err(StoreError::AlreadyInitialised(path.display().to_string()));
         }
-        let db = Database::create(path).map_err(dberr)?;
+        let db = builder().create(path).map_err(dberr)?;
         let txn = db.begin_write().map_err(dberr)?;
         {
             let mut meta = txn.open_table(META).map_err(dberr)?;
@@ -97,9 +108,9 @@ impl Store {
                 .map_err(dberr)?;
             meta.insert("machine", machine.as_bytes()).map_err(dberr)?;
             // Create every table so readers never meet a missing one.
-            txn.open_table(BLOCKS).map_err(dberr)?;
+            txn.open_table(EVENTS).map_err(dberr)?;
+            txn.open_table(IDS).map_err(dberr)?;
             txn.open_multimap_table(AUTHORS).map_err(dberr)?;
-            txn.open_table(ORDER).map_err(dberr)?;
             txn.open_table(HEADS).map_err(dberr)?;
             txn.open_table(PENDING).map_err(dberr)?;
             txn.open_table(CHECKPOINTS).map_err(dberr)?;
@@ -126,7 +137,7 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::NotInitialised(path.display().to_string()));
         }
-        let db = Database::open(path).map_err(dberr)?;
+        let db = builder().open(path).map_err(dberr)?;
         let txn = db.begin_read().map_err(dberr)?;
         let meta = txn.open_table(META).map_err(dberr)?;
         let get = |k: &str| -> Result<Vec<u8>, StoreError> {
@@ -187,17 +198,18 @@ impl Store {
         }
         let txn = self.db.begin_write().map_err(dberr)?;
         {
-            let mut blocks = txn.open_table(BLOCKS).map_err(dberr)?;
+            let mut events = txn.open_table(EVENTS).map_err(dberr)?;
+            let mut ids = txn.open_table(IDS).map_err(dberr)?;
             let mut authors = txn.open_multimap_table(AUTHORS).map_err(dberr)?;
-            let mut order = txn.open_table(ORDER).map_err(dberr)?;
             for ev in &batch.blocks {
                 let id = ev.id();
-                blocks.insert(id.0.as_slice(), ev.bytes()).map_err(dberr)?;
+                events
+                    .insert(order_key(ev.lamport, &id.0).as_slice(), ev.bytes())
+                    .map_err(dberr)?;
+                ids.insert(id.0.as_slice(), ev.lamport.to_be_bytes().as_slice())
+                    .map_err(dberr)?;
                 authors
                     .insert(author_key(&ev.author.0, ev.seq).as_slice(), id.0.as_slice())
-                    .map_err(dberr)?;
-                order
-                    .insert(order_key(ev.lamport, &id.0).as_slice(), ())
                     .map_err(dberr)?;
             }
             let mut pending = txn.open_table(PENDING).map_err(dberr)?;
@@ -255,31 +267,32 @@ impl Store {
         })
     }
 
-    /// Order keys after `after` (exclusive), at most `limit`, in total order.
-    pub fn order_page(
+    /// Order keys and blocks after `after` (exclusive), at most `limit`, in one read
+    /// transaction (a sequential scan of `events-v1`).
+    fn ordered_page(
         &self,
         after: Option<OrderKey>,
         limit: usize,
-    ) -> Result<Vec<OrderKey>, StoreError> {
+    ) -> Result<Vec<(OrderKey, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().map_err(dberr)?;
-        let order = txn.open_table(ORDER).map_err(dberr)?;
+        let events = txn.open_table(EVENTS).map_err(dberr)?;
         let start = after.map(|k| order_key(k.0, &k.1.0));
         let iter = match &start {
-            Some(s) => order.range::<&[u8]>(s.as_slice()..).map_err(dberr)?,
-            None => order.iter().map_err(dberr)?,
+            Some(s) => events.range::<&[u8]>(s.as_slice()..).map_err(dberr)?,
+            None => events.iter().map_err(dberr)?,
         };
         let mut out = Vec::with_capacity(limit.min(LOAD_PAGE));
         for item in iter {
-            let (k, _) = item.map_err(dberr)?;
+            let (k, v) = item.map_err(dberr)?;
             let (lc, id) = split_order_key(k.value()).ok_or_else(|| StoreError::Corrupt {
                 block: None,
-                why: "order key is not 40 bytes".into(),
+                why: "events key is not 40 bytes".into(),
             })?;
             let key = (lc, EventId(id));
             if Some(key) == after {
                 continue;
             }
-            out.push(key);
+            out.push((key, v.value().to_vec()));
             if out.len() == limit {
                 break;
             }
@@ -291,21 +304,12 @@ impl Store {
     /// one read transaction per page.
     pub fn ordered_events(&self) -> impl Iterator<Item = Result<SignedEvent, StoreError>> + '_ {
         let mut after: Option<OrderKey> = None;
-        let mut page: std::vec::IntoIter<OrderKey> = Vec::new().into_iter();
+        let mut page: std::vec::IntoIter<(OrderKey, Vec<u8>)> = Vec::new().into_iter();
         let mut done = false;
         std::iter::from_fn(move || {
             loop {
-                if let Some(key) = page.next() {
+                if let Some((key, bytes)) = page.next() {
                     after = Some(key);
-                    let bytes = match self.get_block(&key.1) {
-                        Some(b) => b,
-                        None => {
-                            return Some(Err(StoreError::Corrupt {
-                                block: Some(key.1),
-                                why: "ordered block missing from blocks-v1".into(),
-                            }));
-                        }
-                    };
                     return Some(SignedEvent::decode_trusted(&bytes).map_err(|e| {
                         StoreError::Corrupt {
                             block: Some(key.1),
@@ -316,7 +320,7 @@ impl Store {
                 if done {
                     return None;
                 }
-                match self.order_page(after, LOAD_PAGE) {
+                match self.ordered_page(after, LOAD_PAGE) {
                     Ok(p) => {
                         done = p.len() < LOAD_PAGE;
                         page = p.into_iter();
@@ -383,77 +387,116 @@ impl Store {
         Ok(out)
     }
 
-    /// Checks the store's invariants without trusting anything: every block's id is the SHA-256
-    /// of its bytes, every ordered event and every head has a block, every author-index entry
-    /// points at a block, and the counts agree. Reports the first bad block.
+    /// Checks the store's invariants without trusting anything, by sequential scans: every
+    /// block hashes to the id in its key; `ids-v1` and `events-v1` describe the same set of
+    /// (id, lc) pairs; the author index names each event exactly once; every head and the genesis
+    /// are present. Set equality is checked with counts and order-independent checksums; on a
+    /// mismatch a slower pass finds the first bad block to report.
     pub fn integrity_check(&self) -> Result<IntegrityReport, StoreError> {
         let txn = self.db.begin_read().map_err(dberr)?;
-        let blocks = txn.open_table(BLOCKS).map_err(dberr)?;
         let corrupt = |block: Option<EventId>, why: &str| StoreError::Corrupt {
             block,
             why: why.to_string(),
         };
-        let mut n_blocks = 0u64;
-        for item in blocks.iter().map_err(dberr)? {
+        let events = txn.open_table(EVENTS).map_err(dberr)?;
+        let ids = txn.open_table(IDS).map_err(dberr)?;
+        let (mut n_events, mut sum_events, mut sum_ids_of_events) = (0u64, 0u64, 0u64);
+        for item in events.iter().map_err(dberr)? {
             let (k, v) = item.map_err(dberr)?;
-            let id: [u8; 32] = k
-                .value()
-                .try_into()
-                .map_err(|_| corrupt(None, "block key is not 32 bytes"))?;
+            let (lc, id) = split_order_key(k.value())
+                .ok_or_else(|| corrupt(None, "events key is not 40 bytes"))?;
             if EventId::of_block(v.value()).0 != id {
                 return Err(corrupt(
                     Some(EventId(id)),
                     "block bytes do not hash to its id",
                 ));
             }
-            n_blocks += 1;
+            n_events += 1;
+            sum_events = sum_events.wrapping_add(pair_sum(&id, lc));
+            sum_ids_of_events = sum_ids_of_events.wrapping_add(pair_sum(&id, 0));
         }
-        let order = txn.open_table(ORDER).map_err(dberr)?;
-        let mut n_ordered = 0u64;
-        for item in order.iter().map_err(dberr)? {
-            let (k, _) = item.map_err(dberr)?;
-            let (_, id) =
-                split_order_key(k.value()).ok_or_else(|| corrupt(None, "bad order key"))?;
-            if blocks.get(id.as_slice()).map_err(dberr)?.is_none() {
-                return Err(corrupt(Some(EventId(id)), "ordered event has no block"));
+        let (mut n_ids, mut sum_ids) = (0u64, 0u64);
+        for item in ids.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let id: [u8; 32] = k
+                .value()
+                .try_into()
+                .map_err(|_| corrupt(None, "ids key is not 32 bytes"))?;
+            let lc = u64::from_be_bytes(
+                v.value()
+                    .try_into()
+                    .map_err(|_| corrupt(Some(EventId(id)), "ids value is not 8 bytes"))?,
+            );
+            n_ids += 1;
+            sum_ids = sum_ids.wrapping_add(pair_sum(&id, lc));
+        }
+        if n_ids != n_events || sum_ids != sum_events {
+            // Find the first entry of either table without its counterpart.
+            for item in ids.iter().map_err(dberr)? {
+                let (k, v) = item.map_err(dberr)?;
+                let id: [u8; 32] = k.value().try_into().unwrap_or([0; 32]);
+                let lc = u64::from_be_bytes(v.value().try_into().unwrap_or([0; 8]));
+                if events
+                    .get(order_key(lc, &id).as_slice())
+                    .map_err(dberr)?
+                    .is_none()
+                {
+                    return Err(corrupt(Some(EventId(id)), "indexed id has no block"));
+                }
             }
-            n_ordered += 1;
-        }
-        if n_ordered != n_blocks {
-            return Err(corrupt(
-                None,
-                &format!("{n_blocks} blocks but {n_ordered} ordered events"),
-            ));
-        }
-        let heads = txn.open_table(HEADS).map_err(dberr)?;
-        for item in heads.iter().map_err(dberr)? {
-            let (k, _) = item.map_err(dberr)?;
-            if blocks.get(k.value()).map_err(dberr)?.is_none() {
-                let id = k.value().try_into().ok().map(EventId);
-                return Err(corrupt(id, "head has no block"));
+            for item in events.iter().map_err(dberr)? {
+                let (k, _) = item.map_err(dberr)?;
+                let (_, id) = split_order_key(k.value()).unwrap_or((0, [0; 32]));
+                if ids.get(id.as_slice()).map_err(dberr)?.is_none() {
+                    return Err(corrupt(
+                        Some(EventId(id)),
+                        "block missing from the id index",
+                    ));
+                }
             }
+            return Err(corrupt(None, "id index and events disagree"));
         }
         let authors = txn.open_multimap_table(AUTHORS).map_err(dberr)?;
+        let (mut n_authored, mut sum_authored) = (0u64, 0u64);
         for item in authors.iter().map_err(dberr)? {
             let (_, values) = item.map_err(dberr)?;
             for v in values {
                 let v = v.map_err(dberr)?;
-                if blocks.get(v.value()).map_err(dberr)?.is_none() {
-                    let id = v.value().try_into().ok().map(EventId);
-                    return Err(corrupt(id, "author index points at a missing block"));
-                }
+                let id: [u8; 32] = v
+                    .value()
+                    .try_into()
+                    .map_err(|_| corrupt(None, "author index value is not 32 bytes"))?;
+                n_authored += 1;
+                sum_authored = sum_authored.wrapping_add(pair_sum(&id, 0));
             }
         }
-        if blocks
-            .get(self.genesis.0.as_slice())
-            .map_err(dberr)?
-            .is_none()
-        {
+        if n_authored != n_events || sum_authored != sum_ids_of_events {
+            for item in authors.iter().map_err(dberr)? {
+                let (_, values) = item.map_err(dberr)?;
+                for v in values {
+                    let v = v.map_err(dberr)?;
+                    if ids.get(v.value()).map_err(dberr)?.is_none() {
+                        let id = v.value().try_into().ok().map(EventId);
+                        return Err(corrupt(id, "author index points at a missing block"));
+                    }
+                }
+            }
+            return Err(corrupt(None, "author index and events disagree"));
+        }
+        let heads = txn.open_table(HEADS).map_err(dberr)?;
+        for item in heads.iter().map_err(dberr)? {
+            let (k, _) = item.map_err(dberr)?;
+            if ids.get(k.value()).map_err(dberr)?.is_none() {
+                let id = k.value().try_into().ok().map(EventId);
+                return Err(corrupt(id, "head has no block"));
+            }
+        }
+        if ids.get(self.genesis.0.as_slice()).map_err(dberr)?.is_none() {
             return Err(corrupt(Some(self.genesis), "genesis block missing"));
         }
         Ok(IntegrityReport {
-            blocks: n_blocks,
-            ordered: n_ordered,
+            blocks: n_events,
+            ordered: n_events,
             heads: heads.len().map_err(dberr)?,
             pending: txn
                 .open_table(PENDING)
@@ -469,11 +512,30 @@ impl Store {
     }
 }
 
+/// Order-independent checksum term of an (id, lc) pair: ids are SHA-256 digests, so their
+/// first 8 bytes are uniform; lc is mixed in with a SplitMix64 step.
+fn pair_sum(id: &[u8; 32], lc: u64) -> u64 {
+    let head = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
+    let mut z = lc.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    head ^ z ^ (z >> 31)
+}
+
 impl BlockSource for Store {
     fn get_block(&self, id: &EventId) -> Option<Arc<[u8]>> {
         let txn = self.db.begin_read().ok()?;
-        let t = txn.open_table(BLOCKS).ok()?;
-        let v = t.get(id.0.as_slice()).ok()??;
+        let lc = u64::from_be_bytes(
+            txn.open_table(IDS)
+                .ok()?
+                .get(id.0.as_slice())
+                .ok()??
+                .value()
+                .try_into()
+                .ok()?,
+        );
+        let events = txn.open_table(EVENTS).ok()?;
+        let v = events.get(order_key(lc, &id.0).as_slice()).ok()??;
         Some(v.value().into())
     }
 }

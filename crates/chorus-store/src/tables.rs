@@ -12,16 +12,18 @@ pub const SCHEMA_VERSION: u64 = 1;
 /// `schema` → u64 LE schema version; `genesis` → 32-byte genesis id; `machine` → UTF-8 machine id.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta-v1");
 
-/// Key: 32-byte event id (SHA-256 of the block). Value: the exact block bytes.
-/// Holds every indexed event (pending ones live in `PENDING`).
-pub const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks-v1");
+/// Key: lc (u64 BE) ‖ event id (32). Value: the exact block bytes.
+/// Iteration order is the total order, so loading, exporting and verifying a timeline are
+/// sequential scans. Holds every indexed event (pending ones live in `PENDING`).
+pub const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events-v1");
+
+/// Key: 32-byte event id (SHA-256 of the block). Value: its lc as u64 BE — with the id, the key
+/// of the event in `EVENTS`. Lookups by id take two B-tree reads.
+pub const IDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ids-v1");
 
 /// Key: author (32) ‖ sq (u64 BE). Values: 32-byte event ids (more than one = equivocation).
 pub const AUTHORS: MultimapTableDefinition<&[u8], &[u8]> =
     MultimapTableDefinition::new("authors-v1");
-
-/// Key: lc (u64 BE) ‖ event id (32): iteration order is the total order. Value: empty.
-pub const ORDER: TableDefinition<&[u8], ()> = TableDefinition::new("order-v1");
 
 /// Key: 32-byte event id of a current head. Value: empty.
 pub const HEADS: TableDefinition<&[u8], ()> = TableDefinition::new("heads-v1");

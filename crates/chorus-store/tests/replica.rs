@@ -97,16 +97,12 @@ fn integrity_check_names_the_first_bad_block() {
         let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut t = txn.open_table(tables::BLOCKS).unwrap();
-            let mut bytes = t
-                .get(ev.id().0.as_slice())
-                .unwrap()
-                .unwrap()
-                .value()
-                .to_vec();
+            let mut t = txn.open_table(tables::EVENTS).unwrap();
+            let key = tables::order_key(ev.lamport, &ev.id().0);
+            let mut bytes = t.get(key.as_slice()).unwrap().unwrap().value().to_vec();
             let last = bytes.len() - 1;
             bytes[last] ^= 1;
-            t.insert(ev.id().0.as_slice(), bytes.as_slice()).unwrap();
+            t.insert(key.as_slice(), bytes.as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -120,4 +116,33 @@ fn integrity_check_names_the_first_bad_block() {
         .err()
         .expect("open refuses");
     assert!(err.to_string().contains(&ev.id().to_string()), "{err}");
+}
+
+#[test]
+fn integrity_check_finds_a_block_missing_from_the_id_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = init(dir.path(), 8);
+    let ev = r
+        .append(kind::STIMULUS, testkit::text("to be unindexed"))
+        .unwrap();
+    drop(r);
+    {
+        let db = redb::Database::open(dir.path().join(STORE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(tables::IDS)
+            .unwrap()
+            .remove(ev.id().0.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+    match store.integrity_check() {
+        Err(StoreError::Corrupt {
+            block: Some(b),
+            why,
+        }) => {
+            assert_eq!(b, ev.id(), "{why}");
+        }
+        other => panic!("expected corruption at {}, got {other:?}", ev.id()),
+    }
 }
