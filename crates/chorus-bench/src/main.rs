@@ -617,7 +617,9 @@ fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
     let d2 = t.elapsed();
     let s2 = r.timeline().stats().clone();
     row(
-        &format!("W2 ({id}): merge 4 × 2 500 concurrent events into a fresh replica"),
+        &format!(
+            "W2 ({id}): merge 4 × 2 500 concurrent events, writer after writer (chunks of 1 000)"
+        ),
         d2.as_secs_f64(),
         "s",
         "",
@@ -644,6 +646,33 @@ fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
             "{} events re-applied (amplification {:.1}×)",
             s3.reapplied - s2.reapplied,
             (s3.applied - s2.applied) as f64 / 1000.0
+        ),
+    );
+    row(
+        &format!("W2+W3 ({id}): peak RSS of the process"),
+        peak_rss_mb(),
+        "MB",
+        "",
+        "includes the 11 000 generated events the bench holds",
+    );
+    // The same W2 set handed over as one batch (as a peer's range response or an import
+    // chunk would): one rewind at most.
+    let dir1 = tempfile::tempdir()?;
+    let mut one = Replica::create_from_genesis(dir1.path(), g.clone(), machine)?;
+    let t = Instant::now();
+    one.ingest(w2.iter().flatten().cloned().collect())?;
+    let d = t.elapsed();
+    let s1 = one.timeline().stats().clone();
+    row(
+        &format!("W2 ({id}): the same 10 000 events as one batch"),
+        d.as_secs_f64(),
+        "s",
+        "",
+        &format!(
+            "{:.0} events/s; {} applications ({} re-applied)",
+            rate(10_000, d),
+            s1.applied,
+            s1.reapplied
         ),
     );
     // The merged replica equals a from-scratch replay of the same set.

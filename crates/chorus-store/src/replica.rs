@@ -9,9 +9,10 @@
 //! ```
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use chorus_core::{
@@ -19,7 +20,7 @@ use chorus_core::{
     crypto::Keypair,
     event::kind,
     genesis::{Genesis, GenesisBody},
-    timeline::{Inserted, TimelineError},
+    timeline::{BlockSource, Inserted, TimelineError},
 };
 use ipld_core::ipld::Ipld;
 
@@ -114,6 +115,32 @@ impl IngestReport {
         *self.rejected.entry(e.code()).or_insert(0) += 1;
         if self.rejected_examples.len() < 20 {
             self.rejected_examples.push((id, e.to_string()));
+        }
+    }
+}
+
+/// Blocks a fold may need while a batch is being inserted: the batch itself (not yet
+/// committed), then the store's events and persisted pending events.
+struct Overlay<'a> {
+    batch: HashMap<EventId, Arc<[u8]>>,
+    store: &'a Store,
+}
+
+impl BlockSource for Overlay<'_> {
+    fn get_block(&self, id: &EventId) -> Option<Arc<[u8]>> {
+        self.batch
+            .get(id)
+            .cloned()
+            .or_else(|| self.store.get_block(id))
+            .or_else(|| self.store.get_pending(id))
+    }
+}
+
+impl<'a> Overlay<'a> {
+    fn new(store: &'a Store, events: &[SignedEvent]) -> Self {
+        Overlay {
+            batch: events.iter().map(|e| (e.id(), e.bytes_arc())).collect(),
+            store,
         }
     }
 }
@@ -250,7 +277,8 @@ impl<M: Machine> Replica<M> {
                 }
             }
         }
-        self.timeline.catch_up(&self.store)?;
+        // Not committed yet: the overlay serves the batch to the fold.
+        self.timeline.catch_up(&Overlay::new(&self.store, &out))?;
         let has_member = out.iter().any(|e| e.kind == kind::MEMBER);
         self.persist(
             Batch {
@@ -268,16 +296,18 @@ impl<M: Machine> Replica<M> {
         let mut report = IngestReport::default();
         let mut batch = Batch::default();
         let mut has_member = false;
+        // The batch is not committed before the fold runs; the overlay serves its blocks.
+        let overlay = Overlay::new(&self.store, &events);
         let results = self
             .timeline
-            .insert_batch(events.iter().cloned(), &self.store)?;
+            .insert_batch(events.iter().cloned(), &overlay)?;
         for (ev, res) in events.into_iter().zip(results) {
             match res {
                 Ok(Inserted::Indexed { released }) => {
                     report.new += 1 + released.len() as u64;
                     has_member |= ev.kind == kind::MEMBER;
                     for id in released {
-                        let r = self.timeline.load(&id, &self.store)?;
+                        let r = self.timeline.load(&id, &overlay)?;
                         has_member |= r.kind == kind::MEMBER;
                         batch.pending_del.push(id);
                         batch.blocks.push(r);

@@ -370,6 +370,14 @@ impl Store {
         Ok(out)
     }
 
+    /// A persisted pending block.
+    pub fn get_pending(&self, id: &EventId) -> Option<Arc<[u8]>> {
+        let txn = self.db.begin_read().ok()?;
+        let t = txn.open_table(PENDING).ok()?;
+        let v = t.get(id.0.as_slice()).ok()??;
+        Some(v.value().into())
+    }
+
     /// Heads as stored.
     pub fn heads(&self) -> Result<Vec<EventId>, StoreError> {
         let txn = self.db.begin_read().map_err(dberr)?;
