@@ -323,7 +323,10 @@ fn late_event_ten_thousand_back_equals_replay_from_scratch() {
     let pos = tl.position_of(&late.id()).unwrap();
     assert!(pos <= 2, "lc 1 sorts right after the genesis, at {pos}");
     let after = tl.len() - pos - 1;
-    assert!(after >= 10_000, "{after} events sort after it: at least 10 000 back");
+    assert!(
+        after >= 10_000,
+        "{after} events sort after it: at least 10 000 back"
+    );
     assert!(
         tl.stats().reapplied - before >= 9_999,
         "replayed from before the insertion point"
