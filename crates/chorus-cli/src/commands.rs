@@ -341,11 +341,16 @@ fn state<M: CliMachine>(r: &Replica<M>, as_json: bool) -> Result<i32> {
             "integrations {} events, {} tokens",
             s["integrations"], s["tokens"]
         );
-        if let Some(l) = s["last_stimulus"].as_object() {
+        // Value indexing yields Null for a missing key: the text view never panics.
+        let l = &s["last_election"];
+        if l.is_object() {
             println!(
-                "last stimulus {} winner {}",
-                l["id"].as_str().unwrap_or(""),
-                l["winner"].as_str().unwrap_or("none yet")
+                "election     stimulus {} → winner {} ({} intents, {} valid, N = {})",
+                l["stimulus"].as_str().unwrap_or("?"),
+                l["winner"].as_str().unwrap_or("none yet"),
+                l["intents"],
+                l["valid"],
+                l["n"]
             );
         }
     } else {
@@ -353,16 +358,20 @@ fn state<M: CliMachine>(r: &Replica<M>, as_json: bool) -> Result<i32> {
     }
     let f = &v["settled_frontier"];
     print!("settled      {} events", f["settled"]);
-    if let Some(h) = f["held_by"].as_object() {
+    let h = &f["held_by"];
+    if h.is_object() {
         let latest = match h["latest_lc"].as_u64() {
             Some(lc) => format!("its latest event has lc {lc}"),
             None => "it has published nothing yet".into(),
         };
         print!(
             "; held by {} {} ({latest})",
-            h["role"].as_str().unwrap_or(""),
-            h["member"].as_str().unwrap_or(""),
+            h["role"].as_str().unwrap_or("?"),
+            h["member"].as_str().unwrap_or("?"),
         );
+        if let Some(lc) = f["first_unsettled"]["lc"].as_u64() {
+            print!(", first unsettled event at lc {lc}");
+        }
     }
     println!();
     println!("state_hash   {}", v["state_hash"].as_str().unwrap_or(""));

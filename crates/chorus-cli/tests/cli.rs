@@ -336,3 +336,41 @@ fn verify_catches_a_forged_checkpoint() {
         "{text}"
     );
 }
+
+#[test]
+fn text_state_shows_the_election_and_the_frontier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("s");
+    ok(&dir, &["init"]);
+    ok(
+        &dir,
+        &[
+            "append",
+            "--kind",
+            "emissary",
+            "--json",
+            r#"{"name":"cli"}"#,
+        ],
+    );
+    let stimulus = ok(&dir, &["append", "the gate is shut"]);
+    let intent = ok(
+        &dir,
+        &["append", "--kind", "intent", r#"["say open", "knock"]"#],
+    );
+    let text = ok(&dir, &["state"]);
+    for want in ["coherence", "dopamine", "settled", "state_hash", "election"] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    assert!(
+        text.contains(stimulus.trim()) && text.contains(intent.trim()),
+        "{text}"
+    );
+    let json = state(&dir);
+    assert_eq!(json["state"]["last_election"]["winner"], intent.trim());
+    let log = ok(&dir, &["log"]);
+    assert_eq!(
+        log.lines().count(),
+        4,
+        "genesis, emissary, stimulus, intent: {log}"
+    );
+}
