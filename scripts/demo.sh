@@ -14,7 +14,7 @@ rm -rf "$work" && mkdir -p "$work"
 a="$work/anchor" b="$work/writer"
 run() { printf '\n$ chorus %s\n' "$*" >&2; "$chorus" "$@"; }
 
-run --data-dir "$a" init --name demo
+run --data-dir "$a" init --name demo --checkpoint-interval 8
 kb=$(run --data-dir "$b" key)
 run --data-dir "$a" member add "$kb" --role writer
 run --data-dir "$a" export --car "$work/genesis.car"
