@@ -241,26 +241,30 @@ fn writers(n: usize) -> Writers {
     }
 }
 
+/// `n` stimuli of 10 tokens from `writers` concurrent writers, for a genesis of `machine_id`.
+fn stimuli(
+    writers_n: usize,
+    machine_id: &'static str,
+    n: usize,
+    seed: u64,
+) -> (SignedEvent, Vec<SignedEvent>) {
+    let w = writers(writers_n);
+    let g = testkit::genesis(&w.admin, &w.keys, machine_id, 256);
+    let evs = testkit::history(&g, machine_id, &w.keys, n, seed, |made, _| {
+        (kind::STIMULUS, testkit::text(&sentence(made.len(), 10)))
+    });
+    (g, evs)
+}
+
 /// Foreign events: decode + CID + signature + store + order + apply.
 fn ingest(which: &str) -> Result<()> {
-    for (machine_id, n) in [("counter/1", 20_000usize), ("kairos/1", 5_000)] {
+    for (machine_id, n) in
+        [("counter/1", 20_000usize), ("kairos/1", 5_000)] as [(&'static str, usize); 2]
+    {
         if !machine_id.starts_with(which) {
             continue;
         }
-        let w = writers(4);
-        let g = testkit::genesis(&w.admin, &w.keys, machine_id, 256);
-        let evs = testkit::history(
-            &g,
-            if machine_id == "counter/1" {
-                "counter/1"
-            } else {
-                "kairos/1"
-            },
-            &w.keys,
-            n,
-            11,
-            |made, _| (kind::STIMULUS, testkit::text(&sentence(made.len(), 10))),
-        );
+        let (g, evs) = stimuli(4, machine_id, n, 11);
         let bytes: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
@@ -406,21 +410,8 @@ fn late_depth<M: Machine>(machine: M, id: &'static str, depth: usize) -> Result<
 
 /// Replay from genesis: index + apply every event in order.
 fn replay() -> Result<()> {
-    let w = writers(4);
     for (machine_id, n) in [("counter/1", 100_000usize), ("kairos/1", 10_000)] {
-        let g = testkit::genesis(&w.admin, &w.keys, machine_id, 256);
-        let evs = testkit::history(
-            &g,
-            if machine_id == "counter/1" {
-                "counter/1"
-            } else {
-                "kairos/1"
-            },
-            &w.keys,
-            n,
-            5,
-            |made, _| (kind::STIMULUS, testkit::text(&sentence(made.len(), 10))),
-        );
+        let (g, evs) = stimuli(4, machine_id, n, 5);
         let mut sorted = evs.clone();
         sorted.sort_by_key(|e| (e.lamport, e.id()));
         let t = Instant::now();
@@ -752,11 +743,7 @@ fn open_1m(shared: &std::path::Path) -> Result<()> {
 }
 
 fn ingest_stages() -> Result<()> {
-    let w = writers(4);
-    let g = testkit::genesis(&w.admin, &w.keys, "counter/1", 256);
-    let evs = testkit::history(&g, "counter/1", &w.keys, 20_000, 11, |made, _| {
-        (kind::STIMULUS, testkit::text(&sentence(made.len(), 10)))
-    });
+    let (g, evs) = stimuli(4, "counter/1", 20_000, 11);
     let bytes: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
     let t = Instant::now();
     let decoded = chorus_store::decode_parallel(&bytes)
@@ -786,11 +773,7 @@ fn ingest_stages() -> Result<()> {
 }
 
 fn decode_parts() -> Result<()> {
-    let w = writers(1);
-    let g = testkit::genesis(&w.admin, &w.keys, "counter/1", 256);
-    let evs = testkit::history(&g, "counter/1", &w.keys, 20_000, 3, |made, _| {
-        (kind::STIMULUS, testkit::text(&sentence(made.len(), 10)))
-    });
+    let (_genesis, evs) = stimuli(1, "counter/1", 20_000, 3);
     let t = Instant::now();
     for e in &evs {
         SignedEvent::decode_trusted(e.bytes())?;
