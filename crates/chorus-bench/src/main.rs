@@ -441,11 +441,8 @@ fn replay() -> Result<()> {
     Ok(())
 }
 
-/// Replay from the store: every block read back, decoded, indexed and applied (no checkpoint).
-fn replay_store() -> Result<()> {
-    let n = 100_000;
-    let dir = tempfile::tempdir()?;
-    let mut r = new_replica(dir.path(), CounterMachine, "counter/1")?;
+/// Appends `n` stimuli of 10 tokens, durably, 1 000 per commit.
+fn append_stimuli<M: Machine>(r: &mut Replica<M>, n: usize) -> Result<()> {
     for b in 0..n / 1000 {
         let items = (0..1000)
             .map(|i| {
@@ -457,6 +454,15 @@ fn replay_store() -> Result<()> {
             .collect();
         r.append_batch(items)?;
     }
+    Ok(())
+}
+
+/// Replay from the store: every block read back, decoded, indexed and applied (no checkpoint).
+fn replay_store() -> Result<()> {
+    let n = 100_000;
+    let dir = tempfile::tempdir()?;
+    let mut r = new_replica(dir.path(), CounterMachine, "counter/1")?;
+    append_stimuli(&mut r, n)?;
     let want = r.timeline().state_hash();
     drop(r);
     let store = chorus_store::Store::open(&dir.path().join(chorus_store::replica::STORE_FILE))?;
@@ -687,17 +693,7 @@ fn store_1m(shared: &std::path::Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut r = new_replica(&dir, CounterMachine, "counter/1")?;
     let t = Instant::now();
-    for b in 0..ONE_MILLION / 1000 {
-        let items = (0..1000)
-            .map(|i| {
-                (
-                    kind::STIMULUS.to_string(),
-                    testkit::text(&sentence(b * 1000 + i, 10)),
-                )
-            })
-            .collect();
-        r.append_batch(items)?;
-    }
+    append_stimuli(&mut r, ONE_MILLION)?;
     let d = t.elapsed();
     row(
         "build a 1 000 000-event store (append, 1000 per commit)",

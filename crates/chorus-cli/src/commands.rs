@@ -550,8 +550,8 @@ fn verify<M: CliMachine>(dir: &Path, store: Store) -> Result<i32> {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
-    let mut progress = Progress::new("verify signatures", Some(report.ordered));
-    let mut events = Vec::with_capacity(report.ordered as usize);
+    let mut progress = Progress::new("verify signatures", Some(report.events));
+    let mut events = Vec::with_capacity(report.events as usize);
     for ev in store.ordered_events() {
         let ev = match ev {
             Ok(ev) => ev,

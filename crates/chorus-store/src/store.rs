@@ -64,8 +64,8 @@ impl Batch {
 /// What the integrity check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntegrityReport {
-    pub blocks: u64,
-    pub ordered: u64,
+    /// Events (blocks) in the total order.
+    pub events: u64,
     pub heads: u64,
     pub pending: u64,
     pub checkpoints: u64,
@@ -503,8 +503,7 @@ impl Store {
             return Err(corrupt(Some(self.genesis), "genesis block missing"));
         }
         Ok(IntegrityReport {
-            blocks: n_events,
-            ordered: n_events,
+            events: n_events,
             heads: heads.len().map_err(dberr)?,
             pending: txn
                 .open_table(PENDING)
