@@ -148,17 +148,7 @@ fn append() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let mut r = new_replica(dir.path(), CounterMachine, "counter/1")?;
         let t = Instant::now();
-        for b in 0..total / batch {
-            let items = (0..batch)
-                .map(|i| {
-                    (
-                        kind::STIMULUS.to_string(),
-                        testkit::text(&sentence(b * batch + i, 10)),
-                    )
-                })
-                .collect();
-            r.append_batch(items)?;
-        }
+        append_stimuli(&mut r, total, batch)?;
         let target = if batch == 100 { "≥ 5 000/s" } else { "" };
         row(
             &format!("local append, durable, {batch} per commit (counter)"),
@@ -171,17 +161,7 @@ fn append() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut r = new_replica(dir.path(), KairosMachine, "kairos/1")?;
     let t = Instant::now();
-    for b in 0..100 {
-        let items = (0..100)
-            .map(|i| {
-                (
-                    kind::STIMULUS.to_string(),
-                    testkit::text(&sentence(b * 100 + i, 10)),
-                )
-            })
-            .collect();
-        r.append_batch(items)?;
-    }
+    append_stimuli(&mut r, 10_000, 100)?;
     row(
         "local append, durable, 100 per commit (KAIROS, 10 tokens/event)",
         rate(10_000, t.elapsed()),
@@ -441,15 +421,13 @@ fn replay() -> Result<()> {
     Ok(())
 }
 
-/// Appends `n` stimuli of 10 tokens, durably, 1 000 per commit.
-fn append_stimuli<M: Machine>(r: &mut Replica<M>, n: usize) -> Result<()> {
-    for b in 0..n / 1000 {
-        let items = (0..1000)
+/// Appends `n` stimuli of 10 tokens, durably, `per_commit` per transaction.
+fn append_stimuli<M: Machine>(r: &mut Replica<M>, n: usize, per_commit: usize) -> Result<()> {
+    for b in 0..n / per_commit {
+        let items = (0..per_commit)
             .map(|i| {
-                (
-                    kind::STIMULUS.to_string(),
-                    testkit::text(&sentence(b * 1000 + i, 10)),
-                )
+                let text = sentence(b * per_commit + i, 10);
+                (kind::STIMULUS.to_string(), testkit::text(&text))
             })
             .collect();
         r.append_batch(items)?;
@@ -462,7 +440,7 @@ fn replay_store() -> Result<()> {
     let n = 100_000;
     let dir = tempfile::tempdir()?;
     let mut r = new_replica(dir.path(), CounterMachine, "counter/1")?;
-    append_stimuli(&mut r, n)?;
+    append_stimuli(&mut r, n, 1000)?;
     let want = r.timeline().state_hash();
     drop(r);
     let store = chorus_store::Store::open(&dir.path().join(chorus_store::replica::STORE_FILE))?;
@@ -693,7 +671,7 @@ fn store_1m(shared: &std::path::Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let mut r = new_replica(&dir, CounterMachine, "counter/1")?;
     let t = Instant::now();
-    append_stimuli(&mut r, ONE_MILLION)?;
+    append_stimuli(&mut r, ONE_MILLION, 1000)?;
     let d = t.elapsed();
     row(
         "build a 1 000 000-event store (append, 1000 per commit)",

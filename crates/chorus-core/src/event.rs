@@ -212,7 +212,8 @@ impl SignedEvent {
 
     /// [`decode`](Self::decode) reusing decompressed author keys.
     pub fn decode_cached(bytes: &[u8], keys: &mut KeyCache) -> Result<SignedEvent, EventError> {
-        let (ev, sig_payload) = Self::decode_unverified(bytes)?;
+        let ev = Self::decode_unverified(bytes)?;
+        let sig_payload = ev.event.signing_payload();
         crypto::verify_event_cached(&ev.event.author, &sig_payload, &ev.event.signature, keys)
             .map_err(|e| match e {
                 VerifyError::BadKey => EventError::BadAuthorKey,
@@ -224,10 +225,10 @@ impl SignedEvent {
     /// Like [`decode`](Self::decode) but without the signature check: for blocks read back from
     /// our own store, which were verified before they were written. `chorus verify` re-checks.
     pub fn decode_trusted(bytes: &[u8]) -> Result<SignedEvent, EventError> {
-        Self::decode_unverified(bytes).map(|(ev, _)| ev)
+        Self::decode_unverified(bytes)
     }
 
-    fn decode_unverified(bytes: &[u8]) -> Result<(SignedEvent, Vec<u8>), EventError> {
+    fn decode_unverified(bytes: &[u8]) -> Result<SignedEvent, EventError> {
         if bytes.len() > MAX_EVENT_BYTES {
             return Err(EventError::TooLarge { size: bytes.len() });
         }
@@ -309,13 +310,11 @@ impl SignedEvent {
             kind: wire.k,
             body: wire.b,
         };
-        let payload = fields.signing_payload();
-        let ev = SignedEvent {
+        Ok(SignedEvent {
             id: EventId::of_block(bytes),
             bytes: bytes.into(),
             event: Arc::new(Event { fields, signature }),
-        };
-        Ok((ev, payload))
+        })
     }
 
     pub fn id(&self) -> EventId {

@@ -45,14 +45,21 @@ pub fn decode_parallel<B: AsRef<[u8]> + Sync>(
     })
 }
 
-/// Checks archived blocks (CID, then every context-free event check) in parallel.
+/// Checks archived blocks (CID, then every context-free event check) in parallel. Each block
+/// is hashed once; only blocks whose CID matches go on to the signature check.
 pub fn check_raw_parallel(
     raw: &[chorus_core::archive::RawBlock],
 ) -> Vec<Result<SignedEvent, EventError>> {
-    let bytes: Vec<&[u8]> = raw.iter().map(|r| r.check_cid().unwrap_or(&[])).collect();
-    let decoded = decode_parallel(&bytes);
-    raw.iter()
-        .zip(decoded)
-        .map(|(r, d)| r.check_cid().and(d))
+    let cids: Vec<Result<&[u8], EventError>> = raw.iter().map(|r| r.check_cid()).collect();
+    let good: Vec<&[u8]> = cids
+        .iter()
+        .filter_map(|c| c.as_ref().ok().copied())
+        .collect();
+    let mut decoded = decode_parallel(&good).into_iter();
+    cids.into_iter()
+        .map(|c| match c {
+            Ok(_) => decoded.next().expect("one decode per matching block"),
+            Err(e) => Err(e),
+        })
         .collect()
 }
