@@ -117,6 +117,29 @@ impl FromStr for AuthorId {
     }
 }
 
+/// Ids travel in sync messages as 32-byte byte strings.
+macro_rules! bytes32_serde {
+    ($t:ident) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&self.0)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let b = serde_bytes::ByteBuf::deserialize(d)?;
+                let arr: [u8; 32] = b
+                    .into_vec()
+                    .try_into()
+                    .map_err(|v: Vec<u8>| serde::de::Error::invalid_length(v.len(), &"32 bytes"))?;
+                Ok($t(arr))
+            }
+        }
+    };
+}
+bytes32_serde!(EventId);
+bytes32_serde!(AuthorId);
+
 #[cfg(test)]
 mod tests {
     use super::*;

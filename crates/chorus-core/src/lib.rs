@@ -35,6 +35,7 @@ pub mod ids;
 pub mod limits;
 pub mod machine;
 pub mod membership;
+pub mod sync;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod timeline;

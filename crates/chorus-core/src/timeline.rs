@@ -374,6 +374,28 @@ impl<M: Machine> Timeline<M> {
         let bytes = src.get_block(id).ok_or(TimelineError::MissingBlock(*id))?;
         SignedEvent::decode_trusted(&bytes).map_err(TimelineError::Invalid)
     }
+    /// The raw block of an indexed event: from the recent cache, else from `src`.
+    pub fn block(&self, id: &EventId, src: &dyn BlockSource) -> Option<Arc<[u8]>> {
+        match self.recent.get(id) {
+            Some(ev) => Some(ev.bytes_arc()),
+            None => src.get_block(id),
+        }
+    }
+    /// Indexed events in total order strictly after `after` (from the start when `None`), as
+    /// `(key, author, sq)`: what a peer's catch-up request pages through.
+    pub fn scan_after(
+        &self,
+        after: Option<OrderKey>,
+    ) -> impl Iterator<Item = (OrderKey, AuthorId, u64)> + '_ {
+        let start = match after {
+            None => 0,
+            Some(k) => self.order.partition_point(|&i| self.key(i) <= k),
+        };
+        self.order[start..].iter().map(|&i| {
+            let m = &self.metas[i as usize];
+            (self.key(i), self.authors[m.author as usize], m.sq)
+        })
+    }
     /// Drains the checkpoint changes since the last call, for the store to persist.
     pub fn take_checkpoint_changes(&mut self) -> Vec<CheckpointChange> {
         std::mem::take(&mut self.checkpoint_log)

@@ -1,0 +1,674 @@
+//! # Anti-entropy, sans-IO
+//!
+//! The messages replicas exchange to repair what gossip dropped, and every decision about
+//! them: what to ask whom, when, how much, and when a peer has misbehaved enough to be cut
+//! off. No sockets and no clocks here — the caller passes `now` (milliseconds on any
+//! monotonic clock) and carries the [`Action`]s out — so the libp2p node and the simulator run
+//! the same logic.
+//!
+//! ## Protocol (`docs/design/sync.md` has the bytes)
+//! * `Summary` → the peer's genesis, version vector (author → highest contiguous `sq`), heads.
+//! * `Since { have, after }` → a page of the peer's events in total order after the cursor
+//!   `after`, leaving out every `(author, sq)` covered by `have`. Because the order is by
+//!   Lamport clock, parents always come before children: a node offline for days catches up
+//!   in pages, each inserted without a pending set. The response's `next` is the cursor of
+//!   the following page (`None`: done).
+//! * `Want { ids }` → those blocks (missing parents, unknown heads, forks of an equivocation).
+//! * `Range { author, from_sq, to_sq }` → one author's events in that span.
+//!
+//! ## Decisions ([`Syncer`])
+//! * On a new peer, and every [`ANTI_ENTROPY_INTERVAL_MS`] to the next peer in turn: ask
+//!   for its summary.
+//! * A summary whose version vector is ahead of ours starts a bulk catch-up (`Since`) from
+//!   that peer, one stream at a time for the whole node, with the next page requested as
+//!   soon as the previous arrives. A summary naming heads we lack, while we are not behind,
+//!   asks for those heads with `Want`.
+//! * A gossiped event waiting for parents asks the peer that sent it for them (each id asked
+//!   once per [`WANT_TIMEOUT_MS`]).
+//! * Inbound requests pass a per-peer token bucket; invalid blocks are counted per peer and a
+//!   peer with [`MAX_INVALID_PER_PEER`] of them is banned for [`BAN_MS`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Machine, Timeline,
+    ids::{AuthorId, EventId},
+    limits::MAX_EVENT_BYTES,
+    timeline::{BlockSource, OrderKey},
+};
+
+/// Most ids in one `Want`.
+pub const MAX_WANT_IDS: usize = 512;
+/// Most events in one page of blocks.
+pub const MAX_PAGE_EVENTS: usize = 2_048;
+/// Most block bytes in one page (a page always holds at least one block).
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most order positions a server examines for one `Since` page (bounds the work of a request
+/// whose events the requester mostly has).
+pub const MAX_SCAN_PER_PAGE: usize = 65_536;
+/// Most heads in a summary.
+pub const MAX_SUMMARY_HEADS: usize = 1_024;
+/// Most authors in a version vector on the wire.
+pub const MAX_VV_AUTHORS: usize = 4_096;
+/// Largest sync message on the wire, either direction; bigger ones are refused unread.
+pub const MAX_SYNC_MESSAGE_BYTES: usize =
+    MAX_PAGE_BYTES + MAX_EVENT_BYTES + (MAX_VV_AUTHORS + MAX_SUMMARY_HEADS) * 48 + 4096;
+/// How often a node compares summaries with one of its peers.
+pub const ANTI_ENTROPY_INTERVAL_MS: u64 = 1_000;
+/// After this long a `Want` for an id may be sent again (to another peer if need be).
+pub const WANT_TIMEOUT_MS: u64 = 5_000;
+/// A catch-up stream with no response for this long is abandoned (another peer may serve).
+pub const CATCH_UP_STALL_MS: u64 = 20_000;
+/// Most requests in flight to one peer.
+pub const MAX_IN_FLIGHT_PER_PEER: usize = 4;
+/// Invalid blocks a peer may send before it is banned.
+pub const MAX_INVALID_PER_PEER: u32 = 8;
+/// How long a banned peer is kept out.
+pub const BAN_MS: u64 = 60_000;
+/// Inbound requests per second a peer may make (token bucket rate)…
+pub const REQUESTS_PER_SEC: u64 = 200;
+/// …and the bucket's depth (a burst).
+pub const REQUEST_BURST: u64 = 400;
+/// Most peers tracked at once.
+pub const MAX_PEERS: usize = 256;
+
+/// A position in the total order, `(lc, id)` (the [`OrderKey`] on the wire).
+pub type Cursor = (u64, EventId);
+
+/// A request from one replica to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    Summary,
+    Want {
+        ids: Vec<EventId>,
+    },
+    Range {
+        author: AuthorId,
+        from_sq: u64,
+        to_sq: u64,
+    },
+    Since {
+        have: Vec<(AuthorId, u64)>,
+        after: Option<Cursor>,
+    },
+}
+
+/// A replica's summary of what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub genesis: EventId,
+    pub version_vector: Vec<(AuthorId, u64)>,
+    pub heads: Vec<EventId>,
+    pub events: u64,
+}
+
+/// A page of raw event blocks; `next` continues a `Since` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocks {
+    pub blocks: Vec<serde_bytes::ByteBuf>,
+    pub next: Option<Cursor>,
+}
+
+/// The answer to a [`SyncRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncResponse {
+    Summary(Summary),
+    Blocks(Blocks),
+    /// Not served: rate limited, malformed, or this node does not replicate the timeline.
+    Refused {
+        reason: String,
+    },
+}
+
+impl SyncRequest {
+    /// Structural bounds, checked before a request is served.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            SyncRequest::Want { ids } if ids.len() > MAX_WANT_IDS => {
+                Err(format!("want of {} ids (max {MAX_WANT_IDS})", ids.len()))
+            }
+            SyncRequest::Since { have, .. } if have.len() > MAX_VV_AUTHORS => Err(format!(
+                "version vector of {} authors (max {MAX_VV_AUTHORS})",
+                have.len()
+            )),
+            SyncRequest::Range { from_sq, to_sq, .. } if from_sq > to_sq => {
+                Err(format!("empty range {from_sq}..={to_sq}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The summary of a timeline.
+pub fn summarize<M: Machine>(tl: &Timeline<M>) -> Summary {
+    let mut heads = tl.heads();
+    heads.truncate(MAX_SUMMARY_HEADS);
+    let mut version_vector: Vec<_> = tl.version_vector().into_iter().collect();
+    version_vector.truncate(MAX_VV_AUTHORS);
+    Summary {
+        genesis: tl.genesis_id(),
+        version_vector,
+        heads,
+        events: tl.len() as u64,
+    }
+}
+
+/// Answers one request from the timeline and its block source. Pure: the same timeline and
+/// request give the same response.
+pub fn serve<M: Machine>(
+    tl: &Timeline<M>,
+    src: &dyn BlockSource,
+    req: &SyncRequest,
+) -> SyncResponse {
+    if let Err(reason) = req.check() {
+        return SyncResponse::Refused { reason };
+    }
+    let mut page = Page::default();
+    match req {
+        SyncRequest::Summary => return SyncResponse::Summary(summarize(tl)),
+        SyncRequest::Want { ids } => {
+            let found = ids
+                .iter()
+                .filter(|id| tl.contains(id))
+                .filter_map(|id| tl.block(id, src));
+            for b in found {
+                if !page.push(&b) {
+                    break;
+                }
+            }
+        }
+        SyncRequest::Range {
+            author,
+            from_sq,
+            to_sq,
+        } => {
+            // Scans the order once; ranges are for small repairs, bulk uses `Since`.
+            let found = tl
+                .scan_after(None)
+                .filter(|(_, a, sq)| a == author && (*from_sq..=*to_sq).contains(sq))
+                .filter_map(|(key, _, _)| tl.block(&key.1, src));
+            for b in found {
+                if !page.push(&b) {
+                    break;
+                }
+            }
+        }
+        SyncRequest::Since { have, after } => {
+            let have: BTreeMap<AuthorId, u64> = have.iter().copied().collect();
+            let mut last: Option<OrderKey> = None;
+            let mut scanned = 0usize;
+            let mut iter = tl.scan_after(*after).peekable();
+            while let Some((key, author, sq)) = iter.next() {
+                scanned += 1;
+                let covered = have.get(&author).is_some_and(|h| sq <= *h);
+                if !covered {
+                    let Some(b) = tl.block(&key.1, src) else {
+                        continue;
+                    };
+                    if !page.push(&b) {
+                        // Did not fit: the next page starts at this event.
+                        return SyncResponse::Blocks(Blocks {
+                            blocks: page.blocks,
+                            next: last,
+                        });
+                    }
+                }
+                last = Some(key);
+                if (page.full() || scanned >= MAX_SCAN_PER_PAGE) && iter.peek().is_some() {
+                    return SyncResponse::Blocks(Blocks {
+                        blocks: page.blocks,
+                        next: last,
+                    });
+                }
+            }
+            return SyncResponse::Blocks(Blocks {
+                blocks: page.blocks,
+                next: None,
+            });
+        }
+    }
+    SyncResponse::Blocks(Blocks {
+        blocks: page.blocks,
+        next: None,
+    })
+}
+
+#[derive(Default)]
+struct Page {
+    blocks: Vec<serde_bytes::ByteBuf>,
+    bytes: usize,
+}
+
+impl Page {
+    /// Adds a block unless the page is full; a page always takes its first block.
+    fn push(&mut self, b: &[u8]) -> bool {
+        if !self.blocks.is_empty()
+            && (self.blocks.len() >= MAX_PAGE_EVENTS || self.bytes + b.len() > MAX_PAGE_BYTES)
+        {
+            return false;
+        }
+        self.bytes += b.len();
+        self.blocks.push(serde_bytes::ByteBuf::from(b.to_vec()));
+        true
+    }
+    fn full(&self) -> bool {
+        self.blocks.len() >= MAX_PAGE_EVENTS || self.bytes >= MAX_PAGE_BYTES - MAX_EVENT_BYTES
+    }
+}
+
+/// What the caller must do for the [`Syncer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<P> {
+    Send(P, SyncRequest),
+    /// Disconnect and refuse the peer until `until` (ms).
+    Ban {
+        peer: P,
+        until: u64,
+    },
+    /// The ban has expired.
+    Unban(P),
+    /// The peer replicates another timeline: disconnect, do not ban.
+    Disconnect(P),
+}
+
+/// What the syncer needs to know about the local replica.
+pub trait LocalView {
+    fn genesis(&self) -> EventId;
+    fn version_vector(&self) -> BTreeMap<AuthorId, u64>;
+    fn contains(&self, id: &EventId) -> bool;
+}
+
+impl<M: Machine> LocalView for Timeline<M> {
+    fn genesis(&self) -> EventId {
+        self.genesis_id()
+    }
+    fn version_vector(&self) -> BTreeMap<AuthorId, u64> {
+        Timeline::version_vector(self)
+    }
+    fn contains(&self, id: &EventId) -> bool {
+        Timeline::contains(self, id)
+    }
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    in_flight: usize,
+    invalid: u32,
+    banned_until: Option<u64>,
+    tokens: u64,
+    tokens_at: u64,
+    /// When a `Since` stream from this peer last ended without bringing anything new.
+    idle_stream_at: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Stream<P> {
+    peer: P,
+    last_activity: u64,
+    new_blocks: u64,
+}
+
+/// Counters, for status and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub summaries_sent: u64,
+    pub pages_received: u64,
+    pub wants_sent: u64,
+    pub requests_refused: u64,
+    pub invalid_blocks: u64,
+    pub bans: u64,
+}
+
+/// The per-node sync decision maker. `P` is the caller's peer id type.
+#[derive(Debug)]
+pub struct Syncer<P: Ord + Clone> {
+    peers: BTreeMap<P, PeerState>,
+    stream: Option<Stream<P>>,
+    wants: BTreeMap<EventId, u64>,
+    next_round: u64,
+    round_robin: usize,
+    stats: SyncStats,
+}
+
+impl<P: Ord + Clone> Default for Syncer<P> {
+    fn default() -> Self {
+        Syncer {
+            peers: BTreeMap::new(),
+            stream: None,
+            wants: BTreeMap::new(),
+            next_round: 0,
+            round_robin: 0,
+            stats: SyncStats::default(),
+        }
+    }
+}
+
+fn vv_ahead(remote: &[(AuthorId, u64)], local: &BTreeMap<AuthorId, u64>) -> bool {
+    remote
+        .iter()
+        .any(|(a, sq)| *sq > local.get(a).copied().unwrap_or(0))
+}
+
+impl<P: Ord + Clone> Syncer<P> {
+    pub fn stats(&self) -> &SyncStats {
+        &self.stats
+    }
+    /// Peers currently connected and not banned.
+    pub fn peers(&self) -> impl Iterator<Item = &P> {
+        self.peers
+            .iter()
+            .filter(|(_, s)| s.banned_until.is_none())
+            .map(|(p, _)| p)
+    }
+    pub fn is_banned(&self, p: &P) -> bool {
+        self.peers.get(p).is_some_and(|s| s.banned_until.is_some())
+    }
+    /// True while a bulk catch-up stream is running.
+    pub fn catching_up(&self) -> bool {
+        self.stream.is_some()
+    }
+    /// Invalid blocks received per peer.
+    pub fn invalid_counts(&self) -> impl Iterator<Item = (&P, u32)> {
+        self.peers.iter().map(|(p, s)| (p, s.invalid))
+    }
+
+    fn send(&mut self, out: &mut Vec<Action<P>>, p: &P, req: SyncRequest) {
+        let Some(st) = self.peers.get_mut(p) else {
+            return;
+        };
+        if st.banned_until.is_some() || st.in_flight >= MAX_IN_FLIGHT_PER_PEER {
+            return;
+        }
+        st.in_flight += 1;
+        match &req {
+            SyncRequest::Summary => self.stats.summaries_sent += 1,
+            SyncRequest::Want { .. } => self.stats.wants_sent += 1,
+            _ => {}
+        }
+        out.push(Action::Send(p.clone(), req));
+    }
+
+    /// A connection to `p` is up: ask for its summary.
+    pub fn peer_up(&mut self, p: P, now: u64) -> Vec<Action<P>> {
+        if self.is_banned(&p) {
+            return vec![Action::Disconnect(p)];
+        }
+        if !self.peers.contains_key(&p) && self.peers.len() >= MAX_PEERS {
+            return vec![Action::Disconnect(p)];
+        }
+        self.peers.entry(p.clone()).or_insert(PeerState {
+            tokens: REQUEST_BURST,
+            tokens_at: now,
+            ..PeerState::default()
+        });
+        let mut out = vec![];
+        self.send(&mut out, &p, SyncRequest::Summary);
+        out
+    }
+
+    /// The last connection to `p` closed. A ban outlives the connection.
+    pub fn peer_down(&mut self, p: &P) {
+        if let Some(st) = self.peers.get_mut(p) {
+            if st.banned_until.is_none() {
+                self.peers.remove(p);
+            } else {
+                st.in_flight = 0;
+            }
+        }
+        if self.stream.as_ref().is_some_and(|s| &s.peer == p) {
+            self.stream = None;
+        }
+    }
+
+    /// A request to `p` failed or timed out.
+    pub fn request_failed(&mut self, p: &P, req: &SyncRequest) {
+        self.done(p);
+        if matches!(req, SyncRequest::Since { .. })
+            && self.stream.as_ref().is_some_and(|s| &s.peer == p)
+        {
+            self.stream = None;
+        }
+        if let SyncRequest::Want { ids } = req {
+            for id in ids {
+                self.wants.remove(id);
+            }
+        }
+    }
+
+    fn done(&mut self, p: &P) {
+        if let Some(st) = self.peers.get_mut(p) {
+            st.in_flight = st.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// `p` answered our `Summary`.
+    pub fn on_summary(
+        &mut self,
+        p: &P,
+        s: &Summary,
+        local: &dyn LocalView,
+        now: u64,
+    ) -> Vec<Action<P>> {
+        self.done(p);
+        let mut out = vec![];
+        if s.genesis != local.genesis() {
+            self.peers.remove(p);
+            out.push(Action::Disconnect(p.clone()));
+            return out;
+        }
+        let vv = local.version_vector();
+        let recently_idle = self
+            .peers
+            .get(p)
+            .and_then(|st| st.idle_stream_at)
+            .is_some_and(|t| now < t + ANTI_ENTROPY_INTERVAL_MS * 5);
+        if vv_ahead(&s.version_vector, &vv) && !recently_idle {
+            if self.stream.is_none() {
+                self.stream = Some(Stream {
+                    peer: p.clone(),
+                    last_activity: now,
+                    new_blocks: 0,
+                });
+                let have = vv.into_iter().collect();
+                self.send(&mut out, p, SyncRequest::Since { have, after: None });
+            }
+            return out;
+        }
+        let unknown: Vec<EventId> = s
+            .heads
+            .iter()
+            .filter(|h| !local.contains(h))
+            .copied()
+            .collect();
+        self.want(&mut out, p, unknown, now);
+        out
+    }
+
+    fn want(&mut self, out: &mut Vec<Action<P>>, p: &P, ids: Vec<EventId>, now: u64) {
+        let ids: Vec<EventId> = ids
+            .into_iter()
+            .filter(|id| {
+                self.wants
+                    .get(id)
+                    .is_none_or(|t| now >= t + WANT_TIMEOUT_MS)
+            })
+            .take(MAX_WANT_IDS)
+            .collect();
+        if ids.is_empty() || self.is_banned(p) {
+            return;
+        }
+        let before = out.len();
+        self.send(out, p, SyncRequest::Want { ids: ids.clone() });
+        if out.len() > before {
+            for id in ids {
+                self.wants.insert(id, now);
+            }
+        }
+    }
+
+    /// `p` answered a `Since` page; `new` blocks of it were new here. Asks for the next page,
+    /// or, at the end of the stream, for a fresh summary to check nothing is left.
+    pub fn on_page(
+        &mut self,
+        p: &P,
+        next: Option<Cursor>,
+        new: u64,
+        local: &dyn LocalView,
+        now: u64,
+    ) -> Vec<Action<P>> {
+        self.done(p);
+        self.stats.pages_received += 1;
+        let mut out = vec![];
+        let Some(stream) = self.stream.as_mut().filter(|s| &s.peer == p) else {
+            return out;
+        };
+        stream.last_activity = now;
+        stream.new_blocks += new;
+        match next {
+            Some(after) => {
+                let have = local.version_vector().into_iter().collect();
+                self.send(
+                    &mut out,
+                    p,
+                    SyncRequest::Since {
+                        have,
+                        after: Some(after),
+                    },
+                );
+                if out.is_empty() {
+                    self.stream = None;
+                }
+            }
+            None => {
+                let idle = stream.new_blocks == 0;
+                self.stream = None;
+                if let Some(st) = self.peers.get_mut(p) {
+                    st.idle_stream_at = idle.then_some(now);
+                }
+                self.send(&mut out, p, SyncRequest::Summary);
+            }
+        }
+        out
+    }
+
+    /// `p` answered a `Want` or `Range`.
+    pub fn on_blocks(&mut self, p: &P) {
+        self.done(p);
+    }
+
+    /// Events from `p` are waiting for these parents: ask `p` for them.
+    pub fn on_missing(&mut self, p: &P, missing: Vec<EventId>, now: u64) -> Vec<Action<P>> {
+        let mut out = vec![];
+        // During a bulk catch-up the stream brings the parents in order.
+        if self.stream.is_none() {
+            self.want(&mut out, p, missing, now);
+        }
+        out
+    }
+
+    /// The ids arrived (from anyone): no need to ask again.
+    pub fn arrived(&mut self, ids: impl IntoIterator<Item = EventId>) {
+        if self.wants.is_empty() {
+            return;
+        }
+        for id in ids {
+            self.wants.remove(&id);
+        }
+    }
+
+    /// `p` sent `n` invalid blocks. Bans it at the threshold.
+    pub fn on_invalid(&mut self, p: &P, n: u32, now: u64) -> Vec<Action<P>> {
+        self.stats.invalid_blocks += n as u64;
+        let Some(st) = self.peers.get_mut(p) else {
+            return vec![];
+        };
+        st.invalid = st.invalid.saturating_add(n);
+        if st.invalid >= MAX_INVALID_PER_PEER && st.banned_until.is_none() {
+            let until = now + BAN_MS;
+            st.banned_until = Some(until);
+            st.in_flight = 0;
+            self.stats.bans += 1;
+            if self.stream.as_ref().is_some_and(|s| &s.peer == p) {
+                self.stream = None;
+            }
+            return vec![Action::Ban {
+                peer: p.clone(),
+                until,
+            }];
+        }
+        vec![]
+    }
+
+    /// Whether to serve an inbound request from `p` now (token bucket per peer).
+    pub fn admit_request(&mut self, p: &P, now: u64) -> bool {
+        let Some(st) = self.peers.get_mut(p) else {
+            // A request can race the connection notice; admit it against a fresh bucket.
+            self.peers.insert(
+                p.clone(),
+                PeerState {
+                    tokens: REQUEST_BURST - 1,
+                    tokens_at: now,
+                    ..PeerState::default()
+                },
+            );
+            return true;
+        };
+        if st.banned_until.is_some() {
+            self.stats.requests_refused += 1;
+            return false;
+        }
+        let refill = now.saturating_sub(st.tokens_at) * REQUESTS_PER_SEC / 1000;
+        if refill > 0 {
+            st.tokens = (st.tokens + refill).min(REQUEST_BURST);
+            st.tokens_at = now;
+        }
+        if st.tokens == 0 {
+            self.stats.requests_refused += 1;
+            return false;
+        }
+        st.tokens -= 1;
+        true
+    }
+
+    /// Periodic work: lift expired bans, drop a stalled stream, forget old wants, and compare
+    /// summaries with the next peer in turn.
+    pub fn tick(&mut self, now: u64) -> Vec<Action<P>> {
+        let mut out = vec![];
+        let expired: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.banned_until.is_some_and(|t| now >= t))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in expired {
+            self.peers.remove(&p);
+            out.push(Action::Unban(p));
+        }
+        if self
+            .stream
+            .as_ref()
+            .is_some_and(|s| now >= s.last_activity + CATCH_UP_STALL_MS)
+        {
+            let p = self.stream.take().map(|s| s.peer);
+            if let Some(st) = p.and_then(|p| self.peers.get_mut(&p)) {
+                st.in_flight = 0;
+            }
+        }
+        self.wants.retain(|_, t| now < *t + WANT_TIMEOUT_MS);
+        if now >= self.next_round {
+            self.next_round = now + ANTI_ENTROPY_INTERVAL_MS;
+            let live: Vec<P> = self.peers().cloned().collect();
+            if !live.is_empty() {
+                self.round_robin = (self.round_robin + 1) % live.len();
+                let p = live[self.round_robin].clone();
+                let busy = self.peers.get(&p).is_some_and(|s| s.in_flight > 0);
+                if !busy {
+                    self.send(&mut out, &p, SyncRequest::Summary);
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,249 @@
+//! The anti-entropy decisions and the server, driven in memory: requests from a `Syncer` are
+//! answered by `serve` on the other timeline and the answers fed back, until nothing is left to
+//! do.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use chorus_core::{
+    EventId, SignedEvent, Timeline,
+    crypto::Keypair,
+    event::kind,
+    machine::CounterMachine,
+    sync::{
+        Action, BAN_MS, MAX_INVALID_PER_PEER, MAX_PAGE_EVENTS, REQUEST_BURST, SyncRequest,
+        SyncResponse, Syncer, WANT_TIMEOUT_MS, serve,
+    },
+    testkit,
+    timeline::{Inserted, NoBlocks},
+};
+
+fn keys(n: u8) -> Vec<Keypair> {
+    (1..=n).map(|i| Keypair::from_seed([i; 32])).collect()
+}
+
+/// Every block ever seen, shared by the test's timelines (a stand-in for their stores).
+type Blocks = BTreeMap<EventId, Arc<[u8]>>;
+
+fn timeline(genesis: &SignedEvent, events: &[SignedEvent]) -> Timeline<CounterMachine> {
+    let mut t = Timeline::new(genesis.clone(), CounterMachine).unwrap();
+    let store = blocks_of(events);
+    for r in t.insert_batch(events.iter().cloned(), &store).unwrap() {
+        r.unwrap();
+    }
+    t
+}
+
+fn blocks_of(events: &[SignedEvent]) -> Blocks {
+    events.iter().map(|e| (e.id(), e.bytes_arc())).collect()
+}
+
+/// Runs `syncer` (on `local`) against `remote` until no action is left; returns the number of
+/// requests sent and the largest pending set seen locally.
+fn drive(
+    syncer: &mut Syncer<u8>,
+    first: Vec<Action<u8>>,
+    local: &mut Timeline<CounterMachine>,
+    remote: &Timeline<CounterMachine>,
+    store: &Blocks,
+    now: u64,
+) -> (usize, usize) {
+    let mut queue = first;
+    let mut sent = 0;
+    let mut max_pending = 0;
+    while let Some(a) = queue.pop() {
+        let Action::Send(p, req) = a else {
+            panic!("unexpected action {a:?}")
+        };
+        sent += 1;
+        assert!(sent < 10_000, "sync does not terminate");
+        match serve(remote, store, &req) {
+            SyncResponse::Summary(s) => queue.extend(syncer.on_summary(&p, &s, local, now)),
+            SyncResponse::Blocks(b) => {
+                let evs: Vec<SignedEvent> = b
+                    .blocks
+                    .iter()
+                    .map(|x| SignedEvent::decode(x).unwrap())
+                    .collect();
+                let mut new = 0;
+                for r in local.insert_batch(evs, store).unwrap() {
+                    if let Ok(Inserted::Indexed { released }) = r {
+                        new += 1 + released.len() as u64;
+                    }
+                }
+                max_pending = max_pending.max(local.pending_len());
+                if matches!(req, SyncRequest::Since { .. }) {
+                    queue.extend(syncer.on_page(&p, b.next, new, local, now));
+                } else {
+                    syncer.on_blocks(&p);
+                }
+            }
+            SyncResponse::Refused { reason } => panic!("refused: {reason}"),
+        }
+    }
+    (sent, max_pending)
+}
+
+#[test]
+fn empty_node_catches_up_in_causal_pages_without_pending() {
+    let ks = keys(4);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
+    let hist = testkit::history(&g, "counter/1", &ks, 3 * MAX_PAGE_EVENTS + 17, 7, |_, _| {
+        (kind::STIMULUS, testkit::text("x"))
+    });
+    let full = timeline(&g, &hist);
+    let mut empty = timeline(&g, &[]);
+    let mut s = Syncer::default();
+    let first = s.peer_up(1u8, 0);
+    let (sent, max_pending) = drive(&mut s, first, &mut empty, &full, &blocks_of(&hist), 0);
+    assert_eq!(empty.len(), full.len());
+    assert_eq!(empty.state_hash(), full.state_hash());
+    assert_eq!(empty.heads(), full.heads());
+    assert_eq!(max_pending, 0, "pages arrive in causal order");
+    // summary, 4 pages, final summary
+    assert_eq!(sent, 6, "paged, not one fetch per event");
+    assert_eq!(s.stats().pages_received, 4);
+    assert!(!s.catching_up());
+}
+
+#[test]
+fn since_leaves_out_what_the_requester_has() {
+    let ks = keys(2);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
+    let hist = testkit::history(&g, "counter/1", &ks, 400, 3, |_, _| {
+        (kind::STIMULUS, testkit::text("y"))
+    });
+    let full = timeline(&g, &hist);
+    let half = timeline(&g, &hist[..200]);
+    let have = half.version_vector().into_iter().collect();
+    let store = blocks_of(&hist);
+    let SyncResponse::Blocks(b) = serve(&full, &store, &SyncRequest::Since { have, after: None })
+    else {
+        panic!()
+    };
+    assert_eq!(b.blocks.len(), 200);
+    assert_eq!(b.next, None);
+    for x in &b.blocks {
+        assert!(!half.contains(&SignedEvent::decode(x).unwrap().id()));
+    }
+}
+
+#[test]
+fn partitioned_nodes_converge_both_ways() {
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let shared = testkit::history(&g, "counter/1", &ks, 300, 1, |_, _| {
+        (kind::STIMULUS, testkit::text("s"))
+    });
+    let mut a = timeline(&g, &shared);
+    let mut b = timeline(&g, &shared);
+    // each side writes on its own during a partition
+    let mut written = shared.clone();
+    for i in 0..150 {
+        let ea = a.prepare(
+            ks[1].author(),
+            kind::STIMULUS,
+            testkit::text(&format!("a{i}")),
+        );
+        let ea = ea.sign(&ks[1]);
+        a.insert(ea.clone(), &NoBlocks).unwrap();
+        written.push(ea);
+        if i < 140 {
+            let eb = b.prepare(
+                ks[2].author(),
+                kind::STIMULUS,
+                testkit::text(&format!("b{i}")),
+            );
+            let eb = eb.sign(&ks[2]);
+            b.insert(eb.clone(), &NoBlocks).unwrap();
+            written.push(eb);
+        }
+    }
+    let store = blocks_of(&written);
+    assert_ne!(a.state_hash(), b.state_hash());
+    let mut sa = Syncer::default();
+    let first = sa.peer_up(2u8, 0);
+    drive(&mut sa, first, &mut a, &b, &store, 0);
+    let mut sb = Syncer::default();
+    let first = sb.peer_up(1u8, 0);
+    drive(&mut sb, first, &mut b, &a, &store, 0);
+    assert_eq!(a.len(), 300 + 150 + 140 + 1);
+    assert_eq!(a.state_hash(), b.state_hash());
+    assert_eq!(a.heads(), b.heads());
+}
+
+#[test]
+fn other_timeline_is_disconnected() {
+    let ks = keys(1);
+    let g1 = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let g2 = testkit::genesis(&ks[0], &ks, "counter/1", 17);
+    let a = timeline(&g1, &[]);
+    let b = timeline(&g2, &[]);
+    let mut s = Syncer::default();
+    s.peer_up(9u8, 0);
+    let SyncResponse::Summary(sum) = serve(&b, &NoBlocks, &SyncRequest::Summary) else {
+        panic!()
+    };
+    assert_eq!(s.on_summary(&9, &sum, &a, 0), vec![Action::Disconnect(9)]);
+}
+
+#[test]
+fn missing_parents_are_asked_of_the_announcer_once_per_timeout() {
+    let mut s: Syncer<u8> = Syncer::default();
+    s.peer_up(1, 0);
+    s.request_failed(&1, &SyncRequest::Summary);
+    let id = chorus_core::EventId([7; 32]);
+    let a = s.on_missing(&1, vec![id], 10);
+    assert_eq!(
+        a,
+        vec![Action::Send(1, SyncRequest::Want { ids: vec![id] })]
+    );
+    s.on_blocks(&1);
+    assert!(s.on_missing(&1, vec![id], 20).is_empty(), "asked already");
+    assert_eq!(s.on_missing(&1, vec![id], 20 + WANT_TIMEOUT_MS).len(), 1);
+}
+
+#[test]
+fn invalid_blocks_ban_the_peer_then_the_ban_expires() {
+    let mut s: Syncer<u8> = Syncer::default();
+    s.peer_up(3, 0);
+    for _ in 1..MAX_INVALID_PER_PEER {
+        assert!(s.on_invalid(&3, 1, 5).is_empty());
+    }
+    assert_eq!(
+        s.on_invalid(&3, 1, 5),
+        vec![Action::Ban {
+            peer: 3,
+            until: 5 + BAN_MS
+        }]
+    );
+    assert!(s.is_banned(&3));
+    assert!(!s.admit_request(&3, 6));
+    assert_eq!(s.peer_up(3, 7), vec![Action::Disconnect(3)]);
+    assert!(s.tick(5 + BAN_MS).contains(&Action::Unban(3)));
+    assert!(!s.is_banned(&3));
+}
+
+#[test]
+fn request_flood_is_rate_limited_and_refills() {
+    let mut s: Syncer<u8> = Syncer::default();
+    s.peer_up(4, 0);
+    let admitted = (0..2 * REQUEST_BURST)
+        .filter(|_| s.admit_request(&4, 0))
+        .count() as u64;
+    assert_eq!(admitted, REQUEST_BURST);
+    assert!(!s.admit_request(&4, 1));
+    assert!(s.admit_request(&4, 1_000));
+    assert_eq!(s.stats().requests_refused, REQUEST_BURST + 1);
+}
+
+#[test]
+fn oversized_wants_are_refused_by_the_server() {
+    let ks = keys(1);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let t = timeline(&g, &[]);
+    let ids = vec![chorus_core::EventId([1; 32]); 10_000];
+    assert!(matches!(
+        serve(&t, &NoBlocks, &SyncRequest::Want { ids }),
+        SyncResponse::Refused { .. }
+    ));
+}
