@@ -19,11 +19,13 @@ use chorus_core::{
 use chorus_kairos::KairosMachine;
 use chorus_store::{Replica, Store, replica::STORE_FILE};
 use ipld_core::ipld::Ipld;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use chorus_node::describe::{Describe, event_json, json_to_ipld, state_json};
 
 use crate::{
     AppendArgs, Cli, Command, ExportArgs, ImportArgs, InitArgs, LogArgs, MachineArg, MemberCmd,
-    RoleArg, machines::CliMachine, progress::Progress,
+    RoleArg, progress::Progress,
 };
 
 /// Events handed to the timeline per batch by import and verify.
@@ -39,6 +41,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Import(a) => import(dir, a),
+        Command::Node(a) => crate::mesh::node(dir, a),
+        Command::Join { multiaddr } => crate::mesh::join(dir, &multiaddr),
+        Command::Status { api, json } => crate::mesh::status(dir, api, json),
+        Command::Swarm(a) => crate::mesh::swarm(a),
+        Command::Append(a) if a.api.is_some() || crate::http::running_api(dir).is_some() => {
+            append_remote(dir, a)
+        }
         other => {
             let store = Store::open(&dir.join(STORE_FILE))?;
             match store.machine_id() {
@@ -50,7 +59,40 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn with_machine<M: CliMachine>(dir: &Path, store: Store, cmd: Command) -> Result<i32> {
+/// `chorus append` while a node runs on the data directory (its store is locked by it): the
+/// node appends, signs with its key and gossips. A stale `api.addr` (the node was killed)
+/// falls back to opening the store.
+fn append_remote(dir: &Path, a: AppendArgs) -> Result<i32> {
+    let explicit = a.api.is_some();
+    let api = a
+        .api
+        .clone()
+        .or_else(|| crate::http::running_api(dir))
+        .unwrap_or_default();
+    if a.kind == kind::INTENT && a.json.is_none() {
+        bail!(
+            "through a running node, give an intent's body with --json (with \"re\": {{\"/\": CID}})"
+        );
+    }
+    let body = match (&a.json, &a.text) {
+        (Some(j), _) => serde_json::from_str(j).context("--json is not valid JSON")?,
+        (None, Some(t)) => Value::String(t.clone()),
+        (None, None) => bail!("give the event's TEXT or --json BODY"),
+    };
+    match crate::mesh::append_via_api(&api, &a.kind, body, a.count) {
+        Err(e) if !explicit && e.to_string().starts_with("cannot reach") => {
+            let store = Store::open(&dir.join(STORE_FILE))?;
+            match store.machine_id() {
+                "kairos/1" => with_machine::<KairosMachine>(dir, store, Command::Append(a)),
+                "counter/1" => with_machine::<CounterMachine>(dir, store, Command::Append(a)),
+                m => bail!("this build does not know machine {m:?}"),
+            }
+        }
+        r => r,
+    }
+}
+
+fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i32> {
     if let Command::Verify = cmd {
         return verify::<M>(dir, store);
     }
@@ -62,9 +104,14 @@ fn with_machine<M: CliMachine>(dir: &Path, store: Store, cmd: Command) -> Result
         Command::Log(a) => log(&replica, a),
         Command::State { json } => state(&replica, json),
         Command::Export(a) => export(&replica, a),
-        Command::Init(_) | Command::Key | Command::Import(_) | Command::Verify => {
-            unreachable!("dispatched in run")
-        }
+        Command::Init(_)
+        | Command::Key
+        | Command::Import(_)
+        | Command::Verify
+        | Command::Node(_)
+        | Command::Join { .. }
+        | Command::Status { .. }
+        | Command::Swarm(_) => unreachable!("dispatched in run"),
     }
 }
 
@@ -97,7 +144,7 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn member<M: CliMachine>(r: &mut Replica<M>, op: MemberCmd) -> Result<i32> {
+fn member<M: Describe>(r: &mut Replica<M>, op: MemberCmd) -> Result<i32> {
     let parse = |k: &str| k.parse::<AuthorId>().map_err(|e| anyhow::anyhow!(e));
     let op = match op {
         MemberCmd::Add { key, role } => MemberOp::Add(
@@ -122,27 +169,6 @@ fn member<M: CliMachine>(r: &mut Replica<M>, op: MemberCmd) -> Result<i32> {
 }
 
 /// JSON → IPLD for `--json` bodies.
-fn json_to_ipld(v: Value) -> Result<Ipld> {
-    Ok(match v {
-        Value::Null => Ipld::Null,
-        Value::Bool(b) => Ipld::Bool(b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Ipld::Integer(i.into()),
-            None => match n.as_u64() {
-                Some(u) => Ipld::Integer(u.into()),
-                None => Ipld::Float(n.as_f64().context("number")?),
-            },
-        },
-        Value::String(s) => Ipld::String(s),
-        Value::Array(a) => Ipld::List(a.into_iter().map(json_to_ipld).collect::<Result<_>>()?),
-        Value::Object(o) => Ipld::Map(
-            o.into_iter()
-                .map(|(k, v)| Ok((k, json_to_ipld(v)?)))
-                .collect::<Result<_>>()?,
-        ),
-    })
-}
-
 fn latest_stimulus<M: Machine>(r: &Replica<M>) -> Result<Option<EventId>> {
     let order: Vec<EventId> = r.timeline().order().collect();
     for id in order.iter().rev().take(100_000) {
@@ -153,7 +179,7 @@ fn latest_stimulus<M: Machine>(r: &Replica<M>) -> Result<Option<EventId>> {
     Ok(None)
 }
 
-fn append<M: CliMachine>(r: &mut Replica<M>, a: AppendArgs) -> Result<i32> {
+fn append<M: Describe>(r: &mut Replica<M>, a: AppendArgs) -> Result<i32> {
     let re = match (&a.re, a.kind == kind::INTENT) {
         (Some(c), _) => Some(
             c.parse::<EventId>()
@@ -241,7 +267,7 @@ fn short_text(ev: &SignedEvent) -> String {
     }
 }
 
-fn log<M: CliMachine>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
+fn log<M: Describe>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
     let tl = r.timeline();
     let start = match &a.from {
         Some(c) => {
@@ -259,13 +285,8 @@ fn log<M: CliMachine>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
     for (pos, id) in tl.order().enumerate().skip(start).take(limit) {
         let ev = tl.load(&id, r.store())?;
         let excluded = tl.is_excluded(&id);
-        let settled = tl.is_settled(&id);
         if a.json {
-            let line = json!({
-                "pos": pos, "cid": id.to_string(), "lc": ev.lamport, "author": ev.author.to_string(),
-                "sq": ev.seq, "kind": ev.kind, "text": ev.text(), "excluded": excluded, "settled": settled,
-            });
-            writeln!(out, "{line}")?;
+            writeln!(out, "{}", event_json(r, pos, &ev))?;
         } else {
             writeln!(
                 out,
@@ -282,32 +303,7 @@ fn log<M: CliMachine>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn state_json<M: CliMachine>(r: &Replica<M>) -> Value {
-    let tl = r.timeline();
-    let f = tl.frontier();
-    json!({
-        "timeline": tl.genesis_id().to_string(),
-        "machine": tl.machine().id(),
-        "events": tl.len(),
-        "pending": tl.pending_len(),
-        "heads": tl.heads().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-        "state_hash": hex::encode(tl.state_hash()),
-        "settled_frontier": {
-            "settled": f.settled,
-            "last": f.last.map(|(id, lc)| json!({"cid": id.to_string(), "lc": lc})),
-            "held_by": f.held_by.map(|(a, role, latest)| json!({
-                "member": a.to_string(), "role": role.as_str(), "latest_lc": latest })),
-            "first_unsettled": f.first_unsettled.map(|(id, lc)| json!({"cid": id.to_string(), "lc": lc})),
-        },
-        "members": tl.membership().current().iter().map(|(a, r)| json!({
-            "key": a.to_string(), "role": r.as_str() })).collect::<Vec<_>>(),
-        "equivocations": tl.equivocations().len(),
-        "rejected": tl.stats().rejected,
-        "state": M::describe(tl.state()),
-    })
-}
-
-fn state<M: CliMachine>(r: &Replica<M>, as_json: bool) -> Result<i32> {
+fn state<M: Describe>(r: &Replica<M>, as_json: bool) -> Result<i32> {
     let v = state_json(r);
     if as_json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -378,7 +374,7 @@ fn state<M: CliMachine>(r: &Replica<M>, as_json: bool) -> Result<i32> {
     Ok(0)
 }
 
-fn export<M: CliMachine>(r: &Replica<M>, a: ExportArgs) -> Result<i32> {
+fn export<M: Describe>(r: &Replica<M>, a: ExportArgs) -> Result<i32> {
     let tl = r.timeline();
     let mut progress = Progress::new("export", Some(tl.len() as u64));
     let mut n = 0u64;
@@ -453,7 +449,7 @@ fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
     }
 }
 
-fn import_into<M: CliMachine>(dir: &Path, a: ImportArgs) -> Result<i32> {
+fn import_into<M: Describe>(dir: &Path, a: ImportArgs) -> Result<i32> {
     let mut r = Replica::open(dir, M::default())?;
     let genesis = r.timeline().genesis_id();
     let mut total = chorus_store::IngestReport::default();
@@ -541,7 +537,7 @@ fn import_into<M: CliMachine>(dir: &Path, a: ImportArgs) -> Result<i32> {
 /// Re-verifies everything from the bytes: block hashes (integrity check), canonical encoding
 /// and signatures of every event, then a replay from genesis that must reproduce the order,
 /// the heads, every stored checkpoint and the stored state.
-fn verify<M: CliMachine>(dir: &Path, store: Store) -> Result<i32> {
+fn verify<M: Describe>(dir: &Path, store: Store) -> Result<i32> {
     let fail = |what: String| -> Result<i32> {
         println!("verify FAILED: {what}");
         Ok(1)

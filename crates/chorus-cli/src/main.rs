@@ -1,7 +1,8 @@
 //! `chorus`: create, write, inspect, verify, export and import a Chorus timeline.
 
 mod commands;
-mod machines;
+mod http;
+mod mesh;
 mod progress;
 
 use std::path::PathBuf;
@@ -51,6 +52,62 @@ enum Command {
     Export(ExportArgs),
     /// Import events from a CAR or JSONL file (validated, idempotent).
     Import(ImportArgs),
+    /// Run a node: replicate the timeline over libp2p, serve the local HTTP API.
+    Node(NodeArgs),
+    /// Create a data directory for an existing timeline, fetching its genesis from a peer.
+    Join {
+        /// A peer's multiaddr, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo…
+        multiaddr: String,
+    },
+    /// Show a running node's peers, heads, event count, settled frontier, state_hash, sync lag.
+    Status {
+        /// The node's API address (default: the node running on --data-dir).
+        #[arg(long)]
+        api: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start N node processes on 127.0.0.1, drive a scripted workload, show convergence.
+    Swarm(SwarmArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Listen address(es).
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    listen: Vec<String>,
+    /// Peer(s) to join through; other replicas are found through Kademlia.
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// This node is meant to be an anchor (warns if its key is not one).
+    #[arg(long)]
+    anchor: bool,
+    /// Light node: not a replica (serves no blocks, no provider record).
+    #[arg(long)]
+    light: bool,
+    /// Local HTTP API address (port 0 picks one; it is written to DATA_DIR/api.addr).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api: String,
+    /// Run without the HTTP API.
+    #[arg(long, conflicts_with = "api")]
+    no_api: bool,
+}
+
+#[derive(Args)]
+struct SwarmArgs {
+    /// Node processes to start.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Stimuli in the scripted scene (each answered by two intents).
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Working directory of the swarm (cleared at start if a previous swarm made it).
+    #[arg(long, default_value = "./chorus-swarm")]
+    dir: PathBuf,
+    /// Seconds to wait for convergence after the workload.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
 }
 
 #[derive(Args)]
@@ -118,6 +175,10 @@ struct AppendArgs {
     /// Events per durable transaction (group commit) with --count.
     #[arg(long, default_value_t = 1)]
     batch: u64,
+    /// Append through this running node's API (default: the node running on --data-dir, if
+    /// any; otherwise the store is opened directly).
+    #[arg(long)]
+    api: Option<String>,
 }
 
 #[derive(Args)]

@@ -105,6 +105,11 @@ pub struct IngestReport {
     /// Rejected, per error code, with the first few ids and reasons.
     pub rejected: BTreeMap<&'static str, u64>,
     pub rejected_examples: Vec<(EventId, String)>,
+    /// Positions in the ingested batch of the events rejected (so a node can charge the peer
+    /// that sent each one).
+    pub rejected_at: Vec<usize>,
+    /// Ids indexed by this ingest, including released pending events.
+    pub indexed: Vec<EventId>,
 }
 
 impl IngestReport {
@@ -301,10 +306,12 @@ impl<M: Machine> Replica<M> {
         let results = self
             .timeline
             .insert_batch(events.iter().cloned(), &overlay)?;
-        for (ev, res) in events.into_iter().zip(results) {
+        for (pos, (ev, res)) in events.into_iter().zip(results).enumerate() {
             match res {
                 Ok(Inserted::Indexed { released }) => {
                     report.new += 1 + released.len() as u64;
+                    report.indexed.push(ev.id());
+                    report.indexed.extend(released.iter().copied());
                     has_member |= ev.kind == kind::MEMBER;
                     for id in released {
                         let r = self.timeline.load(&id, &overlay)?;
@@ -319,7 +326,10 @@ impl<M: Machine> Replica<M> {
                     batch.pending_put.push(ev);
                 }
                 Ok(Inserted::Duplicate) => report.duplicate += 1,
-                Err(e) => report.reject(ev.id(), &e),
+                Err(e) => {
+                    report.reject(ev.id(), &e);
+                    report.rejected_at.push(pos);
+                }
             }
         }
         for (id, e) in self.timeline.take_dropped_pending() {

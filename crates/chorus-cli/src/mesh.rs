@@ -1,0 +1,603 @@
+//! The mesh subcommands: `node`, `join`, `status`, `swarm`.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use chorus_core::{
+    Machine, event::kind, genesis::Genesis, machine::CounterMachine, membership::Role,
+};
+use chorus_kairos::KairosMachine;
+use chorus_net::Addr;
+use chorus_node::{NodeConfig, describe::Describe};
+use chorus_store::{Replica, Store, replica::STORE_FILE, replica::load_or_create_key};
+use serde_json::{Value, json};
+
+use crate::{NodeArgs, SwarmArgs, http};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn parse_addrs(v: &[String], what: &str) -> Result<Vec<Addr>> {
+    v.iter()
+        .map(|s| {
+            s.parse::<Addr>()
+                .with_context(|| format!("{what} {s:?} is not a multiaddr"))
+        })
+        .collect()
+}
+
+/// `chorus node`.
+pub fn node(dir: &Path, a: NodeArgs) -> Result<i32> {
+    let store_path = dir.join(STORE_FILE);
+    if !store_path.exists() {
+        bail!(
+            "{} holds no timeline: run `chorus init` or `chorus join MULTIADDR` first",
+            dir.display()
+        );
+    }
+    let store = Store::open(&store_path)?;
+    let machine = store.machine_id().to_string();
+    drop(store);
+    match machine.as_str() {
+        "kairos/1" => run_node::<KairosMachine>(dir, a),
+        "counter/1" => run_node::<CounterMachine>(dir, a),
+        other => bail!("this build cannot run machine {other:?}"),
+    }
+}
+
+fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
+    let replica = Replica::open(dir, M::default())?;
+    let me = replica.key().author();
+    if a.anchor && replica.timeline().membership().role_at(&me, u64::MAX) != Some(Role::Anchor) {
+        eprintln!(
+            "warning: --anchor, but {me} is not an anchor of this timeline \
+             (the admin adds it with `chorus member add {me} --role anchor`)"
+        );
+    }
+    let api = if a.no_api {
+        None
+    } else {
+        Some(
+            a.api
+                .parse()
+                .with_context(|| format!("--api {:?} is not HOST:PORT", a.api))?,
+        )
+    };
+    let cfg = NodeConfig {
+        listen: parse_addrs(&a.listen, "--listen")?,
+        bootstrap: parse_addrs(&a.bootstrap, "--bootstrap")?,
+        api,
+        light: a.light,
+        api_addr_file: Some(dir.join(http::API_ADDR_FILE)),
+    };
+    println!(
+        "opened {} events, state_hash {}",
+        replica.timeline().len(),
+        hex::encode(replica.timeline().state_hash())
+    );
+    let rt = runtime()?;
+    let replica = rt.block_on(chorus_node::run(replica, cfg, chorus_node::signal()))?;
+    println!(
+        "stopped: events {} state_hash {}",
+        replica.timeline().len(),
+        hex::encode(replica.timeline().state_hash())
+    );
+    Ok(0)
+}
+
+/// `chorus join`.
+pub fn join(dir: &Path, addr: &str) -> Result<i32> {
+    let addr: Addr = addr
+        .parse()
+        .with_context(|| format!("{addr:?} is not a multiaddr"))?;
+    if dir.join(STORE_FILE).exists() {
+        bail!("{} already holds a timeline", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = load_or_create_key(dir)?;
+    let genesis = runtime()?.block_on(chorus_node::fetch_genesis(addr.clone(), key.seed()))?;
+    let g = Genesis::from_event(&genesis)?;
+    let id = genesis.id();
+    match g.body.machine.as_str() {
+        "kairos/1" => drop(Replica::create_from_genesis(dir, genesis, KairosMachine)?),
+        "counter/1" => drop(Replica::create_from_genesis(dir, genesis, CounterMachine)?),
+        other => bail!("the timeline runs machine {other:?}, which this build does not have"),
+    }
+    println!(
+        "joined timeline {id} ({:?}, machine {})",
+        g.body.name, g.body.machine
+    );
+    println!("node key {}", key.author());
+    println!(
+        "next: chorus --data-dir {} node --bootstrap {addr}",
+        dir.display()
+    );
+    Ok(0)
+}
+
+fn api_of(dir: &Path, api: Option<String>) -> Result<String> {
+    api.or_else(|| http::running_api(dir)).with_context(|| {
+        format!(
+            "no running node found for {} (no {}): give --api HOST:PORT",
+            dir.display(),
+            http::API_ADDR_FILE
+        )
+    })
+}
+
+/// `chorus status`.
+pub fn status(dir: &Path, api: Option<String>, as_json: bool) -> Result<i32> {
+    let api = api_of(dir, api)?;
+    let s = http::get(&api, "/v1/status")?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(0);
+    }
+    let get = |k: &str| s.get(k).cloned().unwrap_or(Value::Null);
+    println!("peer        {}", get("peer_id").as_str().unwrap_or("?"));
+    println!("timeline    {}", get("timeline").as_str().unwrap_or("?"));
+    println!("events      {} (pending {})", get("events"), get("pending"));
+    println!("state_hash  {}", get("state_hash").as_str().unwrap_or("?"));
+    println!(
+        "settled     {} (first unsettled lc {})",
+        get("settled"),
+        get("first_unsettled_lc")
+    );
+    let heads = get("heads");
+    println!("heads       {}", heads.as_array().map_or(0, |h| h.len()));
+    let peers = get("peers");
+    println!("peers       {}", peers.as_array().map_or(0, |p| p.len()));
+    for p in peers.as_array().into_iter().flatten() {
+        println!("  {}", p.as_str().unwrap_or("?"));
+    }
+    let sync = get("sync");
+    println!(
+        "sync lag    {} events{}",
+        sync["lag_events"],
+        if sync["catching_up"].as_bool() == Some(true) {
+            " (catching up)"
+        } else {
+            ""
+        }
+    );
+    println!("rejected    {}", get("received")["rejected_by_code"]);
+    Ok(0)
+}
+
+/// `chorus append` through a running node's API.
+pub fn append_via_api(api: &str, kind: &str, body: Value, count: u64) -> Result<i32> {
+    let mut req = json!({ "kind": kind, "count": count });
+    match body {
+        Value::String(t) => req["text"] = Value::String(t),
+        b => req["body"] = b,
+    }
+    let r = http::post(api, "/v1/events", &req)?;
+    for id in r["ids"].as_array().into_iter().flatten() {
+        println!("{}", id.as_str().unwrap_or("?"));
+    }
+    Ok(0)
+}
+
+/// A node process started by `chorus swarm`.
+struct Proc {
+    name: String,
+    dir: PathBuf,
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, dir: &Path, args: &[String]) -> Result<Proc> {
+        let exe = std::env::current_exe().context("locating the chorus binary")?;
+        let log = std::fs::File::create(dir.join("node.log"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .arg("node")
+            .args(args)
+            .env(
+                "CHORUS_LOG",
+                std::env::var("CHORUS_LOG").unwrap_or("info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        // Own process group: Ctrl-C reaches the swarm, which stops the nodes in order.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let mut child = cmd.spawn().context("starting a node process")?;
+        let out = child.stdout.take().expect("piped");
+        let lines = Arc::new(Mutex::new(vec![]));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Ok(Proc {
+            name: name.into(),
+            dir: dir.to_path_buf(),
+            child,
+            lines,
+        })
+    }
+
+    /// The value of the first stdout line starting with `prefix `, waiting up to `wait`.
+    fn line(&mut self, prefix: &str, wait: Duration) -> Result<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find_map(|l| l.strip_prefix(&format!("{prefix} ")).map(str::to_string))
+            {
+                return Ok(l);
+            }
+            if let Some(st) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({st}) before printing {prefix:?}; see {}",
+                    self.name,
+                    self.dir.join("node.log").display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{} printed no {prefix:?} within {wait:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn terminate(&mut self) {
+        // SIGTERM: the node finishes its in-flight commit and exits.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+    }
+}
+
+struct Mesh {
+    procs: Vec<Proc>,
+    apis: Vec<String>,
+}
+
+impl Mesh {
+    fn statuses(&self) -> Vec<Option<Value>> {
+        self.apis
+            .iter()
+            .map(|a| http::get(a, "/v1/status").ok())
+            .collect()
+    }
+
+    fn stop(&mut self) -> Vec<Option<String>> {
+        for p in &mut self.procs {
+            p.terminate();
+        }
+        let mut finals = vec![];
+        for p in &mut self.procs {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while p.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if p.child.try_wait().ok().flatten().is_none() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+            // Let the reader thread take the last lines.
+            std::thread::sleep(Duration::from_millis(50));
+            finals.push(
+                p.lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("stopped: ").map(str::to_string)),
+            );
+        }
+        finals
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if p.child.try_wait().ok().flatten().is_none() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+}
+
+fn prepare_dir(dir: &Path) -> Result<()> {
+    const MARKER: &str = ".chorus-swarm";
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)?.next().is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            bail!(
+                "{} exists and was not made by `chorus swarm`; choose another --dir",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by chorus swarm; cleared at its next run\n",
+    )?;
+    Ok(())
+}
+
+fn summary_line(t0: Instant, st: &[Option<Value>]) -> (String, bool) {
+    let live: Vec<&Value> = st.iter().flatten().collect();
+    let events: Vec<u64> = live
+        .iter()
+        .map(|s| s["events"].as_u64().unwrap_or(0))
+        .collect();
+    let peers: Vec<usize> = live
+        .iter()
+        .map(|s| s["peers"].as_array().map_or(0, |p| p.len()))
+        .collect();
+    let mut hashes: Vec<&str> = live
+        .iter()
+        .map(|s| s["state_hash"].as_str().unwrap_or(""))
+        .collect();
+    hashes.sort();
+    hashes.dedup();
+    let converged = live.len() == st.len()
+        && hashes.len() == 1
+        && live.iter().all(|s| s["pending"].as_u64() == Some(0));
+    (
+        format!(
+            "[{:>6.1}s] nodes {}/{} · events {}..{} · peers {}..{} · {}",
+            t0.elapsed().as_secs_f64(),
+            live.len(),
+            st.len(),
+            events.iter().min().unwrap_or(&0),
+            events.iter().max().unwrap_or(&0),
+            peers.iter().min().unwrap_or(&0),
+            peers.iter().max().unwrap_or(&0),
+            if converged {
+                "converged".to_string()
+            } else {
+                format!("{} distinct state hashes", hashes.len())
+            }
+        ),
+        converged,
+    )
+}
+
+/// `chorus swarm`.
+pub fn swarm(a: SwarmArgs) -> Result<i32> {
+    if a.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(chorus_node::signal());
+                stop.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    let t0 = Instant::now();
+    prepare_dir(&a.dir)?;
+    let dirs: Vec<PathBuf> = (0..a.nodes)
+        .map(|i| a.dir.join(format!("node{i}")))
+        .collect();
+    let mut keys = vec![];
+    for d in &dirs {
+        std::fs::create_dir_all(d)?;
+        keys.push(load_or_create_key(d)?);
+    }
+    let writers: Vec<serde_bytes::ByteBuf> = keys
+        .iter()
+        .map(|k| serde_bytes::ByteBuf::from(k.author().0.to_vec()))
+        .collect();
+    let genesis = Replica::init(
+        &dirs[0],
+        |admin| {
+            let mut b = Genesis::new_body("swarm", admin.author(), KairosMachine.id());
+            b.writers = writers;
+            b
+        },
+        KairosMachine,
+    )?
+    .timeline()
+    .genesis_id();
+    println!(
+        "swarm: {} nodes in {}, timeline {genesis}",
+        a.nodes,
+        a.dir.display()
+    );
+
+    let node_args = |bootstrap: Option<&str>| {
+        let mut v: Vec<String> = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(b) = bootstrap {
+            v.extend(["--bootstrap".to_string(), b.to_string()]);
+        }
+        v
+    };
+    let wait = Duration::from_secs(30);
+    let mut mesh = Mesh {
+        procs: vec![],
+        apis: vec![],
+    };
+    let mut first = Proc::spawn("node0", &dirs[0], &node_args(None))?;
+    let boot = first.line("listening", wait)?;
+    mesh.apis.push(
+        first
+            .line("api", wait)?
+            .trim_start_matches("http://")
+            .to_string(),
+    );
+    mesh.procs.push(first);
+    println!("node0 (bootstrap) at {boot}");
+    let exe = std::env::current_exe()?;
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        let out = Command::new(&exe)
+            .arg("--data-dir")
+            .arg(d)
+            .args(["join", &boot])
+            .output()
+            .context("running chorus join")?;
+        if !out.status.success() {
+            bail!(
+                "node{i}: join failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut p = Proc::spawn(&format!("node{i}"), d, &node_args(Some(&boot)))?;
+        mesh.apis.push(
+            p.line("api", wait)?
+                .trim_start_matches("http://")
+                .to_string(),
+        );
+        mesh.procs.push(p);
+    }
+    println!("{} nodes started; waiting for the mesh", a.nodes);
+    let deadline = Instant::now() + wait;
+    loop {
+        let st = mesh.statuses();
+        let connected = st
+            .iter()
+            .flatten()
+            .filter(|s| s["peers"].as_array().is_some_and(|p| !p.is_empty()))
+            .count();
+        if connected == a.nodes || a.nodes == 1 {
+            break;
+        }
+        if Instant::now() > deadline || stop.load(Ordering::SeqCst) {
+            bail!("only {connected} of {} nodes found a peer", a.nodes);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The scripted workload: every node registers an emissary; then each round one writer
+    // posts a stimulus and two other nodes answer it with intents once they have seen it.
+    let mut last_print = Instant::now();
+    for (i, api) in mesh.apis.iter().enumerate() {
+        http::post(
+            api,
+            "/v1/events",
+            &json!({"kind": kind::EMISSARY, "body": {"name": format!("npc-{i}")}}),
+        )?;
+    }
+    let n = a.nodes;
+    let mut posted = n as u64;
+    for r in 0..a.rounds {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let w = r % n;
+        let sid = http::post(
+            &mesh.apis[w],
+            "/v1/events",
+            &json!({"kind": kind::STIMULUS, "text": format!("scene {r}: the gate creaks open")}),
+        )?["ids"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        posted += 1;
+        for k in 1..=2.min(n - 1) {
+            let j = (w + k) % n;
+            // An emissary answers what it has seen.
+            let seen_by = Instant::now() + Duration::from_secs(10);
+            while http::get(&mesh.apis[j], &format!("/v1/events?from={sid}&limit=1")).is_err()
+                && Instant::now() < seen_by
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            http::post(
+                &mesh.apis[j],
+                "/v1/events",
+                &json!({"kind": kind::INTENT, "body": {
+                    "re": {"/": sid}, "emissary": format!("npc-{j}"),
+                    "text": format!("npc-{j} answers scene {r}"),
+                    "commands": [format!("say I am npc-{j} and I heard scene {r}"), "look"],
+                }}),
+            )?;
+            posted += 1;
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            println!("{} · posted {posted}", summary_line(t0, &mesh.statuses()).0);
+        }
+    }
+    println!("workload done: {posted} events posted; waiting for convergence");
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let mut converged = false;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let (line, ok) = summary_line(t0, &mesh.statuses());
+        if ok || last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            println!("{line}");
+        }
+        if ok {
+            converged = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let st = mesh.statuses();
+    if let Some(s) = st.iter().flatten().next() {
+        let state = http::get(&mesh.apis[0], "/v1/state").unwrap_or(Value::Null);
+        let e = &state["state"]["last_election"];
+        println!(
+            "last election: stimulus {} winner {} ({} valid intents); coherence {:.4}, dopamine {:.4}",
+            e["stimulus"].as_str().unwrap_or("-"),
+            e["winner"].as_str().unwrap_or("-"),
+            e["valid"],
+            state["state"]["coherence"].as_f64().unwrap_or(f64::NAN),
+            state["state"]["dopamine"].as_f64().unwrap_or(f64::NAN),
+        );
+        let _ = s;
+    }
+    let finals = mesh.stop();
+    println!("final state of every node:");
+    let mut hashes = vec![];
+    for (p, f) in mesh.procs.iter().zip(&finals) {
+        println!(
+            "  {:<6} {}",
+            p.name,
+            f.as_deref().unwrap_or("(no final line)")
+        );
+        hashes.push(f.clone());
+    }
+    hashes.dedup();
+    let equal = hashes.len() == 1 && hashes[0].is_some();
+    if equal && converged {
+        println!("all {} nodes ended with the same state_hash", a.nodes);
+        Ok(0)
+    } else {
+        println!(
+            "the nodes did NOT converge (logs: {}/node*/node.log)",
+            a.dir.display()
+        );
+        Ok(1)
+    }
+}

@@ -1,0 +1,551 @@
+//! # chorus-net
+//!
+//! The rust-libp2p transport of a Chorus node, and nothing more: it turns bytes on the wire
+//! into core messages ([`SyncRequest`], [`SyncResponse`], raw event blocks) and back. What to
+//! do with them is decided by `chorus-core` (`sync`, `timeline`) in the node actor.
+//!
+//! Stack: TCP + Noise + Yamux; identify; gossipsub on the topic named by the genesis CID (one
+//! message = one event block; message id = the event's CID; application-level validation,
+//! because events carry their own signatures, so gossip messages are anonymous rather than
+//! signed twice; peer scoring on); request-response with a CBOR codec for anti-entropy;
+//! Kademlia (server mode on full nodes) with a provider record under the genesis CID saying
+//! "I replicate this timeline"; a block list for banned peers.
+//!
+//! The swarm runs in its own tokio task ([`spawn`]); the node talks to it through two bounded
+//! channels ([`NET_COMMAND_QUEUE`], [`NET_EVENT_QUEUE`]). A full event channel back-pressures
+//! the swarm (it stops reading sockets) rather than dropping anything.
+
+use std::{collections::HashMap, time::Duration};
+
+use chorus_core::{
+    EventId,
+    limits::MAX_EVENT_BYTES,
+    sync::{MAX_SYNC_MESSAGE_BYTES, SyncRequest, SyncResponse},
+};
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, kad,
+    multiaddr::Protocol,
+    noise,
+    request_response::{self, OutboundRequestId, ResponseChannel},
+    swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+    tcp, yamux,
+};
+use tokio::sync::mpsc;
+
+pub use libp2p::{Multiaddr as Addr, PeerId as Peer};
+
+/// Commands the node may queue before the swarm task blocks it.
+pub const NET_COMMAND_QUEUE: usize = 4_096;
+/// Events the swarm may queue before it stops reading the network.
+pub const NET_EVENT_QUEUE: usize = 4_096;
+/// Largest gossip message: one event block plus protobuf framing. Bigger ones are dropped by
+/// gossipsub before they reach us.
+pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 1_024;
+/// A sync request without an answer after this long fails.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent request streams per connection.
+pub const MAX_CONCURRENT_STREAMS: usize = 64;
+/// How often to look for other replicas through Kademlia while below [`TARGET_PEERS`]…
+pub const DISCOVERY_INTERVAL_FEW_PEERS: Duration = Duration::from_secs(2);
+/// …and once enough are connected.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
+/// The node stops dialling discovered replicas at this many connected peers.
+pub const TARGET_PEERS: usize = 12;
+/// An idle connection (no stream for this long) is closed.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub const SYNC_PROTOCOL: &str = "/chorus/sync/1";
+pub const KAD_PROTOCOL: &str = "/chorus/kad/1";
+pub const IDENTIFY_PROTOCOL: &str = "/chorus/id/1";
+
+/// Names an inbound request until the node answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InboundId(u64);
+
+/// Names a gossip message until the node says whether it was valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipId {
+    msg: gossipsub::MessageId,
+    from: PeerId,
+}
+
+/// What the node tells the swarm to do.
+#[derive(Debug)]
+pub enum NetCommand {
+    /// Gossip one event block.
+    Publish(Vec<u8>),
+    /// Send a sync request; the answer comes back as [`NetEvent::Response`].
+    Request {
+        peer: PeerId,
+        req: SyncRequest,
+    },
+    Respond {
+        id: InboundId,
+        resp: SyncResponse,
+    },
+    /// The verdict on a gossip message: valid ones are forwarded, invalid ones penalise the
+    /// sender's gossipsub score.
+    Validated {
+        id: GossipId,
+        valid: bool,
+    },
+    Ban(PeerId),
+    Unban(PeerId),
+    Disconnect(PeerId),
+    Dial(Multiaddr),
+    /// Stop the swarm task.
+    Shutdown,
+}
+
+/// What the swarm tells the node.
+#[derive(Debug)]
+pub enum NetEvent {
+    Listening(Multiaddr),
+    PeerUp(PeerId),
+    PeerDown(PeerId),
+    Gossip {
+        id: GossipId,
+        from: PeerId,
+        block: Vec<u8>,
+    },
+    Request {
+        peer: PeerId,
+        id: InboundId,
+        req: SyncRequest,
+    },
+    Response {
+        peer: PeerId,
+        req: SyncRequest,
+        resp: SyncResponse,
+    },
+    RequestFailed {
+        peer: PeerId,
+        req: SyncRequest,
+        error: String,
+    },
+}
+
+/// How to run the swarm.
+pub struct NetConfig {
+    /// The node's Ed25519 seed: the libp2p identity is the same key as the event author.
+    pub seed: [u8; 32],
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    /// The timeline replicated (gossip topic and provider key). `None`: a client that only
+    /// makes requests (`chorus join`).
+    pub genesis: Option<EventId>,
+    /// Full node: Kademlia server mode and a provider record. Light nodes and clients are
+    /// Kademlia clients and never advertise themselves as replicas.
+    pub replica: bool,
+}
+
+/// Errors setting up the swarm.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("libp2p setup: {0}")]
+    Setup(String),
+    #[error("cannot listen on {addr}: {why}")]
+    Listen { addr: Multiaddr, why: String },
+}
+
+/// The handle the node keeps.
+pub struct NetHandle {
+    pub peer_id: PeerId,
+    pub commands: mpsc::Sender<NetCommand>,
+    pub events: mpsc::Receiver<NetEvent>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    identify: identify::Behaviour,
+    gossip: gossipsub::Behaviour,
+    sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+/// The libp2p peer id of a node key.
+pub fn peer_id_of(seed: [u8; 32]) -> PeerId {
+    keypair_of(seed).public().to_peer_id()
+}
+
+fn keypair_of(seed: [u8; 32]) -> identity::Keypair {
+    identity::Keypair::ed25519_from_bytes(seed).expect("32-byte seed is a valid ed25519 secret")
+}
+
+/// The gossip topic of a timeline: its genesis CID.
+pub fn topic_of(genesis: &EventId) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("/chorus/{genesis}"))
+}
+
+fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
+    let replica = cfg.replica;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair_of(cfg.seed))
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| setup(&e))?
+        .with_behaviour(|key| {
+            let peer_id = key.public().to_peer_id();
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Anonymous)
+                .validate_messages()
+                .max_transmit_size(MAX_GOSSIP_BYTES)
+                .heartbeat_interval(Duration::from_millis(500))
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::new(&EventId::of_block(&m.data).0)
+                })
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut gossip =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)?;
+            gossip.with_peer_score(
+                gossipsub::PeerScoreParams::default(),
+                gossipsub::PeerScoreThresholds::default(),
+            )?;
+            let codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(MAX_SYNC_MESSAGE_BYTES as u64)
+                .set_response_size_maximum(MAX_SYNC_MESSAGE_BYTES as u64);
+            let sync = request_response::Behaviour::with_codec(
+                codec,
+                [(
+                    StreamProtocol::new(SYNC_PROTOCOL),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
+            );
+            let mut kad = kad::Behaviour::with_config(
+                peer_id,
+                kad::store::MemoryStore::new(peer_id),
+                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+            );
+            kad.set_mode(Some(if replica {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            }));
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("chorus/{}", env!("CARGO_PKG_VERSION"))),
+            );
+            Ok(Behaviour {
+                blocked: Default::default(),
+                identify,
+                gossip,
+                sync,
+                kad,
+            })
+        })
+        .map_err(|e| setup(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+/// Starts the swarm task: listens, dials the bootstrap addresses, subscribes to the timeline's
+/// topic and advertises it. Must be called inside a tokio runtime.
+pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
+    let mut swarm = build_swarm(&cfg)?;
+    for addr in &cfg.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                why: e.to_string(),
+            })?;
+    }
+    let topic = cfg.genesis.as_ref().map(topic_of);
+    if let Some(t) = &topic {
+        swarm
+            .behaviour_mut()
+            .gossip
+            .subscribe(t)
+            .map_err(|e| NetError::Setup(e.to_string()))?;
+    }
+    for addr in &cfg.bootstrap {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, "cannot dial bootstrap address: {e}");
+        }
+    }
+    let peer_id = *swarm.local_peer_id();
+    let (cmd_tx, cmd_rx) = mpsc::channel(NET_COMMAND_QUEUE);
+    let (ev_tx, ev_rx) = mpsc::channel(NET_EVENT_QUEUE);
+    let provider_key = cfg.genesis.map(|g| kad::RecordKey::new(&g.0));
+    let task = tokio::spawn(
+        Driver {
+            swarm,
+            events: ev_tx,
+            topic,
+            provider_key,
+            replica: cfg.replica,
+            inbound: HashMap::new(),
+            next_inbound: 0,
+            outbound: HashMap::new(),
+            providing: false,
+        }
+        .run(cmd_rx),
+    );
+    Ok(NetHandle {
+        peer_id,
+        commands: cmd_tx,
+        events: ev_rx,
+        task,
+    })
+}
+
+/// Hands an event to the node, waiting while its queue is full; false when the node is gone.
+async fn emit(events: &mpsc::Sender<NetEvent>, ev: NetEvent) -> bool {
+    events.send(ev).await.is_ok()
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    events: mpsc::Sender<NetEvent>,
+    topic: Option<gossipsub::IdentTopic>,
+    provider_key: Option<kad::RecordKey>,
+    replica: bool,
+    inbound: HashMap<InboundId, ResponseChannel<SyncResponse>>,
+    next_inbound: u64,
+    outbound: HashMap<OutboundRequestId, (PeerId, SyncRequest)>,
+    providing: bool,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<NetCommand>) {
+        let mut discovery = tokio::time::interval(DISCOVERY_INTERVAL_FEW_PEERS);
+        let mut last_slow_discovery = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    None | Some(NetCommand::Shutdown) => break,
+                    Some(cmd) => self.command(cmd),
+                },
+                ev = self.swarm.select_next_some() => {
+                    if !self.swarm_event(ev).await {
+                        break;
+                    }
+                }
+                _ = discovery.tick() => {
+                    let few = self.swarm.connected_peers().count() < TARGET_PEERS;
+                    if few || last_slow_discovery.elapsed() >= DISCOVERY_INTERVAL {
+                        last_slow_discovery = tokio::time::Instant::now();
+                        self.discover();
+                    }
+                }
+            }
+        }
+        tracing::debug!("network task stopped");
+    }
+
+    fn discover(&mut self) {
+        let Some(key) = self.provider_key.clone() else {
+            return;
+        };
+        if self.swarm.connected_peers().next().is_none() {
+            return;
+        }
+        if self.replica && !self.providing {
+            match self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                Ok(_) => self.providing = true,
+                Err(e) => tracing::warn!("cannot advertise the timeline: {e}"),
+            }
+        }
+        let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        self.swarm.behaviour_mut().kad.get_providers(key);
+    }
+
+    fn command(&mut self, cmd: NetCommand) {
+        let b = self.swarm.behaviour_mut();
+        match cmd {
+            NetCommand::Publish(block) => {
+                if let Some(t) = &self.topic {
+                    // No mesh peers yet is normal at start; anti-entropy covers it.
+                    if let Err(e) = b.gossip.publish(t.clone(), block) {
+                        tracing::debug!("gossip publish: {e}");
+                    }
+                }
+            }
+            NetCommand::Request { peer, req } => {
+                let id = b.sync.send_request(&peer, req.clone());
+                self.outbound.insert(id, (peer, req));
+            }
+            NetCommand::Respond { id, resp } => {
+                if let Some(ch) = self.inbound.remove(&id) {
+                    let _ = b.sync.send_response(ch, resp);
+                }
+            }
+            NetCommand::Validated { id, valid } => {
+                let verdict = if valid {
+                    gossipsub::MessageAcceptance::Accept
+                } else {
+                    gossipsub::MessageAcceptance::Reject
+                };
+                b.gossip
+                    .report_message_validation_result(&id.msg, &id.from, verdict);
+            }
+            NetCommand::Ban(peer) => {
+                b.blocked.block_peer(peer);
+            }
+            NetCommand::Unban(peer) => {
+                b.blocked.unblock_peer(peer);
+            }
+            NetCommand::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            NetCommand::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::warn!(%addr, "dial: {e}");
+                }
+            }
+            NetCommand::Shutdown => {}
+        }
+    }
+
+    /// Handles one swarm event; false when the node has gone away.
+    async fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) -> bool {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address
+                    .clone()
+                    .with(Protocol::P2p(*self.swarm.local_peer_id()));
+                return emit(&self.events, NetEvent::Listening(full)).await;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } if num_established.get() == 1 => {
+                return emit(&self.events, NetEvent::PeerUp(peer_id)).await;
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => return emit(&self.events, NetEvent::PeerDown(peer_id)).await,
+            SwarmEvent::Behaviour(b) => return self.behaviour_event(b).await,
+            _ => {}
+        }
+        true
+    }
+
+    async fn behaviour_event(&mut self, ev: BehaviourEvent) -> bool {
+        match ev {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // Let Kademlia route to the peer's listen addresses (not loopback-only
+                // observed ones): this is how a node that knows one bootstrap address learns
+                // the rest of the mesh.
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Gossip(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                return emit(
+                    &self.events,
+                    NetEvent::Gossip {
+                        id: GossipId {
+                            msg: message_id,
+                            from: propagation_source,
+                        },
+                        from: propagation_source,
+                        block: message.data,
+                    },
+                )
+                .await;
+            }
+            BehaviourEvent::Sync(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => {
+                        let id = InboundId(self.next_inbound);
+                        self.next_inbound += 1;
+                        self.inbound.insert(id, channel);
+                        return emit(
+                            &self.events,
+                            NetEvent::Request {
+                                peer,
+                                id,
+                                req: request,
+                            },
+                        )
+                        .await;
+                    }
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some((peer, req)) = self.outbound.remove(&request_id) {
+                            return emit(
+                                &self.events,
+                                NetEvent::Response {
+                                    peer,
+                                    req,
+                                    resp: response,
+                                },
+                            )
+                            .await;
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some((peer, req)) = self.outbound.remove(&request_id) {
+                    return emit(
+                        &self.events,
+                        NetEvent::RequestFailed {
+                            peer,
+                            req,
+                            error: error.to_string(),
+                        },
+                    )
+                    .await;
+                }
+            }
+            BehaviourEvent::Sync(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                tracing::debug!(%peer, "inbound sync request failed: {error}");
+                // Responses that never went out leave their channel dropped; forget stale ids.
+                self.inbound.retain(|_, ch| ch.is_open());
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })),
+                ..
+            }) => {
+                let me = *self.swarm.local_peer_id();
+                for p in providers {
+                    let connected = self.swarm.is_connected(&p);
+                    if p != me && !connected && self.swarm.connected_peers().count() < TARGET_PEERS
+                    {
+                        let _ = self.swarm.dial(DialOpts::peer_id(p).build());
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+}

@@ -1,0 +1,476 @@
+//! # The node actor
+//!
+//! One OS thread owns the replica (timeline + redb store) and the sync decisions. Everything
+//! else talks to it through one bounded channel of [`NodeMsg`]. Each turn it drains what is
+//! queued (up to [`MAX_DRAIN`]), ingests every event block that arrived (gossip and sync pages)
+//! in **one** group commit, then answers: sync requests are served from the state after the
+//! commit, local appends are acknowledged once durable, gossip verdicts go back to gossipsub.
+//!
+//! The actor never blocks on the network: commands go out with `try_send`, and a full command
+//! queue drops the command (counted as `net_commands_dropped`); the sync logic treats a dropped
+//! request as a failed one, and anti-entropy repairs a dropped gossip publish.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use chorus_core::{
+    EventId, SignedEvent,
+    event::EventError,
+    sync::{self, Action, SyncRequest, SyncResponse, Syncer},
+};
+use chorus_net::{GossipId, InboundId, NetCommand, NetEvent, Peer};
+use chorus_store::{Replica, verify::decode_parallel};
+use ipld_core::ipld::Ipld;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::describe::{Describe, event_json, state_json};
+
+/// Messages the actor takes per turn (one group commit).
+pub const MAX_DRAIN: usize = 1_024;
+/// Messages queued for the actor before senders wait.
+pub const NODE_QUEUE: usize = 8_192;
+/// Most events one `POST /v1/events` may append.
+pub const MAX_APPEND_PER_REQUEST: usize = 1_000;
+/// Most events one `GET /v1/events` returns.
+pub const MAX_EVENTS_PER_PAGE: usize = 1_000;
+/// How often the actor runs the sync timers.
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// A request from the HTTP API.
+pub enum ApiRequest {
+    Status(oneshot::Sender<Value>),
+    State(oneshot::Sender<Value>),
+    Events {
+        from: Option<EventId>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Value, String>>,
+    },
+    Append {
+        items: Vec<(String, Ipld)>,
+        reply: oneshot::Sender<Result<Vec<EventId>, String>>,
+    },
+}
+
+/// Everything the actor reacts to.
+pub enum NodeMsg {
+    Net(NetEvent),
+    Api(ApiRequest),
+    Tick,
+    Shutdown,
+}
+
+/// Where an ingested block came from: who to charge if it is invalid.
+#[derive(Clone)]
+enum Source {
+    Gossip(GossipId, Peer),
+    Page(Peer),
+}
+
+impl Source {
+    fn peer(&self) -> Peer {
+        match self {
+            Source::Gossip(_, p) | Source::Page(p) => *p,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    gossip_received: u64,
+    blocks_received: u64,
+    oversize: u64,
+    invalid_by_peer: BTreeMap<Peer, u64>,
+    rejected_by_code: BTreeMap<&'static str, u64>,
+    requests_served: u64,
+    net_commands_dropped: u64,
+    appended: u64,
+}
+
+pub struct Actor<M: Describe> {
+    replica: Replica<M>,
+    syncer: Syncer<Peer>,
+    net: mpsc::Sender<NetCommand>,
+    started: Instant,
+    peer_id: Peer,
+    listen: Vec<String>,
+    counters: Counters,
+    /// Events held by each peer at its last summary (for the sync lag).
+    remote_events: BTreeMap<Peer, u64>,
+    light: bool,
+}
+
+impl<M: Describe> Actor<M> {
+    pub fn new(
+        replica: Replica<M>,
+        net: mpsc::Sender<NetCommand>,
+        peer_id: Peer,
+        light: bool,
+    ) -> Self {
+        Actor {
+            replica,
+            syncer: Syncer::default(),
+            net,
+            started: Instant::now(),
+            peer_id,
+            listen: vec![],
+            counters: Counters::default(),
+            remote_events: BTreeMap::new(),
+            light,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn send(&mut self, cmd: NetCommand) {
+        if let Err(e) = self.net.try_send(cmd) {
+            self.counters.net_commands_dropped += 1;
+            if let mpsc::error::TrySendError::Full(NetCommand::Request { peer, req }) = e {
+                self.syncer.request_failed(&peer, &req);
+            }
+        }
+    }
+
+    fn act(&mut self, actions: Vec<Action<Peer>>) {
+        for a in actions {
+            match a {
+                Action::Send(peer, req) => self.send(NetCommand::Request { peer, req }),
+                Action::Ban { peer, until } => {
+                    tracing::warn!(%peer, until_ms = until, "banning peer: too many invalid blocks");
+                    self.send(NetCommand::Ban(peer));
+                    self.send(NetCommand::Disconnect(peer));
+                }
+                Action::Unban(peer) => self.send(NetCommand::Unban(peer)),
+                Action::Disconnect(peer) => self.send(NetCommand::Disconnect(peer)),
+            }
+        }
+    }
+
+    /// Runs until `Shutdown` or until every sender is gone. The in-flight turn (and its commit)
+    /// always completes.
+    pub fn run(mut self, mut inbox: mpsc::Receiver<NodeMsg>) -> Replica<M> {
+        let mut stop = false;
+        while !stop {
+            let Some(first) = inbox.blocking_recv() else {
+                break;
+            };
+            let mut turn = vec![first];
+            while turn.len() < MAX_DRAIN {
+                match inbox.try_recv() {
+                    Ok(m) => turn.push(m),
+                    Err(_) => break,
+                }
+            }
+            stop = self.turn(turn);
+        }
+        self.replica
+    }
+
+    /// One turn; true when asked to stop.
+    fn turn(&mut self, msgs: Vec<NodeMsg>) -> bool {
+        let mut stop = false;
+        let mut blocks: Vec<(Vec<u8>, Source)> = vec![];
+        let mut pages: Vec<(Peer, Option<sync::Cursor>, usize, usize)> = vec![];
+        let mut requests: Vec<(Peer, InboundId, SyncRequest)> = vec![];
+        let mut appends = vec![];
+        let mut queries = vec![];
+        let mut tick = false;
+        for m in msgs {
+            match m {
+                NodeMsg::Shutdown => stop = true,
+                NodeMsg::Tick => tick = true,
+                NodeMsg::Api(ApiRequest::Append { items, reply }) => appends.push((items, reply)),
+                NodeMsg::Api(q) => queries.push(q),
+                NodeMsg::Net(ev) => match ev {
+                    NetEvent::Listening(a) => {
+                        println!("listening {a}");
+                        self.listen.push(a.to_string());
+                    }
+                    NetEvent::PeerUp(p) => {
+                        tracing::info!(peer = %p, "peer connected");
+                        let now = self.now();
+                        let a = self.syncer.peer_up(p, now);
+                        self.act(a);
+                    }
+                    NetEvent::PeerDown(p) => {
+                        tracing::info!(peer = %p, "peer disconnected");
+                        self.syncer.peer_down(&p);
+                        self.remote_events.remove(&p);
+                    }
+                    NetEvent::Gossip { id, from, block } => {
+                        self.counters.gossip_received += 1;
+                        blocks.push((block, Source::Gossip(id, from)));
+                    }
+                    NetEvent::Request { peer, id, req } => requests.push((peer, id, req)),
+                    NetEvent::Response { peer, req, resp } => match resp {
+                        SyncResponse::Summary(s) => {
+                            self.remote_events.insert(peer, s.events);
+                            let now = self.now();
+                            let a = self
+                                .syncer
+                                .on_summary(&peer, &s, self.replica.timeline(), now);
+                            self.act(a);
+                        }
+                        SyncResponse::Blocks(b) => {
+                            let start = blocks.len();
+                            self.counters.blocks_received += b.blocks.len() as u64;
+                            blocks.extend(
+                                b.blocks
+                                    .into_iter()
+                                    .map(|x| (x.into_vec(), Source::Page(peer))),
+                            );
+                            if matches!(req, SyncRequest::Since { .. }) {
+                                pages.push((peer, b.next, start, blocks.len()));
+                            } else {
+                                self.syncer.on_blocks(&peer);
+                            }
+                        }
+                        SyncResponse::Refused { reason } => {
+                            tracing::debug!(%peer, "request refused: {reason}");
+                            self.syncer.request_failed(&peer, &req);
+                        }
+                    },
+                    NetEvent::RequestFailed { peer, req, error } => {
+                        tracing::debug!(%peer, "sync request failed: {error}");
+                        self.syncer.request_failed(&peer, &req);
+                    }
+                },
+            }
+        }
+        let new_at = self.ingest(blocks);
+        for (peer, next, start, end) in pages {
+            let new = new_at[start..end].iter().filter(|n| **n).count() as u64;
+            let now = self.now();
+            let a = self
+                .syncer
+                .on_page(&peer, next, new, self.replica.timeline(), now);
+            self.act(a);
+        }
+        for (items, reply) in appends {
+            let r = self.append(items);
+            let _ = reply.send(r);
+        }
+        for (peer, id, req) in requests {
+            let resp = self.serve(&peer, &req);
+            self.send(NetCommand::Respond { id, resp });
+        }
+        for q in queries {
+            self.query(q);
+        }
+        if tick {
+            let now = self.now();
+            let a = self.syncer.tick(now);
+            self.act(a);
+        }
+        stop
+    }
+
+    /// Decodes, verifies and ingests the blocks of this turn in one commit; returns, per
+    /// block, whether it was new here.
+    fn ingest(&mut self, blocks: Vec<(Vec<u8>, Source)>) -> Vec<bool> {
+        let mut new_at = vec![false; blocks.len()];
+        if blocks.is_empty() {
+            return new_at;
+        }
+        let now = self.now();
+        // The decoder refuses oversize blocks on their length, before parsing.
+        let (raw, sources): (Vec<Vec<u8>>, Vec<Source>) = blocks.into_iter().unzip();
+        let decoded = decode_parallel(&raw);
+        drop(raw);
+        let mut events: Vec<SignedEvent> = vec![];
+        let mut event_pos: Vec<usize> = vec![];
+        let mut invalid: Vec<(usize, EventError)> = vec![];
+        for (i, r) in decoded.into_iter().enumerate() {
+            match r {
+                Ok(ev) => {
+                    events.push(ev);
+                    event_pos.push(i);
+                }
+                Err(e) => {
+                    if matches!(e, EventError::TooLarge { .. }) {
+                        self.counters.oversize += 1;
+                    }
+                    invalid.push((i, e));
+                }
+            }
+        }
+        let mut bad = vec![false; sources.len()];
+        for (i, e) in &invalid {
+            bad[*i] = true;
+            *self.counters.rejected_by_code.entry(e.code()).or_insert(0) += 1;
+            tracing::debug!(peer = %sources[*i].peer(), "invalid block: {e}");
+        }
+        let ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+        match self.replica.ingest(events) {
+            Ok(report) => {
+                for (code, n) in &report.rejected {
+                    *self.counters.rejected_by_code.entry(code).or_insert(0) += n;
+                }
+                for p in &report.rejected_at {
+                    bad[event_pos[*p]] = true;
+                }
+                let indexed: std::collections::BTreeSet<EventId> =
+                    report.indexed.iter().copied().collect();
+                for (k, id) in ids.iter().enumerate() {
+                    new_at[event_pos[k]] = indexed.contains(id);
+                }
+                self.syncer.arrived(report.indexed.iter().copied());
+            }
+            Err(e) => {
+                // A store failure: nothing of this turn is acknowledged; peers resend it.
+                tracing::error!("ingest failed: {e}");
+                return new_at;
+            }
+        }
+        // Charge peers for invalid blocks; gossip verdicts.
+        let mut charged: BTreeMap<Peer, u32> = BTreeMap::new();
+        let mut gossip_from: Vec<Peer> = vec![];
+        for (i, src) in sources.into_iter().enumerate() {
+            if bad[i] {
+                *charged.entry(src.peer()).or_insert(0) += 1;
+            }
+            if let Source::Gossip(id, from) = src {
+                self.send(NetCommand::Validated { id, valid: !bad[i] });
+                if !bad[i] {
+                    gossip_from.push(from);
+                }
+            }
+        }
+        for (peer, n) in charged {
+            *self.counters.invalid_by_peer.entry(peer).or_insert(0) += n as u64;
+            let a = self.syncer.on_invalid(&peer, n, now);
+            self.act(a);
+        }
+        // Gossip that went pending: ask its sender for the missing parents.
+        let wanted = self.replica.timeline().wanted();
+        if !wanted.is_empty() {
+            gossip_from.sort();
+            gossip_from.dedup();
+            for p in gossip_from {
+                let a = self.syncer.on_missing(&p, wanted.clone(), now);
+                self.act(a);
+            }
+        }
+        new_at
+    }
+
+    fn append(&mut self, items: Vec<(String, Ipld)>) -> Result<Vec<EventId>, String> {
+        let evs = self
+            .replica
+            .append_batch(items)
+            .map_err(|e| e.to_string())?;
+        self.counters.appended += evs.len() as u64;
+        let ids = evs.iter().map(|e| e.id()).collect();
+        for e in evs {
+            self.send(NetCommand::Publish(e.bytes().to_vec()));
+        }
+        Ok(ids)
+    }
+
+    fn serve(&mut self, peer: &Peer, req: &SyncRequest) -> SyncResponse {
+        let now = self.now();
+        if !self.syncer.admit_request(peer, now) {
+            return SyncResponse::Refused {
+                reason: "rate limited".into(),
+            };
+        }
+        if self.light && !matches!(req, SyncRequest::Summary) {
+            return SyncResponse::Refused {
+                reason: "light node: not a replica".into(),
+            };
+        }
+        self.counters.requests_served += 1;
+        sync::serve(self.replica.timeline(), self.replica.store(), req)
+    }
+
+    fn query(&mut self, q: ApiRequest) {
+        match q {
+            ApiRequest::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            ApiRequest::State(reply) => {
+                let _ = reply.send(state_json(&self.replica));
+            }
+            ApiRequest::Events { from, limit, reply } => {
+                let _ = reply.send(self.events(from, limit));
+            }
+            ApiRequest::Append { .. } => unreachable!("appends are handled in the turn"),
+        }
+    }
+
+    fn events(&self, from: Option<EventId>, limit: usize) -> Result<Value, String> {
+        let tl = self.replica.timeline();
+        let start = match from {
+            Some(id) => tl
+                .position_of(&id)
+                .ok_or_else(|| format!("{id} is not in this timeline"))?,
+            None => 0,
+        };
+        let mut out = vec![];
+        for (pos, id) in tl
+            .order()
+            .enumerate()
+            .skip(start)
+            .take(limit.min(MAX_EVENTS_PER_PAGE))
+        {
+            let ev = tl
+                .load(&id, self.replica.store())
+                .map_err(|e| e.to_string())?;
+            out.push(event_json(&self.replica, pos, &ev));
+        }
+        Ok(json!({ "events": out, "total": tl.len() }))
+    }
+
+    fn status(&self) -> Value {
+        let tl = self.replica.timeline();
+        let f = tl.frontier();
+        let peers: Vec<String> = self.syncer.peers().map(|p| p.to_string()).collect();
+        let lag = self
+            .remote_events
+            .values()
+            .max()
+            .map(|m| m.saturating_sub(tl.len() as u64))
+            .unwrap_or(0);
+        let s = self.syncer.stats();
+        json!({
+            "peer_id": self.peer_id.to_string(),
+            "author": self.replica.key().author().to_string(),
+            "listen": self.listen,
+            "light": self.light,
+            "timeline": tl.genesis_id().to_string(),
+            "machine": tl.machine().id(),
+            "events": tl.len(),
+            "pending": tl.pending_len(),
+            "heads": tl.heads().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            "state_hash": hex::encode(tl.state_hash()),
+            "settled": f.settled,
+            "first_unsettled_lc": f.first_unsettled.map(|(_, lc)| lc),
+            "peers": peers,
+            "sync": {
+                "catching_up": self.syncer.catching_up(),
+                "lag_events": lag,
+                "summaries_sent": s.summaries_sent,
+                "pages_received": s.pages_received,
+                "wants_sent": s.wants_sent,
+                "requests_refused": s.requests_refused,
+                "requests_served": self.counters.requests_served,
+                "bans": s.bans,
+            },
+            "received": {
+                "gossip": self.counters.gossip_received,
+                "sync_blocks": self.counters.blocks_received,
+                "oversize": self.counters.oversize,
+                "invalid_by_peer": self.counters.invalid_by_peer.iter()
+                    .map(|(p, n)| (p.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+                "rejected_by_code": self.counters.rejected_by_code,
+            },
+            "appended": self.counters.appended,
+            "net_commands_dropped": self.counters.net_commands_dropped,
+            "uptime_ms": self.now(),
+        })
+    }
+}

@@ -1,0 +1,117 @@
+//! JSON views of a replica shared by the CLI and the node's HTTP API: the state of each
+//! machine, the replica summary, events; and JSON → IPLD for event bodies given as JSON.
+
+use anyhow::{Context, Result};
+use chorus_core::{Machine, SignedEvent, machine::CounterMachine};
+use chorus_kairos::KairosMachine;
+use chorus_store::Replica;
+use ipld_core::ipld::Ipld;
+use serde_json::{Value, json};
+
+/// A machine a node can run and describe.
+pub trait Describe: Machine + Copy + Default + Send + 'static {
+    /// Machine-specific fields of `chorus state` and `GET /v1/state`.
+    fn describe(state: &Self::State) -> Value;
+}
+
+impl Describe for KairosMachine {
+    fn describe(s: &Self::State) -> Value {
+        let e = &s.engine;
+        json!({
+            "coherence": e.coherence,
+            "t_tau": [e.t_tau.0, e.t_tau.1],
+            "collapsed": e.collapsed,
+            "collapses": e.collapses,
+            "recovery": e.recovery,
+            "dopamine": s.dopamine,
+            "cognitive_state": s.cognitive_state(),
+            "next_n": s.next_n(),
+            "integrations": s.integrations,
+            "tokens": e.steps,
+            "window": e.window.len(),
+            "emissaries": s.emissaries.iter().map(|((a, n), w)| json!({
+                "author": a.to_string(), "name": n, "weight": w })).collect::<Vec<_>>(),
+            "last_stimulus": s.stimuli.back().map(election),
+            "last_election": s.stimuli.iter().rev().find(|r| r.winner.is_some()).map(election),
+        })
+    }
+}
+
+fn election(r: &chorus_kairos::machine::StimulusRecord) -> Value {
+    json!({
+        "stimulus": r.id.to_string(), "n": r.n, "intents": r.intents, "valid": r.valid,
+        "selected": r.selected.iter().map(|(a, n)| format!("{}/{n}", a.fmt_short())).collect::<Vec<_>>(),
+        "winner": r.winner.map(|w| w.to_string()),
+    })
+}
+
+impl Describe for CounterMachine {
+    fn describe(s: &Self::State) -> Value {
+        json!({ "total": s.total, "per_kind": s.per_kind })
+    }
+}
+
+/// An event body given as JSON. Integers stay integers; other numbers become floats;
+/// `{"/": CID}` is a link (DAG-JSON).
+pub fn json_to_ipld(v: Value) -> Result<Ipld> {
+    Ok(match v {
+        Value::Null => Ipld::Null,
+        Value::Bool(b) => Ipld::Bool(b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Ipld::Integer(i.into()),
+            None => match n.as_u64() {
+                Some(u) => Ipld::Integer(u.into()),
+                None => Ipld::Float(n.as_f64().context("number")?),
+            },
+        },
+        Value::String(s) => Ipld::String(s),
+        Value::Array(a) => Ipld::List(a.into_iter().map(json_to_ipld).collect::<Result<_>>()?),
+        // DAG-JSON's link form: {"/": "bafy…"}.
+        Value::Object(o) if o.len() == 1 && o.get("/").is_some_and(Value::is_string) => {
+            let s = o["/"].as_str().unwrap_or_default();
+            Ipld::Link(s.parse().with_context(|| format!("{s:?} is not a CID"))?)
+        }
+        Value::Object(o) => Ipld::Map(
+            o.into_iter()
+                .map(|(k, v)| Ok((k, json_to_ipld(v)?)))
+                .collect::<Result<_>>()?,
+        ),
+    })
+}
+
+/// The replica's summary and its machine's state.
+pub fn state_json<M: Describe>(r: &Replica<M>) -> Value {
+    let tl = r.timeline();
+    let f = tl.frontier();
+    json!({
+        "timeline": tl.genesis_id().to_string(),
+        "machine": tl.machine().id(),
+        "events": tl.len(),
+        "pending": tl.pending_len(),
+        "heads": tl.heads().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        "state_hash": hex::encode(tl.state_hash()),
+        "settled_frontier": {
+            "settled": f.settled,
+            "last": f.last.map(|(id, lc)| json!({"cid": id.to_string(), "lc": lc})),
+            "held_by": f.held_by.map(|(a, role, latest)| json!({
+                "member": a.to_string(), "role": role.as_str(), "latest_lc": latest })),
+            "first_unsettled": f.first_unsettled.map(|(id, lc)| json!({"cid": id.to_string(), "lc": lc})),
+        },
+        "members": tl.membership().current().iter().map(|(a, r)| json!({
+            "key": a.to_string(), "role": r.as_str() })).collect::<Vec<_>>(),
+        "equivocations": tl.equivocations().len(),
+        "rejected": tl.stats().rejected,
+        "state": M::describe(tl.state()),
+    })
+}
+
+/// One event as JSON (`chorus log --json`, `GET /v1/events`).
+pub fn event_json<M: Machine>(r: &Replica<M>, pos: usize, ev: &SignedEvent) -> Value {
+    let tl = r.timeline();
+    let id = ev.id();
+    json!({
+        "pos": pos, "cid": id.to_string(), "lc": ev.lamport, "author": ev.author.to_string(),
+        "sq": ev.seq, "kind": ev.kind, "text": ev.text(), "excluded": tl.is_excluded(&id),
+        "settled": tl.is_settled(&id),
+    })
+}

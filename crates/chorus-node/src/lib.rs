@@ -1,0 +1,209 @@
+//! # chorus-node
+//!
+//! The runtime of one Chorus node: tokio tasks and one actor thread wired by bounded channels.
+//!
+//! ```text
+//!  libp2p swarm task ──NetEvent──▶ forwarder ──┐
+//!  (chorus-net)      ◀──NetCommand── actor     │ NodeMsg (bounded, NODE_QUEUE)
+//!  axum API ──────────ApiRequest───────────────┤
+//!  ticker (TICK) ──────────────────────────────┘──▶ actor thread: Replica (timeline + redb)
+//!                                                      + Syncer (chorus-core sync decisions)
+//! ```
+//!
+//! Shutdown (SIGINT/SIGTERM, or the future given to [`run`]): the API stops taking requests,
+//! the actor finishes its turn (an in-flight commit completes), then the swarm stops.
+
+pub mod actor;
+pub mod api;
+pub mod describe;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use chorus_core::{SignedEvent, event::kind, sync::SyncRequest, sync::SyncResponse};
+use chorus_net::{Addr, NetCommand, NetConfig, NetEvent};
+use chorus_store::Replica;
+use tokio::sync::mpsc;
+
+use crate::{
+    actor::{Actor, NODE_QUEUE, NodeMsg, TICK},
+    describe::Describe,
+};
+
+/// How to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub listen: Vec<Addr>,
+    pub bootstrap: Vec<Addr>,
+    /// Where the local HTTP API listens (`None`: no API).
+    pub api: Option<SocketAddr>,
+    /// Light node: not a replica (no provider record, serves no blocks).
+    pub light: bool,
+    /// Where to write the API's bound address while the node runs (removed at exit).
+    pub api_addr_file: Option<std::path::PathBuf>,
+}
+
+/// How long `chorus join` waits for the peer.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the node until `shutdown` resolves; returns the replica after the last commit.
+pub async fn run<M: Describe>(
+    replica: Replica<M>,
+    cfg: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Replica<M>> {
+    let genesis = replica.timeline().genesis_id();
+    let net = chorus_net::spawn(NetConfig {
+        seed: replica.key().seed(),
+        listen: cfg.listen.clone(),
+        bootstrap: cfg.bootstrap.clone(),
+        genesis: Some(genesis),
+        replica: !cfg.light,
+    })?;
+    println!("peer_id {}", net.peer_id);
+    println!("timeline {genesis}");
+    let (node_tx, node_rx) = mpsc::channel(NODE_QUEUE);
+
+    let mut net_events = net.events;
+    let fwd = node_tx.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = net_events.recv().await {
+            if fwd.send(NodeMsg::Net(ev)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let tick = node_tx.clone();
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(TICK);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            if tick.send(NodeMsg::Tick).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let actor = Actor::new(replica, net.commands.clone(), net.peer_id, cfg.light);
+    let actor = std::thread::Builder::new()
+        .name("chorus-node".into())
+        .spawn(move || actor.run(node_rx))
+        .context("starting the node actor")?;
+
+    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api_task = match cfg.api {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the API on {addr}"))?;
+            let bound = listener.local_addr()?;
+            println!("api http://{bound}");
+            if let Some(f) = &cfg.api_addr_file {
+                std::fs::write(f, format!("{bound}\n"))
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            let app = api::router(node_tx.clone());
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = api_stop_rx.await;
+                    })
+                    .await;
+            }))
+        }
+        None => None,
+    };
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = api_stop_tx.send(());
+    if let Some(t) = api_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let _ = node_tx.send(NodeMsg::Shutdown).await;
+    drop(node_tx);
+    let replica = tokio::task::spawn_blocking(move || actor.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the node actor panicked"))?;
+    let _ = net.commands.send(NetCommand::Shutdown).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), net.task).await;
+    if let Some(f) = &cfg.api_addr_file {
+        let _ = std::fs::remove_file(f);
+    }
+    Ok(replica)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let term = async {
+        #[cfg(unix)]
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Fetches the genesis of the timeline a peer replicates (`chorus join`): asks the peer for
+/// its summary, then for the genesis block it names, and checks the block is that genesis.
+pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEvent> {
+    let mut net = chorus_net::spawn(NetConfig {
+        seed,
+        listen: vec![],
+        bootstrap: vec![peer_addr.clone()],
+        genesis: None,
+        replica: false,
+    })?;
+    let work = async {
+        let mut wanted = None;
+        while let Some(ev) = net.events.recv().await {
+            match ev {
+                NetEvent::PeerUp(peer) => {
+                    net.commands
+                        .send(NetCommand::Request {
+                            peer,
+                            req: SyncRequest::Summary,
+                        })
+                        .await?;
+                }
+                NetEvent::Response { peer, resp, .. } => match resp {
+                    SyncResponse::Summary(s) => {
+                        wanted = Some(s.genesis);
+                        net.commands
+                            .send(NetCommand::Request {
+                                peer,
+                                req: SyncRequest::Want {
+                                    ids: vec![s.genesis],
+                                },
+                            })
+                            .await?;
+                    }
+                    SyncResponse::Blocks(b) => {
+                        let block = b.blocks.first().context("the peer sent no genesis")?;
+                        let ev = SignedEvent::decode(block)?;
+                        if Some(ev.id()) != wanted || ev.kind != kind::GENESIS {
+                            bail!("the peer sent a block that is not the genesis it named");
+                        }
+                        return Ok(ev);
+                    }
+                    SyncResponse::Refused { reason } => bail!("the peer refused: {reason}"),
+                },
+                NetEvent::RequestFailed { error, .. } => bail!("request failed: {error}"),
+                _ => {}
+            }
+        }
+        bail!("the network task stopped")
+    };
+    let r = tokio::time::timeout(JOIN_TIMEOUT, work)
+        .await
+        .with_context(|| format!("no answer from {peer_addr} within {JOIN_TIMEOUT:?}"))?;
+    let _ = net.commands.send(NetCommand::Shutdown).await;
+    r
+}
