@@ -1,0 +1,211 @@
+//! The mesh with real `chorus node` processes on 127.0.0.x: convergence under concurrent
+//! writers, SIGKILL and wiped disks, posterity from one survivor.
+
+mod common;
+
+use std::{collections::BTreeSet, thread, time::Duration};
+
+use common::*;
+
+fn writer_threads(nodes: &[&Node], per_node: usize, batch: usize, tag: &str) -> Vec<String> {
+    thread::scope(|s| {
+        let hs: Vec<_> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let tag = tag.to_string();
+                s.spawn(move || {
+                    let mut ids = vec![];
+                    for b in 0..per_node / batch {
+                        ids.extend(
+                            n.append(&format!("{tag} node {i} batch {b} event {{i}}"), batch)
+                                .expect("append"),
+                        );
+                    }
+                    ids
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Done-when 1: 5 nodes, 5 writers, 2 000 events → same event count and state_hash.
+#[test]
+fn five_nodes_five_writers_converge() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 5, 5);
+    let mut n0 = Node::start("n0", &dirs[0], "127.0.0.11", &[]);
+    let mut others: Vec<Node> = (1..5)
+        .map(|i| {
+            join(&dirs[i], &n0.addr);
+            Node::start(
+                &format!("n{i}"),
+                &dirs[i],
+                &format!("127.0.0.{}", 11 + i),
+                std::slice::from_ref(&n0.addr),
+            )
+        })
+        .collect();
+    let all: Vec<&Node> = std::iter::once(&n0).chain(others.iter()).collect();
+    meshed(&all, Duration::from_secs(30));
+    let acked = writer_threads(&all, 400, 20, "w");
+    assert_eq!(acked.len(), 2000);
+    let mut refs: Vec<&mut Node> = std::iter::once(&mut n0).chain(others.iter_mut()).collect();
+    // genesis + 4 member events + 2 000
+    let hash = converge(&mut refs, 2005, Duration::from_secs(120));
+    let ids = refs[3].ids();
+    assert_eq!(ids.len(), 2005);
+    assert!(acked.iter().all(|a| ids.contains(a)));
+    eprintln!("converged: state_hash {hash}");
+}
+
+/// Done-when 2: SIGKILL 3 of 5 while writing continues; restart them, one wiped; all converge
+/// and every event acknowledged before the kills is everywhere.
+#[test]
+fn sigkill_three_of_five_and_wipe_one() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 5, 5);
+    let n0 = Node::start("n0", &dirs[0], "127.0.0.21", &[]);
+    let boot = vec![n0.addr.clone()];
+    let mut nodes = vec![n0];
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        join(d, &boot[0]);
+        nodes.push(Node::start(
+            &format!("n{i}"),
+            d,
+            &format!("127.0.0.{}", 21 + i),
+            &boot,
+        ));
+    }
+    meshed(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30));
+    // Phase 1: everyone writes; wait until it is everywhere, so the wiped node's own writes
+    // are replicated before its disk is lost.
+    let mut acked: BTreeSet<String> =
+        writer_threads(&nodes.iter().collect::<Vec<_>>(), 100, 10, "p1")
+            .into_iter()
+            .collect();
+    converge(
+        &mut nodes.iter_mut().collect::<Vec<_>>(),
+        505,
+        Duration::from_secs(60),
+    );
+    // Phase 2: nodes 0, 1, 2 keep writing; 2, 3, 4 are SIGKILLed in the middle.
+    let (survivors, victims) = nodes.split_at_mut(2);
+    let more: Vec<String> = thread::scope(|s| {
+        let writers: Vec<_> = survivors
+            .iter()
+            .map(|n| {
+                s.spawn(move || {
+                    let mut ids = vec![];
+                    for b in 0..30 {
+                        ids.extend(n.append(&format!("p2 {b} {{i}}"), 5).unwrap());
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    ids
+                })
+            })
+            .collect();
+        // The victim node 2 writes too until it dies: what it acknowledged is on its disk.
+        let mut v_ids = vec![];
+        for b in 0..10 {
+            v_ids.extend(victims[0].append(&format!("victim {b} {{i}}"), 5).unwrap());
+        }
+        thread::sleep(Duration::from_millis(200));
+        for v in victims.iter_mut() {
+            v.kill();
+        }
+        let mut ids: Vec<String> = writers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        ids.extend(v_ids);
+        ids
+    });
+    acked.extend(more);
+    // Restart: 2 and 3 with their data, 4 wiped (joins again through a survivor).
+    let survivor = nodes[1].addr.clone();
+    for i in 2..5 {
+        if i == 4 {
+            std::fs::remove_dir_all(&dirs[4]).unwrap();
+            join(&dirs[4], &survivor);
+        }
+        nodes[i] = Node::start(
+            &format!("n{i}"),
+            &dirs[i],
+            &format!("127.0.0.{}", 21 + i),
+            std::slice::from_ref(&survivor),
+        );
+    }
+    let n = acked.len() as u64 + 5;
+    converge(
+        &mut nodes.iter_mut().collect::<Vec<_>>(),
+        n,
+        Duration::from_secs(120),
+    );
+    for node in &nodes {
+        let ids = node.ids();
+        let lost: Vec<&String> = acked.iter().filter(|a| !ids.contains(*a)).collect();
+        assert!(
+            lost.is_empty(),
+            "{}: lost {} acked events",
+            node.name,
+            lost.len()
+        );
+    }
+}
+
+/// Done-when 3: posterity. 20 nodes, 5 000 events, SIGKILL 19; 5 fresh empty nodes that know
+/// only the survivor's address rebuild, verify, and reach the survivor's state_hash.
+#[test]
+fn posterity_one_survivor_rebuilds_five_fresh_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 20, 5);
+    let n0 = Node::start("n0", &dirs[0], "127.0.0.41", &[]);
+    let boot = vec![n0.addr.clone()];
+    let mut nodes = vec![n0];
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        join(d, &boot[0]);
+        nodes.push(Node::start(
+            &format!("n{i}"),
+            d,
+            &format!("127.0.0.{}", 41 + i),
+            &boot,
+        ));
+    }
+    meshed(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(60));
+    let writers: Vec<&Node> = nodes.iter().take(5).collect();
+    writer_threads(&writers, 1000, 50, "posterity");
+    let hash = converge(
+        &mut nodes.iter_mut().collect::<Vec<_>>(),
+        5005,
+        Duration::from_secs(180),
+    );
+    // Keep node 13 (not the bootstrap, not a writer): no node is special.
+    let mut survivor = nodes.remove(13);
+    for n in nodes.iter_mut() {
+        n.kill();
+    }
+    drop(nodes);
+    let mut fresh = vec![];
+    for i in 0..5 {
+        let d = root.path().join(format!("fresh{i}"));
+        join(&d, &survivor.addr);
+        fresh.push(Node::start(
+            &format!("fresh{i}"),
+            &d,
+            &format!("127.0.0.{}", 71 + i),
+            std::slice::from_ref(&survivor.addr),
+        ));
+    }
+    let mut all: Vec<&mut Node> = std::iter::once(&mut survivor)
+        .chain(fresh.iter_mut())
+        .collect();
+    let rebuilt = converge(&mut all, 5005, Duration::from_secs(180));
+    assert_eq!(rebuilt, hash);
+    for f in fresh.iter_mut() {
+        f.stop();
+        let out = ok(&f.dir, &["verify"]);
+        assert!(out.contains("verify OK"), "{out}");
+    }
+}
