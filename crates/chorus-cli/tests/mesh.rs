@@ -173,14 +173,18 @@ fn posterity_one_survivor_rebuilds_five_fresh_nodes() {
             &boot,
         ));
     }
+    let t0 = std::time::Instant::now();
     meshed(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(60));
+    eprintln!("[{:?}] 20 nodes meshed", t0.elapsed());
     let writers: Vec<&Node> = nodes.iter().take(5).collect();
     writer_threads(&writers, 1000, 50, "posterity");
+    eprintln!("[{:?}] 5 000 events written", t0.elapsed());
     let hash = converge(
         &mut nodes.iter_mut().collect::<Vec<_>>(),
         5005,
         Duration::from_secs(180),
     );
+    eprintln!("[{:?}] 20 nodes converged", t0.elapsed());
     // Keep node 13 (not the bootstrap, not a writer): no node is special.
     let mut survivor = nodes.remove(13);
     for n in nodes.iter_mut() {
@@ -202,6 +206,7 @@ fn posterity_one_survivor_rebuilds_five_fresh_nodes() {
         .chain(fresh.iter_mut())
         .collect();
     let rebuilt = converge(&mut all, 5005, Duration::from_secs(180));
+    eprintln!("[{:?}] 5 fresh nodes rebuilt", t0.elapsed());
     assert_eq!(rebuilt, hash);
     for f in fresh.iter_mut() {
         f.stop();

@@ -481,6 +481,19 @@ impl<M: Machine> Timeline<M> {
         evs: impl IntoIterator<Item = SignedEvent>,
         src: &dyn BlockSource,
     ) -> Result<Vec<Result<Inserted, EventError>>, TimelineError> {
+        let out = self.insert_batch_deferred(evs, src)?;
+        self.catch_up(src)?;
+        Ok(out)
+    }
+
+    /// As [`insert_batch`](Self::insert_batch) but leaves the final fold to the caller (a node
+    /// folds at most every few hundred milliseconds, so a burst of late gossip costs one rewind,
+    /// not one per message).
+    pub fn insert_batch_deferred(
+        &mut self,
+        evs: impl IntoIterator<Item = SignedEvent>,
+        src: &dyn BlockSource,
+    ) -> Result<Vec<Result<Inserted, EventError>>, TimelineError> {
         let mut out = vec![];
         for e in evs {
             out.push(self.insert_deferred(e));
@@ -490,7 +503,6 @@ impl<M: Machine> Timeline<M> {
                 self.catch_up(src)?;
             }
         }
-        self.catch_up(src)?;
         Ok(out)
     }
 
@@ -657,6 +669,11 @@ impl<M: Machine> Timeline<M> {
     }
 
     /// Ordered events after the last folded one.
+    /// True when the state lags the order (events indexed but not folded, or a rewind due).
+    pub fn needs_catch_up(&self) -> bool {
+        self.rewind_from.is_some() || self.unfolded() > 0
+    }
+
     fn unfolded(&self) -> usize {
         match self.applied_key {
             None => self.order.len(),

@@ -36,7 +36,7 @@ pub const NODE_QUEUE: usize = 8_192;
 pub const MAX_APPEND_PER_REQUEST: usize = 1_000;
 /// Most events one `GET /v1/events` returns.
 pub const MAX_EVENTS_PER_PAGE: usize = 1_000;
-/// How often the actor runs the sync timers.
+/// How often the actor runs the sync timers and folds the state.
 pub const TICK: Duration = Duration::from_millis(200);
 
 /// A request from the HTTP API.
@@ -109,6 +109,8 @@ impl<M: Describe> Actor<M> {
         peer_id: Peer,
         light: bool,
     ) -> Self {
+        let mut replica = replica;
+        replica.set_deferred_fold(true);
         Actor {
             replica,
             syncer: Syncer::default(),
@@ -167,6 +169,7 @@ impl<M: Describe> Actor<M> {
             }
             stop = self.turn(turn);
         }
+        self.fold();
         self.replica
     }
 
@@ -262,6 +265,7 @@ impl<M: Describe> Actor<M> {
             self.query(q);
         }
         if tick {
+            self.fold();
             let now = self.now();
             let a = self.syncer.tick(now);
             self.act(a);
@@ -387,7 +391,18 @@ impl<M: Describe> Actor<M> {
         sync::serve(self.replica.timeline(), self.replica.store(), req)
     }
 
+    /// Folds the state over what arrived since the last fold (see `Replica::set_deferred_fold`):
+    /// on every tick and before the state is read, so a burst of late events costs one rewind.
+    fn fold(&mut self) {
+        if let Err(e) = self.replica.fold() {
+            tracing::error!("folding the state failed: {e}");
+        }
+    }
+
     fn query(&mut self, q: ApiRequest) {
+        if matches!(q, ApiRequest::Status(_) | ApiRequest::State(_)) {
+            self.fold();
+        }
         match q {
             ApiRequest::Status(reply) => {
                 let _ = reply.send(self.status());

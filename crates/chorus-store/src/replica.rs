@@ -156,6 +156,8 @@ pub struct Replica<M: Machine> {
     store: Store,
     timeline: Timeline<M>,
     key: Keypair,
+    /// Leave folding the state to [`Replica::fold`] (see [`Replica::set_deferred_fold`]).
+    deferred_fold: bool,
 }
 
 impl<M: Machine> Replica<M> {
@@ -201,6 +203,7 @@ impl<M: Machine> Replica<M> {
             store,
             timeline,
             key,
+            deferred_fold: false,
         })
     }
 
@@ -233,6 +236,7 @@ impl<M: Machine> Replica<M> {
             store,
             timeline: timeline?,
             key,
+            deferred_fold: false,
         };
         let pending = replica.store.pending()?;
         if !pending.is_empty() {
@@ -254,6 +258,22 @@ impl<M: Machine> Replica<M> {
     }
     pub fn timeline(&self) -> &Timeline<M> {
         &self.timeline
+    }
+
+    /// In deferred mode ingest and append index and commit events but do not fold the machine
+    /// state; the owner calls [`fold`](Self::fold) before reading the state, and
+    /// periodically. Events are durable either way; only the state computation waits.
+    pub fn set_deferred_fold(&mut self, on: bool) {
+        self.deferred_fold = on;
+    }
+
+    /// Brings the state up to date and persists the checkpoints taken meanwhile.
+    pub fn fold(&mut self) -> Result<(), ReplicaError> {
+        if !self.timeline.needs_catch_up() {
+            return Ok(());
+        }
+        self.timeline.catch_up(&self.store)?;
+        self.persist(Batch::default(), false)
     }
 
     /// Signs and appends one local event; returns after it is durable.
@@ -283,7 +303,9 @@ impl<M: Machine> Replica<M> {
             }
         }
         // Not committed yet: the overlay serves the batch to the fold.
-        self.timeline.catch_up(&Overlay::new(&self.store, &out))?;
+        if !self.deferred_fold {
+            self.timeline.catch_up(&Overlay::new(&self.store, &out))?;
+        }
         let has_member = out.iter().any(|e| e.kind == kind::MEMBER);
         self.persist(
             Batch {
@@ -303,9 +325,13 @@ impl<M: Machine> Replica<M> {
         let mut has_member = false;
         // The batch is not committed before the fold runs; the overlay serves its blocks.
         let overlay = Overlay::new(&self.store, &events);
-        let results = self
-            .timeline
-            .insert_batch(events.iter().cloned(), &overlay)?;
+        let results = if self.deferred_fold {
+            self.timeline
+                .insert_batch_deferred(events.iter().cloned(), &overlay)?
+        } else {
+            self.timeline
+                .insert_batch(events.iter().cloned(), &overlay)?
+        };
         for (pos, (ev, res)) in events.into_iter().zip(results).enumerate() {
             match res {
                 Ok(Inserted::Indexed { released }) => {
