@@ -325,16 +325,25 @@ pub fn converge(nodes: &mut [&mut Node], min_events: u64, within: Duration) -> S
 
 /// Waits until every node has at least one peer.
 pub fn meshed(nodes: &[&Node], within: Duration) {
+    peers_at_least(nodes, 1, within)
+}
+
+/// Waits until every node is connected to at least `k` peers (found through Kademlia: the
+/// nodes were only given the bootstrap's address).
+pub fn peers_at_least(nodes: &[&Node], k: usize, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let ready = nodes.iter().all(|n| {
             n.status()
-                .is_some_and(|s| s["peers"].as_array().is_some_and(|p| !p.is_empty()))
+                .is_some_and(|s| s["peers"].as_array().is_some_and(|p| p.len() >= k))
         });
         if ready {
             return;
         }
-        assert!(Instant::now() < deadline, "nodes did not find peers");
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not find {k} peers each"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
