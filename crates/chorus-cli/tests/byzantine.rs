@@ -137,6 +137,7 @@ fn byzantine_peer_is_banned_and_honest_nodes_converge() {
                             version_vector: vec![(ev.author, 1_000_000)],
                             heads: vec![EventId([7; 32])],
                             events: 1_000_000,
+                            state_hash: None,
                         }),
                         (_, Some(ev)) => {
                             seen2.lock().unwrap().junk_sent += 6;

@@ -208,6 +208,17 @@ fn posterity_one_survivor_rebuilds_five_fresh_nodes() {
     let rebuilt = converge(&mut all, 5005, Duration::from_secs(180));
     eprintln!("[{:?}] 5 fresh nodes rebuilt", t0.elapsed());
     assert_eq!(rebuilt, hash);
+    let survivor_peer = survivor.addr.rsplit("/p2p/").next().unwrap().to_string();
+    for f in &fresh {
+        // The rebuilt node says so itself, comparing its state_hash with the survivor's.
+        let line = f
+            .printed(
+                &format!("in sync with {survivor_peer}"),
+                Duration::from_secs(20),
+            )
+            .unwrap_or_else(|| panic!("{} never reported being in sync", f.name));
+        assert!(line.ends_with(&hash), "{line}");
+    }
     for f in fresh.iter_mut() {
         f.stop();
         let out = ok(&f.dir, &["verify"]);

@@ -102,6 +102,9 @@ pub struct Summary {
     pub version_vector: Vec<(AuthorId, u64)>,
     pub heads: Vec<EventId>,
     pub events: u64,
+    /// The state hash over exactly these heads, when the sender's state is folded up to them
+    /// (a rebuilding node compares it with its own to report that it is in sync).
+    pub state_hash: Option<serde_bytes::ByteBuf>,
 }
 
 /// A page of raw event blocks; `next` continues a `Since` stream.
@@ -152,6 +155,8 @@ pub fn summarize<M: Machine>(tl: &Timeline<M>) -> Summary {
         version_vector,
         heads,
         events: tl.len() as u64,
+        state_hash: (!tl.needs_catch_up())
+            .then(|| serde_bytes::ByteBuf::from(tl.state_hash().to_vec())),
     }
 }
 

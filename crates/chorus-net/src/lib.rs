@@ -180,9 +180,39 @@ pub fn topic_of(genesis: &EventId) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("/chorus/{genesis}"))
 }
 
+/// Gossipsub peer scoring, tuned for Chorus:
+/// * invalid messages (our application-level verdict) weigh heavily: one puts the sender under
+///   the graylist threshold until it decays;
+/// * no penalty for a mesh peer that delivers little: slow nodes (a Pi Zero behind a 45 s
+///   link) must never be pruned for being slow;
+/// * no IP-colocation penalty: our users run many honest nodes behind one address (a home lab
+///   behind NAT, a cluster, or one machine's loopback).
+fn score_params(topic: Option<&gossipsub::IdentTopic>) -> gossipsub::PeerScoreParams {
+    let mut p = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    if let Some(t) = topic {
+        p.topics.insert(
+            t.hash(),
+            gossipsub::TopicScoreParams {
+                topic_weight: 1.0,
+                time_in_mesh_quantum: Duration::from_secs(1),
+                mesh_message_deliveries_weight: 0.0,
+                mesh_failure_penalty_weight: 0.0,
+                invalid_message_deliveries_weight: -100.0,
+                invalid_message_deliveries_decay: 0.3,
+                ..Default::default()
+            },
+        );
+    }
+    p
+}
+
 fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let replica = cfg.replica;
+    let topic = cfg.genesis.as_ref().map(topic_of);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair_of(cfg.seed))
         .with_tokio()
         .with_tcp(
@@ -205,10 +235,7 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
                 .map_err(|e| e.to_string())?;
             let mut gossip =
                 gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_cfg)?;
-            gossip.with_peer_score(
-                gossipsub::PeerScoreParams::default(),
-                gossipsub::PeerScoreThresholds::default(),
-            )?;
+            gossip.with_peer_score(score_params(topic.as_ref()), Default::default())?;
             let codec = request_response::cbor::codec::Codec::default()
                 .set_request_size_maximum(MAX_SYNC_MESSAGE_BYTES as u64)
                 .set_response_size_maximum(MAX_SYNC_MESSAGE_BYTES as u64);

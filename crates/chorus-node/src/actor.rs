@@ -56,7 +56,8 @@ pub enum ApiRequest {
 
 /// Everything the actor reacts to.
 pub enum NodeMsg {
-    Net(NetEvent),
+    /// Boxed: network events are large, the queue holds many messages.
+    Net(Box<NetEvent>),
     Api(ApiRequest),
     Tick,
     Shutdown,
@@ -99,6 +100,8 @@ pub struct Actor<M: Describe> {
     counters: Counters,
     /// Events held by each peer at its last summary (for the sync lag).
     remote_events: BTreeMap<Peer, u64>,
+    /// Peers whose last summary had our heads and our state_hash.
+    in_sync: std::collections::BTreeSet<Peer>,
     light: bool,
 }
 
@@ -120,6 +123,7 @@ impl<M: Describe> Actor<M> {
             listen: vec![],
             counters: Counters::default(),
             remote_events: BTreeMap::new(),
+            in_sync: Default::default(),
             light,
         }
     }
@@ -188,7 +192,7 @@ impl<M: Describe> Actor<M> {
                 NodeMsg::Tick => tick = true,
                 NodeMsg::Api(ApiRequest::Append { items, reply }) => appends.push((items, reply)),
                 NodeMsg::Api(q) => queries.push(q),
-                NodeMsg::Net(ev) => match ev {
+                NodeMsg::Net(ev) => match *ev {
                     NetEvent::Listening(a) => {
                         println!("listening {a}");
                         self.listen.push(a.to_string());
@@ -202,6 +206,7 @@ impl<M: Describe> Actor<M> {
                     NetEvent::PeerDown(p) => {
                         tracing::info!(peer = %p, "peer disconnected");
                         self.syncer.peer_down(&p);
+                        self.in_sync.remove(&p);
                         self.remote_events.remove(&p);
                     }
                     NetEvent::Gossip { id, from, block } => {
@@ -212,6 +217,7 @@ impl<M: Describe> Actor<M> {
                     NetEvent::Response { peer, req, resp } => match resp {
                         SyncResponse::Summary(s) => {
                             self.remote_events.insert(peer, s.events);
+                            self.compare_state(&peer, &s);
                             let now = self.now();
                             let a = self
                                 .syncer
@@ -271,6 +277,30 @@ impl<M: Describe> Actor<M> {
             self.act(a);
         }
         stop
+    }
+
+    /// A rebuilding (or any) node reports when its state equals a peer's over the same heads;
+    /// equal heads with a different hash would be a determinism bug, logged loudly.
+    fn compare_state(&mut self, peer: &Peer, s: &sync::Summary) {
+        let Some(theirs) = &s.state_hash else { return };
+        if s.heads != self.replica.timeline().heads() {
+            self.in_sync.remove(peer);
+            return;
+        }
+        self.fold();
+        let mine = self.replica.timeline().state_hash();
+        if theirs.as_slice() == mine {
+            if self.in_sync.insert(*peer) {
+                println!(
+                    "in sync with {peer}: {} events, state_hash {}",
+                    self.replica.timeline().len(),
+                    hex::encode(mine)
+                );
+            }
+        } else {
+            self.in_sync.remove(peer);
+            tracing::error!(%peer, "same heads but a different state_hash: determinism violated");
+        }
     }
 
     /// Decodes, verifies and ingests the blocks of this turn in one commit; returns, per
@@ -465,6 +495,7 @@ impl<M: Describe> Actor<M> {
             "settled": f.settled,
             "first_unsettled_lc": f.first_unsettled.map(|(_, lc)| lc),
             "peers": peers,
+            "in_sync_with": self.in_sync.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "sync": {
                 "catching_up": self.syncer.catching_up(),
                 "lag_events": lag,

@@ -68,7 +68,7 @@ pub async fn run<M: Describe>(
     let fwd = node_tx.clone();
     tokio::spawn(async move {
         while let Some(ev) = net_events.recv().await {
-            if fwd.send(NodeMsg::Net(ev)).await.is_err() {
+            if fwd.send(NodeMsg::Net(Box::new(ev))).await.is_err() {
                 break;
             }
         }

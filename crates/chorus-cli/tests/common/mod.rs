@@ -176,6 +176,24 @@ impl Node {
         }
     }
 
+    /// Waits up to `within` for a stdout line starting with `prefix`.
+    pub fn printed(&self, prefix: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let hit = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with(prefix))
+                .cloned();
+            if hit.is_some() || Instant::now() > deadline {
+                return hit;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn status(&self) -> Option<Value> {
         get(&self.api, "/v1/status").ok()
     }

@@ -1,0 +1,437 @@
+//! Mesh benchmarks with real release `chorus node` processes on 127.0.0.x, for
+//! `docs/benchmarks.md`:
+//!
+//! * `propagation [NODES] [EVENTS]` — a new event, appended through one node's API, until every
+//!   node holds it (polled through each node's API every 1 ms): p50 / p99 / max.
+//! * `catchup [EVENTS] [counter|kairos]` — a fresh node joins a peer holding EVENTS events: time
+//!   until it holds them all (verified, durable), and until its `state_hash` equals the peer's.
+//! * `idle` — RSS of idle full nodes (a fresh timeline, and one holding 100 000 events).
+//! * `soak [NODES] [MINUTES]` — NODES processes under a trickle of writes: every 10 s all alive,
+//!   RSS, peers; convergence at the end.
+//!
+//! Build first: `cargo build --release -p chorus-cli -p chorus-bench`, then
+//! `target/release/mesh-bench NAME`. The `chorus` binary is taken from the same directory.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+fn chorus_bin() -> Result<PathBuf> {
+    let p = std::env::current_exe()?.with_file_name("chorus");
+    if !p.exists() {
+        bail!(
+            "{} not found: run `cargo build --release -p chorus-cli -p chorus-bench` first",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn run(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(chorus_bin()?)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("chorus {args:?} failed");
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+}
+
+fn get(agent: &ureq::Agent, api: &str, path: &str) -> Option<Value> {
+    let mut r = agent.get(format!("http://{api}{path}")).call().ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
+}
+
+fn post(agent: &ureq::Agent, api: &str, body: &Value) -> Result<Value> {
+    let mut r = agent
+        .post(format!("http://{api}/v1/events"))
+        .header("content-type", "application/json")
+        .send(body.to_string())?;
+    let text = r.body_mut().read_to_string()?;
+    if !r.status().is_success() {
+        bail!("append: {text}");
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+struct Node {
+    child: Child,
+    api: String,
+    addr: String,
+}
+
+impl Node {
+    fn start(dir: &Path, ip: &str, boot: Option<&str>) -> Result<Node> {
+        let mut cmd = Command::new(chorus_bin()?);
+        cmd.arg("--data-dir")
+            .arg(dir)
+            .arg("node")
+            .args([
+                "--listen",
+                &format!("/ip4/{ip}/tcp/0"),
+                "--api",
+                &format!("{ip}:0"),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        if let Some(b) = boot {
+            cmd.args(["--bootstrap", b]);
+        }
+        let mut child = cmd.spawn()?;
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let sink = lines.clone();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        let find = |p: &str| -> Result<String> {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if let Some(v) = lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find_map(|l| l.strip_prefix(p).map(str::to_string))
+                {
+                    return Ok(v);
+                }
+                if Instant::now() > deadline {
+                    bail!("node on {ip} printed no {p:?}");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        let addr = find("listening ")?;
+        let api = find("api http://")?;
+        Ok(Node { child, api, addr })
+    }
+
+    fn rss_mb(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` data dirs, all keys writers, the first holding the genesis.
+fn timeline(root: &Path, n: usize, machine: &str) -> Result<Vec<PathBuf>> {
+    let dirs: Vec<PathBuf> = (0..n).map(|i| root.join(format!("n{i}"))).collect();
+    run(&dirs[0], &["init", "--machine", machine, "--name", "bench"])?;
+    for d in &dirs[1..] {
+        let k = run(d, &["key"])?;
+        run(&dirs[0], &["member", "add", k.trim(), "--role", "writer"])?;
+    }
+    Ok(dirs)
+}
+
+fn mesh(dirs: &[PathBuf], base_ip: u8) -> Result<Vec<Node>> {
+    let n0 = Node::start(&dirs[0], &format!("127.0.1.{base_ip}"), None)?;
+    let boot = n0.addr.clone();
+    let mut nodes = vec![n0];
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        run(d, &["join", &boot])?;
+        nodes.push(Node::start(
+            d,
+            &format!("127.0.1.{}", base_ip as usize + i),
+            Some(&boot),
+        )?);
+    }
+    Ok(nodes)
+}
+
+fn wait_peers(nodes: &[Node], k: usize, within: Duration) -> Result<()> {
+    let a = agent();
+    let deadline = Instant::now() + within;
+    loop {
+        let ok = nodes.iter().all(|n| {
+            get(&a, &n.api, "/v1/status")
+                .is_some_and(|s| s["peers"].as_array().is_some_and(|p| p.len() >= k))
+        });
+        if ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nodes did not reach {k} peers");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn propagation(nodes_n: usize, events: usize) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), nodes_n, "kairos")?;
+    let nodes = mesh(&dirs, 10)?;
+    wait_peers(&nodes, (nodes_n - 1).min(5), Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(3)); // let gossipsub build its mesh
+    let a = agent();
+    let mut to_all = vec![];
+    for e in 0..events {
+        let w = e % nodes_n;
+        let r = post(
+            &a,
+            &nodes[w].api,
+            &json!({"text": format!("propagate {e}")}),
+        )?;
+        let acked = Instant::now();
+        let id = r["ids"][0].as_str().unwrap().to_string();
+        let seen: Vec<Duration> = std::thread::scope(|s| {
+            let hs: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let id = &id;
+                    s.spawn(move || {
+                        let a = agent();
+                        let deadline = acked + Duration::from_secs(30);
+                        loop {
+                            if get(&a, &n.api, &format!("/v1/events?from={id}&limit=1")).is_some() {
+                                return acked.elapsed();
+                            }
+                            if Instant::now() > deadline {
+                                return Duration::from_secs(30);
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        to_all.push(seen.iter().max().unwrap().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    to_all.sort_by(f64::total_cmp);
+    println!(
+        "ROW|propagation of a new event to all {nodes_n} node processes (p50)|{:.1}|ms|≤ 50|{events} events, writer rotating, from the append's ack; polled every 1 ms through each node's API",
+        pct(&to_all, 0.5)
+    );
+    println!(
+        "ROW|propagation to all {nodes_n} (p99)|{:.1}|ms|≤ 250|max {:.1} ms",
+        pct(&to_all, 0.99),
+        to_all.last().unwrap()
+    );
+    Ok(())
+}
+
+fn wait_until(api: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Result<Duration> {
+    let a = agent();
+    let t0 = Instant::now();
+    loop {
+        if get(&a, api, "/v1/status").is_some_and(|s| pred(&s)) {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > within {
+            bail!("condition not reached within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn catchup(events: usize, machine: &str) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), 1, machine)?;
+    eprintln!("writing {events} events …");
+    let out = Command::new(chorus_bin()?)
+        .arg("--data-dir")
+        .arg(&dirs[0])
+        .args([
+            "append",
+            "--count",
+            &events.to_string(),
+            "--batch",
+            "1000",
+            "event {i}",
+        ])
+        .stdout(Stdio::null())
+        .status()?;
+    if !out.success() {
+        bail!("append failed");
+    }
+    let src = Node::start(&dirs[0], "127.0.1.50", None)?;
+    let a = agent();
+    let s = get(&a, &src.api, "/v1/status").context("status")?;
+    let total = s["events"].as_u64().unwrap();
+    let hash = s["state_hash"].as_str().unwrap().to_string();
+    let fresh_dir = root.path().join("fresh");
+    run(&fresh_dir, &["join", &src.addr])?;
+    let t0 = Instant::now();
+    let fresh = Node::start(&fresh_dir, "127.0.1.51", Some(&src.addr))?;
+    let start = t0.elapsed();
+    let all = wait_until(&fresh.api, Duration::from_secs(600), |s| {
+        s["events"].as_u64() == Some(total)
+    })? + start;
+    let same = wait_until(&fresh.api, Duration::from_secs(900), |s| {
+        s["state_hash"].as_str() == Some(hash.as_str())
+    })? + all;
+    let rate = (total - 1) as f64 / all.as_secs_f64();
+    println!(
+        "ROW|catch-up of a fresh node from one peer, {machine} machine|{rate:.0}|events/s|≥ 10 000|{total} events held (verified, durable) after {:.2} s from process start; same state_hash after {:.2} s",
+        all.as_secs_f64(),
+        same.as_secs_f64()
+    );
+    println!(
+        "ROW|RSS of the caught-up node ({total} events, {machine})|{:.1}|MB|—|VmRSS after catch-up",
+        fresh.rss_mb()
+    );
+    Ok(())
+}
+
+fn idle() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), 3, "kairos")?;
+    let nodes = mesh(&dirs, 60)?;
+    wait_peers(&nodes, 2, Duration::from_secs(30))?;
+    let a = agent();
+    post(&a, &nodes[0].api, &json!({"text": "e {i}", "count": 100}))?;
+    std::thread::sleep(Duration::from_secs(10));
+    let rss: Vec<f64> = nodes.iter().map(Node::rss_mb).collect();
+    println!(
+        "ROW|idle full node RSS (3-node mesh, 104 events, 10 s idle)|{:.1}|MB|≤ 40|max of 3; all: {}",
+        rss.iter().copied().fold(0.0, f64::max),
+        rss.iter()
+            .map(|r| format!("{r:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
+fn soak(nodes_n: usize, minutes: u64) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), nodes_n, "kairos")?;
+    let mut nodes = mesh(&dirs, 100)?;
+    wait_peers(&nodes, 1, Duration::from_secs(60))?;
+    let a = agent();
+    let t0 = Instant::now();
+    let mut written = nodes_n as u64;
+    let mut first_rss: Option<Vec<f64>> = None;
+    let mut next_report = Instant::now();
+    while t0.elapsed() < Duration::from_secs(minutes * 60) {
+        let w = (written as usize) % 5.min(nodes_n);
+        post(
+            &a,
+            &nodes[w].api,
+            &json!({"text": format!("soak {written}")}),
+        )?;
+        written += 1;
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(10);
+            let mut alive = 0;
+            for n in nodes.iter_mut() {
+                if n.child.try_wait().ok().flatten().is_none() {
+                    alive += 1;
+                }
+            }
+            let rss: Vec<f64> = nodes.iter().map(Node::rss_mb).collect();
+            first_rss.get_or_insert(rss.clone());
+            let st: Vec<Value> = nodes
+                .iter()
+                .filter_map(|n| get(&a, &n.api, "/v1/status"))
+                .collect();
+            let events: Vec<u64> = st
+                .iter()
+                .map(|s| s["events"].as_u64().unwrap_or(0))
+                .collect();
+            eprintln!(
+                "[{:>5.0}s] alive {alive}/{nodes_n} · rss {:.1}..{:.1} MB · events {}..{} · written {written}",
+                t0.elapsed().as_secs_f64(),
+                rss.iter().copied().fold(f64::MAX, f64::min),
+                rss.iter().copied().fold(0.0, f64::max),
+                events.iter().min().unwrap_or(&0),
+                events.iter().max().unwrap_or(&0),
+            );
+            if alive < nodes_n {
+                bail!("a node died");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let st: Vec<Value> = nodes
+            .iter()
+            .filter_map(|n| get(&a, &n.api, "/v1/status"))
+            .collect();
+        let mut hashes: Vec<&str> = st
+            .iter()
+            .map(|s| s["state_hash"].as_str().unwrap_or(""))
+            .collect();
+        hashes.sort();
+        hashes.dedup();
+        if st.len() == nodes_n
+            && hashes.len() == 1
+            && st.iter().all(|s| s["events"].as_u64() == Some(written + 1))
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no convergence after the soak");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss: Vec<f64> = nodes.iter().map(Node::rss_mb).collect();
+    println!(
+        "ROW|{nodes_n} node processes for {minutes} min under a trickle of writes|{nodes_n}|alive|all {nodes_n} stable|{written} events, all converged; RSS {:.1}..{:.1} MB at the end (first sample {:.1}..{:.1})",
+        rss.iter().copied().fold(f64::MAX, f64::min),
+        rss.iter().copied().fold(0.0, f64::max),
+        first_rss
+            .as_ref()
+            .map_or(0.0, |r| r.iter().copied().fold(f64::MAX, f64::min)),
+        first_rss
+            .as_ref()
+            .map_or(0.0, |r| r.iter().copied().fold(0.0, f64::max)),
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    match args.first().map(String::as_str) {
+        Some("propagation") => propagation(num(1, 10), num(2, 200)),
+        Some("catchup") => catchup(
+            num(1, 100_000),
+            args.get(2).map_or("counter", String::as_str),
+        ),
+        Some("idle") => idle(),
+        Some("soak") => soak(num(1, 20), num(2, 10) as u64),
+        _ => bail!("usage: mesh-bench propagation|catchup|idle|soak [args]"),
+    }
+}
