@@ -42,6 +42,12 @@ pub type OrderKey = (u64, EventId);
 pub trait BlockSource {
     /// The block with this id, if present.
     fn get_block(&self, id: &EventId) -> Option<Arc<[u8]>>;
+    /// A persisted checkpoint's state bytes. The timeline keeps only the newest
+    /// [`CHECKPOINTS_IN_MEMORY`] in memory; a deeper rewind reads older ones here (and falls back
+    /// to an older one, or to genesis, when the source has none).
+    fn get_checkpoint(&self, _key: &OrderKey) -> Option<Arc<Vec<u8>>> {
+        None
+    }
 }
 
 /// A source with no blocks: for timelines whose every block is still cached (tests, small runs).
@@ -140,8 +146,14 @@ struct Meta {
     parents_len: u8,
 }
 
+/// Checkpoints whose state bytes stay in memory (the newest ones); older ones keep only their
+/// key and are read back from the block source on a deep rewind. Bounds a long-running node's
+/// memory: without it every checkpoint's state (hundreds of KiB for KAIROS) stays resident.
+pub const CHECKPOINTS_IN_MEMORY: usize = 8;
+
 struct Checkpoint<S> {
-    bytes: Arc<Vec<u8>>,
+    /// `None` once evicted from memory (persisted by the store).
+    bytes: Option<Arc<Vec<u8>>>,
     /// The decoded state, kept only for the newest checkpoint (restoring it is then a clone).
     live: Option<S>,
 }
@@ -953,22 +965,32 @@ impl<M: Machine> Timeline<M> {
                 self.checkpoint_log
                     .push(CheckpointChange::DropFrom { key: from });
             }
-            match self.checkpoints.iter_mut().next_back() {
-                Some((key, ck)) => {
-                    let state = match ck.live.clone() {
-                        Some(s) => s,
-                        None => self
-                            .machine
-                            .decode_state(&ck.bytes)
-                            .expect("checkpoints we encoded decode"),
-                    };
-                    ck.live = Some(state.clone());
-                    self.state = state;
-                    self.applied_key = Some(*key);
-                }
-                None => {
+            // The newest checkpoint before `from` whose state is at hand (in memory, or read
+            // back from `src`); checkpoints whose bytes are gone are forgotten.
+            loop {
+                let Some((key, ck)) = self.checkpoints.iter_mut().next_back() else {
                     self.state = self.machine.init(&self.genesis);
                     self.applied_key = None;
+                    break;
+                };
+                let key = *key;
+                let state = match (&ck.live, &ck.bytes) {
+                    (Some(s), _) => Some(s.clone()),
+                    (None, Some(b)) => self.machine.decode_state(b).ok(),
+                    (None, None) => src
+                        .get_checkpoint(&key)
+                        .and_then(|b| self.machine.decode_state(&b).ok()),
+                };
+                match state {
+                    Some(state) => {
+                        ck.live = Some(state.clone());
+                        self.state = state;
+                        self.applied_key = Some(key);
+                        break;
+                    }
+                    None => {
+                        self.checkpoints.remove(&key);
+                    }
                 }
             }
         }
@@ -1020,12 +1042,21 @@ impl<M: Machine> Timeline<M> {
         self.checkpoints.insert(
             key,
             Checkpoint {
-                bytes: bytes.clone(),
+                bytes: Some(bytes.clone()),
                 live: Some(self.state.clone()),
             },
         );
+        self.evict_checkpoint_bytes();
         self.checkpoint_log
             .push(CheckpointChange::Put { key, state: bytes });
+    }
+
+    fn evict_checkpoint_bytes(&mut self) {
+        let keep = self.checkpoints.len().saturating_sub(CHECKPOINTS_IN_MEMORY);
+        for ck in self.checkpoints.values_mut().take(keep) {
+            ck.bytes = None;
+            ck.live = None;
+        }
     }
 
     // ----------------------------------------------------------------- restore
@@ -1058,7 +1089,7 @@ impl<M: Machine> Timeline<M> {
                 tl.checkpoints.insert(
                     key,
                     Checkpoint {
-                        bytes: Arc::new(bytes),
+                        bytes: Some(Arc::new(bytes)),
                         live: None,
                     },
                 );
@@ -1068,7 +1099,7 @@ impl<M: Machine> Timeline<M> {
             .checkpoints
             .iter()
             .next_back()
-            .map(|(k, c)| (*k, c.bytes.clone()));
+            .and_then(|(k, c)| Some((*k, c.bytes.clone()?)));
         if let Some((key, bytes)) = newest
             && tl.applied_key.is_none_or(|a| a < key)
         {
@@ -1081,6 +1112,7 @@ impl<M: Machine> Timeline<M> {
                 })?;
             tl.applied_key = Some(key);
         }
+        tl.evict_checkpoint_bytes();
         tl.catch_up(src)?;
         Ok(tl)
     }

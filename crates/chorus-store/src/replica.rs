@@ -132,6 +132,9 @@ struct Overlay<'a> {
 }
 
 impl BlockSource for Overlay<'_> {
+    fn get_checkpoint(&self, key: &chorus_core::timeline::OrderKey) -> Option<Arc<Vec<u8>>> {
+        self.store.get_checkpoint(key)
+    }
     fn get_block(&self, id: &EventId) -> Option<Arc<[u8]>> {
         self.batch
             .get(id)

@@ -530,6 +530,13 @@ fn pair_sum(id: &[u8; 32], lc: u64) -> u64 {
 }
 
 impl BlockSource for Store {
+    fn get_checkpoint(&self, key: &OrderKey) -> Option<Arc<Vec<u8>>> {
+        let txn = self.db.begin_read().ok()?;
+        let t = txn.open_table(CHECKPOINTS).ok()?;
+        let v = t.get(order_key(key.0, &key.1.0).as_slice()).ok()??;
+        Some(Arc::new(v.value().to_vec()))
+    }
+
     fn get_block(&self, id: &EventId) -> Option<Arc<[u8]>> {
         let txn = self.db.begin_read().ok()?;
         let lc = u64::from_be_bytes(

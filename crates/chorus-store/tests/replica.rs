@@ -197,3 +197,55 @@ fn batches_larger_than_the_block_cache_fold_correctly() {
     r.append_batch(items).unwrap();
     assert_eq!(r.timeline().len(), RECENT_BLOCK_CACHE + 101);
 }
+
+/// Only the newest checkpoints stay in memory; a late event far back rewinds from an evicted
+/// one read back from the store (not from genesis) and lands on the from-scratch state.
+#[test]
+fn deep_rewind_reads_an_evicted_checkpoint_from_the_store() {
+    use chorus_core::{SignedEvent, timeline::CHECKPOINTS_IN_MEMORY};
+    let da = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let mut a = init(da.path(), 16);
+    let kb = chorus_store::replica::load_or_create_key(db.path()).unwrap();
+    a.append(
+        kind::MEMBER,
+        chorus_core::membership::MemberOp::Add(kb.author(), chorus_core::membership::Role::Writer)
+            .to_body(),
+    )
+    .unwrap();
+    let stim = |n: usize, tag: &str| -> Vec<(String, ipld_core::ipld::Ipld)> {
+        (0..n)
+            .map(|i| {
+                (
+                    kind::STIMULUS.to_string(),
+                    testkit::text(&format!("{tag} {i} word")),
+                )
+            })
+            .collect()
+    };
+    let mut all: Vec<SignedEvent> = a.append_batch(stim(100, "early")).unwrap();
+    let genesis = a.store().genesis().unwrap();
+    let mut b = Replica::create_from_genesis(db.path(), genesis.clone(), KairosMachine).unwrap();
+    let mut early: Vec<SignedEvent> = a.store().ordered_events().map(|e| e.unwrap()).collect();
+    early.remove(0);
+    b.ingest(early.clone()).unwrap();
+    let late = b
+        .append(kind::STIMULUS, testkit::text("late word"))
+        .unwrap();
+    all.extend(a.append_batch(stim(300, "later")).unwrap());
+    assert!(a.timeline().checkpoint_keys().len() > CHECKPOINTS_IN_MEMORY + 8);
+    let before = a.timeline().stats().reapplied;
+    a.ingest(vec![late.clone()]).unwrap();
+    let reapplied = a.timeline().stats().reapplied - before;
+    // From the checkpoint just before the late event (~ position 96), not from genesis (402).
+    assert!(reapplied < 330, "re-applied {reapplied}");
+
+    let dc = tempfile::tempdir().unwrap();
+    let mut c = Replica::create_from_genesis(dc.path(), genesis, KairosMachine).unwrap();
+    let mut everything = early;
+    everything.extend(all.into_iter().skip(100));
+    everything.push(late);
+    c.ingest(everything).unwrap();
+    assert_eq!(c.timeline().len(), a.timeline().len());
+    assert_eq!(c.timeline().state_hash(), a.timeline().state_hash());
+}
