@@ -105,6 +105,9 @@ struct SwarmArgs {
     /// Working directory of the swarm (cleared at start if a previous swarm made it).
     #[arg(long, default_value = "./chorus-swarm")]
     dir: PathBuf,
+    /// Pause between two stimuli, in milliseconds (a scene, not a flood).
+    #[arg(long, default_value_t = 200)]
+    pace_ms: u64,
     /// Seconds to wait for convergence after the workload.
     #[arg(long, default_value_t = 60)]
     timeout: u64,

@@ -547,8 +547,13 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
             last_print = Instant::now();
             println!("{} · posted {posted}", summary_line(t0, &mesh.statuses()).0);
         }
+        std::thread::sleep(Duration::from_millis(a.pace_ms));
     }
-    println!("workload done: {posted} events posted; waiting for convergence");
+    if stop.load(Ordering::SeqCst) {
+        println!("interrupted after {posted} events; stopping the nodes");
+    } else {
+        println!("workload done: {posted} events posted; waiting for convergence");
+    }
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut converged = false;
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -590,7 +595,10 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     }
     hashes.dedup();
     let equal = hashes.len() == 1 && hashes[0].is_some();
-    if equal && converged {
+    // Interrupted: the nodes still exchange what they hold before they stop; what counts is
+    // whether they ended equal.
+    let interrupted = stop.load(Ordering::SeqCst);
+    if equal && (converged || interrupted) {
         println!("all {} nodes ended with the same state_hash", a.nodes);
         Ok(0)
     } else {
