@@ -374,3 +374,24 @@ fn text_state_shows_the_election_and_the_frontier() {
         "genesis, emissary, stimulus, intent: {log}"
     );
 }
+
+/// Regression: `chorus verify` once replayed prefix by prefix and so disagreed with stored
+/// checkpoints whose state already excluded events for evidence sorting later (an equivocation's
+/// second branch, a removal). The golden timeline has both; its import must verify, and land on
+/// the recorded state_hash.
+#[test]
+fn verify_accepts_a_timeline_with_equivocation_and_removal() {
+    let root = tempfile::tempdir().unwrap();
+    let d = root.path().join("golden");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let file = fixtures.join("golden_timeline.jsonl");
+    ok(&d, &["import", file.to_str().unwrap()]);
+    let out = ok(&d, &["verify"]);
+    assert!(out.contains("verify OK"), "{out}");
+    let expected: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures.join("golden_timeline.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let last = expected["marks"].as_array().unwrap().last().unwrap();
+    assert_eq!(state(&d)["state_hash"], last["state_hash"]);
+}

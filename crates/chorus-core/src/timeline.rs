@@ -958,6 +958,18 @@ impl<M: Machine> Timeline<M> {
     /// before the first changed key if needed, then applies every event after the last folded
     /// one, taking a checkpoint every `checkpoint_interval` positions.
     pub fn catch_up(&mut self, src: &dyn BlockSource) -> Result<(), TimelineError> {
+        self.catch_up_until(None, src)
+    }
+
+    /// As [`catch_up`](Self::catch_up), but folds only the events whose key is `<= until`:
+    /// the state at that point of the order **over the whole event set** (exclusions decided
+    /// by every event held, including those sorting later). `chorus verify` compares stored
+    /// checkpoints with this.
+    pub fn catch_up_until(
+        &mut self,
+        until: Option<OrderKey>,
+        src: &dyn BlockSource,
+    ) -> Result<(), TimelineError> {
         if let Some(from) = self.rewind_from.take() {
             self.stats.rewinds += 1;
             let stale = self.checkpoints.split_off(&from);
@@ -998,8 +1010,11 @@ impl<M: Machine> Timeline<M> {
             None => 0,
             Some(k) => self.lower_bound(&k) + 1,
         };
-        let end = self.order.len();
-        for pos in start..end {
+        let end = match until {
+            None => self.order.len(),
+            Some(k) => self.order.partition_point(|&i| self.key(i) <= k),
+        };
+        for pos in start..end.max(start) {
             let idx = self.order[pos];
             let key = self.key(idx);
             if !self.excluded(idx) {
