@@ -49,6 +49,13 @@ fn five_nodes_five_writers_converge() {
         .collect();
     let all: Vec<&Node> = std::iter::once(&n0).chain(others.iter()).collect();
     meshed(&all, Duration::from_secs(30));
+    initial_sync(
+        &mut std::iter::once(&mut n0)
+            .chain(others.iter_mut())
+            .collect::<Vec<_>>(),
+        5,
+    );
+    let all: Vec<&Node> = std::iter::once(&n0).chain(others.iter()).collect();
     let acked = writer_threads(&all, 400, 20, "w");
     assert_eq!(acked.len(), 2000);
     let mut refs: Vec<&mut Node> = std::iter::once(&mut n0).chain(others.iter_mut()).collect();
@@ -79,6 +86,7 @@ fn sigkill_three_of_five_and_wipe_one() {
         ));
     }
     meshed(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30));
+    initial_sync(&mut nodes.iter_mut().collect::<Vec<_>>(), 5);
     // Phase 1: everyone writes; wait until it is everywhere, so the wiped node's own writes
     // are replicated before its disk is lost.
     let mut acked: BTreeSet<String> =
@@ -175,7 +183,8 @@ fn posterity_one_survivor_rebuilds_five_fresh_nodes() {
     }
     let t0 = std::time::Instant::now();
     meshed(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(60));
-    eprintln!("[{:?}] 20 nodes meshed", t0.elapsed());
+    initial_sync(&mut nodes.iter_mut().collect::<Vec<_>>(), 5);
+    eprintln!("[{:?}] 20 nodes meshed and synced", t0.elapsed());
     let writers: Vec<&Node> = nodes.iter().take(5).collect();
     writer_threads(&writers, 1000, 50, "posterity");
     eprintln!("[{:?}] 5 000 events written", t0.elapsed());

@@ -217,6 +217,7 @@ fn partition_inside_the_hub() {
         NODES - 1,
         Duration::from_secs(30),
     );
+    initial_sync(&mut nodes.iter_mut().collect::<Vec<_>>(), NODES as u64);
     for n in &nodes {
         n.append(&format!("{} before {{i}}", n.name), 10).unwrap();
     }

@@ -341,6 +341,13 @@ pub fn converge(nodes: &mut [&mut Node], min_events: u64, within: Duration) -> S
     }
 }
 
+/// Waits until every node holds the timeline's first `n` events (genesis and the membership
+/// events that make the writers writers): a node that appends before it has seen its own
+/// membership is rightly refused.
+pub fn initial_sync(nodes: &mut [&mut Node], n: u64) {
+    converge(nodes, n, Duration::from_secs(60));
+}
+
 /// Waits until every node has at least one peer.
 pub fn meshed(nodes: &[&Node], within: Duration) {
     peers_at_least(nodes, 1, within)
