@@ -44,12 +44,9 @@ fn agent() -> ureq::Agent {
         .new_agent()
 }
 
-/// GET as JSON; `Err(status or transport error)` otherwise.
-pub fn get(api: &str, path: &str) -> Result<Value, String> {
-    let mut r = agent()
-        .get(format!("http://{api}{path}"))
-        .call()
-        .map_err(|e| e.to_string())?;
+/// A response as JSON; `Err(status and body)` unless it is a success.
+fn json_of(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, String> {
+    let mut r = r.map_err(|e| e.to_string())?;
     let status = r.status();
     let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
     if !status.is_success() {
@@ -58,18 +55,18 @@ pub fn get(api: &str, path: &str) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
+/// GET as JSON; `Err(status or transport error)` otherwise.
+pub fn get(api: &str, path: &str) -> Result<Value, String> {
+    json_of(agent().get(format!("http://{api}{path}")).call())
+}
+
 pub fn post(api: &str, path: &str, body: &Value) -> Result<Value, String> {
-    let mut r = agent()
-        .post(format!("http://{api}{path}"))
-        .header("content-type", "application/json")
-        .send(body.to_string())
-        .map_err(|e| e.to_string())?;
-    let status = r.status();
-    let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{status}: {text}"));
-    }
-    serde_json::from_str(&text).map_err(|e| e.to_string())
+    json_of(
+        agent()
+            .post(format!("http://{api}{path}"))
+            .header("content-type", "application/json")
+            .send(body.to_string()),
+    )
 }
 
 /// One node process.
