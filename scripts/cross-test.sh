@@ -5,23 +5,16 @@
 #
 # usage: scripts/cross-test.sh [TARGET...]
 #   default targets: aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf
-# Linkers and qemu runners are configured in .cargo/config.toml.
+#                    arm-unknown-linux-musleabihf (ARMv6, run on qemu's arm1176 CPU model)
+# Linkers and qemu runners are configured in .cargo/config.toml; scripts/cross-env.sh holds
+# the shared setup (also used by scripts/cross-build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 targets=("$@")
-((${#targets[@]})) || targets=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
-
-need=()
-command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || need+=(qemu-user)
-command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu)
-command -v arm-linux-gnueabihf-gcc >/dev/null || need+=(gcc-arm-linux-gnueabihf)
-if ((${#need[@]})); then
-  apt-get update -q && apt-get install -y -q "${need[@]}"
-fi
+((${#targets[@]})) || targets=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf arm-unknown-linux-musleabihf)
+source scripts/cross-env.sh
+cross_setup "${targets[@]}"
 for t in "${targets[@]}"; do
-  rustup target list --installed | grep -qx "$t" || rustup target add "$t"
-done
-for t in "${targets[@]}"; do
-  echo "== golden timeline on $t (qemu-user) =="
-  cargo test -q -p chorus-kairos --test golden --target "$t"
+  echo "== golden timeline on $t (qemu-user: $(cross_runner "$t")) =="
+  cross_cargo "$t" test -q -p chorus-kairos --test golden
 done

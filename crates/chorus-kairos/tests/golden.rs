@@ -323,3 +323,122 @@ fn regenerate_golden_timeline() {
     )
     .unwrap();
 }
+
+/// `state_hash` of the golden timeline's 500-event state with NaN in every f64 slot that can
+/// hold one and -0.0 in the others, recorded on x86-64 (see
+/// `non_finite_and_signed_zero_values_hash_the_same_on_every_platform`).
+const NAN_STATE_HASH: &str = "fc3fbd5ad1842948d76f7359a11f234badb05b4d2222a9a423d88e32c639cf2a";
+
+/// NaNs and negative zeros as platforms and computations produce them: their bits differ
+/// (x86-64's default NaN has the sign bit set, ARM's has not; a signalling NaN keeps its
+/// payload; underflow and libm keep the sign of zero). `black_box` keeps the compiler from
+/// folding them into constants, so each is computed by this CPU at run time.
+#[allow(clippy::eq_op)] // inf - inf is the point
+fn platform_nans() -> Vec<f64> {
+    use std::hint::black_box;
+    let zero = black_box(0.0_f64);
+    vec![
+        zero / zero,
+        black_box(-1.0_f64).sqrt(),
+        black_box(f64::INFINITY) - black_box(f64::INFINITY),
+        black_box(f64::INFINITY) * zero,
+        f64::from_bits(black_box(0x7FF0_0000_0000_0001)), // signalling, with a payload
+        f64::from_bits(black_box(0xFFF8_0000_0000_0000)), // x86-64's default NaN
+        f64::NAN,
+    ]
+}
+
+fn negative_zeros() -> Vec<f64> {
+    use std::hint::black_box;
+    vec![
+        black_box(-1e-300_f64) * black_box(1e-300), // underflow keeps the sign
+        libm::sin(black_box(-0.0)),
+        libm::atan2(black_box(-0.0), black_box(1.0)),
+        -black_box(0.0_f64),
+    ]
+}
+
+/// The 500-event state with `nan` in the slots a NaN could reach and `zero` in the others.
+fn with_values(
+    base: &chorus_kairos::KairosState,
+    nan: f64,
+    zero: f64,
+) -> chorus_kairos::KairosState {
+    let mut s = base.clone();
+    s.dopamine = nan;
+    s.ema = Some(nan);
+    s.engine.coherence = nan;
+    s.engine.t_tau = (zero, nan);
+    s.last_cross_coherence = zero;
+    s.engine.recovery = zero;
+    if let Some(w) = s.emissaries.values_mut().next() {
+        *w = nan;
+    }
+    if let Some(open) = s.open.as_mut() {
+        open.sum = (zero, nan);
+    }
+    s
+}
+
+#[test]
+fn non_finite_and_signed_zero_values_hash_the_same_on_every_platform() {
+    use chorus_core::machine::Machine;
+    let events = load_fixture();
+    let blocks = Blocks(events.iter().map(|e| (e.id(), e.bytes_arc())).collect());
+    let mut tl = Timeline::new(events[0].clone(), KairosMachine).unwrap();
+    for r in tl
+        .insert_batch(events[1..500].iter().cloned(), &blocks)
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let base = tl.state();
+    assert!(
+        !base.emissaries.is_empty(),
+        "the fixture registers emissaries by event 500"
+    );
+    let m = KairosMachine;
+
+    let canonical = m.state_hash(&with_values(
+        base,
+        f64::from_bits(0x7FF8_0000_0000_0000),
+        0.0,
+    ));
+    let nans = platform_nans();
+    let zeros = negative_zeros();
+    eprintln!(
+        "{}: 0.0/0.0 = {:016x}, -1e-300*1e-300 = {:016x}",
+        std::env::consts::ARCH,
+        nans[0].to_bits(),
+        zeros[0].to_bits()
+    );
+    // The inputs really are non-canonical, so this test bites if canonicalisation goes.
+    assert!(nans.iter().all(|x| x.is_nan()));
+    assert!(nans.iter().any(|x| x.to_bits() != 0x7FF8_0000_0000_0000));
+    assert!(zeros.iter().all(|z| *z == 0.0 && z.to_bits() == 1 << 63));
+    for &nan in &nans {
+        for &zero in &zeros {
+            let s = with_values(base, nan, zero);
+            assert_eq!(
+                m.state_hash(&s),
+                canonical,
+                "NaN {:016x} / zero {:016x} changed the state hash",
+                nan.to_bits(),
+                zero.to_bits()
+            );
+            // Checkpoints hold the same canonical bytes: decode(encode(s)) encodes identically.
+            let bytes = m.encode_state(&s);
+            let back = m.decode_state(&bytes).unwrap();
+            assert_eq!(m.encode_state(&back), bytes);
+        }
+    }
+    // And the bytes are the ones x86-64 recorded (this is what fails on another architecture
+    // if a NaN's raw bits reach the hash).
+    let platform = m.state_hash(&with_values(base, nans[0], zeros[0]));
+    assert_eq!(
+        hex(platform),
+        NAN_STATE_HASH,
+        "state with this platform's NaN and -0.0 hashes differently than on x86-64 ({})",
+        std::env::consts::ARCH
+    );
+}

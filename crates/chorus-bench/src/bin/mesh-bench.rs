@@ -6,6 +6,9 @@
 //! * `catchup [EVENTS] [counter|kairos]` — a fresh node joins a peer holding EVENTS events: time
 //!   until it holds them all (verified, durable), and until its `state_hash` equals the peer's.
 //! * `idle` — RSS of idle full nodes (a fresh timeline, and one holding 100 000 events).
+//! * `light [EVENTS] [RUNNER...]` — a light node catches up with a full node holding EVENTS
+//!   KAIROS events: peak RSS (VmHWM) and RSS after 10 s idle. RUNNER (e.g. `qemu-arm -cpu
+//!   arm1176 dist/arm-unknown-linux-musleabihf/chorus`) runs the light node's binary.
 //! * `soak [NODES] [MINUTES]` — NODES processes under a trickle of writes: every 10 s all alive,
 //!   RSS, peers; convergence at the end.
 //!
@@ -83,7 +86,18 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path, ip: &str, boot: Option<&str>) -> Result<Node> {
-        let mut cmd = Command::new(chorus_bin()?);
+        Node::start_cmd(Command::new(chorus_bin()?), dir, ip, boot, &[])
+    }
+
+    /// A node run by `cmd` (a `chorus` binary, or an emulator with its arguments and the binary),
+    /// with `extra` node flags.
+    fn start_cmd(
+        mut cmd: Command,
+        dir: &Path,
+        ip: &str,
+        boot: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Node> {
         cmd.arg("--data-dir")
             .arg(dir)
             .arg("node")
@@ -96,6 +110,7 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .stdin(Stdio::null());
+        cmd.args(extra);
         if let Some(b) = boot {
             cmd.args(["--bootstrap", b]);
         }
@@ -131,10 +146,19 @@ impl Node {
     }
 
     fn rss_mb(&self) -> f64 {
+        self.status_mb("VmRSS:")
+    }
+
+    /// Peak resident set since the process started.
+    fn peak_rss_mb(&self) -> f64 {
+        self.status_mb("VmHWM:")
+    }
+
+    fn status_mb(&self, field: &str) -> f64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .map_or(f64::NAN, |kb| kb / 1024.0)
     }
@@ -313,6 +337,62 @@ fn catchup(events: usize, machine: &str) -> Result<()> {
     Ok(())
 }
 
+/// A light node (`--light`) catches up with a full node holding `events` KAIROS stimuli of 10
+/// tokens, then idles 10 s; peak and final RSS. `runner` runs the light node's binary (e.g.
+/// `qemu-arm -cpu arm1176 dist/arm-unknown-linux-musleabihf/chorus`, measured with the
+/// emulator's own memory included); empty = the native `chorus` beside this binary.
+fn light(events: usize, runner: &[String]) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), 1, "kairos")?;
+    eprintln!("writing {events} events …");
+    let text = "stimulus {i} the traveller asks the gate keeper for the old road";
+    let out = Command::new(chorus_bin()?)
+        .arg("--data-dir")
+        .arg(&dirs[0])
+        .args([
+            "append",
+            "--count",
+            &events.to_string(),
+            "--batch",
+            "1000",
+            text,
+        ])
+        .stdout(Stdio::null())
+        .status()?;
+    if !out.success() {
+        bail!("append failed");
+    }
+    let src = Node::start(&dirs[0], "127.0.1.60", None)?;
+    let s = get(&agent(), &src.api, "/v1/status").context("status")?;
+    let total = s["events"].as_u64().unwrap();
+    let hash = s["state_hash"].as_str().unwrap().to_string();
+    let light_dir = root.path().join("light");
+    run(&light_dir, &["join", &src.addr])?;
+    let (cmd, what) = match runner.split_first() {
+        None => (Command::new(chorus_bin()?), "native".to_string()),
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest);
+            (c, runner.join(" "))
+        }
+    };
+    let t0 = Instant::now();
+    let node = Node::start_cmd(cmd, &light_dir, "127.0.1.61", Some(&src.addr), &["--light"])?;
+    let same = wait_until(&node.api, Duration::from_secs(3600), |s| {
+        s["events"].as_u64() == Some(total) && s["state_hash"].as_str() == Some(hash.as_str())
+    })?;
+    let caught_up = t0.elapsed().max(same);
+    std::thread::sleep(Duration::from_secs(10));
+    println!(
+        "ROW|light node holding {total} KAIROS events ({what})|{:.1}|MB peak RSS|≤ 64|after {} s idle: {:.1} MB; caught up with the full node's state_hash in {:.1} s",
+        node.peak_rss_mb(),
+        10,
+        node.rss_mb(),
+        caught_up.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn idle() -> Result<()> {
     let root = tempfile::tempdir()?;
     let dirs = timeline(root.path(), 3, "kairos")?;
@@ -432,7 +512,8 @@ fn main() -> Result<()> {
             args.get(2).map_or("counter", String::as_str),
         ),
         Some("idle") => idle(),
+        Some("light") => light(num(1, 10_000), &args[2.min(args.len())..]),
         Some("soak") => soak(num(1, 20), num(2, 10) as u64),
-        _ => bail!("usage: mesh-bench propagation|catchup|idle|soak [args]"),
+        _ => bail!("usage: mesh-bench propagation|catchup|idle|light|soak [args]"),
     }
 }
