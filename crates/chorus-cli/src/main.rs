@@ -83,7 +83,9 @@ struct NodeArgs {
     /// This node is meant to be an anchor (warns if its key is not one).
     #[arg(long)]
     anchor: bool,
-    /// Light node: not a replica (serves no blocks, no provider record).
+    /// Light node (Pi Zero class): holds the timeline in memory, catches up from full nodes at
+    /// start, forgets blocks behind the settled horizon, acknowledges its writes only once a
+    /// full node stored them; serves no blocks and announces no provider record.
     #[arg(long)]
     light: bool,
     /// Local HTTP API address (port 0 picks one; it is written to DATA_DIR/api.addr).

@@ -60,7 +60,13 @@ pub fn node(dir: &Path, a: NodeArgs) -> Result<i32> {
 }
 
 fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
-    let replica = Replica::open(dir, M::default())?;
+    // A light node keeps its timeline in memory and catches up from full nodes at each start;
+    // the data dir only gives it its key and the genesis.
+    let replica = if a.light {
+        Replica::in_memory(dir, M::default())?
+    } else {
+        Replica::open(dir, M::default())?
+    };
     let me = replica.key().author();
     if a.anchor && replica.timeline().membership().role_at(&me, u64::MAX) != Some(Role::Anchor) {
         eprintln!(

@@ -71,6 +71,8 @@ pub const BAN_MS: u64 = 60_000;
 pub const REQUESTS_PER_SEC: u64 = 200;
 /// …and the bucket's depth (a burst).
 pub const REQUEST_BURST: u64 = 400;
+/// Most blocks in one `Submit` (a light node's write, relayed to a full node).
+pub const MAX_SUBMIT_BLOCKS: usize = 256;
 /// Most peers tracked at once.
 pub const MAX_PEERS: usize = 256;
 
@@ -93,6 +95,11 @@ pub enum SyncRequest {
         have: Vec<(AuthorId, u64)>,
         after: Option<Cursor>,
     },
+    /// A light node's own new events, to be stored durably by a full node before the light
+    /// node acknowledges them (write-through). Answered with `Stored` after the commit.
+    Submit {
+        blocks: Vec<serde_bytes::ByteBuf>,
+    },
 }
 
 /// A replica's summary of what it holds.
@@ -105,6 +112,10 @@ pub struct Summary {
     /// The state hash over exactly these heads, when the sender's state is folded up to them
     /// (a rebuilding node compares it with its own to report that it is in sync).
     pub state_hash: Option<serde_bytes::ByteBuf>,
+    /// The sender is a light node: it keeps only the recent past and serves no blocks (a light
+    /// node sends its writes to peers whose summary says `false`).
+    #[serde(default)]
+    pub light: bool,
 }
 
 /// A page of raw event blocks; `next` continues a `Since` stream.
@@ -119,6 +130,11 @@ pub struct Blocks {
 pub enum SyncResponse {
     Summary(Summary),
     Blocks(Blocks),
+    /// The ids of a `Submit` this node now holds durably (indexed, or persisted while waiting
+    /// for parents); an id missing here was rejected.
+    Stored {
+        ids: Vec<EventId>,
+    },
     /// Not served: rate limited, malformed, or this node does not replicate the timeline.
     Refused {
         reason: String,
@@ -139,6 +155,10 @@ impl SyncRequest {
             SyncRequest::Range { from_sq, to_sq, .. } if from_sq > to_sq => {
                 Err(format!("empty range {from_sq}..={to_sq}"))
             }
+            SyncRequest::Submit { blocks } if blocks.len() > MAX_SUBMIT_BLOCKS => Err(format!(
+                "submit of {} blocks (max {MAX_SUBMIT_BLOCKS})",
+                blocks.len()
+            )),
             _ => Ok(()),
         }
     }
@@ -157,6 +177,7 @@ pub fn summarize<M: Machine>(tl: &Timeline<M>) -> Summary {
         events: tl.len() as u64,
         state_hash: (!tl.needs_catch_up())
             .then(|| serde_bytes::ByteBuf::from(tl.state_hash().to_vec())),
+        light: false,
     }
 }
 
@@ -232,6 +253,13 @@ pub fn serve<M: Machine>(
                 blocks: page.blocks,
                 next: None,
             });
+        }
+        // Storing needs the node's store and a commit: the node runtime answers it after
+        // ingesting the blocks, never this read-only function.
+        SyncRequest::Submit { .. } => {
+            return SyncResponse::Refused {
+                reason: "submit is answered by the node after its commit".into(),
+            };
         }
     }
     SyncResponse::Blocks(Blocks {
@@ -461,6 +489,11 @@ impl<P: Ord + Clone> Syncer<P> {
         if s.genesis != local.genesis() {
             self.peers.remove(p);
             out.push(Action::Disconnect(p.clone()));
+            return out;
+        }
+        if s.light {
+            // A light node serves no blocks: nothing to fetch from it. Its own events reach
+            // full nodes by gossip and by its write-through `Submit`.
             return out;
         }
         let vv = local.version_vector();

@@ -320,6 +320,10 @@ impl<M: Machine> Timeline<M> {
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
+    /// Whether `id` is held as pending (waiting for parents).
+    pub fn is_pending(&self, id: &EventId) -> bool {
+        self.pending.contains_key(id)
+    }
     /// Pending events, in id order.
     pub fn pending(&self) -> impl Iterator<Item = &SignedEvent> {
         self.pending.values()

@@ -78,6 +78,7 @@ fn drive(
                 }
             }
             SyncResponse::Refused { reason } => panic!("refused: {reason}"),
+            SyncResponse::Stored { .. } => panic!("Stored answers only a Submit"),
         }
     }
     (sent, max_pending)
@@ -246,4 +247,40 @@ fn oversized_wants_are_refused_by_the_server() {
         serve(&t, &NoBlocks, &SyncRequest::Want { ids }),
         SyncResponse::Refused { .. }
     ));
+}
+
+#[test]
+fn nothing_is_fetched_from_a_light_node_and_submits_are_bounded() {
+    let ks = keys(2);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let hist = testkit::history(&g, "counter/1", &ks, 50, 3, |_, _| {
+        (kind::STIMULUS, testkit::text("x"))
+    });
+    let ahead = timeline(&g, &hist);
+    let empty = timeline(&g, &[]);
+    let mut summary = chorus_core::sync::summarize(&ahead);
+    let mut s = Syncer::default();
+    let _ = s.peer_up(1u8, 0);
+    // The same summary from a full node starts a catch-up; from a light node, nothing.
+    summary.light = true;
+    assert!(s.on_summary(&1, &summary, &empty, 0).is_empty());
+    assert!(!s.catching_up());
+    summary.light = false;
+    let a = s.on_summary(&1, &summary, &empty, 0);
+    assert!(matches!(
+        a.as_slice(),
+        [Action::Send(1, SyncRequest::Since { .. })]
+    ));
+
+    // A Submit is refused by the read-only server (the node answers it after its commit) and
+    // refused outright beyond its bound.
+    let blocks = vec![serde_bytes::ByteBuf::from(hist[0].bytes().to_vec())];
+    assert!(matches!(
+        serve(&ahead, &NoBlocks, &SyncRequest::Submit { blocks }),
+        SyncResponse::Refused { .. }
+    ));
+    let many = SyncRequest::Submit {
+        blocks: vec![serde_bytes::ByteBuf::new(); chorus_core::sync::MAX_SUBMIT_BLOCKS + 1],
+    };
+    assert!(many.check().is_err());
 }

@@ -11,7 +11,7 @@
 //! request as a failed one, and anti-entropy repairs a dropped gossip publish.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -19,6 +19,7 @@ use chorus_core::{
     EventId, SignedEvent,
     event::EventError,
     sync::{self, Action, SyncRequest, SyncResponse, Syncer},
+    timeline::OrderKey,
 };
 use chorus_net::{GossipId, InboundId, NetCommand, NetEvent, Peer};
 use chorus_store::{Replica, verify::decode_parallel};
@@ -26,7 +27,10 @@ use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::describe::{Describe, event_json, state_json};
+use crate::{
+    describe::{Describe, event_json, state_json},
+    outbox::Outbox,
+};
 
 /// Messages the actor takes per turn (one group commit).
 pub const MAX_DRAIN: usize = 1_024;
@@ -101,8 +105,15 @@ pub struct Actor<M: Describe> {
     /// Events held by each peer at its last summary (for the sync lag).
     remote_events: BTreeMap<Peer, u64>,
     /// Peers whose last summary had our heads and our state_hash.
-    in_sync: std::collections::BTreeSet<Peer>,
+    in_sync: BTreeSet<Peer>,
     light: bool,
+    /// Peers whose last summary said they are full nodes (where a light node writes through).
+    full_peers: BTreeSet<Peer>,
+    /// Light nodes: own writes not yet stored by a full node.
+    outbox: Outbox,
+    /// Light nodes: the order key up to which blocks were forgotten, and how many.
+    horizon: Option<OrderKey>,
+    pruned_blocks: u64,
 }
 
 impl<M: Describe> Actor<M> {
@@ -125,6 +136,10 @@ impl<M: Describe> Actor<M> {
             remote_events: BTreeMap::new(),
             in_sync: Default::default(),
             light,
+            full_peers: BTreeSet::new(),
+            outbox: Outbox::default(),
+            horizon: None,
+            pruned_blocks: 0,
         }
     }
 
@@ -183,6 +198,8 @@ impl<M: Describe> Actor<M> {
         let mut blocks: Vec<(Vec<u8>, Source)> = vec![];
         let mut pages: Vec<(Peer, Option<sync::Cursor>, usize, usize)> = vec![];
         let mut requests: Vec<(Peer, InboundId, SyncRequest)> = vec![];
+        // Submits: who, the request to answer, the ids of its blocks.
+        let mut submits: Vec<(Peer, InboundId, Vec<EventId>)> = vec![];
         let mut appends = vec![];
         let mut queries = vec![];
         let mut tick = false;
@@ -206,6 +223,8 @@ impl<M: Describe> Actor<M> {
                     NetEvent::PeerDown(p) => {
                         tracing::info!(peer = %p, "peer disconnected");
                         self.syncer.peer_down(&p);
+                        self.full_peers.remove(&p);
+                        self.outbox.peer_down(&p);
                         self.in_sync.remove(&p);
                         self.remote_events.remove(&p);
                     }
@@ -213,9 +232,52 @@ impl<M: Describe> Actor<M> {
                         self.counters.gossip_received += 1;
                         blocks.push((block, Source::Gossip(id, from)));
                     }
+                    NetEvent::Request {
+                        peer,
+                        id,
+                        req: SyncRequest::Submit { blocks: submitted },
+                    } => match self.admit_submit(&peer, submitted.len()) {
+                        Ok(()) => {
+                            let ids = submitted.iter().map(|b| EventId::of_block(b)).collect();
+                            self.counters.blocks_received += submitted.len() as u64;
+                            blocks.extend(
+                                submitted
+                                    .into_iter()
+                                    .map(|b| (b.into_vec(), Source::Page(peer))),
+                            );
+                            submits.push((peer, id, ids));
+                        }
+                        Err(reason) => self.send(NetCommand::Respond {
+                            id,
+                            resp: SyncResponse::Refused { reason },
+                        }),
+                    },
                     NetEvent::Request { peer, id, req } => requests.push((peer, id, req)),
+                    NetEvent::Response {
+                        peer,
+                        req: SyncRequest::Submit { blocks: sent },
+                        resp,
+                    } => {
+                        let first = sent.first().map(|b| EventId::of_block(b));
+                        if let Some(first) = first {
+                            match resp {
+                                SyncResponse::Stored { ids } => {
+                                    self.outbox.on_stored(&peer, &first, &ids)
+                                }
+                                other => {
+                                    tracing::debug!(%peer, "submit not stored: {other:?}");
+                                    self.outbox.on_failed(&peer, &first);
+                                }
+                            }
+                        }
+                    }
                     NetEvent::Response { peer, req, resp } => match resp {
                         SyncResponse::Summary(s) => {
+                            if s.light {
+                                self.full_peers.remove(&peer);
+                            } else {
+                                self.full_peers.insert(peer);
+                            }
                             self.remote_events.insert(peer, s.events);
                             self.compare_state(&peer, &s);
                             let now = self.now();
@@ -242,15 +304,42 @@ impl<M: Describe> Actor<M> {
                             tracing::debug!(%peer, "request refused: {reason}");
                             self.syncer.request_failed(&peer, &req);
                         }
+                        SyncResponse::Stored { .. } => {
+                            tracing::debug!(%peer, "a Stored answer to a request that was no Submit");
+                            self.syncer.request_failed(&peer, &req);
+                        }
                     },
                     NetEvent::RequestFailed { peer, req, error } => {
                         tracing::debug!(%peer, "sync request failed: {error}");
-                        self.syncer.request_failed(&peer, &req);
+                        match &req {
+                            SyncRequest::Submit { blocks: sent } => {
+                                if let Some(b) = sent.first() {
+                                    self.outbox.on_failed(&peer, &EventId::of_block(b));
+                                }
+                            }
+                            _ => self.syncer.request_failed(&peer, &req),
+                        }
                     }
                 },
             }
         }
-        let new_at = self.ingest(blocks);
+        let (new_at, committed) = self.ingest(blocks);
+        for (peer, id, ids) in submits {
+            let resp = if committed {
+                let tl = self.replica.timeline();
+                let ids = ids
+                    .into_iter()
+                    .filter(|i| tl.contains(i) || tl.is_pending(i))
+                    .collect();
+                SyncResponse::Stored { ids }
+            } else {
+                SyncResponse::Refused {
+                    reason: "store failure; nothing of it was stored".into(),
+                }
+            };
+            tracing::debug!(%peer, "answered a submit");
+            self.send(NetCommand::Respond { id, resp });
+        }
         for (peer, next, start, end) in pages {
             let new = new_at[start..end].iter().filter(|n| **n).count() as u64;
             let now = self.now();
@@ -260,8 +349,7 @@ impl<M: Describe> Actor<M> {
             self.act(a);
         }
         for (items, reply) in appends {
-            let r = self.append(items);
-            let _ = reply.send(r);
+            self.append(items, reply);
         }
         for (peer, id, req) in requests {
             let resp = self.serve(&peer, &req);
@@ -275,6 +363,17 @@ impl<M: Describe> Actor<M> {
             let now = self.now();
             let a = self.syncer.tick(now);
             self.act(a);
+            if self.light {
+                self.prune();
+                self.outbox.expire(now);
+            }
+        }
+        for (peer, blocks) in self.outbox.dispatch(&self.full_peers) {
+            let blocks = blocks.into_iter().map(serde_bytes::ByteBuf::from).collect();
+            self.send(NetCommand::Request {
+                peer,
+                req: SyncRequest::Submit { blocks },
+            });
         }
         stop
     }
@@ -304,11 +403,11 @@ impl<M: Describe> Actor<M> {
     }
 
     /// Decodes, verifies and ingests the blocks of this turn in one commit; returns, per
-    /// block, whether it was new here.
-    fn ingest(&mut self, blocks: Vec<(Vec<u8>, Source)>) -> Vec<bool> {
+    /// block, whether it was new here, and whether the commit succeeded.
+    fn ingest(&mut self, blocks: Vec<(Vec<u8>, Source)>) -> (Vec<bool>, bool) {
         let mut new_at = vec![false; blocks.len()];
         if blocks.is_empty() {
-            return new_at;
+            return (new_at, true);
         }
         let now = self.now();
         // The decoder refuses oversize blocks on their length, before parsing.
@@ -357,7 +456,7 @@ impl<M: Describe> Actor<M> {
             Err(e) => {
                 // A store failure: nothing of this turn is acknowledged; peers resend it.
                 tracing::error!("ingest failed: {e}");
-                return new_at;
+                return (new_at, false);
             }
         }
         // Charge peers for invalid blocks; gossip verdicts.
@@ -389,20 +488,80 @@ impl<M: Describe> Actor<M> {
                 self.act(a);
             }
         }
-        new_at
+        (new_at, true)
     }
 
-    fn append(&mut self, items: Vec<(String, Ipld)>) -> Result<Vec<EventId>, String> {
-        let evs = self
-            .replica
-            .append_batch(items)
-            .map_err(|e| e.to_string())?;
+    /// A local write: durable here (full node) or on a full node (light node, through the
+    /// outbox) before `reply` gets the ids.
+    fn append(&mut self, items: Vec<(String, Ipld)>, reply: crate::outbox::Reply) {
+        if self.light {
+            // Bodies are bounded by the event size; the outbox checks the real bytes below.
+            if let Err(e) = self.outbox.admit(items.len(), 0) {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
+        let evs = match self.replica.append_batch(items) {
+            Ok(evs) => evs,
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                return;
+            }
+        };
         self.counters.appended += evs.len() as u64;
-        let ids = evs.iter().map(|e| e.id()).collect();
-        for e in evs {
+        let ids: Vec<EventId> = evs.iter().map(|e| e.id()).collect();
+        for e in &evs {
             self.send(NetCommand::Publish(e.bytes().to_vec()));
         }
-        Ok(ids)
+        if !self.light {
+            let _ = reply.send(Ok(ids));
+            return;
+        }
+        let blocks: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
+        let bytes = blocks.iter().map(Vec::len).sum();
+        if let Err(e) = self.outbox.admit(blocks.len(), bytes) {
+            // Applied and gossiped already; only the acknowledgment is refused.
+            let _ = reply.send(Err(format!(
+                "{e}; the events were gossiped but not acknowledged"
+            )));
+            return;
+        }
+        let now = self.now();
+        self.outbox.push(ids, blocks, reply, now);
+    }
+
+    /// Whether this node takes a `Submit` of `n` blocks from `peer`.
+    fn admit_submit(&mut self, peer: &Peer, n: usize) -> Result<(), String> {
+        if self.light {
+            return Err("light node: writes go to full nodes".into());
+        }
+        let now = self.now();
+        if !self.syncer.admit_request(peer, now) {
+            return Err("rate limited".into());
+        }
+        if n > sync::MAX_SUBMIT_BLOCKS {
+            return Err(format!(
+                "submit of {n} blocks (max {})",
+                sync::MAX_SUBMIT_BLOCKS
+            ));
+        }
+        Ok(())
+    }
+
+    /// Light nodes: forget the blocks behind the settled horizon.
+    fn prune(&mut self) {
+        match self.replica.prune() {
+            Ok((h, p)) => {
+                if p.blocks > 0 {
+                    tracing::debug!(blocks = p.blocks, "pruned behind the settled horizon");
+                }
+                self.pruned_blocks += p.blocks;
+                if h.is_some() {
+                    self.horizon = h;
+                }
+            }
+            Err(e) => tracing::error!("pruning failed: {e}"),
+        }
     }
 
     fn serve(&mut self, peer: &Peer, req: &SyncRequest) -> SyncResponse {
@@ -418,7 +577,11 @@ impl<M: Describe> Actor<M> {
             };
         }
         self.counters.requests_served += 1;
-        sync::serve(self.replica.timeline(), self.replica.store(), req)
+        let mut resp = sync::serve(self.replica.timeline(), self.replica.store(), req);
+        if let SyncResponse::Summary(s) = &mut resp {
+            s.light = self.light;
+        }
+        resp
     }
 
     /// Folds the state over what arrived since the last fold (see `Replica::set_deferred_fold`):
@@ -462,9 +625,12 @@ impl<M: Describe> Actor<M> {
             .skip(start)
             .take(limit.min(MAX_EVENTS_PER_PAGE))
         {
-            let ev = tl
-                .load(&id, self.replica.store())
-                .map_err(|e| e.to_string())?;
+            let ev = match tl.load(&id, self.replica.store()) {
+                Ok(ev) => ev,
+                // Behind a light node's horizon: forgotten here, full nodes have it.
+                Err(_) if self.light => continue,
+                Err(e) => return Err(e.to_string()),
+            };
             out.push(event_json(&self.replica, pos, &ev));
         }
         Ok(json!({ "events": out, "total": tl.len() }))
@@ -486,6 +652,15 @@ impl<M: Describe> Actor<M> {
             "author": self.replica.key().author().to_string(),
             "listen": self.listen,
             "light": self.light,
+            "light_node": self.light.then(|| json!({
+                "horizon_lc": self.horizon.map(|h| h.0),
+                "horizon": self.horizon.map(|h| h.1.to_string()),
+                "pruned_blocks": self.pruned_blocks,
+                "outbox": self.outbox.len(),
+                "stored_by_full_nodes": self.outbox.stored,
+                "unacknowledged_in_time": self.outbox.late,
+                "full_peers": self.full_peers.len(),
+            })),
             "timeline": tl.genesis_id().to_string(),
             "machine": tl.machine().id(),
             "events": tl.len(),

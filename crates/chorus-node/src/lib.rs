@@ -16,6 +16,7 @@
 pub mod actor;
 pub mod api;
 pub mod describe;
+pub mod outbox;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -37,7 +38,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Addr>,
     /// Where the local HTTP API listens (`None`: no API).
     pub api: Option<SocketAddr>,
-    /// Light node: not a replica (no provider record, serves no blocks).
+    /// Light node: not a replica (no provider record, serves no blocks, writes through full
+    /// nodes, prunes behind the settled horizon). Give it a `Replica::in_memory`.
     pub light: bool,
     /// Where to write the API's bound address while the node runs (removed at exit).
     pub api_addr_file: Option<std::path::PathBuf>,
@@ -194,6 +196,7 @@ pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEven
                         return Ok(ev);
                     }
                     SyncResponse::Refused { reason } => bail!("the peer refused: {reason}"),
+                    SyncResponse::Stored { .. } => bail!("the peer answered with Stored"),
                 },
                 NetEvent::RequestFailed { error, .. } => bail!("request failed: {error}"),
                 _ => {}

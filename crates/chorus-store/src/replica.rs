@@ -20,11 +20,11 @@ use chorus_core::{
     crypto::Keypair,
     event::kind,
     genesis::{Genesis, GenesisBody},
-    timeline::{BlockSource, Inserted, TimelineError},
+    timeline::{BlockSource, Inserted, OrderKey, TimelineError},
 };
 use ipld_core::ipld::Ipld;
 
-use crate::store::{Batch, Store, StoreError};
+use crate::store::{Batch, Pruned, Store, StoreError};
 
 pub const STORE_FILE: &str = "chorus.redb";
 pub const KEY_FILE: &str = "node.key";
@@ -208,6 +208,47 @@ impl<M: Machine> Replica<M> {
             key,
             deferred_fold: false,
         })
+    }
+
+    /// A light node's replica: the node key and the genesis come from `dir` (made by `chorus
+    /// join` or `init`), the timeline itself lives in memory ([`Store::create_in_memory`]) and is
+    /// caught up from full nodes. Nothing of it is written to `dir`.
+    pub fn in_memory(dir: &Path, machine: M) -> Result<Self, ReplicaError> {
+        let key = load_or_create_key(dir)?;
+        let genesis = Store::open(&dir.join(STORE_FILE))?.genesis()?;
+        let timeline = Timeline::new(genesis.clone(), machine)?;
+        let store = Store::create_in_memory(&genesis, timeline.machine().id())?;
+        Ok(Replica {
+            dir: dir.to_path_buf(),
+            store,
+            timeline,
+            key,
+            deferred_fold: false,
+        })
+    }
+
+    /// Where a light node may forget the past: the newest checkpoint inside the settled prefix
+    /// of the order (no member can add an event before it any more, so the state never has to
+    /// be rebuilt from further back). `None` while nothing with a checkpoint is settled.
+    pub fn light_horizon(&self) -> Option<OrderKey> {
+        let (id, lc) = self.timeline.frontier().last?;
+        let last: OrderKey = (lc, id);
+        if self.timeline.needs_catch_up() {
+            return None;
+        }
+        self.timeline
+            .checkpoint_keys()
+            .into_iter()
+            .rev()
+            .find(|k| *k <= last)
+    }
+
+    /// Light nodes: deletes the blocks and checkpoints behind [`light_horizon`](Self::light_horizon).
+    pub fn prune(&mut self) -> Result<(Option<OrderKey>, Pruned), ReplicaError> {
+        let Some(h) = self.light_horizon() else {
+            return Ok((None, Pruned::default()));
+        };
+        Ok((Some(h), self.store.prune_through(h)?))
     }
 
     /// Opens a replica: integrity check, then the state from the newest checkpoint (only the

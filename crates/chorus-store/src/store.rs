@@ -86,10 +86,27 @@ const LOAD_PAGE: usize = 8192;
 /// bounded while still caching the hot tail of the order.
 pub const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
+/// redb page cache of an in-memory store (light nodes): its pages are in memory already, so
+/// the cache only duplicates them.
+pub const MEMORY_STORE_CACHE_BYTES: usize = 1024 * 1024;
+
+/// Most blocks one [`Store::prune_through`] call deletes (one transaction; a light node prunes
+/// on its timer, so a long backlog is cleared over several ticks without a long stall).
+pub const MAX_PRUNE_PER_CALL: usize = 4_096;
+
 fn builder() -> redb::Builder {
     let mut b = Database::builder();
     b.set_cache_size(STORE_CACHE_BYTES);
     b
+}
+
+/// What [`Store::prune_through`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub blocks: u64,
+    pub checkpoints: u64,
+    /// More blocks are at or before the horizon (the per-call bound was hit).
+    pub more: bool,
 }
 
 impl Store {
@@ -99,6 +116,21 @@ impl Store {
             return Err(StoreError::AlreadyInitialised(path.display().to_string()));
         }
         let db = builder().create(path).map_err(dberr)?;
+        Self::create_in(db, genesis, machine)
+    }
+
+    /// A store held in memory only (light nodes: nothing of the timeline touches the disk, and
+    /// a restarted light node catches up from full nodes again).
+    pub fn create_in_memory(genesis: &SignedEvent, machine: &str) -> Result<Store, StoreError> {
+        let mut b = Database::builder();
+        b.set_cache_size(MEMORY_STORE_CACHE_BYTES);
+        let db = b
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(dberr)?;
+        Self::create_in(db, genesis, machine)
+    }
+
+    fn create_in(db: Database, genesis: &SignedEvent, machine: &str) -> Result<Store, StoreError> {
         let txn = db.begin_write().map_err(dberr)?;
         {
             let mut meta = txn.open_table(META).map_err(dberr)?;
@@ -251,6 +283,53 @@ impl Store {
         }
         txn.commit().map_err(dberr)?;
         Ok(())
+    }
+
+    /// Deletes the blocks ordered at or before `horizon` (never the genesis) with their index
+    /// rows, and the checkpoints before it; the checkpoint *at* `horizon` stays, so the state
+    /// can still be rebuilt from there with the blocks after it. Light nodes only: a full node
+    /// keeps everything. At most [`MAX_PRUNE_PER_CALL`] blocks per call.
+    pub fn prune_through(&self, horizon: OrderKey) -> Result<Pruned, StoreError> {
+        let end = order_key(horizon.0, &horizon.1.0);
+        let mut out = Pruned::default();
+        let txn = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut events = txn.open_table(EVENTS).map_err(dberr)?;
+            let mut doomed: Vec<(Vec<u8>, SignedEvent)> = vec![];
+            for item in events.range::<&[u8]>(..=end.as_slice()).map_err(dberr)? {
+                let (k, v) = item.map_err(dberr)?;
+                let ev =
+                    SignedEvent::decode_trusted(v.value()).map_err(|e| StoreError::Corrupt {
+                        block: split_order_key(k.value()).map(|(_, id)| EventId(id)),
+                        why: e.to_string(),
+                    })?;
+                if ev.id() == self.genesis {
+                    continue;
+                }
+                if doomed.len() == MAX_PRUNE_PER_CALL {
+                    out.more = true;
+                    break;
+                }
+                doomed.push((k.value().to_vec(), ev));
+            }
+            let mut ids = txn.open_table(IDS).map_err(dberr)?;
+            let mut authors = txn.open_multimap_table(AUTHORS).map_err(dberr)?;
+            for (k, ev) in &doomed {
+                let id = ev.id();
+                events.remove(k.as_slice()).map_err(dberr)?;
+                ids.remove(id.0.as_slice()).map_err(dberr)?;
+                authors
+                    .remove(author_key(&ev.author.0, ev.seq).as_slice(), id.0.as_slice())
+                    .map_err(dberr)?;
+            }
+            out.blocks = doomed.len() as u64;
+            let mut cks = txn.open_table(CHECKPOINTS).map_err(dberr)?;
+            let before = cks.len().map_err(dberr)?;
+            cks.retain(|k, _| k >= end.as_slice()).map_err(dberr)?;
+            out.checkpoints = before - cks.len().map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)?;
+        Ok(out)
     }
 
     /// The genesis block.

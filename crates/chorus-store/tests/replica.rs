@@ -249,3 +249,65 @@ fn deep_rewind_reads_an_evicted_checkpoint_from_the_store() {
     assert_eq!(c.timeline().len(), a.timeline().len());
     assert_eq!(c.timeline().state_hash(), a.timeline().state_hash());
 }
+
+#[test]
+fn light_replica_lives_in_memory_and_forgets_blocks_behind_the_settled_horizon() {
+    let full_dir = tempfile::tempdir().unwrap();
+    let mut full = init(full_dir.path(), 16);
+    let light_dir = tempfile::tempdir().unwrap();
+    let genesis = full.store().genesis().unwrap();
+    drop(Replica::create_from_genesis(light_dir.path(), genesis, KairosMachine).unwrap());
+    let mut light = Replica::in_memory(light_dir.path(), KairosMachine).unwrap();
+    light.set_deferred_fold(true);
+
+    let mut sent = 0;
+    let mut round = |full: &mut Replica<KairosMachine>, light: &mut Replica<KairosMachine>| {
+        let items = (0..100)
+            .map(|j| {
+                (
+                    kind::STIMULUS.to_string(),
+                    testkit::text(&format!("round event {j} the gate speaks")),
+                )
+            })
+            .collect();
+        full.append_batch(items).unwrap();
+        let order: Vec<_> = full.timeline().order().skip(sent + 1).collect();
+        sent += order.len();
+        let evs = order
+            .iter()
+            .map(|id| full.timeline().load(id, full.store()).unwrap())
+            .collect();
+        let rep = light.ingest(evs).unwrap();
+        assert_eq!(rep.rejected_total(), 0);
+        light.fold().unwrap();
+        light.prune().unwrap()
+    };
+    let (h1, p1) = round(&mut full, &mut light);
+    let h1 = h1.expect("a single-member timeline settles at once");
+    assert!(p1.blocks >= 90, "{p1:?}");
+    assert_eq!(light.timeline().state_hash(), full.timeline().state_hash());
+    // Behind the horizon the stored blocks are gone (the genesis stays); after it they are
+    // held. (The timeline's small cache of recently seen blocks is not the store.)
+    use chorus_core::timeline::BlockSource;
+    let order: Vec<_> = full.timeline().order().collect();
+    assert!(light.store().get_block(&order[5]).is_none());
+    assert!(light.store().get_block(&order[0]).is_some());
+    assert!(light.store().get_block(order.last().unwrap()).is_some());
+    let cks = light.store().checkpoints().unwrap();
+    assert_eq!(
+        cks.first().map(|c| c.0),
+        Some(h1),
+        "older checkpoints are gone"
+    );
+
+    // It keeps following the timeline after pruning, state for state.
+    let (h2, _) = round(&mut full, &mut light);
+    assert!(h2.unwrap() > h1);
+    assert_eq!(light.timeline().len(), full.timeline().len());
+    assert_eq!(light.timeline().state_hash(), full.timeline().state_hash());
+
+    // Nothing of it reached the disk: the light dir's store holds the genesis only.
+    drop(light);
+    let on_disk = Store::open(&light_dir.path().join(STORE_FILE)).unwrap();
+    assert_eq!(on_disk.integrity_check().unwrap().events, 1);
+}
