@@ -320,6 +320,7 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
             next_inbound: 0,
             outbound: HashMap::new(),
             providing: false,
+            bootstrap: cfg.bootstrap.clone(),
         }
         .run(cmd_rx),
     );
@@ -346,6 +347,9 @@ struct Driver {
     next_inbound: u64,
     outbound: HashMap<OutboundRequestId, (PeerId, SyncRequest)>,
     providing: bool,
+    /// Dialled again whenever the node has no peer at all (every peer restarted or was
+    /// unreachable for a while): the only addresses known without a routing table.
+    bootstrap: Vec<Multiaddr>,
 }
 
 impl Driver {
@@ -380,6 +384,11 @@ impl Driver {
             return;
         };
         if self.swarm.connected_peers().next().is_none() {
+            for addr in self.bootstrap.clone() {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::debug!(%addr, "redialling bootstrap address: {e}");
+                }
+            }
             return;
         }
         if self.replica && !self.providing {
