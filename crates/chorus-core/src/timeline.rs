@@ -701,6 +701,14 @@ impl<M: Machine> Timeline<M> {
         if self.applied_key.is_some_and(|a| key <= a) {
             self.rewind_from = Some(self.rewind_from.map_or(key, |r| r.min(key)));
         }
+        // Checkpoints at or after `key` are stale from this moment, not from the next fold:
+        // the change goes into the checkpoint log now, so the store commits it together with
+        // the event that made them stale. (With the fold deferred, a crash between that commit
+        // and the fold would otherwise leave a stale checkpoint for the next open to trust.)
+        let stale = self.checkpoints.split_off(&key);
+        if !stale.is_empty() {
+            self.checkpoint_log.push(CheckpointChange::DropFrom { key });
+        }
     }
 
     fn excluded(&self, idx: u32) -> bool {

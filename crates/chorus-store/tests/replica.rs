@@ -311,3 +311,74 @@ fn light_replica_lives_in_memory_and_forgets_blocks_behind_the_settled_horizon()
     let on_disk = Store::open(&light_dir.path().join(STORE_FILE)).unwrap();
     assert_eq!(on_disk.integrity_check().unwrap().events, 1);
 }
+
+/// A late event that sorts before stored checkpoints, ingested with the fold deferred (as the
+/// node does), then the process dies before the fold: on reopen those checkpoints must not be
+/// trusted. The invalidation is committed with the event itself. (Found by the SIGKILL mesh
+/// test: a restarted node had the same events and heads as its peers but another state_hash.)
+#[test]
+fn checkpoints_behind_a_late_event_are_invalidated_in_the_same_commit() {
+    use chorus_core::membership::{MemberOp, Role};
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let mut a = init(a_dir.path(), 16);
+    let genesis = a.store().genesis().unwrap();
+    let mut b = Replica::create_from_genesis(b_dir.path(), genesis, KairosMachine).unwrap();
+    let add = a
+        .append(
+            kind::MEMBER,
+            MemberOp::Add(b.key().author(), Role::Writer).to_body(),
+        )
+        .unwrap();
+    b.ingest(vec![add]).unwrap();
+    // B writes early (low lc) but A only hears of it much later.
+    let late = b
+        .append(kind::STIMULUS, testkit::text("an early word from b"))
+        .unwrap();
+    for i in 0..5 {
+        let items = (0..20)
+            .map(|j| {
+                (
+                    kind::STIMULUS.to_string(),
+                    testkit::text(&format!("a speaks {i} {j}")),
+                )
+            })
+            .collect();
+        a.append_batch(items).unwrap();
+    }
+    assert!(a.store().checkpoints().unwrap().len() >= 5);
+    // The node's mode: ingest commits, the fold waits for the next tick — which never comes.
+    a.set_deferred_fold(true);
+    let report = a.ingest(vec![late]).unwrap();
+    assert_eq!(report.new, 1);
+    drop(a);
+
+    // The truth: everything, folded from scratch.
+    let evs: Vec<_> = {
+        let a = Replica::open(a_dir.path(), KairosMachine).unwrap();
+        let order: Vec<_> = a.timeline().order().skip(1).collect();
+        order
+            .iter()
+            .map(|id| a.timeline().load(id, a.store()).unwrap())
+            .collect()
+    };
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let mut fresh = Replica::create_from_genesis(
+        fresh_dir.path(),
+        b.store().genesis().unwrap(),
+        KairosMachine,
+    )
+    .unwrap();
+    fresh.ingest(evs).unwrap();
+    let reopened = Replica::open(a_dir.path(), KairosMachine).unwrap();
+    assert_eq!(reopened.timeline().len(), fresh.timeline().len());
+    assert_eq!(
+        hex(reopened.timeline().state_hash()),
+        hex(fresh.timeline().state_hash()),
+        "a reopened replica trusted a checkpoint the late event made stale"
+    );
+}
+
+fn hex(b: [u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
