@@ -198,9 +198,21 @@ impl<M: Machine> Replica<M> {
         genesis: SignedEvent,
         machine: M,
     ) -> Result<Self, ReplicaError> {
+        Self::fresh(dir, genesis, machine, |g, m| {
+            Store::create(&dir.join(STORE_FILE), g, m)
+        })
+    }
+
+    /// A replica holding only `genesis`, its key from `dir`, its store made by `create`.
+    fn fresh(
+        dir: &Path,
+        genesis: SignedEvent,
+        machine: M,
+        create: impl FnOnce(&SignedEvent, &str) -> Result<Store, StoreError>,
+    ) -> Result<Self, ReplicaError> {
         let key = load_or_create_key(dir)?;
         let timeline = Timeline::new(genesis.clone(), machine)?;
-        let store = Store::create(&dir.join(STORE_FILE), &genesis, timeline.machine().id())?;
+        let store = create(&genesis, timeline.machine().id())?;
         Ok(Replica {
             dir: dir.to_path_buf(),
             store,
@@ -214,17 +226,8 @@ impl<M: Machine> Replica<M> {
     /// join` or `init`), the timeline itself lives in memory ([`Store::create_in_memory`]) and is
     /// caught up from full nodes. Nothing of it is written to `dir`.
     pub fn in_memory(dir: &Path, machine: M) -> Result<Self, ReplicaError> {
-        let key = load_or_create_key(dir)?;
         let genesis = Store::open(&dir.join(STORE_FILE))?.genesis()?;
-        let timeline = Timeline::new(genesis.clone(), machine)?;
-        let store = Store::create_in_memory(&genesis, timeline.machine().id())?;
-        Ok(Replica {
-            dir: dir.to_path_buf(),
-            store,
-            timeline,
-            key,
-            deferred_fold: false,
-        })
+        Self::fresh(dir, genesis, machine, Store::create_in_memory)
     }
 
     /// Where a light node may forget the past: the newest checkpoint inside the settled prefix

@@ -288,26 +288,26 @@ fn wait_until(api: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Res
     }
 }
 
-fn catchup(events: usize, machine: &str) -> Result<()> {
-    let root = tempfile::tempdir()?;
-    let dirs = timeline(root.path(), 1, machine)?;
-    eprintln!("writing {events} events …");
+/// Appends `n` events with `text` (`{i}` numbered) to the timeline in `dir`, 1 000 per commit,
+/// through `chorus append` (no node running).
+fn write_events(dir: &Path, n: usize, text: &str) -> Result<()> {
+    eprintln!("writing {n} events …");
     let out = Command::new(chorus_bin()?)
         .arg("--data-dir")
-        .arg(&dirs[0])
-        .args([
-            "append",
-            "--count",
-            &events.to_string(),
-            "--batch",
-            "1000",
-            "event {i}",
-        ])
+        .arg(dir)
+        .args(["append", "--count", &n.to_string(), "--batch", "1000", text])
         .stdout(Stdio::null())
         .status()?;
     if !out.success() {
         bail!("append failed");
     }
+    Ok(())
+}
+
+fn catchup(events: usize, machine: &str) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), 1, machine)?;
+    write_events(&dirs[0], events, "event {i}")?;
     let src = Node::start(&dirs[0], "127.0.1.50", None)?;
     let a = agent();
     let s = get(&a, &src.api, "/v1/status").context("status")?;
@@ -337,31 +337,18 @@ fn catchup(events: usize, machine: &str) -> Result<()> {
     Ok(())
 }
 
-/// A light node (`--light`) catches up with a full node holding `events` KAIROS stimuli of 10
+/// A light node (`--light`) catches up with a full node holding `events` KAIROS stimuli of 12
 /// tokens, then idles 10 s; peak and final RSS. `runner` runs the light node's binary (e.g.
 /// `qemu-arm -cpu arm1176 dist/arm-unknown-linux-musleabihf/chorus`, measured with the
 /// emulator's own memory included); empty = the native `chorus` beside this binary.
 fn light(events: usize, runner: &[String]) -> Result<()> {
     let root = tempfile::tempdir()?;
     let dirs = timeline(root.path(), 1, "kairos")?;
-    eprintln!("writing {events} events …");
-    let text = "stimulus {i} the traveller asks the gate keeper for the old road";
-    let out = Command::new(chorus_bin()?)
-        .arg("--data-dir")
-        .arg(&dirs[0])
-        .args([
-            "append",
-            "--count",
-            &events.to_string(),
-            "--batch",
-            "1000",
-            text,
-        ])
-        .stdout(Stdio::null())
-        .status()?;
-    if !out.success() {
-        bail!("append failed");
-    }
+    write_events(
+        &dirs[0],
+        events,
+        "stimulus {i} the traveller asks the gate keeper for the old road",
+    )?;
     let src = Node::start(&dirs[0], "127.0.1.60", None)?;
     let s = get(&agent(), &src.api, "/v1/status").context("status")?;
     let total = s["events"].as_u64().unwrap();
