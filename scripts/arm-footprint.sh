@@ -12,8 +12,6 @@ events=${1:-10000}
 t=arm-unknown-linux-musleabihf
 source scripts/cross-env.sh
 cross_setup "$t"
-export CC_arm_unknown_linux_musleabihf="$PWD/scripts/zig-cc-armv6"
-export AR_arm_unknown_linux_musleabihf="$PWD/scripts/zig-ar"
 cross_cargo "$t" build --release -p chorus-cli -p chorus-bench
 cargo build --release -p chorus-cli -p chorus-bench
 mkdir -p "dist/$t"

@@ -15,13 +15,6 @@ targets=("$@")
 source scripts/cross-env.sh
 cross_setup "${targets[@]}"
 
-# C code in the tree (ring, under libp2p's Noise) must be compiled for the same core: Debian's
-# arm-linux-gnueabihf-gcc defaults to ARMv7 + Thumb-2, which a Pi Zero cannot execute.
-export CFLAGS_arm_unknown_linux_gnueabihf="-march=armv6+fp -mfpu=vfp -mfloat-abi=hard -marm"
-export CC_arm_unknown_linux_musleabihf="$PWD/scripts/zig-cc-armv6"
-export AR_arm_unknown_linux_musleabihf="$PWD/scripts/zig-ar"
-export CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
-
 for t in "${targets[@]}"; do
   echo "== chorus for $t =="
   cross_cargo "$t" build --release -p chorus-cli

@@ -235,9 +235,12 @@ impl<M: Describe> Actor<M> {
                     NetEvent::Request {
                         peer,
                         id,
-                        req: SyncRequest::Submit { blocks: submitted },
-                    } => match self.admit_submit(&peer, submitted.len()) {
+                        req: req @ SyncRequest::Submit { .. },
+                    } => match self.admit_submit(&peer, &req) {
                         Ok(()) => {
+                            let SyncRequest::Submit { blocks: submitted } = req else {
+                                unreachable!("matched as a Submit above")
+                            };
                             let ids = submitted.iter().map(|b| EventId::of_block(b)).collect();
                             self.counters.blocks_received += submitted.len() as u64;
                             blocks.extend(
@@ -530,8 +533,8 @@ impl<M: Describe> Actor<M> {
         self.outbox.push(ids, blocks, reply, now);
     }
 
-    /// Whether this node takes a `Submit` of `n` blocks from `peer`.
-    fn admit_submit(&mut self, peer: &Peer, n: usize) -> Result<(), String> {
+    /// Whether this node takes this `Submit` from `peer` (full node, rate, structural bounds).
+    fn admit_submit(&mut self, peer: &Peer, req: &SyncRequest) -> Result<(), String> {
         if self.light {
             return Err("light node: writes go to full nodes".into());
         }
@@ -539,13 +542,7 @@ impl<M: Describe> Actor<M> {
         if !self.syncer.admit_request(peer, now) {
             return Err("rate limited".into());
         }
-        if n > sync::MAX_SUBMIT_BLOCKS {
-            return Err(format!(
-                "submit of {n} blocks (max {})",
-                sync::MAX_SUBMIT_BLOCKS
-            ));
-        }
-        Ok(())
+        req.check()
     }
 
     /// Light nodes: forget the blocks behind the settled horizon.
