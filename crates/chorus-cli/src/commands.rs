@@ -45,6 +45,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Join { multiaddr } => crate::mesh::join(dir, &multiaddr),
         Command::Status { api, json } => crate::mesh::status(dir, api, json),
         Command::Swarm(a) => crate::mesh::swarm(a),
+        Command::Sim { cmd } => crate::sim::run(cmd),
         Command::Append(a) if a.api.is_some() || crate::http::running_api(dir).is_some() => {
             append_remote(dir, a)
         }
@@ -111,7 +112,8 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
         | Command::Node(_)
         | Command::Join { .. }
         | Command::Status { .. }
-        | Command::Swarm(_) => unreachable!("dispatched in run"),
+        | Command::Swarm(_)
+        | Command::Sim { .. } => unreachable!("dispatched in run"),
     }
 }
 

@@ -4,6 +4,7 @@ mod commands;
 mod http;
 mod mesh;
 mod progress;
+mod sim;
 
 use std::path::PathBuf;
 
@@ -70,6 +71,11 @@ enum Command {
     },
     /// Start N node processes on 127.0.0.1, drive a scripted workload, show convergence.
     Swarm(SwarmArgs),
+    /// Deterministic simulation of a mesh under faults, judged by the oracle (chorus-sim).
+    Sim {
+        #[command(subcommand)]
+        cmd: sim::SimCmd,
+    },
 }
 
 #[derive(Args)]

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{netns::*, *};
 
 const SUBNET: &str = "10.231.0";
 const NODES: usize = 5;
@@ -25,150 +25,20 @@ const NODES: usize = 5;
 const SIDE_A: usize = 2;
 const PARTITION: Duration = Duration::from_secs(30);
 
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-fn ip_of(i: usize) -> String {
-    format!("{SUBNET}.{}", 10 + i)
-}
-
-/// Namespaces made by this test; deleted on drop.
-struct Namespaces {
-    prefix: String,
-}
-
-impl Namespaces {
-    fn hub(&self) -> String {
-        format!("{}h", self.prefix)
-    }
-    fn node(&self, i: usize) -> String {
-        format!("{}n{i}", self.prefix)
-    }
-    fn create(prefix: String) -> Result<Namespaces, String> {
-        let ns = Namespaces { prefix };
-        let hub = ns.hub();
-        sh(&["ip", "netns", "add", &hub])?;
-        sh(&["ip", "-n", &hub, "link", "set", "lo", "up"])?;
-        sh(&["ip", "-n", &hub, "link", "add", "br0", "type", "bridge"])?;
-        sh(&[
-            "ip",
-            "-n",
-            &hub,
-            "addr",
-            "add",
-            &format!("{SUBNET}.1/24"),
-            "dev",
-            "br0",
-        ])?;
-        sh(&["ip", "-n", &hub, "link", "set", "br0", "up"])?;
-        for i in 0..NODES {
-            let n = ns.node(i);
-            let port = format!("v{i}");
-            sh(&["ip", "netns", "add", &n])?;
-            sh(&["ip", "-n", &n, "link", "set", "lo", "up"])?;
-            sh(&[
-                "ip", "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", &n,
-            ])?;
-            sh(&["ip", "-n", &hub, "link", "set", &port, "master", "br0"])?;
-            sh(&["ip", "-n", &hub, "link", "set", &port, "up"])?;
-            sh(&[
-                "ip",
-                "-n",
-                &n,
-                "addr",
-                "add",
-                &format!("{}/24", ip_of(i)),
-                "dev",
-                "eth0",
-            ])?;
-            sh(&["ip", "-n", &n, "link", "set", "eth0", "up"])?;
-        }
-        Ok(ns)
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for i in 0..NODES {
-            let _ = sh(&["ip", "netns", "del", &self.node(i)]);
-        }
-        let _ = sh(&["ip", "netns", "del", &self.hub()]);
-    }
-}
-
 #[test]
 fn partition_two_three_then_heal() {
-    let missing = if !nix_root() {
-        Some("not root")
-    } else if sh(&["ip", "netns", "list"]).is_err() {
-        Some("no `ip netns`")
-    } else if sh(&["nft", "--version"]).is_err() {
-        Some("no `nft`")
-    } else {
-        None
-    };
-    if let Some(why) = missing {
-        assert!(
-            std::env::var_os("CHORUS_REQUIRE_NETNS").is_none(),
-            "partition test required but cannot run: {why}"
-        );
-        eprintln!("SKIPPED: partition test needs root, iproute2 and nftables ({why})");
+    if missing(&[&["ip", "netns", "list"], &["nft", "--version"]]).is_some() {
         return;
     }
     let prefix = format!("chp{}", std::process::id());
-    let ns = Namespaces::create(prefix.clone()).expect("create the test's namespaces");
-    let status = Command::new("ip")
-        .args(["netns", "exec", &ns.hub()])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "partition_inside_the_hub",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("CHORUS_PARTITION_NS", &prefix)
-        .status()
-        .unwrap();
+    let ns = Namespaces::create(prefix, SUBNET, NODES).expect("create the test's namespaces");
+    let ok = ns.run_inside_hub("partition_inside_the_hub", "CHORUS_PARTITION_NS");
     drop(ns);
-    assert!(
-        status.success(),
-        "the partition scenario failed (output above)"
-    );
+    assert!(ok, "the partition scenario failed (output above)");
 }
 
-fn nix_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn nft_in(ns: &str, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft in {ns}: {script}");
+fn ip_of(i: usize) -> String {
+    ip_in(SUBNET, i)
 }
 
 /// The scenario, run by `partition_two_three_then_heal` inside the hub namespace.

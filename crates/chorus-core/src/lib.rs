@@ -29,6 +29,8 @@ pub mod archive;
 pub mod codec;
 pub mod crypto;
 pub mod event;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod genesis;
 mod id_index;
 pub mod ids;

@@ -59,8 +59,16 @@ pub const MAX_SYNC_MESSAGE_BYTES: usize =
 pub const ANTI_ENTROPY_INTERVAL_MS: u64 = 1_000;
 /// After this long a `Want` for an id may be sent again (to another peer if need be).
 pub const WANT_TIMEOUT_MS: u64 = 5_000;
+/// A request with no answer for this long has failed (the transport's request timeout; the
+/// simulator applies the same one). It must exceed the slowest link's round trip: a Pi Zero
+/// behind a 45 s RTT link never caught up after an outage with the earlier 30 s, because every
+/// request it made timed out before its answer could arrive (found by `chorus sim run
+/// --scenario disparity`).
+pub const REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// A catch-up stream with no response for this long is abandoned (another peer may serve).
-pub const CATCH_UP_STALL_MS: u64 = 20_000;
+/// Longer than [`REQUEST_TIMEOUT_MS`], so a slow but live peer is never abandoned mid-page;
+/// a dead one fails the request first.
+pub const CATCH_UP_STALL_MS: u64 = REQUEST_TIMEOUT_MS + 10_000;
 /// Most requests in flight to one peer.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 4;
 /// Invalid blocks a peer may send before it is banned.
@@ -334,6 +342,11 @@ struct PeerState {
     tokens_at: u64,
     /// When a `Since` stream from this peer last ended without bringing anything new.
     idle_stream_at: Option<u64>,
+    /// The highest contiguous sequence number of *our own* chain in this peer's last summary
+    /// (see [`Syncer::own_chain_confirmed`]); `None` until it answers one.
+    own_sq: Option<u64>,
+    /// The peer said it is a light node (its version vector is not a replica's).
+    light: bool,
 }
 
 #[derive(Debug)]
@@ -363,6 +376,8 @@ pub struct Syncer<P: Ord + Clone> {
     next_round: u64,
     round_robin: usize,
     stats: SyncStats,
+    /// This replica's author, when it writes (for [`Syncer::own_chain_confirmed`]).
+    me: Option<AuthorId>,
 }
 
 impl<P: Ord + Clone> Default for Syncer<P> {
@@ -374,6 +389,7 @@ impl<P: Ord + Clone> Default for Syncer<P> {
             next_round: 0,
             round_robin: 0,
             stats: SyncStats::default(),
+            me: None,
         }
     }
 }
@@ -421,6 +437,39 @@ impl<P: Ord + Clone> Syncer<P> {
             _ => {}
         }
         out.push(Action::Send(p.clone(), req));
+    }
+
+    /// Track how far peers have seen `me`'s own chain (a writer calls this once).
+    pub fn watch_own_chain(&mut self, me: AuthorId) {
+        self.me = Some(me);
+    }
+
+    /// Whether this replica holds all of its own chain that its peers know of: a strict
+    /// majority of the connected full peers has answered a summary, and none of those knows a
+    /// higher sequence number of ours than we hold. Returns our highest sequence number then.
+    ///
+    /// A replica whose store holds none of its own events (wiped, restored from nothing, or a
+    /// light node, which keeps its timeline in memory) must not write before this holds: its
+    /// next event would reuse a sequence number it already signed, which is an equivocation,
+    /// and every event of ours from there on would be excluded from the state for good.
+    ///
+    /// A majority, not all: one peer behind a 45 s link must not hold a fast node's writes
+    /// (the simulator's `disparity` scenario caught that); and not just the first answer,
+    /// which may come from another wiped peer that knows nothing of us.
+    pub fn own_chain_confirmed(&self, local: &dyn LocalView) -> Option<u64> {
+        let me = self.me?;
+        let full: Vec<&PeerState> = self
+            .peers
+            .values()
+            .filter(|s| s.banned_until.is_none() && !s.light)
+            .collect();
+        let answered: Vec<u64> = full.iter().filter_map(|s| s.own_sq).collect();
+        if answered.is_empty() || 2 * answered.len() <= full.len() {
+            return None;
+        }
+        let highest = answered.into_iter().max().unwrap_or(0);
+        let mine = local.version_vector().get(&me).copied().unwrap_or(0);
+        (mine >= highest).then_some(mine)
     }
 
     /// A connection to `p` is up: ask for its summary.
@@ -490,6 +539,13 @@ impl<P: Ord + Clone> Syncer<P> {
             self.peers.remove(p);
             out.push(Action::Disconnect(p.clone()));
             return out;
+        }
+        if let Some(st) = self.peers.get_mut(p) {
+            st.light = s.light;
+            if let Some(me) = self.me {
+                let sq = s.version_vector.iter().find(|(a, _)| *a == me);
+                st.own_sq = Some(sq.map_or(0, |(_, sq)| *sq));
+            }
         }
         if s.light {
             // A light node serves no blocks: nothing to fetch from it. Its own events reach

@@ -284,3 +284,63 @@ fn nothing_is_fetched_from_a_light_node_and_submits_are_bounded() {
     };
     assert!(many.check().is_err());
 }
+
+#[test]
+fn a_wiped_writer_may_write_only_once_its_full_peers_confirm_its_own_chain() {
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
+    let hist = testkit::history(&g, "counter/1", &ks, 200, 3, |_, _| {
+        (kind::STIMULUS, testkit::text("x"))
+    });
+    let me = ks[1].author();
+    let full = timeline(&g, &hist);
+    let theirs = full.version_vector()[&me];
+    assert!(theirs > 0);
+    let blank = timeline(&g, &[]);
+    let mut wiped = timeline(&g, &[]);
+    let mut s: Syncer<u8> = Syncer::default();
+    s.watch_own_chain(me);
+    assert_eq!(s.own_chain_confirmed(&wiped), None, "no peer heard yet");
+    // Two peers: one wiped as well (it knows nothing of us), one that holds our chain.
+    s.peer_up(1, 0);
+    s.peer_up(2, 0);
+    let empty_summary = match serve(&blank, &NoBlocks, &SyncRequest::Summary) {
+        SyncResponse::Summary(x) => x,
+        other => panic!("{other:?}"),
+    };
+    let _ = s.on_summary(&1, &empty_summary, &wiped, 0);
+    assert_eq!(
+        s.own_chain_confirmed(&wiped),
+        None,
+        "one blank peer of two is no majority"
+    );
+    let full_summary = match serve(&full, &NoBlocks, &SyncRequest::Summary) {
+        SyncResponse::Summary(x) => x,
+        other => panic!("{other:?}"),
+    };
+    let _ = s.on_summary(&2, &full_summary, &wiped, 0);
+    assert_eq!(
+        s.own_chain_confirmed(&wiped),
+        None,
+        "peer 2 knows more of our chain"
+    );
+    let store = blocks_of(&hist);
+    for r in wiped.insert_batch(hist.iter().cloned(), &store).unwrap() {
+        r.unwrap();
+    }
+    assert_eq!(s.own_chain_confirmed(&wiped), Some(theirs));
+    // A majority is enough: a third peer that has not answered yet (a slow link) holds
+    // nothing up; with two of four answered it would.
+    s.peer_up(4, 0);
+    assert_eq!(s.own_chain_confirmed(&wiped), Some(theirs));
+    s.peer_up(5, 0);
+    assert_eq!(s.own_chain_confirmed(&wiped), None);
+    // A light peer's summary does not count either way.
+    let mut light = empty_summary.clone();
+    light.light = true;
+    let mut t: Syncer<u8> = Syncer::default();
+    t.watch_own_chain(me);
+    t.peer_up(3, 0);
+    let _ = t.on_summary(&3, &light, &blank, 0);
+    assert_eq!(t.own_chain_confirmed(&blank), None);
+}

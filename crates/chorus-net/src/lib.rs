@@ -43,7 +43,7 @@ pub const NET_EVENT_QUEUE: usize = 4_096;
 /// gossipsub before they reach us.
 pub const MAX_GOSSIP_BYTES: usize = MAX_EVENT_BYTES + 1_024;
 /// A sync request without an answer after this long fails.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(chorus_core::sync::REQUEST_TIMEOUT_MS);
 /// Concurrent request streams per connection.
 pub const MAX_CONCURRENT_STREAMS: usize = 64;
 /// How often to look for other replicas through Kademlia while below [`TARGET_PEERS`]…

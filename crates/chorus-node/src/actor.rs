@@ -42,6 +42,11 @@ pub const MAX_APPEND_PER_REQUEST: usize = 1_000;
 pub const MAX_EVENTS_PER_PAGE: usize = 1_000;
 /// How often the actor runs the sync timers and folds the state.
 pub const TICK: Duration = Duration::from_millis(200);
+/// Local writes held while this node waits for its peers to confirm its own chain (see
+/// `Syncer::own_chain_confirmed`); more are refused at once.
+pub const MAX_GATED_WRITES: usize = 64;
+/// A held write fails with a clear error after this long.
+pub const WRITE_GATE_TIMEOUT_MS: u64 = 15_000;
 
 /// A request from the HTTP API.
 pub enum ApiRequest {
@@ -94,6 +99,9 @@ struct Counters {
     appended: u64,
 }
 
+/// A local write held by the write gate: its items, who to answer, since when (ms).
+type HeldWrite = (Vec<(String, Ipld)>, crate::outbox::Reply, u64);
+
 pub struct Actor<M: Describe> {
     replica: Replica<M>,
     syncer: Syncer<Peer>,
@@ -114,6 +122,11 @@ pub struct Actor<M: Describe> {
     /// Light nodes: the order key up to which blocks were forgotten, and how many.
     horizon: Option<OrderKey>,
     pruned_blocks: u64,
+    /// False while this node's store holds none of its own events and no full peer has yet
+    /// confirmed that it holds its whole own chain: writing then could reuse a sequence
+    /// number (an equivocation that excludes all its later events). Writes wait in `gated`.
+    writes_open: bool,
+    gated: Vec<HeldWrite>,
 }
 
 impl<M: Describe> Actor<M> {
@@ -125,9 +138,19 @@ impl<M: Describe> Actor<M> {
     ) -> Self {
         let mut replica = replica;
         replica.set_deferred_fold(true);
+        let me = replica.key().author();
+        let mut syncer = Syncer::default();
+        syncer.watch_own_chain(me);
+        // Own events in a durable store: every one we signed is there (appends are
+        // acknowledged only after their commit), so the next sequence number is known.
+        let writes_open = replica
+            .timeline()
+            .version_vector()
+            .get(&me)
+            .is_some_and(|&sq| sq > 0);
         Actor {
             replica,
-            syncer: Syncer::default(),
+            syncer,
             net,
             started: Instant::now(),
             peer_id,
@@ -140,6 +163,8 @@ impl<M: Describe> Actor<M> {
             outbox: Outbox::default(),
             horizon: None,
             pruned_blocks: 0,
+            writes_open,
+            gated: vec![],
         }
     }
 
@@ -351,6 +376,7 @@ impl<M: Describe> Actor<M> {
                 .on_page(&peer, next, new, self.replica.timeline(), now);
             self.act(a);
         }
+        self.open_writes_if_confirmed();
         for (items, reply) in appends {
             self.append(items, reply);
         }
@@ -370,6 +396,7 @@ impl<M: Describe> Actor<M> {
                 self.prune();
                 self.outbox.expire(now);
             }
+            self.expire_gated(now);
         }
         for (peer, blocks) in self.outbox.dispatch(&self.full_peers) {
             let blocks = blocks.into_iter().map(serde_bytes::ByteBuf::from).collect();
@@ -494,9 +521,50 @@ impl<M: Describe> Actor<M> {
         (new_at, true)
     }
 
+    /// Opens writes once the peers have confirmed our own chain, and runs the held ones.
+    fn open_writes_if_confirmed(&mut self) {
+        if self.writes_open {
+            return;
+        }
+        let Some(sq) = self.syncer.own_chain_confirmed(self.replica.timeline()) else {
+            return;
+        };
+        self.writes_open = true;
+        println!("own chain confirmed by peers (last sq {sq}): writes open");
+        for (items, reply, _) in std::mem::take(&mut self.gated) {
+            self.append(items, reply);
+        }
+    }
+
+    fn expire_gated(&mut self, now: u64) {
+        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.gated)
+            .into_iter()
+            .partition(|(_, _, since)| now >= since + WRITE_GATE_TIMEOUT_MS);
+        self.gated = keep;
+        for (_, reply, _) in late {
+            let _ = reply.send(Err(Self::gate_error()));
+        }
+    }
+
+    fn gate_error() -> String {
+        format!(
+            "not written: this node holds none of its own events and no full peer has confirmed              its sequence number within {} s (a wiped or in-memory replica must hear from its              full peers before it writes, or it would reuse its own sequence numbers)",
+            WRITE_GATE_TIMEOUT_MS / 1000
+        )
+    }
+
     /// A local write: durable here (full node) or on a full node (light node, through the
-    /// outbox) before `reply` gets the ids.
+    /// outbox) before `reply` gets the ids. Held while writes are not open yet.
     fn append(&mut self, items: Vec<(String, Ipld)>, reply: crate::outbox::Reply) {
+        if !self.writes_open {
+            if self.gated.len() >= MAX_GATED_WRITES {
+                let _ = reply.send(Err(Self::gate_error()));
+            } else {
+                let now = self.now();
+                self.gated.push((items, reply, now));
+            }
+            return;
+        }
         if self.light {
             // Bodies are bounded by the event size; the outbox checks the real bytes below.
             if let Err(e) = self.outbox.admit(items.len(), 0) {
@@ -649,6 +717,8 @@ impl<M: Describe> Actor<M> {
             "author": self.replica.key().author().to_string(),
             "listen": self.listen,
             "light": self.light,
+            "writes_open": self.writes_open,
+            "writes_held": self.gated.len(),
             "light_node": self.light.then(|| json!({
                 "horizon_lc": self.horizon.map(|h| h.0),
                 "horizon": self.horizon.map(|h| h.1.to_string()),

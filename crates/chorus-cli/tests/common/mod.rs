@@ -12,6 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod netns;
+
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_chorus");

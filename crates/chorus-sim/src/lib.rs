@@ -1,0 +1,221 @@
+//! # chorus-sim
+//!
+//! A deterministic discrete-event simulator of a Chorus mesh. Each simulated node runs the real
+//! `chorus-core` code — event validation, the timeline and its total order, the `Syncer`'s
+//! anti-entropy decisions, the `serve` function — with the real KAIROS machine, over an
+//! in-memory store and a virtual network with per-link latency and jitter, loss, duplication,
+//! reordering, partitions (halves, bridge, one-way, ring), crashes that lose what the node had
+//! not committed, restarts with wiped stores, pauses, and adversarial members. Time and
+//! randomness come only from the run's seed: the same seed and scenario replay the same run,
+//! bit for bit ([`oracle`] C6).
+//!
+//! What is not simulated: libp2p itself (connections are up or down per link; gossip is a
+//! flood to overlay neighbours with a seen-cache, like gossipsub's mesh), disk I/O timing, and
+//! the light-node write path. The real-process tests cover those.
+
+pub mod node;
+pub mod oracle;
+pub mod rng;
+pub mod scenario;
+pub mod world;
+
+use std::time::Instant;
+
+pub use node::Sabotage;
+pub use scenario::{Scenario, Suite};
+
+use crate::{oracle::Findings, world::World};
+
+/// Everything a run reports (one row of the suite's table).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scenario: String,
+    pub seed: u64,
+    pub nodes: usize,
+    /// Acknowledged writes (honest).
+    pub events: u64,
+    pub faults: u64,
+    pub sim_s: f64,
+    /// From the last write/fault to agreement.
+    pub converge_s: Option<f64>,
+    pub findings: Findings,
+    pub trace: [u8; 32],
+    pub messages: u64,
+    pub wall_s: f64,
+    /// Scenario-specific figures and checks (disparity ratio, C6, …).
+    pub notes: Vec<String>,
+    /// Extra verdicts from the runner (C6, the disparity checks).
+    pub extra: Vec<oracle::Verdict>,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.failures().next().is_none()
+    }
+    pub fn failures(&self) -> impl Iterator<Item = &oracle::Verdict> {
+        self.findings
+            .verdicts
+            .iter()
+            .chain(&self.extra)
+            .filter(|v| v.failure.is_some())
+    }
+}
+
+/// One simulation of `sc` with `seed`, judged by the oracle (C1–C5).
+pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World) {
+    let t0 = Instant::now();
+    let mut w = World::new(sc, seed, sabotage);
+    w.run();
+    let findings = oracle::judge(&mut w);
+    let r = Report {
+        scenario: sc.name.clone(),
+        seed,
+        nodes: sc.nodes(),
+        events: w.acked_honest(),
+        faults: w.stats.faults,
+        sim_s: w.now as f64 / 1000.0,
+        converge_s: w
+            .converged_at
+            .zip(w.quiet_since)
+            .map(|(c, q)| (c - q) as f64 / 1000.0),
+        findings,
+        trace: w.trace_digest(),
+        messages: w.stats.messages,
+        wall_s: t0.elapsed().as_secs_f64(),
+        notes: vec![],
+        extra: vec![],
+    };
+    (r, w)
+}
+
+/// A full scenario run: the simulation, its replay with the same seed (C6), and the
+/// scenario's own comparisons (the disparity baseline).
+pub fn run(sc: &Scenario, seed: u64, sabotage: Sabotage) -> Report {
+    let (mut r, w) = simulate(sc, seed, sabotage);
+    let (again, _) = simulate(sc, seed, sabotage);
+    let same = again.trace == r.trace && again.findings.state_hash == r.findings.state_hash;
+    r.extra.push(oracle::Verdict {
+        check: "C6 same seed, same run",
+        failure: (!same).then(|| {
+            format!(
+                "trace {} vs {}",
+                &hex::encode(r.trace)[..12],
+                &hex::encode(again.trace)[..12]
+            )
+        }),
+    });
+    r.wall_s += again.wall_s;
+    if let Some(slow) = &sc.baseline_without {
+        disparity(sc, seed, slow, &w, &mut r);
+    }
+    r
+}
+
+/// The fast writers' append rate with and without the slow class (≥ 0.95), and every slow
+/// write in the converged order, not excluded.
+fn disparity(sc: &Scenario, seed: u64, slow: &str, with: &World, r: &mut Report) {
+    let slow_class = sc.classes.iter().position(|c| c.name == slow);
+    let (base_report, without) = simulate(&sc.without(slow), seed, Sabotage::None);
+    r.wall_s += base_report.wall_s;
+    let fast_acks = |w: &World, slow_class: Option<usize>| -> Vec<u64> {
+        let mut t: Vec<u64> = w
+            .acked
+            .values()
+            .filter(|(n, _)| Some(w.nodes[*n].class) != slow_class && !w.nodes[*n].byzantine)
+            .map(|(_, t)| *t)
+            .collect();
+        t.sort();
+        t
+    };
+    let a = fast_acks(with, slow_class);
+    let b = fast_acks(&without, None);
+    // The common writing window: until the earlier run's last acknowledged write.
+    let window = a
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .min(b.last().copied().unwrap_or(0));
+    let rate = |t: &[u64]| t.iter().filter(|x| **x <= window).count() as f64 / window.max(1) as f64;
+    let ratio = rate(&a) / rate(&b).max(f64::MIN_POSITIVE);
+    r.notes.push(format!(
+        "fast writers' append rate with/without {slow}: {:.2}/{:.2} events/s = {ratio:.3}",
+        rate(&a) * 1000.0,
+        rate(&b) * 1000.0
+    ));
+    let mut fails = vec![];
+    if ratio < 0.95 {
+        fails.push(format!("append-rate ratio {ratio:.3} < 0.95"));
+    }
+    if !base_report.passed() {
+        fails.push("the baseline run (without the slow class) failed its own checks".into());
+    }
+    let slow_ids: Vec<_> = with
+        .acked
+        .iter()
+        .filter(|(_, (n, _))| Some(with.nodes[*n].class) == slow_class)
+        .map(|(id, _)| *id)
+        .collect();
+    let mut orphaned = 0;
+    for n in with.honest().filter(|n| n.live()) {
+        orphaned += slow_ids
+            .iter()
+            .filter(|id| !n.tl.contains(id) || n.tl.is_excluded(id))
+            .count();
+    }
+    r.notes.push(format!(
+        "{} slow-node writes, {orphaned} missing or excluded across replicas",
+        slow_ids.len()
+    ));
+    if slow_ids.is_empty() {
+        fails.push("the slow class wrote nothing".into());
+    }
+    if orphaned > 0 {
+        fails.push(format!("{orphaned} slow-node writes orphaned"));
+    }
+    r.extra.push(oracle::Verdict {
+        check: "disparity",
+        failure: (!fails.is_empty()).then(|| fails.join("; ")),
+    });
+}
+
+/// The suite's table header and one row per report.
+pub fn table_header() -> String {
+    format!(
+        "{:<11} {:>6} {:>5} {:>6} {:>6} {:>8} {:>9} {:>21} {:>8} {:>7} {}",
+        "scenario",
+        "seed",
+        "nodes",
+        "events",
+        "faults",
+        "sim s",
+        "conv s",
+        "lost/unexp/dup",
+        "rejected",
+        "wall s",
+        "result"
+    )
+}
+
+pub fn table_row(r: &Report) -> String {
+    let f = &r.findings;
+    let result = if r.passed() {
+        "PASS".to_string()
+    } else {
+        let failed: Vec<&str> = r.failures().map(|v| v.check).collect();
+        format!("FAIL ({})", failed.join(", "))
+    };
+    format!(
+        "{:<11} {:>6} {:>5} {:>6} {:>6} {:>8.1} {:>9} {:>21} {:>8} {:>7.1} {}",
+        r.scenario,
+        r.seed,
+        r.nodes,
+        r.events,
+        r.faults,
+        r.sim_s,
+        r.converge_s.map_or("—".into(), |c| format!("{c:.1}")),
+        format!("{}/{}/{}", f.lost, f.unexpected, f.duplicated),
+        f.rejected,
+        r.wall_s,
+        result
+    )
+}

@@ -1,0 +1,160 @@
+//! One simulated replica: the real `chorus-core` timeline (with the real KAIROS machine) and the
+//! real `Syncer`, over an in-memory block store, driven in turns like the node actor
+//! (`chorus-node/src/actor.rs`): everything that arrived since the last turn is ingested in one
+//! commit, then local writes are appended, then requests are answered.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use chorus_core::{
+    EventId, SignedEvent, Timeline,
+    crypto::Keypair,
+    sync::{SyncRequest, SyncResponse, Syncer},
+};
+use chorus_kairos::machine::KairosMachine;
+
+use crate::scenario::Attack;
+
+pub type NodeIx = usize;
+
+/// What travels between nodes.
+#[derive(Debug, Clone)]
+pub enum Msg {
+    Gossip {
+        block: Arc<[u8]>,
+    },
+    Request {
+        rid: u64,
+        req: SyncRequest,
+    },
+    Response {
+        rid: u64,
+        resp: SyncResponse,
+    },
+    /// A message whose length prefix exceeds the wire limit (only adversaries send these).
+    Oversized {
+        bytes: usize,
+    },
+}
+
+/// A message in flight, tagged with the attack it carries (the oracle's bookkeeping; the
+/// receiving node never looks at the tag).
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub from: NodeIx,
+    pub msg: Msg,
+    pub attack: Option<Attack>,
+}
+
+/// How an honest node dealt with one adversarial input (oracle C4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Decoded or validated and refused (counted by error code).
+    Rejected,
+    /// Valid and taken in (only right for equivocations, which the order then excludes).
+    Accepted,
+    /// Already held: a replay changes nothing.
+    Duplicate,
+    /// The gossip layer had seen this message id recently.
+    DroppedSeen,
+    /// The sender is banned here: the connection is refused.
+    DroppedBanned,
+    /// A request beyond the per-peer rate or the structural bounds, answered `Refused`.
+    Refused,
+    /// A request within the rate, answered.
+    Served,
+    /// A message over the wire limit, refused before reading it.
+    RefusedUnread,
+    /// Lost on the way (loss, partition, receiver down) or in a crashed receiver's inbox.
+    Lost,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Rejected => "rejected",
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DroppedSeen => "dropped_seen",
+            Outcome::DroppedBanned => "dropped_banned",
+            Outcome::Refused => "refused",
+            Outcome::Served => "served",
+            Outcome::RefusedUnread => "refused_unread",
+            Outcome::Lost => "lost",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Up,
+    Paused,
+    Crashed,
+}
+
+/// A deliberately broken rule, to show the oracle catches it (never set by a scenario).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sabotage {
+    #[default]
+    None,
+    /// Node 0 folds its state in arrival order instead of the total order (a tie-break by
+    /// arrival time, taken to its end).
+    ArrivalOrder,
+    /// Every node ignores the blocks in sync answers, catch-up pages and `Want`s alike (a
+    /// broken sync rule: only gossip is left).
+    DropSyncBlocks,
+}
+
+pub struct SimNode {
+    pub ix: NodeIx,
+    pub class: usize,
+    pub key: Keypair,
+    pub writer: bool,
+    pub byzantine: bool,
+    pub status: Status,
+    /// Bumped on every crash: timers of an older incarnation are ignored.
+    pub epoch: u64,
+    pub tl: Timeline<KairosMachine>,
+    /// The store: every block indexed or pending here. A turn's changes land at its end, so a
+    /// crash (between turns) loses exactly what was still in the inbox.
+    pub blocks: BTreeMap<EventId, Arc<[u8]>>,
+    pub syncer: Syncer<NodeIx>,
+    pub inbox: Vec<Envelope>,
+    /// Writes whose model answered, waiting for the next turn.
+    pub queued_writes: u64,
+    pub turn_scheduled: bool,
+    /// Requests in flight: id → (peer, request).
+    pub outstanding: BTreeMap<u64, (NodeIx, SyncRequest)>,
+    /// Gossip message ids seen recently (gossipsub's seen cache) → when.
+    pub seen: BTreeMap<EventId, u64>,
+    /// The node's write gate: open when its store holds own events, or once its full peers
+    /// confirm it holds its whole own chain (`Syncer::own_chain_confirmed`); writing before
+    /// would reuse its own sequence numbers, an equivocation.
+    pub may_write: bool,
+    pub writes_done: u64,
+    /// The newest stimulus this node knows, for the intents it writes.
+    pub last_stimulus: Option<(u64, EventId)>,
+    /// Rejected inputs by error code, and other refusals.
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub refused_requests: u64,
+    pub refused_unread: u64,
+    /// Timers deferred while paused.
+    pub deferred: Vec<crate::world::Ev>,
+    /// Arrival order of every indexed event (for the `ArrivalOrder` sabotage).
+    pub arrivals: Vec<EventId>,
+}
+
+impl SimNode {
+    pub fn live(&self) -> bool {
+        self.status != Status::Crashed
+    }
+    pub fn heads(&self) -> Vec<EventId> {
+        self.tl.heads()
+    }
+    /// Events pending here (waiting for parents).
+    pub fn pending(&self) -> BTreeSet<EventId> {
+        self.tl.pending().map(SignedEvent::id).collect()
+    }
+}

@@ -1,0 +1,382 @@
+//! The oracle: what must hold at the end of every run.
+//!
+//! * **C1 convergence** — every live honest replica holds the same heads, order and
+//!   `state_hash`, within the scenario's bound after the last write and fault (and, after a
+//!   posterity crash, the survivor's hash from before it).
+//! * **C2 no acknowledged event lost** (Jepsen's set checker): *lost* = acknowledged but
+//!   absent; *unexpected* = present but never acknowledged by an honest writer (and not an
+//!   adversary's); *duplicated* = an id twice in the order, or two events of an honest author
+//!   at one sequence number. All three must be 0.
+//! * **C3 causal order** — in every replica's order each event comes after all its parents.
+//! * **C4 adversaries** — every adversarial input is accounted for (sent = Σ outcomes), none
+//!   that is invalid was accepted, no forged block is in any replica, every equivocation is
+//!   known to every replica, floods were refused.
+//! * **C5 reference model** — the state equals a fold, by a separate and simple
+//!   implementation, of the acknowledged events (plus the adversaries' valid ones): sort by
+//!   `(lc, id)`, drop every event of an equivocating author from its fork on, apply in turn.
+//! * **C6 replay** (checked by the runner) — the same seed gives the same trace and hash.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chorus_core::{AuthorId, EventId, Machine, SignedEvent, genesis::Genesis, machine::Applied};
+use chorus_kairos::machine::KairosMachine;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    node::{Outcome, Sabotage, SimNode},
+    scenario::Attack,
+    world::World,
+};
+
+/// One check's verdict.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub check: &'static str,
+    pub failure: Option<String>,
+}
+
+/// What the oracle measured.
+#[derive(Debug, Clone, Default)]
+pub struct Findings {
+    pub verdicts: Vec<Verdict>,
+    pub lost: u64,
+    pub unexpected: u64,
+    pub duplicated: u64,
+    pub rejected: u64,
+    pub state_hash: Option<[u8; 32]>,
+    pub events_in_order: u64,
+}
+
+fn verdict(check: &'static str, failures: Vec<String>) -> Verdict {
+    Verdict {
+        check,
+        failure: (!failures.is_empty()).then(|| {
+            let mut f = failures;
+            let more = f.len().saturating_sub(3);
+            f.truncate(3);
+            if more > 0 {
+                f.push(format!("… and {more} more"));
+            }
+            f.join("; ")
+        }),
+    }
+}
+
+/// The state hash a node reports (a sabotaged node folds its own, wrong way).
+fn reported_hash(w: &World, n: &SimNode) -> [u8; 32] {
+    if w.sabotage == Sabotage::ArrivalOrder && n.ix == 0 {
+        let evs: Vec<SignedEvent> = n
+            .arrivals
+            .iter()
+            .filter_map(|id| n.tl.load(id, &n.blocks).ok())
+            .collect();
+        return fold(&w.genesis, &evs);
+    }
+    n.tl.state_hash()
+}
+
+/// Folds `evs` in the given order from the genesis state.
+fn fold(genesis: &SignedEvent, evs: &[SignedEvent]) -> [u8; 32] {
+    let m = KairosMachine;
+    let g = Genesis::from_event(genesis).expect("the sim's genesis");
+    let mut state = m.init(&g);
+    for e in evs {
+        m.apply(
+            &mut state,
+            &Applied {
+                id: e.id(),
+                author: e.author,
+                seq: e.seq,
+                lamport: e.lamport,
+                kind: &e.kind,
+                body: &e.body,
+            },
+        );
+    }
+    m.state_hash(&state)
+}
+
+/// The reference model (C5): order by `(lc, id)`, exclude forks, fold.
+pub fn reference_hash(genesis: &SignedEvent, events: &[SignedEvent]) -> [u8; 32] {
+    let mut by_seq: BTreeMap<(AuthorId, u64), BTreeSet<EventId>> = BTreeMap::new();
+    for e in events {
+        by_seq.entry((e.author, e.seq)).or_default().insert(e.id());
+    }
+    let mut fork_at: BTreeMap<AuthorId, u64> = BTreeMap::new();
+    for ((a, sq), ids) in &by_seq {
+        if ids.len() > 1 {
+            let f = fork_at.entry(*a).or_insert(*sq);
+            *f = (*f).min(*sq);
+        }
+    }
+    let mut kept: Vec<SignedEvent> = events
+        .iter()
+        .filter(|e| fork_at.get(&e.author).is_none_or(|f| e.seq < *f))
+        .cloned()
+        .collect();
+    kept.sort_by_key(|e| (e.lamport, e.id()));
+    fold(genesis, &kept)
+}
+
+/// Folds every live replica's state (two threads) and runs C1–C5.
+pub fn judge(w: &mut World) -> Findings {
+    let mut live: Vec<&mut SimNode> = w
+        .nodes
+        .iter_mut()
+        .filter(|n| n.live() && !n.byzantine)
+        .collect();
+    let half = live.len().div_ceil(2);
+    std::thread::scope(|s| {
+        for chunk in live.chunks_mut(half.max(1)) {
+            s.spawn(move || {
+                for n in chunk.iter_mut() {
+                    n.tl.catch_up(&n.blocks)
+                        .expect("every indexed block is held");
+                }
+            });
+        }
+    });
+    let w = &*w;
+    let live: Vec<&SimNode> = w.honest().filter(|n| n.live()).collect();
+    let mut f = Findings::default();
+    let author_node: BTreeMap<AuthorId, usize> =
+        w.nodes.iter().map(|n| (n.key.author(), n.ix)).collect();
+
+    // C1
+    let mut c1 = vec![];
+    if w.converged_at.is_none() {
+        c1.push(format!(
+            "replicas still disagree at {:.1} s (bound {} s after quiet at {})",
+            w.now as f64 / 1000.0,
+            w.sc.converge_within_s,
+            w.quiet_since
+                .map_or("never".into(), |q| format!("{:.1} s", q as f64 / 1000.0))
+        ));
+    }
+    let order_digest = |n: &SimNode| -> [u8; 32] {
+        let mut h = Sha256::new();
+        for id in n.tl.order() {
+            h.update(id.0);
+        }
+        h.finalize().into()
+    };
+    let reference = &live[0];
+    let ref_hash = reported_hash(w, reference);
+    let ref_order = order_digest(reference);
+    for n in &live[1..] {
+        if n.heads() != reference.heads() {
+            c1.push(format!(
+                "node {} has other heads than node {}",
+                n.ix, reference.ix
+            ));
+        } else if order_digest(n) != ref_order {
+            c1.push(format!("node {} orders the same events differently", n.ix));
+        }
+        let h = reported_hash(w, n);
+        if h != ref_hash {
+            c1.push(format!(
+                "node {} state_hash {} ≠ node {} {}",
+                n.ix,
+                &hex::encode(h)[..12],
+                reference.ix,
+                &hex::encode(ref_hash)[..12]
+            ));
+        }
+    }
+    if let Some((_, survivor)) = w.posterity
+        && survivor != ref_hash
+    {
+        c1.push(format!(
+            "after the posterity crash the mesh holds {} ≠ the survivor's {}",
+            &hex::encode(ref_hash)[..12],
+            &hex::encode(survivor)[..12]
+        ));
+    }
+    f.verdicts.push(verdict("C1 convergence", c1));
+    f.state_hash = Some(ref_hash);
+
+    // C2
+    let order: Vec<EventId> = reference.tl.order().collect();
+    f.events_in_order = order.len() as u64;
+    let present: BTreeSet<EventId> = order.iter().copied().collect();
+    let mut c2 = vec![];
+    for (id, (node, _)) in &w.acked {
+        if !w.nodes[*node].byzantine && !present.contains(id) {
+            f.lost += 1;
+        }
+    }
+    let mut honest_seqs: BTreeMap<(AuthorId, u64), u32> = BTreeMap::new();
+    for id in &order {
+        if *id == w.genesis.id() {
+            continue;
+        }
+        let Some((author, sq, _)) = reference.tl.meta_of(id) else {
+            continue;
+        };
+        let honest = author_node
+            .get(&author)
+            .is_some_and(|&i| !w.nodes[i].byzantine);
+        if honest {
+            *honest_seqs.entry((author, sq)).or_insert(0) += 1;
+            if !w.acked.contains_key(id) {
+                f.unexpected += 1;
+            }
+        }
+    }
+    f.duplicated = (order.len() - present.len()) as u64
+        + honest_seqs.values().map(|&c| c as u64 - 1).sum::<u64>();
+    if f.lost + f.unexpected + f.duplicated > 0 {
+        c2.push(format!(
+            "lost {} unexpected {} duplicated {}",
+            f.lost, f.unexpected, f.duplicated
+        ));
+    }
+    f.verdicts
+        .push(verdict("C2 no acknowledged write lost", c2));
+
+    // C3
+    let mut c3 = vec![];
+    for n in &live {
+        for (pos, id) in n.tl.order().enumerate() {
+            let Ok(ev) = n.tl.load(&id, &n.blocks) else {
+                c3.push(format!("node {}: block of {id} missing", n.ix));
+                break;
+            };
+            if let Some(p) = ev
+                .parents
+                .iter()
+                .find(|p| n.tl.position_of(p).is_none_or(|pp| pp >= pos))
+            {
+                c3.push(format!(
+                    "node {}: {id} at {pos} before its parent {p}",
+                    n.ix
+                ));
+                break;
+            }
+        }
+    }
+    f.verdicts.push(verdict("C3 causal order", c3));
+
+    // C4
+    f.rejected = live
+        .iter()
+        .map(|n| n.rejected.values().sum::<u64>() + n.refused_requests + n.refused_unread)
+        .sum();
+    if let Some(b) = &w.sc.byzantine {
+        let mut c4 = vec![];
+        let byz: Vec<AuthorId> = w
+            .nodes
+            .iter()
+            .filter(|n| n.byzantine)
+            .map(|n| n.key.author())
+            .collect();
+        for &a in &b.attacks {
+            let sent = w.stats.attacks_sent.get(&a).copied().unwrap_or(0);
+            let outcomes: BTreeMap<Outcome, u64> = w
+                .stats
+                .attack_outcomes
+                .iter()
+                .filter(|((x, _), _)| *x == a)
+                .map(|((_, o), c)| (*o, *c))
+                .collect();
+            let accounted: u64 = outcomes.values().sum();
+            if sent == 0 {
+                c4.push(format!("{} never sent", a.name()));
+                continue;
+            }
+            if accounted != sent {
+                c4.push(format!(
+                    "{}: {sent} sent, {accounted} accounted for",
+                    a.name()
+                ));
+            }
+            let judged = sent - outcomes.get(&Outcome::Lost).copied().unwrap_or(0);
+            if judged == 0 {
+                c4.push(format!("{}: none reached an honest node", a.name()));
+            }
+            let allowed: &[Outcome] = match a {
+                Attack::BitFlip | Attack::ForgedAuthor | Attack::OversizedBlock => &[
+                    Outcome::Rejected,
+                    Outcome::DroppedBanned,
+                    Outcome::DroppedSeen,
+                ],
+                Attack::Equivocate => &[
+                    Outcome::Accepted,
+                    Outcome::Duplicate,
+                    Outcome::DroppedSeen,
+                    Outcome::DroppedBanned,
+                ],
+                Attack::Replay => &[
+                    Outcome::Duplicate,
+                    Outcome::DroppedSeen,
+                    Outcome::DroppedBanned,
+                ],
+                Attack::OversizedMessage => &[Outcome::RefusedUnread, Outcome::DroppedBanned],
+                Attack::BadRequest => &[Outcome::Refused, Outcome::DroppedBanned],
+                Attack::Flood => &[Outcome::Refused, Outcome::Served, Outcome::DroppedBanned],
+            };
+            for (o, c) in &outcomes {
+                if *o != Outcome::Lost && !allowed.contains(o) {
+                    c4.push(format!("{}: {c} × {}", a.name(), o.name()));
+                }
+            }
+            if a == Attack::Flood && outcomes.get(&Outcome::Refused).copied().unwrap_or(0) == 0 {
+                c4.push("flood: nothing refused".into());
+            }
+            if a == Attack::Equivocate && outcomes.contains_key(&Outcome::Accepted) {
+                for n in &live {
+                    if !n.tl.equivocations().iter().any(|e| byz.contains(&e.author)) {
+                        c4.push(format!("node {} does not know the equivocation", n.ix));
+                    }
+                }
+            }
+        }
+        for n in &live {
+            if let Some(id) = w.stats.forged_ids.iter().find(|id| n.tl.contains(id)) {
+                c4.push(format!("node {} holds the forged block {id}", n.ix));
+            }
+        }
+        f.verdicts
+            .push(verdict("C4 adversarial input rejected", c4));
+    }
+
+    // C5: the acknowledged events (whatever the replicas hold), plus the adversaries' events
+    // the replicas took in (nobody acknowledges those).
+    let mut reference_set: Vec<SignedEvent> = w
+        .acked_events
+        .iter()
+        .filter(|(id, _)| w.acked.get(id).is_some_and(|(n, _)| !w.nodes[*n].byzantine))
+        .map(|(_, e)| e.clone())
+        .collect();
+    let mut c5 = vec![];
+    for id in &present {
+        let by_adversary = reference
+            .tl
+            .meta_of(id)
+            .is_some_and(|(a, _, _)| byz_author(w, &a));
+        if by_adversary {
+            match reference.tl.load(id, &reference.blocks) {
+                Ok(e) => reference_set.push(e),
+                Err(e) => c5.push(format!("block {id}: {e}")),
+            }
+        }
+    }
+    let model = reference_hash(&w.genesis, &reference_set);
+    for n in &live {
+        let h = reported_hash(w, n);
+        if h != model {
+            c5.push(format!(
+                "node {} state_hash {} ≠ reference model {}",
+                n.ix,
+                &hex::encode(h)[..12],
+                &hex::encode(model)[..12]
+            ));
+        }
+    }
+    f.verdicts.push(verdict("C5 reference model", c5));
+    f
+}
+
+fn byz_author(w: &World, a: &AuthorId) -> bool {
+    w.nodes.iter().any(|n| n.byzantine && n.key.author() == *a)
+}

@@ -1,0 +1,290 @@
+//! Scenarios: what a run simulates, as checked-in TOML (`scenarios.toml` beside this crate).
+//! Every field has a default, so a scenario states only what makes it what it is. The run
+//! prints the seed and these derived options; the pair replays the run exactly.
+
+use serde::{Deserialize, Serialize};
+
+/// The checked-in suite (the PR tier), compiled into the binary.
+pub const SUITE_TOML: &str = include_str!("../scenarios.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    #[serde(rename = "scenario")]
+    pub scenarios: Vec<Scenario>,
+    /// Seeds that once failed, replayed by every suite run.
+    #[serde(default, rename = "regression")]
+    pub regressions: Vec<Regression>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Regression {
+    pub scenario: String,
+    pub seed: u64,
+    /// What went wrong, for the reader.
+    pub note: String,
+}
+
+impl Suite {
+    pub fn builtin() -> Suite {
+        Suite::parse(SUITE_TOML).expect("the checked-in scenarios.toml parses (tested)")
+    }
+    pub fn parse(text: &str) -> Result<Suite, String> {
+        let s: Suite = toml::from_str(text).map_err(|e| e.to_string())?;
+        for sc in &s.scenarios {
+            sc.validate()
+                .map_err(|e| format!("scenario {:?}: {e}", sc.name))?;
+        }
+        Ok(s)
+    }
+    pub fn get(&self, name: &str) -> Option<&Scenario> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+}
+
+/// A class of nodes: how fast its model answers and how far away it is.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeClass {
+    pub name: String,
+    pub count: usize,
+    /// One model answer (one write) takes this long.
+    #[serde(default = "d_model_ms")]
+    pub model_ms: u64,
+    /// One-way latency of every link touching a node of this class (a link takes the larger of
+    /// its two ends).
+    #[serde(default = "d_one_way_ms")]
+    pub one_way_ms: u64,
+    /// Whether these nodes write (run a model).
+    #[serde(default = "d_true")]
+    pub writes: bool,
+}
+
+fn d_model_ms() -> u64 {
+    2_000
+}
+fn d_one_way_ms() -> u64 {
+    10
+}
+fn d_true() -> bool {
+    true
+}
+fn d_jitter() -> u64 {
+    20
+}
+fn d_degree() -> usize {
+    8
+}
+fn d_converge() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKind {
+    /// Two halves, no traffic between them.
+    Halves,
+    /// Two groups that reach each other only through one bridge node.
+    Bridge,
+    /// Traffic from the first half to the second is dropped; the reverse flows.
+    OneWay,
+    /// The last node (of the last class) is cut off from every other (a flaky uplink).
+    IsolateLast,
+    /// Each node reaches only its ring neighbours within a quarter of the ring: overlapping
+    /// majorities, no global one.
+    Ring,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    pub kind: PartitionKind,
+    pub at_s: u64,
+    pub for_s: u64,
+}
+
+/// Crash/restart cycles: every `every_s` from `at_s`, `nodes` random nodes crash (losing what
+/// their actor had not committed) and come back `down_s` later on their stores.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Crashes {
+    pub cycles: u64,
+    pub at_s: u64,
+    pub every_s: u64,
+    pub down_s: u64,
+    #[serde(default = "d_one")]
+    pub nodes: usize,
+}
+fn d_one() -> usize {
+    1
+}
+
+/// `nodes` random nodes crash at `at_s` and restart `down_s` later with empty stores.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wipe {
+    pub nodes: usize,
+    pub at_s: u64,
+    pub down_s: u64,
+}
+
+/// `nodes` random nodes stop (SIGSTOP) at `at_s` for `for_s`; what reaches them waits.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pause {
+    pub nodes: usize,
+    pub at_s: u64,
+    pub for_s: u64,
+}
+
+/// Once every write is done and the mesh has converged, all but `survivors` nodes crash at
+/// once and restart `down_s` later with empty stores.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Posterity {
+    pub survivors: usize,
+    pub down_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attack {
+    /// A held block with one bit flipped, gossiped.
+    BitFlip,
+    /// An event claiming an honest writer as author, signed with the attacker's key.
+    ForgedAuthor,
+    /// Two different events at the attacker's next sequence number, to different peers.
+    Equivocate,
+    /// Old valid blocks sent again.
+    Replay,
+    /// A signed event larger than the event size limit.
+    OversizedBlock,
+    /// A sync message larger than the wire limit.
+    OversizedMessage,
+    /// A burst of requests far above the per-peer rate.
+    Flood,
+    /// A request beyond the structural bounds (too many ids).
+    BadRequest,
+}
+
+impl Attack {
+    pub const ALL: [Attack; 8] = [
+        Attack::BitFlip,
+        Attack::ForgedAuthor,
+        Attack::Equivocate,
+        Attack::Replay,
+        Attack::OversizedBlock,
+        Attack::OversizedMessage,
+        Attack::Flood,
+        Attack::BadRequest,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Attack::BitFlip => "bit_flip",
+            Attack::ForgedAuthor => "forged_author",
+            Attack::Equivocate => "equivocate",
+            Attack::Replay => "replay",
+            Attack::OversizedBlock => "oversized_block",
+            Attack::OversizedMessage => "oversized_message",
+            Attack::Flood => "flood",
+            Attack::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Adversarial nodes: members that also run every attack in `attacks`, in turn, every
+/// `every_s` (the first `nodes` of the last class).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Byzantine {
+    pub nodes: usize,
+    pub attacks: Vec<Attack>,
+    pub every_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    /// The committed seed of the PR tier.
+    pub seed: u64,
+    pub classes: Vec<NodeClass>,
+    /// Acknowledged writes to reach (the writers stop then).
+    pub events: u64,
+    /// Words per event body fed to KAIROS (each costs ~85 µs per replica fold).
+    #[serde(default = "d_words")]
+    pub words: usize,
+    /// Latency jitter, percent either way (reorders messages).
+    #[serde(default = "d_jitter")]
+    pub jitter_pct: u64,
+    /// Probability each message is lost.
+    #[serde(default)]
+    pub loss: f64,
+    /// Probability each message is delivered twice.
+    #[serde(default)]
+    pub duplicate: f64,
+    /// Gossip/overlay degree: each node keeps links to this many others (plus ring links).
+    #[serde(default = "d_degree")]
+    pub degree: usize,
+    /// C1: every live replica must agree within this long after the last write and fault.
+    #[serde(default = "d_converge")]
+    pub converge_within_s: u64,
+    #[serde(default)]
+    pub partitions: Vec<Partition>,
+    pub crashes: Option<Crashes>,
+    pub wipe: Option<Wipe>,
+    pub pause: Option<Pause>,
+    pub posterity: Option<Posterity>,
+    pub byzantine: Option<Byzantine>,
+    /// Also run without this class and compare the other writers' append rate (disparity).
+    pub baseline_without: Option<String>,
+}
+fn d_words() -> usize {
+    3
+}
+
+impl Scenario {
+    pub fn nodes(&self) -> usize {
+        self.classes.iter().map(|c| c.count).sum()
+    }
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.nodes();
+        if n < 2 {
+            return Err("needs at least 2 nodes".into());
+        }
+        if n > 1_000 {
+            return Err(format!("{n} nodes (max 1000)"));
+        }
+        if !self.classes.iter().any(|c| c.writes && c.count > 0) {
+            return Err("no class writes".into());
+        }
+        if !(0.0..1.0).contains(&self.loss) || !(0.0..1.0).contains(&self.duplicate) {
+            return Err("loss and duplicate are probabilities below 1".into());
+        }
+        let crashed = self.crashes.as_ref().map_or(0, |c| c.nodes)
+            + self.wipe.as_ref().map_or(0, |w| w.nodes)
+            + self.pause.as_ref().map_or(0, |p| p.nodes);
+        if crashed >= n {
+            return Err("faults would take every node at once".into());
+        }
+        if let Some(p) = &self.posterity
+            && (p.survivors == 0 || p.survivors >= n)
+        {
+            return Err("posterity needs 1..nodes survivors".into());
+        }
+        if let Some(b) = &self.baseline_without
+            && !self.classes.iter().any(|c| &c.name == b)
+        {
+            return Err(format!("baseline_without names no class {b:?}"));
+        }
+        Ok(())
+    }
+    /// The same scenario without one class (the disparity baseline).
+    pub fn without(&self, class: &str) -> Scenario {
+        let mut s = self.clone();
+        s.classes.retain(|c| c.name != class);
+        s.baseline_without = None;
+        s
+    }
+}

@@ -1,0 +1,1310 @@
+//! The discrete-event loop: virtual time in milliseconds, one ordered queue of timed events
+//! (ties broken by insertion number), the virtual network with its faults, the writers, the
+//! adversaries, and the end-of-run convergence watch.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
+use chorus_core::{
+    EventId, SignedEvent, Timeline, UnsignedEvent,
+    crypto::Keypair,
+    event::{EventError, kind},
+    genesis::Genesis,
+    sync::{
+        self, Action, MAX_SYNC_MESSAGE_BYTES, MAX_WANT_IDS, REQUEST_TIMEOUT_MS, SyncRequest,
+        SyncResponse, Syncer,
+    },
+    timeline::Inserted,
+};
+use chorus_kairos::machine::KairosMachine;
+use ipld_core::ipld::Ipld;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    node::{Envelope, Msg, NodeIx, Outcome, Sabotage, SimNode, Status},
+    rng::Rng,
+    scenario::{Attack, PartitionKind, Scenario},
+};
+
+/// How often each node runs its periodic work (the node's tick).
+pub const TICK_MS: u64 = 200;
+/// A node's turn runs this long after the first message of the turn arrives (the actor's
+/// batching window).
+pub const TURN_MS: u64 = 5;
+/// How long gossipsub remembers a message id.
+pub const SEEN_TTL_MS: u64 = 120_000;
+/// How often the seen cache drops expired ids (it holds at most TTL + this much).
+pub const SEEN_PRUNE_MS: u64 = 10_000;
+/// How often the watch compares replicas once the run is quiet.
+pub const CHECK_MS: u64 = 1_000;
+/// Most events processed in one run (a runaway guard; the suite's largest uses ~10 M).
+pub const MAX_STEPS: u64 = 200_000_000;
+/// Longest simulated time of one run (a runaway guard: a run that never goes quiet fails here).
+pub const MAX_SIM_MS: u64 = 6 * 3_600_000;
+/// Requests an adversary's flood sends at once.
+pub const FLOOD_REQUESTS: usize = 1_000;
+/// Blocks an adversary replays at once.
+pub const REPLAY_BLOCKS: usize = 20;
+
+/// A timed event.
+#[derive(Debug, Clone)]
+pub enum Ev {
+    Deliver {
+        to: NodeIx,
+        env: Envelope,
+    },
+    Turn {
+        node: NodeIx,
+        epoch: u64,
+    },
+    Tick {
+        node: NodeIx,
+        epoch: u64,
+    },
+    /// A writer's model has answered: one write is queued.
+    Think {
+        node: NodeIx,
+        epoch: u64,
+    },
+    ReqTimeout {
+        node: NodeIx,
+        epoch: u64,
+        rid: u64,
+    },
+    PartitionStart(PartitionKind),
+    PartitionEnd,
+    Crash {
+        nodes: Vec<NodeIx>,
+        wipe: bool,
+    },
+    Restart {
+        nodes: Vec<NodeIx>,
+    },
+    Pause {
+        nodes: Vec<NodeIx>,
+    },
+    Resume {
+        nodes: Vec<NodeIx>,
+    },
+    Attack {
+        node: NodeIx,
+        round: u64,
+    },
+    Check,
+}
+
+/// Counters of the run, for the report and the oracle.
+#[derive(Debug, Default, Clone)]
+pub struct RunStats {
+    pub messages: u64,
+    pub lost_messages: u64,
+    pub faults: u64,
+    pub writes_lost_in_crash: u64,
+    pub crashes: u64,
+    /// Adversarial inputs sent, per attack.
+    pub attacks_sent: BTreeMap<Attack, u64>,
+    /// …and what became of each.
+    pub attack_outcomes: BTreeMap<(Attack, Outcome), u64>,
+    /// Ids of invalid blocks the adversaries made (none may appear in an honest replica).
+    pub forged_ids: BTreeSet<EventId>,
+}
+
+pub struct World {
+    pub sc: Scenario,
+    pub seed: u64,
+    pub sabotage: Sabotage,
+    pub now: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    next_seq: u64,
+    pub nodes: Vec<SimNode>,
+    pub genesis: SignedEvent,
+    /// Overlay links (a < b), fixed for the run.
+    pub links: BTreeSet<(NodeIx, NodeIx)>,
+    /// Links whose connection is currently up (a < b)…
+    conns: BTreeSet<(NodeIx, NodeIx)>,
+    /// …and the same per node.
+    adjacent: Vec<BTreeSet<NodeIx>>,
+    partition: Option<PartitionKind>,
+    net_rng: Rng,
+    fault_rng: Rng,
+    byz_rng: Rng,
+    writer_rngs: Vec<Rng>,
+    next_rid: u64,
+    /// Acknowledged writes: id → (author node, ack time).
+    pub acked: BTreeMap<EventId, (NodeIx, u64)>,
+    /// …and the events themselves (the oracle's reference model folds these).
+    pub acked_events: BTreeMap<EventId, SignedEvent>,
+    /// Acknowledged writes of honest nodes.
+    acked_honest: u64,
+    /// Writes queued in some node's turn and not yet acknowledged or lost.
+    writes_in_flight: u64,
+    /// Faults still to start or end.
+    faults_open: u64,
+    /// When the last write was acknowledged or the last fault ended.
+    pub quiet_since: Option<u64>,
+    /// When the watch first saw every live replica agree (after quiet).
+    pub converged_at: Option<u64>,
+    /// The posterity crash: when, and the survivors' state hash just before it.
+    pub posterity: Option<(u64, [u8; 32])>,
+    pub stats: RunStats,
+    /// Decoding is a pure function of the bytes: identical blocks decode once per run (an
+    /// optimisation of the simulator; every distinct block is decoded and verified for real).
+    decoded: BTreeMap<EventId, Result<SignedEvent, EventError>>,
+    trace: Sha256,
+    steps: u64,
+    pub deadline: u64,
+}
+
+fn key_for(seed: u64, what: &str) -> Keypair {
+    let d: [u8; 32] = Sha256::new()
+        .chain_update(seed.to_le_bytes())
+        .chain_update(what.as_bytes())
+        .finalize()
+        .into();
+    Keypair::from_seed(d)
+}
+
+fn text_body(map: Vec<(&str, Ipld)>) -> Ipld {
+    Ipld::Map(map.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+const WORDS: [&str; 16] = [
+    "gate", "road", "ember", "tide", "lantern", "moss", "river", "stone", "crow", "harbor", "wind",
+    "ash", "bell", "salt", "thorn", "echo",
+];
+
+impl World {
+    pub fn new(sc: &Scenario, seed: u64, sabotage: Sabotage) -> World {
+        let n = sc.nodes();
+        let admin = key_for(seed, "admin");
+        let mut classes = vec![];
+        for (ci, c) in sc.classes.iter().enumerate() {
+            classes.extend(std::iter::repeat_n(ci, c.count));
+        }
+        let byz_count = sc.byzantine.as_ref().map_or(0, |b| b.nodes);
+        let last_class_start = n - sc.classes.last().map_or(0, |c| c.count);
+        let keys: Vec<Keypair> = (0..n).map(|i| key_for(seed, &format!("node{i}"))).collect();
+        let byzantine = |i: usize| i >= last_class_start && i < last_class_start + byz_count;
+        let writer = |i: usize| sc.classes[classes[i]].writes || byzantine(i);
+        let mut body = Genesis::new_body("chorus-sim", admin.author(), "kairos/1");
+        body.writers = (0..n)
+            .filter(|&i| writer(i))
+            .map(|i| serde_bytes::ByteBuf::from(keys[i].author().0.to_vec()))
+            .collect();
+        let genesis = UnsignedEvent {
+            timeline: None,
+            author: admin.author(),
+            seq: 1,
+            lamport: 0,
+            parents: vec![],
+            kind: kind::GENESIS.into(),
+            body: Genesis::body_ipld(&body),
+        }
+        .sign(&admin);
+        let genesis_block: BTreeMap<EventId, Arc<[u8]>> =
+            BTreeMap::from([(genesis.id(), genesis.bytes_arc())]);
+        let nodes = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let mut syncer = Syncer::default();
+                syncer.watch_own_chain(key.author());
+                SimNode {
+                    ix: i,
+                    class: classes[i],
+                    key,
+                    writer: writer(i),
+                    byzantine: byzantine(i),
+                    status: Status::Up,
+                    epoch: 0,
+                    tl: Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis"),
+                    blocks: genesis_block.clone(),
+                    syncer,
+                    inbox: vec![],
+                    queued_writes: 0,
+                    turn_scheduled: false,
+                    outstanding: BTreeMap::new(),
+                    seen: BTreeMap::new(),
+                    may_write: false,
+                    writes_done: 0,
+                    last_stimulus: None,
+                    rejected: BTreeMap::new(),
+                    refused_requests: 0,
+                    refused_unread: 0,
+                    deferred: vec![],
+                    arrivals: vec![],
+                }
+            })
+            .collect();
+        let mut topo_rng = Rng::stream(seed, "topology");
+        let mut links = BTreeSet::new();
+        if n <= sc.degree + 1 {
+            for a in 0..n {
+                for b in a + 1..n {
+                    links.insert((a, b));
+                }
+            }
+        } else {
+            for a in 0..n {
+                links.insert(ordered(a, (a + 1) % n));
+                for _ in 0..sc.degree / 2 {
+                    let b = topo_rng.below(n as u64) as usize;
+                    if b != a {
+                        links.insert(ordered(a, b));
+                    }
+                }
+            }
+        }
+        let writer_rngs = (0..n)
+            .map(|i| Rng::stream(seed, &format!("writer{i}")))
+            .collect();
+        World {
+            sc: sc.clone(),
+            seed,
+            sabotage,
+            now: 0,
+            queue: BTreeMap::new(),
+            next_seq: 0,
+            nodes,
+            genesis,
+            links,
+            conns: BTreeSet::new(),
+            adjacent: vec![BTreeSet::new(); n],
+            partition: None,
+            net_rng: Rng::stream(seed, "network"),
+            fault_rng: Rng::stream(seed, "faults"),
+            byz_rng: Rng::stream(seed, "byzantine"),
+            writer_rngs,
+            next_rid: 0,
+            acked: BTreeMap::new(),
+            acked_events: BTreeMap::new(),
+            acked_honest: 0,
+            writes_in_flight: 0,
+            faults_open: 0,
+            quiet_since: None,
+            converged_at: None,
+            posterity: None,
+            stats: RunStats::default(),
+            decoded: BTreeMap::new(),
+            trace: Sha256::new(),
+            steps: 0,
+            deadline: u64::MAX,
+        }
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.queue.insert((t, self.next_seq), ev);
+        self.next_seq += 1;
+    }
+
+    /// The trace digest: every processed event's time and kind, in order (C6).
+    pub fn trace_digest(&self) -> [u8; 32] {
+        self.trace.clone().finalize().into()
+    }
+
+    pub fn honest(&self) -> impl Iterator<Item = &SimNode> {
+        self.nodes.iter().filter(|n| !n.byzantine)
+    }
+
+    // ------------------------------------------------------------------ set-up and the loop
+
+    fn schedule_faults(&mut self) {
+        let sc = self.sc.clone();
+        let n = self.nodes.len();
+        for p in &sc.partitions {
+            self.at(p.at_s * 1000, Ev::PartitionStart(p.kind));
+            self.at((p.at_s + p.for_s) * 1000, Ev::PartitionEnd);
+            self.faults_open += 2;
+        }
+        let mut candidates: Vec<NodeIx> = (0..n).filter(|&i| !self.nodes[i].byzantine).collect();
+        if let Some(c) = &sc.crashes {
+            for k in 0..c.cycles {
+                self.fault_rng.shuffle(&mut candidates);
+                let nodes: Vec<NodeIx> = candidates[..c.nodes].to_vec();
+                let t = (c.at_s + k * c.every_s) * 1000;
+                self.at(
+                    t,
+                    Ev::Crash {
+                        nodes: nodes.clone(),
+                        wipe: false,
+                    },
+                );
+                self.at(t + c.down_s * 1000, Ev::Restart { nodes });
+                self.faults_open += 2;
+            }
+        }
+        if let Some(w) = &sc.wipe {
+            self.fault_rng.shuffle(&mut candidates);
+            let nodes: Vec<NodeIx> = candidates[..w.nodes].to_vec();
+            self.at(
+                w.at_s * 1000,
+                Ev::Crash {
+                    nodes: nodes.clone(),
+                    wipe: true,
+                },
+            );
+            self.at((w.at_s + w.down_s) * 1000, Ev::Restart { nodes });
+            self.faults_open += 2;
+        }
+        if let Some(p) = &sc.pause {
+            self.fault_rng.shuffle(&mut candidates);
+            let nodes: Vec<NodeIx> = candidates[..p.nodes].to_vec();
+            self.at(
+                p.at_s * 1000,
+                Ev::Pause {
+                    nodes: nodes.clone(),
+                },
+            );
+            self.at((p.at_s + p.for_s) * 1000, Ev::Resume { nodes });
+            self.faults_open += 2;
+        }
+        if let Some(b) = &sc.byzantine {
+            let byz: Vec<NodeIx> = (0..n).filter(|&i| self.nodes[i].byzantine).collect();
+            for node in byz {
+                self.at(b.every_s * 1000, Ev::Attack { node, round: 0 });
+            }
+        }
+    }
+
+    /// Runs to the end: every write acknowledged, every fault over, and every live honest
+    /// replica in agreement — or the scenario's convergence bound passed.
+    pub fn run(&mut self) {
+        for i in 0..self.nodes.len() {
+            let t = self.writer_rngs[i].below(TICK_MS);
+            self.at(t, Ev::Tick { node: i, epoch: 0 });
+            if self.nodes[i].writer {
+                let model = self.sc.classes[self.nodes[i].class].model_ms;
+                let t = self.writer_rngs[i].jitter(model, 25);
+                self.at(t, Ev::Think { node: i, epoch: 0 });
+            }
+        }
+        let links: Vec<_> = self.links.iter().copied().collect();
+        for (a, b) in links {
+            self.connect(a, b);
+        }
+        self.schedule_faults();
+        while let Some(((t, _), ev)) = self.queue.pop_first() {
+            self.now = t;
+            self.steps += 1;
+            self.trace.update(t.to_le_bytes());
+            self.trace.update([ev_tag(&ev)]);
+            if self.steps > MAX_STEPS || t > self.deadline || t > MAX_SIM_MS {
+                break;
+            }
+            if self.handle(ev) {
+                break;
+            }
+        }
+    }
+
+    /// Returns true when the run is over.
+    fn handle(&mut self, ev: Ev) -> bool {
+        match ev {
+            Ev::Deliver { to, env } => self.deliver(to, env),
+            Ev::Turn { node, epoch } => {
+                if self.timer_ok(node, epoch, &ev_turn(node, epoch)) {
+                    self.nodes[node].turn_scheduled = false;
+                    self.turn(node);
+                }
+            }
+            Ev::Tick { node, epoch } => {
+                if self.timer_ok(node, epoch, &Ev::Tick { node, epoch }) {
+                    self.tick(node);
+                    self.at(self.now + TICK_MS, Ev::Tick { node, epoch });
+                }
+            }
+            Ev::Think { node, epoch } => {
+                if self.timer_ok(node, epoch, &Ev::Think { node, epoch }) {
+                    self.think(node, epoch);
+                }
+            }
+            Ev::ReqTimeout { node, epoch, rid } => {
+                if self.timer_ok(node, epoch, &Ev::ReqTimeout { node, epoch, rid })
+                    && let Some((peer, req)) = self.nodes[node].outstanding.remove(&rid)
+                {
+                    self.nodes[node].syncer.request_failed(&peer, &req);
+                }
+            }
+            Ev::PartitionStart(k) => {
+                self.stats.faults += 1;
+                self.partition = Some(k);
+                self.faults_open -= 1;
+                self.refresh_conns();
+            }
+            Ev::PartitionEnd => {
+                self.partition = None;
+                self.fault_done();
+                self.refresh_conns();
+            }
+            Ev::Crash { nodes, wipe } => {
+                self.stats.faults += 1;
+                self.faults_open -= 1;
+                for i in nodes {
+                    self.crash(i, wipe);
+                }
+            }
+            Ev::Restart { nodes } => {
+                for i in nodes {
+                    self.restart(i);
+                }
+                self.fault_done();
+            }
+            Ev::Pause { nodes } => {
+                self.stats.faults += 1;
+                self.faults_open -= 1;
+                for i in nodes {
+                    self.nodes[i].status = Status::Paused;
+                }
+            }
+            Ev::Resume { nodes } => {
+                for i in nodes {
+                    self.nodes[i].status = Status::Up;
+                    let deferred = std::mem::take(&mut self.nodes[i].deferred);
+                    for ev in deferred {
+                        self.at(self.now, ev);
+                    }
+                }
+                self.fault_done();
+            }
+            Ev::Attack { node, round } => self.attack(node, round),
+            Ev::Check => return self.check(),
+        }
+        false
+    }
+
+    /// A node's own timer: ignored after a crash, held while paused.
+    fn timer_ok(&mut self, node: NodeIx, epoch: u64, ev: &Ev) -> bool {
+        let n = &mut self.nodes[node];
+        if n.epoch != epoch || n.status == Status::Crashed {
+            return false;
+        }
+        if n.status == Status::Paused {
+            n.deferred.push(ev.clone());
+            return false;
+        }
+        true
+    }
+
+    fn fault_done(&mut self) {
+        self.faults_open -= 1;
+        self.maybe_quiet();
+    }
+
+    fn maybe_quiet(&mut self) {
+        let writes_done = self.acked_honest() >= self.sc.events && self.writes_in_flight == 0;
+        if self.quiet_since.is_none() && writes_done && self.faults_open == 0 {
+            self.quiet_since = Some(self.now);
+            self.deadline = self.now + self.sc.converge_within_s * 1000;
+            self.at(self.now + CHECK_MS, Ev::Check);
+        }
+    }
+
+    pub fn acked_honest(&self) -> u64 {
+        self.acked_honest
+    }
+
+    /// The watch: once quiet, every live honest replica must hold the same heads.
+    fn check(&mut self) -> bool {
+        let live: Vec<&SimNode> = self.honest().filter(|n| n.live()).collect();
+        let first = live[0].heads();
+        let agree = live
+            .iter()
+            .all(|n| n.heads() == first && n.tl.pending_len() == 0);
+        if !agree {
+            self.at(self.now + CHECK_MS, Ev::Check);
+            return false;
+        }
+        if let Some(p) = self.sc.posterity.clone()
+            && self.posterity.is_none()
+        {
+            // Everything written has spread: now lose all but the survivors.
+            let mut honest: Vec<NodeIx> = self.honest().map(|n| n.ix).collect();
+            self.fault_rng.shuffle(&mut honest);
+            let survivors: Vec<NodeIx> = honest[..p.survivors].to_vec();
+            let s = survivors[0];
+            let hash = {
+                let n = &mut self.nodes[s];
+                n.tl.catch_up(&n.blocks).expect("blocks held");
+                n.tl.state_hash()
+            };
+            self.posterity = Some((self.now, hash));
+            let victims: Vec<NodeIx> = (0..self.nodes.len())
+                .filter(|i| !survivors.contains(i))
+                .collect();
+            self.stats.faults += 1;
+            for &i in &victims {
+                self.crash(i, true);
+            }
+            self.faults_open += 1;
+            self.quiet_since = None;
+            self.deadline = u64::MAX;
+            self.at(self.now + p.down_s * 1000, Ev::Restart { nodes: victims });
+            return false;
+        }
+        self.converged_at = Some(self.now);
+        true
+    }
+
+    // ------------------------------------------------------------------ the network
+
+    fn blocked(&self, from: NodeIx, to: NodeIx) -> bool {
+        let n = self.nodes.len();
+        let half = |i: NodeIx| i < n / 2;
+        match self.partition {
+            None => false,
+            Some(PartitionKind::Halves) => half(from) != half(to),
+            Some(PartitionKind::OneWay) => half(from) && !half(to),
+            Some(PartitionKind::Bridge) => {
+                // Node n/2 - 1 is the bridge; it reaches both sides.
+                let bridge = n / 2 - 1;
+                from != bridge && to != bridge && half(from) != half(to)
+            }
+            Some(PartitionKind::IsolateLast) => from == n - 1 || to == n - 1,
+            Some(PartitionKind::Ring) => {
+                let d = from.abs_diff(to);
+                d.min(n - d) > n / 4
+            }
+        }
+    }
+
+    fn latency(&mut self, from: NodeIx, to: NodeIx) -> u64 {
+        let c = &self.sc.classes;
+        let base = c[self.nodes[from].class]
+            .one_way_ms
+            .max(c[self.nodes[to].class].one_way_ms);
+        self.net_rng.jitter(base, self.sc.jitter_pct).max(1)
+    }
+
+    fn send(&mut self, from: NodeIx, to: NodeIx, msg: Msg, attack: Option<Attack>) {
+        self.stats.messages += 1;
+        if let Some(a) = attack {
+            *self.stats.attacks_sent.entry(a).or_insert(0) += 1;
+        }
+        let lossy = self.net_rng.chance(self.sc.loss);
+        if self.blocked(from, to) || lossy {
+            self.stats.lost_messages += 1;
+            self.outcome(attack, Outcome::Lost);
+            return;
+        }
+        let dup = self.net_rng.chance(self.sc.duplicate);
+        let t = self.now + self.latency(from, to);
+        let env = Envelope { from, msg, attack };
+        if dup {
+            // The copy is not an adversary's input of its own: count it once.
+            let mut copy = env.clone();
+            copy.attack = None;
+            let t2 = self.now + self.latency(from, to);
+            self.at(t2, Ev::Deliver { to, env: copy });
+        }
+        self.at(t, Ev::Deliver { to, env });
+    }
+
+    fn outcome(&mut self, attack: Option<Attack>, o: Outcome) {
+        if let Some(a) = attack {
+            *self.stats.attack_outcomes.entry((a, o)).or_insert(0) += 1;
+        }
+    }
+
+    fn conn_possible(&self, a: NodeIx, b: NodeIx) -> bool {
+        let (na, nb) = (&self.nodes[a], &self.nodes[b]);
+        na.live()
+            && nb.live()
+            && !(self.blocked(a, b) && self.blocked(b, a))
+            && !na.syncer.is_banned(&b)
+            && !nb.syncer.is_banned(&a)
+    }
+
+    fn connect(&mut self, a: NodeIx, b: NodeIx) {
+        if !self.conn_possible(a, b) || !self.conns.insert(ordered(a, b)) {
+            return;
+        }
+        self.adjacent[a].insert(b);
+        self.adjacent[b].insert(a);
+        let now = self.now;
+        let acts = self.nodes[a].syncer.peer_up(b, now);
+        self.act(a, acts);
+        let acts = self.nodes[b].syncer.peer_up(a, now);
+        self.act(b, acts);
+    }
+
+    fn disconnect(&mut self, a: NodeIx, b: NodeIx) {
+        if !self.conns.remove(&ordered(a, b)) {
+            return;
+        }
+        self.adjacent[a].remove(&b);
+        self.adjacent[b].remove(&a);
+        for (x, y) in [(a, b), (b, a)] {
+            if self.nodes[x].live() {
+                self.nodes[x].syncer.peer_down(&y);
+                // In-flight requests on the closed connection fail.
+                let failed: Vec<u64> = self.nodes[x]
+                    .outstanding
+                    .iter()
+                    .filter(|(_, (p, _))| *p == y)
+                    .map(|(r, _)| *r)
+                    .collect();
+                for r in failed {
+                    if let Some((p, req)) = self.nodes[x].outstanding.remove(&r) {
+                        self.nodes[x].syncer.request_failed(&p, &req);
+                    }
+                }
+            }
+        }
+    }
+
+    fn refresh_conns(&mut self) {
+        let links: Vec<_> = self.links.iter().copied().collect();
+        for (a, b) in links {
+            if self.conn_possible(a, b) {
+                self.connect(a, b);
+            } else {
+                self.disconnect(a, b);
+            }
+        }
+    }
+
+    fn neighbours(&self, a: NodeIx) -> Vec<NodeIx> {
+        self.adjacent[a].iter().copied().collect()
+    }
+
+    fn deliver(&mut self, to: NodeIx, env: Envelope) {
+        let n = &self.nodes[to];
+        if n.status == Status::Crashed || !self.conns.contains(&ordered(to, env.from)) {
+            // No connection: a crashed or banned peer, or the link went down meanwhile.
+            let o = if n.syncer.is_banned(&env.from) {
+                Outcome::DroppedBanned
+            } else {
+                Outcome::Lost
+            };
+            self.outcome(env.attack, o);
+            return;
+        }
+        if let Msg::Gossip { block } = &env.msg {
+            let id = EventId::of_block(block);
+            let now = self.now;
+            let n = &mut self.nodes[to];
+            if n.seen.contains_key(&id) {
+                self.outcome(env.attack, Outcome::DroppedSeen);
+                return;
+            }
+            n.seen.insert(id, now);
+        }
+        self.nodes[to].inbox.push(env);
+        self.schedule_turn(to);
+    }
+
+    fn schedule_turn(&mut self, node: NodeIx) {
+        let n = &mut self.nodes[node];
+        if !n.turn_scheduled {
+            n.turn_scheduled = true;
+            let epoch = n.epoch;
+            self.at(self.now + TURN_MS, ev_turn(node, epoch));
+        }
+    }
+
+    fn act(&mut self, node: NodeIx, actions: Vec<Action<NodeIx>>) {
+        for a in actions {
+            match a {
+                Action::Send(peer, req) => self.request(node, peer, req, None),
+                Action::Ban { peer, .. } => self.disconnect(node, peer),
+                Action::Unban(peer) => self.connect(node, peer),
+                Action::Disconnect(peer) => self.disconnect(node, peer),
+            }
+        }
+    }
+
+    fn request(&mut self, node: NodeIx, peer: NodeIx, req: SyncRequest, attack: Option<Attack>) {
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        if attack.is_none() {
+            self.nodes[node]
+                .outstanding
+                .insert(rid, (peer, req.clone()));
+            let epoch = self.nodes[node].epoch;
+            self.at(
+                self.now + REQUEST_TIMEOUT_MS,
+                Ev::ReqTimeout { node, epoch, rid },
+            );
+        }
+        self.send(node, peer, Msg::Request { rid, req }, attack);
+    }
+
+    // ------------------------------------------------------------------ node behaviour
+
+    fn decode(&mut self, block: &Arc<[u8]>) -> (EventId, Result<SignedEvent, EventError>) {
+        let id = EventId::of_block(block);
+        let r = self
+            .decoded
+            .entry(id)
+            .or_insert_with(|| SignedEvent::decode(block))
+            .clone();
+        (id, r)
+    }
+
+    /// One actor turn: ingest, then writes, then answers (see `chorus-node`'s `turn`).
+    fn turn(&mut self, node: NodeIx) {
+        let inbox = std::mem::take(&mut self.nodes[node].inbox);
+        let mut blocks: Vec<Incoming> = vec![];
+        let mut pages: Vec<(NodeIx, Option<sync::Cursor>, usize, usize)> = vec![];
+        let mut requests: Vec<(NodeIx, u64, SyncRequest, Option<Attack>)> = vec![];
+        for env in inbox {
+            let from = env.from;
+            match env.msg {
+                Msg::Gossip { block } => blocks.push((block, from, env.attack, true)),
+                Msg::Oversized { .. } => {
+                    self.nodes[node].refused_unread += 1;
+                    self.outcome(env.attack, Outcome::RefusedUnread);
+                }
+                Msg::Request { rid, req } => requests.push((from, rid, req, env.attack)),
+                Msg::Response { rid, resp } => {
+                    let Some((peer, req)) = self.nodes[node].outstanding.remove(&rid) else {
+                        continue; // timed out already, or never asked
+                    };
+                    let now = self.now;
+                    let n = &mut self.nodes[node];
+                    match resp {
+                        SyncResponse::Summary(s) => {
+                            let acts = n.syncer.on_summary(&peer, &s, &n.tl, now);
+                            self.act(node, acts);
+                        }
+                        SyncResponse::Blocks(b) => {
+                            let start = blocks.len();
+                            let drop = self.sabotage == Sabotage::DropSyncBlocks;
+                            if !drop {
+                                blocks.extend(
+                                    b.blocks
+                                        .into_iter()
+                                        .map(|x| (Arc::from(x.into_vec()), peer, None, false)),
+                                );
+                            }
+                            if matches!(req, SyncRequest::Since { .. }) {
+                                pages.push((peer, b.next, start, blocks.len()));
+                            } else {
+                                n.syncer.on_blocks(&peer);
+                            }
+                        }
+                        SyncResponse::Refused { .. } | SyncResponse::Stored { .. } => {
+                            n.syncer.request_failed(&peer, &req)
+                        }
+                    }
+                }
+            }
+        }
+        let new_at = self.ingest(node, blocks);
+        // The node's write gate (as in `chorus-node`): open once the peers confirm our chain.
+        let n = &mut self.nodes[node];
+        if !n.may_write && n.syncer.own_chain_confirmed(&n.tl).is_some() {
+            n.may_write = true;
+        }
+        for (peer, next, start, end) in pages {
+            let new = new_at[start..end].iter().filter(|x| **x).count() as u64;
+            let now = self.now;
+            let n = &mut self.nodes[node];
+            let acts = n.syncer.on_page(&peer, next, new, &n.tl, now);
+            self.act(node, acts);
+        }
+        let writes = std::mem::take(&mut self.nodes[node].queued_writes);
+        for _ in 0..writes {
+            self.writes_in_flight -= 1;
+            self.append(node);
+        }
+        for (peer, rid, req, attack) in requests {
+            let now = self.now;
+            let n = &mut self.nodes[node];
+            let resp = if !n.syncer.admit_request(&peer, now) {
+                n.refused_requests += 1;
+                SyncResponse::Refused {
+                    reason: "rate limited".into(),
+                }
+            } else {
+                sync::serve(&n.tl, &n.blocks, &req)
+            };
+            if let SyncResponse::Refused { .. } = resp {
+                if req.check().is_err() {
+                    n.refused_requests += 1;
+                }
+                self.outcome(attack, Outcome::Refused);
+            } else {
+                self.outcome(attack, Outcome::Served);
+            }
+            self.send(node, peer, Msg::Response { rid, resp }, None);
+        }
+        self.maybe_quiet();
+    }
+
+    /// Decodes, verifies and inserts blocks; returns per block whether it was new here.
+    fn ingest(&mut self, node: NodeIx, blocks: Vec<Incoming>) -> Vec<bool> {
+        let mut new_at = vec![false; blocks.len()];
+        if blocks.is_empty() {
+            return new_at;
+        }
+        let now = self.now;
+        let mut evs = vec![];
+        let mut pos = vec![];
+        let mut charged: BTreeMap<NodeIx, u32> = BTreeMap::new();
+        for (i, (b, from, attack, _)) in blocks.iter().enumerate() {
+            match self.decode(b).1 {
+                Ok(ev) => {
+                    evs.push(ev);
+                    pos.push(i);
+                }
+                Err(e) => {
+                    *self.nodes[node].rejected.entry(e.code()).or_insert(0) += 1;
+                    *charged.entry(*from).or_insert(0) += 1;
+                    self.outcome(*attack, Outcome::Rejected);
+                }
+            }
+        }
+        let n = &mut self.nodes[node];
+        for ev in &evs {
+            n.blocks.entry(ev.id()).or_insert_with(|| ev.bytes_arc());
+        }
+        let results =
+            n.tl.insert_batch_deferred(evs.iter().cloned(), &n.blocks)
+                .expect("the sim's store holds every block the timeline indexed");
+        let mut relay: Vec<(usize, NodeIx)> = vec![];
+        let mut indexed = vec![];
+        let mut gossip_from = BTreeSet::new();
+        let mut outcomes = vec![];
+        for (k, r) in results.into_iter().enumerate() {
+            let i = pos[k];
+            let (_, from, attack, gossip) = &blocks[i];
+            let ev = &evs[k];
+            match r {
+                Ok(Inserted::Indexed { released }) => {
+                    new_at[i] = true;
+                    indexed.push(ev.id());
+                    indexed.extend(released.iter().copied());
+                    n.arrivals.push(ev.id());
+                    n.arrivals.extend(released.iter().copied());
+                    for id in std::iter::once(ev.id()).chain(released) {
+                        if let Some((_, _, lc)) = n.tl.meta_of(&id)
+                            && n.tl
+                                .load(&id, &n.blocks)
+                                .is_ok_and(|e| e.kind == kind::STIMULUS)
+                            && n.last_stimulus.is_none_or(|(l, x)| (lc, id) > (l, x))
+                        {
+                            n.last_stimulus = Some((lc, id));
+                        }
+                    }
+                    if *gossip {
+                        relay.push((i, *from));
+                        gossip_from.insert(*from);
+                    }
+                    outcomes.push((*attack, Outcome::Accepted));
+                }
+                Ok(Inserted::Pending { .. }) => {
+                    if *gossip {
+                        relay.push((i, *from));
+                        gossip_from.insert(*from);
+                    }
+                    outcomes.push((*attack, Outcome::Accepted));
+                }
+                Ok(Inserted::Duplicate) => outcomes.push((*attack, Outcome::Duplicate)),
+                Err(e) => {
+                    n.blocks.remove(&ev.id());
+                    *n.rejected.entry(e.code()).or_insert(0) += 1;
+                    *charged.entry(*from).or_insert(0) += 1;
+                    outcomes.push((*attack, Outcome::Rejected));
+                }
+            }
+        }
+        for (id, e) in n.tl.take_dropped_pending() {
+            n.blocks.remove(&id);
+            *n.rejected.entry(e.code()).or_insert(0) += 1;
+        }
+        n.syncer.arrived(indexed.iter().copied());
+        for (a, o) in outcomes {
+            self.outcome(a, o);
+        }
+        for (peer, k) in charged {
+            let acts = self.nodes[node].syncer.on_invalid(&peer, k, now);
+            self.act(node, acts);
+        }
+        let wanted = self.nodes[node].tl.wanted();
+        if !wanted.is_empty() {
+            for p in gossip_from {
+                let acts = self.nodes[node].syncer.on_missing(&p, wanted.clone(), now);
+                self.act(node, acts);
+            }
+        }
+        // Gossipsub forwards a validated message to the mesh.
+        for (i, from) in relay {
+            let block = blocks[i].0.clone();
+            for peer in self.neighbours(node) {
+                if peer != from {
+                    self.send(
+                        node,
+                        peer,
+                        Msg::Gossip {
+                            block: block.clone(),
+                        },
+                        None,
+                    );
+                }
+            }
+        }
+        new_at
+    }
+
+    fn think(&mut self, node: NodeIx, epoch: u64) {
+        if self.acked_honest() >= self.sc.events {
+            return; // every write is done: the writer stops
+        }
+        // Writes in flight may still be lost in a crash: keep thinking, queue only what is
+        // still missing (adversaries write regardless).
+        let enough = self.acked_honest() + self.writes_in_flight >= self.sc.events;
+        if self.nodes[node].may_write && (!enough || self.nodes[node].byzantine) {
+            self.nodes[node].queued_writes += 1;
+            self.writes_in_flight += 1;
+            self.schedule_turn(node);
+        }
+        let model = self.sc.classes[self.nodes[node].class].model_ms;
+        let t = self.writer_rngs[node].jitter(model, 25);
+        self.at(self.now + t, Ev::Think { node, epoch });
+    }
+
+    /// The body of a writer's next event: its emissary first, then stimuli and intents.
+    fn next_body(&mut self, node: NodeIx) -> (&'static str, Ipld) {
+        let words = self.sc.words;
+        let rng = &mut self.writer_rngs[node];
+        let text: Vec<&str> = (0..words)
+            .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
+            .collect();
+        let text = text.join(" ");
+        let n = &self.nodes[node];
+        let name = format!("e{node}");
+        if n.writes_done == 0 {
+            return (
+                kind::EMISSARY,
+                text_body(vec![("name", Ipld::String(name))]),
+            );
+        }
+        let stimulus = n.last_stimulus.is_none()
+            || (node.is_multiple_of(4) && n.writes_done.is_multiple_of(3));
+        match n.last_stimulus.filter(|_| !stimulus) {
+            None => (
+                kind::STIMULUS,
+                text_body(vec![("text", Ipld::String(text))]),
+            ),
+            Some((_, re)) => (
+                kind::INTENT,
+                text_body(vec![
+                    ("text", Ipld::String(text)),
+                    ("emissary", Ipld::String(name)),
+                    ("re", Ipld::Link(re.to_cid())),
+                    (
+                        "commands",
+                        Ipld::List(vec![Ipld::String(format!("say {}", WORDS[node % 16]))]),
+                    ),
+                ]),
+            ),
+        }
+    }
+
+    /// A local write: signed, indexed, durable at the end of the turn, then acknowledged and
+    /// gossiped (the node acknowledges only what it has committed).
+    fn append(&mut self, node: NodeIx) {
+        let (k, body) = self.next_body(node);
+        let n = &mut self.nodes[node];
+        let ev = n.tl.prepare(n.key.author(), k, body).sign(&n.key);
+        match n.tl.insert_deferred(ev.clone()) {
+            Ok(Inserted::Indexed { .. }) => {}
+            other => panic!("a member's own write was not indexed: {other:?}"),
+        }
+        let id = ev.id();
+        n.blocks.insert(id, ev.bytes_arc());
+        n.arrivals.push(id);
+        n.writes_done += 1;
+        if k == kind::STIMULUS {
+            n.last_stimulus = Some((ev.lamport, id));
+        }
+        n.seen.insert(id, self.now);
+        self.acked.insert(id, (node, self.now));
+        if !self.nodes[node].byzantine {
+            self.acked_honest += 1;
+        }
+        self.acked_events.insert(id, ev.clone());
+        for peer in self.neighbours(node) {
+            self.send(
+                node,
+                peer,
+                Msg::Gossip {
+                    block: ev.bytes_arc(),
+                },
+                None,
+            );
+        }
+    }
+
+    fn tick(&mut self, node: NodeIx) {
+        let now = self.now;
+        let n = &mut self.nodes[node];
+        if now % SEEN_PRUNE_MS < TICK_MS {
+            n.seen.retain(|_, t| now < *t + SEEN_TTL_MS);
+        }
+        let acts = n.syncer.tick(now);
+        self.act(node, acts);
+    }
+
+    fn crash(&mut self, i: NodeIx, wipe: bool) {
+        self.stats.crashes += 1;
+        let lost_inbox: Vec<Option<Attack>> =
+            self.nodes[i].inbox.iter().map(|e| e.attack).collect();
+        for a in lost_inbox {
+            self.outcome(a, Outcome::Lost);
+        }
+        let n = &mut self.nodes[i];
+        self.writes_in_flight -= n.queued_writes;
+        self.stats.writes_lost_in_crash += n.queued_writes;
+        n.queued_writes = 0;
+        n.inbox.clear();
+        n.deferred.clear();
+        n.outstanding.clear();
+        n.turn_scheduled = false;
+        n.epoch += 1;
+        if wipe {
+            n.blocks.retain(|id, _| *id == self.genesis.id());
+        }
+        let peers = self.neighbours(i);
+        for p in peers {
+            self.disconnect(i, p);
+        }
+        // Status last: `disconnect` tells the peers, not the dead node.
+        self.nodes[i].status = Status::Crashed;
+    }
+
+    /// Restart on whatever the store kept: the timeline is rebuilt from the blocks.
+    fn restart(&mut self, i: NodeIx) {
+        let genesis = self.genesis.clone();
+        let n = &mut self.nodes[i];
+        n.status = Status::Up;
+        n.tl = Timeline::new(genesis, KairosMachine).expect("the sim's genesis");
+        n.syncer = Syncer::default();
+        n.syncer.watch_own_chain(n.key.author());
+        n.seen.clear();
+        n.arrivals.clear();
+        let mut evs: Vec<SignedEvent> = vec![];
+        let blocks: Vec<Arc<[u8]>> = n.blocks.values().cloned().collect();
+        let genesis_id = self.genesis.id();
+        for b in &blocks {
+            if let (id, Ok(ev)) = self.decode(b)
+                && id != genesis_id
+            {
+                evs.push(ev);
+            }
+        }
+        evs.sort_by_key(|e| (e.lamport, e.id()));
+        let n = &mut self.nodes[i];
+        n.arrivals = evs.iter().map(SignedEvent::id).collect();
+        n.tl.insert_batch_deferred(evs, &n.blocks)
+            .expect("restart from the sim's own store");
+        let me = n.key.author();
+        n.may_write = n.tl.version_vector().get(&me).is_some_and(|&sq| sq > 0);
+        let epoch = n.epoch;
+        self.at(self.now + 1, Ev::Tick { node: i, epoch });
+        if self.nodes[i].writer {
+            let model = self.sc.classes[self.nodes[i].class].model_ms;
+            let t = self.writer_rngs[i].jitter(model, 25);
+            self.at(self.now + t, Ev::Think { node: i, epoch });
+        }
+        let links: Vec<_> = self
+            .links
+            .iter()
+            .copied()
+            .filter(|&(a, b)| a == i || b == i)
+            .collect();
+        for (a, b) in links {
+            self.connect(a, b);
+        }
+    }
+
+    // ------------------------------------------------------------------ adversaries
+
+    fn attack(&mut self, node: NodeIx, round: u64) {
+        let Some(b) = self.sc.byzantine.clone() else {
+            return;
+        };
+        if self.quiet_since.is_none() && !b.attacks.is_empty() {
+            let a = b.attacks[(round % b.attacks.len() as u64) as usize];
+            if self.nodes[node].status == Status::Up {
+                self.stats.faults += 1;
+                self.run_attack(node, a);
+            }
+            self.at(
+                self.now + b.every_s * 1000,
+                Ev::Attack {
+                    node,
+                    round: round + 1,
+                },
+            );
+        }
+    }
+
+    fn run_attack(&mut self, node: NodeIx, a: Attack) {
+        let peers = self.neighbours(node);
+        if peers.is_empty() {
+            return;
+        }
+        let target = peers[self.byz_rng.below(peers.len() as u64) as usize];
+        let held: Vec<Arc<[u8]>> = self.nodes[node].blocks.values().cloned().collect();
+        match a {
+            Attack::BitFlip => {
+                let Some(src) = (!held.is_empty())
+                    .then(|| held[self.byz_rng.below(held.len() as u64) as usize].clone())
+                else {
+                    return;
+                };
+                let mut bytes = src.to_vec();
+                let bit = self.byz_rng.below(bytes.len() as u64 * 8);
+                bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+                let block: Arc<[u8]> = bytes.into();
+                self.stats.forged_ids.insert(EventId::of_block(&block));
+                for p in peers {
+                    self.send(
+                        node,
+                        p,
+                        Msg::Gossip {
+                            block: block.clone(),
+                        },
+                        Some(a),
+                    );
+                }
+            }
+            Attack::ForgedAuthor => {
+                let victims: Vec<NodeIx> =
+                    self.honest().filter(|n| n.writer).map(|n| n.ix).collect();
+                let v = victims[self.byz_rng.below(victims.len() as u64) as usize];
+                let n = &self.nodes[node];
+                let victim = self.nodes[v].key.author();
+                let mut ev = n.tl.prepare(
+                    victim,
+                    kind::INTENT,
+                    text_body(vec![("text", Ipld::String("[\"say forged\"]".into()))]),
+                );
+                ev.author = victim;
+                let signed = ev.sign(&n.key);
+                self.stats.forged_ids.insert(signed.id());
+                for p in peers {
+                    self.send(
+                        node,
+                        p,
+                        Msg::Gossip {
+                            block: signed.bytes_arc(),
+                        },
+                        Some(a),
+                    );
+                }
+            }
+            Attack::Equivocate => {
+                let n = &mut self.nodes[node];
+                let author = n.key.author();
+                let one =
+                    n.tl.prepare(
+                        author,
+                        kind::STIMULUS,
+                        text_body(vec![("text", Ipld::String("fork one".into()))]),
+                    )
+                    .sign(&n.key);
+                let two =
+                    n.tl.prepare(
+                        author,
+                        kind::STIMULUS,
+                        text_body(vec![("text", Ipld::String("fork two".into()))]),
+                    )
+                    .sign(&n.key);
+                let _ = n.tl.insert_deferred(one.clone());
+                n.blocks.insert(one.id(), one.bytes_arc());
+                for (k, p) in peers.into_iter().enumerate() {
+                    let ev = if k % 2 == 0 { &one } else { &two };
+                    self.send(
+                        node,
+                        p,
+                        Msg::Gossip {
+                            block: ev.bytes_arc(),
+                        },
+                        Some(a),
+                    );
+                }
+            }
+            Attack::Replay => {
+                for _ in 0..REPLAY_BLOCKS.min(held.len()) {
+                    let b = held[self.byz_rng.below(held.len() as u64) as usize].clone();
+                    self.send(node, target, Msg::Gossip { block: b }, Some(a));
+                }
+            }
+            Attack::OversizedBlock => {
+                let n = &self.nodes[node];
+                let big = "x".repeat(chorus_core::limits::MAX_EVENT_BYTES + 100);
+                let ev =
+                    n.tl.prepare(
+                        n.key.author(),
+                        kind::STIMULUS,
+                        text_body(vec![("text", Ipld::String(big))]),
+                    )
+                    .sign(&n.key);
+                self.stats.forged_ids.insert(ev.id());
+                self.send(
+                    node,
+                    target,
+                    Msg::Gossip {
+                        block: ev.bytes_arc(),
+                    },
+                    Some(a),
+                );
+            }
+            Attack::OversizedMessage => {
+                self.send(
+                    node,
+                    target,
+                    Msg::Oversized {
+                        bytes: MAX_SYNC_MESSAGE_BYTES + 1,
+                    },
+                    Some(a),
+                );
+            }
+            Attack::Flood => {
+                for _ in 0..FLOOD_REQUESTS {
+                    self.request(node, target, SyncRequest::Summary, Some(a));
+                }
+            }
+            Attack::BadRequest => {
+                let ids = (0..=MAX_WANT_IDS as u64)
+                    .map(|k| EventId(Sha256::digest(k.to_le_bytes()).into()))
+                    .collect();
+                self.request(node, target, SyncRequest::Want { ids }, Some(a));
+            }
+        }
+    }
+}
+
+/// A block that arrived in a turn: bytes, sender, the attack it carries, by gossip or not.
+type Incoming = (Arc<[u8]>, NodeIx, Option<Attack>, bool);
+
+fn ordered(a: NodeIx, b: NodeIx) -> (NodeIx, NodeIx) {
+    (a.min(b), a.max(b))
+}
+
+fn ev_turn(node: NodeIx, epoch: u64) -> Ev {
+    Ev::Turn { node, epoch }
+}
+
+fn ev_tag(ev: &Ev) -> u8 {
+    match ev {
+        Ev::Deliver { .. } => 1,
+        Ev::Turn { .. } => 2,
+        Ev::Tick { .. } => 3,
+        Ev::Think { .. } => 4,
+        Ev::ReqTimeout { .. } => 5,
+        Ev::PartitionStart(_) => 6,
+        Ev::PartitionEnd => 7,
+        Ev::Crash { .. } => 8,
+        Ev::Restart { .. } => 9,
+        Ev::Pause { .. } => 10,
+        Ev::Resume { .. } => 11,
+        Ev::Attack { .. } => 12,
+        Ev::Check => 13,
+    }
+}
