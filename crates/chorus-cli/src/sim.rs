@@ -45,6 +45,7 @@ pub enum SabotageArg {
     None,
     ArrivalOrder,
     DropSyncBlocks,
+    NoWriteGate,
 }
 
 fn load(file: Option<PathBuf>) -> Result<Suite> {
@@ -63,6 +64,12 @@ fn load(file: Option<PathBuf>) -> Result<Suite> {
 fn print_details(r: &Report) {
     for n in &r.notes {
         println!("    {n}");
+    }
+    if r.findings.lost_to_wipe > 0 {
+        println!(
+            "    {} acknowledged writes were only on a disk that was then wiped (not failures)",
+            r.findings.lost_to_wipe
+        );
     }
     for v in r.findings.verdicts.iter().chain(&r.extra) {
         match &v.failure {
@@ -124,6 +131,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::None => Sabotage::None,
                 SabotageArg::ArrivalOrder => Sabotage::ArrivalOrder,
                 SabotageArg::DropSyncBlocks => Sabotage::DropSyncBlocks,
+                SabotageArg::NoWriteGate => Sabotage::NoWriteGate,
             };
             let r = chorus_sim::run(sc, seed, sabotage);
             println!("{}", table_header());

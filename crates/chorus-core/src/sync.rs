@@ -65,10 +65,11 @@ pub const WANT_TIMEOUT_MS: u64 = 5_000;
 /// request it made timed out before its answer could arrive (found by `chorus sim run
 /// --scenario disparity`).
 pub const REQUEST_TIMEOUT_MS: u64 = 120_000;
-/// A catch-up stream with no response for this long is abandoned (another peer may serve).
-/// Longer than [`REQUEST_TIMEOUT_MS`], so a slow but live peer is never abandoned mid-page;
-/// a dead one fails the request first.
-pub const CATCH_UP_STALL_MS: u64 = REQUEST_TIMEOUT_MS + 10_000;
+/// A catch-up stream with no response for this long is abandoned, and the next summary
+/// starts another (with any peer). Much shorter than [`REQUEST_TIMEOUT_MS`]: a page lost on the
+/// way must not hold the catch-up for two minutes. A slow peer is not cut off by it: the blocks
+/// of its late answer are ingested all the same, whichever stream is current.
+pub const CATCH_UP_STALL_MS: u64 = 20_000;
 /// Most requests in flight to one peer.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 4;
 /// Invalid blocks a peer may send before it is banned.

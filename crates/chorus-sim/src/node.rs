@@ -102,6 +102,9 @@ pub enum Sabotage {
     /// Node 0 folds its state in arrival order instead of the total order (a tie-break by
     /// arrival time, taken to its end).
     ArrivalOrder,
+    /// No write gate: a node writes as soon as its model answers, even with a store that lost
+    /// its own events (the rule before `Syncer::own_chain_confirmed`).
+    NoWriteGate,
     /// Every node ignores the blocks in sync answers, catch-up pages and `Want`s alike (a
     /// broken sync rule: only gossip is left).
     DropSyncBlocks,

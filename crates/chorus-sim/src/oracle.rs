@@ -4,7 +4,8 @@
 //!   `state_hash`, within the scenario's bound after the last write and fault (and, after a
 //!   posterity crash, the survivor's hash from before it).
 //! * **C2 no acknowledged event lost** (Jepsen's set checker): *lost* = acknowledged but
-//!   absent; *unexpected* = present but never acknowledged by an honest writer (and not an
+//!   absent (except a write whose only copy was on a disk that was then wiped, reported
+//!   apart as *lost to wipe*: wiping defeats durability); *unexpected* = present but never acknowledged by an honest writer (and not an
 //!   adversary's); *duplicated* = an id twice in the order, or two events of an honest author
 //!   at one sequence number. All three must be 0.
 //! * **C3 causal order** — in every replica's order each event comes after all its parents.
@@ -40,6 +41,9 @@ pub struct Verdict {
 pub struct Findings {
     pub verdicts: Vec<Verdict>,
     pub lost: u64,
+    /// Acknowledged writes gone because the only disk holding them was wiped before any peer
+    /// had them: a wipe defeats durability, so these are reported, not failed.
+    pub lost_to_wipe: u64,
     pub unexpected: u64,
     pub duplicated: u64,
     pub rejected: u64,
@@ -202,7 +206,11 @@ pub fn judge(w: &mut World) -> Findings {
     let mut c2 = vec![];
     for (id, (node, _)) in &w.acked {
         if !w.nodes[*node].byzantine && !present.contains(id) {
-            f.lost += 1;
+            if w.stats.wiped_unreplicated.contains(id) {
+                f.lost_to_wipe += 1;
+            } else {
+                f.lost += 1;
+            }
         }
     }
     let mut honest_seqs: BTreeMap<(AuthorId, u64), u32> = BTreeMap::new();
@@ -346,6 +354,7 @@ pub fn judge(w: &mut World) -> Findings {
         .acked_events
         .iter()
         .filter(|(id, _)| w.acked.get(id).is_some_and(|(n, _)| !w.nodes[*n].byzantine))
+        .filter(|(id, _)| present.contains(id) || !w.stats.wiped_unreplicated.contains(id))
         .map(|(_, e)| e.clone())
         .collect();
     let mut c5 = vec![];

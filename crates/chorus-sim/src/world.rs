@@ -109,6 +109,9 @@ pub struct RunStats {
     pub attack_outcomes: BTreeMap<(Attack, Outcome), u64>,
     /// Ids of invalid blocks the adversaries made (none may appear in an honest replica).
     pub forged_ids: BTreeSet<EventId>,
+    /// Acknowledged writes whose only copy was on a disk that was wiped (a wipe defeats
+    /// durability: these may be gone, and C2 does not count them as lost).
+    pub wiped_unreplicated: BTreeSet<EventId>,
 }
 
 pub struct World {
@@ -956,7 +959,8 @@ impl World {
         // Writes in flight may still be lost in a crash: keep thinking, queue only what is
         // still missing (adversaries write regardless).
         let enough = self.acked_honest() + self.writes_in_flight >= self.sc.events;
-        if self.nodes[node].may_write && (!enough || self.nodes[node].byzantine) {
+        let gate_open = self.nodes[node].may_write || self.sabotage == Sabotage::NoWriteGate;
+        if gate_open && (!enough || self.nodes[node].byzantine) {
             self.nodes[node].queued_writes += 1;
             self.writes_in_flight += 1;
             self.schedule_turn(node);
@@ -1066,6 +1070,22 @@ impl World {
         n.turn_scheduled = false;
         n.epoch += 1;
         if wipe {
+            let own: Vec<EventId> = self
+                .acked
+                .iter()
+                .filter(|(_, (a, _))| *a == i)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in own {
+                let elsewhere = self
+                    .nodes
+                    .iter()
+                    .any(|o| o.ix != i && o.blocks.contains_key(&id));
+                if !elsewhere {
+                    self.stats.wiped_unreplicated.insert(id);
+                }
+            }
+            let n = &mut self.nodes[i];
             n.blocks.retain(|id, _| *id == self.genesis.id());
         }
         let peers = self.neighbours(i);

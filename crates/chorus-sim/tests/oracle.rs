@@ -6,8 +6,8 @@ use chorus_sim::{Sabotage, Suite, simulate};
 /// The committed `wipe` scenario, made small enough for a unit test.
 fn small_wipe() -> chorus_sim::Scenario {
     let mut sc = Suite::builtin().get("wipe").expect("wipe scenario").clone();
-    sc.events = 300;
-    sc.wipe.as_mut().expect("wipe").at_s = 40;
+    sc.events = 800;
+    sc.wipe.as_mut().expect("wipe").at_s = 15;
     sc
 }
 
@@ -19,7 +19,7 @@ fn failed_checks(r: &chorus_sim::Report) -> Vec<&'static str> {
 fn the_unbroken_small_scenario_passes() {
     let (r, _) = simulate(&small_wipe(), 11, Sabotage::None);
     assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
-    assert!(r.events >= 300);
+    assert!(r.events >= 800);
     assert_eq!(
         r.findings.lost + r.findings.unexpected + r.findings.duplicated,
         0
@@ -40,6 +40,20 @@ fn a_sync_rule_that_ignores_fetched_blocks_is_caught() {
     let failed = failed_checks(&r);
     // The wiped nodes never get the history back.
     assert!(failed.contains(&"C1 convergence"), "{failed:?}");
+}
+
+#[test]
+fn writing_before_the_own_chain_is_confirmed_is_caught() {
+    let (r, _) = simulate(&small_wipe(), 11, Sabotage::NoWriteGate);
+    let failed = failed_checks(&r);
+    assert!(
+        failed.contains(&"C2 no acknowledged write lost"),
+        "{failed:?}"
+    );
+    assert!(
+        r.findings.duplicated > 0,
+        "wiped writers reused their sequence numbers"
+    );
 }
 
 #[test]
