@@ -7,7 +7,8 @@
 //!   shortest slow link (2 s; p50 in milliseconds), and each fast node sees the other's writes
 //!   within 3 s;
 //! * the slow nodes are never dropped: their writes reach every node, and all four converge to
-//!   one `state_hash` while the delays are still in place.
+//!   one `state_hash` while the delays are still in place;
+//! * a fast node stopped for 10 s (SIGSTOP) holds nobody up and catches up when continued.
 //!
 //! Needs root, `ip` and `iptables` (NFQUEUE target); see `common/netns.rs`.
 
@@ -83,43 +84,9 @@ fn disparity_inside_the_hub() {
         eprintln!("only runs inside the namespaces made by its outer test");
         return;
     };
-    let ns = |i: usize| format!("{prefix}n{i}");
     let root = tempfile::tempdir().unwrap();
     let dirs = timeline(root.path(), NODES, NODES);
-    let start = |i: usize, boot: &[String]| {
-        let n = ns(i);
-        Node::start_with(
-            &format!("n{i}"),
-            &dirs[i],
-            &ip_in(SUBNET, i),
-            boot,
-            &[],
-            Some(&["ip", "netns", "exec", &n]),
-        )
-    };
-    let n0 = start(0, &[]);
-    let boot = vec![n0.addr.clone()];
-    let mut nodes = vec![n0];
-    for (i, dir) in dirs.iter().enumerate().skip(1) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns(i), BIN, "--data-dir"])
-            .arg(dir)
-            .args(["join", &boot[0]])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        nodes.push(start(i, &boot));
-    }
-    peers_at_least(
-        &nodes.iter().collect::<Vec<_>>(),
-        NODES - 1,
-        Duration::from_secs(30),
-    );
-    initial_sync(&mut nodes.iter_mut().collect::<Vec<_>>(), NODES as u64);
+    let mut nodes = start_mesh(&prefix, SUBNET, &dirs);
     for n in &nodes {
         n.append(&format!("{} before {{i}}", n.name), 2).unwrap();
     }
@@ -194,8 +161,28 @@ fn disparity_inside_the_hub() {
     );
     assert!(p(0.5) < 200, "fast appends are slow: p50 {} ms", p(0.5));
 
+    // SIGSTOP the other fast node for 10 s while n0 goes on writing: n0 does not wait for it
+    // either, and it catches up once continued.
+    let pid = nodes[1].child.as_ref().unwrap().id().to_string();
+    sh(&["kill", "-STOP", &pid]).unwrap();
+    let mut paused_writes = 0u64;
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_secs(10) {
+        let t = Instant::now();
+        nodes[0].append("while n1 is stopped {i}", 1).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "n0 waited for the stopped n1: {:?}",
+            t.elapsed()
+        );
+        paused_writes += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    sh(&["kill", "-CONT", &pid]).unwrap();
+    eprintln!("n1 was stopped 10 s (SIGSTOP) while n0 wrote {paused_writes} events");
+
     // Everything converges, delays still in place: the 45 s node's write reaches everyone.
-    let total = base + slow_ids.len() as u64 + 2 * round as u64;
+    let total = base + slow_ids.len() as u64 + 2 * round as u64 + paused_writes;
     let healed = Instant::now();
     let hash = converge(
         &mut nodes.iter_mut().collect::<Vec<_>>(),

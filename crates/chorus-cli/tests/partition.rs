@@ -13,7 +13,6 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -52,42 +51,7 @@ fn partition_inside_the_hub() {
     let ns = |i: usize| format!("{prefix}n{i}");
     let root = tempfile::tempdir().unwrap();
     let dirs = timeline(root.path(), NODES, NODES);
-    let start = |i: usize, boot: &[String]| {
-        let n = ns(i);
-        Node::start_with(
-            &format!("n{i}"),
-            &dirs[i],
-            &ip_of(i),
-            boot,
-            &[],
-            Some(&["ip", "netns", "exec", &n]),
-        )
-    };
-    let n0 = start(0, &[]);
-    let boot = vec![n0.addr.clone()];
-    let mut nodes = vec![n0];
-    for (i, dir) in dirs.iter().enumerate().skip(1) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns(i), BIN, "--data-dir"])
-            .arg(dir)
-            .args(["join", &boot[0]])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        nodes.push(start(i, &boot));
-    }
-    // Full mesh, found through Kademlia from the one bootstrap address: otherwise a side
-    // could be connected only through the other side.
-    peers_at_least(
-        &nodes.iter().collect::<Vec<_>>(),
-        NODES - 1,
-        Duration::from_secs(30),
-    );
-    initial_sync(&mut nodes.iter_mut().collect::<Vec<_>>(), NODES as u64);
+    let mut nodes = start_mesh(&prefix, SUBNET, &dirs);
     for n in &nodes {
         n.append(&format!("{} before {{i}}", n.name), 10).unwrap();
     }

@@ -67,6 +67,13 @@ pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World)
     let mut w = World::new(sc, seed, sabotage);
     w.run();
     let findings = oracle::judge(&mut w);
+    let mut notes = vec![];
+    if w.stats.crashes > 0 {
+        notes.push(format!(
+            "{} crashes; {} writes were in a crashed node's queue, never acknowledged (lost by design)",
+            w.stats.crashes, w.stats.writes_lost_in_crash
+        ));
+    }
     let r = Report {
         scenario: sc.name.clone(),
         seed,
@@ -82,7 +89,7 @@ pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World)
         trace: w.trace_digest(),
         messages: w.stats.messages,
         wall_s: t0.elapsed().as_secs_f64(),
-        notes: vec![],
+        notes,
         extra: vec![],
     };
     (r, w)

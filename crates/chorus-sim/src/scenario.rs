@@ -224,6 +224,10 @@ pub struct Scenario {
     /// Probability each message is delivered twice.
     #[serde(default)]
     pub duplicate: f64,
+    /// How long a node's turn takes from its first message to its durable commit (batching
+    /// window + fsync; an SD card is slow). A crash in between loses the turn.
+    #[serde(default = "d_commit_ms")]
+    pub commit_ms: u64,
     /// Gossip/overlay degree: each node keeps links to this many others (plus ring links).
     #[serde(default = "d_degree")]
     pub degree: usize,
@@ -240,6 +244,9 @@ pub struct Scenario {
     /// Also run without this class and compare the other writers' append rate (disparity).
     pub baseline_without: Option<String>,
 }
+fn d_commit_ms() -> u64 {
+    5
+}
 fn d_words() -> usize {
     3
 }
@@ -252,6 +259,9 @@ impl Scenario {
         let n = self.nodes();
         if n < 2 {
             return Err("needs at least 2 nodes".into());
+        }
+        if self.commit_ms == 0 || self.commit_ms > 10_000 {
+            return Err("commit_ms must be 1..=10000".into());
         }
         if n > 1_000 {
             return Err(format!("{n} nodes (max 1000)"));

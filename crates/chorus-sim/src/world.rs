@@ -8,14 +8,15 @@ use std::{
 };
 
 use chorus_core::{
-    EventId, SignedEvent, Timeline, UnsignedEvent,
+    EventId, SignedEvent, Timeline,
     crypto::Keypair,
     event::{EventError, kind},
-    genesis::Genesis,
+    limits::DEFAULT_CHECKPOINT_INTERVAL,
     sync::{
         self, Action, MAX_SYNC_MESSAGE_BYTES, MAX_WANT_IDS, REQUEST_TIMEOUT_MS, SyncRequest,
         SyncResponse, Syncer,
     },
+    testkit,
     timeline::Inserted,
 };
 use chorus_kairos::machine::KairosMachine;
@@ -30,9 +31,6 @@ use crate::{
 
 /// How often each node runs its periodic work (the node's tick).
 pub const TICK_MS: u64 = 200;
-/// A node's turn runs this long after the first message of the turn arrives (the actor's
-/// batching window).
-pub const TURN_MS: u64 = 5;
 /// How long gossipsub remembers a message id.
 pub const SEEN_TTL_MS: u64 = 120_000;
 /// How often the seen cache drops expired ids (it holds at most TTL + this much).
@@ -191,21 +189,16 @@ impl World {
         let keys: Vec<Keypair> = (0..n).map(|i| key_for(seed, &format!("node{i}"))).collect();
         let byzantine = |i: usize| i >= last_class_start && i < last_class_start + byz_count;
         let writer = |i: usize| sc.classes[classes[i]].writes || byzantine(i);
-        let mut body = Genesis::new_body("chorus-sim", admin.author(), "kairos/1");
-        body.writers = (0..n)
+        let writer_keys: Vec<Keypair> = (0..n)
             .filter(|&i| writer(i))
-            .map(|i| serde_bytes::ByteBuf::from(keys[i].author().0.to_vec()))
+            .map(|i| keys[i].clone())
             .collect();
-        let genesis = UnsignedEvent {
-            timeline: None,
-            author: admin.author(),
-            seq: 1,
-            lamport: 0,
-            parents: vec![],
-            kind: kind::GENESIS.into(),
-            body: Genesis::body_ipld(&body),
-        }
-        .sign(&admin);
+        let genesis = testkit::genesis(
+            &admin,
+            &writer_keys,
+            "kairos/1",
+            DEFAULT_CHECKPOINT_INTERVAL,
+        );
         let genesis_block: BTreeMap<EventId, Arc<[u8]>> =
             BTreeMap::from([(genesis.id(), genesis.bytes_arc())]);
         let nodes = keys
@@ -703,7 +696,9 @@ impl World {
         if !n.turn_scheduled {
             n.turn_scheduled = true;
             let epoch = n.epoch;
-            self.at(self.now + TURN_MS, ev_turn(node, epoch));
+            // The turn's commit is durable this long after its first message arrived: until
+            // then a crash loses the turn (its writes were never acknowledged).
+            self.at(self.now + self.sc.commit_ms, ev_turn(node, epoch));
         }
     }
 

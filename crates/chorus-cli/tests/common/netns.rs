@@ -140,3 +140,52 @@ pub fn nft_in(ns: &str, script: &str) {
         .unwrap();
     assert!(child.wait().unwrap().success(), "nft in {ns}: {script}");
 }
+
+/// Starts `chorus node` on every data dir, node `i` inside namespace `PREFIXn{i}` on
+/// `subnet.(10+i)`: node 0 first, the others joined through it. Returns once every node is
+/// connected to all the others (found through Kademlia from the one bootstrap address) and
+/// holds the timeline's first events (genesis and memberships).
+pub fn start_mesh(prefix: &str, subnet: &str, dirs: &[std::path::PathBuf]) -> Vec<super::Node> {
+    use std::time::Duration;
+    let start = |i: usize, boot: &[String]| {
+        let ns = format!("{prefix}n{i}");
+        super::Node::start_with(
+            &format!("n{i}"),
+            &dirs[i],
+            &ip_in(subnet, i),
+            boot,
+            &[],
+            Some(&["ip", "netns", "exec", &ns]),
+        )
+    };
+    let n0 = start(0, &[]);
+    let boot = vec![n0.addr.clone()];
+    let mut nodes = vec![n0];
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{prefix}n{i}"),
+                super::BIN,
+                "--data-dir",
+            ])
+            .arg(dir)
+            .args(["join", &boot[0]])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        nodes.push(start(i, &boot));
+    }
+    super::peers_at_least(
+        &nodes.iter().collect::<Vec<_>>(),
+        dirs.len() - 1,
+        Duration::from_secs(30),
+    );
+    super::initial_sync(&mut nodes.iter_mut().collect::<Vec<_>>(), dirs.len() as u64);
+    nodes
+}
