@@ -811,8 +811,8 @@ impl World {
         for (peer, rid, req, attack) in requests {
             let now = self.now;
             let n = &mut self.nodes[node];
+            // Refused: over the rate, or out of bounds (`serve` checks); counted once.
             let resp = if !n.syncer.admit_request(&peer, now) {
-                n.refused_requests += 1;
                 SyncResponse::Refused {
                     reason: "rate limited".into(),
                 }
@@ -820,9 +820,7 @@ impl World {
                 sync::serve(&n.tl, &n.blocks, &req)
             };
             if let SyncResponse::Refused { .. } = resp {
-                if req.check().is_err() {
-                    n.refused_requests += 1;
-                }
+                n.refused_requests += 1;
                 self.outcome(attack, Outcome::Refused);
             } else {
                 self.outcome(attack, Outcome::Served);
