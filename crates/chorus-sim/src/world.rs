@@ -306,6 +306,19 @@ impl World {
 
     // ------------------------------------------------------------------ set-up and the loop
 
+    /// `k` of `candidates`, drawn from the fault stream.
+    fn pick(&mut self, candidates: &mut [NodeIx], k: usize) -> Vec<NodeIx> {
+        self.fault_rng.shuffle(candidates);
+        candidates[..k].to_vec()
+    }
+
+    /// A fault that starts at `from_s` and ends at `to_s` (both still open until they run).
+    fn window(&mut self, from_s: u64, to_s: u64, start: Ev, end: Ev) {
+        self.at(from_s * 1000, start);
+        self.at(to_s * 1000, end);
+        self.faults_open += 2;
+    }
+
     fn schedule_faults(&mut self) {
         let sc = self.sc.clone();
         let n = self.nodes.len();
@@ -332,29 +345,19 @@ impl World {
             }
         }
         if let Some(w) = &sc.wipe {
-            self.fault_rng.shuffle(&mut candidates);
-            let nodes: Vec<NodeIx> = candidates[..w.nodes].to_vec();
-            self.at(
-                w.at_s * 1000,
-                Ev::Crash {
-                    nodes: nodes.clone(),
-                    wipe: true,
-                },
-            );
-            self.at((w.at_s + w.down_s) * 1000, Ev::Restart { nodes });
-            self.faults_open += 2;
+            let nodes = self.pick(&mut candidates, w.nodes);
+            let start = Ev::Crash {
+                nodes: nodes.clone(),
+                wipe: true,
+            };
+            self.window(w.at_s, w.at_s + w.down_s, start, Ev::Restart { nodes });
         }
         if let Some(p) = &sc.pause {
-            self.fault_rng.shuffle(&mut candidates);
-            let nodes: Vec<NodeIx> = candidates[..p.nodes].to_vec();
-            self.at(
-                p.at_s * 1000,
-                Ev::Pause {
-                    nodes: nodes.clone(),
-                },
-            );
-            self.at((p.at_s + p.for_s) * 1000, Ev::Resume { nodes });
-            self.faults_open += 2;
+            let nodes = self.pick(&mut candidates, p.nodes);
+            let start = Ev::Pause {
+                nodes: nodes.clone(),
+            };
+            self.window(p.at_s, p.at_s + p.for_s, start, Ev::Resume { nodes });
         }
         if let Some(b) = &sc.byzantine {
             let byz: Vec<NodeIx> = (0..n).filter(|&i| self.nodes[i].byzantine).collect();
