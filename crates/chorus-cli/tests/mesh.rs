@@ -48,7 +48,7 @@ fn five_nodes_five_writers_converge() {
         })
         .collect();
     let all: Vec<&Node> = std::iter::once(&n0).chain(others.iter()).collect();
-    meshed(&all, Duration::from_secs(30));
+    meshed(&all, Duration::from_secs(60));
     initial_sync(
         &mut std::iter::once(&mut n0)
             .chain(others.iter_mut())
@@ -85,7 +85,7 @@ fn sigkill_three_of_five_and_wipe_one() {
             &boot,
         ));
     }
-    meshed(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30));
+    meshed(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(60));
     initial_sync(&mut nodes.iter_mut().collect::<Vec<_>>(), 5);
     // Phase 1: everyone writes; wait until it is everywhere, so the wiped node's own writes
     // are replicated before its disk is lost.

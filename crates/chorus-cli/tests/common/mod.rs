@@ -321,19 +321,7 @@ pub fn converge(nodes: &mut [&mut Node], min_events: u64, within: Duration) -> S
         }
         last = summary;
         if Instant::now() > deadline {
-            let logs: String = nodes
-                .iter()
-                .map(|n| {
-                    let log =
-                        std::fs::read_to_string(n.dir.with_extension("log")).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
-                    format!(
-                        "--- {} ---\n{}\n",
-                        n.name,
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    )
-                })
-                .collect();
+            let logs = log_tails(nodes.iter().map(|n| &**n), 15);
             panic!("no convergence within {within:?}: (events, pending, hash) = {last:#?}\n{logs}");
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -364,10 +352,32 @@ pub fn peers_at_least(nodes: &[&Node], k: usize, within: Duration) {
         if ready {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "nodes did not find {k} peers each"
-        );
+        if Instant::now() > deadline {
+            let seen: Vec<String> = nodes
+                .iter()
+                .map(|n| match n.status() {
+                    Some(s) => format!("{}: peers {}", n.name, s["peers"]),
+                    None => format!("{}: no status", n.name),
+                })
+                .collect();
+            let logs = log_tails(nodes.iter().copied(), 25);
+            panic!("nodes did not find {k} peers each within {within:?}: {seen:#?}\n{logs}");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The last `n` lines of each node's log, for a failure message.
+pub fn log_tails<'a>(nodes: impl Iterator<Item = &'a Node>, n: usize) -> String {
+    nodes
+        .map(|node| {
+            let log = std::fs::read_to_string(node.dir.with_extension("log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(n).collect();
+            format!(
+                "--- {} ---\n{}\n",
+                node.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect()
 }
