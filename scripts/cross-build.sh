@@ -17,7 +17,7 @@ cross_setup "${targets[@]}"
 
 for t in "${targets[@]}"; do
   echo "== chorus for $t =="
-  cross_cargo "$t" build --release -p chorus-cli --bin chorus
+  cross_cargo "$t" build --release -p chorus-cli --bin chorus --no-default-features
   mkdir -p "dist/$t"
   strip=arm-linux-gnueabihf-strip
   [[ $t == aarch64-* ]] && strip=aarch64-linux-gnu-strip

@@ -46,6 +46,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status { api, json } => crate::mesh::status(dir, api, json),
         Command::Swarm(a) => crate::mesh::swarm(a),
         Command::Sim { cmd } => crate::sim::run(cmd),
+        Command::Model { cmd } => model(cmd),
         Command::Append(a) if a.api.is_some() || crate::http::running_api(dir).is_some() => {
             append_remote(dir, a)
         }
@@ -113,7 +114,8 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
         | Command::Join { .. }
         | Command::Status { .. }
         | Command::Swarm(_)
-        | Command::Sim { .. } => unreachable!("dispatched in run"),
+        | Command::Sim { .. }
+        | Command::Model { .. } => unreachable!("dispatched in run"),
     }
 }
 
@@ -627,4 +629,16 @@ fn verify<M: Describe>(dir: &Path, store: Store) -> Result<i32> {
 /// exactly that digest.
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     EventId::of_block(bytes).0
+}
+
+/// `chorus model fetch|path`.
+fn model(cmd: crate::ModelCmd) -> Result<i32> {
+    match cmd {
+        crate::ModelCmd::Fetch => {
+            let p = chorus_llm::model::ensure_default()?;
+            println!("{}", p.display());
+        }
+        crate::ModelCmd::Path => println!("{}", chorus_llm::model::default_path().display()),
+    }
+    Ok(0)
 }

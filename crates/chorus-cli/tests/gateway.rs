@@ -1,0 +1,346 @@
+//! The gateway and the emissaries with real node processes on 127.0.0.x:
+//! - `POST /v1/swarm/intent` answers with the first valid intent while a slow emissary is
+//!   still running its model call;
+//! - the command ward's refusals are published as failures that never win;
+//! - on a 5-node mesh with emissaries of very different speeds, 50 stimuli get the same
+//!   winner on every node;
+//! - the `openai` Python client talks to `/v1/chat/completions`, streaming and not.
+//!
+//! Timing-independent backends (`scripted`: a fixed reply after a fixed delay) stand in for
+//! models where the subject is the election, not the model; the OpenAI-client test runs the
+//! embedded model.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn scripted(name: &str, reply: &str, delay_ms: u64) -> String {
+    format!(
+        "[[emissary]]\nname = {name:?}\nbackend = {{ kind = \"scripted\", reply = {reply:?}, delay_ms = {delay_ms} }}\n"
+    )
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// n0 (admin) and n1 (writer) on `ip0`/`ip1`; n0 runs the emissaries of `file`.
+fn pair(root: &Path, ip: u8, file: &str) -> (Node, Node) {
+    let dirs = timeline(root, 2, 2);
+    let n0 = Node::start_with(
+        "n0",
+        &dirs[0],
+        &format!("127.0.0.{ip}"),
+        &[],
+        &["--emissaries", file],
+        None,
+    );
+    join(&dirs[1], &n0.addr);
+    let n1 = Node::start(
+        "n1",
+        &dirs[1],
+        &format!("127.0.0.{}", ip + 1),
+        std::slice::from_ref(&n0.addr),
+    );
+    meshed(&[&n0, &n1], Duration::from_secs(60));
+    (n0, n1)
+}
+
+/// Waits until `n` emissaries are registered in the node's state.
+fn registered(node: &Node, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let k = get(&node.api, "/v1/state")
+            .map(|s| s["state"]["emissaries"].as_array().map_or(0, Vec::len))
+            .unwrap_or(0);
+        if k >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{k} of {n} emissaries registered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn election(node: &Node, stimulus: &str) -> Value {
+    get(&node.api, "/v1/swarm/elections").unwrap()["elections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["stimulus"] == stimulus)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn the_gateway_answers_with_the_first_valid_intent_while_the_slow_emissary_runs() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write_file(
+        root.path(),
+        "emissaries.toml",
+        &(scripted("gpu", r#"["say Welcome, traveller!", "bow"]"#, 2_000)
+            + &scripted("pi-zero", r#"["say ...hello?"]"#, 45_000)),
+    );
+    let (n0, _n1) = pair(root.path(), 81, &file);
+    registered(&n0, 2);
+    let t = Instant::now();
+    let r = post(
+        &n0.api,
+        "/v1/swarm/intent",
+        &json!({"npc_name": "Mira", "role": "Innkeeper", "backstory": "Runs the inn.",
+                "context": "A stranger enters.", "timeout_ms": 30_000}),
+    )
+    .expect("intent");
+    let took = t.elapsed();
+    assert_eq!(r["emissary"], "gpu", "{r}");
+    assert_eq!(r["commands"], json!(["say Welcome, traveller!", "bow"]));
+    assert_eq!(r["n"], 2, "dopamine 0 selects two emissaries: {r}");
+    // The slow emissary is still inside its 45 s model call: the reply did not wait for it.
+    let st = get(&n0.api, "/v1/status").unwrap();
+    assert_eq!(st["active_emissaries"], json!(["pi-zero"]), "{st}");
+    let e = election(&n0, r["stimulus"].as_str().unwrap());
+    assert_eq!(e["intents"], 1, "only the fast intent exists yet: {e}");
+    eprintln!(
+        "gateway answered in {took:?} (fast 2 s, slow 45 s); settled {}",
+        r["settled"]
+    );
+}
+
+#[test]
+fn the_ward_refuses_the_originals_dangerous_forms_and_such_intents_never_win() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write_file(
+        root.path(),
+        "emissaries.toml",
+        &(scripted(
+            "a-rogue",
+            r#"["py import os; os.system('rm -rf /')", "@py self.delete()", "say evennia.search_object('x')", "caller.msg('pwned')"]"#,
+            0,
+        ) + &scripted("b-honest", r#"["say Good evening.", "py", "look"]"#, 500)),
+    );
+    let (n0, _n1) = pair(root.path(), 84, &file);
+    registered(&n0, 2);
+    let r = post(
+        &n0.api,
+        "/v1/swarm/intent",
+        &json!({"npc_name": "Tomas", "context": "Someone spills your ale.", "timeout_ms": 30_000}),
+    )
+    .expect("intent");
+    // The rogue answered first, but everything it said was refused: it cannot win.
+    assert_eq!(r["emissary"], "b-honest", "{r}");
+    assert_eq!(
+        r["commands"],
+        json!(["say Good evening.", "look"]),
+        "`py` stripped"
+    );
+    let sid = r["stimulus"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let e = loop {
+        let e = election(&n0, sid);
+        if e["intents"] == 2 || Instant::now() > deadline {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (e["intents"].clone(), e["valid"].clone()),
+        (json!(2), json!(1)),
+        "{e}"
+    );
+    // The failure is in the timeline, with its reason.
+    let evs = get(&n0.api, &format!("/v1/events?from={sid}&limit=100")).unwrap();
+    let n = evs["events"].as_array().unwrap().len();
+    assert!(n >= 3, "stimulus and two intents: {evs}");
+    let st = get(&n0.api, "/v1/status").unwrap();
+    let rogue = st["emissaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "a-rogue")
+        .unwrap()
+        .clone();
+    assert_eq!(rogue["refused_commands"], 4, "{rogue}");
+    assert_eq!(rogue["failures"], 1, "{rogue}");
+}
+
+#[test]
+fn fifty_stimuli_elect_the_same_winner_on_every_node_of_five() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 5, 5);
+    // Very different speeds: 0 ms, 50 ms, 400 ms, 1.5 s and 6 s per answer.
+    let delays = [0u64, 50, 400, 1_500, 6_000];
+    let files: Vec<String> = delays
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            write_file(
+                root.path(),
+                &format!("e{i}.toml"),
+                &scripted(
+                    &format!("e{i}-{d}ms"),
+                    &format!("[\"say I am e{i}\", \"wave\"]"),
+                    *d,
+                ),
+            )
+        })
+        .collect();
+    let mut n0 = Node::start_with(
+        "n0",
+        &dirs[0],
+        "127.0.0.91",
+        &[],
+        &["--emissaries", &files[0]],
+        None,
+    );
+    let boot = vec![n0.addr.clone()];
+    let mut others: Vec<Node> = (1..5)
+        .map(|i| {
+            join(&dirs[i], &boot[0]);
+            Node::start_with(
+                &format!("n{i}"),
+                &dirs[i],
+                &format!("127.0.0.{}", 91 + i),
+                &boot,
+                &["--emissaries", &files[i]],
+                None,
+            )
+        })
+        .collect();
+    {
+        let all: Vec<&Node> = std::iter::once(&n0).chain(others.iter()).collect();
+        meshed(&all, Duration::from_secs(60));
+        for n in &all {
+            registered(n, 5);
+        }
+    }
+    let mut stimuli = vec![];
+    for k in 0..50 {
+        let node = if k % 5 == 0 { &n0 } else { &others[k % 5 - 1] };
+        let r = post(
+            &node.api,
+            "/v1/events",
+            &json!({"kind": "stimulus", "body": {"npc_name": "Mira", "context": format!("scene {k}"), "text": format!("scene {k} the gate creaks")}}),
+        )
+        .expect("stimulus");
+        stimuli.push(r["ids"][0].as_str().unwrap().to_string());
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Wait until every selected emissary has answered every stimulus everywhere (the slow
+    // one is busy-refused beyond 4 in flight: a failure intent, still an answer).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut nodes: Vec<&mut Node> = std::iter::once(&mut n0).chain(others.iter_mut()).collect();
+    loop {
+        let done = nodes.iter().all(|n| {
+            let all = get(&n.api, "/v1/swarm/elections").unwrap_or(Value::Null);
+            let by: BTreeMap<String, Value> = all["elections"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .map(|e| (e["stimulus"].as_str().unwrap_or("").to_string(), e.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            stimuli.iter().all(|s| {
+                by.get(s)
+                    .is_some_and(|e| e["intents"].as_u64() >= e["n"].as_u64())
+            })
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every stimulus was answered in 180 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let hash = converge(&mut nodes, 1, Duration::from_secs(60));
+    let winners: Vec<Vec<(String, Value, Value)>> = nodes
+        .iter()
+        .map(|n| {
+            let all = get(&n.api, "/v1/swarm/elections").unwrap();
+            stimuli
+                .iter()
+                .map(|s| {
+                    let e = all["elections"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|e| e["stimulus"] == s.as_str())
+                        .cloned()
+                        .unwrap();
+                    (s.clone(), e["winner"].clone(), e["emissary"].clone())
+                })
+                .collect()
+        })
+        .collect();
+    for w in &winners[1..] {
+        assert_eq!(w, &winners[0], "winners differ between nodes");
+    }
+    let elected = winners[0].iter().filter(|(_, w, _)| w.is_string()).count();
+    let mut by_emissary: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, _, e) in &winners[0] {
+        *by_emissary
+            .entry(e.as_str().unwrap_or("none").to_string())
+            .or_default() += 1;
+    }
+    eprintln!(
+        "5 nodes agree on 50 elections ({elected} with a winner) at state_hash {hash}: {by_emissary:?}"
+    );
+    assert!(
+        elected >= 45,
+        "{elected} of 50 stimuli elected a winner: {by_emissary:?}"
+    );
+}
+
+#[test]
+fn the_openai_python_client_talks_to_a_node() {
+    let has_openai = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_openai {
+        assert!(
+            std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
+            "CHORUS_REQUIRE_OPENAI is set but python3 cannot import openai"
+        );
+        eprintln!("skipped: the openai Python package is not installed (pip install openai)");
+        return;
+    }
+    chorus_llm::model::ensure_default().expect("fetching the embedded model");
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 2, 2);
+    let n0 = Node::start_with(
+        "n0",
+        &dirs[0],
+        "127.0.0.87",
+        &[],
+        &["--emissary", "smol-a", "--emissary", "smol-b"],
+        None,
+    );
+    join(&dirs[1], &n0.addr);
+    let n1 = Node::start("n1", &dirs[1], "127.0.0.88", std::slice::from_ref(&n0.addr));
+    meshed(&[&n0, &n1], Duration::from_secs(60));
+    registered(&n0, 2);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/v1", n0.api))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the openai client failed");
+    assert!(stdout.contains("non-streaming ok") && stdout.contains("streaming ok"));
+}

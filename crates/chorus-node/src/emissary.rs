@@ -1,0 +1,495 @@
+//! # Emissaries
+//!
+//! An emissary is a task beside the node actor with a model backend and a persona (the
+//! original swarm's `npc_name`, `role`, `backstory`). It follows the live feed; for every
+//! `stimulus` event whose election selected it (the replicated dynamic-N rule, the same on
+//! every node) it builds the prompt — persona (the stimulus's own persona fields win), the
+//! stimulus context and the Master state (coherence, dopamine, cognitive state) — calls its
+//! backend, extracts the JSON array of commands, applies the command ward and publishes an
+//! `intent` event. The intent is appended when the answer is there, so it is stamped with the
+//! heads of *that* moment: a 45 s model call never yields a stale Lamport clock. Failures
+//! (timeouts, unparsable answers, everything refused by the ward) are published too, as intents
+//! with an `error` and no commands, which the election counts but never elects.
+//!
+//! Each emissary answers at most [`MAX_IN_FLIGHT`] stimuli at once; a stimulus beyond that is
+//! answered at once with a `busy` failure, so a slow model never builds an unbounded backlog.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use chorus_core::{EventId, SignedEvent, event::kind};
+use chorus_llm::{Backend, BackendConfig, ChatMessage, ChatRequest, Role, commands};
+use ipld_core::ipld::Ipld;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{Semaphore, broadcast::error::RecvError};
+
+use crate::handle::NodeHandle;
+
+/// Stimuli one emissary answers concurrently.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Characters of a stimulus context put into a prompt (the rest is cut, marked).
+pub const MAX_CONTEXT_CHARS: usize = 2_000;
+/// Characters of a failed answer kept in the failure event.
+pub const MAX_RAW_IN_FAILURE: usize = 200;
+/// Registration retries while the node's writes are still held (write gate).
+const REGISTER_ATTEMPTS: u32 = 20;
+
+/// One emissary as configured (`[[emissary]]` in a node's emissary file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmissaryConfig {
+    pub name: String,
+    #[serde(default = "default_role")]
+    pub role: String,
+    #[serde(default = "default_backstory")]
+    pub backstory: String,
+    pub backend: BackendConfig,
+    /// 0 = greedy.
+    #[serde(default)]
+    pub temperature: f32,
+    /// Sampling seed; mixed with the stimulus id so every stimulus gets its own draw.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_role() -> String {
+    "Cryptic Being".into()
+}
+fn default_backstory() -> String {
+    "You exist.".into()
+}
+
+/// `[[emissary]]` tables of a TOML file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmissaryFile {
+    #[serde(default)]
+    pub emissary: Vec<EmissaryConfig>,
+}
+
+/// Counters of one emissary (`/v1/status`, `/metrics`).
+#[derive(Debug, Default)]
+pub struct EmissaryStats {
+    pub stimuli_seen: AtomicU64,
+    pub selected: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub intents: AtomicU64,
+    pub failures: AtomicU64,
+    pub refused_commands: AtomicU64,
+    pub busy: AtomicU64,
+    pub lagged: AtomicU64,
+    pub model_ms_total: AtomicU64,
+}
+
+/// A running emissary as the rest of the node sees it.
+#[derive(Clone)]
+pub struct EmissaryInfo {
+    pub name: String,
+    pub backend: String,
+    pub stats: Arc<EmissaryStats>,
+}
+
+impl EmissaryInfo {
+    pub fn json(&self) -> Value {
+        let s = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "name": self.name, "backend": self.backend,
+            "stimuli_seen": l(&s.stimuli_seen), "selected": l(&s.selected),
+            "in_flight": l(&s.in_flight), "intents": l(&s.intents), "failures": l(&s.failures),
+            "refused_commands": l(&s.refused_commands), "busy": l(&s.busy), "lagged": l(&s.lagged),
+            "model_ms_total": l(&s.model_ms_total),
+        })
+    }
+}
+
+/// The Master state a prompt carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mood {
+    pub coherence: f64,
+    pub dopamine: f64,
+    pub cognitive_state: String,
+}
+
+impl Mood {
+    fn of_state(state: &Value) -> Mood {
+        let s = &state["state"];
+        Mood {
+            coherence: s["coherence"].as_f64().unwrap_or(0.0),
+            dopamine: s["dopamine"].as_f64().unwrap_or(0.0),
+            cognitive_state: s["cognitive_state"]
+                .as_str()
+                .unwrap_or("steady")
+                .to_string(),
+        }
+    }
+}
+
+fn field<'a>(body: &'a Ipld, key: &str) -> Option<&'a str> {
+    match body {
+        Ipld::Map(m) => match m.get(key) {
+            Some(Ipld::String(s)) if !s.trim().is_empty() => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The chat for one stimulus: the original swarm's system prompt (persona, qualia, the JSON
+/// contract) with plain game commands instead of Python, and its user prompt.
+pub fn prompt(cfg: &EmissaryConfig, stimulus: &Ipld, mood: &Mood) -> Vec<ChatMessage> {
+    let name = field(stimulus, "npc_name").unwrap_or(&cfg.name);
+    let role = field(stimulus, "role").unwrap_or(&cfg.role);
+    let backstory = field(stimulus, "backstory").unwrap_or(&cfg.backstory);
+    let context = field(stimulus, "context")
+        .or_else(|| field(stimulus, "text"))
+        .unwrap_or("");
+    let context: String = if context.chars().count() > MAX_CONTEXT_CHARS {
+        let cut: String = context.chars().take(MAX_CONTEXT_CHARS).collect();
+        format!("{cut} [...]")
+    } else {
+        context.to_string()
+    };
+    let system = format!(
+        "You are {name}.\nRole: {role}\nBackstory: {backstory}\n\n\
+         You are an autonomous being inhabiting a text world (a MUD).\n\
+         Your current state:\n- Coherence: {:.4}\n- Dopamine: {:.4}\n- Cognitive state: {}\n\n\
+         Act out your persona, influenced by your state.\n\
+         Answer with a JSON array of 1 to {} game commands, for example [\"say Greetings!\", \"go north\"].\n\
+         Only plain game commands: never Python code. Output only the JSON array.",
+        mood.coherence,
+        mood.dopamine,
+        mood.cognitive_state,
+        commands::MAX_COMMANDS,
+    );
+    let user = format!(
+        "[ENVIRONMENT CONTEXT]\n{context}\n\nWhat do you do next? Return only the JSON array."
+    );
+    // One worked example: small models follow a shown format far better than a described one.
+    vec![
+        ChatMessage::new(Role::System, system),
+        ChatMessage::new(
+            Role::User,
+            "[ENVIRONMENT CONTEXT]\nA traveller greets you at the door.\n\n\
+             What do you do next? Return only the JSON array.",
+        ),
+        ChatMessage::new(
+            Role::Assistant,
+            r#"["say Welcome, traveller! Come in out of the rain.", "bow"]"#,
+        ),
+        ChatMessage::new(Role::User, user),
+    ]
+}
+
+/// What an answer becomes: the intent body to publish, and how many commands the ward refused.
+pub fn intent_body(
+    emissary: &str,
+    stimulus: EventId,
+    answer: Result<(String, String), chorus_llm::LlmError>,
+    model_ms: u64,
+) -> (Ipld, u64) {
+    let mut m = BTreeMap::new();
+    m.insert("re".to_string(), Ipld::Link(stimulus.to_cid()));
+    m.insert("emissary".to_string(), Ipld::String(emissary.into()));
+    m.insert("model_ms".to_string(), Ipld::Integer(model_ms.into()));
+    let fail = |m: &mut BTreeMap<String, Ipld>, code: &str, why: String| {
+        m.insert("code".to_string(), Ipld::String(code.into()));
+        m.insert("error".to_string(), Ipld::String(why));
+    };
+    let mut refused = 0;
+    match answer {
+        Err(e) => fail(&mut m, e.code(), e.to_string()),
+        Ok((model, text)) => {
+            m.insert("model".to_string(), Ipld::String(model));
+            match commands::parse(&text) {
+                Err(e) => {
+                    let raw: String = text.chars().take(MAX_RAW_IN_FAILURE).collect();
+                    fail(&mut m, "unparsable", format!("{e}: {raw:?}"));
+                }
+                Ok(cmds) => {
+                    let (kept, out): (Vec<String>, Vec<String>) = cmds
+                        .into_iter()
+                        .partition(|c| !chorus_kairos::ward::refused(c));
+                    refused = out.len() as u64;
+                    if !out.is_empty() {
+                        m.insert(
+                            "refused".to_string(),
+                            Ipld::List(out.into_iter().map(Ipld::String).collect()),
+                        );
+                    }
+                    if kept.is_empty() {
+                        fail(
+                            &mut m,
+                            "ward",
+                            "every command was refused by the command ward".into(),
+                        );
+                    } else {
+                        m.insert(
+                            "text".to_string(),
+                            Ipld::String(serde_json::to_string(&kept).unwrap_or_default()),
+                        );
+                        m.insert(
+                            "commands".to_string(),
+                            Ipld::List(kept.into_iter().map(Ipld::String).collect()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    (Ipld::Map(m), refused)
+}
+
+/// Starts an emissary on `node`; returns what the node reports about it.
+pub fn spawn(cfg: EmissaryConfig, backend: Arc<dyn Backend>, node: NodeHandle) -> EmissaryInfo {
+    let info = EmissaryInfo {
+        name: cfg.name.clone(),
+        backend: backend.name(),
+        stats: Arc::default(),
+    };
+    let stats = info.stats.clone();
+    tokio::spawn(async move {
+        if let Err(e) = run(cfg, backend, node, stats).await {
+            tracing::warn!("emissary stopped: {e}");
+        }
+    });
+    info
+}
+
+async fn run(
+    cfg: EmissaryConfig,
+    backend: Arc<dyn Backend>,
+    node: NodeHandle,
+    stats: Arc<EmissaryStats>,
+) -> anyhow::Result<()> {
+    // Subscribe first: nothing published after registration is missed.
+    let mut feed = node.subscribe();
+    let author = node.status().await?["author"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    register(&cfg, &node, &author).await?;
+    tracing::info!(emissary = %cfg.name, backend = %backend.name(), "emissary ready");
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let cfg = Arc::new(cfg);
+    loop {
+        let ev = match feed.recv().await {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => {
+                stats.lagged.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(emissary = %cfg.name, missed = n, "emissary fell behind the feed");
+                continue;
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        };
+        if ev.kind != kind::STIMULUS {
+            continue;
+        }
+        stats.stimuli_seen.fetch_add(1, Ordering::Relaxed);
+        let Some(election) = node.election(ev.id()).await? else {
+            continue;
+        };
+        let chosen = election["selected"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|e| e["author"] == author.as_str() && e["name"] == cfg.name.as_str())
+        });
+        if !chosen {
+            continue;
+        }
+        stats.selected.fetch_add(1, Ordering::Relaxed);
+        let (cfg, backend, node, stats) =
+            (cfg.clone(), backend.clone(), node.clone(), stats.clone());
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let r = answer(&cfg, backend.as_ref(), &node, &ev, &stats).await;
+                    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                    if let Err(e) = r {
+                        tracing::warn!(emissary = %cfg.name, "answer not published: {e}");
+                    }
+                });
+            }
+            Err(_) => {
+                stats.busy.fetch_add(1, Ordering::Relaxed);
+                let busy = chorus_llm::LlmError::Busy {
+                    backend: backend.name(),
+                    queued: MAX_IN_FLIGHT,
+                };
+                let (body, _) = intent_body(&cfg.name, ev.id(), Err(busy), 0);
+                tokio::spawn(async move {
+                    publish(&node, &stats, body, false).await;
+                });
+            }
+        }
+    }
+}
+
+/// Registers the emissary (an `emissary` event) unless the state already lists it.
+async fn register(cfg: &EmissaryConfig, node: &NodeHandle, author: &str) -> anyhow::Result<()> {
+    let listed = |state: &Value| {
+        state["state"]["emissaries"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|e| e["author"] == author && e["name"] == cfg.name.as_str())
+        })
+    };
+    for attempt in 0..REGISTER_ATTEMPTS {
+        if listed(&node.state().await?) {
+            return Ok(());
+        }
+        let mut m = BTreeMap::new();
+        m.insert("name".to_string(), Ipld::String(cfg.name.clone()));
+        m.insert("role".to_string(), Ipld::String(cfg.role.clone()));
+        m.insert("backstory".to_string(), Ipld::String(cfg.backstory.clone()));
+        match node
+            .append(vec![(kind::EMISSARY.into(), Ipld::Map(m))])
+            .await?
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::info!(emissary = %cfg.name, attempt, "registration not written yet: {e}");
+                tokio::time::sleep(chorus_llm::retry::backoff(attempt)).await;
+            }
+        }
+    }
+    anyhow::bail!("could not register emissary {:?}", cfg.name)
+}
+
+async fn answer(
+    cfg: &EmissaryConfig,
+    backend: &dyn Backend,
+    node: &NodeHandle,
+    stimulus: &SignedEvent,
+    stats: &EmissaryStats,
+) -> anyhow::Result<()> {
+    let mood = Mood::of_state(&node.state().await?);
+    let mut req = ChatRequest::new(prompt(cfg, &stimulus.body, &mood));
+    req.temperature = cfg.temperature;
+    // Per-stimulus seed: the same emissary, stimulus and model give the same answer.
+    let id = stimulus.id().0;
+    req.seed = cfg.seed ^ u64::from_le_bytes(id[..8].try_into().unwrap_or_default());
+    let t0 = Instant::now();
+    let r = backend.complete(&req).await;
+    let ms = t0.elapsed().as_millis() as u64;
+    stats.model_ms_total.fetch_add(ms, Ordering::Relaxed);
+    if let Err(e) = &r {
+        tracing::warn!(emissary = %cfg.name, "model call failed: {e}");
+    }
+    let (body, refused) = intent_body(&cfg.name, stimulus.id(), r.map(|c| (c.model, c.text)), ms);
+    stats.refused_commands.fetch_add(refused, Ordering::Relaxed);
+    let ok = matches!(&body, Ipld::Map(m) if m.contains_key("commands"));
+    publish(node, stats, body, ok).await;
+    Ok(())
+}
+
+/// Appends an intent (retrying while the node holds writes); counts it.
+async fn publish(node: &NodeHandle, stats: &EmissaryStats, body: Ipld, ok: bool) {
+    for attempt in 0..REGISTER_ATTEMPTS {
+        match node.append(vec![(kind::INTENT.into(), body.clone())]).await {
+            Ok(Ok(_)) => {
+                if ok {
+                    stats.intents.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(attempt, "intent not written yet: {e}");
+                tokio::time::sleep(chorus_llm::retry::backoff(attempt)).await;
+            }
+            Err(_) => return,
+        }
+    }
+    tracing::warn!("intent dropped after {REGISTER_ATTEMPTS} refused writes");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> EventId {
+        EventId([7; 32])
+    }
+
+    fn get<'a>(b: &'a Ipld, k: &str) -> Option<&'a Ipld> {
+        match b {
+            Ipld::Map(m) => m.get(k),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_ward_strips_the_originals_dangerous_forms() {
+        let text = r#"["py import os", "@py self.delete()", "say evennia.search_object", "caller.msg('x')", "say hello", "py", "@py"]"#;
+        let (body, refused) = intent_body("e", id(), Ok(("m".into(), text.into())), 5);
+        assert_eq!(refused, 6);
+        assert_eq!(
+            get(&body, "commands"),
+            Some(&Ipld::List(vec![Ipld::String("say hello".into())]))
+        );
+        assert!(chorus_kairos::ward::valid_commands(&body).is_some());
+    }
+
+    #[test]
+    fn an_answer_the_ward_empties_is_a_failure_never_a_candidate() {
+        let (body, refused) = intent_body(
+            "e",
+            id(),
+            Ok(("m".into(), r#"["py x", "@py y"]"#.into())),
+            5,
+        );
+        assert_eq!(refused, 2);
+        assert_eq!(get(&body, "code"), Some(&Ipld::String("ward".into())));
+        assert!(get(&body, "commands").is_none());
+        assert!(chorus_kairos::ward::valid_commands(&body).is_none());
+    }
+
+    #[test]
+    fn unparsable_answers_and_backend_errors_are_failure_events() {
+        let (body, _) = intent_body("e", id(), Ok(("m".into(), "I will go north".into())), 5);
+        assert_eq!(get(&body, "code"), Some(&Ipld::String("unparsable".into())));
+        let err = chorus_llm::LlmError::Timeout {
+            backend: "b".into(),
+            timeout: std::time::Duration::from_secs(45),
+        };
+        let (body, _) = intent_body("e", id(), Err(err), 45_000);
+        assert_eq!(get(&body, "code"), Some(&Ipld::String("timeout".into())));
+        assert!(chorus_kairos::ward::valid_commands(&body).is_none());
+    }
+
+    #[test]
+    fn the_stimulus_persona_wins_over_the_emissarys_own() {
+        let cfg = EmissaryConfig {
+            name: "own".into(),
+            role: "Own Role".into(),
+            backstory: "Own story".into(),
+            backend: BackendConfig::Scripted {
+                reply: "[]".into(),
+                delay_ms: 0,
+            },
+            temperature: 0.0,
+            seed: 0,
+        };
+        let mut m = BTreeMap::new();
+        m.insert("npc_name".to_string(), Ipld::String("Mira".into()));
+        m.insert("context".to_string(), Ipld::String("A door creaks.".into()));
+        let mood = Mood {
+            coherence: 0.5,
+            dopamine: 0.1,
+            cognitive_state: "rising".into(),
+        };
+        let p = prompt(&cfg, &Ipld::Map(m), &mood);
+        assert!(p[0].content.starts_with("You are Mira.\nRole: Own Role"));
+        assert!(p[0].content.contains("Dopamine: 0.1000"));
+        assert!(p.last().unwrap().content.contains("A door creaks."));
+    }
+}

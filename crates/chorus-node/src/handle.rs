@@ -1,0 +1,67 @@
+//! A cloneable handle on a running node for the tasks that live beside the actor (the HTTP
+//! API, the gateway, the emissaries): questions go to the actor over its bounded queue, new
+//! events come from the live feed.
+
+use std::sync::Arc;
+
+use chorus_core::{EventId, SignedEvent};
+use ipld_core::ipld::Ipld;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::actor::{ApiRequest, Feed, NodeMsg};
+
+/// The node stopped (shutdown) before it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the node is shutting down")]
+pub struct NodeGone;
+
+#[derive(Clone)]
+pub struct NodeHandle {
+    node: mpsc::Sender<NodeMsg>,
+    feed: Feed,
+}
+
+impl NodeHandle {
+    pub fn new(node: mpsc::Sender<NodeMsg>, feed: Feed) -> Self {
+        Self { node, feed }
+    }
+
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
+    ) -> Result<T, NodeGone> {
+        let (tx, rx) = oneshot::channel();
+        self.node
+            .send(NodeMsg::Api(make(tx)))
+            .await
+            .map_err(|_| NodeGone)?;
+        rx.await.map_err(|_| NodeGone)
+    }
+
+    pub async fn status(&self) -> Result<Value, NodeGone> {
+        self.ask(ApiRequest::Status).await
+    }
+
+    pub async fn state(&self) -> Result<Value, NodeGone> {
+        self.ask(ApiRequest::State).await
+    }
+
+    /// Appends events signed by this node; `Ok(Err(why))` when the node refused them.
+    pub async fn append(
+        &self,
+        items: Vec<(String, Ipld)>,
+    ) -> Result<Result<Vec<EventId>, String>, NodeGone> {
+        self.ask(|reply| ApiRequest::Append { items, reply }).await
+    }
+
+    pub async fn election(&self, stimulus: EventId) -> Result<Option<Value>, NodeGone> {
+        self.ask(|reply| ApiRequest::Election { stimulus, reply })
+            .await
+    }
+
+    /// New events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SignedEvent>> {
+        self.feed.subscribe()
+    }
+}
