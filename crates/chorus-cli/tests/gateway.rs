@@ -346,3 +346,76 @@ fn the_openai_python_client_talks_to_a_node() {
     assert!(out.status.success(), "the openai client failed");
     assert!(stdout.contains("non-streaming ok") && stdout.contains("streaming ok"));
 }
+
+#[test]
+fn event_stream_metrics_and_write_tokens() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 2, 2);
+    // The token reaches the node through its environment only (`env VAR=… chorus …`).
+    let n0 = Node::start_with(
+        "n0",
+        &dirs[0],
+        "127.0.0.85",
+        &[],
+        &["--api-token-env", "CHORUS_TEST_API_TOKEN"],
+        Some(&["env", "CHORUS_TEST_API_TOKEN=s3cret-token"]),
+    );
+    join(&dirs[1], &n0.addr);
+    let n1 = Node::start("n1", &dirs[1], "127.0.0.86", std::slice::from_ref(&n0.addr));
+    meshed(&[&n0, &n1], Duration::from_secs(60));
+
+    // Writes without the token are refused; reads stay open.
+    let body = json!({"kind": "stimulus", "text": "hello"});
+    let e = post(&n0.api, "/v1/events", &body).unwrap_err();
+    assert!(e.starts_with("401"), "{e}");
+    assert!(get(&n0.api, "/v1/status").is_ok());
+
+    // The SSE stream of n1 shows an event written through n0 (with the token).
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let api1 = n1.api.clone();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(&api1).unwrap();
+        write!(
+            s,
+            "GET /v1/events?stream=true HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        for line in BufReader::new(s).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut resp = ureq::post(format!("http://{}/v1/events", n0.api))
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer s3cret-token")
+        .send(json!({"kind": "stimulus", "text": "seen on the stream"}).to_string())
+        .unwrap();
+    let ids: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let cid = ids["ids"][0].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while Instant::now() < deadline && !seen {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen = l.starts_with("data:") && l.contains(&cid) && l.contains("seen on the stream");
+        }
+    }
+    assert!(seen, "the event {cid} did not appear on n1's SSE stream");
+
+    // Prometheus text with the node's figures.
+    let mut m = ureq::get(format!("http://{}/metrics", n1.api))
+        .call()
+        .unwrap();
+    let text = m.body_mut().read_to_string().unwrap();
+    assert!(text.contains("# TYPE chorus_events gauge"), "{text}");
+    let events: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("chorus_events "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(events >= 3.0, "genesis, membership, the stimulus: {text}");
+    assert!(text.contains("# TYPE chorus_gateway_intent_requests_total counter"));
+}

@@ -109,6 +109,12 @@ fn run(cmd: &mut Command) -> Result<(), FetchError> {
 /// (atomic: a crash leaves no half file under the final name). `progress` gets one line per
 /// step.
 pub fn fetch(path: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), FetchError> {
+    // One fetch at a time in this process (tests ask from many threads; the temporary names
+    // below are per process). Other processes use other names; the rename is atomic.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if path.exists() {
         progress(&format!("model: checking {}", path.display()));
         return verify(path);

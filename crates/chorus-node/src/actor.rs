@@ -414,8 +414,20 @@ impl<M: Describe> Actor<M> {
             let resp = self.serve(&peer, &req);
             self.send(NetCommand::Respond { id, resp });
         }
+        // Every status asked in one turn sees the same state: build it once (a burst of a
+        // thousand monitoring requests costs one fold and one snapshot, not a thousand).
+        let mut status: Option<Value> = None;
         for q in queries {
-            self.query(q);
+            match q {
+                ApiRequest::Status(reply) => {
+                    if status.is_none() {
+                        self.fold();
+                        status = Some(self.status());
+                    }
+                    let _ = reply.send(status.clone().unwrap_or_default());
+                }
+                q => self.query(q),
+            }
         }
         if tick {
             self.fold();

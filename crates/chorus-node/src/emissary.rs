@@ -15,12 +15,12 @@
 //! answered at once with a `busy` failure, so a slow model never builds an unbounded backlog.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use chorus_core::{EventId, SignedEvent, event::kind};
@@ -38,6 +38,12 @@ pub const MAX_IN_FLIGHT: usize = 4;
 pub const MAX_CONTEXT_CHARS: usize = 2_000;
 /// Characters of a failed answer kept in the failure event.
 pub const MAX_RAW_IN_FAILURE: usize = 200;
+/// Stimuli an emissary keeps re-checking for a changed selection.
+pub const MAX_WAITING: usize = 256;
+/// How long a stimulus that did not select this emissary is re-checked.
+pub const RESELECT_WINDOW: Duration = Duration::from_secs(60);
+/// How often those stimuli are re-checked.
+pub const RESELECT_TICK: Duration = Duration::from_millis(500);
 /// Registration retries while the node's writes are still held (write gate).
 const REGISTER_ATTEMPTS: u32 = 20;
 
@@ -279,56 +285,111 @@ async fn run(
     tracing::info!(emissary = %cfg.name, backend = %backend.name(), "emissary ready");
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let cfg = Arc::new(cfg);
+    // Stimuli seen but not (yet) selecting us. The selection is recomputed on every replica
+    // when earlier events arrive late (e.g. the intents that set the dopamine of a stimulus
+    // arrive after it), so they are checked again on every tick for RESELECT_WINDOW.
+    let mut waiting: VecDeque<(Arc<SignedEvent>, Instant)> = VecDeque::new();
+    let mut tick = tokio::time::interval(RESELECT_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let ev = match feed.recv().await {
-            Ok(ev) => ev,
-            Err(RecvError::Lagged(n)) => {
-                stats.lagged.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(emissary = %cfg.name, missed = n, "emissary fell behind the feed");
+        let ev = tokio::select! {
+            r = feed.recv() => match r {
+                Ok(ev) => Some(ev),
+                Err(RecvError::Lagged(n)) => {
+                    stats.lagged.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(emissary = %cfg.name, missed = n, "emissary fell behind the feed");
+                    None
+                }
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            _ = tick.tick() => None,
+        };
+        // (stimulus, its election now) for every stimulus to decide on.
+        let mut candidates: Vec<(Arc<SignedEvent>, Option<Value>, Instant)> = vec![];
+        match ev {
+            Some(ev) if ev.kind == kind::STIMULUS => {
+                stats.stimuli_seen.fetch_add(1, Ordering::Relaxed);
+                let e = node.election(ev.id()).await?;
+                candidates.push((ev, e, Instant::now()));
+            }
+            Some(_) => continue,
+            None if waiting.is_empty() => continue,
+            None => {
+                let now = Instant::now();
+                waiting.retain(|(_, since)| now.duration_since(*since) < RESELECT_WINDOW);
+                // One query for all of them.
+                let all = node.ask(crate::actor::ApiRequest::Elections).await?;
+                let by_id: BTreeMap<&str, &Value> = all["elections"]
+                    .as_array()
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|e| Some((e["stimulus"].as_str()?, e)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for (ev, since) in std::mem::take(&mut waiting) {
+                    let e = by_id
+                        .get(ev.id().to_string().as_str())
+                        .map(|e| (*e).clone());
+                    if e.is_some() {
+                        candidates.push((ev, e, since));
+                    } else {
+                        waiting.push_back((ev, since));
+                    }
+                }
+            }
+        }
+        for (ev, election, since) in candidates {
+            let Some(election) = election else { continue };
+            let chosen = election["selected"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|e| e["author"] == author.as_str() && e["name"] == cfg.name.as_str())
+            });
+            if !chosen {
+                if waiting.len() == MAX_WAITING {
+                    waiting.pop_front();
+                }
+                waiting.push_back((ev, since));
                 continue;
             }
-            Err(RecvError::Closed) => return Ok(()),
-        };
-        if ev.kind != kind::STIMULUS {
-            continue;
+            stats.selected.fetch_add(1, Ordering::Relaxed);
+            start_answer(&cfg, &backend, &node, &stats, &slots, ev);
         }
-        stats.stimuli_seen.fetch_add(1, Ordering::Relaxed);
-        let Some(election) = node.election(ev.id()).await? else {
-            continue;
-        };
-        let chosen = election["selected"].as_array().is_some_and(|s| {
-            s.iter()
-                .any(|e| e["author"] == author.as_str() && e["name"] == cfg.name.as_str())
-        });
-        if !chosen {
-            continue;
+    }
+}
+
+/// Answers a stimulus in a task of its own, or publishes `busy` when every slot is taken.
+fn start_answer(
+    cfg: &Arc<EmissaryConfig>,
+    backend: &Arc<dyn Backend>,
+    node: &NodeHandle,
+    stats: &Arc<EmissaryStats>,
+    slots: &Arc<Semaphore>,
+    ev: Arc<SignedEvent>,
+) {
+    let (cfg, backend, node, stats) = (cfg.clone(), backend.clone(), node.clone(), stats.clone());
+    match slots.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                let r = answer(&cfg, backend.as_ref(), &node, &ev, &stats).await;
+                stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+                if let Err(e) = r {
+                    tracing::warn!(emissary = %cfg.name, "answer not published: {e}");
+                }
+            });
         }
-        stats.selected.fetch_add(1, Ordering::Relaxed);
-        let (cfg, backend, node, stats) =
-            (cfg.clone(), backend.clone(), node.clone(), stats.clone());
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let r = answer(&cfg, backend.as_ref(), &node, &ev, &stats).await;
-                    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
-                    if let Err(e) = r {
-                        tracing::warn!(emissary = %cfg.name, "answer not published: {e}");
-                    }
-                });
-            }
-            Err(_) => {
-                stats.busy.fetch_add(1, Ordering::Relaxed);
-                let busy = chorus_llm::LlmError::Busy {
-                    backend: backend.name(),
-                    queued: MAX_IN_FLIGHT,
-                };
-                let (body, _) = intent_body(&cfg.name, ev.id(), Err(busy), 0);
-                tokio::spawn(async move {
-                    publish(&node, &stats, body, false).await;
-                });
-            }
+        Err(_) => {
+            stats.busy.fetch_add(1, Ordering::Relaxed);
+            let busy = chorus_llm::LlmError::Busy {
+                backend: backend.name(),
+                queued: MAX_IN_FLIGHT,
+            };
+            let (body, _) = intent_body(&cfg.name, ev.id(), Err(busy), 0);
+            tokio::spawn(async move {
+                publish(&node, &stats, body, false).await;
+            });
         }
     }
 }
