@@ -724,7 +724,7 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     if stop.load(Ordering::SeqCst) {
         println!("interrupted after {posted} events; stopping the nodes");
     } else {
-        println!("workload done: {posted} events posted; waiting for convergence");
+        println!("scene done: {posted} stimuli posted; waiting for convergence");
     }
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let mut converged = false;
