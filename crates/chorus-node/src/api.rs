@@ -95,6 +95,14 @@ async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
+/// A JSON request body, or the 400 that says why it is not one.
+pub fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Box<Response>> {
+    body.map(|Json(b)| b)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.body_text())))
+}
+
 pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({ "error": msg.into() }))).into_response()
 }
@@ -206,9 +214,9 @@ async fn append(
     State(api): State<Api>,
     body: Result<Json<AppendBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(a) = match body {
+    let a = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(r) => return *r,
     };
     if a.count == 0 || a.count > MAX_APPEND_PER_REQUEST {
         return error(

@@ -34,7 +34,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::{api::Api, api::error, handle::NodeGone};
+use crate::{
+    api::{Api, error, json_body},
+    handle::NodeGone,
+};
 
 /// How long a gateway request waits for a winner unless it asks for less.
 pub const DEFAULT_INTENT_TIMEOUT_MS: u64 = 60_000;
@@ -178,9 +181,9 @@ pub async fn swarm_intent(
     State(api): State<Api>,
     body: Result<Json<IntentRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(r) = match body {
+    let r = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(resp) => return *resp,
     };
     api.gateway.intent_requests.fetch_add(1, Ordering::Relaxed);
     let body = stimulus_body(&r.npc_name, &r.role, &r.backstory, &r.context);
@@ -245,9 +248,9 @@ pub async fn chat_completions(
     State(api): State<Api>,
     body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(r) = match body {
+    let r = match json_body(body) {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(resp) => return *resp,
     };
     if r.messages.is_empty() {
         return error(StatusCode::BAD_REQUEST, "messages must not be empty");
