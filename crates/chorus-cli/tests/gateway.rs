@@ -419,3 +419,54 @@ fn event_stream_metrics_and_write_tokens() {
     assert!(events >= 3.0, "genesis, membership, the stimulus: {text}");
     assert!(text.contains("# TYPE chorus_gateway_intent_requests_total counter"));
 }
+
+/// `/v1/status` is shared between requests for a few milliseconds (so a thousand monitors cost
+/// the node one status), but never hides a write: with other clients keeping the shared
+/// snapshot warm, every append is in the very next status.
+#[test]
+fn status_under_load_still_shows_each_write_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 1, 1);
+    let n0 = Node::start("n0", &dirs[0], "127.0.0.84", &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pollers: Vec<_> = (0..4)
+        .map(|_| {
+            let (api, stop) = (n0.api.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    get(&api, "/v1/status").unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut events = get(&n0.api, "/v1/status").unwrap()["events"]
+        .as_u64()
+        .unwrap();
+    for i in 0..40 {
+        let r = post(
+            &n0.api,
+            "/v1/events",
+            &json!({"kind": "stimulus", "text": format!("write {i}")}),
+        )
+        .unwrap();
+        let id = r["ids"][0].as_str().unwrap().to_string();
+        let s = get(&n0.api, "/v1/status").unwrap();
+        events += 1;
+        assert_eq!(s["events"].as_u64(), Some(events), "write {i}: {s}");
+        assert!(
+            s["heads"].as_array().unwrap().iter().any(|h| h == &id),
+            "write {i}: {id} is not a head in {s}"
+        );
+        assert_eq!(s["mesh_size"], 1);
+        assert!(s["active_emissaries"].is_array());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let polled: u64 = pollers.into_iter().map(|p| p.join().unwrap()).sum();
+    assert!(
+        polled > 40,
+        "the pollers kept the snapshot warm ({polled} requests)"
+    );
+}

@@ -75,8 +75,41 @@ pub enum ApiRequest {
 /// this far behind is told it lagged (and pages `GET /v1/events` to catch up).
 pub const FEED_CAPACITY: usize = 4_096;
 
-/// The sender side of the live feed.
-pub type Feed = tokio::sync::broadcast::Sender<std::sync::Arc<SignedEvent>>;
+/// The sender side of the live feed, and a count of the times the timeline grew (which tells
+/// the API's status cache that a snapshot is out of date without asking the actor).
+#[derive(Clone)]
+pub struct Feed {
+    events: tokio::sync::broadcast::Sender<std::sync::Arc<SignedEvent>>,
+    changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Feed {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            events: tokio::sync::broadcast::channel(capacity).0,
+            changes: Default::default(),
+        }
+    }
+
+    /// New events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<SignedEvent>> {
+        self.events.subscribe()
+    }
+
+    fn listening(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
+    fn timeline_grew(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many times the timeline grew so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
 
 /// Everything the actor reacts to.
 pub enum NodeMsg {
@@ -181,7 +214,7 @@ impl<M: Describe> Actor<M> {
             pruned_blocks: 0,
             writes_open,
             gated: vec![],
-            feed: tokio::sync::broadcast::channel(1).0,
+            feed: Feed::new(1),
         }
     }
 
@@ -194,7 +227,7 @@ impl<M: Describe> Actor<M> {
     fn announce(&self, evs: impl IntoIterator<Item = SignedEvent>) {
         for e in evs {
             // No subscriber is not an error.
-            let _ = self.feed.send(std::sync::Arc::new(e));
+            let _ = self.feed.events.send(std::sync::Arc::new(e));
         }
     }
 
@@ -511,7 +544,7 @@ impl<M: Describe> Actor<M> {
         }
         let ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
         // Copies for the live feed only while someone listens.
-        let copies = (self.feed.receiver_count() > 0).then(|| events.clone());
+        let copies = self.feed.listening().then(|| events.clone());
         match self.replica.ingest(events) {
             Ok(report) => {
                 for (code, n) in &report.rejected {
@@ -524,6 +557,9 @@ impl<M: Describe> Actor<M> {
                     report.indexed.iter().copied().collect();
                 for (k, id) in ids.iter().enumerate() {
                     new_at[event_pos[k]] = indexed.contains(id);
+                }
+                if !report.indexed.is_empty() {
+                    self.feed.timeline_grew();
                 }
                 if let Some(copies) = copies {
                     self.announce(copies.into_iter().filter(|e| indexed.contains(&e.id())));
@@ -630,7 +666,8 @@ impl<M: Describe> Actor<M> {
         };
         self.counters.appended += evs.len() as u64;
         let ids: Vec<EventId> = evs.iter().map(|e| e.id()).collect();
-        if self.feed.receiver_count() > 0 {
+        self.feed.timeline_grew();
+        if self.feed.listening() {
             self.announce(evs.iter().cloned());
         }
         for e in &evs {

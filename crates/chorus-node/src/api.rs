@@ -39,6 +39,7 @@ use crate::{
     emissary::EmissaryInfo,
     gateway::{self, GatewayStats},
     handle::NodeHandle,
+    status::{StatusCache, merge_objects},
 };
 
 /// Largest request body the API reads.
@@ -52,6 +53,8 @@ pub struct Api {
     pub emissaries: Arc<Vec<EmissaryInfo>>,
     /// Bearer token that writes must carry (`None`: writes are open, loopback only).
     pub token: Option<Arc<str>>,
+    /// `GET /v1/status`'s shared snapshot.
+    pub status: Arc<StatusCache>,
 }
 
 /// The router.
@@ -122,26 +125,24 @@ impl Api {
 /// The node's status plus the original swarm's fields (`coherence`, `dopamine`, `mesh_size`,
 /// `active_emissaries`) and the emissaries' counters.
 async fn status(State(api): State<Api>) -> Response {
-    match api.ask(ApiRequest::Status).await {
-        Ok(mut v) => {
-            v["mesh_size"] = json!(v["peers"].as_array().map_or(0, Vec::len) + 1);
-            v["active_emissaries"] = json!(
-                api.emissaries
-                    .iter()
-                    .filter(|e| e.stats.in_flight.load(Ordering::Relaxed) > 0)
-                    .map(|e| e.name.clone())
-                    .collect::<Vec<_>>()
-            );
-            v["emissaries"] = json!(
-                api.emissaries
-                    .iter()
-                    .map(EmissaryInfo::json)
-                    .collect::<Vec<_>>()
-            );
-            Json(v).into_response()
-        }
-        Err(r) => r,
-    }
+    let snap = match api.status.get(&api.node).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let live = json!({
+        "mesh_size": snap.peers + 1,
+        "active_emissaries": api.emissaries
+            .iter()
+            .filter(|e| e.stats.in_flight.load(Ordering::Relaxed) > 0)
+            .map(|e| e.name.clone())
+            .collect::<Vec<_>>(),
+        "emissaries": api.emissaries.iter().map(EmissaryInfo::json).collect::<Vec<_>>(),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        merge_objects(&snap.json, &live),
+    )
+        .into_response()
 }
 
 async fn state(State(api): State<Api>) -> Response {

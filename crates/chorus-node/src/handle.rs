@@ -64,4 +64,9 @@ impl NodeHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SignedEvent>> {
         self.feed.subscribe()
     }
+
+    /// How many times the timeline grew so far (appended or received events).
+    pub fn timeline_changes(&self) -> u64 {
+        self.feed.changes()
+    }
 }

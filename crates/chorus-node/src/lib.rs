@@ -20,6 +20,7 @@ pub mod emissary;
 pub mod gateway;
 pub mod handle;
 pub mod outbox;
+pub mod status;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -104,7 +105,7 @@ pub async fn run<M: Describe>(
              reaches it can write (give one with --api-token-env)"
         );
     }
-    let feed = tokio::sync::broadcast::channel(actor::FEED_CAPACITY).0;
+    let feed = actor::Feed::new(actor::FEED_CAPACITY);
     let node = handle::NodeHandle::new(node_tx.clone(), feed.clone());
     let mut emissaries = vec![];
     for e in &cfg.emissaries {
@@ -136,6 +137,7 @@ pub async fn run<M: Describe>(
                 gateway: Default::default(),
                 emissaries: std::sync::Arc::new(emissaries),
                 token: cfg.api_token.as_deref().map(std::sync::Arc::from),
+                status: Default::default(),
             });
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
