@@ -98,6 +98,9 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
     if let Command::Verify = cmd {
         return verify::<M>(dir, store);
     }
+    if let Command::Repair { dry_run } = cmd {
+        return repair::<M>(dir, store, dry_run);
+    }
     store.integrity_check()?;
     let mut replica = Replica::open_checked(dir, store, M::default())?;
     match cmd {
@@ -110,6 +113,7 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
         | Command::Key
         | Command::Import(_)
         | Command::Verify
+        | Command::Repair { .. }
         | Command::Node(_)
         | Command::Join { .. }
         | Command::Status { .. }
@@ -621,6 +625,74 @@ fn verify<M: Describe>(dir: &Path, store: Store) -> Result<i32> {
         checked,
         st.pending_len(),
         hex::encode(st.state_hash())
+    );
+    Ok(0)
+}
+
+/// `chorus repair`: see `chorus_store::quarantine`. The quarantined blocks are written to a
+/// CAR file (roots: the refused events) and synced before the store changes.
+fn repair<M: Describe>(dir: &Path, store: Store, dry_run: bool) -> Result<i32> {
+    use chorus_store::quarantine::Reason;
+    store.integrity_check()?;
+    let plan = store.quarantine_plan()?;
+    if plan.is_empty() {
+        println!("nothing to repair: every stored event passes the checks a peer runs");
+        return Ok(0);
+    }
+    let own = chorus_store::replica::read_key(dir)?.map(|k| k.author());
+    let mut by_author: BTreeMap<String, u64> = BTreeMap::new();
+    let mut roots = vec![];
+    for q in &plan.events {
+        let who = match q.author {
+            Some(a) if Some(a) == own => "this node's key".to_string(),
+            Some(a) => a.to_string(),
+            None => "unknown author".to_string(),
+        };
+        *by_author.entry(who).or_insert(0) += 1;
+        match &q.reason {
+            Reason::Refused(e) => {
+                roots.push(q.key.1);
+                println!("refused   {} (lc {}): {e}", q.key.1, q.key.0);
+            }
+            Reason::DependsOn(p) => println!("dependent {} (lc {}): parent {p}", q.key.1, q.key.0),
+        }
+    }
+    println!(
+        "{} event(s) to quarantine ({} refused, the rest depend on them), by author: {by_author:?}",
+        plan.events.len(),
+        roots.len()
+    );
+    if dry_run {
+        println!("dry run: nothing changed");
+        return Ok(0);
+    }
+    let qdir = dir.join("quarantine");
+    std::fs::create_dir_all(&qdir).with_context(|| qdir.display().to_string())?;
+    let path = qdir.join(format!("{}.car", roots[0]));
+    let f = File::create(&path).with_context(|| path.display().to_string())?;
+    let mut w = archive::CarWriter::new(BufWriter::new(f), &roots)?;
+    for q in &plan.events {
+        w.write_block(&q.key.1, &q.bytes)?;
+    }
+    w.finish()?
+        .into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()?;
+    store.quarantine(&plan)?;
+    drop(store);
+    let mut replica = Replica::open(dir, M::default())?;
+    replica.rewrite_membership_mirror()?;
+    println!(
+        "moved to {}; the store opens again: {} events, state_hash {}",
+        path.display(),
+        replica.timeline().len(),
+        hex::encode(replica.timeline().state_hash())
+    );
+    println!(
+        "consequence: the quarantined events are not in the timeline (their blocks stay in the \
+         file above; re-append what you need within the bounds). This node's key signs its \
+         next event with the first quarantined sequence number again: no peer accepted the \
+         refused event, so none holds a chain through it, and this is no equivocation."
     );
     Ok(0)
 }

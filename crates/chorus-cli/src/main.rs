@@ -49,6 +49,14 @@ enum Command {
     },
     /// Re-verify every hash and signature, replay from genesis, compare with the stored state.
     Verify,
+    /// Move the stored events that every peer refuses (signed by builds before the local
+    /// format checks) and the events that depend on them to DATA_DIR/quarantine/, so the store
+    /// opens again. Nothing else is changed.
+    Repair {
+        /// Only show what would be moved.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Export the timeline as a CAR file (IPFS) or JSONL.
     Export(ExportArgs),
     /// Import events from a CAR or JSONL file (validated, idempotent).

@@ -272,6 +272,7 @@ fn every_command_has_help() {
         vec!["log", "--help"],
         vec!["state", "--help"],
         vec!["verify", "--help"],
+        vec!["repair", "--help"],
         vec!["export", "--help"],
         vec!["import", "--help"],
     ] {
@@ -394,4 +395,85 @@ fn verify_accepts_a_timeline_with_equivocation_and_removal() {
     .unwrap();
     let last = expected["marks"].as_array().unwrap().last().unwrap();
     assert_eq!(state(&d)["state_hash"], last["state_hash"]);
+}
+
+/// A data directory as builds before the local format checks could leave it: `chorus init`,
+/// two good appends, then (through the library, as the old append path did) an event with a
+/// kind no peer accepts and two more events of the same key on top of it. Returns the bad id.
+fn old_build_store(dir: &Path) -> String {
+    use chorus_core::{Timeline, event::kind};
+    use chorus_store::{Batch, Store, replica::STORE_FILE};
+    ok(dir, &["init", "--name", "old"]);
+    ok(dir, &["append", "good one"]);
+    ok(dir, &["append", "good two"]);
+    let key = chorus_store::replica::read_key(dir).unwrap().unwrap();
+    let store = Store::open(&dir.join(STORE_FILE)).unwrap();
+    let mut events = store.ordered_events().map(Result::unwrap);
+    let mut tl = Timeline::new(events.next().unwrap(), chorus_kairos::KairosMachine).unwrap();
+    for ev in events {
+        tl.insert_deferred(ev).unwrap();
+    }
+    let text = |s: &str| {
+        ipld_core::ipld::Ipld::Map(std::collections::BTreeMap::from([(
+            "text".to_string(),
+            ipld_core::ipld::Ipld::String(s.into()),
+        )]))
+    };
+    let bad = tl
+        .prepare(key.author(), "Bad Kind!", text("shout"))
+        .sign(&key);
+    tl.insert_deferred(bad.clone()).unwrap();
+    let mut blocks = vec![bad.clone()];
+    for s in ["after one", "after two"] {
+        let ev = tl.prepare(key.author(), kind::STIMULUS, text(s)).sign(&key);
+        tl.insert_deferred(ev.clone()).unwrap();
+        blocks.push(ev);
+    }
+    store
+        .commit(Batch {
+            blocks,
+            heads: Some(tl.heads()),
+            ..Batch::default()
+        })
+        .unwrap();
+    bad.id().to_string()
+}
+
+/// A store that an older build left holding an event no peer accepts: every command names
+/// the event and the way out; `chorus repair` moves it and what depends on it to a quarantine
+/// CAR file and nothing else; the node then verifies, starts and writes again.
+#[test]
+fn repair_quarantines_an_event_no_peer_accepts_and_nothing_else() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("old");
+    let bad = old_build_store(&dir);
+    for args in [&["verify"][..], &["state"], &["log"], &["node", "--no-api"]] {
+        let out = chorus(&dir, args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?} must fail: {text}");
+        assert!(
+            text.contains(&bad) && text.contains("chorus repair"),
+            "{args:?} names the event and the way out: {text}"
+        );
+    }
+    let dry = ok(&dir, &["repair", "--dry-run"]);
+    assert!(dry.contains(&format!("refused   {bad}")), "{dry}");
+    assert!(dry.contains("3 event(s) to quarantine"), "{dry}");
+    let out = ok(&dir, &["repair"]);
+    assert!(out.contains("the store opens again: 3 events"), "{out}");
+    let car = dir.join("quarantine").join(format!("{bad}.car"));
+    assert!(car.metadata().unwrap().len() > 0, "{out}");
+    assert!(ok(&dir, &["verify"]).contains("verify OK: 3 events"));
+    ok(&dir, &["append", "written again"]);
+    let log = ok(&dir, &["log"]);
+    assert!(
+        log.contains("good two") && log.contains("written again"),
+        "{log}"
+    );
+    assert!(!log.contains("after one"), "{log}");
+    assert!(ok(&dir, &["repair"]).contains("nothing to repair"));
 }

@@ -234,3 +234,74 @@ fn posterity_one_survivor_rebuilds_five_fresh_nodes() {
         assert!(out.contains("verify OK"), "{out}");
     }
 }
+
+/// The requests that broke a node's own store (one oversize or badly-kinded append, gateway
+/// fields of 8 192 non-ASCII characters, `count` × a large body) are refused with a 4xx that
+/// names the bound; afterwards `chorus verify` passes, the node restarts, and its peer stays in
+/// sync and bans nobody.
+#[test]
+fn hostile_api_requests_are_refused_and_break_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 2, 2);
+    let mut a = Node::start("a", &dirs[0], "127.0.0.41", &[]);
+    join(&dirs[1], &a.addr);
+    let mut b = Node::start("b", &dirs[1], "127.0.0.42", std::slice::from_ref(&a.addr));
+    meshed(&[&a, &b], Duration::from_secs(60));
+    initial_sync(&mut [&mut a, &mut b], 2);
+
+    let refused = |path: &str, body: serde_json::Value, code: &str| {
+        let e = post(&a.api, path, &body).expect_err("must be refused");
+        assert!(e.starts_with(code), "{path}: expected {code}, got {e}");
+        e
+    };
+    let e = refused(
+        "/v1/events",
+        serde_json::json!({"text": "x".repeat(100 * 1024)}),
+        "413",
+    );
+    assert!(e.contains("49152-byte"), "{e}");
+    let e = refused(
+        "/v1/events",
+        serde_json::json!({"kind": "Bad Kind!", "text": "hi"}),
+        "422",
+    );
+    assert!(e.contains("kind"), "{e}");
+    for c in ["é", "\u{1F600}"] {
+        let field = c.repeat(8_192);
+        let e = refused(
+            "/v1/swarm/intent",
+            serde_json::json!({"npc_name": field, "role": field, "backstory": field,
+                               "context": field, "timeout_ms": 1}),
+            "413",
+        );
+        assert!(e.contains("bytes"), "{e}");
+    }
+    refused(
+        "/v1/events",
+        serde_json::json!({"text": "y".repeat(40 * 1024), "count": 1000}),
+        "413",
+    );
+
+    // Real work goes on, on both sides.
+    a.append("after the hostile requests {i}", 5).unwrap();
+    b.append("the peer writes too {i}", 5).unwrap();
+    converge(&mut [&mut a, &mut b], 12, Duration::from_secs(60));
+    for n in [&a, &b] {
+        let st = n.status().unwrap();
+        assert_eq!(st["sync"]["bans"], 0, "{}: {st}", n.name);
+        assert_eq!(
+            st["received"]["invalid_by_peer"],
+            serde_json::json!({}),
+            "{}",
+            n.name
+        );
+    }
+
+    // The store is sound and the node restarts.
+    a.stop();
+    let out = ok(&dirs[0], &["verify"]);
+    assert!(out.contains("verify OK"), "{out}");
+    let mut a = Node::start("a", &dirs[0], "127.0.0.41", std::slice::from_ref(&b.addr));
+    a.append("after the restart", 1).unwrap();
+    converge(&mut [&mut a, &mut b], 13, Duration::from_secs(60));
+}

@@ -67,12 +67,17 @@ impl<W: Write> CarWriter<W> {
     }
 
     pub fn write(&mut self, ev: &SignedEvent) -> io::Result<()> {
-        let cid = ev.id().to_cid().to_bytes();
-        let len = cid.len() + ev.bytes().len();
+        self.write_block(&ev.id(), ev.bytes())
+    }
+
+    /// Any block under its id, decodable or not (a quarantine file holds events that are not).
+    pub fn write_block(&mut self, id: &EventId, bytes: &[u8]) -> io::Result<()> {
+        let cid = id.to_cid().to_bytes();
+        let len = cid.len() + bytes.len();
         self.out
             .write_all(unsigned_varint::encode::usize(len, &mut Default::default()))?;
         self.out.write_all(&cid)?;
-        self.out.write_all(ev.bytes())
+        self.out.write_all(bytes)
     }
 
     pub fn finish(mut self) -> io::Result<W> {

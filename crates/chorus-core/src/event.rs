@@ -12,8 +12,16 @@ use crate::{
     codec::{self, CodecError},
     crypto::{self, KeyCache, Keypair, VerifyError},
     ids::{AuthorId, EventId},
-    limits::{MAX_BODY_BYTES, MAX_COUNTER, MAX_EVENT_BYTES, MAX_KIND_BYTES, MAX_PARENTS},
+    limits::{
+        MAX_BODY_BYTES, MAX_COUNTER, MAX_ENVELOPE_BYTES, MAX_EVENT_BYTES, MAX_KIND_BYTES,
+        MAX_PARENTS,
+    },
 };
+
+// A body within its bound always fits an event, whatever the envelope holds (16 parents, the
+// largest counters, the longest kind): so a local write refused for its size is always refused
+// for its *body*, which the writer controls, never for the envelope around it.
+const _: () = assert!(MAX_BODY_BYTES + MAX_ENVELOPE_BYTES <= MAX_EVENT_BYTES);
 
 /// Well-known kinds.
 pub mod kind {
@@ -41,7 +49,7 @@ pub enum EventError {
     NonCanonical,
     #[error("unsupported format version {0}")]
     UnsupportedVersion(u64),
-    #[error("bad kind {0:?}")]
+    #[error("bad kind {0:?}: a kind is 1 to 32 bytes of a-z, 0-9, '_' and '-'")]
     BadKind(String),
     #[error("body is {size} bytes, more than the 49152-byte limit")]
     BodyTooLarge { size: usize },
@@ -158,9 +166,19 @@ impl UnsignedEvent {
         codec::encode(&self.to_wire(None))
     }
 
-    /// Signs with `key` (whose public key must be `author`) and encodes the block. The result
-    /// still has to pass [`SignedEvent::decode`]'s checks; building an invalid event is possible
-    /// (tests need that) and is caught there.
+    /// Signs and then runs on the block every context-free check [`SignedEvent::decode`] runs
+    /// for a peer's event (all but re-verifying the signature just made): the one way local
+    /// events are made, so this node never signs an event its peers would refuse.
+    pub fn sign_checked(self, key: &Keypair) -> Result<SignedEvent, EventError> {
+        check_content(&self.kind, &self.body)?;
+        let ev = self.sign(key);
+        SignedEvent::decode_unverified(ev.bytes())?;
+        Ok(ev)
+    }
+
+    /// Signs with `key` (whose public key must be `author`) and encodes the block, without any
+    /// check: the result may be an event every peer refuses. Tests and adversaries need that;
+    /// everything else uses [`sign_checked`](Self::sign_checked).
     pub fn sign(self, key: &Keypair) -> SignedEvent {
         let sig = key.sign_event(&self.signing_payload());
         let bytes: Arc<[u8]> = codec::encode(&self.to_wire(Some(&sig))).into();
@@ -359,6 +377,24 @@ pub fn body_text(body: &Ipld) -> Option<&str> {
     }
 }
 
+/// The context-free checks on what the writer of a local event chooses (the kind and the body),
+/// as [`SignedEvent::decode`] runs them: a batch of local writes is checked item by item with
+/// this before any of it is signed, so a refused batch changes nothing. A local event is never
+/// a genesis (that is `chorus init`'s), so that kind is refused here too.
+pub fn check_content(kind: &str, body: &Ipld) -> Result<(), EventError> {
+    check_kind(kind)?;
+    if kind == kind::GENESIS {
+        return Err(EventError::GenesisShape(
+            "a genesis is made only by `chorus init`, never appended",
+        ));
+    }
+    let size = codec::encode(body).len();
+    if size > MAX_BODY_BYTES {
+        return Err(EventError::BodyTooLarge { size });
+    }
+    Ok(())
+}
+
 fn check_kind(k: &str) -> Result<(), EventError> {
     let ok = !k.is_empty()
         && k.len() <= MAX_KIND_BYTES
@@ -433,6 +469,70 @@ mod tests {
         assert_eq!(
             SignedEvent::decode(&junk).unwrap_err(),
             EventError::TooLarge { size: junk.len() }
+        );
+    }
+
+    /// The envelope bound behind `MAX_ENVELOPE_BYTES`: the largest envelope there is (16
+    /// parents, counters at their limit, a 32-byte kind) around a body of exactly
+    /// `MAX_BODY_BYTES` is a valid event.
+    #[test]
+    fn a_body_within_its_bound_always_fits_an_event() {
+        let key = Keypair::from_seed([3; 32]);
+        // A map holding one byte string, sized so the body encodes to exactly the limit.
+        let body_of = |n: usize| {
+            let mut m = BTreeMap::new();
+            m.insert("x".to_string(), Ipld::Bytes(vec![7; n]));
+            Ipld::Map(m)
+        };
+        let mut n = MAX_BODY_BYTES - 16;
+        while codec::encode(&body_of(n + 1)).len() <= MAX_BODY_BYTES {
+            n += 1;
+        }
+        let body = body_of(n);
+        assert_eq!(codec::encode(&body).len(), MAX_BODY_BYTES);
+        let mut parents: Vec<EventId> = (0..MAX_PARENTS as u8)
+            .map(|i| EventId::of_block(&[i]))
+            .collect();
+        parents.sort();
+        let ev = UnsignedEvent {
+            timeline: Some(EventId::of_block(b"genesis")),
+            author: key.author(),
+            seq: MAX_COUNTER,
+            lamport: MAX_COUNTER,
+            parents,
+            kind: "k".repeat(MAX_KIND_BYTES),
+            body,
+        };
+        let signed = ev
+            .clone()
+            .sign_checked(&key)
+            .expect("a worst-case envelope fits");
+        assert!(signed.bytes().len() <= MAX_BODY_BYTES + MAX_ENVELOPE_BYTES);
+        SignedEvent::decode(signed.bytes()).expect("and a peer takes it");
+        // One byte more of body is refused for the body, before anything is signed.
+        let mut over = ev;
+        over.body = body_of(n + 1);
+        assert!(matches!(
+            over.sign_checked(&key).unwrap_err(),
+            EventError::BodyTooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn sign_checked_refuses_what_decode_refuses() {
+        let key = Keypair::from_seed([4; 32]);
+        let mut ev = sample(&key).event().fields.clone();
+        ev.kind = "Bad Kind!".into();
+        let unchecked = ev.clone().sign(&key);
+        assert_eq!(
+            SignedEvent::decode(unchecked.bytes()).unwrap_err(),
+            ev.clone().sign_checked(&key).unwrap_err()
+        );
+        ev.kind = kind::STIMULUS.into();
+        ev.parents.reverse();
+        assert_eq!(
+            ev.sign_checked(&key).unwrap_err(),
+            EventError::ParentsNotSorted
         );
     }
 

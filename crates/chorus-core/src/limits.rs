@@ -5,6 +5,10 @@
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
 /// Largest accepted DAG-CBOR encoding of an event body; bigger content goes in a blob.
 pub const MAX_BODY_BYTES: usize = 48 * 1024;
+/// Most bytes the envelope around a body can take (16 parents, the largest counters, the
+/// longest kind, signature, author, timeline id): a body of at most `MAX_BODY_BYTES` always
+/// fits `MAX_EVENT_BYTES`. Checked by a test on a worst-case event.
+pub const MAX_ENVELOPE_BYTES: usize = 1024;
 /// Most parents an event may name.
 pub const MAX_PARENTS: usize = 16;
 /// Longest kind string, in bytes.

@@ -477,6 +477,19 @@ impl<M: Machine> Timeline<M> {
         }
     }
 
+    /// The next local event of `key`, signed and checked: [`prepare`](Self::prepare) then
+    /// [`UnsignedEvent::sign_checked`]. Every local write (API, gateway, CLI, emissaries) is
+    /// made here, so a node never signs an event its peers would refuse; insert the result like
+    /// any other event (which runs the checks that need the causal past).
+    pub fn sign_local(
+        &self,
+        key: &crate::crypto::Keypair,
+        kind: &str,
+        body: ipld_core::ipld::Ipld,
+    ) -> Result<SignedEvent, EventError> {
+        self.prepare(key.author(), kind, body).sign_checked(key)
+    }
+
     // ----------------------------------------------------------------- insertion
 
     /// Inserts one event and brings the state up to date.

@@ -22,7 +22,7 @@ use chorus_core::{
     timeline::OrderKey,
 };
 use chorus_net::{GossipId, InboundId, NetCommand, NetEvent, Peer};
-use chorus_store::{Replica, verify::decode_parallel};
+use chorus_store::{Replica, ReplicaError, verify::decode_parallel};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     describe::{Describe, event_json, state_json},
     outbox::Outbox,
+    write::WriteError,
 };
 
 /// Messages the actor takes per turn (one group commit).
@@ -59,7 +60,7 @@ pub enum ApiRequest {
     },
     Append {
         items: Vec<(String, Ipld)>,
-        reply: oneshot::Sender<Result<Vec<EventId>, String>>,
+        reply: crate::write::Reply,
     },
     /// The election of one stimulus (`None`: not a tracked stimulus here, yet or any more).
     Election {
@@ -145,6 +146,8 @@ struct Counters {
     requests_served: u64,
     net_commands_dropped: u64,
     appended: u64,
+    /// Local writes refused because a peer would refuse them, per error code.
+    refused_writes: BTreeMap<&'static str, u64>,
 }
 
 /// A local write held by the write gate: its items, who to answer, since when (ms).
@@ -625,7 +628,7 @@ impl<M: Describe> Actor<M> {
             .partition(|(_, _, since)| now >= since + WRITE_GATE_TIMEOUT_MS);
         self.gated = keep;
         for (_, reply, _) in late {
-            let _ = reply.send(Err(Self::gate_error()));
+            let _ = reply.send(Err(WriteError::Unavailable(Self::gate_error())));
         }
     }
 
@@ -643,7 +646,7 @@ impl<M: Describe> Actor<M> {
     fn append(&mut self, items: Vec<(String, Ipld)>, reply: crate::outbox::Reply) {
         if !self.writes_open {
             if self.gated.len() >= MAX_GATED_WRITES {
-                let _ = reply.send(Err(Self::gate_error()));
+                let _ = reply.send(Err(WriteError::Unavailable(Self::gate_error())));
             } else {
                 let now = self.now();
                 self.gated.push((items, reply, now));
@@ -660,7 +663,17 @@ impl<M: Describe> Actor<M> {
         let evs = match self.replica.append_batch(items) {
             Ok(evs) => evs,
             Err(e) => {
-                let _ = reply.send(Err(e.to_string()));
+                if let ReplicaError::Refused { error, .. } = &e {
+                    *self
+                        .counters
+                        .refused_writes
+                        .entry(error.code())
+                        .or_insert(0) += 1;
+                    tracing::warn!(code = error.code(), "local write refused: {e}");
+                } else {
+                    tracing::error!("local write failed: {e}");
+                }
+                let _ = reply.send(Err(e.into()));
                 return;
             }
         };
@@ -681,9 +694,9 @@ impl<M: Describe> Actor<M> {
         let bytes = blocks.iter().map(Vec::len).sum();
         if let Err(e) = self.outbox.admit(blocks.len(), bytes) {
             // Applied and gossiped already; only the acknowledgment is refused.
-            let _ = reply.send(Err(format!(
+            let _ = reply.send(Err(WriteError::Unavailable(format!(
                 "{e}; the events were gossiped but not acknowledged"
-            )));
+            ))));
             return;
         }
         let now = self.now();
@@ -902,6 +915,7 @@ impl<M: Describe> Actor<M> {
                 "rejected_by_code": self.counters.rejected_by_code,
             },
             "appended": self.counters.appended,
+            "refused_writes": self.counters.refused_writes,
             "net_commands_dropped": self.counters.net_commands_dropped,
             "uptime_ms": self.now(),
         })

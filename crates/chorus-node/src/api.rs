@@ -9,7 +9,10 @@
 //! * `GET /v1/events?from=CID&limit=N` → events in total order from `from` (inclusive)
 //! * `POST /v1/events` with `{"kind": "stimulus", "text": "…"}` or `{"kind": …, "body": {…}}`,
 //!   optionally `"count": n` (`{i}` in the text is replaced by the index) → `{"ids": [CID…]}`
-//!   once the events are durable.
+//!   once the events are durable. An event a peer would refuse is refused here and nothing of
+//!   the request is stored: 413 when a size bound is crossed (a body over 48 KiB, `count` ×
+//!   body over [`MAX_APPEND_REQUEST_BYTES`]), 422 for a bad kind or body, with a message that
+//!   names the bound; 503 while the node's write gate is closed.
 //! * `GET /v1/events?stream=true` → an SSE stream of new events
 //! * the gateway's routes (`POST /v1/swarm/intent`, `POST /v1/chat/completions`,
 //!   `GET /v1/swarm/elections`, `GET /metrics`): see [`crate::gateway`]
@@ -40,10 +43,14 @@ use crate::{
     gateway::{self, GatewayStats},
     handle::NodeHandle,
     status::{StatusCache, merge_objects},
+    write::WriteError,
 };
 
 /// Largest request body the API reads.
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+/// Most bytes of event bodies one `POST /v1/events` may make (`count` × body), checked before
+/// the bodies are made.
+pub const MAX_APPEND_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -104,6 +111,13 @@ pub fn json_body<T>(
 ) -> Result<T, Box<Response>> {
     body.map(|Json(b)| b)
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.body_text())))
+}
+
+/// A refused or failed local write, with the status its kind calls for
+/// ([`WriteError::http_status`]).
+pub fn write_error(e: WriteError) -> Response {
+    let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(code, e.to_string())
 }
 
 pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
@@ -225,6 +239,29 @@ async fn append(
             format!("count must be 1..={MAX_APPEND_PER_REQUEST}"),
         );
     }
+    // Bound count × body before making `count` bodies: the last body has the longest index in
+    // place of `{i}`, so it is the largest; it is checked as the node will check each event.
+    let largest = match body_of(&a, a.count - 1) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Err(e) = chorus_core::event::check_content(&a.kind, &largest) {
+        let index = a.count - 1;
+        return write_error(WriteError::Refused {
+            message: format!("not written: event {index} of the request: {e}; nothing was stored"),
+            error: e,
+        });
+    }
+    let total = chorus_core::codec::encode(&largest).len() * a.count;
+    if total > MAX_APPEND_REQUEST_BYTES {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "count x body is up to {total} bytes, more than {MAX_APPEND_REQUEST_BYTES} per \
+                 request; send fewer or smaller events per request"
+            ),
+        );
+    }
     let items = match (0..a.count)
         .map(|i| Ok((a.kind.clone(), body_of(&a, i)?)))
         .collect::<Result<Vec<_>, String>>()
@@ -237,7 +274,7 @@ async fn append(
             "ids": ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()
         }))
         .into_response(),
-        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Ok(Err(e)) => write_error(e),
         Err(r) => r,
     }
 }

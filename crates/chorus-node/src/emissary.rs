@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast::error::RecvError};
 
-use crate::handle::NodeHandle;
+use crate::{handle::NodeHandle, write::WriteError};
 
 /// Stimuli one emissary answers concurrently.
 pub const MAX_IN_FLIGHT: usize = 4;
@@ -46,6 +46,8 @@ pub const RESELECT_WINDOW: Duration = Duration::from_secs(60);
 pub const RESELECT_TICK: Duration = Duration::from_millis(500);
 /// Registration retries while the node's writes are still held (write gate).
 const REGISTER_ATTEMPTS: u32 = 20;
+/// Characters of a backend's model name or error message kept in an intent.
+pub const MAX_NOTE_CHARS: usize = 512;
 
 /// One emissary as configured (`[[emissary]]` in a node's emissary file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -195,6 +197,12 @@ pub fn prompt(cfg: &EmissaryConfig, stimulus: &Ipld, mood: &Mood) -> Vec<ChatMes
 }
 
 /// What an answer becomes: the intent body to publish, and how many commands the ward refused.
+/// The first `n` characters of `s`: what a backend says (its model's name, its error) is
+/// bounded before it goes into an intent, so an intent always fits one event.
+fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
 pub fn intent_body(
     emissary: &str,
     stimulus: EventId,
@@ -211,9 +219,12 @@ pub fn intent_body(
     };
     let mut refused = 0;
     match answer {
-        Err(e) => fail(&mut m, e.code(), e.to_string()),
+        Err(e) => fail(&mut m, e.code(), clip(&e.to_string(), MAX_NOTE_CHARS)),
         Ok((model, text)) => {
-            m.insert("model".to_string(), Ipld::String(model));
+            m.insert(
+                "model".to_string(),
+                Ipld::String(clip(&model, MAX_NOTE_CHARS)),
+            );
             match commands::parse(&text) {
                 Err(e) => {
                     let raw: String = text.chars().take(MAX_RAW_IN_FAILURE).collect();
@@ -415,6 +426,9 @@ async fn register(cfg: &EmissaryConfig, node: &NodeHandle, author: &str) -> anyh
             .await?
         {
             Ok(_) => return Ok(()),
+            Err(e @ WriteError::Refused { .. }) => {
+                anyhow::bail!("emissary {:?} cannot register: {e}", cfg.name)
+            }
             Err(e) => {
                 tracing::info!(emissary = %cfg.name, attempt, "registration not written yet: {e}");
                 tokio::time::sleep(chorus_llm::retry::backoff(attempt)).await;
@@ -461,6 +475,11 @@ async fn publish(node: &NodeHandle, stats: &EmissaryStats, body: Ipld, ok: bool)
                 } else {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
                 }
+                return;
+            }
+            Ok(Err(e @ WriteError::Refused { .. })) => {
+                tracing::error!("intent refused (a bug: intents are bounded): {e}");
+                stats.failures.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Ok(Err(e)) => {

@@ -37,14 +37,29 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::{
     api::{Api, error, json_body},
     handle::NodeGone,
+    write::WriteError,
 };
 
 /// How long a gateway request waits for a winner unless it asks for less.
 pub const DEFAULT_INTENT_TIMEOUT_MS: u64 = 60_000;
 /// The longest wait a request may ask for.
 pub const MAX_INTENT_TIMEOUT_MS: u64 = 600_000;
-/// Bytes of a persona field or context the gateway takes (the event size bounds the rest).
-pub const MAX_FIELD_CHARS: usize = 8_192;
+/// Bytes of UTF-8 the gateway takes in `npc_name` and in `role`. The field bounds are in bytes and derived from the event bounds: the
+/// largest request the gateway takes always fits one event, so a request is either refused
+/// here with a 413 that names the field, or stored.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Bytes of `backstory` (for `/v1/chat/completions`: the system messages, joined).
+pub const MAX_BACKSTORY_BYTES: usize = 8 * 1024;
+/// Bytes of `context` (for `/v1/chat/completions`: the other messages as `role: text` lines).
+/// The stimulus stores it twice: as `context`, and as `text`, which the engine integrates.
+pub const MAX_CONTEXT_BYTES: usize = 16 * 1024;
+/// DAG-CBOR around the five strings of a stimulus body: the map header, the five keys and
+/// five string headers (3 bytes each below 64 KiB).
+const STIMULUS_MAP_OVERHEAD: usize = 64;
+const _: () = assert!(
+    2 * MAX_NAME_BYTES + MAX_BACKSTORY_BYTES + 2 * MAX_CONTEXT_BYTES + STIMULUS_MAP_OVERHEAD
+        <= chorus_core::limits::MAX_BODY_BYTES
+);
 /// Re-check the election at least this often while waiting (in case the feed lagged).
 const RECHECK: Duration = Duration::from_millis(250);
 /// Characters per streamed content chunk.
@@ -82,25 +97,46 @@ fn exists() -> String {
     "You exist.".into()
 }
 
-fn cut(s: &str) -> String {
-    s.chars().take(MAX_FIELD_CHARS).collect()
+/// `field` within `max` bytes, or the 413 that says which field and which bound.
+fn bounded(field: &str, value: &str, max: usize) -> Result<(), Box<Response>> {
+    if value.len() > max {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{field} is {} bytes of UTF-8, more than the gateway's {max}-byte bound (a \
+                 stimulus must fit one event)",
+                value.len()
+            ),
+        )));
+    }
+    Ok(())
 }
 
-fn stimulus_body(npc: &str, role: &str, backstory: &str, context: &str) -> Ipld {
+/// The stimulus event's body, or a 413 when a field is over its bound.
+fn stimulus_body(
+    npc: &str,
+    role: &str,
+    backstory: &str,
+    context: &str,
+) -> Result<Ipld, Box<Response>> {
+    bounded("npc_name", npc, MAX_NAME_BYTES)?;
+    bounded("role", role, MAX_NAME_BYTES)?;
+    bounded("backstory", backstory, MAX_BACKSTORY_BYTES)?;
+    bounded("context", context, MAX_CONTEXT_BYTES)?;
     let mut m = BTreeMap::new();
-    m.insert("npc_name".to_string(), Ipld::String(cut(npc)));
-    m.insert("role".to_string(), Ipld::String(cut(role)));
-    m.insert("backstory".to_string(), Ipld::String(cut(backstory)));
-    m.insert("context".to_string(), Ipld::String(cut(context)));
+    m.insert("npc_name".to_string(), Ipld::String(npc.into()));
+    m.insert("role".to_string(), Ipld::String(role.into()));
+    m.insert("backstory".to_string(), Ipld::String(backstory.into()));
+    m.insert("context".to_string(), Ipld::String(context.into()));
     // The engine integrates `text`: the context is what the swarm hears.
-    m.insert("text".to_string(), Ipld::String(cut(context)));
-    Ipld::Map(m)
+    m.insert("text".to_string(), Ipld::String(context.into()));
+    Ok(Ipld::Map(m))
 }
 
 /// Why no election result came back.
 enum Wait {
     Gone(NodeGone),
-    Refused(String),
+    Refused(WriteError),
     Timeout { stimulus: EventId, last: Value },
 }
 
@@ -108,7 +144,7 @@ impl Wait {
     fn response(self, stats: &GatewayStats) -> Response {
         match self {
             Wait::Gone(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            Wait::Refused(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+            Wait::Refused(e) => crate::api::write_error(e),
             Wait::Timeout { stimulus, last } => {
                 stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 (
@@ -186,7 +222,10 @@ pub async fn swarm_intent(
         Err(resp) => return *resp,
     };
     api.gateway.intent_requests.fetch_add(1, Ordering::Relaxed);
-    let body = stimulus_body(&r.npc_name, &r.role, &r.backstory, &r.context);
+    let body = match stimulus_body(&r.npc_name, &r.role, &r.backstory, &r.context) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
     match elect(&api, body, timeout_of(r.timeout_ms)).await {
         Ok((e, ms)) => Json(json!({
             "commands": e["commands"],
@@ -273,12 +312,20 @@ pub async fn chat_completions(
     } else {
         system.join("\n")
     };
-    let body = stimulus_body(
-        "Chorus",
-        "The voice of the swarm",
-        &backstory,
-        &context.join("\n"),
-    );
+    let conversation = context.join("\n");
+    let body = match bounded("the system messages", &backstory, MAX_BACKSTORY_BYTES)
+        .and_then(|_| bounded("the conversation", &conversation, MAX_CONTEXT_BYTES))
+        .and_then(|_| {
+            stimulus_body(
+                "Chorus",
+                "The voice of the swarm",
+                &backstory,
+                &conversation,
+            )
+        }) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
     let model = r.model.unwrap_or_else(|| "chorus".into());
     let (e, ms) = match elect(&api, body, timeout_of(r.timeout_ms)).await {
         Ok(x) => x,
@@ -454,6 +501,20 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "Invalid inputs rejected, by reason.",
         rejected,
     );
+    let refused: Vec<(String, f64)> = st["refused_writes"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (format!("{{code=\"{k}\"}}"), n(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    metric(
+        "refused_writes_total",
+        "counter",
+        "Local writes refused because every peer would refuse them, by reason.",
+        refused,
+    );
     metric(
         "coherence",
         "gauge",
@@ -534,4 +595,26 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         per(|s| &s.model_ms_total),
     );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounds' promise: the largest stimulus the gateway takes (every field at its bound,
+    /// in 4-byte characters) is a body a peer accepts.
+    #[test]
+    fn the_largest_request_fits_one_event() {
+        let fill = |bytes: usize| "\u{1F600}".repeat(bytes / 4);
+        let body = stimulus_body(
+            &fill(MAX_NAME_BYTES),
+            &fill(MAX_NAME_BYTES),
+            &fill(MAX_BACKSTORY_BYTES),
+            &fill(MAX_CONTEXT_BYTES),
+        )
+        .expect("within the bounds");
+        chorus_core::event::check_content(kind::STIMULUS, &body).expect("fits one event");
+        assert!(stimulus_body("n", "r", "b", &fill(MAX_CONTEXT_BYTES + 4)).is_err());
+        assert!(stimulus_body(&fill(MAX_NAME_BYTES + 4), "r", "b", "c").is_err());
+    }
 }

@@ -9,7 +9,10 @@ use ipld_core::ipld::Ipld;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::actor::{ApiRequest, Feed, NodeMsg};
+use crate::{
+    actor::{ApiRequest, Feed, NodeMsg},
+    write::WriteError,
+};
 
 /// The node stopped (shutdown) before it answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +54,7 @@ impl NodeHandle {
     pub async fn append(
         &self,
         items: Vec<(String, Ipld)>,
-    ) -> Result<Result<Vec<EventId>, String>, NodeGone> {
+    ) -> Result<Result<Vec<EventId>, WriteError>, NodeGone> {
         self.ask(|reply| ApiRequest::Append { items, reply }).await
     }
 

@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod handle;
 pub mod outbox;
 pub mod status;
+pub mod write;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 

@@ -15,14 +15,14 @@ use chorus_core::{
     sync::{MAX_PAGE_BYTES, MAX_SUBMIT_BLOCKS},
 };
 use chorus_net::Peer;
-use tokio::sync::oneshot;
 
 /// Most submissions waiting for a full node; appends beyond it are refused (back-pressure).
 pub const MAX_OUTBOX: usize = 64;
 /// How long a client waits for a full node to store its write.
 pub const SUBMIT_TIMEOUT_MS: u64 = 15_000;
 
-pub type Reply = oneshot::Sender<Result<Vec<EventId>, String>>;
+pub use crate::write::Reply;
+use crate::write::WriteError;
 
 struct Submission {
     ids: Vec<EventId>,
@@ -53,17 +53,17 @@ impl Outbox {
     }
 
     /// Whether a write of `blocks` can be queued; the error is for the client.
-    pub fn admit(&self, n: usize, bytes: usize) -> Result<(), String> {
+    pub fn admit(&self, n: usize, bytes: usize) -> Result<(), WriteError> {
         if self.queue.len() >= MAX_OUTBOX {
-            return Err(format!(
+            return Err(WriteError::Unavailable(format!(
                 "light node: {MAX_OUTBOX} writes are still waiting for a full node; retry later"
-            ));
+            )));
         }
         if n > MAX_SUBMIT_BLOCKS || bytes > MAX_PAGE_BYTES {
-            return Err(format!(
+            return Err(WriteError::Unavailable(format!(
                 "light node: one write may carry at most {MAX_SUBMIT_BLOCKS} events and \
                  {MAX_PAGE_BYTES} bytes (got {n} events, {bytes} bytes)"
-            ));
+            )));
         }
         Ok(())
     }
@@ -124,7 +124,9 @@ impl Outbox {
             Ok(s.ids)
         } else {
             tracing::warn!(%peer, "a full node rejected our events: {missing:?}");
-            Err(format!("full node {peer} rejected events {missing:?}"))
+            Err(WriteError::Failed(format!(
+                "full node {peer} rejected events {missing:?}"
+            )))
         };
         if let Some(r) = s.reply {
             let _ = r.send(result);
@@ -156,12 +158,12 @@ impl Outbox {
                 && let Some(r) = s.reply.take()
             {
                 self.late += 1;
-                let _ = r.send(Err(format!(
+                let _ = r.send(Err(WriteError::Unavailable(format!(
                     "light node: no full node stored the write within {} s; it stays queued \
                      here and is retried (ids {:?})",
                     SUBMIT_TIMEOUT_MS / 1000,
                     s.ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()
-                )));
+                ))));
             }
         }
     }

@@ -1009,7 +1009,10 @@ impl World {
     fn append(&mut self, node: NodeIx) {
         let (k, body) = self.next_body(node);
         let n = &mut self.nodes[node];
-        let ev = n.tl.prepare(n.key.author(), k, body).sign(&n.key);
+        let ev = match n.tl.sign_local(&n.key, k, body) {
+            Ok(ev) => ev,
+            Err(e) => panic!("the scenario made a write a peer would refuse: {e}"),
+        };
         match n.tl.insert_deferred(ev.clone()) {
             Ok(Inserted::Indexed { .. }) => {}
             other => panic!("a member's own write was not indexed: {other:?}"),

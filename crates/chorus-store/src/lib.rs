@@ -3,6 +3,7 @@
 //! Durable storage of one Chorus replica on redb (`docs/design/store.md`), and [`Replica`]:
 //! node key + store + timeline, the synchronous core a node or the CLI drives.
 
+pub mod quarantine;
 pub mod replica;
 pub mod store;
 pub mod tables;

@@ -18,7 +18,7 @@ use std::{
 use chorus_core::{
     EventError, EventId, Machine, SignedEvent, Timeline, UnsignedEvent,
     crypto::Keypair,
-    event::kind,
+    event::{check_content, kind},
     genesis::{Genesis, GenesisBody},
     timeline::{BlockSource, Inserted, OrderKey, TimelineError},
 };
@@ -42,6 +42,31 @@ pub enum ReplicaError {
     Key(String),
     #[error("invalid event: {0}")]
     Invalid(#[from] EventError),
+    /// A local write that a peer would refuse: nothing of it was signed or stored but the
+    /// first `stored` items of its batch (see [`Replica::append_batch`]).
+    #[error("{}", refused_message(*index, *stored, error))]
+    Refused {
+        index: usize,
+        stored: usize,
+        error: EventError,
+    },
+}
+
+fn refused_message(index: usize, stored: usize, error: &EventError) -> String {
+    let what = match error {
+        EventError::UnknownAuthor(_) => {
+            "this node's key is not a member of the timeline (the admin adds it: chorus member add KEY)"
+                .to_string()
+        }
+        e => e.to_string(),
+    };
+    let stored = match stored {
+        0 => "nothing was stored".to_string(),
+        n => format!("the {n} event(s) before it were stored"),
+    };
+    format!(
+        "not written: event {index} of the request would be refused by every peer: {what}; {stored}"
+    )
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReplicaError + '_ {
@@ -330,25 +355,61 @@ impl<M: Machine> Replica<M> {
 
     /// Signs and appends several local events, each on top of the previous, and commits them in
     /// one durable transaction (group commit). All are acknowledged together.
+    ///
+    /// Every event is made by [`Timeline::sign_local`], so it passes the checks a peer runs;
+    /// one that would not is refused ([`ReplicaError::Refused`]) and never signed or stored.
+    /// The kind and body of every item are checked before the first is signed, so a batch
+    /// refused for what the writer chose leaves the replica unchanged. Only a check that
+    /// depends on the timeline (this key's membership, the counters' range) can refuse an item
+    /// after earlier ones were indexed; those earlier ones are then committed, so store and
+    /// timeline agree, and the error says how many were.
     pub fn append_batch(
         &mut self,
         items: Vec<(String, Ipld)>,
     ) -> Result<Vec<SignedEvent>, ReplicaError> {
-        let mut out = Vec::with_capacity(items.len());
-        for (k, body) in items {
-            let ev = self
-                .timeline
-                .prepare(self.key.author(), &k, body)
-                .sign(&self.key);
-            match self.timeline.insert_deferred(ev.clone())? {
-                Inserted::Indexed { .. } => out.push(ev),
-                other => {
-                    return Err(ReplicaError::Key(format!(
-                        "local event was not indexed ({other:?}); is this key a member?"
-                    )));
-                }
-            }
+        for (index, (k, body)) in items.iter().enumerate() {
+            check_content(k, body).map_err(|error| ReplicaError::Refused {
+                index,
+                stored: 0,
+                error,
+            })?;
         }
+        let mut out = Vec::with_capacity(items.len());
+        for (index, (k, body)) in items.into_iter().enumerate() {
+            let refused = match self.sign_and_insert(&k, body) {
+                Ok(ev) => {
+                    out.push(ev);
+                    continue;
+                }
+                Err(error) => error,
+            };
+            let stored = out.len();
+            if stored > 0 {
+                self.commit_local(out)?;
+            }
+            return Err(ReplicaError::Refused {
+                index,
+                stored,
+                error: refused,
+            });
+        }
+        self.commit_local(out)
+    }
+
+    /// One local event, signed, checked and indexed (not yet committed).
+    fn sign_and_insert(&mut self, kind: &str, body: Ipld) -> Result<SignedEvent, EventError> {
+        let ev = self.timeline.sign_local(&self.key, kind, body)?;
+        match self.timeline.insert_deferred(ev.clone())? {
+            Inserted::Indexed { .. } => Ok(ev),
+            // Its parents are this timeline's heads and its sq is new: neither can happen.
+            other => Err(EventError::Encoding(format!(
+                "local event was not indexed ({other:?})"
+            ))),
+        }
+    }
+
+    /// Folds (unless deferred) and commits indexed local events in one transaction.
+    fn commit_local(&mut self, out: Vec<SignedEvent>) -> Result<Vec<SignedEvent>, ReplicaError> {
         // Not committed yet: the overlay serves the batch to the fold.
         if !self.deferred_fold {
             self.timeline.catch_up(&Overlay::new(&self.store, &out))?;
@@ -420,6 +481,12 @@ impl<M: Machine> Replica<M> {
         report.pending -= (before - batch.pending_put.len()) as u64;
         self.persist(batch, has_member)?;
         Ok(report)
+    }
+
+    /// Rewrites the store's membership mirror from the timeline (after `chorus repair` took
+    /// events out).
+    pub fn rewrite_membership_mirror(&mut self) -> Result<(), ReplicaError> {
+        self.persist(Batch::default(), true)
     }
 
     fn persist(&mut self, mut batch: Batch, membership_changed: bool) -> Result<(), ReplicaError> {

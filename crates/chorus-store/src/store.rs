@@ -22,6 +22,18 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("store is corrupt at block {}: {why}", block.map_or("-".to_string(), |b| b.to_string()))]
     Corrupt { block: Option<EventId>, why: String },
+    /// An event no peer accepts, stored by an older build that signed local events without
+    /// the format checks (see `crate::quarantine`).
+    #[error(
+        "the store holds event {block}, which every peer refuses ({error}); an older build \
+         signed it without the format checks. `chorus repair` moves it and the events that \
+         depend on it to a quarantine file and loses nothing else (docs/design/store.md, \
+         \"Quarantine\")"
+    )]
+    Refused {
+        block: EventId,
+        error: chorus_core::EventError,
+    },
     #[error("store schema version {found}, this build reads {expected}")]
     Schema { found: u64, expected: u64 },
     #[error("no Chorus store at {0} (run `chorus init` or `chorus import`)")]
@@ -30,7 +42,7 @@ pub enum StoreError {
     AlreadyInitialised(String),
 }
 
-fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
+pub(crate) fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Db(e.into())
 }
 
@@ -73,7 +85,7 @@ pub struct IntegrityReport {
 
 /// One replica's redb file.
 pub struct Store {
-    db: Database,
+    pub(crate) db: Database,
     genesis: EventId,
     machine: String,
 }
@@ -348,7 +360,7 @@ impl Store {
 
     /// Order keys and blocks after `after` (exclusive), at most `limit`, in one read
     /// transaction (a sequential scan of `events-v1`).
-    fn ordered_page(
+    pub(crate) fn ordered_page(
         &self,
         after: Option<OrderKey>,
         limit: usize,
@@ -389,10 +401,12 @@ impl Store {
             loop {
                 if let Some((key, bytes)) = page.next() {
                     after = Some(key);
-                    return Some(SignedEvent::decode_trusted(&bytes).map_err(|e| {
-                        StoreError::Corrupt {
-                            block: Some(key.1),
-                            why: e.to_string(),
+                    // The integrity check found the bytes hash to their id: a block that does
+                    // not decode was stored as it is, by a build without the local checks.
+                    return Some(SignedEvent::decode_trusted(&bytes).map_err(|error| {
+                        StoreError::Refused {
+                            block: key.1,
+                            error,
                         }
                     }));
                 }
