@@ -33,6 +33,31 @@ pub enum SimCmd {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Run scenarios over many seeds on every core: one line per failure with the command that
+    /// replays it, a summary per scenario, exit status 1 on any failure.
+    Sweep {
+        /// Seeds per scenario.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// The first seed (each scenario runs FROM..FROM+SEEDS); default: one picked at random
+        /// and printed, so every sweep tries seeds no one tried before.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only these scenarios (default: all).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Seeds per scenario for these scenarios instead, as NAME=N (e.g. posterity=20).
+        #[arg(long, value_parser = parse_override)]
+        seeds_for: Vec<(String, u64)>,
+        /// Worker threads (default: every core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Also replay every run to check C6 (twice the work).
+        #[arg(long)]
+        replay: bool,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// List the scenarios.
     List {
         #[arg(long)]
@@ -46,6 +71,52 @@ pub enum SabotageArg {
     ArrivalOrder,
     DropSyncBlocks,
     NoWriteGate,
+    NoOwnGossip,
+}
+
+fn parse_override(s: &str) -> Result<(String, u64), String> {
+    let (name, n) = s.split_once('=').ok_or("expected NAME=N")?;
+    Ok((
+        name.to_string(),
+        n.parse().map_err(|e| format!("{n}: {e}"))?,
+    ))
+}
+
+/// `chorus sim sweep`: the runs go to `jobs` threads through a shared index; reports come back
+/// in completion order and failures are printed as they come.
+fn sweep(runs: Vec<(&Scenario, u64)>, jobs: usize, replay: bool) -> Vec<chorus_sim::Report> {
+    use std::sync::{Mutex, atomic::AtomicUsize, atomic::Ordering};
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::with_capacity(runs.len()));
+    let total = runs.len();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((sc, seed)) = runs.get(i) else {
+                        return;
+                    };
+                    let r = chorus_sim::run_with(sc, *seed, Sabotage::None, replay);
+                    let mut done = done.lock().expect("no worker panics while holding it");
+                    if !r.passed() {
+                        println!(
+                            "FAIL {}  (replay: chorus sim run --scenario {} --seed {})",
+                            table_row(&r),
+                            r.scenario,
+                            r.seed
+                        );
+                    }
+                    done.push(r);
+                    let n = done.len();
+                    if n % (total / 20).max(1) == 0 || n == total {
+                        eprintln!("sweep: {n}/{total} runs done");
+                    }
+                }
+            });
+        }
+    });
+    done.into_inner().expect("the workers are done")
 }
 
 fn load(file: Option<PathBuf>) -> Result<Suite> {
@@ -132,12 +203,92 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::ArrivalOrder => Sabotage::ArrivalOrder,
                 SabotageArg::DropSyncBlocks => Sabotage::DropSyncBlocks,
                 SabotageArg::NoWriteGate => Sabotage::NoWriteGate,
+                SabotageArg::NoOwnGossip => Sabotage::NoOwnGossip,
             };
             let r = chorus_sim::run(sc, seed, sabotage);
             println!("{}", table_header());
             println!("{}", table_row(&r));
             print_details(&r);
             Ok(if r.passed() { 0 } else { 1 })
+        }
+        SimCmd::Sweep {
+            seeds,
+            from,
+            only,
+            seeds_for,
+            jobs,
+            replay,
+            file,
+        } => {
+            let suite = load(file)?;
+            for name in only.iter().chain(seeds_for.iter().map(|(n, _)| n)) {
+                if suite.get(name).is_none() {
+                    bail!("no scenario {name:?}");
+                }
+            }
+            // Not for the state: only where the seeds start, printed for the record.
+            let from = from.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs())
+                    % 1_000_000_000
+            });
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let mut runs: Vec<(&Scenario, u64)> = vec![];
+            for sc in &suite.scenarios {
+                if !only.is_empty() && !only.contains(&sc.name) {
+                    continue;
+                }
+                let n = seeds_for
+                    .iter()
+                    .find(|(name, _)| *name == sc.name)
+                    .map_or(seeds, |(_, n)| *n);
+                runs.extend((from..from + n).map(|seed| (sc, seed)));
+            }
+            println!(
+                "sweep: {} runs, seeds from {from}, {jobs} threads{}",
+                runs.len(),
+                if replay { ", each replayed (C6)" } else { "" }
+            );
+            let t0 = std::time::Instant::now();
+            let reports = sweep(runs, jobs, replay);
+            println!();
+            println!(
+                "{:<11} {:>5} {:>7} {:>10} {:>12}",
+                "scenario", "runs", "failed", "mean wall", "lost to wipe"
+            );
+            let mut names: Vec<&str> = reports.iter().map(|r| r.scenario.as_str()).collect();
+            names.dedup();
+            names.sort();
+            names.dedup();
+            for name in names {
+                let rs: Vec<_> = reports.iter().filter(|r| r.scenario == name).collect();
+                let failed = rs.iter().filter(|r| !r.passed()).count();
+                let wall = rs.iter().map(|r| r.wall_s).sum::<f64>() / rs.len() as f64;
+                let wiped: u64 = rs.iter().map(|r| r.findings.lost_to_wipe).sum();
+                println!(
+                    "{name:<11} {:>5} {failed:>7} {wall:>9.1}s {wiped:>12}",
+                    rs.len()
+                );
+            }
+            let failed: Vec<_> = reports.iter().filter(|r| !r.passed()).collect();
+            println!(
+                "{} runs, {} failed, {:.0} s wall (seeds {from}..; repeat with --from {from})",
+                reports.len(),
+                failed.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            for r in &failed {
+                println!(
+                    "  chorus sim run --scenario {} --seed {}   # {}",
+                    r.scenario,
+                    r.seed,
+                    r.failures().map(|v| v.check).collect::<Vec<_>>().join(", ")
+                );
+            }
+            Ok(if failed.is_empty() { 0 } else { 1 })
         }
         SimCmd::Suite { seeds, only, file } => {
             let suite = load(file)?;

@@ -98,24 +98,35 @@ pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World)
 /// A full scenario run: the simulation, its replay with the same seed (C6), and the
 /// scenario's own comparisons (the disparity baseline).
 pub fn run(sc: &Scenario, seed: u64, sabotage: Sabotage) -> Report {
-    // The replay runs beside the first run (the two share nothing; each is deterministic).
-    let ((mut r, w), (again, _)) = std::thread::scope(|s| {
-        let replay = s.spawn(|| simulate(sc, seed, sabotage));
-        let first = simulate(sc, seed, sabotage);
-        (first, replay.join().expect("the replay thread"))
-    });
-    let same = again.trace == r.trace && again.findings.state_hash == r.findings.state_hash;
-    r.extra.push(oracle::Verdict {
-        check: "C6 same seed, same run",
-        failure: (!same).then(|| {
-            format!(
-                "trace {} vs {}",
-                &hex::encode(r.trace)[..12],
-                &hex::encode(again.trace)[..12]
-            )
-        }),
-    });
-    r.wall_s = r.wall_s.max(again.wall_s);
+    run_with(sc, seed, sabotage, true)
+}
+
+/// [`run`], with the replay (C6) only when `replay` is set: a sweep over many seeds on every
+/// core leaves it out (C6 is a property of the simulator, checked by every `run` and `suite`).
+pub fn run_with(sc: &Scenario, seed: u64, sabotage: Sabotage, replay: bool) -> Report {
+    let (mut r, w) = if replay {
+        // The replay runs beside the first run (the two share nothing; each is deterministic).
+        let ((mut r, w), (again, _)) = std::thread::scope(|s| {
+            let replay = s.spawn(|| simulate(sc, seed, sabotage));
+            let first = simulate(sc, seed, sabotage);
+            (first, replay.join().expect("the replay thread"))
+        });
+        let same = again.trace == r.trace && again.findings.state_hash == r.findings.state_hash;
+        r.extra.push(oracle::Verdict {
+            check: "C6 same seed, same run",
+            failure: (!same).then(|| {
+                format!(
+                    "trace {} vs {}",
+                    &hex::encode(r.trace)[..12],
+                    &hex::encode(again.trace)[..12]
+                )
+            }),
+        });
+        r.wall_s = r.wall_s.max(again.wall_s);
+        (r, w)
+    } else {
+        simulate(sc, seed, sabotage)
+    };
     if let Some(slow) = &sc.baseline_without {
         disparity(sc, seed, slow, &w, &mut r);
     }

@@ -108,6 +108,10 @@ pub enum Sabotage {
     /// Every node ignores the blocks in sync answers, catch-up pages and `Want`s alike (a
     /// broken sync rule: only gossip is left).
     DropSyncBlocks,
+    /// Every node keeps its own writes out of gossip (they spread only when peers pull them
+    /// by anti-entropy): an acknowledged write stays on one disk for seconds, so a wipe loses
+    /// writes that the protocol would have had elsewhere.
+    NoOwnGossip,
 }
 
 pub struct SimNode {

@@ -13,8 +13,8 @@ use chorus_core::{
     event::{EventError, kind},
     limits::DEFAULT_CHECKPOINT_INTERVAL,
     sync::{
-        self, Action, MAX_SYNC_MESSAGE_BYTES, MAX_WANT_IDS, REQUEST_TIMEOUT_MS, SyncRequest,
-        SyncResponse, Syncer,
+        self, ANTI_ENTROPY_INTERVAL_MS, Action, MAX_SYNC_MESSAGE_BYTES, MAX_WANT_IDS,
+        REQUEST_TIMEOUT_MS, SyncRequest, SyncResponse, Syncer,
     },
     testkit,
     timeline::Inserted,
@@ -45,6 +45,9 @@ pub const MAX_SIM_MS: u64 = 6 * 3_600_000;
 pub const FLOOD_REQUESTS: usize = 1_000;
 /// Blocks an adversary replays at once.
 pub const REPLAY_BLOCKS: usize = 20;
+/// Anti-entropy rounds the oracle allows for a write on lossy links before it must be on a
+/// second disk (see `World::replication_window_ms`).
+pub const LOSSY_REPAIR_ROUNDS: u64 = 5;
 
 /// A timed event.
 #[derive(Debug, Clone)]
@@ -440,6 +443,9 @@ impl World {
             Ev::Crash { nodes, wipe } => {
                 self.stats.faults += 1;
                 self.faults_open -= 1;
+                if wipe {
+                    self.note_wiped(&nodes);
+                }
                 for i in nodes {
                     self.crash(i, wipe);
                 }
@@ -533,6 +539,7 @@ impl World {
                 .filter(|i| !survivors.contains(i))
                 .collect();
             self.stats.faults += 1;
+            self.note_wiped(&victims);
             for &i in &victims {
                 self.crash(i, true);
             }
@@ -1030,6 +1037,10 @@ impl World {
             self.acked_honest += 1;
         }
         self.acked_events.insert(id, ev.clone());
+        if self.sabotage == Sabotage::NoOwnGossip {
+            // Only anti-entropy will spread it.
+            return;
+        }
         for peer in self.neighbours(node) {
             self.send(
                 node,
@@ -1052,6 +1063,54 @@ impl World {
         self.act(node, acts);
     }
 
+    /// Before the disks of `batch` are wiped, all at once: the acknowledged writes that are
+    /// stored only on those disks, and were acknowledged too recently to be anywhere else,
+    /// are gone with them. What an acknowledgment promises (docs/resilience.md): the write is
+    /// durable on its writer's disk, and offered to its peers at once, so it is on another
+    /// disk within [`replication_window_ms`](Self::replication_window_ms). A write held only
+    /// by wiped disks but older than that is counted lost (C2): a node that replicated too
+    /// slowly is caught, not excused. The whole batch is judged before any disk is cleared:
+    /// judged one node at a time, a write held by two nodes of the batch was excused by
+    /// neither (issue 20: wipe seeds 62485, 102080, 33756).
+    fn note_wiped(&mut self, batch: &[NodeIx]) {
+        let window = self.replication_window_ms();
+        let now = self.now;
+        let nodes = &self.nodes;
+        let held = |id: &EventId, inside: bool| {
+            nodes
+                .iter()
+                .any(|n| batch.contains(&n.ix) == inside && n.blocks.contains_key(id))
+        };
+        let gone: Vec<EventId> = self
+            .acked
+            .iter()
+            .filter(|(id, (_, at))| {
+                window.is_none_or(|w| now.saturating_sub(*at) <= w)
+                    && held(id, true)
+                    && !held(id, false)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        self.stats.wiped_unreplicated.extend(gone);
+    }
+
+    /// The longest an honest, acknowledged write stays on its writer's disk alone: one hop of
+    /// the slowest link (with its jitter) plus the receiver's commit; on lossy links, where
+    /// every gossip copy can be lost, a few anti-entropy rounds more (a summary, a `Want` and
+    /// the block each); `None` (no bound) while a partition may cut the writer off.
+    pub fn replication_window_ms(&self) -> Option<u64> {
+        if self.partition.is_some() {
+            return None;
+        }
+        let slowest = self.sc.classes.iter().map(|c| c.one_way_ms).max()?;
+        let hop = slowest * (100 + self.sc.jitter_pct) / 100 + 1;
+        let first = hop + self.sc.commit_ms;
+        if self.sc.loss == 0.0 {
+            return Some(first);
+        }
+        Some(first + LOSSY_REPAIR_ROUNDS * (ANTI_ENTROPY_INTERVAL_MS + 3 * hop + self.sc.commit_ms))
+    }
+
     fn crash(&mut self, i: NodeIx, wipe: bool) {
         self.stats.crashes += 1;
         let lost_inbox: Vec<Option<Attack>> =
@@ -1069,21 +1128,6 @@ impl World {
         n.turn_scheduled = false;
         n.epoch += 1;
         if wipe {
-            let own: Vec<EventId> = self
-                .acked
-                .iter()
-                .filter(|(_, (a, _))| *a == i)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in own {
-                let elsewhere = self
-                    .nodes
-                    .iter()
-                    .any(|o| o.ix != i && o.blocks.contains_key(&id));
-                if !elsewhere {
-                    self.stats.wiped_unreplicated.insert(id);
-                }
-            }
             let n = &mut self.nodes[i];
             n.blocks.retain(|id, _| *id == self.genesis.id());
         }

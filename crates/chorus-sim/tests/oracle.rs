@@ -84,3 +84,28 @@ fn the_committed_suite_parses_and_holds_every_required_scenario() {
     assert_eq!((p.nodes(), p.events), (100, 5000));
     assert!(Suite::parse("[[scenario]]\nname = \"x\"\n").is_err());
 }
+
+/// Issue 20: the exemption for writes only on wiped disks cannot hide a real loss. With every
+/// node keeping its own writes out of gossip (they spread only by anti-entropy, seconds later),
+/// a wipe loses writes that honest replication would have had on another disk: C2 must fail.
+#[test]
+fn writes_kept_out_of_gossip_are_lost_to_a_wipe_and_caught() {
+    let (r, _) = simulate(&small_wipe(), 11, Sabotage::NoOwnGossip);
+    let failed = failed_checks(&r);
+    assert!(
+        failed.contains(&"C2 no acknowledged write lost"),
+        "{failed:?}"
+    );
+    assert!(r.findings.lost > 0);
+}
+
+/// Issue 20's seeds: three disks wiped at the same instant, a write held by two or three of
+/// them and nowhere else. Judged one disk at a time, the oracle excused it on none and failed
+/// C2 and C5; judged as one batch, it is a write the wipe took.
+#[test]
+fn a_write_held_only_by_disks_wiped_together_is_lost_to_the_wipe_not_to_chorus() {
+    let sc = Suite::builtin().get("wipe").expect("wipe").clone();
+    let (r, _) = simulate(&sc, 62485, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    assert!(r.findings.lost_to_wipe > 0);
+}
