@@ -666,18 +666,26 @@ fn repair<M: Describe>(dir: &Path, store: Store, dry_run: bool) -> Result<i32> {
         println!("dry run: nothing changed");
         return Ok(0);
     }
+    // The file is the only copy once the store lets go: it, its directory and the data
+    // directory are synced before the store changes.
     let qdir = dir.join("quarantine");
     std::fs::create_dir_all(&qdir).with_context(|| qdir.display().to_string())?;
     let path = qdir.join(format!("{}.car", roots[0]));
     let f = File::create(&path).with_context(|| path.display().to_string())?;
     let mut w = archive::CarWriter::new(BufWriter::new(f), &roots)?;
     for q in &plan.events {
-        w.write_block(&q.key.1, &q.bytes)?;
+        use chorus_core::timeline::BlockSource;
+        let block = store
+            .get_block(&q.key.1)
+            .with_context(|| format!("reading block {}", q.key.1))?;
+        w.write_block(&q.key.1, &block)?;
     }
     w.finish()?
         .into_inner()
         .map_err(|e| e.into_error())?
         .sync_all()?;
+    File::open(&qdir)?.sync_all()?;
+    File::open(dir)?.sync_all()?;
     store.quarantine(&plan)?;
     drop(store);
     let mut replica = Replica::open(dir, M::default())?;

@@ -654,8 +654,15 @@ impl<M: Describe> Actor<M> {
             return;
         }
         if self.light {
-            // Bodies are bounded by the event size; the outbox checks the real bytes below.
-            if let Err(e) = self.outbox.admit(items.len(), 0) {
+            // Checked before anything is signed, with every event at its largest envelope: a
+            // write the outbox takes now still fits one submission once signed.
+            let bytes = items
+                .iter()
+                .map(|(_, b)| {
+                    chorus_core::codec::encode(b).len() + chorus_core::limits::MAX_ENVELOPE_BYTES
+                })
+                .sum();
+            if let Err(e) = self.outbox.admit(items.len(), bytes) {
                 let _ = reply.send(Err(e));
                 return;
             }
@@ -690,15 +697,8 @@ impl<M: Describe> Actor<M> {
             let _ = reply.send(Ok(ids));
             return;
         }
+        // Admitted above with an upper bound on these very bytes, in this same turn.
         let blocks: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
-        let bytes = blocks.iter().map(Vec::len).sum();
-        if let Err(e) = self.outbox.admit(blocks.len(), bytes) {
-            // Applied and gossiped already; only the acknowledgment is refused.
-            let _ = reply.send(Err(WriteError::Unavailable(format!(
-                "{e}; the events were gossiped but not acknowledged"
-            ))));
-            return;
-        }
         let now = self.now();
         self.outbox.push(ids, blocks, reply, now);
     }

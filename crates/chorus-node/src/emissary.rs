@@ -196,13 +196,13 @@ pub fn prompt(cfg: &EmissaryConfig, stimulus: &Ipld, mood: &Mood) -> Vec<ChatMes
     ]
 }
 
-/// What an answer becomes: the intent body to publish, and how many commands the ward refused.
 /// The first `n` characters of `s`: what a backend says (its model's name, its error) is
 /// bounded before it goes into an intent, so an intent always fits one event.
 fn clip(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+/// What an answer becomes: the intent body to publish, and how many commands the ward refused.
 pub fn intent_body(
     emissary: &str,
     stimulus: EventId,

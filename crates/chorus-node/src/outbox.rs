@@ -54,15 +54,15 @@ impl Outbox {
 
     /// Whether a write of `blocks` can be queued; the error is for the client.
     pub fn admit(&self, n: usize, bytes: usize) -> Result<(), WriteError> {
+        if n > MAX_SUBMIT_BLOCKS || bytes > MAX_PAGE_BYTES {
+            return Err(WriteError::TooLarge(format!(
+                "light node: one write may carry at most {MAX_SUBMIT_BLOCKS} events and \
+                 {MAX_PAGE_BYTES} bytes (got {n} events, up to {bytes} bytes once signed)"
+            )));
+        }
         if self.queue.len() >= MAX_OUTBOX {
             return Err(WriteError::Unavailable(format!(
                 "light node: {MAX_OUTBOX} writes are still waiting for a full node; retry later"
-            )));
-        }
-        if n > MAX_SUBMIT_BLOCKS || bytes > MAX_PAGE_BYTES {
-            return Err(WriteError::Unavailable(format!(
-                "light node: one write may carry at most {MAX_SUBMIT_BLOCKS} events and \
-                 {MAX_PAGE_BYTES} bytes (got {n} events, {bytes} bytes)"
             )));
         }
         Ok(())

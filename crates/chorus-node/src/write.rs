@@ -18,6 +18,10 @@ pub enum WriteError {
     /// member): not signed, not stored. The message names the bound.
     #[error("{message}")]
     Refused { error: EventError, message: String },
+    /// More than one write may carry here (a light node submits a write to a full node in one
+    /// message): never retry it as it is.
+    #[error("{0}")]
+    TooLarge(String),
     /// This node's key is not (yet) a member in its view of the timeline: every peer would
     /// refuse its events. Retry once the admin's `member add` has arrived.
     #[error("{0}")]
@@ -41,6 +45,7 @@ impl WriteError {
                 error: EventError::TooLarge { .. } | EventError::BodyTooLarge { .. },
                 ..
             } => 413,
+            WriteError::TooLarge(_) => 413,
             WriteError::Refused { .. } => 422,
             WriteError::NotMember(_) => 403,
             WriteError::Unavailable(_) => 503,

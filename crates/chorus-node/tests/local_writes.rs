@@ -3,7 +3,7 @@
 //! — with random inputs around the event bounds, in ASCII and multi-byte UTF-8, against one
 //! real node: an input the node takes ends up as events that a peer's decoder accepts, and an
 //! input it refuses (4xx) leaves the timeline exactly as it was. (The CLI's offline path,
-//! `Replica::append_batch`, has the same property in `chorus-store/tests/replica.rs`.)
+//! `Replica::append_batch`, has the same property in `chorus-store/tests/local_writes.rs`.)
 
 use std::{path::Path, time::Duration};
 
@@ -150,7 +150,11 @@ enum Input {
 fn input() -> impl Strategy<Value = Input> {
     let field = || (size(), 0usize..3);
     prop_oneof![
-        (kind(), proptest::option::of(field()), 1usize..4)
+        (
+            kind(),
+            proptest::option::of(field()),
+            prop_oneof![1usize..4, Just(100), Just(1000), Just(1001)]
+        )
             .prop_map(|(kind, text, count)| Input::Events { kind, text, count }),
         [field(), field(), field(), field()].prop_map(|fields| Input::Intent { fields }),
         (field(), field()).prop_map(|(system, user)| Input::Chat { system, user }),

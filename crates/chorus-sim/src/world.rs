@@ -131,6 +131,10 @@ pub struct World {
     /// …and the same per node.
     adjacent: Vec<BTreeSet<NodeIx>>,
     partition: Option<PartitionKind>,
+    /// When the current partition began.
+    partition_since: u64,
+    /// When the last partition or pause ended (replication may have been held up until then).
+    disrupted_until: u64,
     net_rng: Rng,
     fault_rng: Rng,
     byz_rng: Rng,
@@ -272,6 +276,8 @@ impl World {
             conns: BTreeSet::new(),
             adjacent: vec![BTreeSet::new(); n],
             partition: None,
+            partition_since: 0,
+            disrupted_until: 0,
             net_rng: Rng::stream(seed, "network"),
             fault_rng: Rng::stream(seed, "faults"),
             byz_rng: Rng::stream(seed, "byzantine"),
@@ -432,11 +438,13 @@ impl World {
             Ev::PartitionStart(k) => {
                 self.stats.faults += 1;
                 self.partition = Some(k);
+                self.partition_since = self.now;
                 self.faults_open -= 1;
                 self.refresh_conns();
             }
             Ev::PartitionEnd => {
                 self.partition = None;
+                self.disrupted_until = self.now;
                 self.fault_done();
                 self.refresh_conns();
             }
@@ -464,6 +472,7 @@ impl World {
                 }
             }
             Ev::Resume { nodes } => {
+                self.disrupted_until = self.now;
                 for i in nodes {
                     self.nodes[i].status = Status::Up;
                     let deferred = std::mem::take(&mut self.nodes[i].deferred);
@@ -1075,6 +1084,21 @@ impl World {
     fn note_wiped(&mut self, batch: &[NodeIx]) {
         let window = self.replication_window_ms();
         let now = self.now;
+        // The clock of a write starts at its acknowledgment, or when the last partition or
+        // pause ended if that is later; while a partition holds, every write acknowledged from
+        // one window before it began on may be cut off.
+        let (partitioned, since, until) = (
+            self.partition.is_some(),
+            self.partition_since,
+            self.disrupted_until,
+        );
+        let young = |at: u64| {
+            if partitioned {
+                at + window >= since
+            } else {
+                now.saturating_sub(at.max(until)) <= window
+            }
+        };
         let nodes = &self.nodes;
         let held = |id: &EventId, inside: bool| {
             nodes
@@ -1084,11 +1108,7 @@ impl World {
         let gone: Vec<EventId> = self
             .acked
             .iter()
-            .filter(|(id, (_, at))| {
-                window.is_none_or(|w| now.saturating_sub(*at) <= w)
-                    && held(id, true)
-                    && !held(id, false)
-            })
+            .filter(|(id, (_, at))| young(*at) && held(id, true) && !held(id, false))
             .map(|(id, _)| *id)
             .collect();
         self.stats.wiped_unreplicated.extend(gone);
@@ -1097,18 +1117,21 @@ impl World {
     /// The longest an honest, acknowledged write stays on its writer's disk alone: one hop of
     /// the slowest link (with its jitter) plus the receiver's commit; on lossy links, where
     /// every gossip copy can be lost, a few anti-entropy rounds more (a summary, a `Want` and
-    /// the block each); `None` (no bound) while a partition may cut the writer off.
-    pub fn replication_window_ms(&self) -> Option<u64> {
-        if self.partition.is_some() {
-            return None;
-        }
-        let slowest = self.sc.classes.iter().map(|c| c.one_way_ms).max()?;
+    /// the block each). Partitions and pauses are accounted for by the caller.
+    pub fn replication_window_ms(&self) -> u64 {
+        let slowest = self
+            .sc
+            .classes
+            .iter()
+            .map(|c| c.one_way_ms)
+            .max()
+            .unwrap_or(0);
         let hop = slowest * (100 + self.sc.jitter_pct) / 100 + 1;
         let first = hop + self.sc.commit_ms;
         if self.sc.loss == 0.0 {
-            return Some(first);
+            return first;
         }
-        Some(first + LOSSY_REPAIR_ROUNDS * (ANTI_ENTROPY_INTERVAL_MS + 3 * hop + self.sc.commit_ms))
+        first + LOSSY_REPAIR_ROUNDS * (ANTI_ENTROPY_INTERVAL_MS + 3 * hop + self.sc.commit_ms)
     }
 
     fn crash(&mut self, i: NodeIx, wipe: bool) {

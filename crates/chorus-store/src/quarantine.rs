@@ -40,11 +40,11 @@ pub enum Reason {
     DependsOn(EventId),
 }
 
-/// One quarantined event: where it sorted, its exact block, why.
+/// One quarantined event: where it sorted, and why. Its block stays in the store until
+/// [`Store::quarantine`]; read it with `BlockSource::get_block` to save it first.
 #[derive(Debug, Clone)]
 pub struct QuarantinedEvent {
     pub key: OrderKey,
-    pub bytes: Vec<u8>,
     pub reason: Reason,
     /// Its author, when the block decodes far enough to say (a refused block may not).
     pub author: Option<chorus_core::AuthorId>,
@@ -70,54 +70,63 @@ const SCAN_PAGE: usize = 4096;
 
 impl Store {
     /// Finds every stored event a peer would refuse and everything that depends on it (see the
-    /// module docs). Reads only.
+    /// module docs). Reads only. Memory: the quarantined events, plus two ids per kept event
+    /// (to find the heads that remain; a refused block's own parents may not be readable).
     pub fn quarantine_plan(&self) -> Result<QuarantinePlan, StoreError> {
         let mut plan = QuarantinePlan::default();
         let mut doomed: BTreeSet<EventId> = BTreeSet::new();
         let mut kept: Vec<EventId> = vec![];
         let mut referenced: BTreeSet<EventId> = BTreeSet::new();
+        self.scan_order(|page| {
+            let blocks: Vec<&[u8]> = page.iter().map(|(_, b)| b.as_slice()).collect();
+            for ((key, _), decoded) in page.iter().zip(decode_parallel(&blocks)) {
+                let reason = match &decoded {
+                    Err(e) => Reason::Refused(e.clone()),
+                    Ok(ev) => match ev.parents.iter().find(|p| doomed.contains(p)) {
+                        Some(p) => Reason::DependsOn(*p),
+                        None => {
+                            referenced.extend(ev.parents.iter().copied());
+                            kept.push(key.1);
+                            continue;
+                        }
+                    },
+                };
+                doomed.insert(key.1);
+                plan.events.push(QuarantinedEvent {
+                    key: *key,
+                    reason,
+                    author: decoded.as_ref().ok().map(|e| e.author),
+                });
+            }
+            Ok(())
+        })?;
+        if !plan.events.is_empty() {
+            plan.heads_after = kept
+                .into_iter()
+                .filter(|id| !referenced.contains(id))
+                .collect();
+            plan.heads_after.sort();
+        }
+        Ok(plan)
+    }
+
+    /// Calls `f` with the order, a page at a time.
+    fn scan_order(
+        &self,
+        mut f: impl FnMut(&[(OrderKey, Vec<u8>)]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut after = None;
         loop {
             let page = self.ordered_page(after, SCAN_PAGE)?;
-            let Some(last) = page.last() else { break };
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
             after = Some(last.0);
-            let blocks: Vec<&[u8]> = page.iter().map(|(_, b)| b.as_slice()).collect();
-            for ((key, bytes), decoded) in page.iter().zip(decode_parallel(&blocks)) {
-                let reason = match &decoded {
-                    Err(e) => Some(Reason::Refused(e.clone())),
-                    Ok(ev) => ev
-                        .parents
-                        .iter()
-                        .find(|p| doomed.contains(p))
-                        .map(|p| Reason::DependsOn(*p)),
-                };
-                match reason {
-                    Some(reason) => {
-                        doomed.insert(key.1);
-                        plan.events.push(QuarantinedEvent {
-                            key: *key,
-                            bytes: bytes.clone(),
-                            reason,
-                            author: decoded.as_ref().ok().map(|e| e.author),
-                        });
-                    }
-                    None => {
-                        let ev = decoded.expect("not refused");
-                        referenced.extend(ev.parents.iter().copied());
-                        kept.push(key.1);
-                    }
-                }
-            }
+            f(&page)?;
             if page.len() < SCAN_PAGE {
-                break;
+                return Ok(());
             }
         }
-        plan.heads_after = kept
-            .into_iter()
-            .filter(|id| !referenced.contains(id))
-            .collect();
-        plan.heads_after.sort();
-        Ok(plan)
     }
 
     /// Removes the planned events from the store in one durable transaction (see the module

@@ -42,6 +42,9 @@ pub enum ReplicaError {
     Key(String),
     #[error("invalid event: {0}")]
     Invalid(#[from] EventError),
+    /// A broken invariant of this replica (a bug), never the input's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A local write that a peer would refuse: nothing of it was signed or stored but the
     /// first `stored` items of its batch (see [`Replica::append_batch`]).
     #[error("{}", refused_message(*index, *stored, error))]
@@ -376,34 +379,38 @@ impl<M: Machine> Replica<M> {
         }
         let mut out = Vec::with_capacity(items.len());
         for (index, (k, body)) in items.into_iter().enumerate() {
-            let refused = match self.sign_and_insert(&k, body) {
+            let failed = match self.sign_and_insert(&k, body) {
                 Ok(ev) => {
                     out.push(ev);
                     continue;
                 }
-                Err(error) => error,
+                Err(e) => e,
             };
             let stored = out.len();
             if stored > 0 {
                 self.commit_local(out)?;
             }
-            return Err(ReplicaError::Refused {
-                index,
-                stored,
-                error: refused,
+            return Err(match failed {
+                ReplicaError::Invalid(error) => ReplicaError::Refused {
+                    index,
+                    stored,
+                    error,
+                },
+                other => other,
             });
         }
         self.commit_local(out)
     }
 
-    /// One local event, signed, checked and indexed (not yet committed).
-    fn sign_and_insert(&mut self, kind: &str, body: Ipld) -> Result<SignedEvent, EventError> {
+    /// One local event, signed, checked and indexed (not yet committed). A refusal is
+    /// `ReplicaError::Invalid`.
+    fn sign_and_insert(&mut self, kind: &str, body: Ipld) -> Result<SignedEvent, ReplicaError> {
         let ev = self.timeline.sign_local(&self.key, kind, body)?;
         match self.timeline.insert_deferred(ev.clone())? {
             Inserted::Indexed { .. } => Ok(ev),
             // Its parents are this timeline's heads and its sq is new: neither can happen.
-            other => Err(EventError::Encoding(format!(
-                "local event was not indexed ({other:?})"
+            other => Err(ReplicaError::Internal(format!(
+                "a local event was not indexed ({other:?})"
             ))),
         }
     }

@@ -230,6 +230,9 @@ fn a_store_holding_a_refused_event_names_it_and_the_quarantine_takes_out_only_wh
     // (its next event re-signs the first quarantined sq, which no peer ever accepted).
     let mut r = Replica::open(dir.path(), KairosMachine).expect("opens after the quarantine");
     assert_eq!(r.timeline().len(), 4);
+    // The last good event is the head again, in the store as in the replayed timeline.
+    assert_eq!(r.store().heads().unwrap(), r.timeline().heads());
+    assert_eq!(r.timeline().heads().len(), 1);
     let ev = r.append(kind::STIMULUS, text_body("again".into())).unwrap();
     assert_eq!(ev.seq, bad.seq);
     assert_eq!(r.timeline().heads(), vec![ev.id()]);
@@ -241,4 +244,140 @@ fn a_store_holding_a_refused_event_names_it_and_the_quarantine_takes_out_only_wh
             .unwrap();
     }
     assert_eq!(peer.state_hash(), r.timeline().state_hash());
+}
+
+/// The quarantine on a store with two writers and checkpoints every 16 positions: the admin's
+/// node (an older build) stored a refused event and 160 more of its own on top of it, while a
+/// second writer, who never saw the refused event, wrote 160 events interleaved with them.
+/// Exactly the admin's chain from the refused event on goes; the writer's events all stay; no
+/// checkpoint that includes a quarantined event survives, so the reopened state equals a
+/// fresh replay of what is left.
+#[test]
+fn the_quarantine_keeps_other_writers_and_no_checkpoint_that_saw_the_refused_event() {
+    use chorus_core::{
+        crypto::Keypair,
+        membership::{MemberOp, Role},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Keypair::from_seed([9; 32]);
+    let mut r = Replica::init(
+        dir.path(),
+        |k| {
+            let mut b = Genesis::new_body("t", k.author(), "kairos/1");
+            b.checkpoint_interval = 16;
+            b
+        },
+        KairosMachine,
+    )
+    .unwrap();
+    r.append(
+        kind::MEMBER,
+        MemberOp::Add(writer.author(), Role::Writer).to_body(),
+    )
+    .unwrap();
+    for i in 0..40 {
+        r.append(kind::STIMULUS, text_body(format!("before {i} speaks")))
+            .unwrap();
+    }
+    let admin = r.key().clone();
+    drop(r);
+
+    let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+    let stored: Vec<SignedEvent> = store.ordered_events().map(Result::unwrap).collect();
+    let replay = |evs: &[SignedEvent]| {
+        let mut tl = Timeline::new(evs[0].clone(), KairosMachine).unwrap();
+        for ev in &evs[1..] {
+            tl.insert_deferred(ev.clone()).unwrap();
+        }
+        tl
+    };
+    // The admin's old build, and the writer's node, which never takes the refused event.
+    let (mut old, mut peer) = (replay(&stored), replay(&stored));
+    let bad = old
+        .prepare(admin.author(), "Bad Kind!", text_body("shout".into()))
+        .sign(&admin);
+    old.insert_deferred(bad.clone()).unwrap();
+    let mut blocks = vec![bad.clone()];
+    for i in 0..160 {
+        let a = old
+            .prepare(
+                admin.author(),
+                kind::STIMULUS,
+                text_body(format!("admin {i} says")),
+            )
+            .sign(&admin);
+        old.insert_deferred(a.clone()).unwrap();
+        let w = peer
+            .prepare(
+                writer.author(),
+                kind::STIMULUS,
+                text_body(format!("writer {i} says")),
+            )
+            .sign(&writer);
+        peer.insert_deferred(w.clone()).unwrap();
+        old.insert_deferred(w.clone()).unwrap();
+        blocks.extend([a, w]);
+    }
+    let all: BTreeMap<chorus_core::EventId, std::sync::Arc<[u8]>> = stored
+        .iter()
+        .chain(&blocks)
+        .map(|e| (e.id(), e.bytes_arc()))
+        .collect();
+    old.catch_up(&all).unwrap();
+    let checkpoints = old.take_checkpoint_changes();
+    store
+        .commit(Batch {
+            blocks: blocks.clone(),
+            heads: Some(old.heads()),
+            checkpoints,
+            ..Batch::default()
+        })
+        .unwrap();
+    let first_bad = (bad.lamport, bad.id());
+    assert!(
+        store
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| *k > first_bad),
+        "the old build left checkpoints that include the refused event"
+    );
+
+    let plan = store.quarantine_plan().unwrap();
+    assert_eq!(
+        plan.events.len(),
+        161,
+        "the refused event and the admin's 160 after it"
+    );
+    assert!(
+        plan.events
+            .iter()
+            .all(|q| q.author == Some(admin.author()) || matches!(q.reason, Reason::Refused(_)))
+    );
+    store.quarantine(&plan).unwrap();
+    assert!(
+        store
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .all(|(k, _)| *k < first_bad)
+    );
+    drop(store);
+
+    let r = Replica::open(dir.path(), KairosMachine).expect("opens after the quarantine");
+    let kept: Vec<SignedEvent> = r.store().ordered_events().map(Result::unwrap).collect();
+    assert_eq!(kept.len(), stored.len() + 160);
+    let ids: std::collections::BTreeSet<_> = kept.iter().map(|e| e.id()).collect();
+    assert!(
+        blocks
+            .iter()
+            .filter(|e| e.author == writer.author())
+            .all(|e| ids.contains(&e.id())),
+        "every event of the other writer stays"
+    );
+    let mut fresh = replay(&kept);
+    fresh.catch_up(r.store()).unwrap();
+    assert_eq!(fresh.state_hash(), r.timeline().state_hash());
+    assert_eq!(fresh.heads(), r.timeline().heads());
+    assert_eq!(r.store().heads().unwrap(), r.timeline().heads());
 }
