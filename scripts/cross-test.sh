@@ -4,6 +4,7 @@
 # linkers, qemu-user, the Rust targets); any failing architecture fails the script.
 #
 # usage: scripts/cross-test.sh [TARGET...]
+#        CHORUS_CROSS_BUILD_ONLY=1 scripts/cross-test.sh   # build only (CI, in the background)
 #   default targets: aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf
 #                    arm-unknown-linux-musleabihf (ARMv6, run on qemu's arm1176 CPU model)
 # Linkers and qemu runners are configured in .cargo/config.toml; scripts/cross-env.sh holds
@@ -14,7 +15,11 @@ targets=("$@")
 ((${#targets[@]})) || targets=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf arm-unknown-linux-musleabihf)
 source scripts/cross-env.sh
 cross_setup "${targets[@]}"
+# CHORUS_CROSS_BUILD_ONLY=1: build the tests and stop (CI builds them early, in the background,
+# and runs them at the end).
+run=()
+[[ -n ${CHORUS_CROSS_BUILD_ONLY:-} ]] && run=(--no-run)
 for t in "${targets[@]}"; do
   echo "== golden timeline on $t (qemu-user: $(cross_runner "$t")) =="
-  cross_cargo "$t" test -q -p chorus-kairos --test golden
+  cross_cargo "$t" test -q -p chorus-kairos --test golden "${run[@]}"
 done

@@ -3,13 +3,21 @@
 # made of real inputs. A crash fails the run and leaves the input in fuzz/artifacts/TARGET/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `scripts/fuzz-smoke.sh build` only installs cargo-fuzz and builds the targets (in fuzz/target,
+# apart from the workspace's build directory): CI does that early, in the background.
 secs=${1:-20}
+targets=(event_decode wire_request sync_receiver)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q
 # The stable toolchain takes cargo-fuzz's -Z flags (sanitizer) with this; no nightly here.
 export RUSTC_BOOTSTRAP=1
+if [[ $secs == build ]]; then
+  cd fuzz
+  for t in "${targets[@]}"; do cargo fuzz build "$t"; done
+  exit 0
+fi
 cargo run -q -p chorus-core --features fuzzing --example fuzz_seeds -- fuzz/corpus
 cd fuzz
-for t in event_decode wire_request sync_receiver; do
+for t in "${targets[@]}"; do
   echo "== fuzz $t for ${secs}s =="
   cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -print_final_stats=1 2>&1 |
     grep -E "^(#|Done|stat::number_of_executed_units|==|SUMMARY|INFO: seed)|panicked|ERROR" | tail -8
