@@ -487,33 +487,28 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "Sync requests served.",
         one(n(&st["sync"]["requests_served"])),
     );
-    let rejected: Vec<(String, f64)> = st["received"]["rejected_by_code"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (format!("{{code=\"{k}\"}}"), n(v)))
-                .collect()
-        })
-        .unwrap_or_default();
+    // A `{code: count}` object of the status as one labelled series per code.
+    let by_code = |counts: &Value| -> Vec<(String, f64)> {
+        counts
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (format!("{{code=\"{k}\"}}"), n(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     metric(
         "rejected_total",
         "counter",
         "Invalid inputs rejected, by reason.",
-        rejected,
+        by_code(&st["received"]["rejected_by_code"]),
     );
-    let refused: Vec<(String, f64)> = st["refused_writes"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (format!("{{code=\"{k}\"}}"), n(v)))
-                .collect()
-        })
-        .unwrap_or_default();
     metric(
         "refused_writes_total",
         "counter",
         "Local writes refused because every peer would refuse them, by reason.",
-        refused,
+        by_code(&st["refused_writes"]),
     );
     metric(
         "coherence",
