@@ -146,6 +146,29 @@ fn a_refused_item_refuses_the_whole_batch_and_names_the_bound() {
     assert_eq!(snapshot(&r), before);
 }
 
+/// A timeline holding `evs` (genesis first), indexed but not folded.
+fn replay(evs: &[SignedEvent]) -> Timeline<KairosMachine> {
+    let mut tl = Timeline::new(evs[0].clone(), KairosMachine).unwrap();
+    for ev in &evs[1..] {
+        tl.insert_deferred(ev.clone()).unwrap();
+    }
+    tl
+}
+
+/// What builds before the local checks did: prepare, sign without checks, insert (the
+/// timeline's own checks need the causal past and look at neither the kind's syntax nor the
+/// sizes).
+fn write_unchecked(
+    tl: &mut Timeline<KairosMachine>,
+    key: &chorus_core::crypto::Keypair,
+    kind: &str,
+    body: Ipld,
+) -> SignedEvent {
+    let ev = tl.prepare(key.author(), kind, body).sign(key);
+    tl.insert_deferred(ev.clone()).unwrap();
+    ev
+}
+
 /// Writes what builds before the local checks wrote: `n_before` good events, one event with a
 /// kind no peer accepts, then `n_after` events of the same key on top of it.
 fn old_build_store(dir: &std::path::Path, n_before: usize, n_after: usize) -> SignedEvent {
@@ -157,28 +180,13 @@ fn old_build_store(dir: &std::path::Path, n_before: usize, n_after: usize) -> Si
     let key = r.key().clone();
     drop(r);
     let store = Store::open(&dir.join(STORE_FILE)).unwrap();
-    let mut events = store.ordered_events().map(Result::unwrap);
-    let mut tl = Timeline::new(events.next().unwrap(), KairosMachine).unwrap();
-    for ev in events {
-        tl.insert_deferred(ev).unwrap();
-    }
-    // The old path: prepare, sign without checks, insert (the timeline's checks need the causal
-    // past and do not look at the kind's syntax or the sizes).
-    let bad = tl
-        .prepare(key.author(), "Bad Kind!", text_body("shout".into()))
-        .sign(&key);
-    tl.insert_deferred(bad.clone()).unwrap();
+    let stored: Vec<SignedEvent> = store.ordered_events().map(Result::unwrap).collect();
+    let mut tl = replay(&stored);
+    let bad = write_unchecked(&mut tl, &key, "Bad Kind!", text_body("shout".into()));
     let mut blocks = vec![bad.clone()];
     for i in 0..n_after {
-        let ev = tl
-            .prepare(
-                key.author(),
-                kind::STIMULUS,
-                text_body(format!("after {i}")),
-            )
-            .sign(&key);
-        tl.insert_deferred(ev.clone()).unwrap();
-        blocks.push(ev);
+        let body = text_body(format!("after {i}"));
+        blocks.push(write_unchecked(&mut tl, &key, kind::STIMULUS, body));
     }
     store
         .commit(Batch {
@@ -284,37 +292,23 @@ fn the_quarantine_keeps_other_writers_and_no_checkpoint_that_saw_the_refused_eve
 
     let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
     let stored: Vec<SignedEvent> = store.ordered_events().map(Result::unwrap).collect();
-    let replay = |evs: &[SignedEvent]| {
-        let mut tl = Timeline::new(evs[0].clone(), KairosMachine).unwrap();
-        for ev in &evs[1..] {
-            tl.insert_deferred(ev.clone()).unwrap();
-        }
-        tl
-    };
     // The admin's old build, and the writer's node, which never takes the refused event.
     let (mut old, mut peer) = (replay(&stored), replay(&stored));
-    let bad = old
-        .prepare(admin.author(), "Bad Kind!", text_body("shout".into()))
-        .sign(&admin);
-    old.insert_deferred(bad.clone()).unwrap();
+    let bad = write_unchecked(&mut old, &admin, "Bad Kind!", text_body("shout".into()));
     let mut blocks = vec![bad.clone()];
     for i in 0..160 {
-        let a = old
-            .prepare(
-                admin.author(),
-                kind::STIMULUS,
-                text_body(format!("admin {i} says")),
-            )
-            .sign(&admin);
-        old.insert_deferred(a.clone()).unwrap();
-        let w = peer
-            .prepare(
-                writer.author(),
-                kind::STIMULUS,
-                text_body(format!("writer {i} says")),
-            )
-            .sign(&writer);
-        peer.insert_deferred(w.clone()).unwrap();
+        let a = write_unchecked(
+            &mut old,
+            &admin,
+            kind::STIMULUS,
+            text_body(format!("admin {i} says")),
+        );
+        let w = write_unchecked(
+            &mut peer,
+            &writer,
+            kind::STIMULUS,
+            text_body(format!("writer {i} says")),
+        );
         old.insert_deferred(w.clone()).unwrap();
         blocks.extend([a, w]);
     }
