@@ -72,6 +72,13 @@ pub const REQUEST_TIMEOUT_MS: u64 = 120_000;
 pub const CATCH_UP_STALL_MS: u64 = 20_000;
 /// Most requests in flight to one peer.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 4;
+/// How long a writer waits for a peer's answer to a summary before it asks again, while that
+/// peer has never answered one (see [`Syncer::own_chain_confirmed`]). The write gate of a
+/// wiped, restarted or light node waits on those answers; without a retry a single lost
+/// summary keeps it closed until [`REQUEST_TIMEOUT_MS`] (the simulator's `disparity` seed
+/// 20261218 caught a slow node closed for 210 s that way). Bounded by
+/// [`MAX_IN_FLIGHT_PER_PEER`].
+pub const OWN_CHAIN_RETRY_MS: u64 = 5_000;
 /// Invalid blocks a peer may send before it is banned.
 pub const MAX_INVALID_PER_PEER: u32 = 8;
 /// How long a banned peer is kept out.
@@ -346,6 +353,8 @@ struct PeerState {
     /// The highest contiguous sequence number of *our own* chain in this peer's last summary
     /// (see [`Syncer::own_chain_confirmed`]); `None` until it answers one.
     own_sq: Option<u64>,
+    /// When to ask this peer for a summary again while `own_sq` is `None` (writers only).
+    own_retry_at: u64,
     /// The peer said it is a light node (its version vector is not a replica's).
     light: bool,
 }
@@ -484,6 +493,7 @@ impl<P: Ord + Clone> Syncer<P> {
         self.peers.entry(p.clone()).or_insert(PeerState {
             tokens: REQUEST_BURST,
             tokens_at: now,
+            own_retry_at: now + OWN_CHAIN_RETRY_MS,
             ..PeerState::default()
         });
         let mut out = vec![];
@@ -752,6 +762,22 @@ impl<P: Ord + Clone> Syncer<P> {
             }
         }
         self.wants.retain(|_, t| now < *t + WANT_TIMEOUT_MS);
+        if self.me.is_some() {
+            // A writer's gate waits on summaries; ask again those that never answered.
+            let silent: Vec<P> = self
+                .peers
+                .iter_mut()
+                .filter(|(_, s)| s.banned_until.is_none() && s.own_sq.is_none())
+                .filter(|(_, s)| now >= s.own_retry_at)
+                .map(|(p, s)| {
+                    s.own_retry_at = now + OWN_CHAIN_RETRY_MS;
+                    p.clone()
+                })
+                .collect();
+            for p in silent {
+                self.send(&mut out, &p, SyncRequest::Summary);
+            }
+        }
         if now >= self.next_round {
             self.next_round = now + ANTI_ENTROPY_INTERVAL_MS;
             let live: Vec<P> = self.peers().cloned().collect();

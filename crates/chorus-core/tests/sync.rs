@@ -344,3 +344,46 @@ fn a_wiped_writer_may_write_only_once_its_full_peers_confirm_its_own_chain() {
     let _ = t.on_summary(&3, &light, &blank, 0);
     assert_eq!(t.own_chain_confirmed(&blank), None);
 }
+
+#[test]
+fn a_writer_asks_again_for_a_summary_that_was_lost() {
+    use chorus_core::sync::OWN_CHAIN_RETRY_MS;
+    let summaries_to = |out: &[Action<u8>], to: u8| {
+        out.iter()
+            .filter(|a| matches!(a, Action::Send(p, SyncRequest::Summary) if *p == to))
+            .count()
+    };
+    let ks = keys(2);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
+    let blank = timeline(&g, &[]);
+    let summary = match serve(&blank, &NoBlocks, &SyncRequest::Summary) {
+        SyncResponse::Summary(x) => x,
+        other => panic!("{other:?}"),
+    };
+    let mut s: Syncer<u8> = Syncer::default();
+    s.watch_own_chain(ks[1].author());
+    assert_eq!(summaries_to(&s.peer_up(1, 0), 1), 1);
+    assert_eq!(summaries_to(&s.peer_up(2, 0), 2), 1);
+    // Peer 2 answers; peer 1's answer is lost (no failure is reported before the request
+    // timeout). Before the retry interval nothing is re-sent to peer 1 (the round robin
+    // skips a peer with a request in flight).
+    let _ = s.on_summary(&2, &summary, &blank, 0);
+    let early = s.tick(OWN_CHAIN_RETRY_MS - 1);
+    assert_eq!(summaries_to(&early, 1), 0, "{early:?}");
+    let retry = s.tick(OWN_CHAIN_RETRY_MS);
+    assert_eq!(summaries_to(&retry, 1), 1, "the silent peer is asked again");
+    assert_eq!(summaries_to(&retry, 2), 0, "the peer that answered is not");
+    let _ = s.on_summary(&1, &summary, &blank, OWN_CHAIN_RETRY_MS + 10);
+    assert_eq!(s.own_chain_confirmed(&blank), Some(0));
+    // Once every peer has answered, no more retries.
+    let later = s.tick(10 * OWN_CHAIN_RETRY_MS);
+    assert!(
+        summaries_to(&later, 1) + summaries_to(&later, 2) <= 1,
+        "{later:?}"
+    );
+    // A replica that does not write never retries.
+    let mut r: Syncer<u8> = Syncer::default();
+    let _ = r.peer_up(1, 0);
+    let quiet = r.tick(OWN_CHAIN_RETRY_MS);
+    assert!(summaries_to(&quiet, 1) <= 1);
+}
