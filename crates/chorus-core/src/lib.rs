@@ -9,6 +9,7 @@
 //! * [`timeline`]: DAG, pending set, total order `(lc, cid)`, exclusion, checkpoints, replay,
 //!   settled frontier.
 //! * [`machine`]: the state-machine trait and a trivial counter machine.
+//! * [`sync`]: the sync protocol's messages and decisions; [`proto`]: the node's writes.
 //!
 //! ```
 //! use chorus_core::{crypto::Keypair, genesis::Genesis, event::{UnsignedEvent, kind},
@@ -37,6 +38,7 @@ pub mod ids;
 pub mod limits;
 pub mod machine;
 pub mod membership;
+pub mod proto;
 pub mod sync;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -18,6 +18,7 @@ use std::{
 use chorus_core::{
     EventId, SignedEvent,
     event::EventError,
+    proto::{WriteId, WriteResult, outbox::Outbox},
     sync::{self, Action, SyncRequest, SyncResponse, Syncer},
     timeline::OrderKey,
 };
@@ -29,8 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     describe::{Describe, event_json, state_json},
-    outbox::Outbox,
-    write::WriteError,
+    write::{Reply, WriteError},
 };
 
 /// Messages the actor takes per turn (one group commit).
@@ -151,7 +151,7 @@ struct Counters {
 }
 
 /// A local write held by the write gate: its items, who to answer, since when (ms).
-type HeldWrite = (Vec<(String, Ipld)>, crate::outbox::Reply, u64);
+type HeldWrite = (Vec<(String, Ipld)>, Reply, u64);
 
 pub struct Actor<M: Describe> {
     replica: Replica<M>,
@@ -169,7 +169,10 @@ pub struct Actor<M: Describe> {
     /// Peers whose last summary said they are full nodes (where a light node writes through).
     full_peers: BTreeSet<Peer>,
     /// Light nodes: own writes not yet stored by a full node.
-    outbox: Outbox,
+    outbox: Outbox<Peer>,
+    /// Light nodes: who waits for each write in the outbox.
+    waiting: BTreeMap<WriteId, Reply>,
+    next_write: u64,
     /// Light nodes: the order key up to which blocks were forgotten, and how many.
     horizon: Option<OrderKey>,
     pruned_blocks: u64,
@@ -213,6 +216,8 @@ impl<M: Describe> Actor<M> {
             light,
             full_peers: BTreeSet::new(),
             outbox: Outbox::default(),
+            waiting: BTreeMap::new(),
+            next_write: 0,
             horizon: None,
             pruned_blocks: 0,
             writes_open,
@@ -356,7 +361,10 @@ impl<M: Describe> Actor<M> {
                         if let Some(first) = first {
                             match resp {
                                 SyncResponse::Stored { ids } => {
-                                    self.outbox.on_stored(&peer, &first, &ids)
+                                    if let Some((w, r)) = self.outbox.on_stored(&peer, &first, &ids)
+                                    {
+                                        self.answer(w, r);
+                                    }
                                 }
                                 other => {
                                     tracing::debug!(%peer, "submit not stored: {other:?}");
@@ -472,7 +480,9 @@ impl<M: Describe> Actor<M> {
             self.act(a);
             if self.light {
                 self.prune();
-                self.outbox.expire(now);
+                for (w, r) in self.outbox.expire(now) {
+                    self.answer(w, r);
+                }
             }
             self.expire_gated(now);
         }
@@ -643,7 +653,7 @@ impl<M: Describe> Actor<M> {
 
     /// A local write: durable here (full node) or on a full node (light node, through the
     /// outbox) before `reply` gets the ids. Held while writes are not open yet.
-    fn append(&mut self, items: Vec<(String, Ipld)>, reply: crate::outbox::Reply) {
+    fn append(&mut self, items: Vec<(String, Ipld)>, reply: Reply) {
         if !self.writes_open {
             if self.gated.len() >= MAX_GATED_WRITES {
                 let _ = reply.send(Err(WriteError::Unavailable(Self::gate_error())));
@@ -700,7 +710,20 @@ impl<M: Describe> Actor<M> {
         // Admitted above with an upper bound on these very bytes, in this same turn.
         let blocks: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
         let now = self.now();
-        self.outbox.push(ids, blocks, reply, now);
+        let write = WriteId(self.next_write);
+        self.next_write += 1;
+        self.waiting.insert(write, reply);
+        self.outbox.push(ids, blocks, write, now);
+    }
+
+    /// A light node's write is done (stored by a full node, refused by one, or late).
+    fn answer(&mut self, write: WriteId, result: WriteResult) {
+        if let Err(e) = &result {
+            tracing::warn!(write = write.0, "light-node write not acknowledged: {e}");
+        }
+        if let Some(reply) = self.waiting.remove(&write) {
+            let _ = reply.send(result);
+        }
     }
 
     /// Whether this node takes this `Submit` from `peer` (full node, rate, structural bounds).

@@ -114,9 +114,10 @@ pub fn json_body<T>(
 }
 
 /// A refused or failed local write, with the status its kind calls for
-/// ([`WriteError::http_status`]).
+/// ([`crate::write::http_status`]).
 pub fn write_error(e: WriteError) -> Response {
-    let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code = StatusCode::from_u16(crate::write::http_status(&e))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     error(code, e.to_string())
 }
 

@@ -19,7 +19,6 @@ pub mod describe;
 pub mod emissary;
 pub mod gateway;
 pub mod handle;
-pub mod outbox;
 pub mod status;
 pub mod write;
 

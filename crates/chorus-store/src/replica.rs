@@ -55,6 +55,23 @@ pub enum ReplicaError {
     },
 }
 
+impl From<ReplicaError> for chorus_core::proto::WriteError {
+    fn from(e: ReplicaError) -> Self {
+        use chorus_core::proto::WriteError;
+        match e {
+            ReplicaError::Refused {
+                error: EventError::UnknownAuthor(_),
+                ..
+            } => WriteError::NotMember(e.to_string()),
+            ReplicaError::Refused { ref error, .. } => WriteError::Refused {
+                error: error.clone(),
+                message: e.to_string(),
+            },
+            other => WriteError::Failed(other.to_string()),
+        }
+    }
+}
+
 fn refused_message(index: usize, stored: usize, error: &EventError) -> String {
     let what = match error {
         EventError::UnknownAuthor(_) => {

@@ -1,0 +1,276 @@
+//! # A light node's write-through outbox
+//!
+//! A light node keeps only the recent past in memory, so its own events are not durable until
+//! a full node holds them. A local append is therefore signed, applied and gossiped at once,
+//! but **acknowledged** only when a full node answers the `Submit` of those blocks with
+//! `Stored` (it answers after its durable commit). Until then the submission sits here and is
+//! retried against the next full peer; a write that waited [`SUBMIT_TIMEOUT_MS`] is answered
+//! with an error saying so, and the retries go on (the events exist, and must reach a full
+//! node) until one stores them.
+//!
+//! Sans-IO: the caller passes the time and the set of full peers, sends what [`Outbox::dispatch`]
+//! returns, and delivers the outcomes that [`Outbox::on_stored`] and [`Outbox::expire`] return.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use super::write::{WriteError, WriteId, WriteResult};
+use crate::{
+    EventId,
+    sync::{MAX_PAGE_BYTES, MAX_SUBMIT_BLOCKS},
+};
+
+/// Most submissions waiting for a full node; appends beyond it are refused (back-pressure).
+pub const MAX_OUTBOX: usize = 64;
+/// How long a write waits for a full node to store it before it is answered with an error.
+pub const SUBMIT_TIMEOUT_MS: u64 = 15_000;
+
+struct Submission<P> {
+    ids: Vec<EventId>,
+    blocks: Vec<Vec<u8>>,
+    /// `None` once the write was answered (late): the retries go on without anyone waiting.
+    write: Option<WriteId>,
+    deadline: u64,
+    in_flight_to: Option<P>,
+    tried: BTreeSet<P>,
+}
+
+/// The pending writes of a light node, keyed by the peer type of the transport.
+pub struct Outbox<P> {
+    queue: VecDeque<Submission<P>>,
+    /// Submissions a full node stored.
+    pub stored: u64,
+    /// Submissions answered with an error because no full node stored them in time.
+    pub late: u64,
+}
+
+impl<P> Default for Outbox<P> {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            stored: 0,
+            late: 0,
+        }
+    }
+}
+
+impl<P: Ord + Clone + std::fmt::Display> Outbox<P> {
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether a write of `n` events of at most `bytes` bytes once signed can be queued.
+    pub fn admit(&self, n: usize, bytes: usize) -> Result<(), WriteError> {
+        if n > MAX_SUBMIT_BLOCKS || bytes > MAX_PAGE_BYTES {
+            return Err(WriteError::TooLarge(format!(
+                "light node: one write may carry at most {MAX_SUBMIT_BLOCKS} events and \
+                 {MAX_PAGE_BYTES} bytes (got {n} events, up to {bytes} bytes once signed)"
+            )));
+        }
+        if self.queue.len() >= MAX_OUTBOX {
+            return Err(WriteError::Unavailable(format!(
+                "light node: {MAX_OUTBOX} writes are still waiting for a full node; retry later"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues the signed events of `write` (admitted with [`Outbox::admit`] first).
+    pub fn push(&mut self, ids: Vec<EventId>, blocks: Vec<Vec<u8>>, write: WriteId, now: u64) {
+        self.queue.push_back(Submission {
+            ids,
+            blocks,
+            write: Some(write),
+            deadline: now + SUBMIT_TIMEOUT_MS,
+            in_flight_to: None,
+            tried: BTreeSet::new(),
+        });
+    }
+
+    /// Submissions to send now: each idle one goes to a full peer it has not tried yet (all
+    /// tried: start over). Returns (peer, blocks).
+    pub fn dispatch(&mut self, full_peers: &BTreeSet<P>) -> Vec<(P, Vec<Vec<u8>>)> {
+        let mut out = vec![];
+        if full_peers.is_empty() {
+            return out;
+        }
+        for s in self.queue.iter_mut().filter(|s| s.in_flight_to.is_none()) {
+            if full_peers.iter().all(|p| s.tried.contains(p)) {
+                s.tried.clear();
+            }
+            let Some(p) = full_peers.iter().find(|p| !s.tried.contains(*p)).cloned() else {
+                continue;
+            };
+            s.in_flight_to = Some(p.clone());
+            s.tried.insert(p.clone());
+            out.push((p, s.blocks.clone()));
+        }
+        out
+    }
+
+    fn find(&self, peer: &P, first: &EventId) -> Option<usize> {
+        self.queue
+            .iter()
+            .position(|s| s.in_flight_to.as_ref() == Some(peer) && s.ids.first() == Some(first))
+    }
+
+    /// `peer` stored `ids` of the submission starting with `first`. The submission is done;
+    /// its write's outcome is returned unless it was already answered (late). A full node
+    /// that did not store every event refused some: the write fails, naming them.
+    pub fn on_stored(
+        &mut self,
+        peer: &P,
+        first: &EventId,
+        ids: &[EventId],
+    ) -> Option<(WriteId, WriteResult)> {
+        let i = self.find(peer, first)?;
+        let s = self.queue.remove(i)?;
+        let held: BTreeSet<&EventId> = ids.iter().collect();
+        let missing: Vec<String> = s
+            .ids
+            .iter()
+            .filter(|id| !held.contains(id))
+            .map(|id| id.to_string())
+            .collect();
+        let result = if missing.is_empty() {
+            self.stored += 1;
+            Ok(s.ids)
+        } else {
+            Err(WriteError::Failed(format!(
+                "full node {peer} rejected events {missing:?}"
+            )))
+        };
+        Some((s.write?, result))
+    }
+
+    /// The submission starting with `first` sent to `peer` failed (refused, timed out, peer
+    /// gone): it goes to another full peer on the next dispatch.
+    pub fn on_failed(&mut self, peer: &P, first: &EventId) {
+        if let Some(i) = self.find(peer, first) {
+            self.queue[i].in_flight_to = None;
+        }
+    }
+
+    /// A peer went away: whatever was in flight to it is sent elsewhere.
+    pub fn peer_down(&mut self, peer: &P) {
+        for s in self.queue.iter_mut() {
+            if s.in_flight_to.as_ref() == Some(peer) {
+                s.in_flight_to = None;
+            }
+        }
+    }
+
+    /// The writes whose deadline passed with no full node storing them, answered with an
+    /// error; each submission stays and is retried.
+    pub fn expire(&mut self, now: u64) -> Vec<(WriteId, WriteResult)> {
+        let mut out = vec![];
+        for s in self.queue.iter_mut() {
+            if now >= s.deadline
+                && let Some(w) = s.write.take()
+            {
+                self.late += 1;
+                out.push((
+                    w,
+                    Err(WriteError::Unavailable(format!(
+                        "light node: no full node stored the write within {} s; it stays \
+                         queued here and is retried (ids {:?})",
+                        SUBMIT_TIMEOUT_MS / 1000,
+                        s.ids.iter().map(|i| i.to_string()).collect::<Vec<_>>()
+                    ))),
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> EventId {
+        EventId::of_block(&[n])
+    }
+
+    fn peers(ps: &[u8]) -> BTreeSet<u8> {
+        ps.iter().copied().collect()
+    }
+
+    #[test]
+    fn stored_acknowledges_and_missing_ids_fail_the_write() {
+        let mut o: Outbox<u8> = Outbox::default();
+        o.push(vec![id(1), id(2)], vec![vec![1], vec![2]], WriteId(7), 0);
+        o.push(vec![id(3)], vec![vec![3]], WriteId(8), 0);
+        let sent = o.dispatch(&peers(&[1]));
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|(p, _)| *p == 1));
+        assert!(o.dispatch(&peers(&[1])).is_empty(), "nothing sent twice");
+        // The wrong peer or the wrong first id changes nothing.
+        assert_eq!(o.on_stored(&2, &id(1), &[id(1), id(2)]), None);
+        assert_eq!(o.on_stored(&1, &id(2), &[id(1), id(2)]), None);
+        assert_eq!(
+            o.on_stored(&1, &id(1), &[id(1), id(2)]),
+            Some((WriteId(7), Ok(vec![id(1), id(2)])))
+        );
+        match o.on_stored(&1, &id(3), &[]) {
+            Some((WriteId(8), Err(WriteError::Failed(m)))) => {
+                assert!(m.contains(&id(3).to_string()), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(o.is_empty());
+        assert_eq!(o.stored, 1);
+    }
+
+    #[test]
+    fn a_failure_retries_the_next_full_peer_then_starts_over() {
+        let mut o: Outbox<u8> = Outbox::default();
+        o.push(vec![id(1)], vec![vec![1]], WriteId(0), 0);
+        let full = peers(&[1, 2]);
+        assert_eq!(o.dispatch(&full)[0].0, 1);
+        o.on_failed(&1, &id(1));
+        assert_eq!(o.dispatch(&full)[0].0, 2);
+        o.peer_down(&2);
+        assert_eq!(o.dispatch(&full)[0].0, 1, "every peer tried: start over");
+        assert!(o.dispatch(&BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn expiry_answers_once_and_keeps_retrying() {
+        let mut o: Outbox<u8> = Outbox::default();
+        o.push(vec![id(1)], vec![vec![1]], WriteId(3), 100);
+        assert!(o.expire(100 + SUBMIT_TIMEOUT_MS - 1).is_empty());
+        let late = o.expire(100 + SUBMIT_TIMEOUT_MS);
+        assert!(matches!(
+            late.as_slice(),
+            [(WriteId(3), Err(WriteError::Unavailable(_)))]
+        ));
+        assert!(o.expire(10 * SUBMIT_TIMEOUT_MS).is_empty(), "answered once");
+        assert_eq!((o.len(), o.late), (1, 1));
+        // Still retried; a late store is counted but answers no one.
+        let _ = o.dispatch(&peers(&[1]));
+        assert_eq!(o.on_stored(&1, &id(1), &[id(1)]), None);
+        assert_eq!((o.len(), o.stored), (0, 1));
+    }
+
+    #[test]
+    fn a_full_outbox_and_an_oversized_write_are_refused() {
+        let mut o: Outbox<u8> = Outbox::default();
+        assert!(matches!(
+            o.admit(MAX_SUBMIT_BLOCKS + 1, 10),
+            Err(WriteError::TooLarge(_))
+        ));
+        assert!(matches!(
+            o.admit(1, MAX_PAGE_BYTES + 1),
+            Err(WriteError::TooLarge(_))
+        ));
+        for i in 0..MAX_OUTBOX {
+            assert!(o.admit(1, 10).is_ok());
+            o.push(vec![id(i as u8)], vec![vec![i as u8]], WriteId(i as u64), 0);
+        }
+        assert!(matches!(o.admit(1, 10), Err(WriteError::Unavailable(_))));
+    }
+}
