@@ -9,6 +9,8 @@
 //! * [`timeline`]: DAG, pending set, total order `(lc, cid)`, exclusion, checkpoints, replay,
 //!   settled frontier.
 //! * [`machine`]: the state-machine trait and a trivial counter machine.
+//! * [`storage`]: what a replica needs from its disk ([`storage::Storage`]; redb in
+//!   `chorus-store`, [`storage::MemStore`] in memory); [`local`]: timeline + storage + key.
 //! * [`sync`]: the sync protocol's messages and decisions; [`proto`]: the node's writes.
 //!
 //! ```
@@ -36,9 +38,11 @@ pub mod genesis;
 mod id_index;
 pub mod ids;
 pub mod limits;
+pub mod local;
 pub mod machine;
 pub mod membership;
 pub mod proto;
+pub mod storage;
 pub mod sync;
 #[cfg(feature = "testkit")]
 pub mod testkit;

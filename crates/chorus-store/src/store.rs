@@ -6,7 +6,7 @@
 use std::{path::Path, sync::Arc};
 
 use chorus_core::{
-    AuthorId, EventId, SignedEvent,
+    EventId, SignedEvent,
     timeline::{BlockSource, CheckpointChange, OrderKey},
 };
 use redb::{
@@ -46,33 +46,6 @@ pub(crate) fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Db(e.into())
 }
 
-/// Everything written in one transaction.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// Newly indexed events.
-    pub blocks: Vec<SignedEvent>,
-    /// Events now waiting for parents.
-    pub pending_put: Vec<SignedEvent>,
-    /// Pending events that got indexed (or rejected).
-    pub pending_del: Vec<EventId>,
-    /// The new set of heads, replacing the old one.
-    pub heads: Option<Vec<EventId>>,
-    pub checkpoints: Vec<CheckpointChange>,
-    /// The new membership mirror, replacing the old one.
-    pub membership: Option<Vec<(AuthorId, &'static str)>>,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-            && self.pending_put.is_empty()
-            && self.pending_del.is_empty()
-            && self.heads.is_none()
-            && self.checkpoints.is_empty()
-            && self.membership.is_none()
-    }
-}
-
 /// What the integrity check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntegrityReport {
@@ -102,23 +75,15 @@ pub const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// the cache only duplicates them.
 pub const MEMORY_STORE_CACHE_BYTES: usize = 1024 * 1024;
 
-/// Most blocks one [`Store::prune_through`] call deletes (one transaction; a light node prunes
-/// on its timer, so a long backlog is cleared over several ticks without a long stall).
-pub const MAX_PRUNE_PER_CALL: usize = 4_096;
+// `MAX_PRUNE_PER_CALL`: most blocks one `Store::prune_through` call deletes (one transaction;
+// a light node prunes on its timer, so a long backlog is cleared over several ticks without a
+// long stall). Defined with the `Storage` trait in chorus-core.
+pub use chorus_core::storage::{Batch, MAX_PRUNE_PER_CALL, Pruned};
 
 fn builder() -> redb::Builder {
     let mut b = Database::builder();
     b.set_cache_size(STORE_CACHE_BYTES);
     b
-}
-
-/// What [`Store::prune_through`] deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub blocks: u64,
-    pub checkpoints: u64,
-    /// More blocks are at or before the horizon (the per-call bound was hit).
-    pub more: bool,
 }
 
 impl Store {
@@ -620,6 +585,19 @@ fn pair_sum(id: &[u8; 32], lc: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     head ^ z ^ (z >> 31)
+}
+
+impl chorus_core::storage::Storage for Store {
+    type Error = StoreError;
+    fn get_pending(&self, id: &EventId) -> Option<Arc<[u8]>> {
+        Store::get_pending(self, id)
+    }
+    fn commit(&mut self, batch: Batch) -> Result<(), StoreError> {
+        Store::commit(self, batch)
+    }
+    fn prune_through(&mut self, horizon: OrderKey) -> Result<Pruned, StoreError> {
+        Store::prune_through(self, horizon)
+    }
 }
 
 impl BlockSource for Store {
