@@ -6,7 +6,9 @@
 //!
 //! * [`write`]: what a local write answers ([`WriteId`], [`WriteError`]).
 //! * [`outbox`]: a light node's writes waiting for a full node to store them.
+//! * [`node`]: the node state machine ([`node::NodeState`]) that uses them.
 
+pub mod node;
 pub mod outbox;
 pub mod write;
 

@@ -1,0 +1,886 @@
+//! # One node, sans-IO
+//!
+//! [`NodeState`] is everything a Chorus node decides: what it does with a gossiped block, a
+//! sync request or answer, a local write, a peer that comes or goes, and the passing of time.
+//! The node actor (`chorus-node`) and the simulator (`chorus-sim`) both drive this type; they
+//! only move bytes and time in and effects out, so the simulator's oracle checks the node we
+//! ship.
+//!
+//! ## Driving it
+//!
+//! A *turn* is: [`handle`](NodeState::handle) every input that arrived (cheap: it only
+//! records), then [`end_turn`](NodeState::end_turn) once, then drain
+//! [`poll_output`](NodeState::poll_output). `end_turn` does the work in a fixed order:
+//!
+//! 1. decode every block of the turn (the caller's decoder: the actor checks signatures on
+//!    every core, the simulator caches) and ingest them in **one** commit;
+//! 2. answer `Submit`s (`Stored` only after that commit), advance catch-up streams;
+//! 3. open the write gate if the peers now confirm this node's own chain;
+//! 4. run local writes (acknowledged once durable here, or for a light node once a full node
+//!    stored them);
+//! 5. serve requests from the state after the commit;
+//! 6. on a tick: sync timers, pruning (light), expiry of held and unstored writes;
+//! 7. hand a light node's pending writes to full peers.
+//!
+//! Time is the `now` argument (ms, any epoch, never decreasing); there is no randomness. The
+//! machine state is folded only by [`fold`](NodeState::fold) (or on a tick when
+//! [`Config::fold_on_tick`] is set): a burst of late events costs one rewind, and a caller
+//! that never reads the state (the simulator) never pays for it.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ipld_core::ipld::Ipld;
+
+use super::{
+    outbox::Outbox,
+    write::{WriteError, WriteId, WriteResult},
+};
+use crate::{
+    EventError, EventId, Machine, SignedEvent,
+    local::{Local, LocalError},
+    storage::Storage,
+    sync::{self, Action, Cursor, SyncRequest, SyncResponse, Syncer},
+    timeline::OrderKey,
+};
+
+/// Local writes held while this node waits for its peers to confirm its own chain (see
+/// [`Syncer::own_chain_confirmed`]); more are refused at once.
+pub const MAX_GATED_WRITES: usize = 64;
+/// A held write fails with a clear error after this long.
+pub const WRITE_GATE_TIMEOUT_MS: u64 = 15_000;
+
+/// The identifiers of one transport: who a peer is, and the handles by which a gossiped
+/// message and an inbound request are answered.
+pub trait Transport {
+    type Peer: Ord + Clone + std::fmt::Display + std::fmt::Debug;
+    type GossipId: std::fmt::Debug;
+    type RequestId: std::fmt::Debug;
+}
+
+/// How a node runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Config {
+    /// A light node: not a replica (serves only summaries, writes through full nodes,
+    /// forgets the settled past).
+    pub light: bool,
+    /// Fold the machine state on every tick (the actor: so summaries carry a `state_hash` and
+    /// a light node can prune). The simulator leaves it off.
+    pub fold_on_tick: bool,
+}
+
+/// What arrives at a node.
+#[derive(Debug)]
+pub enum Input<T: Transport> {
+    PeerUp(T::Peer),
+    PeerDown(T::Peer),
+    /// A gossiped event block; answered by an [`Output::Validated`] with the same `id`.
+    Gossip {
+        from: T::Peer,
+        id: T::GossipId,
+        block: Vec<u8>,
+    },
+    /// A sync request; answered by an [`Output::Respond`] with the same `id`.
+    Request {
+        peer: T::Peer,
+        id: T::RequestId,
+        req: SyncRequest,
+    },
+    /// The answer to a request this node sent.
+    Response {
+        peer: T::Peer,
+        req: SyncRequest,
+        resp: SyncResponse,
+    },
+    /// A request this node sent failed (timed out, connection gone, not sent at all).
+    RequestFailed {
+        peer: T::Peer,
+        req: SyncRequest,
+    },
+    /// A local write: items `(kind, body)`; answered by an [`Output::WriteDone`].
+    Append {
+        write: WriteId,
+        items: Vec<(String, Ipld)>,
+    },
+    /// Time passed: run the timers at the next `end_turn`.
+    Tick,
+}
+
+/// What the node made of one gossiped block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// New here, and indexed.
+    Accepted,
+    /// New here, valid so far, waiting for its parents.
+    Pending,
+    /// Already held.
+    Duplicate,
+    /// Invalid (the sender is charged).
+    Rejected,
+}
+
+impl Verdict {
+    /// Whether gossip should carry it on (anything but an invalid block: a duplicate too,
+    /// which is how gossipsub scores a peer that forwards what it got).
+    pub fn valid(self) -> bool {
+        self != Verdict::Rejected
+    }
+}
+
+/// What the node asks its shell to do.
+#[derive(Debug)]
+pub enum Output<T: Transport> {
+    /// Send a sync request to a peer.
+    Send {
+        peer: T::Peer,
+        req: SyncRequest,
+    },
+    /// Answer an inbound request.
+    Respond {
+        id: T::RequestId,
+        resp: SyncResponse,
+    },
+    /// The verdict on a gossiped block.
+    Validated {
+        id: T::GossipId,
+        from: T::Peer,
+        verdict: Verdict,
+    },
+    /// Disconnect from a peer and refuse it until `until` (ms).
+    Ban {
+        peer: T::Peer,
+        until: u64,
+    },
+    /// A ban expired.
+    Unban(T::Peer),
+    Disconnect(T::Peer),
+    /// Gossip this node's own new event.
+    Publish(SignedEvent),
+    /// A local write's outcome.
+    WriteDone {
+        write: WriteId,
+        result: WriteResult,
+    },
+    /// These events were indexed here (ingested, released from pending, or written locally),
+    /// in the order they were indexed.
+    Indexed(Vec<EventId>),
+    /// This node's state equals a peer's over the same heads (printed once per peer).
+    InSync {
+        peer: T::Peer,
+        events: usize,
+        state_hash: [u8; 32],
+    },
+    /// Same heads as a peer, a different `state_hash`: a determinism bug, to shout about.
+    Diverged {
+        peer: T::Peer,
+    },
+    /// The peers confirmed this node's own chain: it writes from now on.
+    WritesOpen {
+        last_sq: u64,
+    },
+    /// A commit failed; nothing of the turn's blocks was acknowledged (peers resend).
+    StoreFailed(String),
+}
+
+/// Counters, for status and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStats {
+    pub gossip_received: u64,
+    pub blocks_received: u64,
+    /// Blocks over the size bound (refused on their length).
+    pub oversize: u64,
+    pub invalid_by_peer: BTreeMap<String, u64>,
+    pub rejected_by_code: BTreeMap<&'static str, u64>,
+    /// Requests admitted (within the rate) and answered (the answer may still refuse one out
+    /// of bounds); refusals for the rate are the syncer's `requests_refused`.
+    pub requests_served: u64,
+    pub appended: u64,
+    /// Local writes refused because a peer would refuse them, per error code.
+    pub refused_writes: BTreeMap<&'static str, u64>,
+    /// How often the timeline grew.
+    pub grew: u64,
+}
+
+/// A switched-off defence, for the simulator's sabotage tests only.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeSabotage {
+    #[default]
+    None,
+    /// Write before the peers confirm the own chain.
+    NoWriteGate,
+}
+
+/// Where an ingested block came from: who to charge if it is invalid.
+#[derive(Debug)]
+enum Source<T: Transport> {
+    Gossip(T::GossipId, T::Peer),
+    Page(T::Peer),
+}
+
+impl<T: Transport> Source<T> {
+    fn peer(&self) -> &T::Peer {
+        match self {
+            Source::Gossip(_, p) | Source::Page(p) => p,
+        }
+    }
+}
+
+/// The shell's decoder: raw blocks → events (context-free checks and signatures), one result
+/// per block, in order. The actor spreads it over every core; the simulator caches.
+pub type Decoder<'a> = dyn FnMut(&[Vec<u8>]) -> Vec<Result<SignedEvent, EventError>> + 'a;
+
+/// A local write waiting for the write gate: who, what, since when.
+type Held = (WriteId, Vec<(String, Ipld)>, u64);
+
+/// What one turn collected, worked off by `end_turn`.
+struct Turn<T: Transport> {
+    blocks: Vec<(Vec<u8>, Source<T>)>,
+    /// Catch-up pages: who, the next cursor, and the range of their blocks in `blocks`.
+    pages: Vec<(T::Peer, Option<Cursor>, usize, usize)>,
+    requests: Vec<(T::Peer, T::RequestId, SyncRequest)>,
+    /// Submits: who, the request to answer, the ids of its blocks.
+    submits: Vec<(T::Peer, T::RequestId, Vec<EventId>)>,
+    appends: Vec<(WriteId, Vec<(String, Ipld)>)>,
+    tick: bool,
+}
+
+impl<T: Transport> Default for Turn<T> {
+    fn default() -> Self {
+        Turn {
+            blocks: vec![],
+            pages: vec![],
+            requests: vec![],
+            submits: vec![],
+            appends: vec![],
+            tick: false,
+        }
+    }
+}
+
+/// See the module docs.
+pub struct NodeState<M: Machine, S: Storage, T: Transport> {
+    local: Local<M, S>,
+    cfg: Config,
+    syncer: Syncer<T::Peer>,
+    turn: Turn<T>,
+    out: VecDeque<Output<T>>,
+    stats: NodeStats,
+    /// Events held by each peer at its last summary (for the sync lag).
+    remote_events: BTreeMap<T::Peer, u64>,
+    /// Peers whose last summary had our heads and our state_hash.
+    in_sync: BTreeSet<T::Peer>,
+    /// Summaries with our heads that arrived while our state was not folded: compared at the
+    /// next fold.
+    unconfirmed: BTreeMap<T::Peer, (Vec<EventId>, Vec<u8>)>,
+    /// Peers whose last summary said they are full nodes (where a light node writes through).
+    full_peers: BTreeSet<T::Peer>,
+    /// Light nodes: own writes not yet stored by a full node.
+    outbox: Outbox<T::Peer>,
+    /// Light nodes: the order key up to which blocks were forgotten, and how many.
+    horizon: Option<OrderKey>,
+    pruned_blocks: u64,
+    /// False while this node's storage holds none of its own events and its peers have not
+    /// yet confirmed that it holds its whole own chain: writing then could reuse a sequence
+    /// number (an equivocation that excludes all its later events). Writes wait in `gated`.
+    writes_open: bool,
+    gated: Vec<Held>,
+    sabotage: NodeSabotage,
+}
+
+impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
+    /// A node over `local` (fresh, or restored from its storage). Folding is deferred to
+    /// [`fold`](Self::fold).
+    pub fn new(mut local: Local<M, S>, cfg: Config) -> Self {
+        local.set_deferred_fold(true);
+        let me = local.key().author();
+        let mut syncer = Syncer::default();
+        syncer.watch_own_chain(me);
+        // Own events in durable storage: every one we signed is there (writes are
+        // acknowledged only after their commit), so the next sequence number is known.
+        let writes_open = local
+            .timeline()
+            .version_vector()
+            .get(&me)
+            .is_some_and(|&sq| sq > 0);
+        NodeState {
+            local,
+            cfg,
+            syncer,
+            turn: Turn::default(),
+            out: VecDeque::new(),
+            stats: NodeStats::default(),
+            remote_events: BTreeMap::new(),
+            in_sync: BTreeSet::new(),
+            unconfirmed: BTreeMap::new(),
+            full_peers: BTreeSet::new(),
+            outbox: Outbox::default(),
+            horizon: None,
+            pruned_blocks: 0,
+            writes_open,
+            gated: vec![],
+            sabotage: NodeSabotage::None,
+        }
+    }
+
+    // ------------------------------------------------------------------ views
+
+    pub fn local(&self) -> &Local<M, S> {
+        &self.local
+    }
+    pub fn into_local(self) -> Local<M, S> {
+        self.local
+    }
+    pub fn config(&self) -> Config {
+        self.cfg
+    }
+    pub fn syncer(&self) -> &Syncer<T::Peer> {
+        &self.syncer
+    }
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+    pub fn writes_open(&self) -> bool {
+        self.writes_open
+    }
+    /// Local writes held by the write gate.
+    pub fn writes_held(&self) -> usize {
+        self.gated.len()
+    }
+    pub fn in_sync(&self) -> &BTreeSet<T::Peer> {
+        &self.in_sync
+    }
+    pub fn full_peers(&self) -> &BTreeSet<T::Peer> {
+        &self.full_peers
+    }
+    pub fn outbox(&self) -> &Outbox<T::Peer> {
+        &self.outbox
+    }
+    /// Light nodes: where the past was forgotten, and how many blocks.
+    pub fn horizon(&self) -> (Option<OrderKey>, u64) {
+        (self.horizon, self.pruned_blocks)
+    }
+    /// How many events the peer that holds the most has beyond this node (from summaries).
+    pub fn lag(&self) -> u64 {
+        let mine = self.local.timeline().len() as u64;
+        self.remote_events
+            .values()
+            .max()
+            .map_or(0, |m| m.saturating_sub(mine))
+    }
+
+    #[doc(hidden)]
+    pub fn sabotage(&mut self, s: NodeSabotage) {
+        self.sabotage = s;
+    }
+
+    // ------------------------------------------------------------------ driving
+
+    /// The next effect to carry out, in order.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output<T>> {
+        self.out.pop_front()
+    }
+
+    fn act(&mut self, actions: Vec<Action<T::Peer>>) {
+        for a in actions {
+            self.out.push_back(match a {
+                Action::Send(peer, req) => Output::Send { peer, req },
+                Action::Ban { peer, until } => Output::Ban { peer, until },
+                Action::Unban(peer) => Output::Unban(peer),
+                Action::Disconnect(peer) => Output::Disconnect(peer),
+            });
+        }
+    }
+
+    /// Takes one input. Inputs that need the turn's commit (blocks, requests, writes) are
+    /// worked off by [`end_turn`](Self::end_turn).
+    pub fn handle(&mut self, now: u64, input: Input<T>) {
+        match input {
+            Input::PeerUp(p) => {
+                let a = self.syncer.peer_up(p, now);
+                self.act(a);
+            }
+            Input::PeerDown(p) => {
+                self.syncer.peer_down(&p);
+                self.full_peers.remove(&p);
+                self.outbox.peer_down(&p);
+                self.in_sync.remove(&p);
+                self.unconfirmed.remove(&p);
+                self.remote_events.remove(&p);
+            }
+            Input::Gossip { from, id, block } => {
+                self.stats.gossip_received += 1;
+                self.turn.blocks.push((block, Source::Gossip(id, from)));
+            }
+            Input::Request { peer, id, req } if matches!(req, SyncRequest::Submit { .. }) => {
+                self.submit(now, peer, id, req)
+            }
+            Input::Request { peer, id, req } => self.turn.requests.push((peer, id, req)),
+            Input::Response {
+                peer,
+                req: SyncRequest::Submit { blocks: sent },
+                resp,
+            } => {
+                if let Some(first) = sent.first().map(|b| EventId::of_block(b)) {
+                    match resp {
+                        SyncResponse::Stored { ids } => {
+                            if let Some((w, r)) = self.outbox.on_stored(&peer, &first, &ids) {
+                                self.out.push_back(Output::WriteDone {
+                                    write: w,
+                                    result: r,
+                                });
+                            }
+                        }
+                        _ => self.outbox.on_failed(&peer, &first),
+                    }
+                }
+            }
+            Input::Response { peer, req, resp } => match resp {
+                SyncResponse::Summary(s) => {
+                    if s.light {
+                        self.full_peers.remove(&peer);
+                    } else {
+                        self.full_peers.insert(peer.clone());
+                    }
+                    self.remote_events.insert(peer.clone(), s.events);
+                    self.compare_state(&peer, &s);
+                    let a = self
+                        .syncer
+                        .on_summary(&peer, &s, self.local.timeline(), now);
+                    self.act(a);
+                }
+                SyncResponse::Blocks(b) => {
+                    let start = self.turn.blocks.len();
+                    self.stats.blocks_received += b.blocks.len() as u64;
+                    self.turn.blocks.extend(
+                        b.blocks
+                            .into_iter()
+                            .map(|x| (x.into_vec(), Source::Page(peer.clone()))),
+                    );
+                    if matches!(req, SyncRequest::Since { .. }) {
+                        let end = self.turn.blocks.len();
+                        self.turn.pages.push((peer, b.next, start, end));
+                    } else {
+                        self.syncer.on_blocks(&peer);
+                    }
+                }
+                // A refusal, or a `Stored` to a request that was no `Submit`.
+                SyncResponse::Refused { .. } | SyncResponse::Stored { .. } => {
+                    self.syncer.request_failed(&peer, &req)
+                }
+            },
+            Input::RequestFailed { peer, req } => match &req {
+                SyncRequest::Submit { blocks: sent } => {
+                    if let Some(b) = sent.first() {
+                        self.outbox.on_failed(&peer, &EventId::of_block(b));
+                    }
+                }
+                _ => self.syncer.request_failed(&peer, &req),
+            },
+            Input::Append { write, items } => self.turn.appends.push((write, items)),
+            Input::Tick => self.turn.tick = true,
+        }
+    }
+
+    /// Works off the turn (see the module docs for the order). `decode` turns raw blocks into
+    /// events (context-free checks and signatures), one result per block, in order.
+    pub fn end_turn(
+        &mut self,
+        now: u64,
+        decode: &mut Decoder<'_>,
+    ) {
+        let turn = std::mem::take(&mut self.turn);
+        let (new_at, committed) = self.ingest(now, turn.blocks, decode);
+        for (_, id, ids) in turn.submits {
+            let resp = if committed {
+                let tl = self.local.timeline();
+                let ids = ids
+                    .into_iter()
+                    .filter(|i| tl.contains(i) || tl.is_pending(i))
+                    .collect();
+                SyncResponse::Stored { ids }
+            } else {
+                SyncResponse::Refused {
+                    reason: "store failure; nothing of it was stored".into(),
+                }
+            };
+            self.out.push_back(Output::Respond { id, resp });
+        }
+        for (peer, next, start, end) in turn.pages {
+            let new = new_at[start..end].iter().filter(|n| **n).count() as u64;
+            let a = self
+                .syncer
+                .on_page(&peer, next, new, self.local.timeline(), now);
+            self.act(a);
+        }
+        self.open_writes_if_confirmed(now);
+        for (write, items) in turn.appends {
+            self.append(now, write, items);
+        }
+        for (peer, id, req) in turn.requests {
+            let resp = self.serve(&peer, now, &req);
+            self.out.push_back(Output::Respond { id, resp });
+        }
+        if turn.tick {
+            if self.cfg.fold_on_tick {
+                self.fold();
+            }
+            let a = self.syncer.tick(now);
+            self.act(a);
+            if self.cfg.light {
+                self.prune();
+                for (write, result) in self.outbox.expire(now) {
+                    self.out.push_back(Output::WriteDone { write, result });
+                }
+            }
+            self.expire_gated(now);
+        }
+        for (peer, blocks) in self.outbox.dispatch(&self.full_peers) {
+            let blocks = blocks.into_iter().map(serde_bytes::ByteBuf::from).collect();
+            self.out.push_back(Output::Send {
+                peer,
+                req: SyncRequest::Submit { blocks },
+            });
+        }
+    }
+
+    /// Brings the machine state up to date (one rewind for everything that arrived since the
+    /// last fold), then compares it with the summaries that waited for it.
+    pub fn fold(&mut self) {
+        if let Err(e) = self.local.fold() {
+            self.out.push_back(Output::StoreFailed(format!(
+                "folding the state failed: {e}"
+            )));
+            return;
+        }
+        let heads = self.local.timeline().heads();
+        for (peer, (their_heads, hash)) in std::mem::take(&mut self.unconfirmed) {
+            if their_heads == heads {
+                self.judge_state(&peer, &hash);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ the network half
+
+    /// A peer's summary with our heads says what our state must be; equal heads with a
+    /// different hash would be a determinism bug.
+    fn compare_state(&mut self, peer: &T::Peer, s: &sync::Summary) {
+        let Some(theirs) = &s.state_hash else { return };
+        if s.heads != self.local.timeline().heads() {
+            self.in_sync.remove(peer);
+            self.unconfirmed.remove(peer);
+            return;
+        }
+        if self.local.timeline().needs_catch_up() {
+            self.unconfirmed
+                .insert(peer.clone(), (s.heads.clone(), theirs.to_vec()));
+            return;
+        }
+        self.judge_state(peer, theirs);
+    }
+
+    fn judge_state(&mut self, peer: &T::Peer, theirs: &[u8]) {
+        let tl = self.local.timeline();
+        let mine = tl.state_hash();
+        if theirs == mine {
+            if self.in_sync.insert(peer.clone()) {
+                self.out.push_back(Output::InSync {
+                    peer: peer.clone(),
+                    events: tl.len(),
+                    state_hash: mine,
+                });
+            }
+        } else {
+            self.in_sync.remove(peer);
+            self.out.push_back(Output::Diverged { peer: peer.clone() });
+        }
+    }
+
+    /// Decodes and ingests the turn's blocks in one commit; returns, per block, whether it
+    /// was new here, and whether the commit succeeded.
+    fn ingest(
+        &mut self,
+        now: u64,
+        blocks: Vec<(Vec<u8>, Source<T>)>,
+        decode: &mut Decoder<'_>,
+    ) -> (Vec<bool>, bool) {
+        let mut new_at = vec![false; blocks.len()];
+        if blocks.is_empty() {
+            return (new_at, true);
+        }
+        let (raw, sources): (Vec<Vec<u8>>, Vec<Source<T>>) = blocks.into_iter().unzip();
+        let decoded = decode(&raw);
+        drop(raw);
+        let mut events: Vec<SignedEvent> = vec![];
+        let mut event_pos: Vec<usize> = vec![];
+        let mut bad = vec![false; sources.len()];
+        for (i, r) in decoded.into_iter().enumerate() {
+            match r {
+                Ok(ev) => {
+                    events.push(ev);
+                    event_pos.push(i);
+                }
+                Err(e) => {
+                    if matches!(e, EventError::TooLarge { .. }) {
+                        self.stats.oversize += 1;
+                    }
+                    bad[i] = true;
+                    *self.stats.rejected_by_code.entry(e.code()).or_insert(0) += 1;
+                }
+            }
+        }
+        let ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+        let report = match self.local.ingest(events) {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing of this turn is acknowledged; peers resend it.
+                self.out
+                    .push_back(Output::StoreFailed(format!("ingest failed: {e}")));
+                return (new_at, false);
+            }
+        };
+        for (code, n) in &report.rejected {
+            *self.stats.rejected_by_code.entry(code).or_insert(0) += n;
+        }
+        for p in &report.rejected_at {
+            bad[event_pos[*p]] = true;
+        }
+        let indexed: BTreeSet<EventId> = report.indexed.iter().copied().collect();
+        let mut id_at: Vec<Option<EventId>> = vec![None; sources.len()];
+        for (k, id) in ids.iter().enumerate() {
+            new_at[event_pos[k]] = indexed.contains(id);
+            id_at[event_pos[k]] = Some(*id);
+        }
+        if !report.indexed.is_empty() {
+            self.stats.grew += 1;
+            self.syncer.arrived(report.indexed.iter().copied());
+            self.out.push_back(Output::Indexed(report.indexed));
+        }
+        // Charge peers for invalid blocks; gossip verdicts.
+        let mut charged: BTreeMap<T::Peer, u32> = BTreeMap::new();
+        let mut gossip_from: BTreeSet<T::Peer> = BTreeSet::new();
+        for (i, src) in sources.into_iter().enumerate() {
+            if bad[i] {
+                *charged.entry(src.peer().clone()).or_insert(0) += 1;
+            }
+            if let Source::Gossip(id, from) = src {
+                let verdict = if bad[i] {
+                    Verdict::Rejected
+                } else if new_at[i] {
+                    Verdict::Accepted
+                } else if id_at[i].is_some_and(|x| self.local.timeline().is_pending(&x)) {
+                    Verdict::Pending
+                } else {
+                    Verdict::Duplicate
+                };
+                if verdict.valid() {
+                    gossip_from.insert(from.clone());
+                }
+                self.out.push_back(Output::Validated { id, from, verdict });
+            }
+        }
+        for (peer, n) in charged {
+            *self
+                .stats
+                .invalid_by_peer
+                .entry(peer.to_string())
+                .or_insert(0) += n as u64;
+            let a = self.syncer.on_invalid(&peer, n, now);
+            self.act(a);
+        }
+        // Gossip that went pending: ask its sender for the missing parents.
+        let wanted = self.local.timeline().wanted();
+        if !wanted.is_empty() {
+            for p in gossip_from {
+                let a = self.syncer.on_missing(&p, wanted.clone(), now);
+                self.act(a);
+            }
+        }
+        (new_at, true)
+    }
+
+    /// A light node's `Submit`: its blocks join the turn's ingest, and the answer (`Stored`)
+    /// waits for the commit. Refused at once from a light node, over the rate or the bounds.
+    fn submit(&mut self, now: u64, peer: T::Peer, id: T::RequestId, req: SyncRequest) {
+        let admitted = if self.cfg.light {
+            Err("light node: writes go to full nodes".to_string())
+        } else if !self.syncer.admit_request(&peer, now) {
+            Err("rate limited".to_string())
+        } else {
+            req.check()
+        };
+        let SyncRequest::Submit { blocks } = req else {
+            return;
+        };
+        if let Err(reason) = admitted {
+            self.out.push_back(Output::Respond {
+                id,
+                resp: SyncResponse::Refused { reason },
+            });
+            return;
+        }
+        let ids = blocks.iter().map(|b| EventId::of_block(b)).collect();
+        self.stats.blocks_received += blocks.len() as u64;
+        self.turn.blocks.extend(
+            blocks
+                .into_iter()
+                .map(|b| (b.into_vec(), Source::Page(peer.clone()))),
+        );
+        self.turn.submits.push((peer, id, ids));
+    }
+
+    fn serve(&mut self, peer: &T::Peer, now: u64, req: &SyncRequest) -> SyncResponse {
+        if !self.syncer.admit_request(peer, now) {
+            return SyncResponse::Refused {
+                reason: "rate limited".into(),
+            };
+        }
+        if self.cfg.light && !matches!(req, SyncRequest::Summary) {
+            return SyncResponse::Refused {
+                reason: "light node: not a replica".into(),
+            };
+        }
+        self.stats.requests_served += 1;
+        let mut resp = sync::serve(self.local.timeline(), self.local.store(), req);
+        if let SyncResponse::Summary(s) = &mut resp {
+            s.light = self.cfg.light;
+        }
+        resp
+    }
+
+    /// Light nodes: forget the blocks behind the settled horizon.
+    fn prune(&mut self) {
+        match self.local.prune() {
+            Ok((h, p)) => {
+                self.pruned_blocks += p.blocks;
+                if h.is_some() {
+                    self.horizon = h;
+                }
+            }
+            Err(e) => self
+                .out
+                .push_back(Output::StoreFailed(format!("pruning failed: {e}"))),
+        }
+    }
+
+    // ------------------------------------------------------------------ the write half
+
+    /// Opens writes once the peers have confirmed our own chain, and runs the held ones.
+    fn open_writes_if_confirmed(&mut self, now: u64) {
+        if self.writes_open {
+            return;
+        }
+        let Some(last_sq) = self.syncer.own_chain_confirmed(self.local.timeline()) else {
+            return;
+        };
+        self.writes_open = true;
+        self.out.push_back(Output::WritesOpen { last_sq });
+        for (write, items, _) in std::mem::take(&mut self.gated) {
+            self.append(now, write, items);
+        }
+    }
+
+    fn expire_gated(&mut self, now: u64) {
+        let (late, keep): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.gated)
+            .into_iter()
+            .partition(|(_, _, since)| now >= since + WRITE_GATE_TIMEOUT_MS);
+        self.gated = keep;
+        for (write, _, _) in late {
+            self.out.push_back(Output::WriteDone {
+                write,
+                result: Err(WriteError::Unavailable(gate_error())),
+            });
+        }
+    }
+
+    /// A local write: durable here (full node) or on a full node (light node, through the
+    /// outbox) before it is acknowledged. Held while writes are not open yet.
+    fn append(&mut self, now: u64, write: WriteId, items: Vec<(String, Ipld)>) {
+        if !self.writes_open && self.sabotage != NodeSabotage::NoWriteGate {
+            if self.gated.len() >= MAX_GATED_WRITES {
+                self.out.push_back(Output::WriteDone {
+                    write,
+                    result: Err(WriteError::Unavailable(gate_error())),
+                });
+            } else {
+                self.gated.push((write, items, now));
+            }
+            return;
+        }
+        if self.cfg.light {
+            // Checked before anything is signed, with every event at its largest envelope: a
+            // write the outbox takes now still fits one submission once signed.
+            let bytes = items
+                .iter()
+                .map(|(_, b)| crate::codec::encode(b).len() + crate::limits::MAX_ENVELOPE_BYTES)
+                .sum();
+            if let Err(e) = self.outbox.admit(items.len(), bytes) {
+                self.out.push_back(Output::WriteDone {
+                    write,
+                    result: Err(e),
+                });
+                return;
+            }
+        }
+        let evs = match self.local.append_batch(items) {
+            Ok(evs) => evs,
+            Err(e) => {
+                if let LocalError::Refused { error, .. } = &e {
+                    *self.stats.refused_writes.entry(error.code()).or_insert(0) += 1;
+                }
+                self.out.push_back(Output::WriteDone {
+                    write,
+                    result: Err(e.into()),
+                });
+                return;
+            }
+        };
+        self.stats.appended += evs.len() as u64;
+        self.stats.grew += 1;
+        let ids: Vec<EventId> = evs.iter().map(|e| e.id()).collect();
+        self.out.push_back(Output::Indexed(ids.clone()));
+        let blocks: Vec<Vec<u8>> = if self.cfg.light {
+            evs.iter().map(|e| e.bytes().to_vec()).collect()
+        } else {
+            vec![]
+        };
+        for e in evs {
+            self.out.push_back(Output::Publish(e));
+        }
+        if !self.cfg.light {
+            self.out.push_back(Output::WriteDone {
+                write,
+                result: Ok(ids),
+            });
+            return;
+        }
+        // Admitted above with an upper bound on these very bytes, in this same turn.
+        self.outbox.push(ids, blocks, write, now);
+    }
+}
+
+fn gate_error() -> String {
+    format!(
+        "not written: this node holds none of its own events and no full peer has confirmed \
+         its sequence number within {} s (a wiped or in-memory replica must hear from its \
+         full peers before it writes, or it would reuse its own sequence numbers)",
+        WRITE_GATE_TIMEOUT_MS / 1000
+    )
+}
+
+impl<E: std::error::Error + 'static> From<LocalError<E>> for WriteError {
+    fn from(e: LocalError<E>) -> Self {
+        match e {
+            LocalError::Refused {
+                error: EventError::UnknownAuthor(_),
+                ..
+            } => WriteError::NotMember(e.to_string()),
+            LocalError::Refused { ref error, .. } => WriteError::Refused {
+                error: error.clone(),
+                message: e.to_string(),
+            },
+            other => WriteError::Failed(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! The node state machine on its own: a few `NodeState`s over `MemStore`, joined by an
+//! in-process network that delivers every message at the next step. No actor, no simulator.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use chorus_core::{
+    EventError, SignedEvent, Timeline,
+    crypto::Keypair,
+    event::kind,
+    local::Local,
+    machine::CounterMachine,
+    proto::{
+        WriteError, WriteId, WriteResult,
+        node::{
+            Config, Input, MAX_GATED_WRITES, NodeState, Output, Transport, Verdict,
+            WRITE_GATE_TIMEOUT_MS,
+        },
+    },
+    storage::MemStore,
+    sync::{MAX_INVALID_PER_PEER, SyncRequest, SyncResponse},
+    testkit,
+};
+
+struct Net;
+impl Transport for Net {
+    type Peer = u8;
+    type GossipId = u64;
+    type RequestId = u64;
+}
+
+type Node = NodeState<CounterMachine, MemStore, Net>;
+
+/// Nodes, a message queue, and what came out.
+struct Mesh {
+    nodes: Vec<Node>,
+    now: u64,
+    inbox: Vec<VecDeque<Input<Net>>>,
+    /// Gossip blocks by id, to relay them.
+    gossip: BTreeMap<u64, Vec<u8>>,
+    /// Requests in flight: id → (requester, responder, request).
+    requests: BTreeMap<u64, (u8, u8, SyncRequest)>,
+    next_id: u64,
+    /// Links that deliver nothing (a, b) with a < b.
+    cut: BTreeSet<(u8, u8)>,
+    /// Requests sent over a cut link: they fail (time out) when the cut heals.
+    lost: Vec<(u8, u8, SyncRequest)>,
+    done: BTreeMap<(u8, WriteId), WriteResult>,
+    verdicts: Vec<(u8, u8, Verdict)>,
+    bans: Vec<(u8, u8)>,
+    in_sync: Vec<(u8, u8)>,
+}
+
+fn decode(blocks: &[Vec<u8>]) -> Vec<Result<SignedEvent, EventError>> {
+    blocks.iter().map(|b| SignedEvent::decode(b)).collect()
+}
+
+impl Mesh {
+    fn new(nodes: Vec<Node>) -> Self {
+        let n = nodes.len();
+        let mut m = Mesh {
+            nodes,
+            now: 0,
+            inbox: (0..n).map(|_| VecDeque::new()).collect(),
+            gossip: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            next_id: 0,
+            cut: BTreeSet::new(),
+            lost: vec![],
+            done: BTreeMap::new(),
+            verdicts: vec![],
+            bans: vec![],
+            in_sync: vec![],
+        };
+        for a in 0..n as u8 {
+            for b in 0..n as u8 {
+                if a != b {
+                    m.inbox[a as usize].push_back(Input::PeerUp(b));
+                }
+            }
+        }
+        m
+    }
+
+    /// Every link works again; what was sent over a cut link has timed out.
+    fn heal(&mut self) {
+        self.cut.clear();
+        for (me, peer, req) in std::mem::take(&mut self.lost) {
+            self.inbox[me as usize].push_back(Input::RequestFailed { peer, req });
+        }
+    }
+
+    fn linked(&self, a: u8, b: u8) -> bool {
+        !self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn gossip_to(&mut self, from: u8, block: Vec<u8>, except: u8) {
+        for to in 0..self.nodes.len() as u8 {
+            if to != from && to != except && self.linked(from, to) {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.gossip.insert(id, block.clone());
+                self.inbox[to as usize].push_back(Input::Gossip {
+                    from,
+                    id,
+                    block: block.clone(),
+                });
+            }
+        }
+    }
+
+    /// One turn of every node that has input; true if any had.
+    fn step(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.nodes.len() {
+            let inputs: Vec<Input<Net>> = self.inbox[i].drain(..).collect();
+            if inputs.is_empty() {
+                continue;
+            }
+            any = true;
+            let now = self.now;
+            for input in inputs {
+                self.nodes[i].handle(now, input);
+            }
+            self.nodes[i].end_turn(now, &mut decode);
+            while let Some(o) = self.nodes[i].poll_output() {
+                self.effect(i as u8, o);
+            }
+        }
+        any
+    }
+
+    fn effect(&mut self, me: u8, o: Output<Net>) {
+        match o {
+            Output::Send { peer, req } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                if self.linked(me, peer) {
+                    self.requests.insert(id, (me, peer, req.clone()));
+                    self.inbox[peer as usize].push_back(Input::Request { peer: me, id, req });
+                } else {
+                    self.lost.push((me, peer, req));
+                }
+            }
+            Output::Respond { id, resp } => {
+                if let Some((asker, _, req)) = self.requests.remove(&id) {
+                    self.inbox[asker as usize].push_back(Input::Response {
+                        peer: me,
+                        req,
+                        resp,
+                    });
+                }
+            }
+            Output::Validated { id, from, verdict } => {
+                self.verdicts.push((me, from, verdict));
+                let block = self.gossip.remove(&id).expect("a gossip id we made");
+                if matches!(verdict, Verdict::Accepted | Verdict::Pending) {
+                    self.gossip_to(me, block, from);
+                }
+            }
+            Output::Publish(ev) => self.gossip_to(me, ev.bytes().to_vec(), me),
+            Output::WriteDone { write, result } => {
+                assert!(
+                    self.done.insert((me, write), result).is_none(),
+                    "answered once"
+                );
+            }
+            Output::Ban { peer, .. } => self.bans.push((me, peer)),
+            Output::InSync { peer, .. } => self.in_sync.push((me, peer)),
+            Output::Diverged { peer } => panic!("{me} diverged from {peer}"),
+            Output::StoreFailed(e) => panic!("{e}"),
+            Output::Unban(_)
+            | Output::Disconnect(_)
+            | Output::Indexed(_)
+            | Output::WritesOpen { .. } => {}
+        }
+    }
+
+    /// Steps until quiet, then ticks `ticks` times 1 s apart.
+    fn settle(&mut self, ticks: u32) {
+        for _ in 0..=ticks {
+            let mut steps = 0;
+            while self.step() {
+                steps += 1;
+                assert!(steps < 10_000, "the mesh does not go quiet");
+            }
+            self.now += 1_000;
+            for q in &mut self.inbox {
+                q.push_back(Input::Tick);
+            }
+        }
+    }
+
+    fn append(&mut self, node: u8, write: u64, text: &str) {
+        self.inbox[node as usize].push_back(Input::Append {
+            write: WriteId(write),
+            items: vec![(kind::STIMULUS.to_string(), testkit::text(text))],
+        });
+    }
+}
+
+fn keys(n: u8) -> Vec<Keypair> {
+    (1..=n).map(|i| Keypair::from_seed([i; 32])).collect()
+}
+
+fn node(g: &SignedEvent, key: &Keypair, cfg: Config) -> Node {
+    let tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+    NodeState::new(Local::new(tl, MemStore::new(g), key.clone()), cfg)
+}
+
+/// A node whose key already wrote `events` (restored on its own disk).
+fn node_with(g: &SignedEvent, key: &Keypair, events: &[SignedEvent]) -> Node {
+    let tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+    let mut l = Local::new(tl, MemStore::new(g), key.clone());
+    l.ingest(events.to_vec()).unwrap();
+    NodeState::new(l, Config::default())
+}
+
+#[test]
+fn three_nodes_converge_through_gossip_and_anti_entropy() {
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let nodes = ks.iter().map(|k| node_with(&g, k, &[])).collect();
+    let mut m = Mesh::new(nodes);
+    // Fresh stores hold none of their own events: the gate opens once the peers answered.
+    m.settle(1);
+    assert!(m.nodes.iter().all(|n| n.writes_open()));
+    // Node 2 is cut off while everyone writes: it gets nothing by gossip.
+    m.cut.insert((0, 2));
+    m.cut.insert((1, 2));
+    for i in 0..20u64 {
+        m.append((i % 3) as u8, i, &format!("w{i}"));
+        m.step();
+    }
+    m.settle(0);
+    assert_eq!(m.done.len(), 20);
+    assert!(m.done.values().all(|r| r.is_ok()), "{:?}", m.done);
+    assert_ne!(
+        m.nodes[2].local().timeline().heads(),
+        m.nodes[0].local().timeline().heads()
+    );
+    // Healed: anti-entropy (summaries on the tick) brings node 2 up, and it brings its own.
+    m.heal();
+    m.settle(8);
+    let heads = m.nodes[0].local().timeline().heads();
+    for n in &m.nodes {
+        assert_eq!(n.local().timeline().heads(), heads);
+        assert_eq!(n.local().timeline().len(), 21);
+    }
+    // Nothing is folded until asked; then summaries with equal heads say "in sync".
+    for n in &mut m.nodes {
+        n.fold();
+    }
+    let hash = m.nodes[0].local().timeline().state_hash();
+    assert!(
+        m.nodes
+            .iter()
+            .all(|n| n.local().timeline().state_hash() == hash)
+    );
+    m.settle(4);
+    assert!(
+        m.in_sync.len() >= 3,
+        "each node hears a folded peer: {:?}",
+        m.in_sync
+    );
+}
+
+#[test]
+fn invalid_gossip_is_rejected_then_its_sender_banned() {
+    let ks = keys(2);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let mut m = Mesh::new(vec![
+        node(&g, &ks[0], Config::default()),
+        node(&g, &ks[1], Config::default()),
+    ]);
+    m.settle(1);
+    for i in 0..MAX_INVALID_PER_PEER as u64 {
+        m.inbox[0].push_back(Input::Gossip {
+            from: 1,
+            id: 1_000 + i,
+            block: vec![0xff, i as u8],
+        });
+        m.gossip.insert(1_000 + i, vec![]);
+    }
+    m.step();
+    let rejected = m
+        .verdicts
+        .iter()
+        .filter(|(me, from, v)| (*me, *from, *v) == (0, 1, Verdict::Rejected))
+        .count();
+    assert_eq!(rejected, MAX_INVALID_PER_PEER as usize);
+    assert_eq!(m.bans, vec![(0, 1)]);
+    assert_eq!(
+        m.nodes[0].stats().invalid_by_peer.get("1"),
+        Some(&(MAX_INVALID_PER_PEER as u64))
+    );
+}
+
+#[test]
+fn a_wiped_writer_holds_its_writes_until_the_peers_confirm_its_chain() {
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    // Node 1's key wrote 5 events before its disk was wiped; nodes 0 and 2 hold them.
+    let mut tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+    let mut before = vec![];
+    for i in 0..5 {
+        let ev = tl
+            .sign_local(&ks[1], kind::STIMULUS, testkit::text(&format!("old {i}")))
+            .unwrap();
+        tl.insert_deferred(ev.clone()).unwrap();
+        before.push(ev);
+    }
+    let nodes = vec![
+        node_with(&g, &ks[0], &before),
+        node_with(&g, &ks[1], &[]),
+        node_with(&g, &ks[2], &before),
+    ];
+    let mut m = Mesh::new(nodes);
+    // Writes before any peer answered: held (MAX_GATED_WRITES of them), the next refused.
+    for i in 0..=MAX_GATED_WRITES as u64 {
+        m.append(1, i, &format!("new {i}"));
+    }
+    // Cut node 1 off before its PeerUp summaries can be answered.
+    m.cut.insert((0, 1));
+    m.cut.insert((1, 2));
+    m.step();
+    assert!(!m.nodes[1].writes_open());
+    assert_eq!(m.nodes[1].writes_held(), MAX_GATED_WRITES);
+    assert!(matches!(
+        m.done.get(&(1, WriteId(MAX_GATED_WRITES as u64))),
+        Some(Err(WriteError::Unavailable(_)))
+    ));
+    // Past the gate's timeout, with still no answer, every held write fails clearly.
+    m.now += WRITE_GATE_TIMEOUT_MS;
+    m.inbox[1].push_back(Input::Tick);
+    m.step();
+    assert_eq!(m.nodes[1].writes_held(), 0);
+    assert_eq!(
+        m.done
+            .iter()
+            .filter(|((n, _), r)| *n == 1 && r.is_err())
+            .count(),
+        MAX_GATED_WRITES + 1
+    );
+    // Healed: the peers' summaries say its chain is at 5; it catches up, then writes seq 6.
+    m.heal();
+    for p in [0, 2] {
+        m.inbox[1].push_back(Input::PeerDown(p));
+        m.inbox[1].push_back(Input::PeerUp(p));
+    }
+    m.append(1, 500, "after");
+    m.settle(10);
+    assert!(m.nodes[1].writes_open());
+    let ids = match m.done.get(&(1, WriteId(500))) {
+        Some(Ok(ids)) => ids.clone(),
+        other => panic!("{other:?}"),
+    };
+    let meta = m.nodes[0].local().timeline().meta_of(&ids[0]);
+    assert!(meta.is_some(), "the write reached node 0");
+    assert_eq!(
+        m.nodes[0].local().timeline().version_vector()[&ks[1].author()],
+        6,
+        "no sequence number reused"
+    );
+    assert!(m.nodes[0].local().timeline().equivocations().is_empty());
+}
+
+#[test]
+fn a_light_node_acknowledges_only_once_a_full_node_stored_the_write() {
+    let ks = keys(2);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let light = Config {
+        light: true,
+        fold_on_tick: true,
+    };
+    let mut m = Mesh::new(vec![
+        node(&g, &ks[0], Config::default()),
+        node(&g, &ks[1], light),
+    ]);
+    m.settle(1);
+    assert!(m.nodes[1].writes_open());
+    // The full node's answers are held back: the write is signed and gossiped, not acknowledged.
+    m.append(1, 1, "from the edge");
+    m.cut.insert((0, 1));
+    m.settle(0);
+    assert!(!m.done.contains_key(&(1, WriteId(1))));
+    assert_eq!(m.nodes[1].outbox().len(), 1);
+    m.heal();
+    m.settle(2);
+    match m.done.get(&(1, WriteId(1))) {
+        Some(Ok(ids)) => assert!(m.nodes[0].local().timeline().contains(&ids[0])),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(m.nodes[1].outbox().len(), 0);
+    // A light node serves nothing but summaries, and takes no Submit.
+    m.inbox[1].push_back(Input::Request {
+        peer: 0,
+        id: 9_999,
+        req: SyncRequest::Want { ids: vec![] },
+    });
+    m.requests
+        .insert(9_999, (0, 1, SyncRequest::Want { ids: vec![] }));
+    m.step();
+    let refused = m.inbox[0].iter().any(|i| {
+        matches!(i, Input::Response { resp: SyncResponse::Refused { reason }, .. } if reason.contains("light"))
+    });
+    assert!(refused);
+}
