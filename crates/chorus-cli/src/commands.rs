@@ -294,7 +294,7 @@ fn log<M: Describe>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
         let ev = tl.load(&id, r.store())?;
         let excluded = tl.is_excluded(&id);
         if a.json {
-            writeln!(out, "{}", event_json(r, pos, &ev))?;
+            writeln!(out, "{}", event_json(r.timeline(), pos, &ev))?;
         } else {
             writeln!(
                 out,
@@ -312,7 +312,7 @@ fn log<M: Describe>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
 }
 
 fn state<M: Describe>(r: &Replica<M>, as_json: bool) -> Result<i32> {
-    let v = state_json(r);
+    let v = state_json(r.timeline());
     if as_json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);

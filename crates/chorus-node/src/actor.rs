@@ -1,36 +1,39 @@
-//! # The node actor
+//! # The node actor: an I/O shell around the node state machine
 //!
-//! One OS thread owns the replica (timeline + redb store) and the sync decisions. Everything
-//! else talks to it through one bounded channel of [`NodeMsg`]. Each turn it drains what is
-//! queued (up to [`MAX_DRAIN`]), ingests every event block that arrived (gossip and sync pages)
-//! in **one** group commit, then answers: sync requests are served from the state after the
-//! commit, local appends are acknowledged once durable, gossip verdicts go back to gossipsub.
+//! One OS thread owns the node: chorus-core's [`NodeState`] over the redb store, which makes
+//! every protocol decision (`chorus_core::proto::node`). Everything else talks to the thread
+//! through one bounded channel of [`NodeMsg`]. Each turn it drains what is queued (up to
+//! [`MAX_DRAIN`]), hands the network events and local writes to the node as inputs, lets it
+//! work off the turn (every event block of the turn ingested in **one** group commit, block
+//! signatures checked on every core), and carries out what comes out: sync requests and
+//! answers, gossip verdicts and publishes, bans, write acknowledgments, the live feed. Then it
+//! answers the API's queries from the state after the commit.
 //!
 //! The actor never blocks on the network: commands go out with `try_send`, and a full command
-//! queue drops the command (counted as `net_commands_dropped`); the sync logic treats a dropped
-//! request as a failed one, and anti-entropy repairs a dropped gossip publish.
+//! queue drops the command (counted as `net_commands_dropped`); a dropped request is reported
+//! to the node as a failed one, and anti-entropy repairs a dropped gossip publish.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
 use chorus_core::{
     EventId, SignedEvent,
-    event::EventError,
-    proto::{WriteId, WriteResult, outbox::Outbox},
-    sync::{self, Action, SyncRequest, SyncResponse, Syncer},
-    timeline::OrderKey,
+    proto::{
+        WriteError, WriteId, WriteResult,
+        node::{Config, Input, NodeState, Output, Transport},
+    },
 };
 use chorus_net::{GossipId, InboundId, NetCommand, NetEvent, Peer};
-use chorus_store::{Replica, ReplicaError, verify::decode_parallel};
+use chorus_store::{Replica, Store, verify::decode_parallel};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     describe::{Describe, event_json, state_json},
-    write::{Reply, WriteError},
+    write::Reply,
 };
 
 /// Messages the actor takes per turn (one group commit).
@@ -43,11 +46,6 @@ pub const MAX_APPEND_PER_REQUEST: usize = 1_000;
 pub const MAX_EVENTS_PER_PAGE: usize = 1_000;
 /// How often the actor runs the sync timers and folds the state.
 pub const TICK: Duration = Duration::from_millis(200);
-/// Local writes held while this node waits for its peers to confirm its own chain (see
-/// `Syncer::own_chain_confirmed`); more are refused at once.
-pub const MAX_GATED_WRITES: usize = 64;
-/// A held write fails with a clear error after this long.
-pub const WRITE_GATE_TIMEOUT_MS: u64 = 15_000;
 
 /// A request from the HTTP API.
 pub enum ApiRequest {
@@ -121,66 +119,27 @@ pub enum NodeMsg {
     Shutdown,
 }
 
-/// Where an ingested block came from: who to charge if it is invalid.
-#[derive(Clone)]
-enum Source {
-    Gossip(GossipId, Peer),
-    Page(Peer),
-}
+/// The libp2p transport's names for peers, gossip messages and inbound requests.
+pub struct Libp2p;
 
-impl Source {
-    fn peer(&self) -> Peer {
-        match self {
-            Source::Gossip(_, p) | Source::Page(p) => *p,
-        }
-    }
+impl Transport for Libp2p {
+    type Peer = Peer;
+    type GossipId = GossipId;
+    type RequestId = InboundId;
 }
-
-#[derive(Default)]
-struct Counters {
-    gossip_received: u64,
-    blocks_received: u64,
-    oversize: u64,
-    invalid_by_peer: BTreeMap<Peer, u64>,
-    rejected_by_code: BTreeMap<&'static str, u64>,
-    requests_served: u64,
-    net_commands_dropped: u64,
-    appended: u64,
-    /// Local writes refused because a peer would refuse them, per error code.
-    refused_writes: BTreeMap<&'static str, u64>,
-}
-
-/// A local write held by the write gate: its items, who to answer, since when (ms).
-type HeldWrite = (Vec<(String, Ipld)>, Reply, u64);
 
 pub struct Actor<M: Describe> {
-    replica: Replica<M>,
-    syncer: Syncer<Peer>,
+    /// The data directory, to hand the replica back at the end.
+    dir: std::path::PathBuf,
+    node: NodeState<M, Store, Libp2p>,
     net: mpsc::Sender<NetCommand>,
     started: Instant,
     peer_id: Peer,
     listen: Vec<String>,
-    counters: Counters,
-    /// Events held by each peer at its last summary (for the sync lag).
-    remote_events: BTreeMap<Peer, u64>,
-    /// Peers whose last summary had our heads and our state_hash.
-    in_sync: BTreeSet<Peer>,
-    light: bool,
-    /// Peers whose last summary said they are full nodes (where a light node writes through).
-    full_peers: BTreeSet<Peer>,
-    /// Light nodes: own writes not yet stored by a full node.
-    outbox: Outbox<Peer>,
-    /// Light nodes: who waits for each write in the outbox.
+    net_commands_dropped: u64,
+    /// Who waits for each local write.
     waiting: BTreeMap<WriteId, Reply>,
     next_write: u64,
-    /// Light nodes: the order key up to which blocks were forgotten, and how many.
-    horizon: Option<OrderKey>,
-    pruned_blocks: u64,
-    /// False while this node's store holds none of its own events and no full peer has yet
-    /// confirmed that it holds its whole own chain: writing then could reuse a sequence
-    /// number (an equivocation that excludes all its later events). Writes wait in `gated`.
-    writes_open: bool,
-    gated: Vec<HeldWrite>,
     feed: Feed,
 }
 
@@ -191,37 +150,21 @@ impl<M: Describe> Actor<M> {
         peer_id: Peer,
         light: bool,
     ) -> Self {
-        let mut replica = replica;
-        replica.set_deferred_fold(true);
-        let me = replica.key().author();
-        let mut syncer = Syncer::default();
-        syncer.watch_own_chain(me);
-        // Own events in a durable store: every one we signed is there (appends are
-        // acknowledged only after their commit), so the next sequence number is known.
-        let writes_open = replica
-            .timeline()
-            .version_vector()
-            .get(&me)
-            .is_some_and(|&sq| sq > 0);
+        let (dir, local) = replica.into_local();
+        let cfg = Config {
+            light,
+            fold_on_tick: true,
+        };
         Actor {
-            replica,
-            syncer,
+            dir,
+            node: NodeState::new(local, cfg),
             net,
             started: Instant::now(),
             peer_id,
             listen: vec![],
-            counters: Counters::default(),
-            remote_events: BTreeMap::new(),
-            in_sync: Default::default(),
-            light,
-            full_peers: BTreeSet::new(),
-            outbox: Outbox::default(),
+            net_commands_dropped: 0,
             waiting: BTreeMap::new(),
             next_write: 0,
-            horizon: None,
-            pruned_blocks: 0,
-            writes_open,
-            gated: vec![],
             feed: Feed::new(1),
         }
     }
@@ -232,37 +175,20 @@ impl<M: Describe> Actor<M> {
         self
     }
 
-    fn announce(&self, evs: impl IntoIterator<Item = SignedEvent>) {
-        for e in evs {
-            // No subscriber is not an error.
-            let _ = self.feed.events.send(std::sync::Arc::new(e));
-        }
-    }
-
     fn now(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn send(&mut self, cmd: NetCommand) {
-        if let Err(e) = self.net.try_send(cmd) {
-            self.counters.net_commands_dropped += 1;
-            if let mpsc::error::TrySendError::Full(NetCommand::Request { peer, req }) = e {
-                self.syncer.request_failed(&peer, &req);
-            }
-        }
+    fn light(&self) -> bool {
+        self.node.config().light
     }
 
-    fn act(&mut self, actions: Vec<Action<Peer>>) {
-        for a in actions {
-            match a {
-                Action::Send(peer, req) => self.send(NetCommand::Request { peer, req }),
-                Action::Ban { peer, until } => {
-                    tracing::warn!(%peer, until_ms = until, "banning peer: too many invalid blocks");
-                    self.send(NetCommand::Ban(peer));
-                    self.send(NetCommand::Disconnect(peer));
-                }
-                Action::Unban(peer) => self.send(NetCommand::Unban(peer)),
-                Action::Disconnect(peer) => self.send(NetCommand::Disconnect(peer)),
+    fn send(&mut self, cmd: NetCommand) {
+        if let Err(e) = self.net.try_send(cmd) {
+            self.net_commands_dropped += 1;
+            if let mpsc::error::TrySendError::Full(NetCommand::Request { peer, req }) = e {
+                let now = self.now();
+                self.node.handle(now, Input::RequestFailed { peer, req });
             }
         }
     }
@@ -285,179 +211,58 @@ impl<M: Describe> Actor<M> {
             stop = self.turn(turn);
         }
         self.fold();
-        self.replica
+        Replica::from_local(self.dir, self.node.into_local())
     }
 
     /// One turn; true when asked to stop.
     fn turn(&mut self, msgs: Vec<NodeMsg>) -> bool {
         let mut stop = false;
-        let mut blocks: Vec<(Vec<u8>, Source)> = vec![];
-        let mut pages: Vec<(Peer, Option<sync::Cursor>, usize, usize)> = vec![];
-        let mut requests: Vec<(Peer, InboundId, SyncRequest)> = vec![];
-        // Submits: who, the request to answer, the ids of its blocks.
-        let mut submits: Vec<(Peer, InboundId, Vec<EventId>)> = vec![];
-        let mut appends = vec![];
         let mut queries = vec![];
-        let mut tick = false;
+        let now = self.now();
         for m in msgs {
-            match m {
-                NodeMsg::Shutdown => stop = true,
-                NodeMsg::Tick => tick = true,
-                NodeMsg::Api(ApiRequest::Append { items, reply }) => appends.push((items, reply)),
-                NodeMsg::Api(q) => queries.push(q),
+            let input = match m {
+                NodeMsg::Shutdown => {
+                    stop = true;
+                    continue;
+                }
+                NodeMsg::Tick => Input::Tick,
+                NodeMsg::Api(ApiRequest::Append { items, reply }) => {
+                    let write = WriteId(self.next_write);
+                    self.next_write += 1;
+                    self.waiting.insert(write, reply);
+                    Input::Append { write, items }
+                }
+                NodeMsg::Api(q) => {
+                    queries.push(q);
+                    continue;
+                }
                 NodeMsg::Net(ev) => match *ev {
                     NetEvent::Listening(a) => {
                         println!("listening {a}");
                         self.listen.push(a.to_string());
+                        continue;
                     }
                     NetEvent::PeerUp(p) => {
                         tracing::info!(peer = %p, "peer connected");
-                        let now = self.now();
-                        let a = self.syncer.peer_up(p, now);
-                        self.act(a);
+                        Input::PeerUp(p)
                     }
                     NetEvent::PeerDown(p) => {
                         tracing::info!(peer = %p, "peer disconnected");
-                        self.syncer.peer_down(&p);
-                        self.full_peers.remove(&p);
-                        self.outbox.peer_down(&p);
-                        self.in_sync.remove(&p);
-                        self.remote_events.remove(&p);
+                        Input::PeerDown(p)
                     }
-                    NetEvent::Gossip { id, from, block } => {
-                        self.counters.gossip_received += 1;
-                        blocks.push((block, Source::Gossip(id, from)));
-                    }
-                    NetEvent::Request {
-                        peer,
-                        id,
-                        req: req @ SyncRequest::Submit { .. },
-                    } => match self.admit_submit(&peer, &req) {
-                        Ok(()) => {
-                            let SyncRequest::Submit { blocks: submitted } = req else {
-                                unreachable!("matched as a Submit above")
-                            };
-                            let ids = submitted.iter().map(|b| EventId::of_block(b)).collect();
-                            self.counters.blocks_received += submitted.len() as u64;
-                            blocks.extend(
-                                submitted
-                                    .into_iter()
-                                    .map(|b| (b.into_vec(), Source::Page(peer))),
-                            );
-                            submits.push((peer, id, ids));
-                        }
-                        Err(reason) => self.send(NetCommand::Respond {
-                            id,
-                            resp: SyncResponse::Refused { reason },
-                        }),
-                    },
-                    NetEvent::Request { peer, id, req } => requests.push((peer, id, req)),
-                    NetEvent::Response {
-                        peer,
-                        req: SyncRequest::Submit { blocks: sent },
-                        resp,
-                    } => {
-                        let first = sent.first().map(|b| EventId::of_block(b));
-                        if let Some(first) = first {
-                            match resp {
-                                SyncResponse::Stored { ids } => {
-                                    if let Some((w, r)) = self.outbox.on_stored(&peer, &first, &ids)
-                                    {
-                                        self.answer(w, r);
-                                    }
-                                }
-                                other => {
-                                    tracing::debug!(%peer, "submit not stored: {other:?}");
-                                    self.outbox.on_failed(&peer, &first);
-                                }
-                            }
-                        }
-                    }
-                    NetEvent::Response { peer, req, resp } => match resp {
-                        SyncResponse::Summary(s) => {
-                            if s.light {
-                                self.full_peers.remove(&peer);
-                            } else {
-                                self.full_peers.insert(peer);
-                            }
-                            self.remote_events.insert(peer, s.events);
-                            self.compare_state(&peer, &s);
-                            let now = self.now();
-                            let a = self
-                                .syncer
-                                .on_summary(&peer, &s, self.replica.timeline(), now);
-                            self.act(a);
-                        }
-                        SyncResponse::Blocks(b) => {
-                            let start = blocks.len();
-                            self.counters.blocks_received += b.blocks.len() as u64;
-                            blocks.extend(
-                                b.blocks
-                                    .into_iter()
-                                    .map(|x| (x.into_vec(), Source::Page(peer))),
-                            );
-                            if matches!(req, SyncRequest::Since { .. }) {
-                                pages.push((peer, b.next, start, blocks.len()));
-                            } else {
-                                self.syncer.on_blocks(&peer);
-                            }
-                        }
-                        SyncResponse::Refused { reason } => {
-                            tracing::debug!(%peer, "request refused: {reason}");
-                            self.syncer.request_failed(&peer, &req);
-                        }
-                        SyncResponse::Stored { .. } => {
-                            tracing::debug!(%peer, "a Stored answer to a request that was no Submit");
-                            self.syncer.request_failed(&peer, &req);
-                        }
-                    },
+                    NetEvent::Gossip { id, from, block } => Input::Gossip { from, id, block },
+                    NetEvent::Request { peer, id, req } => Input::Request { peer, id, req },
+                    NetEvent::Response { peer, req, resp } => Input::Response { peer, req, resp },
                     NetEvent::RequestFailed { peer, req, error } => {
                         tracing::debug!(%peer, "sync request failed: {error}");
-                        match &req {
-                            SyncRequest::Submit { blocks: sent } => {
-                                if let Some(b) = sent.first() {
-                                    self.outbox.on_failed(&peer, &EventId::of_block(b));
-                                }
-                            }
-                            _ => self.syncer.request_failed(&peer, &req),
-                        }
+                        Input::RequestFailed { peer, req }
                     }
                 },
-            }
-        }
-        let (new_at, committed) = self.ingest(blocks);
-        for (peer, id, ids) in submits {
-            let resp = if committed {
-                let tl = self.replica.timeline();
-                let ids = ids
-                    .into_iter()
-                    .filter(|i| tl.contains(i) || tl.is_pending(i))
-                    .collect();
-                SyncResponse::Stored { ids }
-            } else {
-                SyncResponse::Refused {
-                    reason: "store failure; nothing of it was stored".into(),
-                }
             };
-            tracing::debug!(%peer, "answered a submit");
-            self.send(NetCommand::Respond { id, resp });
+            self.node.handle(now, input);
         }
-        for (peer, next, start, end) in pages {
-            let new = new_at[start..end].iter().filter(|n| **n).count() as u64;
-            let now = self.now();
-            let a = self
-                .syncer
-                .on_page(&peer, next, new, self.replica.timeline(), now);
-            self.act(a);
-        }
-        self.open_writes_if_confirmed();
-        for (items, reply) in appends {
-            self.append(items, reply);
-        }
-        for (peer, id, req) in requests {
-            let resp = self.serve(&peer, &req);
-            self.send(NetCommand::Respond { id, resp });
-        }
+        self.node.end_turn(now, &mut |raw| decode_parallel(raw));
+        self.carry_out();
         // Every status asked in one turn sees the same state: build it once (a burst of a
         // thousand monitoring requests costs one fold and one snapshot, not a thousand).
         let mut status: Option<Value> = None;
@@ -473,313 +278,84 @@ impl<M: Describe> Actor<M> {
                 q => self.query(q),
             }
         }
-        if tick {
-            self.fold();
-            let now = self.now();
-            let a = self.syncer.tick(now);
-            self.act(a);
-            if self.light {
-                self.prune();
-                for (w, r) in self.outbox.expire(now) {
-                    self.answer(w, r);
-                }
-            }
-            self.expire_gated(now);
-        }
-        for (peer, blocks) in self.outbox.dispatch(&self.full_peers) {
-            let blocks = blocks.into_iter().map(serde_bytes::ByteBuf::from).collect();
-            self.send(NetCommand::Request {
-                peer,
-                req: SyncRequest::Submit { blocks },
-            });
-        }
         stop
     }
 
-    /// A rebuilding (or any) node reports when its state equals a peer's over the same heads;
-    /// equal heads with a different hash would be a determinism bug, logged loudly.
-    fn compare_state(&mut self, peer: &Peer, s: &sync::Summary) {
-        let Some(theirs) = &s.state_hash else { return };
-        if s.heads != self.replica.timeline().heads() {
-            self.in_sync.remove(peer);
-            return;
-        }
-        self.fold();
-        let mine = self.replica.timeline().state_hash();
-        if theirs.as_slice() == mine {
-            if self.in_sync.insert(*peer) {
-                println!(
-                    "in sync with {peer}: {} events, state_hash {}",
-                    self.replica.timeline().len(),
-                    hex::encode(mine)
-                );
+    /// Carries out what the node asked for.
+    fn carry_out(&mut self) {
+        while let Some(o) = self.node.poll_output() {
+            match o {
+                Output::Send { peer, req } => self.send(NetCommand::Request { peer, req }),
+                Output::Respond { id, resp } => self.send(NetCommand::Respond { id, resp }),
+                Output::Validated { id, verdict, .. } => self.send(NetCommand::Validated {
+                    id,
+                    valid: verdict.valid(),
+                }),
+                Output::Ban { peer, until } => {
+                    tracing::warn!(%peer, until_ms = until, "banning peer: too many invalid blocks");
+                    self.send(NetCommand::Ban(peer));
+                    self.send(NetCommand::Disconnect(peer));
+                }
+                Output::Unban(peer) => self.send(NetCommand::Unban(peer)),
+                Output::Disconnect(peer) => self.send(NetCommand::Disconnect(peer)),
+                Output::Publish(ev) => self.send(NetCommand::Publish(ev.bytes().to_vec())),
+                Output::WriteDone { write, result } => self.answer(write, result),
+                Output::Indexed(ids) => self.announce(&ids),
+                Output::InSync {
+                    peer,
+                    events,
+                    state_hash,
+                } => println!(
+                    "in sync with {peer}: {events} events, state_hash {}",
+                    hex::encode(state_hash)
+                ),
+                Output::Diverged { peer } => tracing::error!(
+                    %peer,
+                    "same heads but a different state_hash: determinism violated"
+                ),
+                Output::WritesOpen { last_sq } => {
+                    println!("own chain confirmed by peers (last sq {last_sq}): writes open")
+                }
+                Output::StoreFailed(e) => tracing::error!("{e}"),
             }
-        } else {
-            self.in_sync.remove(peer);
-            tracing::error!(%peer, "same heads but a different state_hash: determinism violated");
         }
     }
 
-    /// Decodes, verifies and ingests the blocks of this turn in one commit; returns, per
-    /// block, whether it was new here, and whether the commit succeeded.
-    fn ingest(&mut self, blocks: Vec<(Vec<u8>, Source)>) -> (Vec<bool>, bool) {
-        let mut new_at = vec![false; blocks.len()];
-        if blocks.is_empty() {
-            return (new_at, true);
-        }
-        let now = self.now();
-        // The decoder refuses oversize blocks on their length, before parsing.
-        let (raw, sources): (Vec<Vec<u8>>, Vec<Source>) = blocks.into_iter().unzip();
-        let decoded = decode_parallel(&raw);
-        drop(raw);
-        let mut events: Vec<SignedEvent> = vec![];
-        let mut event_pos: Vec<usize> = vec![];
-        let mut invalid: Vec<(usize, EventError)> = vec![];
-        for (i, r) in decoded.into_iter().enumerate() {
-            match r {
-                Ok(ev) => {
-                    events.push(ev);
-                    event_pos.push(i);
-                }
-                Err(e) => {
-                    if matches!(e, EventError::TooLarge { .. }) {
-                        self.counters.oversize += 1;
-                    }
-                    invalid.push((i, e));
-                }
-            }
-        }
-        let mut bad = vec![false; sources.len()];
-        for (i, e) in &invalid {
-            bad[*i] = true;
-            *self.counters.rejected_by_code.entry(e.code()).or_insert(0) += 1;
-            tracing::debug!(peer = %sources[*i].peer(), "invalid block: {e}");
-        }
-        let ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
-        // Copies for the live feed only while someone listens.
-        let copies = self.feed.listening().then(|| events.clone());
-        match self.replica.ingest(events) {
-            Ok(report) => {
-                for (code, n) in &report.rejected {
-                    *self.counters.rejected_by_code.entry(code).or_insert(0) += n;
-                }
-                for p in &report.rejected_at {
-                    bad[event_pos[*p]] = true;
-                }
-                let indexed: std::collections::BTreeSet<EventId> =
-                    report.indexed.iter().copied().collect();
-                for (k, id) in ids.iter().enumerate() {
-                    new_at[event_pos[k]] = indexed.contains(id);
-                }
-                if !report.indexed.is_empty() {
-                    self.feed.timeline_grew();
-                }
-                if let Some(copies) = copies {
-                    self.announce(copies.into_iter().filter(|e| indexed.contains(&e.id())));
-                }
-                self.syncer.arrived(report.indexed.iter().copied());
-            }
-            Err(e) => {
-                // A store failure: nothing of this turn is acknowledged; peers resend it.
-                tracing::error!("ingest failed: {e}");
-                return (new_at, false);
-            }
-        }
-        // Charge peers for invalid blocks; gossip verdicts.
-        let mut charged: BTreeMap<Peer, u32> = BTreeMap::new();
-        let mut gossip_from: Vec<Peer> = vec![];
-        for (i, src) in sources.into_iter().enumerate() {
-            if bad[i] {
-                *charged.entry(src.peer()).or_insert(0) += 1;
-            }
-            if let Source::Gossip(id, from) = src {
-                self.send(NetCommand::Validated { id, valid: !bad[i] });
-                if !bad[i] {
-                    gossip_from.push(from);
-                }
-            }
-        }
-        for (peer, n) in charged {
-            *self.counters.invalid_by_peer.entry(peer).or_insert(0) += n as u64;
-            let a = self.syncer.on_invalid(&peer, n, now);
-            self.act(a);
-        }
-        // Gossip that went pending: ask its sender for the missing parents.
-        let wanted = self.replica.timeline().wanted();
-        if !wanted.is_empty() {
-            gossip_from.sort();
-            gossip_from.dedup();
-            for p in gossip_from {
-                let a = self.syncer.on_missing(&p, wanted.clone(), now);
-                self.act(a);
-            }
-        }
-        (new_at, true)
-    }
-
-    /// Opens writes once the peers have confirmed our own chain, and runs the held ones.
-    fn open_writes_if_confirmed(&mut self) {
-        if self.writes_open {
-            return;
-        }
-        let Some(sq) = self.syncer.own_chain_confirmed(self.replica.timeline()) else {
-            return;
-        };
-        self.writes_open = true;
-        println!("own chain confirmed by peers (last sq {sq}): writes open");
-        for (items, reply, _) in std::mem::take(&mut self.gated) {
-            self.append(items, reply);
-        }
-    }
-
-    fn expire_gated(&mut self, now: u64) {
-        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.gated)
-            .into_iter()
-            .partition(|(_, _, since)| now >= since + WRITE_GATE_TIMEOUT_MS);
-        self.gated = keep;
-        for (_, reply, _) in late {
-            let _ = reply.send(Err(WriteError::Unavailable(Self::gate_error())));
-        }
-    }
-
-    fn gate_error() -> String {
-        format!(
-            "not written: this node holds none of its own events and no full peer has confirmed \
-             its sequence number within {} s (a wiped or in-memory replica must hear from its \
-             full peers before it writes, or it would reuse its own sequence numbers)",
-            WRITE_GATE_TIMEOUT_MS / 1000
-        )
-    }
-
-    /// A local write: durable here (full node) or on a full node (light node, through the
-    /// outbox) before `reply` gets the ids. Held while writes are not open yet.
-    fn append(&mut self, items: Vec<(String, Ipld)>, reply: Reply) {
-        if !self.writes_open {
-            if self.gated.len() >= MAX_GATED_WRITES {
-                let _ = reply.send(Err(WriteError::Unavailable(Self::gate_error())));
-            } else {
-                let now = self.now();
-                self.gated.push((items, reply, now));
-            }
-            return;
-        }
-        if self.light {
-            // Checked before anything is signed, with every event at its largest envelope: a
-            // write the outbox takes now still fits one submission once signed.
-            let bytes = items
-                .iter()
-                .map(|(_, b)| {
-                    chorus_core::codec::encode(b).len() + chorus_core::limits::MAX_ENVELOPE_BYTES
-                })
-                .sum();
-            if let Err(e) = self.outbox.admit(items.len(), bytes) {
-                let _ = reply.send(Err(e));
-                return;
-            }
-        }
-        let evs = match self.replica.append_batch(items) {
-            Ok(evs) => evs,
-            Err(e) => {
-                if let ReplicaError::Refused { error, .. } = &e {
-                    *self
-                        .counters
-                        .refused_writes
-                        .entry(error.code())
-                        .or_insert(0) += 1;
-                    tracing::warn!(code = error.code(), "local write refused: {e}");
-                } else {
-                    tracing::error!("local write failed: {e}");
-                }
-                let _ = reply.send(Err(e.into()));
-                return;
-            }
-        };
-        self.counters.appended += evs.len() as u64;
-        let ids: Vec<EventId> = evs.iter().map(|e| e.id()).collect();
-        self.feed.timeline_grew();
-        if self.feed.listening() {
-            self.announce(evs.iter().cloned());
-        }
-        for e in &evs {
-            self.send(NetCommand::Publish(e.bytes().to_vec()));
-        }
-        if !self.light {
-            let _ = reply.send(Ok(ids));
-            return;
-        }
-        // Admitted above with an upper bound on these very bytes, in this same turn.
-        let blocks: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
-        let now = self.now();
-        let write = WriteId(self.next_write);
-        self.next_write += 1;
-        self.waiting.insert(write, reply);
-        self.outbox.push(ids, blocks, write, now);
-    }
-
-    /// A light node's write is done (stored by a full node, refused by one, or late).
+    /// A local write is done: tell whoever waits.
     fn answer(&mut self, write: WriteId, result: WriteResult) {
-        if let Err(e) = &result {
-            tracing::warn!(write = write.0, "light-node write not acknowledged: {e}");
+        match &result {
+            Err(e @ (WriteError::Refused { .. } | WriteError::NotMember(_))) => {
+                tracing::warn!("local write refused: {e}")
+            }
+            Err(e @ WriteError::Failed(_)) => tracing::error!("local write failed: {e}"),
+            Err(e) => tracing::debug!("local write not acknowledged: {e}"),
+            Ok(_) => {}
         }
         if let Some(reply) = self.waiting.remove(&write) {
             let _ = reply.send(result);
         }
     }
 
-    /// Whether this node takes this `Submit` from `peer` (full node, rate, structural bounds).
-    fn admit_submit(&mut self, peer: &Peer, req: &SyncRequest) -> Result<(), String> {
-        if self.light {
-            return Err("light node: writes go to full nodes".into());
+    /// New events on the live feed (loaded only while someone listens).
+    fn announce(&self, ids: &[EventId]) {
+        self.feed.timeline_grew();
+        if !self.feed.listening() {
+            return;
         }
-        let now = self.now();
-        if !self.syncer.admit_request(peer, now) {
-            return Err("rate limited".into());
-        }
-        req.check()
-    }
-
-    /// Light nodes: forget the blocks behind the settled horizon.
-    fn prune(&mut self) {
-        match self.replica.prune() {
-            Ok((h, p)) => {
-                if p.blocks > 0 {
-                    tracing::debug!(blocks = p.blocks, "pruned behind the settled horizon");
-                }
-                self.pruned_blocks += p.blocks;
-                if h.is_some() {
-                    self.horizon = h;
-                }
+        let local = self.node.local();
+        for id in ids {
+            if let Ok(e) = local.timeline().load(id, local.store()) {
+                // No subscriber is not an error.
+                let _ = self.feed.events.send(std::sync::Arc::new(e));
             }
-            Err(e) => tracing::error!("pruning failed: {e}"),
         }
     }
 
-    fn serve(&mut self, peer: &Peer, req: &SyncRequest) -> SyncResponse {
-        let now = self.now();
-        if !self.syncer.admit_request(peer, now) {
-            return SyncResponse::Refused {
-                reason: "rate limited".into(),
-            };
-        }
-        if self.light && !matches!(req, SyncRequest::Summary) {
-            return SyncResponse::Refused {
-                reason: "light node: not a replica".into(),
-            };
-        }
-        self.counters.requests_served += 1;
-        let mut resp = sync::serve(self.replica.timeline(), self.replica.store(), req);
-        if let SyncResponse::Summary(s) = &mut resp {
-            s.light = self.light;
-        }
-        resp
-    }
-
-    /// Folds the state over what arrived since the last fold (see `Replica::set_deferred_fold`):
-    /// on every tick and before the state is read, so a burst of late events costs one rewind.
+    /// Folds the state over what arrived since the last fold: on every tick and before the
+    /// state is read, so a burst of late events costs one rewind.
     fn fold(&mut self) {
-        if let Err(e) = self.replica.fold() {
-            tracing::error!("folding the state failed: {e}");
-        }
+        self.node.fold();
+        self.carry_out();
     }
 
     fn query(&mut self, q: ApiRequest) {
@@ -797,20 +373,20 @@ impl<M: Describe> Actor<M> {
                 let _ = reply.send(self.status());
             }
             ApiRequest::State(reply) => {
-                let _ = reply.send(state_json(&self.replica));
+                let _ = reply.send(state_json(self.node.local().timeline()));
             }
             ApiRequest::Events { from, limit, reply } => {
                 let _ = reply.send(self.events(from, limit));
             }
             ApiRequest::Election { stimulus, reply } => {
-                let tl = self.replica.timeline();
+                let tl = self.node.local().timeline();
                 let view = M::elections(tl.state())
                     .into_iter()
                     .find(|e| e.stimulus == stimulus);
                 let _ = reply.send(view.map(|v| self.election_json(&v)));
             }
             ApiRequest::Elections(reply) => {
-                let views = M::elections(self.replica.timeline().state());
+                let views = M::elections(self.node.local().timeline().state());
                 let all: Vec<Value> = views.iter().map(|v| self.election_json(v)).collect();
                 let _ = reply.send(json!({ "elections": all }));
             }
@@ -821,10 +397,9 @@ impl<M: Describe> Actor<M> {
     /// An election with what a client needs: the winner's commands and emissary, and whether
     /// the winner is settled (no event can ever sort before it) or still tentative.
     fn election_json(&self, v: &crate::describe::ElectionView) -> Value {
-        let tl = self.replica.timeline();
-        let winner = v
-            .winner
-            .and_then(|w| tl.load(&w, self.replica.store()).ok());
+        let local = self.node.local();
+        let tl = local.timeline();
+        let winner = v.winner.and_then(|w| tl.load(&w, local.store()).ok());
         let field = |k: &str| match winner.as_ref().map(|e| &e.body) {
             Some(Ipld::Map(m)) => match m.get(k) {
                 Some(Ipld::String(s)) => Some(s.clone()),
@@ -853,7 +428,8 @@ impl<M: Describe> Actor<M> {
     }
 
     fn events(&self, from: Option<EventId>, limit: usize) -> Result<Value, String> {
-        let tl = self.replica.timeline();
+        let local = self.node.local();
+        let tl = local.timeline();
         let start = match from {
             Some(id) => tl
                 .position_of(&id)
@@ -867,47 +443,47 @@ impl<M: Describe> Actor<M> {
             .skip(start)
             .take(limit.min(MAX_EVENTS_PER_PAGE))
         {
-            let ev = match tl.load(&id, self.replica.store()) {
+            let ev = match tl.load(&id, local.store()) {
                 Ok(ev) => ev,
                 // Behind a light node's horizon: forgotten here, full nodes have it.
-                Err(_) if self.light => continue,
+                Err(_) if self.light() => continue,
                 Err(e) => return Err(e.to_string()),
             };
-            out.push(event_json(&self.replica, pos, &ev));
+            out.push(event_json(tl, pos, &ev));
         }
         Ok(json!({ "events": out, "total": tl.len() }))
     }
 
     fn status(&self) -> Value {
-        let tl = self.replica.timeline();
+        let node = &self.node;
+        let local = node.local();
+        let tl = local.timeline();
         let f = tl.frontier();
-        let peers: Vec<String> = self.syncer.peers().map(|p| p.to_string()).collect();
-        let lag = self
-            .remote_events
-            .values()
-            .max()
-            .map(|m| m.saturating_sub(tl.len() as u64))
-            .unwrap_or(0);
-        let s = self.syncer.stats();
+        let peers: Vec<String> = node.syncer().peers().map(|p| p.to_string()).collect();
+        let s = node.syncer().stats();
+        let c = node.stats();
+        let light = self.light();
+        let (horizon, pruned_blocks) = node.horizon();
+        let outbox = node.outbox();
         let described = M::describe(tl.state());
         json!({
             "peer_id": self.peer_id.to_string(),
             "coherence": described["coherence"],
             "dopamine": described["dopamine"],
             "cognitive_state": described["cognitive_state"],
-            "author": self.replica.key().author().to_string(),
+            "author": local.key().author().to_string(),
             "listen": self.listen,
-            "light": self.light,
-            "writes_open": self.writes_open,
-            "writes_held": self.gated.len(),
-            "light_node": self.light.then(|| json!({
-                "horizon_lc": self.horizon.map(|h| h.0),
-                "horizon": self.horizon.map(|h| h.1.to_string()),
-                "pruned_blocks": self.pruned_blocks,
-                "outbox": self.outbox.len(),
-                "stored_by_full_nodes": self.outbox.stored,
-                "unacknowledged_in_time": self.outbox.late,
-                "full_peers": self.full_peers.len(),
+            "light": light,
+            "writes_open": node.writes_open(),
+            "writes_held": node.writes_held(),
+            "light_node": light.then(|| json!({
+                "horizon_lc": horizon.map(|h| h.0),
+                "horizon": horizon.map(|h| h.1.to_string()),
+                "pruned_blocks": pruned_blocks,
+                "outbox": outbox.len(),
+                "stored_by_full_nodes": outbox.stored,
+                "unacknowledged_in_time": outbox.late,
+                "full_peers": node.full_peers().len(),
             })),
             "timeline": tl.genesis_id().to_string(),
             "machine": tl.machine().id(),
@@ -918,28 +494,27 @@ impl<M: Describe> Actor<M> {
             "settled": f.settled,
             "first_unsettled_lc": f.first_unsettled.map(|(_, lc)| lc),
             "peers": peers,
-            "in_sync_with": self.in_sync.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "in_sync_with": node.in_sync().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
             "sync": {
-                "catching_up": self.syncer.catching_up(),
-                "lag_events": lag,
+                "catching_up": node.syncer().catching_up(),
+                "lag_events": node.lag(),
                 "summaries_sent": s.summaries_sent,
                 "pages_received": s.pages_received,
                 "wants_sent": s.wants_sent,
                 "requests_refused": s.requests_refused,
-                "requests_served": self.counters.requests_served,
+                "requests_served": c.requests_served,
                 "bans": s.bans,
             },
             "received": {
-                "gossip": self.counters.gossip_received,
-                "sync_blocks": self.counters.blocks_received,
-                "oversize": self.counters.oversize,
-                "invalid_by_peer": self.counters.invalid_by_peer.iter()
-                    .map(|(p, n)| (p.to_string(), *n)).collect::<BTreeMap<_, _>>(),
-                "rejected_by_code": self.counters.rejected_by_code,
+                "gossip": c.gossip_received,
+                "sync_blocks": c.blocks_received,
+                "oversize": c.oversize,
+                "invalid_by_peer": c.invalid_by_peer,
+                "rejected_by_code": c.rejected_by_code,
             },
-            "appended": self.counters.appended,
-            "refused_writes": self.counters.refused_writes,
-            "net_commands_dropped": self.counters.net_commands_dropped,
+            "appended": c.appended,
+            "refused_writes": c.refused_writes,
+            "net_commands_dropped": self.net_commands_dropped,
             "uptime_ms": self.now(),
         })
     }

@@ -2,9 +2,8 @@
 //! machine, the replica summary, events; and JSON → IPLD for event bodies given as JSON.
 
 use anyhow::{Context, Result};
-use chorus_core::{AuthorId, EventId, Machine, SignedEvent, machine::CounterMachine};
+use chorus_core::{AuthorId, EventId, Machine, SignedEvent, Timeline, machine::CounterMachine};
 use chorus_kairos::KairosMachine;
-use chorus_store::Replica;
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 
@@ -146,8 +145,7 @@ pub fn feed_json(ev: &SignedEvent) -> Value {
 }
 
 /// The replica's summary and its machine's state.
-pub fn state_json<M: Describe>(r: &Replica<M>) -> Value {
-    let tl = r.timeline();
+pub fn state_json<M: Describe>(tl: &Timeline<M>) -> Value {
     let f = tl.frontier();
     json!({
         "timeline": tl.genesis_id().to_string(),
@@ -172,8 +170,7 @@ pub fn state_json<M: Describe>(r: &Replica<M>) -> Value {
 }
 
 /// One event as JSON (`chorus log --json`, `GET /v1/events`).
-pub fn event_json<M: Machine>(r: &Replica<M>, pos: usize, ev: &SignedEvent) -> Value {
-    let tl = r.timeline();
+pub fn event_json<M: Machine>(tl: &Timeline<M>, pos: usize, ev: &SignedEvent) -> Value {
     let id = ev.id();
     json!({
         "pos": pos, "cid": id.to_string(), "lc": ev.lamport, "author": ev.author.to_string(),

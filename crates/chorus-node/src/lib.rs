@@ -6,8 +6,9 @@
 //!  libp2p swarm task ──NetEvent──▶ forwarder ──┐
 //!  (chorus-net)      ◀──NetCommand── actor     │ NodeMsg (bounded, NODE_QUEUE)
 //!  axum API ──────────ApiRequest───────────────┤
-//!  ticker (TICK) ──────────────────────────────┘──▶ actor thread: Replica (timeline + redb)
-//!                                                      + Syncer (chorus-core sync decisions)
+//!  ticker (TICK) ──────────────────────────────┘──▶ actor thread: an I/O shell around
+//!                                       chorus-core's NodeState (every protocol decision)
+//!                                       over Local (timeline + redb store + key)
 //! ```
 //!
 //! Shutdown (SIGINT/SIGTERM, or the future given to [`run`]): the API stops taking requests,

@@ -56,23 +56,6 @@ pub enum ReplicaError {
     },
 }
 
-impl From<ReplicaError> for chorus_core::proto::WriteError {
-    fn from(e: ReplicaError) -> Self {
-        use chorus_core::proto::WriteError;
-        match e {
-            ReplicaError::Refused {
-                error: EventError::UnknownAuthor(_),
-                ..
-            } => WriteError::NotMember(e.to_string()),
-            ReplicaError::Refused { ref error, .. } => WriteError::Refused {
-                error: error.clone(),
-                message: e.to_string(),
-            },
-            other => WriteError::Failed(other.to_string()),
-        }
-    }
-}
-
 impl From<LocalError<StoreError>> for ReplicaError {
     fn from(e: LocalError<StoreError>) -> Self {
         match e {
@@ -274,6 +257,14 @@ impl<M: Machine> Replica<M> {
     /// The timeline, store and key as chorus-core's `Local`.
     pub fn local(&self) -> &Local<M, Store> {
         &self.local
+    }
+    /// The directory and the `Local` (the node actor runs the `Local` in its state machine).
+    pub fn into_local(self) -> (PathBuf, Local<M, Store>) {
+        (self.dir, self.local)
+    }
+    /// Back from [`into_local`](Self::into_local).
+    pub fn from_local(dir: PathBuf, local: Local<M, Store>) -> Self {
+        Replica { dir, local }
     }
 
     /// In deferred mode ingest and append index and commit events but do not fold the machine

@@ -484,11 +484,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
 
     /// Works off the turn (see the module docs for the order). `decode` turns raw blocks into
     /// events (context-free checks and signatures), one result per block, in order.
-    pub fn end_turn(
-        &mut self,
-        now: u64,
-        decode: &mut Decoder<'_>,
-    ) {
+    pub fn end_turn(&mut self, now: u64, decode: &mut Decoder<'_>) {
         let turn = std::mem::take(&mut self.turn);
         let (new_at, committed) = self.ingest(now, turn.blocks, decode);
         for (_, id, ids) in turn.submits {
