@@ -181,7 +181,7 @@ fn disparity(sc: &Scenario, seed: u64, slow: &str, with: &World, r: &mut Report)
     for n in with.honest().filter(|n| n.live()) {
         orphaned += slow_ids
             .iter()
-            .filter(|id| !n.tl.contains(id) || n.tl.is_excluded(id))
+            .filter(|id| !n.tl().contains(id) || n.tl().is_excluded(id))
             .count();
     }
     r.notes.push(format!(

@@ -1,7 +1,7 @@
-//! One simulated replica: the real `chorus-core` timeline (with the real KAIROS machine) and the
-//! real `Syncer`, over an in-memory block store, driven in turns like the node actor
-//! (`chorus-node/src/actor.rs`): everything that arrived since the last turn is ingested in one
-//! commit, then local writes are appended, then requests are answered.
+//! One simulated replica: the node we ship — chorus-core's `NodeState` (with the real KAIROS
+//! machine) over a `MemStore` as its disk — driven in turns like the node actor
+//! (`chorus-node/src/actor.rs`) drives it. The world around it (`world.rs`) only moves
+//! messages, time and faults.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,6 +11,8 @@ use std::{
 use chorus_core::{
     EventId, SignedEvent, Timeline,
     crypto::Keypair,
+    proto::node::{NodeState, Transport},
+    storage::MemStore,
     sync::{SyncRequest, SyncResponse, Syncer},
 };
 use chorus_kairos::machine::KairosMachine;
@@ -18,6 +20,28 @@ use chorus_kairos::machine::KairosMachine;
 use crate::scenario::Attack;
 
 pub type NodeIx = usize;
+
+/// The simulator's transport: peers are node indices; a gossip id is an index into the
+/// turn's table of received gossip; a request id names the request and its sender.
+pub struct SimNet;
+
+/// An inbound request, until the node answers it.
+#[derive(Debug, Clone, Copy)]
+pub struct SimRequest {
+    pub rid: u64,
+    pub from: NodeIx,
+    /// The attack it carries (the oracle's bookkeeping; the node never looks).
+    pub attack: Option<Attack>,
+}
+
+impl Transport for SimNet {
+    type Peer = NodeIx;
+    type GossipId = usize;
+    type RequestId = SimRequest;
+}
+
+/// The node state machine as the simulator runs it.
+pub type Node = NodeState<KairosMachine, MemStore, SimNet>;
 
 /// What travels between nodes.
 #[derive(Debug, Clone)]
@@ -123,11 +147,10 @@ pub struct SimNode {
     pub status: Status,
     /// Bumped on every crash: timers of an older incarnation are ignored.
     pub epoch: u64,
-    pub tl: Timeline<KairosMachine>,
-    /// The store: every block indexed or pending here. A turn's changes land at its end, so a
-    /// crash (between turns) loses exactly what was still in the inbox.
-    pub blocks: BTreeMap<EventId, Arc<[u8]>>,
-    pub syncer: Syncer<NodeIx>,
+    /// The node, with its disk (`MemStore`): every block indexed or pending here. A turn's
+    /// changes are committed at its end, so a crash (between turns) loses exactly what was
+    /// still in the inbox.
+    pub node: Node,
     pub inbox: Vec<Envelope>,
     /// Writes whose model answered, waiting for the next turn.
     pub queued_writes: u64,
@@ -136,15 +159,16 @@ pub struct SimNode {
     pub outstanding: BTreeMap<u64, (NodeIx, SyncRequest)>,
     /// Gossip message ids seen recently (gossipsub's seen cache) → when.
     pub seen: BTreeMap<EventId, u64>,
-    /// The node's write gate: open when its store holds own events, or once its full peers
-    /// confirm it holds its whole own chain (`Syncer::own_chain_confirmed`); writing before
-    /// would reuse its own sequence numbers, an equivocation.
-    pub may_write: bool,
+    /// Writes acknowledged, and bodies made (a turn makes the bodies of all its writes before
+    /// the node appends them).
     pub writes_done: u64,
+    pub bodies_made: u64,
+    /// The next local write's id.
+    pub next_write: u64,
     /// The newest stimulus this node knows, for the intents it writes.
     pub last_stimulus: Option<(u64, EventId)>,
-    /// Rejected inputs by error code, and other refusals.
-    pub rejected: BTreeMap<&'static str, u64>,
+    /// Requests answered `Refused`, and messages refused unread (rejected blocks are counted
+    /// by the node: `node.stats().rejected_by_code`).
     pub refused_requests: u64,
     pub refused_unread: u64,
     /// Timers deferred while paused.
@@ -157,11 +181,27 @@ impl SimNode {
     pub fn live(&self) -> bool {
         self.status != Status::Crashed
     }
+    pub fn tl(&self) -> &Timeline<KairosMachine> {
+        self.node.local().timeline()
+    }
+    /// The node's disk.
+    pub fn store(&self) -> &MemStore {
+        self.node.local().store()
+    }
+    pub fn syncer(&self) -> &Syncer<NodeIx> {
+        self.node.syncer()
+    }
     pub fn heads(&self) -> Vec<EventId> {
-        self.tl.heads()
+        self.tl().heads()
     }
     /// Events pending here (waiting for parents).
     pub fn pending(&self) -> BTreeSet<EventId> {
-        self.tl.pending().map(SignedEvent::id).collect()
+        self.tl().pending().map(SignedEvent::id).collect()
+    }
+    /// Inputs this node rejected or refused, of every kind.
+    pub fn rejected_total(&self) -> u64 {
+        self.node.stats().rejected_by_code.values().sum::<u64>()
+            + self.refused_requests
+            + self.refused_unread
     }
 }

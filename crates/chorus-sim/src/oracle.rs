@@ -72,11 +72,11 @@ fn reported_hash(w: &World, n: &SimNode) -> [u8; 32] {
         let evs: Vec<SignedEvent> = n
             .arrivals
             .iter()
-            .filter_map(|id| n.tl.load(id, &n.blocks).ok())
+            .filter_map(|id| n.tl().load(id, n.store()).ok())
             .collect();
         return fold(&w.genesis, &evs);
     }
-    n.tl.state_hash()
+    n.tl().state_hash()
 }
 
 /// Folds `evs` in the given order from the genesis state.
@@ -134,7 +134,9 @@ pub fn judge(w: &mut World) -> Findings {
         for chunk in live.chunks_mut(half.max(1)) {
             s.spawn(move || {
                 for n in chunk.iter_mut() {
-                    n.tl.catch_up(&n.blocks)
+                    n.node
+                        .local_mut()
+                        .fold()
                         .expect("every indexed block is held");
                 }
             });
@@ -159,7 +161,7 @@ pub fn judge(w: &mut World) -> Findings {
     }
     let order_digest = |n: &SimNode| -> [u8; 32] {
         let mut h = Sha256::new();
-        for id in n.tl.order() {
+        for id in n.tl().order() {
             h.update(id.0);
         }
         h.finalize().into()
@@ -200,7 +202,7 @@ pub fn judge(w: &mut World) -> Findings {
     f.state_hash = Some(ref_hash);
 
     // C2
-    let order: Vec<EventId> = reference.tl.order().collect();
+    let order: Vec<EventId> = reference.tl().order().collect();
     f.events_in_order = order.len() as u64;
     let present: BTreeSet<EventId> = order.iter().copied().collect();
     let mut c2 = vec![];
@@ -218,7 +220,7 @@ pub fn judge(w: &mut World) -> Findings {
         if *id == w.genesis.id() {
             continue;
         }
-        let Some((author, sq, _)) = reference.tl.meta_of(id) else {
+        let Some((author, sq, _)) = reference.tl().meta_of(id) else {
             continue;
         };
         let honest = author_node
@@ -245,15 +247,15 @@ pub fn judge(w: &mut World) -> Findings {
     // C3
     let mut c3 = vec![];
     for n in &live {
-        for (pos, id) in n.tl.order().enumerate() {
-            let Ok(ev) = n.tl.load(&id, &n.blocks) else {
+        for (pos, id) in n.tl().order().enumerate() {
+            let Ok(ev) = n.tl().load(&id, n.store()) else {
                 c3.push(format!("node {}: block of {id} missing", n.ix));
                 break;
             };
             if let Some(p) = ev
                 .parents
                 .iter()
-                .find(|p| n.tl.position_of(p).is_none_or(|pp| pp >= pos))
+                .find(|p| n.tl().position_of(p).is_none_or(|pp| pp >= pos))
             {
                 c3.push(format!(
                     "node {}: {id} at {pos} before its parent {p}",
@@ -266,10 +268,7 @@ pub fn judge(w: &mut World) -> Findings {
     f.verdicts.push(verdict("C3 causal order", c3));
 
     // C4
-    f.rejected = live
-        .iter()
-        .map(|n| n.rejected.values().sum::<u64>() + n.refused_requests + n.refused_unread)
-        .sum();
+    f.rejected = live.iter().map(|n| n.rejected_total()).sum();
     if let Some(b) = &w.sc.byzantine {
         let mut c4 = vec![];
         let byz: Vec<AuthorId> = w
@@ -333,14 +332,19 @@ pub fn judge(w: &mut World) -> Findings {
             }
             if a == Attack::Equivocate && outcomes.contains_key(&Outcome::Accepted) {
                 for n in &live {
-                    if !n.tl.equivocations().iter().any(|e| byz.contains(&e.author)) {
+                    if !n
+                        .tl()
+                        .equivocations()
+                        .iter()
+                        .any(|e| byz.contains(&e.author))
+                    {
                         c4.push(format!("node {} does not know the equivocation", n.ix));
                     }
                 }
             }
         }
         for n in &live {
-            if let Some(id) = w.stats.forged_ids.iter().find(|id| n.tl.contains(id)) {
+            if let Some(id) = w.stats.forged_ids.iter().find(|id| n.tl().contains(id)) {
                 c4.push(format!("node {} holds the forged block {id}", n.ix));
             }
         }
@@ -360,11 +364,11 @@ pub fn judge(w: &mut World) -> Findings {
     let mut c5 = vec![];
     for id in &present {
         let by_adversary = reference
-            .tl
+            .tl()
             .meta_of(id)
             .is_some_and(|(a, _, _)| byz_author(w, &a));
         if by_adversary {
-            match reference.tl.load(id, &reference.blocks) {
+            match reference.tl().load(id, reference.store()) {
                 Ok(e) => reference_set.push(e),
                 Err(e) => c5.push(format!("block {id}: {e}")),
             }

@@ -12,19 +12,24 @@ use chorus_core::{
     crypto::Keypair,
     event::{EventError, kind},
     limits::DEFAULT_CHECKPOINT_INTERVAL,
+    local::Local,
+    proto::{
+        WriteId,
+        node::{Config, Input, NodeSabotage, NodeState, Output, Verdict},
+    },
+    storage::MemStore,
     sync::{
-        self, ANTI_ENTROPY_INTERVAL_MS, Action, MAX_SYNC_MESSAGE_BYTES, MAX_WANT_IDS,
-        REQUEST_TIMEOUT_MS, SyncRequest, SyncResponse, Syncer,
+        ANTI_ENTROPY_INTERVAL_MS, MAX_SYNC_MESSAGE_BYTES, MAX_WANT_IDS, REQUEST_TIMEOUT_MS,
+        SyncRequest, SyncResponse,
     },
     testkit,
-    timeline::Inserted,
 };
 use chorus_kairos::machine::KairosMachine;
 use ipld_core::ipld::Ipld;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    node::{Envelope, Msg, NodeIx, Outcome, Sabotage, SimNode, Status},
+    node::{Envelope, Msg, Node, NodeIx, Outcome, Sabotage, SimNode, SimRequest, Status},
     rng::Rng,
     scenario::{Attack, PartitionKind, Scenario},
 };
@@ -160,6 +165,9 @@ pub struct World {
     /// Decoding is a pure function of the bytes: identical blocks decode once per run (an
     /// optimisation of the simulator; every distinct block is decoded and verified for real).
     decoded: BTreeMap<EventId, Result<SignedEvent, EventError>>,
+    /// The gossip of the turn being worked off: what `Output::Validated`'s id points at
+    /// (block, sender, attack), to relay it and to account for the attack.
+    turn_gossip: Vec<(Arc<[u8]>, NodeIx, Option<Attack>)>,
     trace: Sha256,
     steps: u64,
     pub deadline: u64,
@@ -206,14 +214,15 @@ impl World {
             "kairos/1",
             DEFAULT_CHECKPOINT_INTERVAL,
         );
-        let genesis_block: BTreeMap<EventId, Arc<[u8]>> =
-            BTreeMap::from([(genesis.id(), genesis.bytes_arc())]);
         let nodes = keys
             .into_iter()
             .enumerate()
             .map(|(i, key)| {
-                let mut syncer = Syncer::default();
-                syncer.watch_own_chain(key.author());
+                let local = Local::new(
+                    Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis"),
+                    MemStore::new(&genesis),
+                    key.clone(),
+                );
                 SimNode {
                     ix: i,
                     class: classes[i],
@@ -222,18 +231,16 @@ impl World {
                     byzantine: byzantine(i),
                     status: Status::Up,
                     epoch: 0,
-                    tl: Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis"),
-                    blocks: genesis_block.clone(),
-                    syncer,
+                    node: node_over(local, sabotage),
                     inbox: vec![],
                     queued_writes: 0,
                     turn_scheduled: false,
                     outstanding: BTreeMap::new(),
                     seen: BTreeMap::new(),
-                    may_write: false,
                     writes_done: 0,
+                    bodies_made: 0,
+                    next_write: 0,
                     last_stimulus: None,
-                    rejected: BTreeMap::new(),
                     refused_requests: 0,
                     refused_unread: 0,
                     deferred: vec![],
@@ -293,6 +300,7 @@ impl World {
             posterity: None,
             stats: RunStats::default(),
             decoded: BTreeMap::new(),
+            turn_gossip: vec![],
             trace: Sha256::new(),
             steps: 0,
             deadline: u64::MAX,
@@ -432,7 +440,7 @@ impl World {
                 if self.timer_ok(node, epoch, &Ev::ReqTimeout { node, epoch, rid })
                     && let Some((peer, req)) = self.nodes[node].outstanding.remove(&rid)
                 {
-                    self.nodes[node].syncer.request_failed(&peer, &req);
+                    self.input(node, Input::RequestFailed { peer, req });
                 }
             }
             Ev::PartitionStart(k) => {
@@ -525,7 +533,7 @@ impl World {
         let first = live[0].heads();
         let agree = live
             .iter()
-            .all(|n| n.heads() == first && n.tl.pending_len() == 0);
+            .all(|n| n.heads() == first && n.tl().pending_len() == 0);
         if !agree {
             self.at(self.now + CHECK_MS, Ev::Check);
             return false;
@@ -540,8 +548,8 @@ impl World {
             let s = survivors[0];
             let hash = {
                 let n = &mut self.nodes[s];
-                n.tl.catch_up(&n.blocks).expect("blocks held");
-                n.tl.state_hash()
+                n.node.local_mut().fold().expect("blocks held");
+                n.tl().state_hash()
             };
             self.posterity = Some((self.now, hash));
             let victims: Vec<NodeIx> = (0..self.nodes.len())
@@ -627,8 +635,8 @@ impl World {
         na.live()
             && nb.live()
             && !(self.blocked(a, b) && self.blocked(b, a))
-            && !na.syncer.is_banned(&b)
-            && !nb.syncer.is_banned(&a)
+            && !na.syncer().is_banned(&b)
+            && !nb.syncer().is_banned(&a)
     }
 
     fn connect(&mut self, a: NodeIx, b: NodeIx) {
@@ -637,11 +645,8 @@ impl World {
         }
         self.adjacent[a].insert(b);
         self.adjacent[b].insert(a);
-        let now = self.now;
-        let acts = self.nodes[a].syncer.peer_up(b, now);
-        self.act(a, acts);
-        let acts = self.nodes[b].syncer.peer_up(a, now);
-        self.act(b, acts);
+        self.input(a, Input::PeerUp(b));
+        self.input(b, Input::PeerUp(a));
     }
 
     fn disconnect(&mut self, a: NodeIx, b: NodeIx) {
@@ -652,7 +657,7 @@ impl World {
         self.adjacent[b].remove(&a);
         for (x, y) in [(a, b), (b, a)] {
             if self.nodes[x].live() {
-                self.nodes[x].syncer.peer_down(&y);
+                self.input(x, Input::PeerDown(y));
                 // In-flight requests on the closed connection fail.
                 let failed: Vec<u64> = self.nodes[x]
                     .outstanding
@@ -661,8 +666,8 @@ impl World {
                     .map(|(r, _)| *r)
                     .collect();
                 for r in failed {
-                    if let Some((p, req)) = self.nodes[x].outstanding.remove(&r) {
-                        self.nodes[x].syncer.request_failed(&p, &req);
+                    if let Some((peer, req)) = self.nodes[x].outstanding.remove(&r) {
+                        self.input(x, Input::RequestFailed { peer, req });
                     }
                 }
             }
@@ -688,7 +693,7 @@ impl World {
         let n = &self.nodes[to];
         if n.status == Status::Crashed || !self.conns.contains(&ordered(to, env.from)) {
             // No connection: a crashed or banned peer, or the link went down meanwhile.
-            let o = if n.syncer.is_banned(&env.from) {
+            let o = if n.syncer().is_banned(&env.from) {
                 Outcome::DroppedBanned
             } else {
                 Outcome::Lost
@@ -721,13 +726,95 @@ impl World {
         }
     }
 
-    fn act(&mut self, node: NodeIx, actions: Vec<Action<NodeIx>>) {
-        for a in actions {
-            match a {
-                Action::Send(peer, req) => self.request(node, peer, req, None),
-                Action::Ban { peer, .. } => self.disconnect(node, peer),
-                Action::Unban(peer) => self.connect(node, peer),
-                Action::Disconnect(peer) => self.disconnect(node, peer),
+    /// One input outside a turn (a connection came or went, a request timed out), and what
+    /// the node makes of it.
+    fn input(&mut self, node: NodeIx, input: Input<crate::node::SimNet>) {
+        let now = self.now;
+        self.nodes[node].node.handle(now, input);
+        self.carry_out(node);
+    }
+
+    /// Carries out what `node` asked for: the shell's half of the node, as the actor's
+    /// `carry_out` does it with libp2p.
+    fn carry_out(&mut self, node: NodeIx) {
+        while let Some(o) = self.nodes[node].node.poll_output() {
+            match o {
+                Output::Send { peer, req } => self.request(node, peer, req, None),
+                Output::Respond { id, resp } => {
+                    if let SyncResponse::Refused { .. } = resp {
+                        self.nodes[node].refused_requests += 1;
+                        self.outcome(id.attack, Outcome::Refused);
+                    } else {
+                        self.outcome(id.attack, Outcome::Served);
+                    }
+                    self.send(node, id.from, Msg::Response { rid: id.rid, resp }, None);
+                }
+                Output::Validated { id, from, verdict } => {
+                    let (block, _, attack) = self.turn_gossip[id].clone();
+                    let o = match verdict {
+                        Verdict::Accepted | Verdict::Pending => Outcome::Accepted,
+                        Verdict::Duplicate => Outcome::Duplicate,
+                        Verdict::Rejected => Outcome::Rejected,
+                    };
+                    self.outcome(attack, o);
+                    // Gossipsub forwards a validated new message to the mesh.
+                    if matches!(verdict, Verdict::Accepted | Verdict::Pending) {
+                        for peer in self.neighbours(node) {
+                            if peer != from {
+                                let block = block.clone();
+                                self.send(node, peer, Msg::Gossip { block }, None);
+                            }
+                        }
+                    }
+                }
+                Output::Ban { peer, .. } | Output::Disconnect(peer) => self.disconnect(node, peer),
+                Output::Unban(peer) => self.connect(node, peer),
+                Output::Publish(ev) => {
+                    let id = ev.id();
+                    self.nodes[node].seen.insert(id, self.now);
+                    if self.sabotage == Sabotage::NoOwnGossip {
+                        continue; // only anti-entropy will spread it
+                    }
+                    for peer in self.neighbours(node) {
+                        let block = ev.bytes_arc();
+                        self.send(node, peer, Msg::Gossip { block }, None);
+                    }
+                }
+                Output::WriteDone { result, .. } => {
+                    let ids = match result {
+                        Ok(ids) => ids,
+                        Err(e) => panic!("the scenario made a write the node refused: {e}"),
+                    };
+                    for id in ids {
+                        let n = &mut self.nodes[node];
+                        let ev = n
+                            .tl()
+                            .load(&id, n.store())
+                            .expect("an acknowledged write is stored");
+                        n.writes_done += 1;
+                        self.acked.insert(id, (node, self.now));
+                        if !n.byzantine {
+                            self.acked_honest += 1;
+                        }
+                        self.acked_events.insert(id, ev);
+                    }
+                }
+                Output::Indexed(ids) => {
+                    let n = &mut self.nodes[node];
+                    for id in ids {
+                        n.arrivals.push(id);
+                        if let Some((_, _, lc)) = n.tl().meta_of(&id)
+                            && n.last_stimulus.is_none_or(|(l, x)| (lc, id) > (l, x))
+                            && n.tl()
+                                .load(&id, n.store())
+                                .is_ok_and(|e| e.kind == kind::STIMULUS)
+                        {
+                            n.last_stimulus = Some((lc, id));
+                        }
+                    }
+                }
+                Output::StoreFailed(e) => panic!("the in-memory store failed: {e}"),
+                Output::InSync { .. } | Output::Diverged { .. } | Output::WritesOpen { .. } => {}
             }
         }
     }
@@ -760,208 +847,89 @@ impl World {
         (id, r)
     }
 
-    /// One actor turn: ingest, then writes, then answers (see `chorus-node`'s `turn`).
+    /// Ends `node`'s turn: the node works off what it was handed (see `NodeState::end_turn`),
+    /// decoding through the run's cache, and the world carries out what it asks for.
+    fn end_turn(&mut self, node: NodeIx) {
+        let now = self.now;
+        let decoded = &mut self.decoded;
+        let mut decode = |raw: &[Vec<u8>]| -> Vec<Result<SignedEvent, EventError>> {
+            raw.iter()
+                .map(|b| {
+                    decoded
+                        .entry(EventId::of_block(b))
+                        .or_insert_with(|| SignedEvent::decode(b))
+                        .clone()
+                })
+                .collect()
+        };
+        self.nodes[node].node.end_turn(now, &mut decode);
+        self.carry_out(node);
+        self.turn_gossip.clear();
+    }
+
+    /// One actor turn: everything in the inbox and the writes whose model answered go to the
+    /// node as inputs, then the node works them off.
     fn turn(&mut self, node: NodeIx) {
         let inbox = std::mem::take(&mut self.nodes[node].inbox);
-        let mut blocks: Vec<Incoming> = vec![];
-        let mut pages: Vec<(NodeIx, Option<sync::Cursor>, usize, usize)> = vec![];
-        let mut requests: Vec<(NodeIx, u64, SyncRequest, Option<Attack>)> = vec![];
+        let now = self.now;
+        self.turn_gossip.clear();
         for env in inbox {
             let from = env.from;
-            match env.msg {
-                Msg::Gossip { block } => blocks.push((block, from, env.attack, true)),
+            let input = match env.msg {
+                Msg::Gossip { block } => {
+                    let id = self.turn_gossip.len();
+                    self.turn_gossip.push((block.clone(), from, env.attack));
+                    Input::Gossip {
+                        from,
+                        id,
+                        block: block.to_vec(),
+                    }
+                }
                 Msg::Oversized { .. } => {
                     self.nodes[node].refused_unread += 1;
                     self.outcome(env.attack, Outcome::RefusedUnread);
+                    continue;
                 }
-                Msg::Request { rid, req } => requests.push((from, rid, req, env.attack)),
-                Msg::Response { rid, resp } => {
+                Msg::Request { rid, req } => Input::Request {
+                    peer: from,
+                    id: SimRequest {
+                        rid,
+                        from,
+                        attack: env.attack,
+                    },
+                    req,
+                },
+                Msg::Response { rid, mut resp } => {
                     let Some((peer, req)) = self.nodes[node].outstanding.remove(&rid) else {
                         continue; // timed out already, or never asked
                     };
-                    let now = self.now;
-                    let n = &mut self.nodes[node];
-                    match resp {
-                        SyncResponse::Summary(s) => {
-                            let acts = n.syncer.on_summary(&peer, &s, &n.tl, now);
-                            self.act(node, acts);
-                        }
-                        SyncResponse::Blocks(b) => {
-                            let start = blocks.len();
-                            let drop = self.sabotage == Sabotage::DropSyncBlocks;
-                            if !drop {
-                                blocks.extend(
-                                    b.blocks
-                                        .into_iter()
-                                        .map(|x| (Arc::from(x.into_vec()), peer, None, false)),
-                                );
-                            }
-                            if matches!(req, SyncRequest::Since { .. }) {
-                                pages.push((peer, b.next, start, blocks.len()));
-                            } else {
-                                n.syncer.on_blocks(&peer);
-                            }
-                        }
-                        SyncResponse::Refused { .. } | SyncResponse::Stored { .. } => {
-                            n.syncer.request_failed(&peer, &req)
-                        }
+                    if let SyncResponse::Blocks(b) = &mut resp
+                        && self.sabotage == Sabotage::DropSyncBlocks
+                    {
+                        b.blocks.clear();
                     }
+                    Input::Response { peer, req, resp }
                 }
-            }
-        }
-        let new_at = self.ingest(node, blocks);
-        // The node's write gate (as in `chorus-node`): open once the peers confirm our chain.
-        let n = &mut self.nodes[node];
-        if !n.may_write && n.syncer.own_chain_confirmed(&n.tl).is_some() {
-            n.may_write = true;
-        }
-        for (peer, next, start, end) in pages {
-            let new = new_at[start..end].iter().filter(|x| **x).count() as u64;
-            let now = self.now;
-            let n = &mut self.nodes[node];
-            let acts = n.syncer.on_page(&peer, next, new, &n.tl, now);
-            self.act(node, acts);
+            };
+            self.nodes[node].node.handle(now, input);
         }
         let writes = std::mem::take(&mut self.nodes[node].queued_writes);
         for _ in 0..writes {
             self.writes_in_flight -= 1;
-            self.append(node);
-        }
-        for (peer, rid, req, attack) in requests {
-            let now = self.now;
+            let (k, body) = self.next_body(node);
             let n = &mut self.nodes[node];
-            // Refused: over the rate, or out of bounds (`serve` checks); counted once.
-            let resp = if !n.syncer.admit_request(&peer, now) {
-                SyncResponse::Refused {
-                    reason: "rate limited".into(),
-                }
-            } else {
-                sync::serve(&n.tl, &n.blocks, &req)
-            };
-            if let SyncResponse::Refused { .. } = resp {
-                n.refused_requests += 1;
-                self.outcome(attack, Outcome::Refused);
-            } else {
-                self.outcome(attack, Outcome::Served);
-            }
-            self.send(node, peer, Msg::Response { rid, resp }, None);
+            let write = WriteId(n.next_write);
+            n.next_write += 1;
+            n.node.handle(
+                now,
+                Input::Append {
+                    write,
+                    items: vec![(k.to_string(), body)],
+                },
+            );
         }
+        self.end_turn(node);
         self.maybe_quiet();
-    }
-
-    /// Decodes, verifies and inserts blocks; returns per block whether it was new here.
-    fn ingest(&mut self, node: NodeIx, blocks: Vec<Incoming>) -> Vec<bool> {
-        let mut new_at = vec![false; blocks.len()];
-        if blocks.is_empty() {
-            return new_at;
-        }
-        let now = self.now;
-        let mut evs = vec![];
-        let mut pos = vec![];
-        let mut charged: BTreeMap<NodeIx, u32> = BTreeMap::new();
-        for (i, (b, from, attack, _)) in blocks.iter().enumerate() {
-            match self.decode(b).1 {
-                Ok(ev) => {
-                    evs.push(ev);
-                    pos.push(i);
-                }
-                Err(e) => {
-                    *self.nodes[node].rejected.entry(e.code()).or_insert(0) += 1;
-                    *charged.entry(*from).or_insert(0) += 1;
-                    self.outcome(*attack, Outcome::Rejected);
-                }
-            }
-        }
-        let n = &mut self.nodes[node];
-        for ev in &evs {
-            n.blocks.entry(ev.id()).or_insert_with(|| ev.bytes_arc());
-        }
-        let results =
-            n.tl.insert_batch_deferred(evs.iter().cloned(), &n.blocks)
-                .expect("the sim's store holds every block the timeline indexed");
-        let mut relay: Vec<(usize, NodeIx)> = vec![];
-        let mut indexed = vec![];
-        let mut gossip_from = BTreeSet::new();
-        let mut outcomes = vec![];
-        for (k, r) in results.into_iter().enumerate() {
-            let i = pos[k];
-            let (_, from, attack, gossip) = &blocks[i];
-            let ev = &evs[k];
-            match r {
-                Ok(Inserted::Indexed { released }) => {
-                    new_at[i] = true;
-                    indexed.push(ev.id());
-                    indexed.extend(released.iter().copied());
-                    n.arrivals.push(ev.id());
-                    n.arrivals.extend(released.iter().copied());
-                    for id in std::iter::once(ev.id()).chain(released) {
-                        if let Some((_, _, lc)) = n.tl.meta_of(&id)
-                            && n.tl
-                                .load(&id, &n.blocks)
-                                .is_ok_and(|e| e.kind == kind::STIMULUS)
-                            && n.last_stimulus.is_none_or(|(l, x)| (lc, id) > (l, x))
-                        {
-                            n.last_stimulus = Some((lc, id));
-                        }
-                    }
-                    if *gossip {
-                        relay.push((i, *from));
-                        gossip_from.insert(*from);
-                    }
-                    outcomes.push((*attack, Outcome::Accepted));
-                }
-                Ok(Inserted::Pending { .. }) => {
-                    if *gossip {
-                        relay.push((i, *from));
-                        gossip_from.insert(*from);
-                    }
-                    outcomes.push((*attack, Outcome::Accepted));
-                }
-                Ok(Inserted::Duplicate) => outcomes.push((*attack, Outcome::Duplicate)),
-                Err(e) => {
-                    n.blocks.remove(&ev.id());
-                    *n.rejected.entry(e.code()).or_insert(0) += 1;
-                    *charged.entry(*from).or_insert(0) += 1;
-                    outcomes.push((*attack, Outcome::Rejected));
-                }
-            }
-        }
-        for (id, e) in n.tl.take_dropped_pending() {
-            n.blocks.remove(&id);
-            *n.rejected.entry(e.code()).or_insert(0) += 1;
-        }
-        n.syncer.arrived(indexed.iter().copied());
-        for (a, o) in outcomes {
-            self.outcome(a, o);
-        }
-        for (peer, k) in charged {
-            let acts = self.nodes[node].syncer.on_invalid(&peer, k, now);
-            self.act(node, acts);
-        }
-        let wanted = self.nodes[node].tl.wanted();
-        if !wanted.is_empty() {
-            for p in gossip_from {
-                let acts = self.nodes[node].syncer.on_missing(&p, wanted.clone(), now);
-                self.act(node, acts);
-            }
-        }
-        // Gossipsub forwards a validated message to the mesh.
-        for (i, from) in relay {
-            let block = blocks[i].0.clone();
-            for peer in self.neighbours(node) {
-                if peer != from {
-                    self.send(
-                        node,
-                        peer,
-                        Msg::Gossip {
-                            block: block.clone(),
-                        },
-                        None,
-                    );
-                }
-            }
-        }
-        new_at
     }
 
     fn think(&mut self, node: NodeIx, epoch: u64) {
@@ -971,7 +939,8 @@ impl World {
         // Writes in flight may still be lost in a crash: keep thinking, queue only what is
         // still missing (adversaries write regardless).
         let enough = self.acked_honest() + self.writes_in_flight >= self.sc.events;
-        let gate_open = self.nodes[node].may_write || self.sabotage == Sabotage::NoWriteGate;
+        let gate_open =
+            self.nodes[node].node.writes_open() || self.sabotage == Sabotage::NoWriteGate;
         if gate_open && (!enough || self.nodes[node].byzantine) {
             self.nodes[node].queued_writes += 1;
             self.writes_in_flight += 1;
@@ -990,16 +959,18 @@ impl World {
             .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
             .collect();
         let text = text.join(" ");
-        let n = &self.nodes[node];
+        let n = &mut self.nodes[node];
+        let made = n.bodies_made;
+        n.bodies_made += 1;
         let name = format!("e{node}");
-        if n.writes_done == 0 {
+        if made == 0 {
             return (
                 kind::EMISSARY,
                 text_body(vec![("name", Ipld::String(name))]),
             );
         }
-        let stimulus = n.last_stimulus.is_none()
-            || (node.is_multiple_of(4) && n.writes_done.is_multiple_of(3));
+        let stimulus =
+            n.last_stimulus.is_none() || (node.is_multiple_of(4) && made.is_multiple_of(3));
         match n.last_stimulus.filter(|_| !stimulus) {
             None => (
                 kind::STIMULUS,
@@ -1020,56 +991,15 @@ impl World {
         }
     }
 
-    /// A local write: signed, indexed, durable at the end of the turn, then acknowledged and
-    /// gossiped (the node acknowledges only what it has committed).
-    fn append(&mut self, node: NodeIx) {
-        let (k, body) = self.next_body(node);
-        let n = &mut self.nodes[node];
-        let ev = match n.tl.sign_local(&n.key, k, body) {
-            Ok(ev) => ev,
-            Err(e) => panic!("the scenario made a write a peer would refuse: {e}"),
-        };
-        match n.tl.insert_deferred(ev.clone()) {
-            Ok(Inserted::Indexed { .. }) => {}
-            other => panic!("a member's own write was not indexed: {other:?}"),
-        }
-        let id = ev.id();
-        n.blocks.insert(id, ev.bytes_arc());
-        n.arrivals.push(id);
-        n.writes_done += 1;
-        if k == kind::STIMULUS {
-            n.last_stimulus = Some((ev.lamport, id));
-        }
-        n.seen.insert(id, self.now);
-        self.acked.insert(id, (node, self.now));
-        if !self.nodes[node].byzantine {
-            self.acked_honest += 1;
-        }
-        self.acked_events.insert(id, ev.clone());
-        if self.sabotage == Sabotage::NoOwnGossip {
-            // Only anti-entropy will spread it.
-            return;
-        }
-        for peer in self.neighbours(node) {
-            self.send(
-                node,
-                peer,
-                Msg::Gossip {
-                    block: ev.bytes_arc(),
-                },
-                None,
-            );
-        }
-    }
-
+    /// The node's tick, as its own turn: timers, the write gate, expiries.
     fn tick(&mut self, node: NodeIx) {
         let now = self.now;
         let n = &mut self.nodes[node];
         if now % SEEN_PRUNE_MS < TICK_MS {
             n.seen.retain(|_, t| now < *t + SEEN_TTL_MS);
         }
-        let acts = n.syncer.tick(now);
-        self.act(node, acts);
+        n.node.handle(now, Input::Tick);
+        self.end_turn(node);
     }
 
     /// Before the disks of `batch` are wiped, all at once: the acknowledged writes that are
@@ -1103,7 +1033,7 @@ impl World {
         let held = |id: &EventId, inside: bool| {
             nodes
                 .iter()
-                .any(|n| batch.contains(&n.ix) == inside && n.blocks.contains_key(id))
+                .any(|n| batch.contains(&n.ix) == inside && n.store().holds(id))
         };
         let gone: Vec<EventId> = self
             .acked
@@ -1151,8 +1081,14 @@ impl World {
         n.turn_scheduled = false;
         n.epoch += 1;
         if wipe {
+            // The disk is gone; what the node held in memory is gone with the crash anyway.
             let n = &mut self.nodes[i];
-            n.blocks.retain(|id, _| *id == self.genesis.id());
+            let blank = Local::new(
+                Timeline::new(self.genesis.clone(), KairosMachine).expect("the sim's genesis"),
+                MemStore::new(&self.genesis),
+                n.key.clone(),
+            );
+            n.node = node_over(blank, self.sabotage);
         }
         let peers = self.neighbours(i);
         for p in peers {
@@ -1162,33 +1098,41 @@ impl World {
         self.nodes[i].status = Status::Crashed;
     }
 
-    /// Restart on whatever the store kept: the timeline is rebuilt from the blocks.
+    /// Restart on whatever the disk kept: the timeline is rebuilt from its blocks (indexed in
+    /// the order, then the pending ones), as `Replica::open` does on redb.
     fn restart(&mut self, i: NodeIx) {
         let genesis = self.genesis.clone();
         let n = &mut self.nodes[i];
         n.status = Status::Up;
-        n.tl = Timeline::new(genesis, KairosMachine).expect("the sim's genesis");
-        n.syncer = Syncer::default();
-        n.syncer.watch_own_chain(n.key.author());
         n.seen.clear();
-        n.arrivals.clear();
-        let mut evs: Vec<SignedEvent> = vec![];
-        let blocks: Vec<Arc<[u8]>> = n.blocks.values().cloned().collect();
-        let genesis_id = self.genesis.id();
-        for b in &blocks {
-            if let (id, Ok(ev)) = self.decode(b)
-                && id != genesis_id
-            {
-                evs.push(ev);
-            }
-        }
-        evs.sort_by_key(|e| (e.lamport, e.id()));
+        let blank = Local::new(
+            Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis"),
+            MemStore::new(&genesis),
+            n.key.clone(),
+        );
+        let old = std::mem::replace(&mut n.node, node_over(blank, self.sabotage));
+        let (_, store, key) = old.into_local().into_parts();
+        let indexed: Vec<Arc<[u8]>> = store.ordered_blocks();
+        let pending: Vec<Arc<[u8]>> = store.pending_blocks();
+        let mut decode = |bs: Vec<Arc<[u8]>>| -> Vec<SignedEvent> {
+            bs.iter()
+                .filter_map(|b| self.decode(b).1.ok())
+                .filter(|e| e.id() != genesis.id())
+                .collect()
+        };
+        let indexed = decode(indexed);
+        let pending = decode(pending);
+        let mut tl = Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis");
+        tl.insert_batch_deferred(indexed.iter().cloned(), &store)
+            .expect("restart from the sim's own disk");
+        let mut local = Local::new(tl, store, key);
+        local.set_deferred_fold(true);
+        local
+            .resume(pending)
+            .expect("restart from the sim's own disk");
         let n = &mut self.nodes[i];
-        n.arrivals = evs.iter().map(SignedEvent::id).collect();
-        n.tl.insert_batch_deferred(evs, &n.blocks)
-            .expect("restart from the sim's own store");
-        let me = n.key.author();
-        n.may_write = n.tl.version_vector().get(&me).is_some_and(|&sq| sq > 0);
+        n.arrivals = indexed.iter().map(SignedEvent::id).collect();
+        n.node = node_over(local, self.sabotage);
         let epoch = n.epoch;
         self.at(self.now + 1, Ev::Tick { node: i, epoch });
         if self.nodes[i].writer {
@@ -1235,7 +1179,7 @@ impl World {
             return;
         }
         let target = peers[self.byz_rng.below(peers.len() as u64) as usize];
-        let held: Vec<Arc<[u8]>> = self.nodes[node].blocks.values().cloned().collect();
+        let held: Vec<Arc<[u8]>> = self.nodes[node].store().all_blocks().cloned().collect();
         match a {
             Attack::BitFlip => {
                 let Some(src) = (!held.is_empty())
@@ -1265,7 +1209,7 @@ impl World {
                 let v = victims[self.byz_rng.below(victims.len() as u64) as usize];
                 let n = &self.nodes[node];
                 let victim = self.nodes[v].key.author();
-                let mut ev = n.tl.prepare(
+                let mut ev = n.tl().prepare(
                     victim,
                     kind::INTENT,
                     text_body(vec![("text", Ipld::String("[\"say forged\"]".into()))]),
@@ -1287,22 +1231,18 @@ impl World {
             Attack::Equivocate => {
                 let n = &mut self.nodes[node];
                 let author = n.key.author();
-                let one =
-                    n.tl.prepare(
-                        author,
-                        kind::STIMULUS,
-                        text_body(vec![("text", Ipld::String("fork one".into()))]),
-                    )
-                    .sign(&n.key);
-                let two =
-                    n.tl.prepare(
-                        author,
-                        kind::STIMULUS,
-                        text_body(vec![("text", Ipld::String("fork two".into()))]),
-                    )
-                    .sign(&n.key);
-                let _ = n.tl.insert_deferred(one.clone());
-                n.blocks.insert(one.id(), one.bytes_arc());
+                let fork = |text: &str| {
+                    n.tl()
+                        .prepare(
+                            author,
+                            kind::STIMULUS,
+                            text_body(vec![("text", Ipld::String(text.into()))]),
+                        )
+                        .sign(&n.key)
+                };
+                let (one, two) = (fork("fork one"), fork("fork two"));
+                // The adversary keeps one fork itself, bypassing its own node's checks.
+                let _ = n.node.local_mut().ingest(vec![one.clone()]);
                 for (k, p) in peers.into_iter().enumerate() {
                     let ev = if k % 2 == 0 { &one } else { &two };
                     self.send(
@@ -1324,8 +1264,9 @@ impl World {
             Attack::OversizedBlock => {
                 let n = &self.nodes[node];
                 let big = "x".repeat(chorus_core::limits::MAX_EVENT_BYTES + 100);
-                let ev =
-                    n.tl.prepare(
+                let ev = n
+                    .tl()
+                    .prepare(
                         n.key.author(),
                         kind::STIMULUS,
                         text_body(vec![("text", Ipld::String(big))]),
@@ -1366,8 +1307,14 @@ impl World {
     }
 }
 
-/// A block that arrived in a turn: bytes, sender, the attack it carries, by gossip or not.
-type Incoming = (Arc<[u8]>, NodeIx, Option<Attack>, bool);
+/// A node over `local`, with the run's sabotage of the node's own defences.
+fn node_over(local: Local<KairosMachine, MemStore>, sabotage: Sabotage) -> Node {
+    let mut node = NodeState::new(local, Config::default());
+    if sabotage == Sabotage::NoWriteGate {
+        node.sabotage(NodeSabotage::NoWriteGate);
+    }
+    node
+}
 
 fn ordered(a: NodeIx, b: NodeIx) -> (NodeIx, NodeIx) {
     (a.min(b), a.max(b))

@@ -327,6 +327,12 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     pub fn local(&self) -> &Local<M, S> {
         &self.local
     }
+    /// The replica itself, bypassing the protocol: for the simulator's adversaries (which
+    /// break the rules on purpose) and its oracle (which folds every state at the end).
+    #[doc(hidden)]
+    pub fn local_mut(&mut self) -> &mut Local<M, S> {
+        &mut self.local
+    }
     pub fn into_local(self) -> Local<M, S> {
         self.local
     }
