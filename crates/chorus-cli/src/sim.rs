@@ -72,6 +72,7 @@ pub enum SabotageArg {
     DropSyncBlocks,
     NoWriteGate,
     NoOwnGossip,
+    LightAckAtOnce,
 }
 
 fn parse_override(s: &str) -> Result<(String, u64), String> {
@@ -204,6 +205,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::DropSyncBlocks => Sabotage::DropSyncBlocks,
                 SabotageArg::NoWriteGate => Sabotage::NoWriteGate,
                 SabotageArg::NoOwnGossip => Sabotage::NoOwnGossip,
+                SabotageArg::LightAckAtOnce => Sabotage::LightAckAtOnce,
             };
             let r = chorus_sim::run(sc, seed, sabotage);
             println!("{}", table_header());

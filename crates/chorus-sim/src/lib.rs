@@ -61,7 +61,7 @@ impl Report {
     }
 }
 
-/// One simulation of `sc` with `seed`, judged by the oracle (C1–C5).
+/// One simulation of `sc` with `seed`, judged by the oracle (C1–C5, C7 with light nodes).
 pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World) {
     let t0 = Instant::now();
     let mut w = World::new(sc, seed, sabotage);
@@ -72,6 +72,19 @@ pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World)
         notes.push(format!(
             "{} crashes; {} writes were in a crashed node's queue, never acknowledged (lost by design)",
             w.stats.crashes, w.stats.writes_lost_in_crash
+        ));
+    }
+    if sc.classes.iter().any(|c| c.light && c.count > 0) {
+        let light_acked = w.acked.values().filter(|(n, _)| w.nodes[*n].light).count();
+        let unacked = w
+            .light_signed
+            .keys()
+            .filter(|id| !w.acked.contains_key(id))
+            .count();
+        notes.push(format!(
+            "light nodes: {light_acked} writes acknowledged once a full node stored them, \
+             {unacked} signed but never acknowledged (crashed or late: {} answered late)",
+            w.stats.light_writes_late
         ));
     }
     let r = Report {

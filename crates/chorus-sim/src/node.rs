@@ -132,6 +132,9 @@ pub enum Sabotage {
     /// Every node ignores the blocks in sync answers, catch-up pages and `Want`s alike (a
     /// broken sync rule: only gossip is left).
     DropSyncBlocks,
+    /// Light nodes acknowledge a write as soon as it is signed, before any full node stored
+    /// it (the write-through rule switched off).
+    LightAckAtOnce,
     /// Every node keeps its own writes out of gossip (they spread only when peers pull them
     /// by anti-entropy): an acknowledged write stays on one disk for seconds, so a wipe loses
     /// writes that the protocol would have had elsewhere.
@@ -144,6 +147,8 @@ pub struct SimNode {
     pub key: Keypair,
     pub writer: bool,
     pub byzantine: bool,
+    /// A light node (in-memory replica, writes through full nodes).
+    pub light: bool,
     pub status: Status,
     /// Bumped on every crash: timers of an older incarnation are ignored.
     pub epoch: u64,

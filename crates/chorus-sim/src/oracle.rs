@@ -166,10 +166,11 @@ pub fn judge(w: &mut World) -> Findings {
         }
         h.finalize().into()
     };
-    let reference = &live[0];
+    // A full node: a light one may have forgotten old blocks.
+    let reference = live.iter().find(|n| !n.light).unwrap_or(&live[0]);
     let ref_hash = reported_hash(w, reference);
     let ref_order = order_digest(reference);
-    for n in &live[1..] {
+    for n in live.iter().filter(|n| n.ix != reference.ix) {
         if n.heads() != reference.heads() {
             c1.push(format!(
                 "node {} has other heads than node {}",
@@ -228,7 +229,7 @@ pub fn judge(w: &mut World) -> Findings {
             .is_some_and(|&i| !w.nodes[i].byzantine);
         if honest {
             *honest_seqs.entry((author, sq)).or_insert(0) += 1;
-            if !w.acked.contains_key(id) {
+            if !w.acked.contains_key(id) && !w.light_signed.contains_key(id) {
                 f.unexpected += 1;
             }
         }
@@ -249,6 +250,9 @@ pub fn judge(w: &mut World) -> Findings {
     for n in &live {
         for (pos, id) in n.tl().order().enumerate() {
             let Ok(ev) = n.tl().load(&id, n.store()) else {
+                if n.light {
+                    continue; // behind its horizon: forgotten, as it may be
+                }
                 c3.push(format!("node {}: block of {id} missing", n.ix));
                 break;
             };
@@ -361,6 +365,13 @@ pub fn judge(w: &mut World) -> Findings {
         .filter(|(id, _)| present.contains(id) || !w.stats.wiped_unreplicated.contains(id))
         .map(|(_, e)| e.clone())
         .collect();
+    // A light node's write that spread unacknowledged is in every replica, so in the model.
+    reference_set.extend(
+        w.light_signed
+            .iter()
+            .filter(|(id, _)| present.contains(id) && !w.acked.contains_key(id))
+            .map(|(_, e)| e.clone()),
+    );
     let mut c5 = vec![];
     for id in &present {
         let by_adversary = reference
@@ -387,6 +398,19 @@ pub fn judge(w: &mut World) -> Findings {
         }
     }
     f.verdicts.push(verdict("C5 reference model", c5));
+
+    // C7: a light node acknowledged a write only once a full node held it.
+    if w.sc.classes.iter().any(|c| c.light && c.count > 0) {
+        let mut c7 = vec![];
+        if w.stats.light_acked_unstored > 0 {
+            c7.push(format!(
+                "{} light-node writes acknowledged while no full node held them",
+                w.stats.light_acked_unstored
+            ));
+        }
+        f.verdicts
+            .push(verdict("C7 light writes stored on a full node first", c7));
+    }
     f
 }
 

@@ -59,6 +59,10 @@ pub struct NodeClass {
     /// Whether these nodes write (run a model).
     #[serde(default = "d_true")]
     pub writes: bool,
+    /// Light nodes: an in-memory replica (a crash loses all of it), writes acknowledged only
+    /// once a full node stored them, never fetched from.
+    #[serde(default)]
+    pub light: bool,
 }
 
 fn d_model_ms() -> u64 {
@@ -115,6 +119,9 @@ pub struct Crashes {
     pub down_s: u64,
     #[serde(default = "d_one")]
     pub nodes: usize,
+    /// Only nodes of this class crash (default: any honest node).
+    #[serde(default)]
+    pub class: Option<String>,
 }
 fn d_one() -> usize {
     1
@@ -287,6 +294,19 @@ impl Scenario {
             && !self.classes.iter().any(|c| &c.name == b)
         {
             return Err(format!("baseline_without names no class {b:?}"));
+        }
+        if let Some(c) = self.crashes.as_ref().and_then(|c| c.class.as_ref()) {
+            let count = self.classes.iter().find(|k| &k.name == c).map(|k| k.count);
+            match count {
+                None => return Err(format!("crashes name no class {c:?}")),
+                Some(k) if k < self.crashes.as_ref().map_or(0, |c| c.nodes) => {
+                    return Err(format!("crashes take more nodes than class {c:?} has"));
+                }
+                _ => {}
+            }
+        }
+        if self.classes.iter().all(|c| c.light || c.count == 0) {
+            return Err("a mesh of light nodes only has no replica".into());
         }
         Ok(())
     }

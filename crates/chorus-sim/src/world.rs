@@ -14,7 +14,7 @@ use chorus_core::{
     limits::DEFAULT_CHECKPOINT_INTERVAL,
     local::Local,
     proto::{
-        WriteId,
+        WriteError, WriteId,
         node::{Config, Input, NodeSabotage, NodeState, Output, Verdict},
     },
     storage::MemStore,
@@ -118,6 +118,10 @@ pub struct RunStats {
     /// Acknowledged writes whose only copy was on a disk that was wiped (a wipe defeats
     /// durability: these may be gone, and C2 does not count them as lost).
     pub wiped_unreplicated: BTreeSet<EventId>,
+    /// Light nodes' writes acknowledged while no full node held them (the promise broken).
+    pub light_acked_unstored: u64,
+    /// Light nodes' writes answered "not stored in time" (not acknowledged; still retried).
+    pub light_writes_late: u64,
 }
 
 pub struct World {
@@ -149,6 +153,10 @@ pub struct World {
     pub acked: BTreeMap<EventId, (NodeIx, u64)>,
     /// …and the events themselves (the oracle's reference model folds these).
     pub acked_events: BTreeMap<EventId, SignedEvent>,
+    /// Events honest light nodes signed and gossiped: each may spread without ever being
+    /// acknowledged (the node crashed, or no full node stored it in time) and is then neither
+    /// lost nor unexpected.
+    pub light_signed: BTreeMap<EventId, SignedEvent>,
     /// Acknowledged writes of honest nodes.
     acked_honest: u64,
     /// Writes queued in some node's turn and not yet acknowledged or lost.
@@ -204,6 +212,7 @@ impl World {
         let keys: Vec<Keypair> = (0..n).map(|i| key_for(seed, &format!("node{i}"))).collect();
         let byzantine = |i: usize| i >= last_class_start && i < last_class_start + byz_count;
         let writer = |i: usize| sc.classes[classes[i]].writes || byzantine(i);
+        let light = |i: usize| sc.classes[classes[i]].light;
         let writer_keys: Vec<Keypair> = (0..n)
             .filter(|&i| writer(i))
             .map(|i| keys[i].clone())
@@ -229,9 +238,10 @@ impl World {
                     key,
                     writer: writer(i),
                     byzantine: byzantine(i),
+                    light: light(i),
                     status: Status::Up,
                     epoch: 0,
-                    node: node_over(local, sabotage),
+                    node: node_over(local, sabotage, light(i)),
                     inbox: vec![],
                     queued_writes: 0,
                     turn_scheduled: false,
@@ -292,6 +302,7 @@ impl World {
             next_rid: 0,
             acked: BTreeMap::new(),
             acked_events: BTreeMap::new(),
+            light_signed: BTreeMap::new(),
             acked_honest: 0,
             writes_in_flight: 0,
             faults_open: 0,
@@ -346,6 +357,14 @@ impl World {
         }
         let mut candidates: Vec<NodeIx> = (0..n).filter(|&i| !self.nodes[i].byzantine).collect();
         if let Some(c) = &sc.crashes {
+            let mut candidates: Vec<NodeIx> = match &c.class {
+                Some(name) => candidates
+                    .iter()
+                    .copied()
+                    .filter(|&i| &sc.classes[self.nodes[i].class].name == name)
+                    .collect(),
+                None => candidates.clone(),
+            };
             for k in 0..c.cycles {
                 self.fault_rng.shuffle(&mut candidates);
                 let nodes: Vec<NodeIx> = candidates[..c.nodes].to_vec();
@@ -772,6 +791,9 @@ impl World {
                 Output::Publish(ev) => {
                     let id = ev.id();
                     self.nodes[node].seen.insert(id, self.now);
+                    if self.nodes[node].light && !self.nodes[node].byzantine {
+                        self.light_signed.insert(id, ev.clone());
+                    }
                     if self.sabotage == Sabotage::NoOwnGossip {
                         continue; // only anti-entropy will spread it
                     }
@@ -781,11 +803,21 @@ impl World {
                     }
                 }
                 Output::WriteDone { result, .. } => {
+                    let light = self.nodes[node].light;
                     let ids = match result {
                         Ok(ids) => ids,
+                        Err(WriteError::Unavailable(_)) if light => {
+                            // No full node stored it in time: not acknowledged, still retried.
+                            self.stats.light_writes_late += 1;
+                            continue;
+                        }
                         Err(e) => panic!("the scenario made a write the node refused: {e}"),
                     };
                     for id in ids {
+                        // A light node's promise: a full node holds the write now.
+                        if light && !self.nodes.iter().any(|m| !m.light && m.store().holds(&id)) {
+                            self.stats.light_acked_unstored += 1;
+                        }
                         let n = &mut self.nodes[node];
                         let ev = n
                             .tl()
@@ -1080,15 +1112,16 @@ impl World {
         n.outstanding.clear();
         n.turn_scheduled = false;
         n.epoch += 1;
-        if wipe {
-            // The disk is gone; what the node held in memory is gone with the crash anyway.
+        if wipe || self.nodes[i].light {
+            // The disk is gone (a light node's replica is in memory: a crash is a wipe); what
+            // the node held in memory is gone with the crash anyway.
             let n = &mut self.nodes[i];
             let blank = Local::new(
                 Timeline::new(self.genesis.clone(), KairosMachine).expect("the sim's genesis"),
                 MemStore::new(&self.genesis),
                 n.key.clone(),
             );
-            n.node = node_over(blank, self.sabotage);
+            n.node = node_over(blank, self.sabotage, n.light);
         }
         let peers = self.neighbours(i);
         for p in peers {
@@ -1110,7 +1143,7 @@ impl World {
             MemStore::new(&genesis),
             n.key.clone(),
         );
-        let old = std::mem::replace(&mut n.node, node_over(blank, self.sabotage));
+        let old = std::mem::replace(&mut n.node, node_over(blank, self.sabotage, n.light));
         let (_, store, key) = old.into_local().into_parts();
         let indexed: Vec<Arc<[u8]>> = store.ordered_blocks();
         let pending: Vec<Arc<[u8]>> = store.pending_blocks();
@@ -1132,7 +1165,7 @@ impl World {
             .expect("restart from the sim's own disk");
         let n = &mut self.nodes[i];
         n.arrivals = indexed.iter().map(SignedEvent::id).collect();
-        n.node = node_over(local, self.sabotage);
+        n.node = node_over(local, self.sabotage, n.light);
         let epoch = n.epoch;
         self.at(self.now + 1, Ev::Tick { node: i, epoch });
         if self.nodes[i].writer {
@@ -1307,11 +1340,19 @@ impl World {
     }
 }
 
-/// A node over `local`, with the run's sabotage of the node's own defences.
-fn node_over(local: Local<KairosMachine, MemStore>, sabotage: Sabotage) -> Node {
-    let mut node = NodeState::new(local, Config::default());
-    if sabotage == Sabotage::NoWriteGate {
-        node.sabotage(NodeSabotage::NoWriteGate);
+/// A node over `local`, with the run's sabotage of the node's own defences. A light node
+/// folds on its tick (so it can prune, as the actor does); a full node leaves the fold to the
+/// oracle at the end (KAIROS folds are the simulator's most expensive work).
+fn node_over(local: Local<KairosMachine, MemStore>, sabotage: Sabotage, light: bool) -> Node {
+    let cfg = Config {
+        light,
+        fold_on_tick: light,
+    };
+    let mut node = NodeState::new(local, cfg);
+    match sabotage {
+        Sabotage::NoWriteGate => node.sabotage(NodeSabotage::NoWriteGate),
+        Sabotage::LightAckAtOnce => node.sabotage(NodeSabotage::AckBeforeStored),
+        _ => {}
     }
     node
 }

@@ -77,6 +77,7 @@ fn the_committed_suite_parses_and_holds_every_required_scenario() {
         "wipe",
         "posterity",
         "byzantine",
+        "light",
     ] {
         assert!(s.get(name).is_some(), "{name} missing");
     }
@@ -108,4 +109,30 @@ fn a_write_held_only_by_disks_wiped_together_is_lost_to_the_wipe_not_to_chorus()
     let (r, _) = simulate(&sc, 62485, Sabotage::None);
     assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
     assert!(r.findings.lost_to_wipe > 0);
+}
+
+/// Light nodes write through full nodes and lose their whole replica in a crash; the
+/// committed `light` scenario holds every check, C7 included.
+#[test]
+fn the_light_scenario_passes() {
+    let sc = Suite::builtin().get("light").expect("light").clone();
+    let (r, w) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    let checks: Vec<&str> = r.findings.verdicts.iter().map(|v| v.check).collect();
+    assert!(checks.contains(&"C7 light writes stored on a full node first"));
+    let light_acked = w.acked.values().filter(|(n, _)| w.nodes[*n].light).count();
+    assert!(light_acked > 50, "light nodes wrote: {light_acked}");
+    assert!(w.stats.crashes >= 6, "light nodes crashed and came back");
+}
+
+/// With the write-through rule off (a light node acknowledges once it signed), C7 fails.
+#[test]
+fn a_light_node_that_acknowledges_before_a_full_node_stored_is_caught() {
+    let sc = Suite::builtin().get("light").expect("light").clone();
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::LightAckAtOnce);
+    let failed = failed_checks(&r);
+    assert!(
+        failed.contains(&"C7 light writes stored on a full node first"),
+        "{failed:?}"
+    );
 }

@@ -208,6 +208,8 @@ pub enum NodeSabotage {
     None,
     /// Write before the peers confirm the own chain.
     NoWriteGate,
+    /// A light node acknowledges a write once signed, before a full node stored it.
+    AckBeforeStored,
 }
 
 /// Where an ingested block came from: who to charge if it is invalid.
@@ -537,7 +539,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             }
             self.expire_gated(now);
         }
-        for (peer, blocks) in self.outbox.dispatch(&self.full_peers) {
+        for (peer, blocks) in self.outbox.dispatch(&self.full_peers, now) {
             let blocks = blocks.into_iter().map(serde_bytes::ByteBuf::from).collect();
             self.out.push_back(Output::Send {
                 peer,
@@ -858,6 +860,14 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             return;
         }
         // Admitted above with an upper bound on these very bytes, in this same turn.
+        if self.sabotage == NodeSabotage::AckBeforeStored {
+            self.outbox.push_unanswered(ids.clone(), blocks, now);
+            self.out.push_back(Output::WriteDone {
+                write,
+                result: Ok(ids),
+            });
+            return;
+        }
         self.outbox.push(ids, blocks, write, now);
     }
 }

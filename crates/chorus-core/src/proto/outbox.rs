@@ -23,6 +23,11 @@ use crate::{
 pub const MAX_OUTBOX: usize = 64;
 /// How long a write waits for a full node to store it before it is answered with an error.
 pub const SUBMIT_TIMEOUT_MS: u64 = 15_000;
+/// A submission unanswered this long is also sent to the next full peer (the first answer
+/// counts; storing twice is harmless). Without it a lost request or answer holds the write
+/// until the request times out, far beyond [`SUBMIT_TIMEOUT_MS`] (the simulator's `light`
+/// scenario found writes answered "not stored in time" that way).
+pub const SUBMIT_RETRY_MS: u64 = 3_000;
 
 struct Submission<P> {
     ids: Vec<EventId>,
@@ -30,7 +35,9 @@ struct Submission<P> {
     /// `None` once the write was answered (late): the retries go on without anyone waiting.
     write: Option<WriteId>,
     deadline: u64,
-    in_flight_to: Option<P>,
+    /// Peers asked that have not answered yet, and when it was last sent.
+    in_flight: BTreeSet<P>,
+    last_sent: u64,
     tried: BTreeSet<P>,
 }
 
@@ -85,27 +92,48 @@ impl<P: Ord + Clone + std::fmt::Display> Outbox<P> {
             blocks,
             write: Some(write),
             deadline: now + SUBMIT_TIMEOUT_MS,
-            in_flight_to: None,
+            in_flight: BTreeSet::new(),
+            last_sent: 0,
             tried: BTreeSet::new(),
         });
     }
 
-    /// Submissions to send now: each idle one goes to a full peer it has not tried yet (all
-    /// tried: start over). Returns (peer, blocks).
-    pub fn dispatch(&mut self, full_peers: &BTreeSet<P>) -> Vec<(P, Vec<Vec<u8>>)> {
+    /// Queues signed events that no write waits for (retried until a full node stores them,
+    /// answering no one).
+    pub fn push_unanswered(&mut self, ids: Vec<EventId>, blocks: Vec<Vec<u8>>, now: u64) {
+        self.queue.push_back(Submission {
+            ids,
+            blocks,
+            write: None,
+            deadline: now + SUBMIT_TIMEOUT_MS,
+            in_flight: BTreeSet::new(),
+            last_sent: 0,
+            tried: BTreeSet::new(),
+        });
+    }
+
+    /// Submissions to send now: each one that waits for no answer, or has waited
+    /// [`SUBMIT_RETRY_MS`], goes to a full peer it has not tried yet (all tried: start over,
+    /// never to a peer still asked). Returns (peer, blocks).
+    pub fn dispatch(&mut self, full_peers: &BTreeSet<P>, now: u64) -> Vec<(P, Vec<Vec<u8>>)> {
         let mut out = vec![];
         if full_peers.is_empty() {
             return out;
         }
-        for s in self.queue.iter_mut().filter(|s| s.in_flight_to.is_none()) {
-            if full_peers.iter().all(|p| s.tried.contains(p)) {
+        for s in self.queue.iter_mut() {
+            if !s.in_flight.is_empty() && now < s.last_sent + SUBMIT_RETRY_MS {
+                continue;
+            }
+            let fresh = |s: &Submission<P>, p: &P| !s.tried.contains(p) && !s.in_flight.contains(p);
+            if !full_peers.iter().any(|p| fresh(s, p)) {
                 s.tried.clear();
             }
-            let Some(p) = full_peers.iter().find(|p| !s.tried.contains(*p)).cloned() else {
+            let Some(p) = full_peers.iter().find(|p| fresh(s, p)).cloned() else {
                 continue;
             };
-            s.in_flight_to = Some(p.clone());
+            s.in_flight.insert(p.clone());
             s.tried.insert(p.clone());
+            s.last_sent = now;
             out.push((p, s.blocks.clone()));
         }
         out
@@ -114,7 +142,7 @@ impl<P: Ord + Clone + std::fmt::Display> Outbox<P> {
     fn find(&self, peer: &P, first: &EventId) -> Option<usize> {
         self.queue
             .iter()
-            .position(|s| s.in_flight_to.as_ref() == Some(peer) && s.ids.first() == Some(first))
+            .position(|s| s.in_flight.contains(peer) && s.ids.first() == Some(first))
     }
 
     /// `peer` stored `ids` of the submission starting with `first`. The submission is done;
@@ -150,16 +178,14 @@ impl<P: Ord + Clone + std::fmt::Display> Outbox<P> {
     /// gone): it goes to another full peer on the next dispatch.
     pub fn on_failed(&mut self, peer: &P, first: &EventId) {
         if let Some(i) = self.find(peer, first) {
-            self.queue[i].in_flight_to = None;
+            self.queue[i].in_flight.remove(peer);
         }
     }
 
     /// A peer went away: whatever was in flight to it is sent elsewhere.
     pub fn peer_down(&mut self, peer: &P) {
         for s in self.queue.iter_mut() {
-            if s.in_flight_to.as_ref() == Some(peer) {
-                s.in_flight_to = None;
-            }
+            s.in_flight.remove(peer);
         }
     }
 
@@ -204,10 +230,10 @@ mod tests {
         let mut o: Outbox<u8> = Outbox::default();
         o.push(vec![id(1), id(2)], vec![vec![1], vec![2]], WriteId(7), 0);
         o.push(vec![id(3)], vec![vec![3]], WriteId(8), 0);
-        let sent = o.dispatch(&peers(&[1]));
+        let sent = o.dispatch(&peers(&[1]), 0);
         assert_eq!(sent.len(), 2);
         assert!(sent.iter().all(|(p, _)| *p == 1));
-        assert!(o.dispatch(&peers(&[1])).is_empty(), "nothing sent twice");
+        assert!(o.dispatch(&peers(&[1]), 0).is_empty(), "nothing sent twice");
         // The wrong peer or the wrong first id changes nothing.
         assert_eq!(o.on_stored(&2, &id(1), &[id(1), id(2)]), None);
         assert_eq!(o.on_stored(&1, &id(2), &[id(1), id(2)]), None);
@@ -230,12 +256,32 @@ mod tests {
         let mut o: Outbox<u8> = Outbox::default();
         o.push(vec![id(1)], vec![vec![1]], WriteId(0), 0);
         let full = peers(&[1, 2]);
-        assert_eq!(o.dispatch(&full)[0].0, 1);
+        assert_eq!(o.dispatch(&full, 0)[0].0, 1);
         o.on_failed(&1, &id(1));
-        assert_eq!(o.dispatch(&full)[0].0, 2);
+        assert_eq!(o.dispatch(&full, 0)[0].0, 2);
         o.peer_down(&2);
-        assert_eq!(o.dispatch(&full)[0].0, 1, "every peer tried: start over");
-        assert!(o.dispatch(&BTreeSet::new()).is_empty());
+        assert_eq!(o.dispatch(&full, 0)[0].0, 1, "every peer tried: start over");
+        assert!(o.dispatch(&BTreeSet::new(), 0).is_empty());
+    }
+
+    #[test]
+    fn an_unanswered_submission_also_goes_to_the_next_peer_and_any_answer_counts() {
+        let mut o: Outbox<u8> = Outbox::default();
+        o.push(vec![id(1)], vec![vec![1]], WriteId(4), 0);
+        let full = peers(&[1, 2]);
+        assert_eq!(o.dispatch(&full, 0)[0].0, 1);
+        assert!(o.dispatch(&full, SUBMIT_RETRY_MS - 1).is_empty());
+        let again = o.dispatch(&full, SUBMIT_RETRY_MS);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0, 2, "the next peer, while peer 1 is still asked");
+        // Both asked, both silent: nothing more to send until one answers or fails.
+        assert!(o.dispatch(&full, 2 * SUBMIT_RETRY_MS).is_empty());
+        // The first peer's late answer still acknowledges the write.
+        assert_eq!(
+            o.on_stored(&1, &id(1), &[id(1)]),
+            Some((WriteId(4), Ok(vec![id(1)])))
+        );
+        assert!(o.is_empty());
     }
 
     #[test]
@@ -251,7 +297,7 @@ mod tests {
         assert!(o.expire(10 * SUBMIT_TIMEOUT_MS).is_empty(), "answered once");
         assert_eq!((o.len(), o.late), (1, 1));
         // Still retried; a late store is counted but answers no one.
-        let _ = o.dispatch(&peers(&[1]));
+        let _ = o.dispatch(&peers(&[1]), 0);
         assert_eq!(o.on_stored(&1, &id(1), &[id(1)]), None);
         assert_eq!((o.len(), o.stored), (0, 1));
     }
