@@ -184,6 +184,19 @@ impl<M: Machine, S: Storage> Local<M, S> {
         self.persist(Batch::default(), false)
     }
 
+    /// One slice of [`fold`](Self::fold): at most `positions` positions of the order applied,
+    /// and the checkpoints taken persisted. Returns whether the state is up to date; until it
+    /// is, the timeline's state is part-way through the order (see
+    /// [`Timeline::catch_up_step`]).
+    pub fn fold_step(&mut self, positions: usize) -> Result<bool, LocalError<S::Error>> {
+        if !self.timeline.needs_catch_up() {
+            return Ok(true);
+        }
+        let done = self.timeline.catch_up_step(positions, &self.store)?;
+        self.persist(Batch::default(), false)?;
+        Ok(done)
+    }
+
     /// Where a light node may forget the past: the newest checkpoint inside the settled prefix
     /// of the order (no member can add an event before it any more, so the state never has to
     /// be rebuilt from further back). `None` while nothing with a checkpoint is settled.

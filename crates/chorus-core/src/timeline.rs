@@ -203,6 +203,8 @@ pub struct Timeline<M: Machine> {
     applied_key: Option<OrderKey>,
     /// Smallest key whose fold result changed since the last catch-up.
     rewind_from: Option<OrderKey>,
+    /// A fold in slices ([`Timeline::catch_up_step`]) is under way.
+    slicing: bool,
     checkpoints: BTreeMap<OrderKey, Checkpoint<M::State>>,
     checkpoint_log: Vec<CheckpointChange>,
     /// Bit per event index: applied at least once (to count re-applications).
@@ -265,6 +267,7 @@ impl<M: Machine> Timeline<M> {
             state,
             applied_key: None,
             rewind_from: None,
+            slicing: false,
             checkpoints: BTreeMap::new(),
             checkpoint_log: vec![],
             applied_once: vec![],
@@ -527,8 +530,12 @@ impl<M: Machine> Timeline<M> {
         for e in evs {
             out.push(self.insert_deferred(e));
             // Fold forward while the blocks are still cached, unless a rewind is pending (the
-            // rewind then reads older blocks from `src` anyway).
-            if self.rewind_from.is_none() && self.unfolded() >= RECENT_BLOCK_CACHE / 2 {
+            // rewind then reads older blocks from `src` anyway) or the owner folds in slices
+            // (a whole fold here would block it for as long as slicing was meant to avoid).
+            if self.rewind_from.is_none()
+                && !self.slicing
+                && self.unfolded() >= RECENT_BLOCK_CACHE / 2
+            {
                 self.catch_up(src)?;
             }
         }
@@ -995,6 +1002,48 @@ impl<M: Machine> Timeline<M> {
         until: Option<OrderKey>,
         src: &dyn BlockSource,
     ) -> Result<(), TimelineError> {
+        self.fold_some(until, usize::MAX, src)?;
+        if until.is_none() {
+            self.slicing = false;
+        }
+        Ok(())
+    }
+
+    /// One slice of [`catch_up`](Self::catch_up): rewinds if needed, then applies at most
+    /// `positions` positions of the order. Returns whether the state is now up to date. A
+    /// node folds a long rewind in slices so that it can answer between them; until this
+    /// returns true, [`state`](Self::state) is a state *part-way* through the order and must
+    /// not be read as the timeline's.
+    pub fn catch_up_step(
+        &mut self,
+        positions: usize,
+        src: &dyn BlockSource,
+    ) -> Result<bool, TimelineError> {
+        self.fold_some(None, positions, src)?;
+        self.slicing = self.needs_catch_up();
+        Ok(!self.slicing)
+    }
+
+    /// How many positions a [`catch_up`](Self::catch_up) would apply now, at most: from the
+    /// newest checkpoint before a pending rewind (or from the genesis when there is none),
+    /// else from the last folded position.
+    pub fn fold_cost(&self) -> usize {
+        let from = match self.rewind_from {
+            Some(from) => match self.checkpoints.range(..from).next_back() {
+                Some((k, _)) => self.lower_bound(k) + 1,
+                None => 0,
+            },
+            None => return self.unfolded(),
+        };
+        self.order.len().saturating_sub(from)
+    }
+
+    fn fold_some(
+        &mut self,
+        until: Option<OrderKey>,
+        positions: usize,
+        src: &dyn BlockSource,
+    ) -> Result<(), TimelineError> {
         if let Some(from) = self.rewind_from.take() {
             self.stats.rewinds += 1;
             let stale = self.checkpoints.split_off(&from);
@@ -1039,6 +1088,7 @@ impl<M: Machine> Timeline<M> {
             None => self.order.len(),
             Some(k) => self.order.partition_point(|&i| self.key(i) <= k),
         };
+        let end = end.min(start.saturating_add(positions));
         for pos in start..end.max(start) {
             let idx = self.order[pos];
             let key = self.key(idx);

@@ -417,3 +417,57 @@ fn frontier_waits_for_every_member_and_names_the_holder() {
     let (holder, _, _) = f.held_by.expect("the newest events are not settled yet");
     assert!([admin.author(), fast.author()].contains(&holder));
 }
+
+/// A fold in slices, with late events arriving between the slices, ends in the state of one
+/// fold from scratch; and `fold_cost` says how far a rewind goes before it is run.
+#[test]
+fn a_fold_in_slices_with_late_events_between_equals_one_fold() {
+    let (g, evs) = history(9, 3, 600, 16);
+    let mut src: BTreeMap<EventId, std::sync::Arc<[u8]>> = BTreeMap::new();
+    src.insert(g.id(), g.bytes_arc());
+    for e in &evs {
+        src.insert(e.id(), e.bytes_arc());
+    }
+    // Every fifth event held back, to arrive late while a sliced fold is under way.
+    let held_back = |i: usize| i % 5 == 4;
+    let early = evs.iter().enumerate().filter(|(i, _)| !held_back(*i));
+    let late: Vec<SignedEvent> = evs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| held_back(*i))
+        .map(|(_, e)| e.clone())
+        .collect();
+    let mut sliced = Timeline::new(g.clone(), ChainMachine).unwrap();
+    sliced
+        .insert_batch_deferred(early.map(|(_, e)| e.clone()), &src)
+        .unwrap();
+    sliced.catch_up(&src).unwrap();
+    let mut late = late.into_iter();
+    let mut slices = 0;
+    loop {
+        if let Some(e) = late.next() {
+            sliced.insert_deferred(e).unwrap();
+            assert!(sliced.fold_cost() > 0);
+        }
+        slices += 1;
+        assert!(slices < 10_000);
+        if sliced.catch_up_step(7, &src).unwrap() && late.len() == 0 {
+            break;
+        }
+    }
+    assert!(slices > 100, "it took many slices: {slices}");
+    assert_eq!(sliced.fold_cost(), 0);
+    let mut whole = Timeline::new(g, ChainMachine).unwrap();
+    whole.insert_batch(evs.iter().cloned(), &src).unwrap();
+    assert_eq!(fingerprint(&sliced), fingerprint(&whole));
+    // A late event near the start: the cost is (about) everything after it.
+    let mut tl = Timeline::new(
+        whole.load(&whole.genesis_id(), &NoBlocks).unwrap(),
+        ChainMachine,
+    )
+    .unwrap();
+    tl.insert_batch(evs[1..].iter().cloned(), &src).unwrap();
+    assert_eq!(tl.fold_cost(), 0);
+    tl.insert_deferred(evs[0].clone()).unwrap();
+    assert!(tl.fold_cost() >= evs.len() - 1, "{}", tl.fold_cost());
+}

@@ -46,6 +46,10 @@ pub const MAX_APPEND_PER_REQUEST: usize = 1_000;
 pub const MAX_EVENTS_PER_PAGE: usize = 1_000;
 /// How often the actor runs the sync timers and folds the state.
 pub const TICK: Duration = Duration::from_millis(200);
+/// A fold longer than this many positions of the order (a late event far back) runs in
+/// slices of this size between turns, so appends and queries are answered meanwhile (queries
+/// from the last complete fold). With KAIROS one position costs ~1 ms (docs/benchmarks.md).
+pub const FOLD_SLICE_POSITIONS: usize = 16;
 
 /// A request from the HTTP API.
 pub enum ApiRequest {
@@ -119,6 +123,18 @@ pub enum NodeMsg {
     Shutdown,
 }
 
+/// What queries are answered from while a fold runs in slices: the views of the last complete
+/// fold (the machine state itself is part-way through the order then).
+struct Snapshot {
+    /// Events in the order at that fold, and its heads: what the state is the state of.
+    events: usize,
+    heads: Vec<EventId>,
+    state_hash: [u8; 32],
+    described: Value,
+    state: Value,
+    elections: Vec<(EventId, Value)>,
+}
+
 /// The libp2p transport's names for peers, gossip messages and inbound requests.
 pub struct Libp2p;
 
@@ -141,6 +157,10 @@ pub struct Actor<M: Describe> {
     waiting: BTreeMap<WriteId, Reply>,
     next_write: u64,
     feed: Feed,
+    /// Fold long rewinds in slices of this many positions (`None`: always in one go).
+    fold_slice: Option<usize>,
+    /// Set while a fold runs in slices.
+    snapshot: Option<Snapshot>,
 }
 
 impl<M: Describe> Actor<M> {
@@ -151,9 +171,10 @@ impl<M: Describe> Actor<M> {
         light: bool,
     ) -> Self {
         let (dir, local) = replica.into_local();
+        // The actor folds itself, on its tick and before queries (in slices when long).
         let cfg = Config {
             light,
-            fold_on_tick: true,
+            fold_on_tick: false,
         };
         Actor {
             dir,
@@ -166,7 +187,16 @@ impl<M: Describe> Actor<M> {
             waiting: BTreeMap::new(),
             next_write: 0,
             feed: Feed::new(1),
+            fold_slice: Some(FOLD_SLICE_POSITIONS),
+            snapshot: None,
         }
+    }
+
+    /// Folds every rewind in one go, however long, blocking appends and queries meanwhile
+    /// (the behaviour before slicing; for the benchmark that compares the two).
+    pub fn fold_in_one_go(mut self) -> Self {
+        self.fold_slice = None;
+        self
     }
 
     /// Publishes every new event on `feed`.
@@ -198,8 +228,23 @@ impl<M: Describe> Actor<M> {
     pub fn run(mut self, mut inbox: mpsc::Receiver<NodeMsg>) -> Replica<M> {
         let mut stop = false;
         while !stop {
-            let Some(first) = inbox.blocking_recv() else {
-                break;
+            // While a fold runs in slices, a slice goes between turns: take what is queued
+            // without waiting for more.
+            let first = if self.snapshot.is_some() {
+                match inbox.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match inbox.blocking_recv() {
+                    Some(m) => Some(m),
+                    None => break,
+                }
+            };
+            let Some(first) = first else {
+                self.fold_slice();
+                continue;
             };
             let mut turn = vec![first];
             while turn.len() < MAX_DRAIN {
@@ -209,8 +254,12 @@ impl<M: Describe> Actor<M> {
                 }
             }
             stop = self.turn(turn);
+            if self.snapshot.is_some() {
+                self.fold_slice();
+            }
         }
-        self.fold();
+        self.node.fold();
+        self.carry_out();
         Replica::from_local(self.dir, self.node.into_local())
     }
 
@@ -218,6 +267,7 @@ impl<M: Describe> Actor<M> {
     fn turn(&mut self, msgs: Vec<NodeMsg>) -> bool {
         let mut stop = false;
         let mut queries = vec![];
+        let mut tick = false;
         let now = self.now();
         for m in msgs {
             let input = match m {
@@ -225,7 +275,10 @@ impl<M: Describe> Actor<M> {
                     stop = true;
                     continue;
                 }
-                NodeMsg::Tick => Input::Tick,
+                NodeMsg::Tick => {
+                    tick = true;
+                    Input::Tick
+                }
                 NodeMsg::Api(ApiRequest::Append { items, reply }) => {
                     let write = WriteId(self.next_write);
                     self.next_write += 1;
@@ -263,6 +316,9 @@ impl<M: Describe> Actor<M> {
         }
         self.node.end_turn(now, &mut |raw| decode_parallel(raw));
         self.carry_out();
+        if tick || !queries.is_empty() {
+            self.fold();
+        }
         // Every status asked in one turn sees the same state: build it once (a burst of a
         // thousand monitoring requests costs one fold and one snapshot, not a thousand).
         let mut status: Option<Value> = None;
@@ -270,7 +326,6 @@ impl<M: Describe> Actor<M> {
             match q {
                 ApiRequest::Status(reply) => {
                     if status.is_none() {
-                        self.fold();
                         status = Some(self.status());
                     }
                     let _ = reply.send(status.clone().unwrap_or_default());
@@ -352,22 +407,79 @@ impl<M: Describe> Actor<M> {
     }
 
     /// Folds the state over what arrived since the last fold: on every tick and before the
-    /// state is read, so a burst of late events costs one rewind.
+    /// state is read, so a burst of late events costs one rewind. A short fold runs at once; a
+    /// long one (a late event far back) starts a fold in slices, and until it ends queries are
+    /// answered from a snapshot of the views at the last complete fold.
     fn fold(&mut self) {
-        self.node.fold();
+        if self.snapshot.is_some() {
+            return; // under way: the run loop folds the next slice
+        }
+        let tl = self.node.local().timeline();
+        if !tl.needs_catch_up() {
+            return;
+        }
+        match self.fold_slice {
+            Some(slice) if tl.fold_cost() > slice => {
+                // The state is still the last complete fold's: keep its views.
+                self.snapshot = Some(self.take_snapshot());
+                tracing::debug!(positions = tl.fold_cost(), "folding in slices");
+            }
+            _ => {
+                self.node.fold();
+                self.carry_out();
+            }
+        }
+    }
+
+    /// One slice of a fold under way.
+    fn fold_slice(&mut self) {
+        let slice = self.fold_slice.unwrap_or(usize::MAX);
+        if self.node.fold_step(slice) {
+            self.snapshot = None;
+        }
         self.carry_out();
     }
 
-    fn query(&mut self, q: ApiRequest) {
-        if matches!(
-            q,
-            ApiRequest::Status(_)
-                | ApiRequest::State(_)
-                | ApiRequest::Election { .. }
-                | ApiRequest::Elections(_)
-        ) {
-            self.fold();
+    fn take_snapshot(&self) -> Snapshot {
+        let tl = self.node.local().timeline();
+        Snapshot {
+            events: tl.len(),
+            heads: tl.heads(),
+            state_hash: tl.state_hash(),
+            described: M::describe(tl.state()),
+            state: state_json(tl),
+            elections: M::elections(tl.state())
+                .iter()
+                .map(|v| (v.stimulus, self.election_json(v)))
+                .collect(),
         }
+    }
+
+    /// Answers a query; the state views come from the snapshot while a fold runs in slices.
+    fn query(&mut self, q: ApiRequest) {
+        if let Some(snap) = &self.snapshot {
+            match q {
+                ApiRequest::State(reply) => {
+                    let mut v = snap.state.clone();
+                    v["folding"] = json!(true);
+                    let _ = reply.send(v);
+                }
+                ApiRequest::Election { stimulus, reply } => {
+                    let view = snap.elections.iter().find(|(s, _)| *s == stimulus);
+                    let _ = reply.send(view.map(|(_, v)| v.clone()));
+                }
+                ApiRequest::Elections(reply) => {
+                    let all: Vec<Value> = snap.elections.iter().map(|(_, v)| v.clone()).collect();
+                    let _ = reply.send(json!({ "elections": all, "folding": true }));
+                }
+                other => self.query_live(other),
+            }
+            return;
+        }
+        self.query_live(q)
+    }
+
+    fn query_live(&mut self, q: ApiRequest) {
         match q {
             ApiRequest::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -465,7 +577,22 @@ impl<M: Describe> Actor<M> {
         let light = self.light();
         let (horizon, pruned_blocks) = node.horizon();
         let outbox = node.outbox();
-        let described = M::describe(tl.state());
+        // While a fold runs in slices the machine state is part-way through the order: the
+        // status describes the last complete fold (its events, heads and state, consistent
+        // with each other), and `folding` says what is held beyond it.
+        let (described, state_hash, events, heads) = match &self.snapshot {
+            Some(s) => (s.described.clone(), s.state_hash, s.events, s.heads.clone()),
+            None => (
+                M::describe(tl.state()),
+                tl.state_hash(),
+                tl.len(),
+                tl.heads(),
+            ),
+        };
+        let folding = self
+            .snapshot
+            .as_ref()
+            .map(|_| json!({ "events_held": tl.len(), "positions_left": tl.fold_cost() }));
         json!({
             "peer_id": self.peer_id.to_string(),
             "coherence": described["coherence"],
@@ -487,10 +614,11 @@ impl<M: Describe> Actor<M> {
             })),
             "timeline": tl.genesis_id().to_string(),
             "machine": tl.machine().id(),
-            "events": tl.len(),
+            "events": events,
             "pending": tl.pending_len(),
-            "heads": tl.heads().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-            "state_hash": hex::encode(tl.state_hash()),
+            "heads": heads.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            "state_hash": hex::encode(state_hash),
+            "folding": folding,
             "settled": f.settled,
             "first_unsettled_lc": f.first_unsettled.map(|(_, lc)| lc),
             "peers": peers,

@@ -551,11 +551,23 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     /// Brings the machine state up to date (one rewind for everything that arrived since the
     /// last fold), then compares it with the summaries that waited for it.
     pub fn fold(&mut self) {
-        if let Err(e) = self.local.fold() {
-            self.out.push_back(Output::StoreFailed(format!(
-                "folding the state failed: {e}"
-            )));
-            return;
+        self.fold_step(usize::MAX);
+    }
+
+    /// One slice of [`fold`](Self::fold), at most `positions` positions of the order; returns
+    /// whether the state is up to date. Until it is, the machine state is part-way through
+    /// the order: a shell that folds in slices answers state queries from what it kept of the
+    /// last complete fold.
+    pub fn fold_step(&mut self, positions: usize) -> bool {
+        match self.local.fold_step(positions) {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                self.out.push_back(Output::StoreFailed(format!(
+                    "folding the state failed: {e}"
+                )));
+                return true;
+            }
         }
         let heads = self.local.timeline().heads();
         for (peer, (their_heads, hash)) in std::mem::take(&mut self.unconfirmed) {
@@ -563,6 +575,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 self.judge_state(&peer, &hash);
             }
         }
+        true
     }
 
     // ------------------------------------------------------------------ the network half
