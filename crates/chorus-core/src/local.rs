@@ -175,6 +175,11 @@ impl<M: Machine, S: Storage> Local<M, S> {
         self.deferred_fold = on;
     }
 
+    /// See [`Timeline::set_auto_fold`]: off for an owner that folds in slices.
+    pub fn set_auto_fold(&mut self, on: bool) {
+        self.timeline.set_auto_fold(on);
+    }
+
     /// Brings the state up to date and persists the checkpoints taken meanwhile.
     pub fn fold(&mut self) -> Result<(), LocalError<S::Error>> {
         if !self.timeline.needs_catch_up() {

@@ -205,6 +205,12 @@ pub struct Timeline<M: Machine> {
     rewind_from: Option<OrderKey>,
     /// A fold in slices ([`Timeline::catch_up_step`]) is under way.
     slicing: bool,
+    /// Fold forward inside `insert_batch_deferred` once many events wait (see there); an
+    /// owner that folds in slices turns it off.
+    auto_fold: bool,
+    /// The order's length and the heads at the last complete fold: what `state` is the
+    /// state of.
+    folded_at: (usize, Vec<EventId>),
     checkpoints: BTreeMap<OrderKey, Checkpoint<M::State>>,
     checkpoint_log: Vec<CheckpointChange>,
     /// Bit per event index: applied at least once (to count re-applications).
@@ -268,6 +274,8 @@ impl<M: Machine> Timeline<M> {
             applied_key: None,
             rewind_from: None,
             slicing: false,
+            auto_fold: true,
+            folded_at: (0, vec![]),
             checkpoints: BTreeMap::new(),
             checkpoint_log: vec![],
             applied_once: vec![],
@@ -533,6 +541,7 @@ impl<M: Machine> Timeline<M> {
             // rewind then reads older blocks from `src` anyway) or the owner folds in slices
             // (a whole fold here would block it for as long as slicing was meant to avoid).
             if self.rewind_from.is_none()
+                && self.auto_fold
                 && !self.slicing
                 && self.unfolded() >= RECENT_BLOCK_CACHE / 2
             {
@@ -1024,6 +1033,26 @@ impl<M: Machine> Timeline<M> {
         Ok(!self.slicing)
     }
 
+    /// Whether `insert_batch_deferred` may fold forward on its own once
+    /// `RECENT_BLOCK_CACHE / 2` events wait (on by default: it folds while their blocks are
+    /// still cached). A node that folds in slices turns it off, or an ingest of a few catch-up
+    /// pages would fold thousands of positions in one go.
+    pub fn set_auto_fold(&mut self, on: bool) {
+        self.auto_fold = on;
+    }
+
+    /// The number of events in the order and the heads at the last complete fold: what
+    /// [`state`](Self::state) and [`state_hash`](Self::state_hash) are the state of while
+    /// [`needs_catch_up`](Self::needs_catch_up) (a caller that shows the state shows these
+    /// with it).
+    pub fn folded_at(&self) -> (usize, Vec<EventId>) {
+        if self.needs_catch_up() {
+            self.folded_at.clone()
+        } else {
+            (self.len(), self.heads())
+        }
+    }
+
     /// How many positions a [`catch_up`](Self::catch_up) would apply now, at most: from the
     /// newest checkpoint before a pending rewind (or from the genesis when there is none),
     /// else from the last folded position.
@@ -1120,6 +1149,9 @@ impl<M: Machine> Timeline<M> {
             if (pos as u64 + 1).is_multiple_of(self.checkpoint_interval) {
                 self.take_checkpoint(key);
             }
+        }
+        if !self.needs_catch_up() {
+            self.folded_at = (self.len(), self.heads());
         }
         Ok(())
     }

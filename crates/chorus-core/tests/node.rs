@@ -371,6 +371,7 @@ fn a_light_node_acknowledges_only_once_a_full_node_stored_the_write() {
     let light = Config {
         light: true,
         fold_on_tick: true,
+        sliced_fold: false,
     };
     let mut m = Mesh::new(vec![
         node(&g, &ks[0], Config::default()),

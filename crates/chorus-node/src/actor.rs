@@ -47,9 +47,14 @@ pub const MAX_EVENTS_PER_PAGE: usize = 1_000;
 /// How often the actor runs the sync timers and folds the state.
 pub const TICK: Duration = Duration::from_millis(200);
 /// A fold longer than this many positions of the order (a late event far back) runs in
-/// slices of this size between turns, so appends and queries are answered meanwhile (queries
-/// from the last complete fold). With KAIROS one position costs ~1 ms (docs/benchmarks.md).
-pub const FOLD_SLICE_POSITIONS: usize = 16;
+/// slices between turns, so appends and queries are answered meanwhile (queries from the last
+/// complete fold). With KAIROS one position costs ~1 ms (docs/benchmarks.md).
+pub const FOLD_AT_ONCE_POSITIONS: usize = 32;
+/// One slice folds for about this long (in steps of [`FOLD_STEP_POSITIONS`]) before the actor
+/// takes its next turn: a bound on what a request waits for, whatever the machine costs.
+pub const FOLD_SLICE: Duration = Duration::from_millis(10);
+/// Positions per step of a slice.
+pub const FOLD_STEP_POSITIONS: usize = 8;
 
 /// A request from the HTTP API.
 pub enum ApiRequest {
@@ -157,8 +162,8 @@ pub struct Actor<M: Describe> {
     waiting: BTreeMap<WriteId, Reply>,
     next_write: u64,
     feed: Feed,
-    /// Fold long rewinds in slices of this many positions (`None`: always in one go).
-    fold_slice: Option<usize>,
+    /// Fold long rewinds in slices (false: always in one go, blocking).
+    fold_slices: bool,
     /// Set while a fold runs in slices.
     snapshot: Option<Snapshot>,
 }
@@ -175,6 +180,7 @@ impl<M: Describe> Actor<M> {
         let cfg = Config {
             light,
             fold_on_tick: false,
+            sliced_fold: true,
         };
         Actor {
             dir,
@@ -187,7 +193,7 @@ impl<M: Describe> Actor<M> {
             waiting: BTreeMap::new(),
             next_write: 0,
             feed: Feed::new(1),
-            fold_slice: Some(FOLD_SLICE_POSITIONS),
+            fold_slices: true,
             snapshot: None,
         }
     }
@@ -195,7 +201,8 @@ impl<M: Describe> Actor<M> {
     /// Folds every rewind in one go, however long, blocking appends and queries meanwhile
     /// (the behaviour before slicing; for the benchmark that compares the two).
     pub fn fold_in_one_go(mut self) -> Self {
-        self.fold_slice = None;
+        self.fold_slices = false;
+        self.node.local_mut().set_auto_fold(true);
         self
     }
 
@@ -415,39 +422,47 @@ impl<M: Describe> Actor<M> {
             return; // under way: the run loop folds the next slice
         }
         let tl = self.node.local().timeline();
-        if !tl.needs_catch_up() {
-            return;
-        }
-        match self.fold_slice {
-            Some(slice) if tl.fold_cost() > slice => {
-                // The state is still the last complete fold's: keep its views.
-                self.snapshot = Some(self.take_snapshot());
-                tracing::debug!(positions = tl.fold_cost(), "folding in slices");
-            }
-            _ => {
-                self.node.fold();
-                self.carry_out();
-            }
+        if self.fold_slices && tl.fold_cost() > FOLD_AT_ONCE_POSITIONS {
+            // The state is still the last complete fold's: keep its views.
+            tracing::debug!(positions = tl.fold_cost(), "folding in slices");
+            self.snapshot = Some(self.take_snapshot());
+        } else {
+            // Also when nothing is left to fold: summaries that waited for a fold are
+            // compared then.
+            self.node.fold();
+            self.carry_out();
         }
     }
 
-    /// One slice of a fold under way.
+    /// One slice of a fold under way: steps until the fold is done or the slice's time is up.
     fn fold_slice(&mut self) {
-        let slice = self.fold_slice.unwrap_or(usize::MAX);
-        if self.node.fold_step(slice) {
-            self.snapshot = None;
+        let start = Instant::now();
+        loop {
+            if self.node.fold_step(FOLD_STEP_POSITIONS) {
+                self.snapshot = None;
+                break;
+            }
+            if start.elapsed() >= FOLD_SLICE {
+                break;
+            }
         }
         self.carry_out();
     }
 
     fn take_snapshot(&self) -> Snapshot {
         let tl = self.node.local().timeline();
+        // What the state is the state of: the order and heads at the last complete fold (the
+        // events that came since are indexed, not folded).
+        let (events, heads) = tl.folded_at();
+        let mut state = state_json(tl);
+        state["events"] = json!(events);
+        state["heads"] = json!(heads.iter().map(|h| h.to_string()).collect::<Vec<_>>());
         Snapshot {
-            events: tl.len(),
-            heads: tl.heads(),
+            events,
+            heads,
             state_hash: tl.state_hash(),
             described: M::describe(tl.state()),
-            state: state_json(tl),
+            state,
             elections: M::elections(tl.state())
                 .iter()
                 .map(|v| (v.stimulus, self.election_json(v)))

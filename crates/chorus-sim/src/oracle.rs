@@ -250,8 +250,10 @@ pub fn judge(w: &mut World) -> Findings {
     for n in &live {
         for (pos, id) in n.tl().order().enumerate() {
             let Ok(ev) = n.tl().load(&id, n.store()) else {
-                if n.light {
-                    continue; // behind its horizon: forgotten, as it may be
+                let lc = n.tl().meta_of(&id).map_or(0, |(_, _, lc)| lc);
+                let forgotten = n.light && n.node.horizon().0.is_some_and(|h| (lc, id) <= h);
+                if forgotten {
+                    continue; // behind a light node's horizon, as it may be
                 }
                 c3.push(format!("node {}: block of {id} missing", n.ix));
                 break;

@@ -815,7 +815,9 @@ impl World {
                     };
                     for id in ids {
                         // A light node's promise: a full node holds the write now.
-                        if light && !self.nodes.iter().any(|m| !m.light && m.store().holds(&id)) {
+                        let on_full_node =
+                            |m: &SimNode| !m.light && !m.byzantine && m.store().holds(&id);
+                        if light && !self.nodes.iter().any(on_full_node) {
                             self.stats.light_acked_unstored += 1;
                         }
                         let n = &mut self.nodes[node];
@@ -1156,8 +1158,17 @@ impl World {
         let indexed = decode(indexed);
         let pending = decode(pending);
         let mut tl = Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis");
-        tl.insert_batch_deferred(indexed.iter().cloned(), &store)
+        let results = tl
+            .insert_batch_deferred(indexed.iter().cloned(), &store)
             .expect("restart from the sim's own disk");
+        for (e, r) in indexed.iter().zip(results) {
+            // What the disk held indexed indexes again, as `Timeline::restore` demands.
+            assert!(
+                matches!(r, Ok(chorus_core::timeline::Inserted::Indexed { .. })),
+                "stored event {} did not index again at restart: {r:?}",
+                e.id()
+            );
+        }
         let mut local = Local::new(tl, store, key);
         local.set_deferred_fold(true);
         local
@@ -1347,6 +1358,7 @@ fn node_over(local: Local<KairosMachine, MemStore>, sabotage: Sabotage, light: b
     let cfg = Config {
         light,
         fold_on_tick: light,
+        sliced_fold: false,
     };
     let mut node = NodeState::new(local, cfg);
     match sabotage {

@@ -216,7 +216,7 @@ fn main() -> Result<()> {
         println!(
             "| {} | {a50:.1} / {a99:.1} / {amax:.1} | {s50:.1} / {s99:.1} / {smax:.1} | {} + {} | {} |",
             if sliced {
-                "in slices of 16 positions (now)"
+                "in slices of ≤ 10 ms (now)"
             } else {
                 "in one go (before)"
             },

@@ -63,9 +63,12 @@ pub struct Config {
     /// A light node: not a replica (serves only summaries, writes through full nodes,
     /// forgets the settled past).
     pub light: bool,
-    /// Fold the machine state on every tick (the actor: so summaries carry a `state_hash` and
-    /// a light node can prune). The simulator leaves it off.
+    /// Fold the machine state on every tick (so summaries carry a `state_hash` and a light
+    /// node can prune). The simulator sets it for light nodes only; the actor folds itself.
     pub fold_on_tick: bool,
+    /// The shell folds long rewinds in slices ([`NodeState::fold_step`]): an ingest never
+    /// folds on its own (see `Timeline::set_auto_fold`).
+    pub sliced_fold: bool,
 }
 
 /// What arrives at a node.
@@ -294,6 +297,9 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     /// [`fold`](Self::fold).
     pub fn new(mut local: Local<M, S>, cfg: Config) -> Self {
         local.set_deferred_fold(true);
+        if cfg.sliced_fold {
+            local.set_auto_fold(false);
+        }
         let me = local.key().author();
         let mut syncer = Syncer::default();
         syncer.watch_own_chain(me);
@@ -574,6 +580,11 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             if their_heads == heads {
                 self.judge_state(&peer, &hash);
             }
+        }
+        // A light node forgets the settled past as soon as the state allows it (the horizon
+        // needs a folded state; the tick may have come before the fold).
+        if self.cfg.light {
+            self.prune();
         }
         true
     }
