@@ -411,9 +411,12 @@ fn summary_line(t0: Instant, st: &[Option<Value>]) -> (String, bool) {
         .collect();
     hashes.sort();
     hashes.dedup();
+    // A node folding in slices reports the state of fewer events than it holds.
     let converged = live.len() == st.len()
         && hashes.len() == 1
-        && live.iter().all(|s| s["pending"].as_u64() == Some(0));
+        && live
+            .iter()
+            .all(|s| s["pending"].as_u64() == Some(0) && s["folding"].is_null());
     (
         format!(
             "[{:>6.1}s] nodes {}/{} · events {}..{} · peers {}..{} · {}",

@@ -592,22 +592,21 @@ impl<M: Describe> Actor<M> {
         let light = self.light();
         let (horizon, pruned_blocks) = node.horizon();
         let outbox = node.outbox();
-        // While a fold runs in slices the machine state is part-way through the order: the
-        // status describes the last complete fold (its events, heads and state, consistent
-        // with each other), and `folding` says what is held beyond it.
-        let (described, state_hash, events, heads) = match &self.snapshot {
-            Some(s) => (s.described.clone(), s.state_hash, s.events, s.heads.clone()),
-            None => (
-                M::describe(tl.state()),
-                tl.state_hash(),
-                tl.len(),
-                tl.heads(),
-            ),
+        // `events` and `heads` are always what this node holds (a write acknowledged is
+        // counted at once). While a fold runs in slices the machine state is part-way through
+        // the order: the state's fields then come from the last complete fold, and `folding`
+        // says which events and heads they are the state of (null: of `events` and `heads`).
+        let (described, state_hash) = match &self.snapshot {
+            Some(s) => (s.described.clone(), s.state_hash),
+            None => (M::describe(tl.state()), tl.state_hash()),
         };
-        let folding = self
-            .snapshot
-            .as_ref()
-            .map(|_| json!({ "events_held": tl.len(), "positions_left": tl.fold_cost() }));
+        let folding = self.snapshot.as_ref().map(|s| {
+            json!({
+                "state_of_events": s.events,
+                "state_of_heads": s.heads.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                "positions_left": tl.fold_cost(),
+            })
+        });
         json!({
             "peer_id": self.peer_id.to_string(),
             "coherence": described["coherence"],
@@ -629,9 +628,9 @@ impl<M: Describe> Actor<M> {
             })),
             "timeline": tl.genesis_id().to_string(),
             "machine": tl.machine().id(),
-            "events": events,
+            "events": tl.len(),
             "pending": tl.pending_len(),
-            "heads": heads.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            "heads": tl.heads().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
             "state_hash": hex::encode(state_hash),
             "folding": folding,
             "settled": f.settled,

@@ -387,7 +387,9 @@ fn light(events: usize, runner: &[String]) -> Result<()> {
         })
     });
     let same = wait_until(&node.api, Duration::from_secs(3600), |s| {
-        s["events"].as_u64() == Some(total) && s["state_hash"].as_str() == Some(hash.as_str())
+        s["events"].as_u64() == Some(total)
+            && s["folding"].is_null()
+            && s["state_hash"].as_str() == Some(hash.as_str())
     })?;
     let caught_up = t0.elapsed().max(same);
     std::thread::sleep(Duration::from_secs(10));
@@ -527,7 +529,9 @@ fn soak(nodes_n: usize, minutes: u64) -> Result<()> {
         hashes.dedup();
         if st.len() == nodes_n
             && hashes.len() == 1
-            && st.iter().all(|s| s["events"].as_u64() == Some(written))
+            && st
+                .iter()
+                .all(|s| s["events"].as_u64() == Some(written) && s["folding"].is_null())
         {
             break;
         }

@@ -300,22 +300,24 @@ pub fn converge(nodes: &mut [&mut Node], min_events: u64, within: Duration) -> S
     let mut last = vec![];
     loop {
         let st: Vec<Option<Value>> = nodes.iter().map(|n| n.status()).collect();
-        let summary: Vec<(u64, u64, String)> = st
+        // The state_hash is the state of `events` only once no fold is under way.
+        let summary: Vec<(u64, u64, String, bool)> = st
             .iter()
             .map(|s| match s {
                 Some(s) => (
                     s["events"].as_u64().unwrap(),
                     s["pending"].as_u64().unwrap(),
                     s["state_hash"].as_str().unwrap().to_string(),
+                    s["folding"].is_null(),
                 ),
-                None => (0, 0, "down".into()),
+                None => (0, 0, "down".into(), false),
             })
             .collect();
         let first = &summary[0];
         if first.0 >= min_events
             && summary
                 .iter()
-                .all(|s| s.0 == first.0 && s.1 == 0 && s.2 == first.2)
+                .all(|s| s.0 == first.0 && s.1 == 0 && s.2 == first.2 && s.3)
         {
             return first.2.clone();
         }
