@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod engine;
 pub mod machine;
 pub mod noise;
+pub mod state;
 pub mod state_codec;
 pub mod ward;
 

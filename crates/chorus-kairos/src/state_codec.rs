@@ -13,7 +13,7 @@ use chorus_core::{AuthorId, EventId};
 use crate::{
     encoder::PhaseEncoder,
     engine::{Engine, Entry, Profile},
-    machine::{KairosState, OpenStimulus, StimulusRecord},
+    state::{KairosState, OpenStimulus, StimulusRecord},
 };
 
 /// First bytes of every encoded state.
@@ -184,13 +184,13 @@ pub fn decode(bytes: &[u8], encoder: &dyn PhaseEncoder) -> Result<KairosState, S
         None
     };
     let mut emissaries = BTreeMap::new();
-    for _ in 0..r.count(crate::machine::MAX_EMISSARIES)? {
+    for _ in 0..r.count(crate::state::MAX_EMISSARIES)? {
         let a = AuthorId(r.b32()?);
         let name = r.str()?;
         emissaries.insert((a, name), r.f64()?);
     }
     let mut stimuli = VecDeque::new();
-    for _ in 0..r.count(crate::machine::MAX_TRACKED_STIMULI)? {
+    for _ in 0..r.count(crate::state::MAX_TRACKED_STIMULI)? {
         let id = EventId(r.b32()?);
         let n = r.u8()?;
         let mut selected = vec![];

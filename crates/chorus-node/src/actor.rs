@@ -32,7 +32,9 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    describe::{Describe, event_json, state_json},
+    describe::{Describe, ElectionView, event_json, state_json},
+    election::{Election, ElectionList, Published, Selected},
+    feed::Feed,
     write::Reply,
 };
 
@@ -72,51 +74,15 @@ pub enum ApiRequest {
     /// The election of one stimulus (`None`: not a tracked stimulus here, yet or any more).
     Election {
         stimulus: EventId,
-        reply: oneshot::Sender<Option<Value>>,
+        reply: oneshot::Sender<Option<Election>>,
     },
     /// Every tracked election, oldest first.
-    Elections(oneshot::Sender<Value>),
-}
-
-/// New events (ingested or appended here), in the order they were committed; what
-/// `GET /v1/events?stream=true` and the emissaries follow. Bounded: a subscriber that falls
-/// this far behind is told it lagged (and pages `GET /v1/events` to catch up).
-pub const FEED_CAPACITY: usize = 4_096;
-
-/// The sender side of the live feed, and a count of the times the timeline grew (which tells
-/// the API's status cache that a snapshot is out of date without asking the actor).
-#[derive(Clone)]
-pub struct Feed {
-    events: tokio::sync::broadcast::Sender<std::sync::Arc<SignedEvent>>,
-    changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Feed {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            events: tokio::sync::broadcast::channel(capacity).0,
-            changes: Default::default(),
-        }
-    }
-
-    /// New events from now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<SignedEvent>> {
-        self.events.subscribe()
-    }
-
-    fn listening(&self) -> bool {
-        self.events.receiver_count() > 0
-    }
-
-    fn timeline_grew(&self) {
-        self.changes
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-    }
-
-    /// How many times the timeline grew so far.
-    pub fn changes(&self) -> u64 {
-        self.changes.load(std::sync::atomic::Ordering::Acquire)
-    }
+    Elections(oneshot::Sender<ElectionList>),
+    /// One event by id (`None`: not held here).
+    Event {
+        id: EventId,
+        reply: oneshot::Sender<Option<std::sync::Arc<SignedEvent>>>,
+    },
 }
 
 /// Everything the actor reacts to.
@@ -137,7 +103,7 @@ struct Snapshot {
     state_hash: [u8; 32],
     described: Value,
     state: Value,
-    elections: Vec<(EventId, Value)>,
+    elections: Vec<Election>,
 }
 
 /// The libp2p transport's names for peers, gossip messages and inbound requests.
@@ -166,6 +132,10 @@ pub struct Actor<M: Describe> {
     fold_slices: bool,
     /// Set while a fold runs in slices.
     snapshot: Option<Snapshot>,
+    /// The elections as last pushed on the feed.
+    published: Published,
+    /// The timeline grew since the last complete fold.
+    grew: bool,
 }
 
 impl<M: Describe> Actor<M> {
@@ -195,6 +165,8 @@ impl<M: Describe> Actor<M> {
             feed: Feed::new(1),
             fold_slices: true,
             snapshot: None,
+            published: Published::default(),
+            grew: false,
         }
     }
 
@@ -267,6 +239,7 @@ impl<M: Describe> Actor<M> {
         }
         self.node.fold();
         self.carry_out();
+        self.folded();
         Replica::from_local(self.dir, self.node.into_local())
     }
 
@@ -323,7 +296,10 @@ impl<M: Describe> Actor<M> {
         }
         self.node.end_turn(now, &mut |raw| decode_parallel(raw));
         self.carry_out();
-        if tick || !queries.is_empty() {
+        // Elections are pushed after a fold: while anyone follows them, every turn that grew
+        // the timeline folds (a new intent reaches the gateway in the turn it arrived).
+        let push = self.grew && self.feed.following_elections();
+        if tick || push || !queries.is_empty() {
             self.fold();
         }
         // Every status asked in one turn sees the same state: build it once (a burst of a
@@ -399,7 +375,8 @@ impl<M: Describe> Actor<M> {
     }
 
     /// New events on the live feed (loaded only while someone listens).
-    fn announce(&self, ids: &[EventId]) {
+    fn announce(&mut self, ids: &[EventId]) {
+        self.grew = true;
         self.feed.timeline_grew();
         if !self.feed.listening() {
             return;
@@ -407,9 +384,24 @@ impl<M: Describe> Actor<M> {
         let local = self.node.local();
         for id in ids {
             if let Ok(e) = local.timeline().load(id, local.store()) {
-                // No subscriber is not an error.
-                let _ = self.feed.events.send(std::sync::Arc::new(e));
+                self.feed.event(e);
             }
+        }
+    }
+
+    /// A fold completed: push every election that changed since the last one.
+    fn folded(&mut self) {
+        self.grew = false;
+        let tl = self.node.local().timeline();
+        let views = M::elections(tl.state())
+            .into_iter()
+            .map(|v| {
+                let settled = v.winner.is_some_and(|w| tl.is_settled(&w));
+                (v, settled)
+            })
+            .collect();
+        for (view, _) in self.published.changes(views) {
+            self.feed.election(self.election(&view));
         }
     }
 
@@ -431,6 +423,7 @@ impl<M: Describe> Actor<M> {
             // compared then.
             self.node.fold();
             self.carry_out();
+            self.folded();
         }
     }
 
@@ -440,6 +433,7 @@ impl<M: Describe> Actor<M> {
         loop {
             if self.node.fold_step(FOLD_STEP_POSITIONS) {
                 self.snapshot = None;
+                self.folded();
                 break;
             }
             if start.elapsed() >= FOLD_SLICE {
@@ -465,7 +459,7 @@ impl<M: Describe> Actor<M> {
             state,
             elections: M::elections(tl.state())
                 .iter()
-                .map(|v| (v.stimulus, self.election_json(v)))
+                .map(|v| self.election(v))
                 .collect(),
         }
     }
@@ -480,12 +474,14 @@ impl<M: Describe> Actor<M> {
                     let _ = reply.send(v);
                 }
                 ApiRequest::Election { stimulus, reply } => {
-                    let view = snap.elections.iter().find(|(s, _)| *s == stimulus);
-                    let _ = reply.send(view.map(|(_, v)| v.clone()));
+                    let view = snap.elections.iter().find(|e| e.stimulus == stimulus);
+                    let _ = reply.send(view.cloned());
                 }
                 ApiRequest::Elections(reply) => {
-                    let all: Vec<Value> = snap.elections.iter().map(|(_, v)| v.clone()).collect();
-                    let _ = reply.send(json!({ "elections": all, "folding": true }));
+                    let _ = reply.send(ElectionList {
+                        elections: snap.elections.clone(),
+                        folding: true,
+                    });
                 }
                 other => self.query_live(other),
             }
@@ -510,12 +506,19 @@ impl<M: Describe> Actor<M> {
                 let view = M::elections(tl.state())
                     .into_iter()
                     .find(|e| e.stimulus == stimulus);
-                let _ = reply.send(view.map(|v| self.election_json(&v)));
+                let _ = reply.send(view.map(|v| self.election(&v)));
             }
             ApiRequest::Elections(reply) => {
                 let views = M::elections(self.node.local().timeline().state());
-                let all: Vec<Value> = views.iter().map(|v| self.election_json(v)).collect();
-                let _ = reply.send(json!({ "elections": all }));
+                let _ = reply.send(ElectionList {
+                    elections: views.iter().map(|v| self.election(v)).collect(),
+                    folding: false,
+                });
+            }
+            ApiRequest::Event { id, reply } => {
+                let local = self.node.local();
+                let ev = local.timeline().load(&id, local.store()).ok();
+                let _ = reply.send(ev.map(std::sync::Arc::new));
             }
             ApiRequest::Append { .. } => unreachable!("appends are handled in the turn"),
         }
@@ -523,7 +526,7 @@ impl<M: Describe> Actor<M> {
 
     /// An election with what a client needs: the winner's commands and emissary, and whether
     /// the winner is settled (no event can ever sort before it) or still tentative.
-    fn election_json(&self, v: &crate::describe::ElectionView) -> Value {
+    fn election(&self, v: &ElectionView) -> Election {
         let local = self.node.local();
         let tl = local.timeline();
         let winner = v.winner.and_then(|w| tl.load(&w, local.store()).ok());
@@ -534,24 +537,29 @@ impl<M: Describe> Actor<M> {
             },
             _ => None,
         };
-        let commands = winner
-            .as_ref()
-            .and_then(|e| chorus_kairos::ward::valid_commands(&e.body));
-        json!({
-            "stimulus": v.stimulus.to_string(),
-            "n": v.n,
-            "selected": v.selected.iter().map(|(a, n)| json!({"author": a.to_string(), "name": n}))
-                .collect::<Vec<_>>(),
-            "intents": v.intents,
-            "valid": v.valid,
-            "winner": v.winner.map(|w| w.to_string()),
-            "winner_author": winner.as_ref().map(|e| e.author.to_string()),
-            "emissary": field("emissary"),
-            "model": field("model"),
-            "commands": commands,
-            "text": field("text"),
-            "settled": v.winner.is_some_and(|w| tl.is_settled(&w)),
-        })
+        Election {
+            stimulus: v.stimulus,
+            n: v.n,
+            selected: v
+                .selected
+                .iter()
+                .map(|(author, name)| Selected {
+                    author: *author,
+                    name: name.clone(),
+                })
+                .collect(),
+            intents: v.intents,
+            valid: v.valid,
+            winner: v.winner,
+            winner_author: winner.as_ref().map(|e| e.author),
+            emissary: field("emissary"),
+            model: field("model"),
+            commands: winner
+                .as_ref()
+                .and_then(|e| chorus_kairos::ward::valid_commands(&e.body)),
+            text: field("text"),
+            settled: v.winner.is_some_and(|w| tl.is_settled(&w)),
+        }
     }
 
     fn events(&self, from: Option<EventId>, limit: usize) -> Result<Value, String> {

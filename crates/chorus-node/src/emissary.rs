@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chorus_core::{EventId, SignedEvent, event::kind};
+use chorus_core::{AuthorId, EventId, SignedEvent, event::kind};
 use chorus_llm::{Backend, BackendConfig, ChatMessage, ChatRequest, Role, commands};
 use ipld_core::ipld::Ipld;
 use serde::{Deserialize, Serialize};
@@ -38,12 +38,10 @@ pub const MAX_IN_FLIGHT: usize = 4;
 pub const MAX_CONTEXT_CHARS: usize = 2_000;
 /// Characters of a failed answer kept in the failure event.
 pub const MAX_RAW_IN_FAILURE: usize = 200;
-/// Stimuli an emissary keeps re-checking for a changed selection.
+/// Stimuli an emissary keeps waiting for an election that selects it.
 pub const MAX_WAITING: usize = 256;
-/// How long a stimulus that did not select this emissary is re-checked.
+/// How long a stimulus waits for an election that selects this emissary.
 pub const RESELECT_WINDOW: Duration = Duration::from_secs(60);
-/// How often those stimuli are re-checked.
-pub const RESELECT_TICK: Duration = Duration::from_millis(500);
 /// Registration retries while the node's writes are still held (write gate).
 const REGISTER_ATTEMPTS: u32 = 20;
 /// Characters of a backend's model name or error message kept in an intent.
@@ -288,84 +286,83 @@ async fn run(
 ) -> anyhow::Result<()> {
     // Subscribe first: nothing published after registration is missed.
     let mut feed = node.subscribe();
-    let author = node.status().await?["author"]
+    let mut changes = node.subscribe_elections();
+    let author_text = node.status().await?["author"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    register(&cfg, &node, &author).await?;
+    let author: AuthorId = author_text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the node's author key {author_text:?}: {e}"))?;
+    register(&cfg, &node, &author_text).await?;
     tracing::info!(emissary = %cfg.name, backend = %backend.name(), "emissary ready");
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let cfg = Arc::new(cfg);
-    // Stimuli seen but not (yet) selecting us. The selection is recomputed on every replica
-    // when earlier events arrive late (e.g. the intents that set the dopamine of a stimulus
-    // arrive after it), so they are checked again on every tick for RESELECT_WINDOW.
-    let mut waiting: VecDeque<(Arc<SignedEvent>, Instant)> = VecDeque::new();
-    let mut tick = tokio::time::interval(RESELECT_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut waiting = Waiting::default();
     loop {
-        let ev = tokio::select! {
+        // The node pushes a stimulus on the feed before the election changes its fold made
+        // (same turn, feed first): biased, so a stimulus is always known before its election.
+        tokio::select! {
+            biased;
             r = feed.recv() => match r {
-                Ok(ev) => Some(ev),
+                Ok(ev) if ev.kind == kind::STIMULUS => {
+                    stats.stimuli_seen.fetch_add(1, Ordering::Relaxed);
+                    waiting.add(ev, Instant::now());
+                }
+                Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
                     stats.lagged.fetch_add(n, Ordering::Relaxed);
                     tracing::warn!(emissary = %cfg.name, missed = n, "emissary fell behind the feed");
-                    None
                 }
                 Err(RecvError::Closed) => return Ok(()),
             },
-            _ = tick.tick() => None,
-        };
-        // (stimulus, its election now) for every stimulus to decide on.
-        let mut candidates: Vec<(Arc<SignedEvent>, Option<Value>, Instant)> = vec![];
-        match ev {
-            Some(ev) if ev.kind == kind::STIMULUS => {
-                stats.stimuli_seen.fetch_add(1, Ordering::Relaxed);
-                let e = node.election(ev.id()).await?;
-                candidates.push((ev, e, Instant::now()));
-            }
-            Some(_) => continue,
-            None if waiting.is_empty() => continue,
-            None => {
-                let now = Instant::now();
-                waiting.retain(|(_, since)| now.duration_since(*since) < RESELECT_WINDOW);
-                // One query for all of them.
-                let all = node.ask(crate::actor::ApiRequest::Elections).await?;
-                let by_id: BTreeMap<&str, &Value> = all["elections"]
-                    .as_array()
-                    .map(|l| {
-                        l.iter()
-                            .filter_map(|e| Some((e["stimulus"].as_str()?, e)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for (ev, since) in std::mem::take(&mut waiting) {
-                    let e = by_id
-                        .get(ev.id().to_string().as_str())
-                        .map(|e| (*e).clone());
-                    if e.is_some() {
-                        candidates.push((ev, e, since));
-                    } else {
-                        waiting.push_back((ev, since));
+            r = changes.recv() => {
+                let elections = match r {
+                    Ok(e) => vec![e],
+                    // Fell behind the pushes: ask once where every election stands.
+                    Err(RecvError::Lagged(n)) => {
+                        stats.lagged.fetch_add(n, Ordering::Relaxed);
+                        node.elections().await?.elections.into_iter().map(Arc::new).collect()
+                    }
+                    Err(RecvError::Closed) => return Ok(()),
+                };
+                for e in elections {
+                    if !e.selects(&author, &cfg.name) {
+                        continue;
+                    }
+                    if let Some(ev) = waiting.take(&e.stimulus, Instant::now()) {
+                        stats.selected.fetch_add(1, Ordering::Relaxed);
+                        start_answer(&cfg, &backend, &node, &stats, &slots, ev);
                     }
                 }
             }
         }
-        for (ev, election, since) in candidates {
-            let Some(election) = election else { continue };
-            let chosen = election["selected"].as_array().is_some_and(|s| {
-                s.iter()
-                    .any(|e| e["author"] == author.as_str() && e["name"] == cfg.name.as_str())
-            });
-            if !chosen {
-                if waiting.len() == MAX_WAITING {
-                    waiting.pop_front();
-                }
-                waiting.push_back((ev, since));
-                continue;
-            }
-            stats.selected.fetch_add(1, Ordering::Relaxed);
-            start_answer(&cfg, &backend, &node, &stats, &slots, ev);
+    }
+}
+
+/// Stimuli seen on the feed and not answered yet: each is answered the first time a pushed
+/// election selects this emissary. The selection is recomputed on every replica when earlier
+/// events arrive late (the intents that set a stimulus's dopamine can come after it), so a
+/// stimulus waits for [`RESELECT_WINDOW`]; at most [`MAX_WAITING`] wait (oldest dropped).
+#[derive(Default)]
+struct Waiting {
+    stimuli: VecDeque<(EventId, Arc<SignedEvent>, Instant)>,
+}
+
+impl Waiting {
+    fn add(&mut self, ev: Arc<SignedEvent>, now: Instant) {
+        if self.stimuli.len() == MAX_WAITING {
+            self.stimuli.pop_front();
         }
+        self.stimuli.push_back((ev.id(), ev, now));
+    }
+
+    /// The stimulus `id` if it still waits (it waits no more).
+    fn take(&mut self, id: &EventId, now: Instant) -> Option<Arc<SignedEvent>> {
+        self.stimuli
+            .retain(|(_, _, since)| now.duration_since(*since) < RESELECT_WINDOW);
+        let at = self.stimuli.iter().position(|(s, _, _)| s == id)?;
+        self.stimuli.remove(at).map(|(_, ev, _)| ev)
     }
 }
 

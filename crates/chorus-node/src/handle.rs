@@ -10,7 +10,9 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::{
-    actor::{ApiRequest, Feed, NodeMsg},
+    actor::{ApiRequest, NodeMsg},
+    election::{Election, ElectionList},
+    feed::Feed,
     write::WriteError,
 };
 
@@ -58,14 +60,30 @@ impl NodeHandle {
         self.ask(|reply| ApiRequest::Append { items, reply }).await
     }
 
-    pub async fn election(&self, stimulus: EventId) -> Result<Option<Value>, NodeGone> {
+    /// One stimulus's election as of the last complete fold.
+    pub async fn election(&self, stimulus: EventId) -> Result<Option<Election>, NodeGone> {
         self.ask(|reply| ApiRequest::Election { stimulus, reply })
             .await
+    }
+
+    /// Every election the state tracks, oldest first.
+    pub async fn elections(&self) -> Result<ElectionList, NodeGone> {
+        self.ask(ApiRequest::Elections).await
+    }
+
+    /// One event by id (`None`: not held here).
+    pub async fn event(&self, id: EventId) -> Result<Option<Arc<SignedEvent>>, NodeGone> {
+        self.ask(|reply| ApiRequest::Event { id, reply }).await
     }
 
     /// New events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SignedEvent>> {
         self.feed.subscribe()
+    }
+
+    /// Every change of an election from now on, pushed after the fold that made it.
+    pub fn subscribe_elections(&self) -> broadcast::Receiver<Arc<Election>> {
+        self.feed.subscribe_elections()
     }
 
     /// How many times the timeline grew so far (appended or received events).

@@ -15,11 +15,12 @@
 //! the actor finishes its turn (an in-flight commit completes), then the swarm stops.
 
 pub mod actor;
-pub mod api;
 pub mod describe;
+pub mod election;
 pub mod emissary;
-pub mod gateway;
+pub mod feed;
 pub mod handle;
+pub mod http;
 pub mod status;
 pub mod write;
 
@@ -106,7 +107,7 @@ pub async fn run<M: Describe>(
              reaches it can write (give one with --api-token-env)"
         );
     }
-    let feed = actor::Feed::new(actor::FEED_CAPACITY);
+    let feed = feed::Feed::default();
     let node = handle::NodeHandle::new(node_tx.clone(), feed.clone());
     let mut emissaries = vec![];
     for e in &cfg.emissaries {
@@ -133,7 +134,7 @@ pub async fn run<M: Describe>(
                 std::fs::write(f, format!("{bound}\n"))
                     .with_context(|| format!("writing {}", f.display()))?;
             }
-            let app = api::router(api::Api {
+            let app = http::router(http::Api {
                 node: node.clone(),
                 gateway: Default::default(),
                 emissaries: std::sync::Arc::new(emissaries),

@@ -176,8 +176,6 @@ pub struct SimNode {
     /// by the node: `node.stats().rejected_by_code`).
     pub refused_requests: u64,
     pub refused_unread: u64,
-    /// Timers deferred while paused.
-    pub deferred: Vec<crate::world::Ev>,
     /// Arrival order of every indexed event (for the `ArrivalOrder` sabotage).
     pub arrivals: Vec<EventId>,
 }

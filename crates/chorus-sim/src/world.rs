@@ -132,6 +132,8 @@ pub struct World {
     queue: BTreeMap<(u64, u64), Ev>,
     next_seq: u64,
     pub nodes: Vec<SimNode>,
+    /// Each node's timers held while it is paused (fired when it resumes).
+    held_timers: Vec<Vec<Ev>>,
     pub genesis: SignedEvent,
     /// Overlay links (a < b), fixed for the run.
     pub links: BTreeSet<(NodeIx, NodeIx)>,
@@ -223,7 +225,7 @@ impl World {
             "kairos/1",
             DEFAULT_CHECKPOINT_INTERVAL,
         );
-        let nodes = keys
+        let nodes: Vec<SimNode> = keys
             .into_iter()
             .enumerate()
             .map(|(i, key)| {
@@ -253,7 +255,6 @@ impl World {
                     last_stimulus: None,
                     refused_requests: 0,
                     refused_unread: 0,
-                    deferred: vec![],
                     arrivals: vec![],
                 }
             })
@@ -287,6 +288,7 @@ impl World {
             now: 0,
             queue: BTreeMap::new(),
             next_seq: 0,
+            held_timers: vec![vec![]; nodes.len()],
             nodes,
             genesis,
             links,
@@ -502,7 +504,7 @@ impl World {
                 self.disrupted_until = self.now;
                 for i in nodes {
                     self.nodes[i].status = Status::Up;
-                    let deferred = std::mem::take(&mut self.nodes[i].deferred);
+                    let deferred = std::mem::take(&mut self.held_timers[i]);
                     for ev in deferred {
                         self.at(self.now, ev);
                     }
@@ -517,12 +519,12 @@ impl World {
 
     /// A node's own timer: ignored after a crash, held while paused.
     fn timer_ok(&mut self, node: NodeIx, epoch: u64, ev: &Ev) -> bool {
-        let n = &mut self.nodes[node];
+        let n = &self.nodes[node];
         if n.epoch != epoch || n.status == Status::Crashed {
             return false;
         }
         if n.status == Status::Paused {
-            n.deferred.push(ev.clone());
+            self.held_timers[node].push(ev.clone());
             return false;
         }
         true
@@ -1110,7 +1112,7 @@ impl World {
         self.stats.writes_lost_in_crash += n.queued_writes;
         n.queued_writes = 0;
         n.inbox.clear();
-        n.deferred.clear();
+        self.held_timers[i].clear();
         n.outstanding.clear();
         n.turn_scheduled = false;
         n.epoch += 1;

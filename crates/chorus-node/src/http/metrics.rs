@@ -1,0 +1,189 @@
+//! `GET /metrics`: Prometheus text exposition of the node's status and the gateway and
+//! emissary counters.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::Value;
+
+use super::shared::{Api, error};
+
+/// Prometheus text exposition of the node's status and the gateway and emissary counters.
+pub async fn metrics(State(api): State<Api>) -> Response {
+    let st = match api.node.status().await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        out.push_str(&format!(
+            "# HELP chorus_{name} {help}\n# TYPE chorus_{name} {kind}\n"
+        ));
+        for (labels, v) in samples {
+            out.push_str(&format!("chorus_{name}{labels} {v}\n"));
+        }
+    };
+    let n = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let one = |v: f64| vec![(String::new(), v)];
+    metric(
+        "events",
+        "gauge",
+        "Events in the timeline.",
+        one(n(&st["events"])),
+    );
+    metric(
+        "pending",
+        "gauge",
+        "Events waiting for their parents.",
+        one(n(&st["pending"])),
+    );
+    metric(
+        "peers",
+        "gauge",
+        "Connected peers.",
+        one(st["peers"].as_array().map_or(0, Vec::len) as f64),
+    );
+    metric(
+        "settled",
+        "gauge",
+        "Events behind the settled frontier.",
+        one(n(&st["settled"])),
+    );
+    metric(
+        "appended_total",
+        "counter",
+        "Events signed by this node.",
+        one(n(&st["appended"])),
+    );
+    metric(
+        "gossip_received_total",
+        "counter",
+        "Gossip messages received.",
+        one(n(&st["received"]["gossip"])),
+    );
+    metric(
+        "sync_blocks_received_total",
+        "counter",
+        "Blocks received by sync.",
+        one(n(&st["received"]["sync_blocks"])),
+    );
+    metric(
+        "sync_lag_events",
+        "gauge",
+        "Events the most advanced peer has beyond ours.",
+        one(n(&st["sync"]["lag_events"])),
+    );
+    metric(
+        "requests_served_total",
+        "counter",
+        "Sync requests served.",
+        one(n(&st["sync"]["requests_served"])),
+    );
+    // A `{code: count}` object of the status as one labelled series per code.
+    let by_code = |counts: &Value| -> Vec<(String, f64)> {
+        counts
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (format!("{{code=\"{k}\"}}"), n(v)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    metric(
+        "rejected_total",
+        "counter",
+        "Invalid inputs rejected, by reason.",
+        by_code(&st["received"]["rejected_by_code"]),
+    );
+    metric(
+        "refused_writes_total",
+        "counter",
+        "Local writes refused because every peer would refuse them, by reason.",
+        by_code(&st["refused_writes"]),
+    );
+    metric(
+        "coherence",
+        "gauge",
+        "KAIROS coherence |T_tau|^2.",
+        one(n(&st["coherence"])),
+    );
+    metric(
+        "dopamine",
+        "gauge",
+        "KAIROS dopamine.",
+        one(n(&st["dopamine"])),
+    );
+    let g = &api.gateway;
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+    metric(
+        "gateway_intent_requests_total",
+        "counter",
+        "POST /v1/swarm/intent requests.",
+        one(l(&g.intent_requests)),
+    );
+    metric(
+        "gateway_chat_requests_total",
+        "counter",
+        "POST /v1/chat/completions requests.",
+        one(l(&g.chat_requests)),
+    );
+    metric(
+        "gateway_elected_total",
+        "counter",
+        "Gateway requests answered with a winner.",
+        one(l(&g.elected)),
+    );
+    metric(
+        "gateway_timeouts_total",
+        "counter",
+        "Gateway requests without a winner in time.",
+        one(l(&g.timeouts)),
+    );
+    metric(
+        "gateway_wait_ms_total",
+        "counter",
+        "Milliseconds gateway requests waited for winners.",
+        one(l(&g.wait_ms_total)),
+    );
+    let per = |f: fn(&crate::emissary::EmissaryStats) -> &AtomicU64| {
+        api.emissaries
+            .iter()
+            .map(|e| {
+                (
+                    format!("{{emissary=\"{}\"}}", e.name.replace('"', "'")),
+                    l(f(&e.stats)),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    metric(
+        "emissary_intents_total",
+        "counter",
+        "Valid intents published.",
+        per(|s| &s.intents),
+    );
+    metric(
+        "emissary_failures_total",
+        "counter",
+        "Failures published (timeouts, unparsable, ward, busy).",
+        per(|s| &s.failures),
+    );
+    metric(
+        "emissary_in_flight",
+        "gauge",
+        "Model calls running.",
+        per(|s| &s.in_flight),
+    );
+    metric(
+        "emissary_model_ms_total",
+        "counter",
+        "Milliseconds spent in model calls.",
+        per(|s| &s.model_ms_total),
+    );
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}

@@ -1,0 +1,44 @@
+//! `GET /v1/status` and `GET /v1/state`: the node's summary and the replicated state.
+
+use std::sync::atomic::Ordering;
+
+use axum::{
+    Json,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use super::shared::{Api, error};
+use crate::{actor::ApiRequest, emissary::EmissaryInfo, status::merge_objects};
+
+/// The node's status plus the original swarm's fields (`coherence`, `dopamine`, `mesh_size`,
+/// `active_emissaries`) and the emissaries' counters.
+pub async fn status(State(api): State<Api>) -> Response {
+    let snap = match api.status.get(&api.node).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let live = json!({
+        "mesh_size": snap.peers + 1,
+        "active_emissaries": api.emissaries
+            .iter()
+            .filter(|e| e.stats.in_flight.load(Ordering::Relaxed) > 0)
+            .map(|e| e.name.clone())
+            .collect::<Vec<_>>(),
+        "emissaries": api.emissaries.iter().map(EmissaryInfo::json).collect::<Vec<_>>(),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        merge_objects(&snap.json, &live),
+    )
+        .into_response()
+}
+
+pub async fn state(State(api): State<Api>) -> Response {
+    match api.ask(ApiRequest::State).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}

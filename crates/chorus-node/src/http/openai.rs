@@ -1,0 +1,167 @@
+//! `POST /v1/chat/completions`: OpenAI-compatible (also `"stream": true`, SSE chunks and
+//! `data: [DONE]`). The conversation is a stimulus's context ([`super::swarm::elect`]), the
+//! elected answer the assistant message.
+
+use std::{convert::Infallible, sync::atomic::Ordering};
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, Sse},
+    },
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    shared::{Api, error, json_body},
+    swarm::{
+        MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, bounded, elect, exists, stimulus_body, timeout_of,
+    },
+};
+
+/// Characters per streamed content chunk.
+const STREAM_CHUNK_CHARS: usize = 16;
+
+#[derive(Debug, Deserialize)]
+pub struct ChatBody {
+    messages: Vec<ChatMsg>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    model: Option<String>,
+    /// Chorus extension: how long to wait for the election.
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMsg {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+impl ChatMsg {
+    /// `content` as text: a string, or the text parts of a content array.
+    fn text(&self) -> String {
+        match &self.content {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => String::new(),
+        }
+    }
+}
+
+pub async fn chat_completions(
+    State(api): State<Api>,
+    body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let r = match json_body(body) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    if r.messages.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "messages must not be empty");
+    }
+    api.gateway.chat_requests.fetch_add(1, Ordering::Relaxed);
+    let system: Vec<String> = r
+        .messages
+        .iter()
+        .filter(|m| m.role == "system")
+        .map(ChatMsg::text)
+        .collect();
+    let context: Vec<String> = r
+        .messages
+        .iter()
+        .filter(|m| m.role != "system")
+        .map(|m| format!("{}: {}", m.role, m.text()))
+        .collect();
+    let backstory = if system.is_empty() {
+        exists()
+    } else {
+        system.join("\n")
+    };
+    let conversation = context.join("\n");
+    let body = match bounded("the system messages", &backstory, MAX_BACKSTORY_BYTES)
+        .and_then(|_| bounded("the conversation", &conversation, MAX_CONTEXT_BYTES))
+        .and_then(|_| {
+            stimulus_body(
+                "Chorus",
+                "The voice of the swarm",
+                &backstory,
+                &conversation,
+            )
+        }) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let model = r.model.unwrap_or_else(|| "chorus".into());
+    let (e, ms) = match elect(&api, body, timeout_of(r.timeout_ms)).await {
+        Ok(x) => x,
+        Err(w) => return w.response(&api.gateway),
+    };
+    let content = e.text.clone().unwrap_or_default();
+    let stimulus = e.stimulus.to_string();
+    let id = format!(
+        "chatcmpl-{}",
+        stimulus.chars().rev().take(16).collect::<String>()
+    );
+    let chorus = json!({
+        "stimulus": stimulus, "winner": e.winner.map(|w| w.to_string()), "emissary": e.emissary,
+        "settled": e.settled, "commands": e.commands, "elapsed_ms": ms,
+    });
+    if !r.stream {
+        return Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }],
+            "usage": {
+                "prompt_tokens": context.iter().map(|c| c.split_whitespace().count()).sum::<usize>(),
+                "completion_tokens": content.split_whitespace().count(),
+                "total_tokens": 0,
+            },
+            "chorus": chorus,
+        }))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    let chars: Vec<char> = content.chars().collect();
+    for piece in chars.chunks(STREAM_CHUNK_CHARS) {
+        events.push(chunk(
+            json!({"content": piece.iter().collect::<String>()}),
+            Value::Null,
+        ));
+    }
+    let mut last = chunk(json!({}), json!("stop"));
+    last["chorus"] = chorus;
+    events.push(last);
+    let stream = futures_util::stream::iter(
+        events
+            .into_iter()
+            .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
+            .chain(std::iter::once(Ok(SseEvent::default().data("[DONE]")))),
+    );
+    Sse::new(stream).into_response()
+}

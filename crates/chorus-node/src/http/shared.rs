@@ -1,0 +1,79 @@
+//! What every HTTP handler shares: the [`Api`] state, the bounds on request bodies, the
+//! gateway's counters, and the error responses (`{"error": "…"}` with the status a refusal
+//! calls for).
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::{
+    actor::ApiRequest, emissary::EmissaryInfo, handle::NodeHandle, status::StatusCache,
+    write::WriteError,
+};
+
+/// Largest request body the API reads.
+pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+/// Most bytes of event bodies one `POST /v1/events` may make (`count` × body), checked before
+/// the bodies are made.
+pub const MAX_APPEND_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Api {
+    pub node: NodeHandle,
+    pub gateway: Arc<GatewayStats>,
+    pub emissaries: Arc<Vec<EmissaryInfo>>,
+    /// Bearer token that writes must carry (`None`: writes are open, loopback only).
+    pub token: Option<Arc<str>>,
+    /// `GET /v1/status`'s shared snapshot.
+    pub status: Arc<StatusCache>,
+}
+
+/// Gateway counters.
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    pub intent_requests: AtomicU64,
+    pub chat_requests: AtomicU64,
+    pub elected: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub wait_ms_total: AtomicU64,
+}
+
+/// A JSON request body, or the 400 that says why it is not one.
+pub fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Box<Response>> {
+    body.map(|Json(b)| b)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.body_text())))
+}
+
+/// A refused or failed local write, with the status its kind calls for
+/// ([`crate::write::http_status`]).
+pub fn write_error(e: WriteError) -> Response {
+    let code = StatusCode::from_u16(crate::write::http_status(&e))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(code, e.to_string())
+}
+
+pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+impl Api {
+    /// Asks the actor; a 503 when the node is shutting down.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> ApiRequest,
+    ) -> Result<T, Response> {
+        self.node
+            .ask(make)
+            .await
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+    }
+}

@@ -1,0 +1,256 @@
+//! # The swarm API: the original swarm server's request over Chorus
+//!
+//! * `POST /v1/swarm/intent` — the original request (`npc_name`, `role`, `backstory`,
+//!   `context`) becomes a `stimulus` event; the reply comes as soon as the replicated election
+//!   has a winner (the first valid intent in the total order), never waiting for the slowest
+//!   emissary: `{commands, winner, stimulus, settled, emissary, n, intents, elapsed_ms}`. No
+//!   winner within the timeout → 504 with what is known.
+//! * `GET /v1/swarm/elections` — every election the state tracks, with winners and
+//!   settledness (what tests compare across replicas).
+//!
+//! [`elect`] is also how `POST /v1/chat/completions` ([`super::openai`]) asks the chorus.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use chorus_core::{EventId, event::kind};
+use ipld_core::ipld::Ipld;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::shared::{Api, GatewayStats, error, json_body, write_error};
+use crate::{election::Election, handle::NodeGone, write::WriteError};
+
+/// How long a gateway request waits for a winner unless it asks for less.
+pub const DEFAULT_INTENT_TIMEOUT_MS: u64 = 60_000;
+/// The longest wait a request may ask for.
+pub const MAX_INTENT_TIMEOUT_MS: u64 = 600_000;
+/// Bytes of UTF-8 the gateway takes in `npc_name` and in `role`. The field bounds are in bytes and derived from the event bounds: the
+/// largest request the gateway takes always fits one event, so a request is either refused
+/// here with a 413 that names the field, or stored.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Bytes of `backstory` (for `/v1/chat/completions`: the system messages, joined).
+pub const MAX_BACKSTORY_BYTES: usize = 8 * 1024;
+/// Bytes of `context` (for `/v1/chat/completions`: the other messages as `role: text` lines).
+/// The stimulus stores it twice: as `context`, and as `text`, which the engine integrates.
+pub const MAX_CONTEXT_BYTES: usize = 16 * 1024;
+/// DAG-CBOR around the five strings of a stimulus body: the map header, the five keys and
+/// five string headers (3 bytes each below 64 KiB).
+const STIMULUS_MAP_OVERHEAD: usize = 64;
+const _: () = assert!(
+    2 * MAX_NAME_BYTES + MAX_BACKSTORY_BYTES + 2 * MAX_CONTEXT_BYTES + STIMULUS_MAP_OVERHEAD
+        <= chorus_core::limits::MAX_BODY_BYTES
+);
+
+#[derive(Debug, Deserialize)]
+pub struct IntentRequest {
+    #[serde(default = "unknown_npc")]
+    npc_name: String,
+    #[serde(default = "cryptic")]
+    role: String,
+    #[serde(default = "exists")]
+    backstory: String,
+    #[serde(default)]
+    context: String,
+    timeout_ms: Option<u64>,
+}
+fn unknown_npc() -> String {
+    "Unknown NPC".into()
+}
+fn cryptic() -> String {
+    "Cryptic Being".into()
+}
+pub(super) fn exists() -> String {
+    "You exist.".into()
+}
+
+/// `field` within `max` bytes, or the 413 that says which field and which bound.
+pub(super) fn bounded(field: &str, value: &str, max: usize) -> Result<(), Box<Response>> {
+    if value.len() > max {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{field} is {} bytes of UTF-8, more than the gateway's {max}-byte bound (a \
+                 stimulus must fit one event)",
+                value.len()
+            ),
+        )));
+    }
+    Ok(())
+}
+
+/// The stimulus event's body, or a 413 when a field is over its bound.
+pub(super) fn stimulus_body(
+    npc: &str,
+    role: &str,
+    backstory: &str,
+    context: &str,
+) -> Result<Ipld, Box<Response>> {
+    bounded("npc_name", npc, MAX_NAME_BYTES)?;
+    bounded("role", role, MAX_NAME_BYTES)?;
+    bounded("backstory", backstory, MAX_BACKSTORY_BYTES)?;
+    bounded("context", context, MAX_CONTEXT_BYTES)?;
+    let mut m = BTreeMap::new();
+    m.insert("npc_name".to_string(), Ipld::String(npc.into()));
+    m.insert("role".to_string(), Ipld::String(role.into()));
+    m.insert("backstory".to_string(), Ipld::String(backstory.into()));
+    m.insert("context".to_string(), Ipld::String(context.into()));
+    // The engine integrates `text`: the context is what the swarm hears.
+    m.insert("text".to_string(), Ipld::String(context.into()));
+    Ok(Ipld::Map(m))
+}
+
+/// Why no election result came back.
+pub(super) enum Wait {
+    Gone(NodeGone),
+    Refused(WriteError),
+    Timeout {
+        stimulus: EventId,
+        last: Option<Arc<Election>>,
+    },
+}
+
+impl Wait {
+    pub(super) fn response(self, stats: &GatewayStats) -> Response {
+        match self {
+            Wait::Gone(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Wait::Refused(e) => write_error(e),
+            Wait::Timeout { stimulus, last } => {
+                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Json(json!({
+                        "error": "no emissary produced a valid intent in time",
+                        "stimulus": stimulus.to_string(),
+                        "election": last.as_deref(),
+                    })),
+                )
+                    .into_response()
+            }
+        }
+    }
+}
+
+/// Appends the stimulus and waits for its election to have a winner: the node pushes every
+/// change of an election after the fold that made it, so this wakes once per change of its
+/// own election (and once per other election's change), never on a timer.
+pub(super) async fn elect(
+    api: &Api,
+    body: Ipld,
+    timeout: Duration,
+) -> Result<(Arc<Election>, u64), Wait> {
+    let t0 = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Subscribe before appending: the election can change before the append's reply comes.
+    let mut changes = api.node.subscribe_elections();
+    let stimulus = match api
+        .node
+        .append(vec![(kind::STIMULUS.into(), body)])
+        .await
+        .map_err(Wait::Gone)?
+    {
+        Ok(ids) => ids[0],
+        Err(e) => return Err(Wait::Refused(e)),
+    };
+    let mut last: Option<Arc<Election>> = None;
+    loop {
+        if let Some(e) = last.as_ref().filter(|e| e.winner.is_some()) {
+            let ms = t0.elapsed().as_millis() as u64;
+            api.gateway.elected.fetch_add(1, Ordering::Relaxed);
+            api.gateway.wait_ms_total.fetch_add(ms, Ordering::Relaxed);
+            return Ok((e.clone(), ms));
+        }
+        tokio::select! {
+            r = changes.recv() => match r {
+                Ok(e) if e.stimulus == stimulus => last = Some(e),
+                Ok(_) => {}
+                // Fell behind the pushes: ask once for where the election stands.
+                Err(RecvError::Lagged(_)) => {
+                    if let Some(e) = api.node.election(stimulus).await.map_err(Wait::Gone)? {
+                        last = Some(Arc::new(e));
+                    }
+                }
+                Err(RecvError::Closed) => return Err(Wait::Gone(NodeGone)),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(Wait::Timeout { stimulus, last });
+            }
+        }
+    }
+}
+
+pub(super) fn timeout_of(ms: Option<u64>) -> Duration {
+    Duration::from_millis(
+        ms.unwrap_or(DEFAULT_INTENT_TIMEOUT_MS)
+            .clamp(1, MAX_INTENT_TIMEOUT_MS),
+    )
+}
+
+pub async fn swarm_intent(
+    State(api): State<Api>,
+    body: Result<Json<IntentRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let r = match json_body(body) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    api.gateway.intent_requests.fetch_add(1, Ordering::Relaxed);
+    let body = match stimulus_body(&r.npc_name, &r.role, &r.backstory, &r.context) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    match elect(&api, body, timeout_of(r.timeout_ms)).await {
+        Ok((e, ms)) => Json(json!({
+            "commands": e.commands,
+            "winner": e.winner.map(|w| w.to_string()),
+            "stimulus": e.stimulus.to_string(),
+            "settled": e.settled,
+            "emissary": e.emissary,
+            "model": e.model,
+            "n": e.n,
+            "intents": e.intents,
+            "elapsed_ms": ms,
+        }))
+        .into_response(),
+        Err(w) => w.response(&api.gateway),
+    }
+}
+
+pub async fn elections(State(api): State<Api>) -> Response {
+    match api.node.elections().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounds' promise: the largest stimulus the gateway takes (every field at its bound,
+    /// in 4-byte characters) is a body a peer accepts.
+    #[test]
+    fn the_largest_request_fits_one_event() {
+        let fill = |bytes: usize| "\u{1F600}".repeat(bytes / 4);
+        let body = stimulus_body(
+            &fill(MAX_NAME_BYTES),
+            &fill(MAX_NAME_BYTES),
+            &fill(MAX_BACKSTORY_BYTES),
+            &fill(MAX_CONTEXT_BYTES),
+        )
+        .expect("within the bounds");
+        chorus_core::event::check_content(kind::STIMULUS, &body).expect("fits one event");
+        assert!(stimulus_body("n", "r", "b", &fill(MAX_CONTEXT_BYTES + 4)).is_err());
+        assert!(stimulus_body(&fill(MAX_NAME_BYTES + 4), "r", "b", "c").is_err());
+    }
+}
