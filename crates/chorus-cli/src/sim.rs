@@ -111,13 +111,49 @@ fn sweep(runs: Vec<(&Scenario, u64)>, jobs: usize, replay: bool) -> Vec<chorus_s
                     done.push(r);
                     let n = done.len();
                     if n % (total / 20).max(1) == 0 || n == total {
-                        eprintln!("sweep: {n}/{total} runs done");
+                        eprintln!("sweep: {n}/{total} runs done ({})", tally(&done, &runs));
                     }
                 }
             });
         }
     });
     done.into_inner().expect("the workers are done")
+}
+
+/// The runs of every scenario taken in turn (the first seed of each, then the second…), so a
+/// sweep stopped part-way has tried every scenario on as many seeds as it could.
+fn interleave<T>(per_scenario: Vec<Vec<T>>) -> Vec<T> {
+    let mut lists: Vec<std::vec::IntoIter<T>> =
+        per_scenario.into_iter().map(Vec::into_iter).collect();
+    let mut out = vec![];
+    loop {
+        let before = out.len();
+        out.extend(lists.iter_mut().filter_map(Iterator::next));
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
+/// Runs done and failed per scenario so far, e.g. `wipe 40/200, crash 40/200 (1 failed)`.
+fn tally(done: &[chorus_sim::Report], runs: &[(&Scenario, u64)]) -> String {
+    let mut by: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
+    for (sc, _) in runs {
+        by.entry(sc.name.as_str()).or_default().1 += 1;
+    }
+    for r in done {
+        if let Some(t) = by.get_mut(r.scenario.as_str()) {
+            t.0 += 1;
+            t.2 += usize::from(!r.passed());
+        }
+    }
+    by.iter()
+        .map(|(name, (n, of, failed))| match failed {
+            0 => format!("{name} {n}/{of}"),
+            f => format!("{name} {n}/{of} ({f} failed)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn load(file: Option<PathBuf>) -> Result<Suite> {
@@ -238,7 +274,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             let jobs = jobs.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             });
-            let mut runs: Vec<(&Scenario, u64)> = vec![];
+            let mut per_scenario: Vec<Vec<(&Scenario, u64)>> = vec![];
             for sc in &suite.scenarios {
                 if !only.is_empty() && !only.contains(&sc.name) {
                     continue;
@@ -247,8 +283,9 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                     .iter()
                     .find(|(name, _)| *name == sc.name)
                     .map_or(seeds, |(_, n)| *n);
-                runs.extend((from..from + n).map(|seed| (sc, seed)));
+                per_scenario.push((from..from + n).map(|seed| (sc, seed)).collect());
             }
+            let runs = interleave(per_scenario);
             println!(
                 "sweep: {} runs, seeds from {from}, {jobs} threads{}",
                 runs.len(),
@@ -334,5 +371,17 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             );
             Ok(if failed == 0 { 0 } else { 1 })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleave;
+
+    #[test]
+    fn a_sweep_takes_every_scenario_in_turn() {
+        let runs = interleave(vec![vec!["a1", "a2", "a3"], vec!["b1"], vec!["c1", "c2"]]);
+        assert_eq!(runs, ["a1", "b1", "c1", "a2", "c2", "a3"]);
+        assert!(interleave::<u8>(vec![]).is_empty());
     }
 }
