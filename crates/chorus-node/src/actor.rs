@@ -400,8 +400,12 @@ impl<M: Describe> Actor<M> {
                 (v, settled)
             })
             .collect();
-        for (view, _) in self.published.changes(views) {
-            self.feed.election(self.election(&view));
+        let changed = self.published.changes(views);
+        // Build (and load each winner) only for someone to receive it.
+        if self.feed.following_elections() {
+            for (view, _) in changed {
+                self.feed.election(self.election(&view));
+            }
         }
     }
 
