@@ -357,6 +357,8 @@ struct PeerState {
     own_retry_at: u64,
     /// The peer said it is a light node (its version vector is not a replica's).
     light: bool,
+    /// Its last summary named events this replica lacked: a peer to catch up from.
+    ahead: bool,
 }
 
 #[derive(Debug)]
@@ -388,6 +390,12 @@ pub struct Syncer<P: Ord + Clone> {
     stats: SyncStats,
     /// This replica's author, when it writes (for [`Syncer::own_chain_confirmed`]).
     me: Option<AuthorId>,
+    /// A catch-up stream ended before its last page (stalled, failed or refused): the next
+    /// tick starts another at once, with the next peer known to be ahead, rather than waiting
+    /// for a summary round (on a lossy network that wait made a wiped node miss its bound).
+    resume: bool,
+    /// The peer of the last stream started: the next one starts after it in key order.
+    last_stream_peer: Option<P>,
 }
 
 impl<P: Ord + Clone> Default for Syncer<P> {
@@ -400,6 +408,8 @@ impl<P: Ord + Clone> Default for Syncer<P> {
             round_robin: 0,
             stats: SyncStats::default(),
             me: None,
+            resume: false,
+            last_stream_peer: None,
         }
     }
 }
@@ -512,6 +522,7 @@ impl<P: Ord + Clone> Syncer<P> {
         }
         if self.stream.as_ref().is_some_and(|s| &s.peer == p) {
             self.stream = None;
+            self.resume = true;
         }
     }
 
@@ -522,6 +533,7 @@ impl<P: Ord + Clone> Syncer<P> {
             && self.stream.as_ref().is_some_and(|s| &s.peer == p)
         {
             self.stream = None;
+            self.resume = true;
         }
         if let SyncRequest::Want { ids } = req {
             for id in ids {
@@ -533,6 +545,62 @@ impl<P: Ord + Clone> Syncer<P> {
     fn done(&mut self, p: &P) {
         if let Some(st) = self.peers.get_mut(p) {
             st.in_flight = st.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Whether a stream from `p` ended with nothing new a short while ago.
+    fn recently_idle(&self, p: &P, now: u64) -> bool {
+        self.peers
+            .get(p)
+            .and_then(|st| st.idle_stream_at)
+            .is_some_and(|t| now < t + ANTI_ENTROPY_INTERVAL_MS * 5)
+    }
+
+    /// Starts a catch-up stream from `p`: the first `Since` page. False if the request could
+    /// not go out (banned, or its in-flight bound reached).
+    fn start_stream(
+        &mut self,
+        out: &mut Vec<Action<P>>,
+        p: &P,
+        vv: BTreeMap<AuthorId, u64>,
+        now: u64,
+    ) -> bool {
+        let before = out.len();
+        let have = vv.into_iter().collect();
+        self.send(out, p, SyncRequest::Since { have, after: None });
+        if out.len() == before {
+            return false;
+        }
+        self.stream = Some(Stream {
+            peer: p.clone(),
+            last_activity: now,
+            new_blocks: 0,
+        });
+        self.last_stream_peer = Some(p.clone());
+        self.resume = false;
+        true
+    }
+
+    /// After a stream ended early: a new one from the next peer (in key order after the last
+    /// stream's) whose last summary was ahead. With none to ask, `resume` stays set and the
+    /// next summary that shows a peer ahead starts one as usual.
+    fn resume_stream(&mut self, out: &mut Vec<Action<P>>, local: &dyn LocalView, now: u64) {
+        let ahead: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.ahead && !st.light && st.banned_until.is_none())
+            .map(|(p, _)| p.clone())
+            .filter(|p| !self.recently_idle(p, now))
+            .collect();
+        let start = match &self.last_stream_peer {
+            Some(last) => ahead.iter().position(|p| p > last).unwrap_or(0),
+            None => 0,
+        };
+        for i in 0..ahead.len() {
+            let p = &ahead[(start + i) % ahead.len()];
+            if self.start_stream(out, p, local.version_vector(), now) {
+                return;
+            }
         }
     }
 
@@ -551,8 +619,11 @@ impl<P: Ord + Clone> Syncer<P> {
             out.push(Action::Disconnect(p.clone()));
             return out;
         }
+        let vv = local.version_vector();
+        let ahead = !s.light && vv_ahead(&s.version_vector, &vv);
         if let Some(st) = self.peers.get_mut(p) {
             st.light = s.light;
+            st.ahead = ahead;
             if let Some(me) = self.me {
                 let sq = s.version_vector.iter().find(|(a, _)| *a == me);
                 st.own_sq = Some(sq.map_or(0, |(_, sq)| *sq));
@@ -563,21 +634,9 @@ impl<P: Ord + Clone> Syncer<P> {
             // full nodes by gossip and by its write-through `Submit`.
             return out;
         }
-        let vv = local.version_vector();
-        let recently_idle = self
-            .peers
-            .get(p)
-            .and_then(|st| st.idle_stream_at)
-            .is_some_and(|t| now < t + ANTI_ENTROPY_INTERVAL_MS * 5);
-        if vv_ahead(&s.version_vector, &vv) && !recently_idle {
+        if ahead && !self.recently_idle(p, now) {
             if self.stream.is_none() {
-                self.stream = Some(Stream {
-                    peer: p.clone(),
-                    last_activity: now,
-                    new_blocks: 0,
-                });
-                let have = vv.into_iter().collect();
-                self.send(&mut out, p, SyncRequest::Since { have, after: None });
+                self.start_stream(&mut out, p, vv, now);
             }
             return out;
         }
@@ -644,11 +703,13 @@ impl<P: Ord + Clone> Syncer<P> {
                 );
                 if out.is_empty() {
                     self.stream = None;
+                    self.resume = true;
                 }
             }
             None => {
                 let idle = stream.new_blocks == 0;
                 self.stream = None;
+                self.resume = false;
                 if let Some(st) = self.peers.get_mut(p) {
                     st.idle_stream_at = idle.then_some(now);
                 }
@@ -739,7 +800,7 @@ impl<P: Ord + Clone> Syncer<P> {
 
     /// Periodic work: lift expired bans, drop a stalled stream, forget old wants, and compare
     /// summaries with the next peer in turn.
-    pub fn tick(&mut self, now: u64) -> Vec<Action<P>> {
+    pub fn tick(&mut self, now: u64, local: &dyn LocalView) -> Vec<Action<P>> {
         let mut out = vec![];
         let expired: Vec<P> = self
             .peers
@@ -760,6 +821,10 @@ impl<P: Ord + Clone> Syncer<P> {
             if let Some(st) = p.and_then(|p| self.peers.get_mut(&p)) {
                 st.in_flight = 0;
             }
+            self.resume = true;
+        }
+        if self.resume && self.stream.is_none() {
+            self.resume_stream(&mut out, local, now);
         }
         self.wants.retain(|_, t| now < *t + WANT_TIMEOUT_MS);
         if self.me.is_some() {

@@ -10,8 +10,8 @@ use chorus_core::{
     event::kind,
     machine::CounterMachine,
     sync::{
-        Action, BAN_MS, MAX_INVALID_PER_PEER, MAX_PAGE_EVENTS, REQUEST_BURST, SyncRequest,
-        SyncResponse, Syncer, WANT_TIMEOUT_MS, serve,
+        Action, BAN_MS, CATCH_UP_STALL_MS, MAX_INVALID_PER_PEER, MAX_PAGE_EVENTS, REQUEST_BURST,
+        SyncRequest, SyncResponse, Syncer, WANT_TIMEOUT_MS, serve,
     },
     testkit,
     timeline::{Inserted, NoBlocks},
@@ -205,6 +205,8 @@ fn missing_parents_are_asked_of_the_announcer_once_per_timeout() {
 
 #[test]
 fn invalid_blocks_ban_the_peer_then_the_ban_expires() {
+    let ks = keys(1);
+    let blank = timeline(&testkit::genesis(&ks[0], &ks, "counter/1", 64), &[]);
     let mut s: Syncer<u8> = Syncer::default();
     s.peer_up(3, 0);
     for _ in 1..MAX_INVALID_PER_PEER {
@@ -220,7 +222,7 @@ fn invalid_blocks_ban_the_peer_then_the_ban_expires() {
     assert!(s.is_banned(&3));
     assert!(!s.admit_request(&3, 6));
     assert_eq!(s.peer_up(3, 7), vec![Action::Disconnect(3)]);
-    assert!(s.tick(5 + BAN_MS).contains(&Action::Unban(3)));
+    assert!(s.tick(5 + BAN_MS, &blank).contains(&Action::Unban(3)));
     assert!(!s.is_banned(&3));
 }
 
@@ -368,15 +370,15 @@ fn a_writer_asks_again_for_a_summary_that_was_lost() {
     // timeout). Before the retry interval nothing is re-sent to peer 1 (the round robin
     // skips a peer with a request in flight).
     let _ = s.on_summary(&2, &summary, &blank, 0);
-    let early = s.tick(OWN_CHAIN_RETRY_MS - 1);
+    let early = s.tick(OWN_CHAIN_RETRY_MS - 1, &blank);
     assert_eq!(summaries_to(&early, 1), 0, "{early:?}");
-    let retry = s.tick(OWN_CHAIN_RETRY_MS);
+    let retry = s.tick(OWN_CHAIN_RETRY_MS, &blank);
     assert_eq!(summaries_to(&retry, 1), 1, "the silent peer is asked again");
     assert_eq!(summaries_to(&retry, 2), 0, "the peer that answered is not");
     let _ = s.on_summary(&1, &summary, &blank, OWN_CHAIN_RETRY_MS + 10);
     assert_eq!(s.own_chain_confirmed(&blank), Some(0));
     // Once every peer has answered, no more retries.
-    let later = s.tick(10 * OWN_CHAIN_RETRY_MS);
+    let later = s.tick(10 * OWN_CHAIN_RETRY_MS, &blank);
     assert!(
         summaries_to(&later, 1) + summaries_to(&later, 2) <= 1,
         "{later:?}"
@@ -384,6 +386,68 @@ fn a_writer_asks_again_for_a_summary_that_was_lost() {
     // A replica that does not write never retries.
     let mut r: Syncer<u8> = Syncer::default();
     let _ = r.peer_up(1, 0);
-    let quiet = r.tick(OWN_CHAIN_RETRY_MS);
+    let quiet = r.tick(OWN_CHAIN_RETRY_MS, &blank);
     assert!(summaries_to(&quiet, 1) <= 1);
+}
+
+/// Found by `chorus sim sweep` (lossy-wipe seed 20261216): a wiped node on a network that loses
+/// one message in five waited for a summary round after each stalled stream, and its lost
+/// summaries held the peers' request slots for the whole request timeout, so it caught up
+/// only after the scenario's bound. A stream that ends before its last page now resumes at the
+/// next tick with the next peer known to be ahead.
+#[test]
+fn a_stalled_catch_up_resumes_at_once_with_the_next_peer_ahead() {
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
+    let hist = testkit::history(&g, "counter/1", &ks, 50, 3, |_, _| {
+        (kind::STIMULUS, testkit::text("x"))
+    });
+    let full = timeline(&g, &hist);
+    let wiped = timeline(&g, &[]);
+    let summary = match serve(&full, &NoBlocks, &SyncRequest::Summary) {
+        SyncResponse::Summary(x) => x,
+        other => panic!("{other:?}"),
+    };
+    let since_to = |actions: &[Action<u8>]| -> Vec<u8> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(p, SyncRequest::Since { after: None, .. }) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut s: Syncer<u8> = Syncer::default();
+    for p in [1, 2, 3] {
+        s.peer_up(p, 0);
+    }
+    // Peers 1 and 2 are ahead; peer 3 is as blank as we are.
+    let first = s.on_summary(&1, &summary, &wiped, 0);
+    assert_eq!(since_to(&first), vec![1]);
+    assert!(
+        s.on_summary(&2, &summary, &wiped, 10).is_empty(),
+        "one stream"
+    );
+    let blank = match serve(&wiped, &NoBlocks, &SyncRequest::Summary) {
+        SyncResponse::Summary(x) => x,
+        other => panic!("{other:?}"),
+    };
+    let _ = s.on_summary(&3, &blank, &wiped, 20);
+    // The first page is lost: the stream stalls, and the same tick asks peer 2.
+    let quiet = s.tick(CATCH_UP_STALL_MS - 1, &wiped);
+    assert!(since_to(&quiet).is_empty(), "{quiet:?}");
+    let resumed = s.tick(CATCH_UP_STALL_MS, &wiped);
+    assert_eq!(since_to(&resumed), vec![2], "{resumed:?}");
+    assert!(s.catching_up());
+    // Peer 2's request fails too: the next tick goes back to peer 1, never to blank peer 3.
+    s.request_failed(
+        &2,
+        &SyncRequest::Since {
+            have: vec![],
+            after: None,
+        },
+    );
+    assert!(!s.catching_up());
+    let again = s.tick(CATCH_UP_STALL_MS + 200, &wiped);
+    assert_eq!(since_to(&again), vec![1], "{again:?}");
 }

@@ -535,7 +535,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             if self.cfg.fold_on_tick {
                 self.fold();
             }
-            let a = self.syncer.tick(now);
+            let a = self.syncer.tick(now, self.local.timeline());
             self.act(a);
             if self.cfg.light {
                 self.prune();
