@@ -16,7 +16,7 @@ use chorus_core::{
     event::kind,
     sync::{Blocks, Summary, SyncRequest, SyncResponse},
 };
-use chorus_net::{NetCommand, NetConfig, NetEvent, Peer};
+use chorus_net::{Acceptance, NetCommand, NetConfig, NetEvent, Peer};
 use common::*;
 use serde_bytes::ByteBuf;
 
@@ -154,7 +154,12 @@ fn byzantine_peer_is_banned_and_honest_nodes_converge() {
                     let _ = cmd.send(NetCommand::Respond { id, resp }).await;
                 }
                 NetEvent::Gossip { id, .. } => {
-                    let _ = cmd.send(NetCommand::Validated { id, valid: true }).await;
+                    let _ = cmd
+                        .send(NetCommand::Validated {
+                            id,
+                            verdict: Acceptance::Forward,
+                        })
+                        .await;
                 }
                 _ => {}
             }

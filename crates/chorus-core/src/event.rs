@@ -37,7 +37,9 @@ pub mod kind {
 /// Current format version.
 pub const FORMAT_VERSION: u64 = 1;
 
-/// Every way an event can be refused. Each variant is counted separately by the timeline.
+/// Every way an event can be refused. Each variant is counted separately by the timeline, and
+/// belongs to one [`ErrorClass`]: whether the bytes alone are wrong, the event is wrong for
+/// this timeline, or this node cannot take it now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EventError {
@@ -85,7 +87,49 @@ pub enum EventError {
     PendingFull { events: usize },
 }
 
+/// What kind of refusal an [`EventError`] is, which decides who is to blame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The bytes alone are wrong (size, encoding, shape, signature, CID): any node refuses
+    /// them, whatever it holds. Whoever sent them is charged.
+    Decode,
+    /// Well-formed but wrong for this timeline, decided from the event's causal past (which
+    /// every honest node sees the same way). Whoever sent them is charged.
+    Validation,
+    /// Nothing is wrong with the event: this node cannot take it now (a bound on what it
+    /// holds). Nobody is charged, and it is not forwarded; the sender may retry, and sync
+    /// brings it again once there is room.
+    BackPressure,
+}
+
 impl EventError {
+    /// Which kind of refusal this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            EventError::TooLarge { .. }
+            | EventError::Encoding(_)
+            | EventError::NonCanonical
+            | EventError::UnsupportedVersion(_)
+            | EventError::BadKind(_)
+            | EventError::BodyTooLarge { .. }
+            | EventError::TooManyParents { .. }
+            | EventError::NoParents
+            | EventError::ParentsNotSorted
+            | EventError::GenesisShape(_)
+            | EventError::CounterRange
+            | EventError::BadAuthorKey
+            | EventError::BadSignature
+            | EventError::CidMismatch { .. } => ErrorClass::Decode,
+            EventError::WrongTimeline { .. }
+            | EventError::BadSeq { .. }
+            | EventError::BadLamport { .. }
+            | EventError::UnknownAuthor(_)
+            | EventError::NotAdmin
+            | EventError::BadBody { .. } => ErrorClass::Validation,
+            EventError::PendingFull { .. } => ErrorClass::BackPressure,
+        }
+    }
+
     /// Stable name of the variant, used as the counter key and in reports.
     pub fn code(&self) -> &'static str {
         match self {

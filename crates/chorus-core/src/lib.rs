@@ -48,7 +48,7 @@ pub mod sync;
 pub mod testkit;
 pub mod timeline;
 
-pub use event::{EventError, SignedEvent, UnsignedEvent};
+pub use event::{ErrorClass, EventError, SignedEvent, UnsignedEvent};
 pub use ids::{AuthorId, EventId};
 pub use machine::Machine;
 pub use timeline::Timeline;

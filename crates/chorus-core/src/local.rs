@@ -19,7 +19,7 @@ use std::{
 use ipld_core::ipld::Ipld;
 
 use crate::{
-    EventError, EventId, Machine, SignedEvent, Timeline,
+    ErrorClass, EventError, EventId, Machine, SignedEvent, Timeline,
     crypto::Keypair,
     event::{check_content, kind},
     storage::{Batch, Pruned, Storage},
@@ -74,12 +74,15 @@ pub struct IngestReport {
     pub duplicate: u64,
     /// Held for missing parents (persisted; applied when the parents come).
     pub pending: u64,
-    /// Rejected, per error code, with the first few ids and reasons.
+    /// Not taken, per error code (back-pressure included), with the first few ids and reasons.
     pub rejected: BTreeMap<&'static str, u64>,
     pub rejected_examples: Vec<(EventId, String)>,
-    /// Positions in the ingested batch of the events rejected (so a node can charge the peer
-    /// that sent each one).
+    /// Positions in the ingested batch of the events rejected as invalid (decode or
+    /// validation errors: a node charges the peer that sent each one).
     pub rejected_at: Vec<usize>,
+    /// Positions of the events not taken because of back-pressure (the pending set is full):
+    /// nothing is wrong with them, nobody is charged, sync brings them again later.
+    pub busy_at: Vec<usize>,
     /// Ids indexed by this ingest, including released pending events.
     pub indexed: Vec<EventId>,
 }
@@ -355,7 +358,10 @@ impl<M: Machine, S: Storage> Local<M, S> {
                 Ok(Inserted::Duplicate) => report.duplicate += 1,
                 Err(e) => {
                     report.reject(ev.id(), &e);
-                    report.rejected_at.push(pos);
+                    match e.class() {
+                        ErrorClass::BackPressure => report.busy_at.push(pos),
+                        ErrorClass::Decode | ErrorClass::Validation => report.rejected_at.push(pos),
+                    }
                 }
             }
         }

@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use chorus_core::{
-    EventError, SignedEvent, Timeline,
+    EventError, EventId, SignedEvent, Timeline, UnsignedEvent,
     crypto::Keypair,
     event::kind,
+    limits::MAX_PENDING_BYTES,
     local::Local,
     machine::CounterMachine,
     proto::{
@@ -405,4 +406,110 @@ fn a_light_node_acknowledges_only_once_a_full_node_stored_the_write() {
         matches!(i, Input::Response { resp: SyncResponse::Refused { reason }, .. } if reason.contains("light"))
     });
     assert!(refused);
+}
+
+/// A valid event whose parent nobody holds: it can only wait in the pending set. Only the
+/// parent differs with `n`, so a small orphan is never larger than a small honest event.
+fn orphan(g: &SignedEvent, key: &Keypair, n: u64, body_bytes: usize) -> SignedEvent {
+    UnsignedEvent {
+        timeline: Some(g.id()),
+        author: key.author(),
+        seq: 2,
+        lamport: 5,
+        parents: vec![EventId::of_block(format!("nobody holds {n}").as_bytes())],
+        kind: kind::STIMULUS.into(),
+        body: testkit::text(&"x".repeat(body_bytes)),
+    }
+    .sign(key)
+}
+
+#[test]
+fn a_full_pending_set_is_back_pressure_and_charges_no_honest_forwarder() {
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let nodes = ks.iter().map(|k| node_with(&g, k, &[])).collect();
+    let mut m = Mesh::new(nodes);
+    m.settle(1);
+    // Node 1 writes two events in a chain; node 0 gets the second first.
+    m.cut.insert((0, 1));
+    m.cut.insert((0, 2));
+    m.append(1, 1, "first");
+    m.append(1, 2, "second");
+    m.settle(0);
+    let tl1 = m.nodes[1].local().timeline();
+    let order: Vec<EventId> = tl1.order().collect();
+    let load = |id: &EventId| tl1.load(id, m.nodes[1].local().store()).unwrap();
+    let (first, second) = (load(&order[order.len() - 2]), load(&order[order.len() - 1]));
+    assert_eq!(second.parents, vec![first.id()], "node 1's chain of two");
+    assert_eq!(second.parents, vec![first.id()]);
+    // Fill node 0's pending set to its byte bound with orphans (the link to their sender is
+    // cut, so nobody relays them and node 0's asks for their parents go nowhere).
+    let body = 46 * 1024;
+    let fill = MAX_PENDING_BYTES / (body + 200) + 1;
+    for n in 0..fill as u64 {
+        let id = 10_000 + n;
+        m.gossip.insert(id, vec![]);
+        m.inbox[0].push_back(Input::Gossip {
+            from: 1,
+            id,
+            block: orphan(&g, &ks[2], n, body).bytes().to_vec(),
+        });
+        if n % 64 == 63 {
+            m.step();
+        }
+    }
+    m.step();
+    // The byte bound leaves room for a small event after the last big one: fill that too.
+    let mut n = fill as u64;
+    loop {
+        let id = 10_000 + n;
+        m.gossip.insert(id, vec![]);
+        m.inbox[0].push_back(Input::Gossip {
+            from: 1,
+            id,
+            block: orphan(&g, &ks[2], n, 0).bytes().to_vec(),
+        });
+        m.step();
+        n += 1;
+        if m.verdicts.last() == Some(&(0, 1, Verdict::Busy)) {
+            break;
+        }
+        assert!(n < fill as u64 + 2_000, "the pending set never fills");
+    }
+    let busy_from_1 = m
+        .verdicts
+        .iter()
+        .filter(|v| **v == (0, 1, Verdict::Busy))
+        .count();
+    // Honest node 2 forwards node 1's second event before the first: node 0 cannot take it
+    // now, which is nobody's fault.
+    m.gossip.insert(1, vec![]);
+    m.inbox[0].push_back(Input::Gossip {
+        from: 2,
+        id: 1,
+        block: second.bytes().to_vec(),
+    });
+    m.step();
+    assert_eq!(m.verdicts.last(), Some(&(0, 2, Verdict::Busy)));
+    assert_eq!(m.nodes[0].stats().invalid_by_peer.get("2"), None);
+    assert_eq!(
+        m.nodes[0]
+            .stats()
+            .rejected_by_code
+            .get("pending_full")
+            .copied(),
+        Some(busy_from_1 as u64 + 1)
+    );
+    assert!(
+        m.bans.is_empty(),
+        "nobody is banned for back-pressure: {:?}",
+        m.bans
+    );
+    assert!(!m.nodes[0].local().timeline().contains(&second.id()));
+    // In order, both are taken at once: the bound holds only what waits for parents.
+    m.heal();
+    m.settle(8);
+    assert!(m.nodes[0].local().timeline().contains(&first.id()));
+    assert!(m.nodes[0].local().timeline().contains(&second.id()));
+    assert!(m.bans.is_empty(), "{:?}", m.bans);
 }

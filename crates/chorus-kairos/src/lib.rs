@@ -6,6 +6,7 @@
 //! function, keyed noise, canonical NaN/zero in the serialisation).
 //! The math and the state layout are in `docs/design/kairos.md`.
 
+pub mod body;
 pub mod encoder;
 pub mod engine;
 pub mod machine;

@@ -7,18 +7,17 @@ use std::{
     sync::Arc,
 };
 
+use crate::{
+    body::{Intent, Registration},
+    encoder::{PhaseEncoder, Sha256Encoder},
+    engine::{Engine, Entry, NoiseKey, Profile},
+    ward,
+};
 use chorus_core::{
     EventId,
     event::{body_text, kind},
     genesis::Genesis,
     machine::{Applied, Machine, StateDecodeError},
-};
-use ipld_core::ipld::Ipld;
-
-use crate::{
-    encoder::{PhaseEncoder, Sha256Encoder},
-    engine::{Engine, Entry, NoiseKey, Profile},
-    ward,
 };
 
 pub use crate::state::{
@@ -112,29 +111,16 @@ impl KairosMachine {
     }
 
     fn apply_intent(&self, s: &mut KairosState, ev: &Applied<'_>) {
-        let text = body_text(ev.body).unwrap_or("");
-        let map = match ev.body {
-            Ipld::Map(m) => Some(m),
-            _ => None,
-        };
-        let emissary: EmissaryId = (
-            ev.author,
-            match map.and_then(|m| m.get("emissary")) {
-                Some(Ipld::String(n)) => n.clone(),
-                _ => String::new(),
-            },
-        );
+        let intent = Intent::view(ev.body);
+        let text = intent.text.unwrap_or("");
+        let emissary: EmissaryId = (ev.author, intent.emissary.unwrap_or("").to_string());
         let fired = self.integrate(s, &ev.id, text);
         if let Some(w) = s.emissaries.get_mut(&emissary) {
             for c in fired {
                 *w = 0.2 * c + 0.8 * *w;
             }
         }
-        let re = match map.and_then(|m| m.get("re")) {
-            Some(Ipld::Link(cid)) => EventId::from_cid(cid).ok(),
-            _ => None,
-        };
-        let Some(re) = re else { return };
+        let Some(re) = intent.re else { return };
         let valid = ward::valid_commands(ev.body).is_some();
         if let Some(rec) = s.stimuli.iter_mut().find(|r| r.id == re) {
             rec.intents += 1;
@@ -154,13 +140,12 @@ impl KairosMachine {
     }
 
     fn apply_emissary(&self, s: &mut KairosState, ev: &Applied<'_>) {
-        let Ipld::Map(m) = ev.body else { return };
-        let Some(Ipld::String(name)) = m.get("name") else {
+        let Some(name) = Registration::name(ev.body) else {
             return;
         };
         if s.emissaries.len() < MAX_EMISSARIES {
             s.emissaries
-                .entry((ev.author, name.clone()))
+                .entry((ev.author, name.to_string()))
                 .or_insert(INITIAL_WEIGHT);
         }
     }

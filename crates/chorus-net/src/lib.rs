@@ -70,6 +70,17 @@ pub struct GossipId {
     from: PeerId,
 }
 
+/// What gossipsub does with a validated message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Valid: forward it to the mesh.
+    Forward,
+    /// Neither forward it nor penalise the sender (the node could not take it now).
+    Ignore,
+    /// Invalid: drop it and penalise the sender's score.
+    Reject,
+}
+
 /// What the node tells the swarm to do.
 #[derive(Debug)]
 pub enum NetCommand {
@@ -84,11 +95,10 @@ pub enum NetCommand {
         id: InboundId,
         resp: SyncResponse,
     },
-    /// The verdict on a gossip message: valid ones are forwarded, invalid ones penalise the
-    /// sender's gossipsub score.
+    /// The verdict on a gossip message: what gossipsub does with it.
     Validated {
         id: GossipId,
-        valid: bool,
+        verdict: Acceptance,
     },
     Ban(PeerId),
     Unban(PeerId),
@@ -421,11 +431,11 @@ impl Driver {
                     let _ = b.sync.send_response(ch, resp);
                 }
             }
-            NetCommand::Validated { id, valid } => {
-                let verdict = if valid {
-                    gossipsub::MessageAcceptance::Accept
-                } else {
-                    gossipsub::MessageAcceptance::Reject
+            NetCommand::Validated { id, verdict } => {
+                let verdict = match verdict {
+                    Acceptance::Forward => gossipsub::MessageAcceptance::Accept,
+                    Acceptance::Ignore => gossipsub::MessageAcceptance::Ignore,
+                    Acceptance::Reject => gossipsub::MessageAcceptance::Reject,
                 };
                 b.gossip
                     .report_message_validation_result(&id.msg, &id.from, verdict);

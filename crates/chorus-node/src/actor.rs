@@ -15,6 +15,7 @@
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -25,7 +26,8 @@ use chorus_core::{
         node::{Config, Input, NodeState, Output, Transport},
     },
 };
-use chorus_net::{GossipId, InboundId, NetCommand, NetEvent, Peer};
+use chorus_kairos::body::Intent;
+use chorus_net::{Acceptance, GossipId, InboundId, NetCommand, NetEvent, Peer};
 use chorus_store::{Replica, Store, verify::decode_parallel};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
@@ -35,6 +37,7 @@ use crate::{
     describe::{Describe, ElectionView, event_json, state_json},
     election::{Election, ElectionList, Published, Selected},
     feed::Feed,
+    status::{Folding, LightNodeStatus, NodeStatus, Received, SyncStatus},
     write::Reply,
 };
 
@@ -60,7 +63,7 @@ pub const FOLD_STEP_POSITIONS: usize = 8;
 
 /// A request from the HTTP API.
 pub enum ApiRequest {
-    Status(oneshot::Sender<Value>),
+    Status(oneshot::Sender<Arc<NodeStatus>>),
     State(oneshot::Sender<Value>),
     Events {
         from: Option<EventId>,
@@ -81,7 +84,7 @@ pub enum ApiRequest {
     /// One event by id (`None`: not held here).
     Event {
         id: EventId,
-        reply: oneshot::Sender<Option<std::sync::Arc<SignedEvent>>>,
+        reply: oneshot::Sender<Option<Arc<SignedEvent>>>,
     },
 }
 
@@ -304,14 +307,12 @@ impl<M: Describe> Actor<M> {
         }
         // Every status asked in one turn sees the same state: build it once (a burst of a
         // thousand monitoring requests costs one fold and one snapshot, not a thousand).
-        let mut status: Option<Value> = None;
+        let mut status: Option<Arc<NodeStatus>> = None;
         for q in queries {
             match q {
                 ApiRequest::Status(reply) => {
-                    if status.is_none() {
-                        status = Some(self.status());
-                    }
-                    let _ = reply.send(status.clone().unwrap_or_default());
+                    let s = status.get_or_insert_with(|| Arc::new(self.status()));
+                    let _ = reply.send(s.clone());
                 }
                 q => self.query(q),
             }
@@ -327,7 +328,13 @@ impl<M: Describe> Actor<M> {
                 Output::Respond { id, resp } => self.send(NetCommand::Respond { id, resp }),
                 Output::Validated { id, verdict, .. } => self.send(NetCommand::Validated {
                     id,
-                    valid: verdict.valid(),
+                    verdict: if verdict.forward() {
+                        Acceptance::Forward
+                    } else if verdict.blame() {
+                        Acceptance::Reject
+                    } else {
+                        Acceptance::Ignore
+                    },
                 }),
                 Output::Ban { peer, until } => {
                     tracing::warn!(%peer, until_ms = until, "banning peer: too many invalid blocks");
@@ -497,7 +504,7 @@ impl<M: Describe> Actor<M> {
     fn query_live(&mut self, q: ApiRequest) {
         match q {
             ApiRequest::Status(reply) => {
-                let _ = reply.send(self.status());
+                let _ = reply.send(Arc::new(self.status()));
             }
             ApiRequest::State(reply) => {
                 let _ = reply.send(state_json(self.node.local().timeline()));
@@ -534,13 +541,7 @@ impl<M: Describe> Actor<M> {
         let local = self.node.local();
         let tl = local.timeline();
         let winner = v.winner.and_then(|w| tl.load(&w, local.store()).ok());
-        let field = |k: &str| match winner.as_ref().map(|e| &e.body) {
-            Some(Ipld::Map(m)) => match m.get(k) {
-                Some(Ipld::String(s)) => Some(s.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
+        let intent = winner.as_ref().map(|e| Intent::view(&e.body));
         Election {
             stimulus: v.stimulus,
             n: v.n,
@@ -556,12 +557,12 @@ impl<M: Describe> Actor<M> {
             valid: v.valid,
             winner: v.winner,
             winner_author: winner.as_ref().map(|e| e.author),
-            emissary: field("emissary"),
-            model: field("model"),
+            emissary: intent.and_then(|i| i.emissary).map(str::to_string),
+            model: intent.and_then(|i| i.model).map(str::to_string),
             commands: winner
                 .as_ref()
                 .and_then(|e| chorus_kairos::ward::valid_commands(&e.body)),
-            text: field("text"),
+            text: intent.and_then(|i| i.text).map(str::to_string),
             settled: v.winner.is_some_and(|w| tl.is_settled(&w)),
         }
     }
@@ -593,83 +594,84 @@ impl<M: Describe> Actor<M> {
         Ok(json!({ "events": out, "total": tl.len() }))
     }
 
-    fn status(&self) -> Value {
+    /// The status as typed data: counters and short lists copied out of the node (the HTTP
+    /// task that asked serializes it).
+    fn status(&self) -> NodeStatus {
         let node = &self.node;
         let local = node.local();
         let tl = local.timeline();
         let f = tl.frontier();
-        let peers: Vec<String> = node.syncer().peers().map(|p| p.to_string()).collect();
         let s = node.syncer().stats();
         let c = node.stats();
         let light = self.light();
         let (horizon, pruned_blocks) = node.horizon();
         let outbox = node.outbox();
+        let text = |ids: &[EventId]| ids.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let by_code =
+            |m: &BTreeMap<&'static str, u64>| m.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         // `events` and `heads` are always what this node holds (a write acknowledged is
         // counted at once). While a fold runs in slices the machine state is part-way through
         // the order: the state's fields then come from the last complete fold, and `folding`
-        // says which events and heads they are the state of (null: of `events` and `heads`).
+        // says which events and heads they are the state of (absent: of `events` and `heads`).
         let (described, state_hash) = match &self.snapshot {
             Some(s) => (s.described.clone(), s.state_hash),
             None => (M::describe(tl.state()), tl.state_hash()),
         };
-        let folding = self.snapshot.as_ref().map(|s| {
-            json!({
-                "state_of_events": s.events,
-                "state_of_heads": s.heads.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-                "positions_left": tl.fold_cost(),
-            })
-        });
-        json!({
-            "peer_id": self.peer_id.to_string(),
-            "coherence": described["coherence"],
-            "dopamine": described["dopamine"],
-            "cognitive_state": described["cognitive_state"],
-            "author": local.key().author().to_string(),
-            "listen": self.listen,
-            "light": light,
-            "writes_open": node.writes_open(),
-            "writes_held": node.writes_held(),
-            "light_node": light.then(|| json!({
-                "horizon_lc": horizon.map(|h| h.0),
-                "horizon": horizon.map(|h| h.1.to_string()),
-                "pruned_blocks": pruned_blocks,
-                "outbox": outbox.len(),
-                "stored_by_full_nodes": outbox.stored,
-                "unacknowledged_in_time": outbox.late,
-                "full_peers": node.full_peers().len(),
-            })),
-            "timeline": tl.genesis_id().to_string(),
-            "machine": tl.machine().id(),
-            "events": tl.len(),
-            "pending": tl.pending_len(),
-            "heads": tl.heads().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
-            "state_hash": hex::encode(state_hash),
-            "folding": folding,
-            "settled": f.settled,
-            "first_unsettled_lc": f.first_unsettled.map(|(_, lc)| lc),
-            "peers": peers,
-            "in_sync_with": node.in_sync().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            "sync": {
-                "catching_up": node.syncer().catching_up(),
-                "lag_events": node.lag(),
-                "summaries_sent": s.summaries_sent,
-                "pages_received": s.pages_received,
-                "wants_sent": s.wants_sent,
-                "requests_refused": s.requests_refused,
-                "requests_served": c.requests_served,
-                "bans": s.bans,
+        NodeStatus {
+            peer_id: self.peer_id.to_string(),
+            coherence: described["coherence"].clone(),
+            dopamine: described["dopamine"].clone(),
+            cognitive_state: described["cognitive_state"].clone(),
+            author: local.key().author().to_string(),
+            listen: self.listen.clone(),
+            light,
+            writes_open: node.writes_open(),
+            writes_held: node.writes_held(),
+            light_node: light.then(|| LightNodeStatus {
+                horizon_lc: horizon.map(|h| h.0),
+                horizon: horizon.map(|h| h.1.to_string()),
+                pruned_blocks,
+                outbox: outbox.len(),
+                stored_by_full_nodes: outbox.stored,
+                unacknowledged_in_time: outbox.late,
+                full_peers: node.full_peers().len(),
+            }),
+            timeline: tl.genesis_id().to_string(),
+            machine: tl.machine().id().to_string(),
+            events: tl.len(),
+            pending: tl.pending_len(),
+            heads: text(&tl.heads()),
+            state_hash: hex::encode(state_hash),
+            folding: self.snapshot.as_ref().map(|s| Folding {
+                state_of_events: s.events,
+                state_of_heads: text(&s.heads),
+                positions_left: tl.fold_cost(),
+            }),
+            settled: f.settled,
+            first_unsettled_lc: f.first_unsettled.map(|(_, lc)| lc),
+            peers: node.syncer().peers().map(|p| p.to_string()).collect(),
+            in_sync_with: node.in_sync().iter().map(|p| p.to_string()).collect(),
+            sync: SyncStatus {
+                catching_up: node.syncer().catching_up(),
+                lag_events: node.lag(),
+                summaries_sent: s.summaries_sent,
+                pages_received: s.pages_received,
+                wants_sent: s.wants_sent,
+                requests_refused: s.requests_refused,
+                requests_served: c.requests_served,
+                bans: s.bans,
             },
-            "received": {
-                "gossip": c.gossip_received,
-                "sync_blocks": c.blocks_received,
-                "oversize": c.oversize,
-                "invalid_by_peer": c.invalid_by_peer,
-                "rejected_by_code": c.rejected_by_code,
+            received: Received {
+                gossip: c.gossip_received,
+                sync_blocks: c.blocks_received,
+                oversize: c.oversize,
+                invalid_by_peer: c.invalid_by_peer.clone(),
+                rejected_by_code: by_code(&c.rejected_by_code),
             },
-            "appended": c.appended,
-            "refused_writes": c.refused_writes,
-            "net_commands_dropped": self.net_commands_dropped,
-            "uptime_ms": self.now(),
-        })
+            appended: c.appended,
+            refused_writes: by_code(&c.refused_writes),
+            net_commands_dropped: self.net_commands_dropped,
+            uptime_ms: self.now(),
+        }
     }
 }

@@ -15,7 +15,7 @@
 //! answered at once with a `busy` failure, so a slow model never builds an unbounded backlog.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::VecDeque,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -24,6 +24,7 @@ use std::{
 };
 
 use chorus_core::{AuthorId, EventId, SignedEvent, event::kind};
+use chorus_kairos::body::{Failure, Intent, Registration, Stimulus};
 use chorus_llm::{Backend, BackendConfig, ChatMessage, ChatRequest, Role, commands};
 use ipld_core::ipld::Ipld;
 use serde::{Deserialize, Serialize};
@@ -138,24 +139,21 @@ impl Mood {
     }
 }
 
-fn field<'a>(body: &'a Ipld, key: &str) -> Option<&'a str> {
-    match body {
-        Ipld::Map(m) => match m.get(key) {
-            Some(Ipld::String(s)) if !s.trim().is_empty() => Some(s),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// The chat for one stimulus: the original swarm's system prompt (persona, qualia, the JSON
-/// contract) with plain game commands instead of Python, and its user prompt.
+/// contract) with plain game commands instead of Python, and its user prompt. What the
+/// stimulus leaves out or blank comes from the emissary's own configuration.
 pub fn prompt(cfg: &EmissaryConfig, stimulus: &Ipld, mood: &Mood) -> Vec<ChatMessage> {
-    let name = field(stimulus, "npc_name").unwrap_or(&cfg.name);
-    let role = field(stimulus, "role").unwrap_or(&cfg.role);
-    let backstory = field(stimulus, "backstory").unwrap_or(&cfg.backstory);
-    let context = field(stimulus, "context")
-        .or_else(|| field(stimulus, "text"))
+    let s = Stimulus::read(stimulus);
+    fn given(v: Option<&str>) -> Option<&str> {
+        v.filter(|t| !t.trim().is_empty())
+    }
+    let given_or =
+        |v: &Option<String>, default: &str| given(v.as_deref()).unwrap_or(default).to_string();
+    let name = given_or(&s.npc_name, &cfg.name);
+    let role = given_or(&s.role, &cfg.role);
+    let backstory = given_or(&s.backstory, &cfg.backstory);
+    let context = given(s.context.as_deref())
+        .or_else(|| given(Some(&s.text)))
         .unwrap_or("");
     let context: String = if context.chars().count() > MAX_CONTEXT_CHARS {
         let cut: String = context.chars().take(MAX_CONTEXT_CHARS).collect();
@@ -200,66 +198,53 @@ fn clip(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
-/// What an answer becomes: the intent body to publish, and how many commands the ward refused.
-pub fn intent_body(
+/// What an answer becomes: the intent to publish (`refused` holds what the ward took out).
+pub fn intent_of(
     emissary: &str,
     stimulus: EventId,
     answer: Result<(String, String), chorus_llm::LlmError>,
     model_ms: u64,
-) -> (Ipld, u64) {
-    let mut m = BTreeMap::new();
-    m.insert("re".to_string(), Ipld::Link(stimulus.to_cid()));
-    m.insert("emissary".to_string(), Ipld::String(emissary.into()));
-    m.insert("model_ms".to_string(), Ipld::Integer(model_ms.into()));
-    let fail = |m: &mut BTreeMap<String, Ipld>, code: &str, why: String| {
-        m.insert("code".to_string(), Ipld::String(code.into()));
-        m.insert("error".to_string(), Ipld::String(why));
+) -> Intent {
+    let mut intent = Intent {
+        re: Some(stimulus),
+        emissary: emissary.into(),
+        model_ms: Some(model_ms),
+        ..Default::default()
     };
-    let mut refused = 0;
+    let fail = |code: &str, why: String| {
+        Some(Failure {
+            code: code.into(),
+            error: why,
+        })
+    };
     match answer {
-        Err(e) => fail(&mut m, e.code(), clip(&e.to_string(), MAX_NOTE_CHARS)),
+        Err(e) => intent.failure = fail(e.code(), clip(&e.to_string(), MAX_NOTE_CHARS)),
         Ok((model, text)) => {
-            m.insert(
-                "model".to_string(),
-                Ipld::String(clip(&model, MAX_NOTE_CHARS)),
-            );
+            intent.model = Some(clip(&model, MAX_NOTE_CHARS));
             match commands::parse(&text) {
                 Err(e) => {
                     let raw: String = text.chars().take(MAX_RAW_IN_FAILURE).collect();
-                    fail(&mut m, "unparsable", format!("{e}: {raw:?}"));
+                    intent.failure = fail("unparsable", format!("{e}: {raw:?}"));
                 }
                 Ok(cmds) => {
                     let (kept, out): (Vec<String>, Vec<String>) = cmds
                         .into_iter()
                         .partition(|c| !chorus_kairos::ward::refused(c));
-                    refused = out.len() as u64;
-                    if !out.is_empty() {
-                        m.insert(
-                            "refused".to_string(),
-                            Ipld::List(out.into_iter().map(Ipld::String).collect()),
-                        );
-                    }
+                    intent.refused = out;
                     if kept.is_empty() {
-                        fail(
-                            &mut m,
+                        intent.failure = fail(
                             "ward",
                             "every command was refused by the command ward".into(),
                         );
                     } else {
-                        m.insert(
-                            "text".to_string(),
-                            Ipld::String(serde_json::to_string(&kept).unwrap_or_default()),
-                        );
-                        m.insert(
-                            "commands".to_string(),
-                            Ipld::List(kept.into_iter().map(Ipld::String).collect()),
-                        );
+                        intent.text = Some(serde_json::to_string(&kept).unwrap_or_default());
+                        intent.commands = Some(kept);
                     }
                 }
             }
         }
     }
-    (Ipld::Map(m), refused)
+    intent
 }
 
 /// Starts an emissary on `node`; returns what the node reports about it.
@@ -287,10 +272,7 @@ async fn run(
     // Subscribe first: nothing published after registration is missed.
     let mut feed = node.subscribe();
     let mut changes = node.subscribe_elections();
-    let author_text = node.status().await?["author"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let author_text = node.status().await?.author.clone();
     let author: AuthorId = author_text
         .parse()
         .map_err(|e| anyhow::anyhow!("the node's author key {author_text:?}: {e}"))?;
@@ -394,7 +376,7 @@ fn start_answer(
                 backend: backend.name(),
                 queued: MAX_IN_FLIGHT,
             };
-            let (body, _) = intent_body(&cfg.name, ev.id(), Err(busy), 0);
+            let body = intent_of(&cfg.name, ev.id(), Err(busy), 0).to_ipld();
             tokio::spawn(async move {
                 publish(&node, &stats, body, false).await;
             });
@@ -414,12 +396,13 @@ async fn register(cfg: &EmissaryConfig, node: &NodeHandle, author: &str) -> anyh
         if listed(&node.state().await?) {
             return Ok(());
         }
-        let mut m = BTreeMap::new();
-        m.insert("name".to_string(), Ipld::String(cfg.name.clone()));
-        m.insert("role".to_string(), Ipld::String(cfg.role.clone()));
-        m.insert("backstory".to_string(), Ipld::String(cfg.backstory.clone()));
+        let registration = Registration {
+            name: cfg.name.clone(),
+            role: Some(cfg.role.clone()),
+            backstory: Some(cfg.backstory.clone()),
+        };
         match node
-            .append(vec![(kind::EMISSARY.into(), Ipld::Map(m))])
+            .append(vec![(kind::EMISSARY.into(), registration.to_ipld())])
             .await?
         {
             Ok(_) => return Ok(()),
@@ -455,10 +438,12 @@ async fn answer(
     if let Err(e) = &r {
         tracing::warn!(emissary = %cfg.name, "model call failed: {e}");
     }
-    let (body, refused) = intent_body(&cfg.name, stimulus.id(), r.map(|c| (c.model, c.text)), ms);
-    stats.refused_commands.fetch_add(refused, Ordering::Relaxed);
-    let ok = matches!(&body, Ipld::Map(m) if m.contains_key("commands"));
-    publish(node, stats, body, ok).await;
+    let intent = intent_of(&cfg.name, stimulus.id(), r.map(|c| (c.model, c.text)), ms);
+    stats
+        .refused_commands
+        .fetch_add(intent.refused.len() as u64, Ordering::Relaxed);
+    let ok = intent.commands.is_some();
+    publish(node, stats, intent.to_ipld(), ok).await;
     Ok(())
 }
 
@@ -497,50 +482,44 @@ mod tests {
         EventId([7; 32])
     }
 
-    fn get<'a>(b: &'a Ipld, k: &str) -> Option<&'a Ipld> {
-        match b {
-            Ipld::Map(m) => m.get(k),
-            _ => None,
-        }
+    fn code(i: &Intent) -> Option<&str> {
+        i.failure.as_ref().map(|f| f.code.as_str())
     }
 
     #[test]
     fn the_ward_strips_the_originals_dangerous_forms() {
         let text = r#"["py import os", "@py self.delete()", "say evennia.search_object", "caller.msg('x')", "say hello", "py", "@py"]"#;
-        let (body, refused) = intent_body("e", id(), Ok(("m".into(), text.into())), 5);
-        assert_eq!(refused, 6);
-        assert_eq!(
-            get(&body, "commands"),
-            Some(&Ipld::List(vec![Ipld::String("say hello".into())]))
-        );
-        assert!(chorus_kairos::ward::valid_commands(&body).is_some());
+        let intent = intent_of("e", id(), Ok(("m".into(), text.into())), 5);
+        assert_eq!(intent.refused.len(), 6);
+        assert_eq!(intent.commands, Some(vec!["say hello".to_string()]));
+        assert!(chorus_kairos::ward::valid_commands(&intent.to_ipld()).is_some());
     }
 
     #[test]
     fn an_answer_the_ward_empties_is_a_failure_never_a_candidate() {
-        let (body, refused) = intent_body(
+        let intent = intent_of(
             "e",
             id(),
             Ok(("m".into(), r#"["py x", "@py y"]"#.into())),
             5,
         );
-        assert_eq!(refused, 2);
-        assert_eq!(get(&body, "code"), Some(&Ipld::String("ward".into())));
-        assert!(get(&body, "commands").is_none());
-        assert!(chorus_kairos::ward::valid_commands(&body).is_none());
+        assert_eq!(intent.refused.len(), 2);
+        assert_eq!(code(&intent), Some("ward"));
+        assert!(intent.commands.is_none());
+        assert!(chorus_kairos::ward::valid_commands(&intent.to_ipld()).is_none());
     }
 
     #[test]
     fn unparsable_answers_and_backend_errors_are_failure_events() {
-        let (body, _) = intent_body("e", id(), Ok(("m".into(), "I will go north".into())), 5);
-        assert_eq!(get(&body, "code"), Some(&Ipld::String("unparsable".into())));
+        let intent = intent_of("e", id(), Ok(("m".into(), "I will go north".into())), 5);
+        assert_eq!(code(&intent), Some("unparsable"));
         let err = chorus_llm::LlmError::Timeout {
             backend: "b".into(),
             timeout: std::time::Duration::from_secs(45),
         };
-        let (body, _) = intent_body("e", id(), Err(err), 45_000);
-        assert_eq!(get(&body, "code"), Some(&Ipld::String("timeout".into())));
-        assert!(chorus_kairos::ward::valid_commands(&body).is_none());
+        let intent = intent_of("e", id(), Err(err), 45_000);
+        assert_eq!(code(&intent), Some("timeout"));
+        assert!(chorus_kairos::ward::valid_commands(&intent.to_ipld()).is_none());
     }
 
     #[test]
@@ -556,15 +535,18 @@ mod tests {
             temperature: 0.0,
             seed: 0,
         };
-        let mut m = BTreeMap::new();
-        m.insert("npc_name".to_string(), Ipld::String("Mira".into()));
-        m.insert("context".to_string(), Ipld::String("A door creaks.".into()));
+        let stimulus = Stimulus {
+            npc_name: Some("Mira".into()),
+            role: Some(" ".into()),
+            context: Some("A door creaks.".into()),
+            ..Default::default()
+        };
         let mood = Mood {
             coherence: 0.5,
             dopamine: 0.1,
             cognitive_state: "rising".into(),
         };
-        let p = prompt(&cfg, &Ipld::Map(m), &mood);
+        let p = prompt(&cfg, &stimulus.to_ipld(), &mood);
         assert!(p[0].content.starts_with("You are Mira.\nRole: Own Role"));
         assert!(p[0].content.contains("Dopamine: 0.1000"));
         assert!(p.last().unwrap().content.contains("A door creaks."));

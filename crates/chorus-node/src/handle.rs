@@ -13,6 +13,7 @@ use crate::{
     actor::{ApiRequest, NodeMsg},
     election::{Election, ElectionList},
     feed::Feed,
+    status::NodeStatus,
     write::WriteError,
 };
 
@@ -44,7 +45,8 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeGone)
     }
 
-    pub async fn status(&self) -> Result<Value, NodeGone> {
+    /// The node's status at one instant, as the actor copied it out.
+    pub async fn status(&self) -> Result<Arc<NodeStatus>, NodeGone> {
         self.ask(ApiRequest::Status).await
     }
 

@@ -6,15 +6,15 @@
 //! `chorus_core::proto`), which the API maps to an HTTP status with [`http_status`].
 
 pub use chorus_core::proto::{WriteError, WriteId};
-use chorus_core::{EventError, EventId};
+use chorus_core::{ErrorClass, EventError, EventId};
 use tokio::sync::oneshot;
 
 /// Where the actor sends a local write's outcome.
 pub type Reply = oneshot::Sender<Result<Vec<EventId>, WriteError>>;
 
 /// The HTTP status the API answers a write error with: 413 for a size bound, 422 for any other
-/// refusal, 403 while this node's key is not a member, 503 when the node cannot take writes
-/// now, 500 for a failure.
+/// invalid event, 403 while this node's key is not a member, 503 when the node cannot take
+/// writes now (back-pressure included), 500 for a failure.
 pub fn http_status(e: &WriteError) -> u16 {
     match e {
         WriteError::Refused {
@@ -22,6 +22,7 @@ pub fn http_status(e: &WriteError) -> u16 {
             ..
         } => 413,
         WriteError::TooLarge(_) => 413,
+        WriteError::Refused { error, .. } if error.class() == ErrorClass::BackPressure => 503,
         WriteError::Refused { .. } => 422,
         WriteError::NotMember(_) => 403,
         WriteError::Unavailable(_) => 503,

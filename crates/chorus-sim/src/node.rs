@@ -93,6 +93,8 @@ pub enum Outcome {
     RefusedUnread,
     /// Lost on the way (loss, partition, receiver down) or in a crashed receiver's inbox.
     Lost,
+    /// Not taken for lack of room (the pending set is full): not forwarded, not charged.
+    Busy,
 }
 
 impl Outcome {
@@ -107,6 +109,7 @@ impl Outcome {
             Outcome::Served => "served",
             Outcome::RefusedUnread => "refused_unread",
             Outcome::Lost => "lost",
+            Outcome::Busy => "busy",
         }
     }
 }

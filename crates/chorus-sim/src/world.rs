@@ -24,7 +24,10 @@ use chorus_core::{
     },
     testkit,
 };
-use chorus_kairos::machine::KairosMachine;
+use chorus_kairos::{
+    body::{Intent, Registration, Stimulus},
+    machine::KairosMachine,
+};
 use ipld_core::ipld::Ipld;
 use sha2::{Digest, Sha256};
 
@@ -776,6 +779,7 @@ impl World {
                         Verdict::Accepted | Verdict::Pending => Outcome::Accepted,
                         Verdict::Duplicate => Outcome::Duplicate,
                         Verdict::Rejected => Outcome::Rejected,
+                        Verdict::Busy => Outcome::Busy,
                     };
                     self.outcome(attack, o);
                     // Gossipsub forwards a validated new message to the mesh.
@@ -1000,29 +1004,22 @@ impl World {
         n.bodies_made += 1;
         let name = format!("e{node}");
         if made == 0 {
-            return (
-                kind::EMISSARY,
-                text_body(vec![("name", Ipld::String(name))]),
-            );
+            return (kind::EMISSARY, Registration::named(name).to_ipld());
         }
         let stimulus =
             n.last_stimulus.is_none() || (node.is_multiple_of(4) && made.is_multiple_of(3));
         match n.last_stimulus.filter(|_| !stimulus) {
-            None => (
-                kind::STIMULUS,
-                text_body(vec![("text", Ipld::String(text))]),
-            ),
+            None => (kind::STIMULUS, Stimulus::text(text).to_ipld()),
             Some((_, re)) => (
                 kind::INTENT,
-                text_body(vec![
-                    ("text", Ipld::String(text)),
-                    ("emissary", Ipld::String(name)),
-                    ("re", Ipld::Link(re.to_cid())),
-                    (
-                        "commands",
-                        Ipld::List(vec![Ipld::String(format!("say {}", WORDS[node % 16]))]),
-                    ),
-                ]),
+                Intent {
+                    re: Some(re),
+                    emissary: name,
+                    text: Some(text),
+                    commands: Some(vec![format!("say {}", WORDS[node % 16])]),
+                    ..Default::default()
+                }
+                .to_ipld(),
             ),
         }
     }

@@ -119,13 +119,23 @@ pub enum Verdict {
     Duplicate,
     /// Invalid (the sender is charged).
     Rejected,
+    /// Not taken for lack of room (back-pressure: the pending set is full). Nothing is wrong
+    /// with it or its sender: it is neither forwarded nor charged, and sync brings it again.
+    Busy,
 }
 
 impl Verdict {
-    /// Whether gossip should carry it on (anything but an invalid block: a duplicate too,
-    /// which is how gossipsub scores a peer that forwards what it got).
-    pub fn valid(self) -> bool {
-        self != Verdict::Rejected
+    /// Whether gossip should carry it on: anything valid, a duplicate too (which is how
+    /// gossipsub scores a peer that forwards what it got).
+    pub fn forward(self) -> bool {
+        matches!(
+            self,
+            Verdict::Accepted | Verdict::Pending | Verdict::Duplicate
+        )
+    }
+    /// Whether the sender is to blame.
+    pub fn blame(self) -> bool {
+        self == Verdict::Rejected
     }
 }
 
@@ -643,6 +653,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         let mut events: Vec<SignedEvent> = vec![];
         let mut event_pos: Vec<usize> = vec![];
         let mut bad = vec![false; sources.len()];
+        let mut busy = vec![false; sources.len()];
         for (i, r) in decoded.into_iter().enumerate() {
             match r {
                 Ok(ev) => {
@@ -674,6 +685,9 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         for p in &report.rejected_at {
             bad[event_pos[*p]] = true;
         }
+        for p in &report.busy_at {
+            busy[event_pos[*p]] = true;
+        }
         let indexed: BTreeSet<EventId> = report.indexed.iter().copied().collect();
         let mut id_at: Vec<Option<EventId>> = vec![None; sources.len()];
         for (k, id) in ids.iter().enumerate() {
@@ -695,6 +709,8 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             if let Source::Gossip(id, from) = src {
                 let verdict = if bad[i] {
                     Verdict::Rejected
+                } else if busy[i] {
+                    Verdict::Busy
                 } else if new_at[i] {
                     Verdict::Accepted
                 } else if id_at[i].is_some_and(|x| self.local.timeline().is_pending(&x)) {
@@ -702,7 +718,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 } else {
                     Verdict::Duplicate
                 };
-                if verdict.valid() {
+                if verdict.forward() {
                     gossip_from.insert(from.clone());
                 }
                 self.out.push_back(Output::Validated { id, from, verdict });

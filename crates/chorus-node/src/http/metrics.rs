@@ -1,7 +1,10 @@
 //! `GET /metrics`: Prometheus text exposition of the node's status and the gateway and
 //! emissary counters.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use axum::{
     extract::State,
@@ -14,10 +17,11 @@ use super::shared::{Api, error};
 
 /// Prometheus text exposition of the node's status and the gateway and emissary counters.
 pub async fn metrics(State(api): State<Api>) -> Response {
-    let st = match api.node.status().await {
+    let snap = match api.status.get(&api.node).await {
         Ok(s) => s,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
+    let st = &snap.status;
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
         out.push_str(&format!(
@@ -27,96 +31,93 @@ pub async fn metrics(State(api): State<Api>) -> Response {
             out.push_str(&format!("chorus_{name}{labels} {v}\n"));
         }
     };
+    // The machine's description: a number for KAIROS, null (0 here) for other machines.
     let n = |v: &Value| v.as_f64().unwrap_or(0.0);
     let one = |v: f64| vec![(String::new(), v)];
     metric(
         "events",
         "gauge",
         "Events in the timeline.",
-        one(n(&st["events"])),
+        one(st.events as f64),
     );
     metric(
         "pending",
         "gauge",
         "Events waiting for their parents.",
-        one(n(&st["pending"])),
+        one(st.pending as f64),
     );
     metric(
         "peers",
         "gauge",
         "Connected peers.",
-        one(st["peers"].as_array().map_or(0, Vec::len) as f64),
+        one(st.peers.len() as f64),
     );
     metric(
         "settled",
         "gauge",
         "Events behind the settled frontier.",
-        one(n(&st["settled"])),
+        one(st.settled as f64),
     );
     metric(
         "appended_total",
         "counter",
         "Events signed by this node.",
-        one(n(&st["appended"])),
+        one(st.appended as f64),
     );
     metric(
         "gossip_received_total",
         "counter",
         "Gossip messages received.",
-        one(n(&st["received"]["gossip"])),
+        one(st.received.gossip as f64),
     );
     metric(
         "sync_blocks_received_total",
         "counter",
         "Blocks received by sync.",
-        one(n(&st["received"]["sync_blocks"])),
+        one(st.received.sync_blocks as f64),
     );
     metric(
         "sync_lag_events",
         "gauge",
         "Events the most advanced peer has beyond ours.",
-        one(n(&st["sync"]["lag_events"])),
+        one(st.sync.lag_events as f64),
     );
     metric(
         "requests_served_total",
         "counter",
         "Sync requests served.",
-        one(n(&st["sync"]["requests_served"])),
+        one(st.sync.requests_served as f64),
     );
-    // A `{code: count}` object of the status as one labelled series per code.
-    let by_code = |counts: &Value| -> Vec<(String, f64)> {
+    // A `{code: count}` map of the status as one labelled series per code.
+    let by_code = |counts: &BTreeMap<String, u64>| -> Vec<(String, f64)> {
         counts
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (format!("{{code=\"{k}\"}}"), n(v)))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| (format!("{{code=\"{k}\"}}"), *v as f64))
+            .collect()
     };
     metric(
         "rejected_total",
         "counter",
         "Invalid inputs rejected, by reason.",
-        by_code(&st["received"]["rejected_by_code"]),
+        by_code(&st.received.rejected_by_code),
     );
     metric(
         "refused_writes_total",
         "counter",
         "Local writes refused because every peer would refuse them, by reason.",
-        by_code(&st["refused_writes"]),
+        by_code(&st.refused_writes),
     );
     metric(
         "coherence",
         "gauge",
         "KAIROS coherence |T_tau|^2.",
-        one(n(&st["coherence"])),
+        one(n(&st.coherence)),
     );
     metric(
         "dopamine",
         "gauge",
         "KAIROS dopamine.",
-        one(n(&st["dopamine"])),
+        one(n(&st.dopamine)),
     );
     let g = &api.gateway;
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;

@@ -21,7 +21,7 @@ pub async fn status(State(api): State<Api>) -> Response {
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let live = json!({
-        "mesh_size": snap.peers + 1,
+        "mesh_size": snap.status.peers.len() + 1,
         "active_emissaries": api.emissaries
             .iter()
             .filter(|e| e.stats.in_flight.load(Ordering::Relaxed) > 0)

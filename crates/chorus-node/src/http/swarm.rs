@@ -11,7 +11,6 @@
 //! [`elect`] is also how `POST /v1/chat/completions` ([`super::openai`]) asks the chorus.
 
 use std::{
-    collections::BTreeMap,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -23,6 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chorus_core::{EventId, event::kind};
+use chorus_kairos::body::Stimulus;
 use ipld_core::ipld::Ipld;
 use serde::Deserialize;
 use serde_json::json;
@@ -100,14 +100,15 @@ pub(super) fn stimulus_body(
     bounded("role", role, MAX_NAME_BYTES)?;
     bounded("backstory", backstory, MAX_BACKSTORY_BYTES)?;
     bounded("context", context, MAX_CONTEXT_BYTES)?;
-    let mut m = BTreeMap::new();
-    m.insert("npc_name".to_string(), Ipld::String(npc.into()));
-    m.insert("role".to_string(), Ipld::String(role.into()));
-    m.insert("backstory".to_string(), Ipld::String(backstory.into()));
-    m.insert("context".to_string(), Ipld::String(context.into()));
-    // The engine integrates `text`: the context is what the swarm hears.
-    m.insert("text".to_string(), Ipld::String(context.into()));
-    Ok(Ipld::Map(m))
+    Ok(Stimulus {
+        // The engine integrates `text`: the context is what the swarm hears.
+        text: context.into(),
+        npc_name: Some(npc.into()),
+        role: Some(role.into()),
+        backstory: Some(backstory.into()),
+        context: Some(context.into()),
+    }
+    .to_ipld())
 }
 
 /// Why no election result came back.

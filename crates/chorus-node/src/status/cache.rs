@@ -1,6 +1,7 @@
-//! `GET /v1/status` for many monitors at once: the node's part of the answer is built by the
-//! actor at most once per [`STATUS_MAX_AGE`], serialized once, and shared by every request in
-//! that window; only the emissaries' live fields are added per request.
+//! `GET /v1/status` for many monitors at once: the node's part of the answer is copied out by
+//! the actor at most once per [`STATUS_MAX_AGE`], serialized once (by the request that asked,
+//! not on the actor thread), and shared by every request in that window; only the emissaries'
+//! live fields are added per request.
 //!
 //! Freshness, precisely:
 //! * anything that grew the timeline (an append through any path, events from peers) makes the
@@ -22,18 +23,18 @@ use std::{
 
 use serde_json::Value;
 
+use super::NodeStatus;
 use crate::handle::{NodeGone, NodeHandle};
 
 /// The longest a shared status snapshot is served without asking the actor again.
 pub const STATUS_MAX_AGE: Duration = Duration::from_millis(20);
 
-/// The node's status, serialized, as the actor last built it.
+/// The node's status as the actor last copied it out, and serialized.
 #[derive(Clone)]
 pub struct Snapshot {
-    /// A JSON object, compact.
+    pub status: Arc<NodeStatus>,
+    /// `status` as a compact JSON object.
     pub json: Arc<str>,
-    /// How many peers it lists (for `mesh_size`).
-    pub peers: usize,
     taken: Instant,
     /// The feed's change count read before the actor was asked.
     changes: u64,
@@ -74,10 +75,12 @@ impl StatusCache {
         if let Some((s, true)) = self.cached(changes) {
             return Ok(s);
         }
-        let v = node.status().await?;
+        let status = node.status().await?;
+        // Plain structs, and maps keyed by strings: serializing cannot fail.
+        let json = serde_json::to_string(&*status).expect("a status serializes");
         let snap = Snapshot {
-            peers: v["peers"].as_array().map_or(0, Vec::len),
-            json: v.to_string().into(),
+            status,
+            json: json.into(),
             taken: Instant::now(),
             changes,
         };

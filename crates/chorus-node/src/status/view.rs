@@ -1,0 +1,101 @@
+//! The node's status as typed data: what the actor copies out of the node state machine at
+//! one instant, and what `GET /v1/status` and `GET /metrics` read.
+//!
+//! The actor only fills these structs (counters and short lists); turning them into JSON or
+//! Prometheus text happens on the HTTP task that asked. Field names are the JSON keys of
+//! `GET /v1/status`: renaming one changes the API.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// `GET /v1/status`, the node's part (the HTTP edge adds the emissaries' live fields).
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    /// The machine's own description of its state (KAIROS: a number; other machines: null).
+    pub coherence: Value,
+    pub dopamine: Value,
+    pub cognitive_state: Value,
+    /// This node's signing key, as text.
+    pub author: String,
+    pub listen: Vec<String>,
+    pub light: bool,
+    /// Whether this node takes local writes now (its own chain is known to be current).
+    pub writes_open: bool,
+    /// Local writes waiting for the write gate to open.
+    pub writes_held: usize,
+    /// Set on light nodes only.
+    pub light_node: Option<LightNodeStatus>,
+    /// The genesis id.
+    pub timeline: String,
+    pub machine: String,
+    /// Events this node holds (a write acknowledged is counted at once).
+    pub events: usize,
+    /// Events waiting for their parents.
+    pub pending: usize,
+    pub heads: Vec<String>,
+    /// The state hash of the last complete fold, hex.
+    pub state_hash: String,
+    /// Set while a fold runs in slices: which events the state fields are the state of.
+    pub folding: Option<Folding>,
+    /// Events in the settled prefix of the order.
+    pub settled: u64,
+    pub first_unsettled_lc: Option<u64>,
+    pub peers: Vec<String>,
+    pub in_sync_with: Vec<String>,
+    pub sync: SyncStatus,
+    pub received: Received,
+    /// Events signed by this node since it started.
+    pub appended: u64,
+    /// Local writes refused, by reason.
+    pub refused_writes: BTreeMap<String, u64>,
+    /// Network commands dropped on a full queue.
+    pub net_commands_dropped: u64,
+    pub uptime_ms: u64,
+}
+
+/// A light node's view of what it forgot and what it still owes the full nodes.
+#[derive(Debug, Clone, Serialize)]
+pub struct LightNodeStatus {
+    pub horizon_lc: Option<u64>,
+    pub horizon: Option<String>,
+    pub pruned_blocks: u64,
+    /// Own events not yet stored by a full node.
+    pub outbox: usize,
+    pub stored_by_full_nodes: u64,
+    pub unacknowledged_in_time: u64,
+    pub full_peers: usize,
+}
+
+/// Which events and heads the state fields describe while a fold is part-way.
+#[derive(Debug, Clone, Serialize)]
+pub struct Folding {
+    pub state_of_events: usize,
+    pub state_of_heads: Vec<String>,
+    /// Positions of the order still to fold.
+    pub positions_left: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncStatus {
+    pub catching_up: bool,
+    /// Events the most advanced peer has beyond ours.
+    pub lag_events: u64,
+    pub summaries_sent: u64,
+    pub pages_received: u64,
+    pub wants_sent: u64,
+    pub requests_refused: u64,
+    pub requests_served: u64,
+    pub bans: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    pub gossip: u64,
+    pub sync_blocks: u64,
+    pub oversize: u64,
+    pub invalid_by_peer: BTreeMap<String, u64>,
+    pub rejected_by_code: BTreeMap<String, u64>,
+}
