@@ -11,9 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use chorus_core::{
     EventId, Machine, SignedEvent, Timeline, UnsignedEvent,
+    archive::RawBlock,
     crypto::Keypair,
     event::kind,
     machine::CounterMachine,
@@ -245,15 +246,22 @@ fn ingest(which: &str) -> Result<()> {
             continue;
         }
         let (g, evs) = stimuli(4, machine_id, n, 11);
-        let bytes: Vec<Vec<u8>> = evs.iter().map(|e| e.bytes().to_vec()).collect();
+        // As an archive holds them: each block under the CID it claims.
+        let blocks: Vec<RawBlock> = evs
+            .iter()
+            .map(|e| RawBlock {
+                cid: e.id().to_string(),
+                bytes: Ok(e.bytes().to_vec()),
+            })
+            .collect();
         let dir = tempfile::tempdir()?;
         let t = Instant::now();
         if machine_id == "counter/1" {
             let mut r = Replica::create_from_genesis(dir.path(), g, CounterMachine)?;
-            pipelined_ingest(&mut r, &bytes)?;
+            pipelined_ingest(&mut r, blocks)?;
         } else {
             let mut r = Replica::create_from_genesis(dir.path(), g, KairosMachine)?;
-            pipelined_ingest(&mut r, &bytes)?;
+            pipelined_ingest(&mut r, blocks)?;
         }
         let target = if machine_id == "counter/1" {
             "≥ 15 000/s"
@@ -271,23 +279,14 @@ fn ingest(which: &str) -> Result<()> {
     Ok(())
 }
 
-/// Decode + verify (all cores) one chunk ahead of ingest (order + apply + durable store), as
-/// `chorus import` does.
-fn pipelined_ingest<M: Machine>(r: &mut Replica<M>, bytes: &[Vec<u8>]) -> Result<()> {
-    std::thread::scope(|s| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        s.spawn(move || {
-            for chunk in bytes.chunks(1000) {
-                if tx.send(chorus_store::decode_parallel(chunk)).is_err() {
-                    return;
-                }
-            }
-        });
-        for decoded in rx {
-            r.ingest(decoded.into_iter().collect::<Result<Vec<_>, _>>()?)?;
-        }
-        Ok(())
-    })
+/// Check (CID + decode + signature, all cores) one chunk ahead of ingest (order + apply +
+/// durable store): `chorus import`'s own pipeline (`chorus_store::import`).
+fn pipelined_ingest<M: Machine>(r: &mut Replica<M>, blocks: Vec<RawBlock>) -> Result<()> {
+    let rep = chorus_store::import::import(r, blocks.into_iter().map(Ok), &mut ())?;
+    if rep.rejected_total() > 0 || rep.pending > 0 {
+        bail!("the bench's own events were not all taken: {rep:?}");
+    }
+    Ok(())
 }
 
 /// A late event d positions behind the tip: time to insert it and bring the state up to date.

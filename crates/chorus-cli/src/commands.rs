@@ -9,27 +9,31 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chorus_core::{
-    AuthorId, EventId, Machine, SignedEvent, Timeline,
+    AuthorId, EventId, Machine, SignedEvent,
     archive::{self, RawBlock},
     event::kind,
     genesis::Genesis,
     machine::CounterMachine,
     membership::{MemberOp, Role},
 };
-use chorus_kairos::KairosMachine;
+use chorus_kairos::{
+    KairosMachine,
+    body::{Intent, Stimulus},
+};
 use chorus_store::{Replica, Store, replica::STORE_FILE};
 use ipld_core::ipld::Ipld;
 use serde_json::Value;
 
-use chorus_node::describe::{Describe, event_json, json_to_ipld, state_json};
+use chorus_node::{
+    describe::{Describe, event_json, json_to_ipld, state_json},
+    machines::{self, WithMachine},
+};
 
 use crate::{
     AppendArgs, Cli, Command, ExportArgs, ImportArgs, InitArgs, LogArgs, MachineArg, MemberCmd,
-    RoleArg, progress::Progress,
+    RoleArg,
+    progress::{Progress, Stages},
 };
-
-/// Events handed to the timeline per batch by import and verify.
-const INGEST_CHUNK: usize = 4096;
 
 pub fn run(cli: Cli) -> Result<i32> {
     let dir = cli.data_dir.as_path();
@@ -50,15 +54,28 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Append(a) if a.api.is_some() || crate::http::running_api(dir).is_some() => {
             append_remote(dir, a)
         }
-        other => {
-            let store = Store::open(&dir.join(STORE_FILE))?;
-            match store.machine_id() {
-                "kairos/1" => with_machine::<KairosMachine>(dir, store, other),
-                "counter/1" => with_machine::<CounterMachine>(dir, store, other),
-                m => bail!("this build does not know machine {m:?}"),
-            }
-        }
+        other => on_store(dir, other),
     }
+}
+
+/// A subcommand that opens the data directory's store, run with the machine its genesis names.
+struct OnStore<'a> {
+    dir: &'a Path,
+    store: Store,
+    cmd: Command,
+}
+
+impl WithMachine for OnStore<'_> {
+    type Output = Result<i32>;
+    fn run<M: Describe>(self) -> Result<i32> {
+        with_machine::<M>(self.dir, self.store, self.cmd)
+    }
+}
+
+fn on_store(dir: &Path, cmd: Command) -> Result<i32> {
+    let store = Store::open(&dir.join(STORE_FILE))?;
+    let machine = store.machine_id().to_string();
+    machines::dispatch(&machine, OnStore { dir, store, cmd })?
 }
 
 /// `chorus append` while a node runs on the data directory (its store is locked by it): the
@@ -83,12 +100,7 @@ fn append_remote(dir: &Path, a: AppendArgs) -> Result<i32> {
     };
     match crate::mesh::append_via_api(&api, &a.kind, body, a.count) {
         Err(e) if !explicit && e.to_string().starts_with("cannot reach") => {
-            let store = Store::open(&dir.join(STORE_FILE))?;
-            match store.machine_id() {
-                "kairos/1" => with_machine::<KairosMachine>(dir, store, Command::Append(a)),
-                "counter/1" => with_machine::<CounterMachine>(dir, store, Command::Append(a)),
-                m => bail!("this build does not know machine {m:?}"),
-            }
+            on_store(dir, Command::Append(a))
         }
         r => r,
     }
@@ -205,15 +217,18 @@ fn append<M: Describe>(r: &mut Replica<M>, a: AppendArgs) -> Result<i32> {
             .clone()
             .unwrap_or_default()
             .replace("{i}", &i.to_string());
-        let mut m = BTreeMap::new();
-        m.insert("text".to_string(), Ipld::String(text));
-        if a.kind == kind::INTENT {
-            if let Some(re) = re {
-                m.insert("re".to_string(), Ipld::Link(re.to_cid()));
+        Ok(if a.kind == kind::INTENT {
+            Intent {
+                re,
+                emissary: a.emissary.clone(),
+                text: Some(text),
+                ..Default::default()
             }
-            m.insert("emissary".to_string(), Ipld::String(a.emissary.clone()));
-        }
-        Ok(Ipld::Map(m))
+            .to_ipld()
+        } else {
+            // A stimulus, or any other kind with a text body (the same map).
+            Stimulus::text(text).to_ipld()
+        })
     };
     if a.text.is_none() && a.json.is_none() {
         bail!("give the event's TEXT or --json BODY");
@@ -442,78 +457,24 @@ fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
         }
         let g = found.context("the data directory is empty and the file holds no valid genesis")?;
         let m = Genesis::from_event(&g)?.body.machine;
-        match m.as_str() {
-            "kairos/1" => drop(Replica::create_from_genesis(dir, g, KairosMachine)?),
-            "counter/1" => drop(Replica::create_from_genesis(dir, g, CounterMachine)?),
-            other => bail!("the file's timeline uses machine {other:?}, unknown to this build"),
-        }
+        machines::create_from_genesis(dir, g)?;
         eprintln!("created a replica of timeline from {}", a.file.display());
         m
     };
-    match machine.as_str() {
-        "kairos/1" => import_into::<KairosMachine>(dir, a),
-        "counter/1" => import_into::<CounterMachine>(dir, a),
-        m => bail!("this build does not know machine {m:?}"),
+    struct Import<'a>(&'a Path, ImportArgs);
+    impl WithMachine for Import<'_> {
+        type Output = Result<i32>;
+        fn run<M: Describe>(self) -> Result<i32> {
+            import_into::<M>(self.0, self.1)
+        }
     }
+    machines::dispatch(&machine, Import(dir, a))?
 }
 
 fn import_into<M: Describe>(dir: &Path, a: ImportArgs) -> Result<i32> {
     let mut r = Replica::open(dir, M::default())?;
-    let genesis = r.timeline().genesis_id();
-    let mut total = chorus_store::IngestReport::default();
-    let mut progress = Progress::new("import", None);
-    // Reading and checking (CID + signature, on every core) run on a second thread, one chunk
-    // ahead of the ingest into the timeline and the store on this one.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<
-        Vec<(String, Result<SignedEvent, chorus_core::EventError>)>,
-    >(2);
-    let archive = open_archive(&a.file)?;
-    let reader = std::thread::spawn(move || -> Result<()> {
-        let mut raw: Vec<RawBlock> = Vec::with_capacity(INGEST_CHUNK);
-        let send = |raw: &mut Vec<RawBlock>| {
-            let checked = chorus_store::check_raw_parallel(raw);
-            let out = raw.drain(..).map(|b| b.cid).zip(checked).collect();
-            tx.send(out).is_ok()
-        };
-        for item in archive {
-            raw.push(item?);
-            if raw.len() == INGEST_CHUNK && !send(&mut raw) {
-                return Ok(());
-            }
-        }
-        send(&mut raw);
-        Ok(())
-    });
-    for chunk in rx {
-        progress.add(chunk.len() as u64);
-        let mut events = Vec::with_capacity(chunk.len());
-        for (cid, res) in chunk {
-            match res {
-                Ok(ev) if ev.id() == genesis => total.duplicate += 1,
-                Ok(ev) => events.push(ev),
-                Err(e) => {
-                    *total.rejected.entry(e.code()).or_insert(0) += 1;
-                    if total.rejected_examples.len() < 20 {
-                        total
-                            .rejected_examples
-                            .push((EventId([0; 32]), format!("{cid}: {e}")));
-                    }
-                }
-            }
-        }
-        let rep = r.ingest(events)?;
-        total.new += rep.new;
-        total.duplicate += rep.duplicate;
-        for (k, v) in rep.rejected {
-            *total.rejected.entry(k).or_insert(0) += v;
-        }
-        total.rejected_examples.extend(rep.rejected_examples);
-    }
-    reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("archive reader panicked"))??;
-    total.pending = r.timeline().pending_len() as u64;
-    progress.finish();
+    let total =
+        chorus_store::import::import(&mut r, open_archive(&a.file)?, &mut Stages::default())?;
     println!(
         "new {} duplicate {} pending {} rejected {}",
         total.new,
@@ -542,91 +503,28 @@ fn import_into<M: Describe>(dir: &Path, a: ImportArgs) -> Result<i32> {
     })
 }
 
-/// Re-verifies everything from the bytes: block hashes (integrity check), canonical encoding
-/// and signatures of every event, then a replay from genesis that must reproduce the order,
-/// the heads, every stored checkpoint and the stored state.
+/// Re-verifies everything from the bytes (`chorus_store::audit`): block hashes, canonical
+/// encoding and signatures of every event, then a replay from genesis that must reproduce the
+/// order, the heads, every stored checkpoint and the stored state.
 fn verify<M: Describe>(dir: &Path, store: Store) -> Result<i32> {
-    let fail = |what: String| -> Result<i32> {
-        println!("verify FAILED: {what}");
-        Ok(1)
-    };
-    let report = match store.integrity_check() {
-        Ok(r) => r,
-        Err(e) => return fail(e.to_string()),
-    };
-    let mut progress = Progress::new("verify signatures", Some(report.events));
-    let mut events = Vec::with_capacity(report.events as usize);
-    for ev in store.ordered_events() {
-        let ev = match ev {
-            Ok(ev) => ev,
-            Err(e) => return fail(e.to_string()),
-        };
-        if let Err(e) = SignedEvent::decode(ev.bytes()) {
-            return fail(format!("block {}: {e}", ev.id()));
+    match chorus_store::audit::verify::<M>(dir, store, &mut Stages::default())? {
+        Ok(v) => {
+            println!(
+                "verify OK: {} events, {} signatures, {} checkpoints checked, {} pending, \
+                 state_hash {}",
+                v.events,
+                v.events,
+                v.checkpoints,
+                v.pending,
+                hex::encode(v.state_hash)
+            );
+            Ok(0)
         }
-        events.push(ev);
-        progress.add(1);
-    }
-    progress.finish();
-    for ev in store.pending()? {
-        if let Err(e) = SignedEvent::decode(ev.bytes()) {
-            return fail(format!("pending block {}: {e}", ev.id()));
+        Err(m) => {
+            println!("verify FAILED: {m}");
+            Ok(1)
         }
     }
-    let checkpoints = store.checkpoints()?;
-    let stored = match Replica::open_checked(dir, store, M::default()) {
-        Ok(r) => r,
-        Err(e) => return fail(format!("opening the stored state: {e}")),
-    };
-
-    let mut progress = Progress::new("replay", Some(events.len() as u64));
-    let genesis = events.first().cloned().context("store holds no events")?;
-    let mut fresh = Timeline::new(genesis, M::default())?;
-    // Every event first, then the state at each stored checkpoint's key: exclusions
-    // (equivocation, removal) are functions of the whole set, so a checkpoint's state depends
-    // on events that sort after it; a prefix-by-prefix replay would disagree with it.
-    for ev in events.iter().skip(1) {
-        if let Err(e) = fresh.insert_deferred(ev.clone()) {
-            return fail(format!("block {}: {e}", ev.id()));
-        }
-        progress.add(1);
-    }
-    let mut checked = 0;
-    for (key, bytes) in &checkpoints {
-        if !fresh.contains(&key.1) {
-            return fail(format!("checkpoint at {} names no stored event", key.1));
-        }
-        fresh.catch_up_until(Some(*key), stored.store())?;
-        if fresh.state_hash() != sha256(bytes) {
-            return fail(format!("checkpoint at {} differs from the replay", key.1));
-        }
-        checked += 1;
-    }
-    fresh.catch_up(stored.store())?;
-    progress.finish();
-    let st = stored.timeline();
-    if !fresh.order().eq(st.order()) {
-        return fail("the replayed order differs from the stored order".into());
-    }
-    if fresh.heads() != st.heads() || fresh.heads() != stored.store().heads()? {
-        return fail("heads differ between replay, timeline and store".into());
-    }
-    if fresh.state_hash() != st.state_hash() {
-        return fail(format!(
-            "state hash of the replay {} differs from the stored state {}",
-            hex::encode(fresh.state_hash()),
-            hex::encode(st.state_hash())
-        ));
-    }
-    println!(
-        "verify OK: {} events, {} signatures, {} checkpoints checked, {} pending, state_hash {}",
-        events.len(),
-        events.len(),
-        checked,
-        st.pending_len(),
-        hex::encode(st.state_hash())
-    );
-    Ok(0)
 }
 
 /// `chorus repair`: see `chorus_store::quarantine`. The quarantined blocks are written to a
@@ -703,12 +601,6 @@ fn repair<M: Describe>(dir: &Path, store: Store, dry_run: bool) -> Result<i32> {
          refused event, so none holds a chain through it, and this is no equivocation."
     );
     Ok(0)
-}
-
-/// Plain SHA-256 (what `state_hash` is over the canonical state bytes); `EventId::of_block` is
-/// exactly that digest.
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    EventId::of_block(bytes).0
 }
 
 /// `chorus model fetch|path`.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use chorus_core::{Machine, genesis::Genesis, machine::CounterMachine, membership::Role};
+use chorus_core::{Machine, genesis::Genesis, membership::Role};
 use chorus_kairos::KairosMachine;
 use chorus_llm::BackendConfig;
 use chorus_net::Addr;
@@ -20,6 +20,7 @@ use chorus_node::{
     NodeConfig,
     describe::Describe,
     emissary::{EmissaryConfig, EmissaryFile},
+    machines::{self, WithMachine},
 };
 use chorus_store::{Replica, Store, replica::STORE_FILE, replica::load_or_create_key};
 use serde_json::{Value, json};
@@ -55,11 +56,14 @@ pub fn node(dir: &Path, a: NodeArgs) -> Result<i32> {
     let store = Store::open(&store_path)?;
     let machine = store.machine_id().to_string();
     drop(store);
-    match machine.as_str() {
-        "kairos/1" => run_node::<KairosMachine>(dir, a),
-        "counter/1" => run_node::<CounterMachine>(dir, a),
-        other => bail!("this build cannot run machine {other:?}"),
+    struct RunNode<'a>(&'a Path, NodeArgs);
+    impl WithMachine for RunNode<'_> {
+        type Output = Result<i32>;
+        fn run<M: Describe>(self) -> Result<i32> {
+            run_node::<M>(self.0, self.1)
+        }
     }
+    machines::dispatch(&machine, RunNode(dir, a))?
 }
 
 fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
@@ -160,14 +164,8 @@ pub fn join(dir: &Path, addr: &str) -> Result<i32> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let key = load_or_create_key(dir)?;
-    let genesis = runtime()?.block_on(chorus_node::fetch_genesis(addr.clone(), key.seed()))?;
-    let g = Genesis::from_event(&genesis)?;
-    let id = genesis.id();
-    match g.body.machine.as_str() {
-        "kairos/1" => drop(Replica::create_from_genesis(dir, genesis, KairosMachine)?),
-        "counter/1" => drop(Replica::create_from_genesis(dir, genesis, CounterMachine)?),
-        other => bail!("the timeline runs machine {other:?}, which this build does not have"),
-    }
+    let joined = runtime()?.block_on(machines::join(dir, addr.clone(), key.seed()))?;
+    let (id, g) = (joined.genesis.id(), joined.body);
     println!(
         "joined timeline {id} ({:?}, machine {})",
         g.body.name, g.body.machine

@@ -55,3 +55,30 @@ impl Progress {
         }
     }
 }
+
+/// The stages of long work in `chorus-store` (import, verify), printed as above: one
+/// [`Progress`] per stage.
+#[derive(Default)]
+pub struct Stages {
+    current: Option<Progress>,
+}
+
+impl chorus_store::progress::Progress for Stages {
+    fn stage(&mut self, label: &'static str, total: Option<u64>) {
+        if let Some(p) = self.current.replace(Progress::new(label, total)) {
+            p.finish();
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        if let Some(p) = &mut self.current {
+            p.add(n);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(p) = self.current.take() {
+            p.finish();
+        }
+    }
+}

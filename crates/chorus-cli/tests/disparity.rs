@@ -163,7 +163,7 @@ fn disparity_inside_the_hub() {
 
     // SIGSTOP the other fast node for 10 s while n0 goes on writing: n0 does not wait for it
     // either, and it catches up once continued.
-    let pid = nodes[1].child.as_ref().unwrap().id().to_string();
+    let pid = nodes[1].process.pid().unwrap().to_string();
     sh(&["kill", "-STOP", &pid]).unwrap();
     let mut paused_writes = 0u64;
     let stopped = Instant::now();

@@ -21,6 +21,7 @@ pub mod emissary;
 pub mod feed;
 pub mod handle;
 pub mod http;
+pub mod machines;
 pub mod status;
 pub mod write;
 

@@ -8,6 +8,7 @@
 use std::{path::Path, time::Duration};
 
 use chorus_core::{SignedEvent, genesis::Genesis, limits::MAX_BODY_BYTES};
+use chorus_harness::Api;
 use chorus_kairos::KairosMachine;
 use chorus_node::NodeConfig;
 use chorus_store::{Replica, Store, replica::STORE_FILE};
@@ -15,7 +16,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 struct Node {
-    api: String,
+    api: Api,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -54,14 +55,14 @@ impl Node {
             if let Ok(s) = std::fs::read_to_string(&addr_file)
                 && s.ends_with('\n')
             {
-                api = format!("http://{}", s.trim());
+                api = s.trim().to_string();
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!api.is_empty(), "the node's API did not come up");
         Node {
-            api,
+            api: Api::new(&api, Duration::from_secs(60)),
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -69,28 +70,13 @@ impl Node {
 
     /// (status, JSON answer) of a POST.
     fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut r = agent
-            .post(&format!("{}{path}", self.api))
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .expect("the node answers");
-        let status = r.status().as_u16();
-        let text = r.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let a = self.api.post_answer(path, body).expect("the node answers");
+        (a.status, a.body)
     }
 
     /// (event count, heads) of the node's timeline.
     fn timeline(&self) -> (u64, Value) {
-        let mut r = ureq::get(&format!("{}/v1/status", self.api))
-            .call()
-            .expect("status");
-        let v: Value =
-            serde_json::from_str(&r.body_mut().read_to_string().expect("status")).expect("JSON");
+        let v = self.api.get("/v1/status").expect("status");
         (v["events"].as_u64().expect("events"), v["heads"].clone())
     }
 

@@ -1,8 +1,13 @@
 //! # chorus-store
 //!
 //! Durable storage of one Chorus replica on redb (`docs/design/store.md`), and [`Replica`]:
-//! node key + store + timeline, the synchronous core a node or the CLI drives.
+//! node key + store + timeline, the synchronous core a node or the CLI drives. Also the long
+//! offline work on a replica: [`import`] (an archive, pipelined) and [`audit`] (`chorus
+//! verify`), reporting through [`progress::Progress`].
 
+pub mod audit;
+pub mod import;
+pub mod progress;
 pub mod quarantine;
 pub mod replica;
 pub mod store;

@@ -22,14 +22,14 @@
 //! `target/release/mesh-bench NAME`. The `chorus` binary is taken from the same directory.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use chorus_harness::{NodeCommand, NodeProcess};
 use serde_json::{Value, json};
 
 fn chorus_bin() -> Result<PathBuf> {
@@ -84,97 +84,14 @@ fn post(agent: &ureq::Agent, api: &str, body: &Value) -> Result<Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
-struct Node {
-    child: Child,
-    api: String,
-    addr: String,
-}
+type Node = NodeProcess;
 
-impl Node {
-    fn start(dir: &Path, ip: &str, boot: Option<&str>) -> Result<Node> {
-        Node::start_cmd(Command::new(chorus_bin()?), dir, ip, boot, &[])
-    }
-
-    /// A node run by `cmd` (a `chorus` binary, or an emulator with its arguments and the binary),
-    /// with `extra` node flags.
-    fn start_cmd(
-        mut cmd: Command,
-        dir: &Path,
-        ip: &str,
-        boot: Option<&str>,
-        extra: &[&str],
-    ) -> Result<Node> {
-        cmd.arg("--data-dir")
-            .arg(dir)
-            .arg("node")
-            .args([
-                "--listen",
-                &format!("/ip4/{ip}/tcp/0"),
-                "--api",
-                &format!("{ip}:0"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .stdin(Stdio::null());
-        cmd.args(extra);
-        if let Some(b) = boot {
-            cmd.args(["--bootstrap", b]);
-        }
-        let mut child = cmd.spawn()?;
-        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-        let sink = lines.clone();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
-        let find = |p: &str| -> Result<String> {
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                if let Some(v) = lines
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find_map(|l| l.strip_prefix(p).map(str::to_string))
-                {
-                    return Ok(v);
-                }
-                if Instant::now() > deadline {
-                    bail!("node on {ip} printed no {p:?}");
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        };
-        let addr = find("listening ")?;
-        let api = find("api http://")?;
-        Ok(Node { child, api, addr })
-    }
-
-    fn rss_mb(&self) -> f64 {
-        self.status_mb("VmRSS:")
-    }
-
-    /// Peak resident set since the process started.
-    fn peak_rss_mb(&self) -> f64 {
-        self.status_mb("VmHWM:")
-    }
-
-    fn status_mb(&self, field: &str) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        s.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A release `chorus node` on `dir`, listening on `ip`, bootstrapping from `boot`.
+fn node(dir: &Path, ip: &str, boot: Option<&str>) -> Result<NodeCommand> {
+    let boot: Vec<String> = boot.into_iter().map(str::to_string).collect();
+    Ok(NodeCommand::new(chorus_bin()?, dir, ip)
+        .bootstrap(&boot)
+        .ready_within(Duration::from_secs(120)))
 }
 
 /// `n` data dirs, all keys writers, the first holding the genesis.
@@ -189,16 +106,12 @@ fn timeline(root: &Path, n: usize, machine: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn mesh(dirs: &[PathBuf], base_ip: u8) -> Result<Vec<Node>> {
-    let n0 = Node::start(&dirs[0], &format!("127.0.1.{base_ip}"), None)?;
+    let n0 = node(&dirs[0], &format!("127.0.1.{base_ip}"), None)?.start()?;
     let boot = n0.addr.clone();
     let mut nodes = vec![n0];
     for (i, d) in dirs.iter().enumerate().skip(1) {
         run(d, &["join", &boot])?;
-        nodes.push(Node::start(
-            d,
-            &format!("127.0.1.{}", base_ip as usize + i),
-            Some(&boot),
-        )?);
+        nodes.push(node(d, &format!("127.0.1.{}", base_ip as usize + i), Some(&boot))?.start()?);
     }
     Ok(nodes)
 }
@@ -314,7 +227,7 @@ fn catchup(events: usize, machine: &str) -> Result<()> {
     let root = tempfile::tempdir()?;
     let dirs = timeline(root.path(), 1, machine)?;
     write_events(&dirs[0], events, "event {i}")?;
-    let src = Node::start(&dirs[0], "127.0.1.50", None)?;
+    let src = node(&dirs[0], "127.0.1.50", None)?.start()?;
     let a = agent();
     let s = get(&a, &src.api, "/v1/status").context("status")?;
     let total = s["events"].as_u64().unwrap();
@@ -322,7 +235,7 @@ fn catchup(events: usize, machine: &str) -> Result<()> {
     let fresh_dir = root.path().join("fresh");
     run(&fresh_dir, &["join", &src.addr])?;
     let t0 = Instant::now();
-    let fresh = Node::start(&fresh_dir, "127.0.1.51", Some(&src.addr))?;
+    let fresh = node(&fresh_dir, "127.0.1.51", Some(&src.addr))?.start()?;
     let start = t0.elapsed();
     let all = wait_until(&fresh.api, Duration::from_secs(600), |s| {
         s["events"].as_u64() == Some(total)
@@ -355,24 +268,29 @@ fn light(events: usize, runner: &[String]) -> Result<()> {
         events,
         "stimulus {i} the traveller asks the gate keeper for the old road",
     )?;
-    let src = Node::start(&dirs[0], "127.0.1.60", None)?;
+    let src = node(&dirs[0], "127.0.1.60", None)?.start()?;
     let s = get(&agent(), &src.api, "/v1/status").context("status")?;
     let total = s["events"].as_u64().unwrap();
     let hash = s["state_hash"].as_str().unwrap().to_string();
     let light_dir = root.path().join("light");
     run(&light_dir, &["join", &src.addr])?;
-    let (cmd, what) = match runner.split_first() {
-        None => (Command::new(chorus_bin()?), "native".to_string()),
-        Some((prog, rest)) => {
-            let mut c = Command::new(prog);
-            c.args(rest);
-            (c, runner.join(" "))
-        }
+    let (cmd, what) = match runner.split_last() {
+        None => (
+            node(&light_dir, "127.0.1.61", Some(&src.addr))?,
+            "native".to_string(),
+        ),
+        Some((bin, prefix)) => (
+            NodeCommand::new(bin, &light_dir, "127.0.1.61")
+                .prefix(prefix)
+                .bootstrap(std::slice::from_ref(&src.addr))
+                .ready_within(Duration::from_secs(120)),
+            runner.join(" "),
+        ),
     };
     let t0 = Instant::now();
-    let node = Node::start_cmd(cmd, &light_dir, "127.0.1.61", Some(&src.addr), &["--light"])?;
+    let node = cmd.args(["--light"]).start()?;
     // Under emulation, the guest's own pages, sampled (the process's peak includes qemu).
-    let pid = node.child.id();
+    let pid = node.pid().context("the light node's pid")?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let guest_peak_kb = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampler = (!runner.is_empty()).then(|| {
@@ -487,7 +405,7 @@ fn soak(nodes_n: usize, minutes: u64) -> Result<()> {
             next_report += Duration::from_secs(10);
             let mut alive = 0;
             for n in nodes.iter_mut() {
-                if n.child.try_wait().ok().flatten().is_none() {
+                if n.alive() {
                     alive += 1;
                 }
             }
@@ -565,15 +483,11 @@ fn gateway(requests: usize, concurrent: usize) -> Result<()> {
          [[emissary]]\nname = \"pi-45s\"\nbackend = { kind = \"scripted\", reply = '[\"say ...\"]', delay_ms = 45000 }\n",
     )?;
     let f = file.display().to_string();
-    let n0 = Node::start_cmd(
-        Command::new(chorus_bin()?),
-        &dirs[0],
-        "127.0.1.61",
-        None,
-        &["--emissaries", &f],
-    )?;
+    let n0 = node(&dirs[0], "127.0.1.61", None)?
+        .args(["--emissaries", &f])
+        .start()?;
     run(&dirs[1], &["join", &n0.addr])?;
-    let n1 = Node::start(&dirs[1], "127.0.1.62", Some(&n0.addr))?;
+    let n1 = node(&dirs[1], "127.0.1.62", Some(&n0.addr))?.start()?;
     let nodes = [n0, n1];
     wait_peers(&nodes, 1, Duration::from_secs(60))?;
     let a = agent();

@@ -5,15 +5,14 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex},
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
 pub mod netns;
 
+use chorus_harness::{Api, NodeCommand, NodeProcess};
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_chorus");
@@ -38,48 +37,27 @@ pub fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .build()
-        .new_agent()
-}
-
-/// A response as JSON; `Err(status and body)` unless it is a success.
-fn json_of(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, String> {
-    let mut r = r.map_err(|e| e.to_string())?;
-    let status = r.status();
-    let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    if !status.is_success() {
-        return Err(format!("{status}: {text}"));
-    }
-    serde_json::from_str(&text).map_err(|e| e.to_string())
+fn api(base: &str) -> Api {
+    Api::new(base, Duration::from_secs(60))
 }
 
 /// GET as JSON; `Err(status or transport error)` otherwise.
-pub fn get(api: &str, path: &str) -> Result<Value, String> {
-    json_of(agent().get(format!("http://{api}{path}")).call())
+pub fn get(base: &str, path: &str) -> Result<Value, String> {
+    api(base).get(path)
 }
 
-pub fn post(api: &str, path: &str, body: &Value) -> Result<Value, String> {
-    json_of(
-        agent()
-            .post(format!("http://{api}{path}"))
-            .header("content-type", "application/json")
-            .send(body.to_string()),
-    )
+pub fn post(base: &str, path: &str, body: &Value) -> Result<Value, String> {
+    api(base).post(path, body)
 }
 
-/// One node process.
+/// One node process (the harness's), with the name and place a test knows it by.
 pub struct Node {
     pub name: String,
     pub dir: PathBuf,
     pub ip: String,
-    pub child: Option<Child>,
+    pub process: NodeProcess,
     pub api: String,
     pub addr: String,
-    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Node {
@@ -98,99 +76,27 @@ impl Node {
         extra: &[&str],
         prefix: Option<&[&str]>,
     ) -> Node {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.with_extension("log"))
-            .unwrap();
-        let mut cmd = match prefix {
-            Some(p) => {
-                let mut c = Command::new(p[0]);
-                c.args(&p[1..]).arg(BIN);
-                c
-            }
-            None => Command::new(BIN),
-        };
-        cmd.arg("--data-dir")
-            .arg(dir)
-            .arg("node")
-            .args(["--listen", &format!("/ip4/{ip}/tcp/0")])
-            .args(["--api", &format!("{ip}:0")])
-            .args(extra)
+        let process = NodeCommand::new(BIN, dir, ip)
+            .prefix(prefix.unwrap_or_default().iter().copied())
+            .bootstrap(bootstrap)
+            .args(extra.iter().copied())
             .env("CHORUS_LOG", "info,libp2p=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        for b in bootstrap {
-            cmd.args(["--bootstrap", b]);
-        }
-        let mut child = cmd.spawn().expect("start chorus node");
-        let out = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(vec![]));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
-        let mut n = Node {
+            .log_to(dir.with_extension("log"))
+            .start()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        Node {
             name: name.into(),
             dir: dir.into(),
             ip: ip.into(),
-            child: Some(child),
-            api: String::new(),
-            addr: String::new(),
-            lines,
-        };
-        n.addr = n.line("listening");
-        n.api = n.line("api").trim_start_matches("http://").to_string();
-        n
-    }
-
-    fn line(&mut self, prefix: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find_map(|l| l.strip_prefix(&format!("{prefix} ")).map(str::to_string))
-            {
-                return l;
-            }
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "{} exited ({st}) before {prefix:?}: {}",
-                    self.name,
-                    std::fs::read_to_string(self.dir.with_extension("log")).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no {prefix:?} line",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            api: process.api.clone(),
+            addr: process.addr.clone(),
+            process,
         }
     }
 
     /// Waits up to `within` for a stdout line starting with `prefix`.
     pub fn printed(&self, prefix: &str, within: Duration) -> Option<String> {
-        let deadline = Instant::now() + within;
-        loop {
-            let hit = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.starts_with(prefix))
-                .cloned();
-            if hit.is_some() || Instant::now() > deadline {
-                return hit;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.process.printed(prefix, within)
     }
 
     pub fn status(&self) -> Option<Value> {
@@ -199,31 +105,19 @@ impl Node {
 
     /// SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// SIGTERM and wait: the node's graceful shutdown.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c.try_wait().unwrap().is_none() {
-                assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let name = &self.name;
+        self.process
+            .stop(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     }
 
     pub fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
+        self.process.alive()
     }
 
     /// Every event id this node holds, paging through `GET /v1/events`.
@@ -264,12 +158,6 @@ impl Node {
             .iter()
             .map(|v| v.as_str().unwrap().to_string())
             .collect())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

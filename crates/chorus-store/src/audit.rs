@@ -1,0 +1,136 @@
+//! `chorus verify`: re-derive a replica from its bytes and compare it with what is stored.
+//!
+//! 1. The store's integrity check (every block hashes to its key, the tables agree).
+//! 2. Every stored and every pending block decodes, in canonical form, with a good signature.
+//! 3. A fresh timeline takes every event (in the stored order, so parents come first), then
+//!    the state at each stored checkpoint's key must hash to the checkpoint, and the final
+//!    order, heads and state hash must equal the stored ones. All events go in before any
+//!    checkpoint is compared: exclusions (equivocation, removal) are functions of the whole
+//!    event set, so a checkpoint's state depends on events that sort after it.
+//!
+//! A mismatch is a [`Mismatch`] that says what differs; an error reading the store is a
+//! [`ReplicaError`]. Neither is ever a panic.
+
+use std::path::Path;
+
+use chorus_core::{EventId, Machine, SignedEvent, Timeline};
+
+use crate::{Replica, ReplicaError, Store, progress::Progress};
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub events: u64,
+    pub checkpoints: u64,
+    pub pending: u64,
+    pub state_hash: [u8; 32],
+}
+
+/// Where the replica and its bytes disagree.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Mismatch {
+    #[error("integrity check: {0}")]
+    Integrity(String),
+    #[error("block {id}: {why}")]
+    Block { id: EventId, why: String },
+    #[error("pending block {id}: {why}")]
+    PendingBlock { id: EventId, why: String },
+    #[error("opening the stored state: {0}")]
+    StoredState(String),
+    #[error("the store holds no events")]
+    Empty,
+    #[error("checkpoint at {0} names no stored event")]
+    CheckpointWithoutEvent(EventId),
+    #[error("checkpoint at {0} differs from the replay")]
+    Checkpoint(EventId),
+    #[error("the replayed order differs from the stored order")]
+    Order,
+    #[error("heads differ between replay, timeline and store")]
+    Heads,
+    #[error("state hash of the replay {replay} differs from the stored state {stored}")]
+    StateHash { replay: String, stored: String },
+}
+
+/// Verifies the replica in `dir` whose store is `store` (see the module docs). `Ok(Err(_))`:
+/// the replica disagrees with its bytes.
+pub fn verify<M: Machine + Default>(
+    dir: &Path,
+    store: Store,
+    progress: &mut dyn Progress,
+) -> Result<Result<Verified, Mismatch>, ReplicaError> {
+    let report = match store.integrity_check() {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(Mismatch::Integrity(e.to_string()))),
+    };
+    progress.stage("verify signatures", Some(report.events));
+    let mut events = Vec::with_capacity(report.events as usize);
+    for ev in store.ordered_events() {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => return Ok(Err(Mismatch::Integrity(e.to_string()))),
+        };
+        if let Err(e) = SignedEvent::decode(ev.bytes()) {
+            let why = e.to_string();
+            return Ok(Err(Mismatch::Block { id: ev.id(), why }));
+        }
+        events.push(ev);
+        progress.add(1);
+    }
+    for ev in store.pending()? {
+        if let Err(e) = SignedEvent::decode(ev.bytes()) {
+            let why = e.to_string();
+            return Ok(Err(Mismatch::PendingBlock { id: ev.id(), why }));
+        }
+    }
+    let checkpoints = store.checkpoints()?;
+    let stored = match Replica::open_checked(dir, store, M::default()) {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(Mismatch::StoredState(e.to_string()))),
+    };
+
+    progress.stage("replay", Some(events.len() as u64));
+    let Some(genesis) = events.first().cloned() else {
+        return Ok(Err(Mismatch::Empty));
+    };
+    let mut fresh = Timeline::new(genesis, M::default())?;
+    for ev in events.iter().skip(1) {
+        if let Err(e) = fresh.insert_deferred(ev.clone()) {
+            let why = e.to_string();
+            return Ok(Err(Mismatch::Block { id: ev.id(), why }));
+        }
+        progress.add(1);
+    }
+    let mut checked = 0;
+    for (key, bytes) in &checkpoints {
+        if !fresh.contains(&key.1) {
+            return Ok(Err(Mismatch::CheckpointWithoutEvent(key.1)));
+        }
+        fresh.catch_up_until(Some(*key), stored.store())?;
+        // A checkpoint's state hash is the SHA-256 of its bytes, which is the block digest.
+        if fresh.state_hash() != EventId::of_block(bytes).0 {
+            return Ok(Err(Mismatch::Checkpoint(key.1)));
+        }
+        checked += 1;
+    }
+    fresh.catch_up(stored.store())?;
+    progress.finish();
+    let st = stored.timeline();
+    if !fresh.order().eq(st.order()) {
+        return Ok(Err(Mismatch::Order));
+    }
+    if fresh.heads() != st.heads() || fresh.heads() != stored.store().heads()? {
+        return Ok(Err(Mismatch::Heads));
+    }
+    if fresh.state_hash() != st.state_hash() {
+        return Ok(Err(Mismatch::StateHash {
+            replay: hex::encode(fresh.state_hash()),
+            stored: hex::encode(st.state_hash()),
+        }));
+    }
+    Ok(Ok(Verified {
+        events: events.len() as u64,
+        checkpoints: checked,
+        pending: st.pending_len() as u64,
+        state_hash: st.state_hash(),
+    }))
+}
