@@ -32,6 +32,7 @@ pub mod archive;
 pub mod codec;
 pub mod crypto;
 pub mod event;
+pub mod finality;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod genesis;
