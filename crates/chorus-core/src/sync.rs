@@ -70,6 +70,9 @@ pub const REQUEST_TIMEOUT_MS: u64 = 120_000;
 /// way must not hold the catch-up for two minutes. A slow peer is not cut off by it: the blocks
 /// of its late answer are ingested all the same, whichever stream is current.
 pub const CATCH_UP_STALL_MS: u64 = 20_000;
+/// At most one stream resumed per this interval after streams that ended early: a peer that
+/// refuses or fails at once is asked again once a second, not at every tick.
+pub const STREAM_RESUME_INTERVAL_MS: u64 = 1_000;
 /// Most requests in flight to one peer.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 4;
 /// How long a writer waits for a peer's answer to a summary before it asks again, while that
@@ -396,6 +399,8 @@ pub struct Syncer<P: Ord + Clone> {
     resume: bool,
     /// The peer of the last stream started: the next one starts after it in key order.
     last_stream_peer: Option<P>,
+    /// No stream is resumed before this time (see [`STREAM_RESUME_INTERVAL_MS`]).
+    next_resume: u64,
 }
 
 impl<P: Ord + Clone> Default for Syncer<P> {
@@ -410,6 +415,7 @@ impl<P: Ord + Clone> Default for Syncer<P> {
             me: None,
             resume: false,
             last_stream_peer: None,
+            next_resume: 0,
         }
     }
 }
@@ -596,9 +602,10 @@ impl<P: Ord + Clone> Syncer<P> {
             Some(last) => ahead.iter().position(|p| p > last).unwrap_or(0),
             None => 0,
         };
+        let vv = local.version_vector();
         for i in 0..ahead.len() {
             let p = &ahead[(start + i) % ahead.len()];
-            if self.start_stream(out, p, local.version_vector(), now) {
+            if self.start_stream(out, p, vv.clone(), now) {
                 return;
             }
         }
@@ -758,6 +765,7 @@ impl<P: Ord + Clone> Syncer<P> {
             self.stats.bans += 1;
             if self.stream.as_ref().is_some_and(|s| &s.peer == p) {
                 self.stream = None;
+                self.resume = true;
             }
             return vec![Action::Ban {
                 peer: p.clone(),
@@ -823,7 +831,8 @@ impl<P: Ord + Clone> Syncer<P> {
             }
             self.resume = true;
         }
-        if self.resume && self.stream.is_none() {
+        if self.resume && self.stream.is_none() && now >= self.next_resume {
+            self.next_resume = now + STREAM_RESUME_INTERVAL_MS;
             self.resume_stream(&mut out, local, now);
         }
         self.wants.retain(|_, t| now < *t + WANT_TIMEOUT_MS);

@@ -144,6 +144,18 @@ fn disagreement(n: usize, byzantine: usize, steps: &[Step], q: usize) -> Option<
             }
         }
     }
+    // Nothing final is taken back: an author's final order at the half is a prefix of its
+    // final order at the end, which is a prefix of the whole DAG's.
+    let all = final_of(&r.nodes, &(0..r.nodes.len()).collect(), n, q);
+    for (half, end) in r.known_half.iter().zip(&r.known) {
+        let (h, e) = (
+            final_of(&r.nodes, half, n, q),
+            final_of(&r.nodes, end, n, q),
+        );
+        if !e.starts_with(&h) || !all.starts_with(&e) {
+            return Some(format!("taken back: {h:?} then {e:?} then {all:?}"));
+        }
+    }
     None
 }
 

@@ -441,7 +441,6 @@ fn a_full_pending_set_is_back_pressure_and_charges_no_honest_forwarder() {
     let load = |id: &EventId| tl1.load(id, m.nodes[1].local().store()).unwrap();
     let (first, second) = (load(&order[order.len() - 2]), load(&order[order.len() - 1]));
     assert_eq!(second.parents, vec![first.id()], "node 1's chain of two");
-    assert_eq!(second.parents, vec![first.id()]);
     // Fill node 0's pending set to its byte bound with orphans (the link to their sender is
     // cut, so nobody relays them and node 0's asks for their parents go nowhere).
     let body = 46 * 1024;
@@ -491,14 +490,41 @@ fn a_full_pending_set_is_back_pressure_and_charges_no_honest_forwarder() {
     });
     m.step();
     assert_eq!(m.verdicts.last(), Some(&(0, 2, Verdict::Busy)));
+    assert!(!Verdict::Busy.forward() && !Verdict::Busy.blame());
     assert_eq!(m.nodes[0].stats().invalid_by_peer.get("2"), None);
+    assert_eq!(m.nodes[0].stats().invalid_by_peer.get("1"), None);
+    // A light node's Submit that meets the full pending set is refused (so the light node
+    // submits it again), never answered as stored without it (which means "rejected").
+    let now = m.now;
+    m.nodes[0].handle(
+        now,
+        Input::Request {
+            peer: 2,
+            id: 7_777,
+            req: SyncRequest::Submit {
+                blocks: vec![serde_bytes::ByteBuf::from(second.bytes().to_vec())],
+            },
+        },
+    );
+    m.nodes[0].end_turn(now, &mut decode);
+    let mut answered = None;
+    while let Some(o) = m.nodes[0].poll_output() {
+        if let Output::Respond { id: 7_777, resp } = o {
+            answered = Some(resp);
+        }
+    }
+    assert!(
+        matches!(&answered, Some(SyncResponse::Refused { reason }) if reason.contains("pending set full")),
+        "{answered:?}"
+    );
     assert_eq!(
         m.nodes[0]
             .stats()
             .rejected_by_code
             .get("pending_full")
             .copied(),
-        Some(busy_from_1 as u64 + 1)
+        // node 1's orphans, then node 2's gossip and its Submit of the same event
+        Some(busy_from_1 as u64 + 2)
     );
     assert!(
         m.bans.is_empty(),

@@ -222,22 +222,28 @@ impl NodeProcess {
         let Some(mut c) = self.child.take() else {
             return Ok(());
         };
-        let sent = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()?;
-        if !sent.success() {
-            bail!("kill -TERM {} failed", c.id());
-        }
-        let deadline = Instant::now() + within;
-        while c.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                bail!("the node ignored SIGTERM for {within:?} (killed)");
+        let graceful = (|| -> Result<()> {
+            let sent = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()?;
+            if !sent.success() {
+                bail!("kill -TERM {} failed", c.id());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            let deadline = Instant::now() + within;
+            while c.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    bail!("the node ignored SIGTERM for {within:?} (killed)");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        })();
+        // Whatever went wrong, the process is not left running or unreaped.
+        if graceful.is_err() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
-        Ok(())
+        graceful
     }
 
     /// Whether the process is still running.

@@ -313,8 +313,11 @@ pub fn judge(w: &mut World) -> Findings {
                     Outcome::DroppedBanned,
                     Outcome::DroppedSeen,
                 ],
+                // A valid fork whose parents a full pending set cannot hold yet is back-
+                // pressure (not taken, not charged), as for any valid block.
                 Attack::Equivocate => &[
                     Outcome::Accepted,
+                    Outcome::Busy,
                     Outcome::Duplicate,
                     Outcome::DroppedSeen,
                     Outcome::DroppedBanned,

@@ -510,9 +510,16 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     /// events (context-free checks and signatures), one result per block, in order.
     pub fn end_turn(&mut self, now: u64, decode: &mut Decoder<'_>) {
         let turn = std::mem::take(&mut self.turn);
-        let (new_at, committed) = self.ingest(now, turn.blocks, decode);
+        let (new_at, committed, busy) = self.ingest(now, turn.blocks, decode);
         for (_, id, ids) in turn.submits {
-            let resp = if committed {
+            let resp = if committed && ids.iter().any(|i| busy.contains(i)) {
+                // Back-pressure: nothing is wrong with the write, this node has no room for
+                // it now. A refusal (not a `Stored` without it, which means "rejected") makes
+                // the light node submit it again, here or to another full node.
+                SyncResponse::Refused {
+                    reason: "pending set full: submit again later".into(),
+                }
+            } else if committed {
                 let tl = self.local.timeline();
                 let ids = ids
                     .into_iter()
@@ -636,16 +643,16 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     }
 
     /// Decodes and ingests the turn's blocks in one commit; returns, per block, whether it
-    /// was new here, and whether the commit succeeded.
+    /// was new here, whether the commit succeeded, and the ids not taken for back-pressure.
     fn ingest(
         &mut self,
         now: u64,
         blocks: Vec<(Vec<u8>, Source<T>)>,
         decode: &mut Decoder<'_>,
-    ) -> (Vec<bool>, bool) {
+    ) -> (Vec<bool>, bool, BTreeSet<EventId>) {
         let mut new_at = vec![false; blocks.len()];
         if blocks.is_empty() {
-            return (new_at, true);
+            return (new_at, true, BTreeSet::new());
         }
         let (raw, sources): (Vec<Vec<u8>>, Vec<Source<T>>) = blocks.into_iter().unzip();
         let decoded = decode(&raw);
@@ -676,7 +683,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 // Nothing of this turn is acknowledged; peers resend it.
                 self.out
                     .push_back(Output::StoreFailed(format!("ingest failed: {e}")));
-                return (new_at, false);
+                return (new_at, false, BTreeSet::new());
             }
         };
         for (code, n) in &report.rejected {
@@ -685,8 +692,10 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         for p in &report.rejected_at {
             bad[event_pos[*p]] = true;
         }
+        let mut busy_ids = BTreeSet::new();
         for p in &report.busy_at {
             busy[event_pos[*p]] = true;
+            busy_ids.insert(ids[*p]);
         }
         let indexed: BTreeSet<EventId> = report.indexed.iter().copied().collect();
         let mut id_at: Vec<Option<EventId>> = vec![None; sources.len()];
@@ -741,7 +750,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 self.act(a);
             }
         }
-        (new_at, true)
+        (new_at, true, busy_ids)
     }
 
     /// A light node's `Submit`: its blocks join the turn's ingest, and the answer (`Stored`)

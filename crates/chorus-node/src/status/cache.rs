@@ -23,7 +23,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::NodeStatus;
+use super::view::NodeStatus;
 use crate::handle::{NodeGone, NodeHandle};
 
 /// The longest a shared status snapshot is served without asking the actor again.
