@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chorus_core::{SignedEvent, genesis::Genesis, machine::CounterMachine};
 use chorus_kairos::KairosMachine;
 use chorus_net::Addr;
@@ -59,19 +59,11 @@ pub struct Joined {
 }
 
 /// `chorus join`: fetches the genesis from the peer at `addr` (as the node key `seed`), checks
-/// it, and creates the replica's data directory `dir` around it.
+/// it, and creates the replica in the data directory `dir` (which holds the node key already).
 pub async fn join(dir: &Path, addr: Addr, seed: [u8; 32]) -> Result<Joined> {
     let genesis = crate::fetch_genesis(addr, seed).await?;
     let body = Genesis::from_event(&genesis)?;
-    dispatch(&body.body.machine, NoOp)?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // An unknown machine is refused before anything is written.
     create_from_genesis(dir, genesis.clone())?;
     Ok(Joined { genesis, body })
-}
-
-/// Checks only that a machine id is known.
-struct NoOp;
-impl WithMachine for NoOp {
-    type Output = ();
-    fn run<M: Describe>(self) {}
 }
