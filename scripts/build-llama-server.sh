@@ -9,7 +9,13 @@
 # first time; later runs reuse $CHORUS_CACHE (default ~/.cache/chorus).
 set -euo pipefail
 version=11434.0.0
-cache="${CHORUS_CACHE:-$HOME/.cache/chorus}/llama-server-$version"
+# GGML_NATIVE=OFF: a portable build (x86-64 with AVX2/FMA/F16C, ggml's defaults without NATIVE).
+# A native build compiles in whatever the build machine's CPU has; on a Sapphire Rapids VM that
+# includes ggml's AMX kernels, which crashed (SIGSEGV in ggml_backend_amx_mul_mat at the first
+# decode) - and a binary cached on one CPU must also run on the next machine that reuses it.
+# The cache key names the flavour, so a native binary cached by an older script is never reused.
+flavour=portable
+cache="${CHORUS_CACHE:-$HOME/.cache/chorus}/llama-server-$version-$flavour"
 bin="$cache/llama.cpp/build/bin/llama-server"
 if [[ -x "$bin" ]]; then
   echo "$bin"
@@ -28,7 +34,7 @@ cd llama.cpp
 echo "llama-server: cmake configure" >&2
 cmake -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
   -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
-  -DLLAMA_BUILD_EXAMPLES=OFF >&2
+  -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=OFF >&2
 echo "llama-server: building (about 10-15 min on 2 cores)" >&2
 cmake --build build --target llama-server -j"$(nproc)" >&2
 echo "$bin"

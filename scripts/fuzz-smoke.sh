@@ -10,16 +10,19 @@ targets=(event_decode wire_request sync_receiver)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q
 # The stable toolchain takes cargo-fuzz's -Z flags (sanitizer) with this; no nightly here.
 export RUSTC_BOOTSTRAP=1
+# CHORUS_FUZZ_TARGET_DIR: where the fuzz builds go (CI keeps them across runs); default fuzz/target.
+dir=()
+[[ -n ${CHORUS_FUZZ_TARGET_DIR:-} ]] && dir=(--target-dir "$CHORUS_FUZZ_TARGET_DIR")
 if [[ $secs == build ]]; then
   cd fuzz
-  for t in "${targets[@]}"; do cargo fuzz build "$t"; done
+  for t in "${targets[@]}"; do cargo fuzz build "${dir[@]}" "$t"; done
   exit 0
 fi
 cargo run -q -p chorus-core --features fuzzing --example fuzz_seeds -- fuzz/corpus
 cd fuzz
 for t in "${targets[@]}"; do
   echo "== fuzz $t for ${secs}s =="
-  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -print_final_stats=1 2>&1 |
+  cargo fuzz run "${dir[@]}" "$t" "corpus/$t" -- -max_total_time="$secs" -print_final_stats=1 2>&1 |
     grep -E "^(#|Done|stat::number_of_executed_units|==|SUMMARY|INFO: seed)|panicked|ERROR" | tail -8
   test "${PIPESTATUS[0]}" -eq 0
 done
