@@ -1,7 +1,8 @@
 //! # The `final/1` commit rule, on its own (docs/design/finality.md)
 //!
 //! **Not wired into the timeline yet.** This is the rule of the design document, written once
-//! over an abstract DAG so that it can be model-checked (`tests/finality.rs`: random DAGs with
+//! over an abstract DAG as a model ([`Finality`], everything recomputed per view) and once as
+//! the incremental [`Engine`] a timeline will run, so that it can be model-checked (`tests/finality.rs`: random DAGs with
 //! equivocating authors, every pair of causally closed subsets gives prefix-related final
 //! orders) before the order of a real timeline depends on it.
 //!
@@ -11,6 +12,9 @@
 //! one bitset per event: fine for a model of a few hundred events, not for a timeline.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+pub mod engine;
+pub use engine::Engine;
 
 /// One event of the abstract DAG.
 #[derive(Debug, Clone, PartialEq, Eq)]
