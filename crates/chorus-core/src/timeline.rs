@@ -144,6 +144,8 @@ struct Meta {
     author: u32,
     parents_start: u32,
     parents_len: u8,
+    /// A `heartbeat` event (it asks no member for another: see [`Timeline::owes_heartbeat`]).
+    heartbeat: bool,
 }
 
 /// Checkpoints whose state bytes stay in memory (the newest ones); older ones keep only their
@@ -770,6 +772,7 @@ impl<M: Machine> Timeline<M> {
             author,
             parents_start,
             parents_len: ev.parents.len() as u8,
+            heartbeat: ev.kind == kind::HEARTBEAT,
         });
         self.by_id.insert(&self.ids, idx);
         self.heads.insert(id);
@@ -986,6 +989,29 @@ impl<M: Machine> Timeline<M> {
             first_unsettled: first_unsettled
                 .map(|i| (self.ids[i as usize], self.metas[i as usize].lc)),
         }
+    }
+
+    /// Whether `member`'s latest event leaves out an event that is not a heartbeat: then a
+    /// heartbeat by `member` (an event naming the current heads) would move the settled
+    /// frontier, which waits until every member's latest event holds an event in its past.
+    /// Heartbeats themselves never ask for one, so an idle mesh goes quiet after one round of
+    /// them. False for a key that is not a current member.
+    ///
+    /// Cost: the events of other authors past `member`'s view, until the first that is not a
+    /// heartbeat (an idle mesh has at most the last heartbeat of each member there).
+    pub fn owes_heartbeat(&self, member: &AuthorId) -> bool {
+        let Some(view) = self.views.get(member) else {
+            return false;
+        };
+        let me = self.author_index.get(member).copied();
+        self.chains.iter().enumerate().any(|(a, chain)| {
+            let covered = view.vv.get(a).copied().unwrap_or(0) as usize;
+            Some(a as u32) != me
+                && chain
+                    .iter()
+                    .skip(covered)
+                    .any(|&i| !self.metas[i as usize].heartbeat)
+        })
     }
 
     /// Whether an event is behind the settled frontier.

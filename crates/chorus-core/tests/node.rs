@@ -372,7 +372,7 @@ fn a_light_node_acknowledges_only_once_a_full_node_stored_the_write() {
     let light = Config {
         light: true,
         fold_on_tick: true,
-        sliced_fold: false,
+        ..Config::default()
     };
     let mut m = Mesh::new(vec![
         node(&g, &ks[0], Config::default()),
@@ -538,4 +538,68 @@ fn a_full_pending_set_is_back_pressure_and_charges_no_honest_forwarder() {
     assert!(m.nodes[0].local().timeline().contains(&first.id()));
     assert!(m.nodes[0].local().timeline().contains(&second.id()));
     assert!(m.bans.is_empty(), "{:?}", m.bans);
+}
+
+/// Four members, one of them writing: with heartbeats the idle three cover the writes, which
+/// settle everywhere, and then the mesh goes quiet (heartbeats never ask for heartbeats).
+/// Without them, the idle members hold the settled frontier for as long as they stay idle.
+fn writes_by_one_member(heartbeat_ms: Option<u64>) -> (Mesh, Vec<EventId>) {
+    let ks = keys(4);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let cfg = Config {
+        heartbeat_ms,
+        ..Config::default()
+    };
+    let nodes = ks.iter().map(|k| node(&g, k, cfg)).collect();
+    let mut m = Mesh::new(nodes);
+    m.settle(2);
+    for i in 0..3u64 {
+        m.append(1, i, &format!("w{i}"));
+    }
+    m.settle(6);
+    let ids = m
+        .done
+        .values()
+        .flat_map(|r| r.clone().expect("written"))
+        .collect();
+    (m, ids)
+}
+
+#[test]
+fn idle_members_heartbeat_until_every_write_is_settled_then_go_quiet() {
+    let (mut m, ids) = writes_by_one_member(Some(2_000));
+    assert_eq!(ids.len(), 3);
+    for (i, n) in m.nodes.iter().enumerate() {
+        let tl = n.local().timeline();
+        for id in &ids {
+            assert!(tl.is_settled(id), "node {i}: {id} not settled");
+        }
+    }
+    // The writer's own event covers what it wrote: only the idle members owed heartbeats.
+    assert!(m.nodes.iter().enumerate().all(|(i, n)| {
+        let hb = n.stats().heartbeats;
+        if i == 1 { hb <= 1 } else { hb >= 1 }
+    }));
+    let before: Vec<(u64, usize)> = m
+        .nodes
+        .iter()
+        .map(|n| (n.stats().heartbeats, n.local().timeline().len()))
+        .collect();
+    m.settle(20);
+    let after: Vec<(u64, usize)> = m
+        .nodes
+        .iter()
+        .map(|n| (n.stats().heartbeats, n.local().timeline().len()))
+        .collect();
+    assert_eq!(before, after, "an idle mesh goes quiet");
+}
+
+#[test]
+fn without_heartbeats_idle_members_hold_the_settled_frontier() {
+    let (m, ids) = writes_by_one_member(None);
+    assert_eq!(ids.len(), 3);
+    for n in &m.nodes {
+        assert_eq!(n.stats().heartbeats, 0);
+        assert!(ids.iter().all(|id| !n.local().timeline().is_settled(id)));
+    }
 }

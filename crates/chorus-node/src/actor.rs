@@ -154,6 +154,7 @@ impl<M: Describe> Actor<M> {
             light,
             fold_on_tick: false,
             sliced_fold: true,
+            heartbeat_ms: None,
         };
         Actor {
             dir,

@@ -1358,6 +1358,7 @@ fn node_over(local: Local<KairosMachine, MemStore>, sabotage: Sabotage, light: b
         light,
         fold_on_tick: light,
         sliced_fold: false,
+        heartbeat_ms: None,
     };
     let mut node = NodeState::new(local, cfg);
     match sabotage {

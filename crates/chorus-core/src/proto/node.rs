@@ -69,6 +69,11 @@ pub struct Config {
     /// The shell folds long rewinds in slices ([`NodeState::fold_step`]): an ingest never
     /// folds on its own (see `Timeline::set_auto_fold`).
     pub sliced_fold: bool,
+    /// Heartbeats: a full node whose key is a member appends a `heartbeat` event (naming the
+    /// current heads) when its latest event leaves out an event that is not a heartbeat, at
+    /// most once per this many ms, so the settled frontier moves while members are idle
+    /// ([`Timeline::owes_heartbeat`](crate::Timeline::owes_heartbeat)). `None`: never.
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// What arrives at a node.
@@ -211,6 +216,9 @@ pub struct NodeStats {
     pub refused_writes: BTreeMap<&'static str, u64>,
     /// How often the timeline grew.
     pub grew: u64,
+    /// Heartbeats appended (see [`Config::heartbeat_ms`]), and those the store refused.
+    pub heartbeats: u64,
+    pub heartbeats_failed: u64,
 }
 
 /// A switched-off defence, for the simulator's sabotage tests only.
@@ -299,6 +307,8 @@ pub struct NodeState<M: Machine, S: Storage, T: Transport> {
     /// number (an equivocation that excludes all its later events). Writes wait in `gated`.
     writes_open: bool,
     gated: Vec<Held>,
+    /// No heartbeat before this time (ms).
+    next_heartbeat: u64,
     sabotage: NodeSabotage,
 }
 
@@ -336,6 +346,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             pruned_blocks: 0,
             writes_open,
             gated: vec![],
+            next_heartbeat: 0,
             sabotage: NodeSabotage::None,
         }
     }
@@ -561,6 +572,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 }
             }
             self.expire_gated(now);
+            self.heartbeat(now);
         }
         for (peer, blocks) in self.outbox.dispatch(&self.full_peers, now) {
             let blocks = blocks.into_iter().map(serde_bytes::ByteBuf::from).collect();
@@ -918,6 +930,47 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             return;
         }
         self.outbox.push(ids, blocks, write, now);
+    }
+}
+
+impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
+    /// On a tick: a heartbeat if one is owed and the interval has passed (see
+    /// [`Config::heartbeat_ms`]). Not for a light node (its writes go through full nodes; a
+    /// light member holds the settled frontier while it is idle) nor before the write gate
+    /// opens (a heartbeat is a write like any other: it must not reuse a sequence number).
+    fn heartbeat(&mut self, now: u64) {
+        let Some(every) = self.cfg.heartbeat_ms else {
+            return;
+        };
+        if self.cfg.light || !self.writes_open || now < self.next_heartbeat {
+            return;
+        }
+        let me = self.local.key().author();
+        if !self.local.timeline().owes_heartbeat(&me) {
+            return;
+        }
+        self.next_heartbeat = now + every;
+        let items = vec![(crate::event::kind::HEARTBEAT.to_string(), Ipld::Null)];
+        match self.local.append_batch(items) {
+            Ok(evs) => {
+                self.stats.heartbeats += 1;
+                self.stats.grew += 1;
+                self.out
+                    .push_back(Output::Indexed(evs.iter().map(|e| e.id()).collect()));
+                for e in evs {
+                    self.out.push_back(Output::Publish(e));
+                }
+            }
+            Err(e) => {
+                // Nothing to answer: the next interval tries again. A store failure is
+                // reported like any other.
+                self.stats.heartbeats_failed += 1;
+                if !matches!(e, LocalError::Refused { .. } | LocalError::Invalid(_)) {
+                    self.out
+                        .push_back(Output::StoreFailed(format!("heartbeat not written: {e}")));
+                }
+            }
+        }
     }
 }
 
