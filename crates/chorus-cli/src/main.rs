@@ -133,6 +133,11 @@ struct NodeArgs {
     /// Run one emissary with this name on the embedded model (SmolLM2; `chorus model fetch`).
     #[arg(long)]
     emissary: Vec<String>,
+    /// Heartbeat interval: while this node's member key has not yet covered others' events,
+    /// it appends a small `heartbeat` event at most this often, so the settled frontier moves
+    /// while it is idle (an idle mesh goes quiet after one round). 0: never.
+    #[arg(long, default_value_t = chorus_node::DEFAULT_HEARTBEAT_MS)]
+    heartbeat_ms: u64,
 }
 
 #[derive(Args)]

@@ -106,6 +106,7 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
             None => None,
         },
         emissaries: emissaries_of(&a)?,
+        heartbeat_ms: (a.heartbeat_ms > 0).then_some(a.heartbeat_ms),
     };
     println!(
         "opened {} events, state_hash {}",
@@ -519,6 +520,29 @@ fn elections_agree(mesh: &Mesh, elected: &[(String, String)]) -> bool {
     all
 }
 
+/// How long `chorus swarm` waits, after convergence, for the elections to settle.
+const SETTLE_WAIT: Duration = Duration::from_secs(15);
+
+/// How many of the elected stimuli have a settled winner on every node.
+fn settled_everywhere(mesh: &Mesh, elected: &[(String, String)]) -> usize {
+    let views: Vec<Value> = mesh
+        .apis
+        .iter()
+        .map(|api| http::get(api, "/v1/swarm/elections").unwrap_or(Value::Null))
+        .collect();
+    elected
+        .iter()
+        .filter(|(s, _)| {
+            views.iter().all(|v| {
+                v["elections"].as_array().is_some_and(|es| {
+                    es.iter()
+                        .any(|e| e["stimulus"] == s.as_str() && e["settled"] == true)
+                })
+            })
+        })
+        .count()
+}
+
 fn short(cid: &str) -> &str {
     &cid[cid.len().saturating_sub(10)..]
 }
@@ -755,6 +779,19 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
         "elections: {} of {} stimuli elected; every node names the same winner for each: {agree}",
         elected.len(),
         posted
+    );
+    // Settled: every member's latest event holds the winner, so nothing can ever sort before
+    // it. Idle members get there by heartbeats (`chorus node --heartbeat-ms`).
+    let wait = Instant::now();
+    let mut settled = settled_everywhere(&mesh, &elected);
+    while settled < elected.len() && wait.elapsed() < SETTLE_WAIT && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+        settled = settled_everywhere(&mesh, &elected);
+    }
+    println!(
+        "settled on every node: {settled} of {} elections ({:.1} s after convergence)",
+        elected.len(),
+        wait.elapsed().as_secs_f64()
     );
     let finals = mesh.stop();
     println!("final state of every node:");

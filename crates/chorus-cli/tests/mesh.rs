@@ -207,7 +207,7 @@ fn posterity_one_survivor_rebuilds_five_fresh_nodes() {
         fresh.push(Node::start(
             &format!("fresh{i}"),
             &d,
-            &format!("127.0.0.{}", 71 + i),
+            &format!("127.0.0.{}", 81 + i),
             std::slice::from_ref(&survivor.addr),
         ));
     }
@@ -304,4 +304,79 @@ fn hostile_api_requests_are_refused_and_break_nothing() {
     let mut a = Node::start("a", &dirs[0], "127.0.0.41", std::slice::from_ref(&b.addr));
     a.append("after the restart", 1).unwrap();
     converge(&mut [&mut a, &mut b], 13, Duration::from_secs(60));
+}
+
+/// Heartbeats (issue 16): one member writes, two stay idle. The idle ones heartbeat, so every
+/// write settles on every node within seconds (no event can sort before it any more), and then
+/// the mesh goes quiet: heartbeats never ask for heartbeats.
+#[test]
+fn idle_members_heartbeat_so_every_write_settles_then_the_mesh_goes_quiet() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 3, 3);
+    let mut n0 = Node::start_heartbeating("n0", &dirs[0], "127.0.1.21", &[], 500);
+    let mut others: Vec<Node> = (1..3)
+        .map(|i| {
+            join(&dirs[i], &n0.addr);
+            Node::start_heartbeating(
+                &format!("n{i}"),
+                &dirs[i],
+                &format!("127.0.1.{}", 21 + i),
+                std::slice::from_ref(&n0.addr),
+                500,
+            )
+        })
+        .collect();
+    meshed(
+        &std::iter::once(&n0)
+            .chain(others.iter())
+            .collect::<Vec<_>>(),
+        Duration::from_secs(60),
+    );
+    initial_sync(
+        &mut std::iter::once(&mut n0)
+            .chain(others.iter_mut())
+            .collect::<Vec<_>>(),
+        3,
+    );
+    let acked = others[0].append("w {i}", 20).expect("append");
+    assert_eq!(acked.len(), 20);
+    let all: Vec<&Node> = std::iter::once(&n0).chain(others.iter()).collect();
+    let t = std::time::Instant::now();
+    loop {
+        let unsettled: Vec<(String, usize)> = all
+            .iter()
+            .map(|n| {
+                let settled = n.ids_where(|e| e["settled"] == true);
+                let missing = acked.iter().filter(|a| !settled.contains(*a)).count();
+                (n.name.clone(), missing)
+            })
+            .filter(|(_, m)| *m > 0)
+            .collect();
+        if unsettled.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "writes not settled after 15 s: {unsettled:?}\n{}",
+            log_tails(all.iter().copied(), 10)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "every write settled on every node in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let heartbeats = |n: &Node| n.ids_where(|e| e["kind"] == "heartbeat").len();
+    assert!(
+        heartbeats(&n0) >= 2,
+        "the idle members heartbeated (n0 holds {})",
+        heartbeats(&n0)
+    );
+    // Quiet: after the last heartbeats spread, nothing more is written.
+    thread::sleep(Duration::from_secs(2));
+    let count = |n: &Node| n.status().unwrap()["events"].as_u64().unwrap();
+    let before: Vec<u64> = all.iter().map(|n| count(n)).collect();
+    thread::sleep(Duration::from_secs(4));
+    let after: Vec<u64> = all.iter().map(|n| count(n)).collect();
+    assert_eq!(before, after, "an idle mesh goes quiet");
 }

@@ -17,8 +17,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::api::Api;
 
-/// How to start a node: `[prefix…] BIN --data-dir DIR node --listen … --api … [extra…]
-/// [--bootstrap ADDR…]`.
+/// How to start a node: `[prefix…] BIN --data-dir DIR node --listen … --api …
+/// --heartbeat-ms MS [extra…] [--bootstrap ADDR…]`.
 pub struct NodeCommand {
     bin: PathBuf,
     prefix: Vec<OsString>,
@@ -29,6 +29,7 @@ pub struct NodeCommand {
     env: Vec<(String, String)>,
     log: Option<PathBuf>,
     ready_within: Duration,
+    heartbeat_ms: u64,
 }
 
 impl NodeCommand {
@@ -44,6 +45,7 @@ impl NodeCommand {
             env: vec![],
             log: None,
             ready_within: Duration::from_secs(60),
+            heartbeat_ms: 0,
         }
     }
 
@@ -75,6 +77,13 @@ impl NodeCommand {
         self
     }
 
+    /// Heartbeats every `ms` (`chorus node --heartbeat-ms`). Off unless asked for: a node
+    /// appends heartbeats on its own, and most tests count the events they wrote exactly.
+    pub fn heartbeat_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_ms = ms;
+        self
+    }
+
     /// How long to wait for the ready lines (default 60 s; emulators need more).
     pub fn ready_within(mut self, d: Duration) -> Self {
         self.ready_within = d;
@@ -96,6 +105,7 @@ impl NodeCommand {
             .arg("node")
             .args(["--listen", &format!("/ip4/{}/tcp/0", self.ip)])
             .args(["--api", &format!("{}:0", self.ip)])
+            .args(["--heartbeat-ms", &self.heartbeat_ms.to_string()])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());

@@ -147,6 +147,7 @@ impl<M: Describe> Actor<M> {
         net: mpsc::Sender<NetCommand>,
         peer_id: Peer,
         light: bool,
+        heartbeat_ms: Option<u64>,
     ) -> Self {
         let (dir, local) = replica.into_local();
         // The actor folds itself, on its tick and before queries (in slices when long).
@@ -154,7 +155,7 @@ impl<M: Describe> Actor<M> {
             light,
             fold_on_tick: false,
             sliced_fold: true,
-            heartbeat_ms: None,
+            heartbeat_ms,
         };
         Actor {
             dir,

@@ -54,7 +54,13 @@ pub struct NodeConfig {
     pub api_token: Option<String>,
     /// Emissaries to run beside the node.
     pub emissaries: Vec<emissary::EmissaryConfig>,
+    /// Heartbeats while this node's member key has events to cover (see
+    /// `chorus_core::proto::node::Config::heartbeat_ms`); `None`: never.
+    pub heartbeat_ms: Option<u64>,
 }
+
+/// The default heartbeat interval of a node (`chorus node --heartbeat-ms`).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 2_000;
 
 /// How long `chorus join` waits for the peer.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,7 +123,14 @@ pub async fn run<M: Describe>(
         println!("emissary {} on {}", e.name, backend.name());
         emissaries.push(emissary::spawn(e.clone(), backend, node.clone()));
     }
-    let actor = Actor::new(replica, net.commands.clone(), net.peer_id, cfg.light).with_feed(feed);
+    let actor = Actor::new(
+        replica,
+        net.commands.clone(),
+        net.peer_id,
+        cfg.light,
+        cfg.heartbeat_ms,
+    )
+    .with_feed(feed);
     let actor = std::thread::Builder::new()
         .name("chorus-node".into())
         .spawn(move || actor.run(node_rx))

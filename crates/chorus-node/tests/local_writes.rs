@@ -38,6 +38,7 @@ impl Node {
             api_addr_file: Some(addr_file.clone()),
             api_token: None,
             emissaries: vec![],
+            heartbeat_ms: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

@@ -94,7 +94,7 @@ fn run(sliced: bool) -> Result<Run> {
     let (net_tx, mut net_rx) = mpsc::channel(1 << 16);
     std::thread::spawn(move || while net_rx.blocking_recv().is_some() {});
     let (tx, rx) = mpsc::channel::<NodeMsg>(NODE_QUEUE);
-    let mut actor = Actor::new(replica, net_tx, Peer::random(), false);
+    let mut actor = Actor::new(replica, net_tx, Peer::random(), false, None);
     if !sliced {
         actor = actor.fold_in_one_go();
     }

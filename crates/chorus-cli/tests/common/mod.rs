@@ -66,6 +66,18 @@ impl Node {
         Self::start_with(name, dir, ip, bootstrap, &[], None)
     }
 
+    /// As [`Node::start`], with heartbeats every `heartbeat_ms` (the harness turns them off
+    /// unless asked: most tests count the events they wrote).
+    pub fn start_heartbeating(
+        name: &str,
+        dir: &Path,
+        ip: &str,
+        bootstrap: &[String],
+        heartbeat_ms: u64,
+    ) -> Node {
+        Self::launch(name, dir, ip, bootstrap, &[], None, heartbeat_ms)
+    }
+
     /// As [`Node::start`], with extra node arguments and an optional command prefix (e.g.
     /// `ip netns exec NS`).
     pub fn start_with(
@@ -76,7 +88,20 @@ impl Node {
         extra: &[&str],
         prefix: Option<&[&str]>,
     ) -> Node {
+        Self::launch(name, dir, ip, bootstrap, extra, prefix, 0)
+    }
+
+    fn launch(
+        name: &str,
+        dir: &Path,
+        ip: &str,
+        bootstrap: &[String],
+        extra: &[&str],
+        prefix: Option<&[&str]>,
+        heartbeat_ms: u64,
+    ) -> Node {
         let process = NodeCommand::new(BIN, dir, ip)
+            .heartbeat_ms(heartbeat_ms)
             .prefix(prefix.unwrap_or_default().iter().copied())
             .bootstrap(bootstrap)
             .args(extra.iter().copied())
@@ -122,7 +147,13 @@ impl Node {
 
     /// Every event id this node holds, paging through `GET /v1/events`.
     pub fn ids(&self) -> BTreeSet<String> {
+        self.ids_where(|_| true)
+    }
+
+    /// The ids of the events this node holds whose JSON (`GET /v1/events`) passes `keep`.
+    pub fn ids_where(&self, keep: impl Fn(&Value) -> bool) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
+        let mut seen = 0usize;
         let mut from: Option<String> = None;
         loop {
             let path = match &from {
@@ -131,14 +162,19 @@ impl Node {
             };
             let page = get(&self.api, &path).expect("events page");
             let evs = page["events"].as_array().unwrap();
-            let before = out.len();
+            let before = seen;
             let mut last = None;
             for e in evs {
                 let cid = e["cid"].as_str().unwrap().to_string();
                 last = Some(cid.clone());
-                out.insert(cid);
+                if Some(&cid) != from.as_ref() {
+                    seen += 1;
+                }
+                if keep(e) {
+                    out.insert(cid);
+                }
             }
-            if out.len() == before || evs.len() < 2 {
+            if seen == before || evs.len() < 2 {
                 return out;
             }
             from = last;
