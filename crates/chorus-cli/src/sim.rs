@@ -73,6 +73,7 @@ pub enum SabotageArg {
     NoWriteGate,
     NoOwnGossip,
     LightAckAtOnce,
+    NoHeartbeats,
 }
 
 fn parse_override(s: &str) -> Result<(String, u64), String> {
@@ -242,6 +243,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::NoWriteGate => Sabotage::NoWriteGate,
                 SabotageArg::NoOwnGossip => Sabotage::NoOwnGossip,
                 SabotageArg::LightAckAtOnce => Sabotage::LightAckAtOnce,
+                SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
             };
             let r = chorus_sim::run(sc, seed, sabotage);
             println!("{}", table_header());

@@ -120,10 +120,11 @@ pub struct Frontier {
     pub settled: u64,
     /// The last settled event and its `lc`.
     pub last: Option<(EventId, u64)>,
-    /// The first member (key order) whose latest event does not yet contain the first unsettled
-    /// event, with its role and the `lc` of its latest event (None: it has published nothing).
+    /// The member whose latest event has the lowest `lc` (None first, then key order), with
+    /// its role and that `lc` (None: it has published nothing): its next event could still
+    /// sort before the first unsettled event.
     pub held_by: Option<(AuthorId, Role, Option<u64>)>,
-    /// The first unsettled event (what the holder has not yet seen).
+    /// The first unsettled event.
     pub first_unsettled: Option<(EventId, u64)>,
 }
 
@@ -952,17 +953,29 @@ impl<M: Machine> Timeline<M> {
         }
     }
 
-    fn covered_by_all(&self, idx: u32) -> Option<AuthorId> {
-        let m = self.metas[idx as usize];
+    /// The member holding the settled frontier: the one whose latest event has the lowest
+    /// `lc` (one that has published nothing first; ties in key order), and that `lc`.
+    fn lowest_member(&self) -> Option<(AuthorId, Option<u64>)> {
         self.views
             .iter()
-            .find(|(_, v)| v.vv.get(m.author as usize).is_none_or(|&s| s < m.sq))
-            .map(|(a, _)| *a)
+            .map(|(a, v)| (v.latest.map(|l| self.metas[l as usize].lc), *a))
+            .min()
+            .map(|(lc, a)| (a, lc))
     }
 
+    /// Moves the frontier over every event with `lc ≤` the lowest `lc` among the members'
+    /// latest events. Why that is safe: an event this replica has not seen yet, by a member
+    /// `m` whose latest event (as seen here) has `lc = L`, comes after that event in `m`'s
+    /// chain (everything before it is in its causal past, hence here), so its `lc` is above `L`
+    /// and it sorts after every event with `lc ≤ L`. Heartbeats make members' latest `lc`s
+    /// move while they are idle. (An equivocating or removed member's late events may still
+    /// land inside: they are excluded from the state, and counted in `frontier_regressions`.)
     fn advance_frontier(&mut self) {
+        let Some((_, Some(bound))) = self.lowest_member() else {
+            return;
+        };
         while self.settled < self.order.len()
-            && self.covered_by_all(self.order[self.settled]).is_none()
+            && self.metas[self.order[self.settled] as usize].lc <= bound
         {
             self.settled += 1;
         }
@@ -976,10 +989,9 @@ impl<M: Machine> Timeline<M> {
             .map(|p| self.order[p])
             .map(|i| (self.ids[i as usize], self.metas[i as usize].lc));
         let first_unsettled = self.order.get(self.settled).copied();
-        let held_by = first_unsettled.and_then(|i| {
-            let who = self.covered_by_all(i)?;
+        let held_by = first_unsettled.and_then(|_| {
+            let (who, latest) = self.lowest_member()?;
             let role = self.membership.role_at(&who, u64::MAX)?;
-            let latest = self.views[&who].latest.map(|l| self.metas[l as usize].lc);
             Some((who, role, latest))
         });
         Frontier {
@@ -992,10 +1004,12 @@ impl<M: Machine> Timeline<M> {
     }
 
     /// Whether `member`'s latest event leaves out an event that is not a heartbeat: then a
-    /// heartbeat by `member` (an event naming the current heads) would move the settled
-    /// frontier, which waits until every member's latest event holds an event in its past.
-    /// Heartbeats themselves never ask for one, so an idle mesh goes quiet after one round of
-    /// them. False for a key that is not a current member.
+    /// heartbeat by `member` (an event naming the current heads, so with a higher `lc` than
+    /// all of them) lets the settled frontier pass those events. Heartbeats themselves never
+    /// ask for one, so an idle mesh goes quiet after one round of them; once it is quiet,
+    /// every member's latest event holds every non-heartbeat event, whose `lc` is then below
+    /// every member's latest, so every one of them is settled. False for a key that is not a
+    /// current member.
     ///
     /// Cost: the events of other authors past `member`'s view, until the first that is not a
     /// heartbeat (an idle mesh has at most the last heartbeat of each member there).

@@ -61,7 +61,8 @@ impl Report {
     }
 }
 
-/// One simulation of `sc` with `seed`, judged by the oracle (C1–C5, C7 with light nodes).
+/// One simulation of `sc` with `seed`, judged by the oracle (C1–C5, C7 with light nodes, C8
+/// with heartbeats).
 pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World) {
     let t0 = Instant::now();
     let mut w = World::new(sc, seed, sabotage);

@@ -142,6 +142,9 @@ pub enum Sabotage {
     /// by anti-entropy): an acknowledged write stays on one disk for seconds, so a wipe loses
     /// writes that the protocol would have had elsewhere.
     NoOwnGossip,
+    /// No node heartbeats, whatever the scenario says: idle members hold the settled
+    /// frontier (C8 must fail).
+    NoHeartbeats,
 }
 
 pub struct SimNode {

@@ -250,6 +250,10 @@ pub struct Scenario {
     pub byzantine: Option<Byzantine>,
     /// Also run without this class and compare the other writers' append rate (disparity).
     pub baseline_without: Option<String>,
+    /// Full member nodes heartbeat at most this often (`NodeState`'s `Config::heartbeat_ms`);
+    /// with it, C8 checks that every acknowledged write ends up settled everywhere. Off by
+    /// default: heartbeats add events, and the scenarios tuned before them keep their traces.
+    pub heartbeat_ms: Option<u64>,
 }
 fn d_commit_ms() -> u64 {
     5

@@ -207,7 +207,6 @@ const WORDS: [&str; 16] = [
 impl World {
     pub fn new(sc: &Scenario, seed: u64, sabotage: Sabotage) -> World {
         let n = sc.nodes();
-        let admin = key_for(seed, "admin");
         let mut classes = vec![];
         for (ci, c) in sc.classes.iter().enumerate() {
             classes.extend(std::iter::repeat_n(ci, c.count));
@@ -215,6 +214,14 @@ impl World {
         let byz_count = sc.byzantine.as_ref().map_or(0, |b| b.nodes);
         let last_class_start = n - sc.classes.last().map_or(0, |c| c.count);
         let keys: Vec<Keypair> = (0..n).map(|i| key_for(seed, &format!("node{i}"))).collect();
+        // The admin is a member too. In the scenarios with heartbeats it is node 0's key (as
+        // with `chorus init`): a member with no node would hold the settled frontier forever.
+        // The others keep a key of its own, so their traces stay as they were.
+        let admin = if sc.heartbeat_ms.is_some() {
+            keys[0].clone()
+        } else {
+            key_for(seed, "admin")
+        };
         let byzantine = |i: usize| i >= last_class_start && i < last_class_start + byz_count;
         let writer = |i: usize| sc.classes[classes[i]].writes || byzantine(i);
         let light = |i: usize| sc.classes[classes[i]].light;
@@ -246,7 +253,7 @@ impl World {
                     light: light(i),
                     status: Status::Up,
                     epoch: 0,
-                    node: node_over(local, sabotage, light(i)),
+                    node: node_over(local, sabotage, light(i), heartbeat_of(sc, sabotage)),
                     inbox: vec![],
                     queued_writes: 0,
                     turn_scheduled: false,
@@ -555,9 +562,14 @@ impl World {
     fn check(&mut self) -> bool {
         let live: Vec<&SimNode> = self.honest().filter(|n| n.live()).collect();
         let first = live[0].heads();
-        let agree = live
-            .iter()
-            .all(|n| n.heads() == first && n.tl().pending_len() == 0);
+        // With heartbeats, quiet also means no full node still owes one (else the run would
+        // end before the last round of heartbeats, which C8 waits for).
+        let heartbeats = heartbeat_of(&self.sc, self.sabotage).is_some();
+        let agree = live.iter().all(|n| {
+            n.heads() == first
+                && n.tl().pending_len() == 0
+                && !(heartbeats && !n.light && n.tl().owes_heartbeat(&n.key.author()))
+        });
         if !agree {
             self.at(self.now + CHECK_MS, Ev::Check);
             return false;
@@ -1122,7 +1134,12 @@ impl World {
                 MemStore::new(&self.genesis),
                 n.key.clone(),
             );
-            n.node = node_over(blank, self.sabotage, n.light);
+            n.node = node_over(
+                blank,
+                self.sabotage,
+                n.light,
+                heartbeat_of(&self.sc, self.sabotage),
+            );
         }
         let peers = self.neighbours(i);
         for p in peers {
@@ -1144,7 +1161,11 @@ impl World {
             MemStore::new(&genesis),
             n.key.clone(),
         );
-        let old = std::mem::replace(&mut n.node, node_over(blank, self.sabotage, n.light));
+        let heartbeat = heartbeat_of(&self.sc, self.sabotage);
+        let old = std::mem::replace(
+            &mut n.node,
+            node_over(blank, self.sabotage, n.light, heartbeat),
+        );
         let (_, store, key) = old.into_local().into_parts();
         let indexed: Vec<Arc<[u8]>> = store.ordered_blocks();
         let pending: Vec<Arc<[u8]>> = store.pending_blocks();
@@ -1175,7 +1196,12 @@ impl World {
             .expect("restart from the sim's own disk");
         let n = &mut self.nodes[i];
         n.arrivals = indexed.iter().map(SignedEvent::id).collect();
-        n.node = node_over(local, self.sabotage, n.light);
+        n.node = node_over(
+            local,
+            self.sabotage,
+            n.light,
+            heartbeat_of(&self.sc, self.sabotage),
+        );
         let epoch = n.epoch;
         self.at(self.now + 1, Ev::Tick { node: i, epoch });
         if self.nodes[i].writer {
@@ -1350,15 +1376,26 @@ impl World {
     }
 }
 
+/// The scenario's heartbeat interval, unless the run switches heartbeats off.
+fn heartbeat_of(sc: &Scenario, sabotage: Sabotage) -> Option<u64> {
+    sc.heartbeat_ms
+        .filter(|_| sabotage != Sabotage::NoHeartbeats)
+}
+
 /// A node over `local`, with the run's sabotage of the node's own defences. A light node
 /// folds on its tick (so it can prune, as the actor does); a full node leaves the fold to the
 /// oracle at the end (KAIROS folds are the simulator's most expensive work).
-fn node_over(local: Local<KairosMachine, MemStore>, sabotage: Sabotage, light: bool) -> Node {
+fn node_over(
+    local: Local<KairosMachine, MemStore>,
+    sabotage: Sabotage,
+    light: bool,
+    heartbeat_ms: Option<u64>,
+) -> Node {
     let cfg = Config {
         light,
         fold_on_tick: light,
         sliced_fold: false,
-        heartbeat_ms: None,
+        heartbeat_ms,
     };
     let mut node = NodeState::new(local, cfg);
     match sabotage {

@@ -136,3 +136,28 @@ fn a_light_node_that_acknowledges_before_a_full_node_stored_is_caught() {
         "{failed:?}"
     );
 }
+
+/// Heartbeats (issue 16): in the `settle` scenario every acknowledged write ends up settled on
+/// every node (C8). With heartbeats switched off, members that stopped writing hold the settled
+/// frontier and C8 fails.
+#[test]
+fn without_heartbeats_writes_never_settle_and_c8_fails() {
+    let sc = Suite::builtin()
+        .get("settle")
+        .expect("settle scenario")
+        .clone();
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    assert!(
+        r.findings
+            .verdicts
+            .iter()
+            .any(|v| v.check == "C8 acknowledged writes settle")
+    );
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::NoHeartbeats);
+    assert_eq!(
+        failed_checks(&r),
+        vec!["C8 acknowledged writes settle"],
+        "only C8 fails"
+    );
+}
