@@ -71,7 +71,8 @@ pub struct Config {
     pub sliced_fold: bool,
     /// Heartbeats: a full node whose key is a member appends a `heartbeat` event (naming the
     /// current heads) when its latest event leaves out an event that is not a heartbeat, at
-    /// most once per this many ms, so the settled frontier moves while members are idle
+    /// most once per this many ms and not within this many ms of its own last write, so the
+    /// settled frontier moves while members are idle
     /// ([`Timeline::owes_heartbeat`](crate::Timeline::owes_heartbeat)). `None`: never.
     pub heartbeat_ms: Option<u64>,
 }
@@ -903,6 +904,11 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         };
         self.stats.appended += evs.len() as u64;
         self.stats.grew += 1;
+        // An own write covers the heads as a heartbeat would: the next heartbeat is owed one
+        // interval after it at the earliest.
+        if let Some(every) = self.cfg.heartbeat_ms {
+            self.next_heartbeat = self.next_heartbeat.max(now + every);
+        }
         let ids: Vec<EventId> = evs.iter().map(|e| e.id()).collect();
         self.out.push_back(Output::Indexed(ids.clone()));
         let blocks: Vec<Vec<u8>> = if self.cfg.light {
