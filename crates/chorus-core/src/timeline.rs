@@ -120,11 +120,10 @@ pub struct Frontier {
     pub settled: u64,
     /// The last settled event and its `lc`.
     pub last: Option<(EventId, u64)>,
-    /// The member whose latest event has the lowest `lc` (None first, then key order), with
-    /// its role and that `lc` (None: it has published nothing): its next event could still
-    /// sort before the first unsettled event.
+    /// The first member (key order) whose latest event does not yet contain the first unsettled
+    /// event, with its role and the `lc` of its latest event (None: it has published nothing).
     pub held_by: Option<(AuthorId, Role, Option<u64>)>,
-    /// The first unsettled event.
+    /// The first unsettled event (what the holder has not yet seen).
     pub first_unsettled: Option<(EventId, u64)>,
 }
 
@@ -145,8 +144,6 @@ struct Meta {
     author: u32,
     parents_start: u32,
     parents_len: u8,
-    /// A `heartbeat` event (it asks no member for another: see [`Timeline::owes_heartbeat`]).
-    heartbeat: bool,
 }
 
 /// Checkpoints whose state bytes stay in memory (the newest ones); older ones keep only their
@@ -223,6 +220,8 @@ pub struct Timeline<M: Machine> {
 
     views: BTreeMap<AuthorId, MemberView>,
     settled: usize,
+    /// The order key of the newest event that is not a heartbeat (see `owes_heartbeat`).
+    newest_work: Option<OrderKey>,
     visit_marks: Vec<u32>,
     visit_stamp: u32,
 
@@ -286,6 +285,7 @@ impl<M: Machine> Timeline<M> {
             recent_fifo: VecDeque::new(),
             views: BTreeMap::new(),
             settled: 0,
+            newest_work: None,
             visit_marks: vec![],
             visit_stamp: 0,
             stats: Stats::default(),
@@ -461,15 +461,23 @@ impl<M: Machine> Timeline<M> {
             .map(|h| self.index_of(h).expect("heads are indexed"))
             .collect();
         if parents.len() > MAX_PARENTS {
-            // Keep the newest heads; the rest stay heads and are picked up next time.
-            parents.sort_by_key(|&i| std::cmp::Reverse(self.key(i)));
-            parents.truncate(MAX_PARENTS);
+            // The newest head (the event sorts after everything held: its `lc` is the same as
+            // with every head), then the oldest others: the rest stay heads and are picked up
+            // next time, oldest first, so no head waits forever behind a stream of newer ones
+            // (a head never named is never contained, and would hold the settled frontier).
+            parents.sort_by_key(|&i| self.key(i));
+            let newest = parents.pop().expect("more than MAX_PARENTS");
+            parents.truncate(MAX_PARENTS - 1);
+            parents.push(newest);
         }
         if let Some(own) = own_latest
             && !parents.contains(&own)
         {
             if parents.len() == MAX_PARENTS {
-                parents.pop();
+                // Room for the own previous event: drop the second newest head (never the
+                // newest, which sets the `lc`, nor the oldest, which must not starve).
+                parents.sort_by_key(|&i| self.key(i));
+                parents.remove(MAX_PARENTS - 2);
             }
             parents.push(own);
         }
@@ -773,11 +781,13 @@ impl<M: Machine> Timeline<M> {
             author,
             parents_start,
             parents_len: ev.parents.len() as u8,
-            heartbeat: ev.kind == kind::HEARTBEAT,
         });
         self.by_id.insert(&self.ids, idx);
         self.heads.insert(id);
         let key = self.key(idx);
+        if ev.kind != kind::HEARTBEAT && self.newest_work.is_none_or(|w| key > w) {
+            self.newest_work = Some(key);
+        }
 
         let pos = self.lower_bound(&key);
         self.order.insert(pos, idx);
@@ -953,29 +963,17 @@ impl<M: Machine> Timeline<M> {
         }
     }
 
-    /// The member holding the settled frontier: the one whose latest event has the lowest
-    /// `lc` (one that has published nothing first; ties in key order), and that `lc`.
-    fn lowest_member(&self) -> Option<(AuthorId, Option<u64>)> {
+    fn covered_by_all(&self, idx: u32) -> Option<AuthorId> {
+        let m = self.metas[idx as usize];
         self.views
             .iter()
-            .map(|(a, v)| (v.latest.map(|l| self.metas[l as usize].lc), *a))
-            .min()
-            .map(|(lc, a)| (a, lc))
+            .find(|(_, v)| v.vv.get(m.author as usize).is_none_or(|&s| s < m.sq))
+            .map(|(a, _)| *a)
     }
 
-    /// Moves the frontier over every event with `lc ≤` the lowest `lc` among the members'
-    /// latest events. Why that is safe: an event this replica has not seen yet, by a member
-    /// `m` whose latest event (as seen here) has `lc = L`, comes after that event in `m`'s
-    /// chain (everything before it is in its causal past, hence here), so its `lc` is above `L`
-    /// and it sorts after every event with `lc ≤ L`. Heartbeats make members' latest `lc`s
-    /// move while they are idle. (An equivocating or removed member's late events may still
-    /// land inside: they are excluded from the state, and counted in `frontier_regressions`.)
     fn advance_frontier(&mut self) {
-        let Some((_, Some(bound))) = self.lowest_member() else {
-            return;
-        };
         while self.settled < self.order.len()
-            && self.metas[self.order[self.settled] as usize].lc <= bound
+            && self.covered_by_all(self.order[self.settled]).is_none()
         {
             self.settled += 1;
         }
@@ -989,9 +987,10 @@ impl<M: Machine> Timeline<M> {
             .map(|p| self.order[p])
             .map(|i| (self.ids[i as usize], self.metas[i as usize].lc));
         let first_unsettled = self.order.get(self.settled).copied();
-        let held_by = first_unsettled.and_then(|_| {
-            let (who, latest) = self.lowest_member()?;
+        let held_by = first_unsettled.and_then(|i| {
+            let who = self.covered_by_all(i)?;
             let role = self.membership.role_at(&who, u64::MAX)?;
+            let latest = self.views[&who].latest.map(|l| self.metas[l as usize].lc);
             Some((who, role, latest))
         });
         Frontier {
@@ -1003,18 +1002,21 @@ impl<M: Machine> Timeline<M> {
         }
     }
 
-    /// Whether `member`'s latest event leaves out an event that is not a heartbeat: then a
-    /// heartbeat by `member` (an event naming the current heads, so with a higher `lc` than
-    /// all of them) lets the settled frontier pass those events. Heartbeats themselves never
-    /// ask for one, so an idle mesh goes quiet after one round of them; once it is quiet,
-    /// every member's latest event holds every non-heartbeat event, whose `lc` is then below
-    /// every member's latest, so every one of them is settled. False for a key that is not a
-    /// current member.
+    /// Whether a heartbeat by `member` is owed: its latest event leaves out an event of
+    /// another author that sorts at or before the newest event that is not a heartbeat. The
+    /// frontier waits until every member's latest event contains an event (the containment is
+    /// what keeps a settled event out of reach of a later `member remove`, which excludes only
+    /// what the admin had not seen), so the heartbeats that sort among the writes must be
+    /// covered too, not only the writes. A heartbeat names the newest head, so it sorts after
+    /// every event it covers and owes nobody anything: once every node holds the newest
+    /// write, heartbeats stop (an idle mesh goes quiet), and every member's latest event then
+    /// contains every event up to that write, which is therefore settled. False for a key
+    /// that is not a current member.
     ///
-    /// Cost: the events of other authors past `member`'s view, until the first that is not a
-    /// heartbeat (an idle mesh has at most the last heartbeat of each member there).
+    /// Cost: the events of other authors past `member`'s view (an idle mesh has at most the
+    /// last heartbeat of each member there).
     pub fn owes_heartbeat(&self, member: &AuthorId) -> bool {
-        let Some(view) = self.views.get(member) else {
+        let (Some(view), Some(newest_work)) = (self.views.get(member), self.newest_work) else {
             return false;
         };
         let me = self.author_index.get(member).copied();
@@ -1024,7 +1026,7 @@ impl<M: Machine> Timeline<M> {
                 && chain
                     .iter()
                     .skip(covered)
-                    .any(|&i| !self.metas[i as usize].heartbeat)
+                    .any(|&i| self.key(i) <= newest_work)
         })
     }
 

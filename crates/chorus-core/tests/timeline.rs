@@ -471,3 +471,76 @@ fn a_fold_in_slices_with_late_events_between_equals_one_fold() {
     tl.insert_deferred(evs[0].clone()).unwrap();
     assert!(tl.fold_cost() >= evs.len() - 1, "{}", tl.fold_cost());
 }
+
+/// Settled means contained by every member's latest event, the admin's included: a removal
+/// excludes only what the admin had not seen, so nothing settled can be excluded later. (A rule
+/// by `lc` alone — "every member wrote something as late" — would settle `e` below, and the
+/// admin's concurrent removal would then exclude a settled event.)
+#[test]
+fn an_event_the_admin_has_not_seen_is_not_settled_and_a_removal_may_still_exclude_it() {
+    let admin = Keypair::from_seed([200; 32]);
+    let w = Keypair::from_seed([1; 32]);
+    let g = genesis(&admin, &[&w], 4);
+    let mut tl = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let mut admin_view = Timeline::new(g.clone(), ChainMachine).unwrap();
+    // w writes e; the admin, not having seen it, heartbeats at the same lc and then removes w.
+    let e = tl.prepare(w.author(), kind::STIMULUS, text("e")).sign(&w);
+    let hb = admin_view
+        .prepare(admin.author(), kind::HEARTBEAT, Ipld::Null)
+        .sign(&admin);
+    admin_view.insert(hb.clone(), &NoBlocks).unwrap();
+    let removal = admin_view
+        .prepare(
+            admin.author(),
+            kind::MEMBER,
+            MemberOp::Remove(w.author()).to_body(),
+        )
+        .sign(&admin);
+    tl.insert(e.clone(), &NoBlocks).unwrap();
+    tl.insert(hb, &NoBlocks).unwrap();
+    // Both members' latest events are at least as late as e; neither the admin's contains it.
+    assert!(
+        !tl.is_settled(&e.id()),
+        "settled without the admin having seen it"
+    );
+    assert!(tl.owes_heartbeat(&admin.author()));
+    tl.insert(removal, &NoBlocks).unwrap();
+    assert!(tl.is_excluded(&e.id()));
+    assert!(!tl.is_settled(&e.id()));
+}
+
+/// Heartbeats owe heartbeats only for what sorts among the writes: a member must cover another
+/// member's heartbeat that sorts before a write, never one that sorts after every write.
+#[test]
+fn a_heartbeat_is_owed_for_what_sorts_before_the_newest_write_only() {
+    let admin = Keypair::from_seed([200; 32]);
+    let a = Keypair::from_seed([1; 32]);
+    let b = Keypair::from_seed([2; 32]);
+    let g = genesis(&admin, &[&a, &b], 4);
+    let mut tl = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let wa = tl.prepare(a.author(), kind::STIMULUS, text("a")).sign(&a);
+    tl.insert(wa, &NoBlocks).unwrap();
+    for k in [&admin, &b] {
+        let hb = tl.prepare(k.author(), kind::HEARTBEAT, Ipld::Null).sign(k);
+        tl.insert(hb, &NoBlocks).unwrap();
+    }
+    // The two heartbeats sort after a's write: a owes nothing for them, and the write is
+    // settled (every member's latest contains it).
+    assert!(!tl.owes_heartbeat(&a.author()));
+    assert!(tl.frontier().settled >= 2);
+    // A write by b now sorts after the admin's heartbeat: a and the admin owe one.
+    let wb = tl.prepare(b.author(), kind::STIMULUS, text("b")).sign(&b);
+    tl.insert(wb.clone(), &NoBlocks).unwrap();
+    assert!(tl.owes_heartbeat(&a.author()) && tl.owes_heartbeat(&admin.author()));
+    assert!(!tl.owes_heartbeat(&b.author()));
+    for k in [&a, &admin] {
+        let hb = tl.prepare(k.author(), kind::HEARTBEAT, Ipld::Null).sign(k);
+        tl.insert(hb, &NoBlocks).unwrap();
+    }
+    assert!(tl.is_settled(&wb.id()));
+    assert!(
+        [&a, &admin, &b]
+            .iter()
+            .all(|k| !tl.owes_heartbeat(&k.author()))
+    );
+}

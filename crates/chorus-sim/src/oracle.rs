@@ -237,7 +237,7 @@ pub fn judge(w: &mut World) -> Findings {
         if honest {
             *honest_seqs.entry((author, sq)).or_insert(0) += 1;
             if !w.acked.contains_key(id) && !w.light_signed.contains_key(id) {
-                if is_heartbeat(reference, id) {
+                if w.sc.heartbeat_ms.is_some() && is_heartbeat(reference, id) {
                     f.heartbeats += 1;
                 } else {
                     f.unexpected += 1;

@@ -90,6 +90,8 @@ impl Engine {
         let mut r = 0;
         for &p in &node.parents {
             assert!(p < i, "parents come first");
+            // `sees` prunes its walk by `lc`: it must grow along every parent link.
+            debug_assert!(node.lc > self.nodes[p].lc, "lc grows along parent links");
             for (s, &ps) in seen.iter_mut().zip(&self.seen[p * n..(p + 1) * n]) {
                 *s = (*s).max(ps);
             }
