@@ -493,12 +493,16 @@ fn wait_for_emissaries(mesh: &Mesh, n: usize, stop: &AtomicBool) -> Result<()> {
 }
 
 /// Whether every node's state names the same winner for every elected stimulus.
-fn elections_agree(mesh: &Mesh, elected: &[(String, String)]) -> bool {
-    let views: Vec<Value> = mesh
-        .apis
+/// Every node's `GET /v1/swarm/elections` (`null` for a node that does not answer).
+fn election_views(mesh: &Mesh) -> Vec<Value> {
+    mesh.apis
         .iter()
         .map(|api| http::get(api, "/v1/swarm/elections").unwrap_or(Value::Null))
-        .collect();
+        .collect()
+}
+
+fn elections_agree(mesh: &Mesh, elected: &[(String, String)]) -> bool {
+    let views = election_views(mesh);
     let winner_at = |v: &Value, s: &str| -> Option<String> {
         v["elections"]
             .as_array()?
@@ -525,11 +529,7 @@ const SETTLE_WAIT: Duration = Duration::from_secs(15);
 
 /// How many of the elected stimuli have a settled winner on every node.
 fn settled_everywhere(mesh: &Mesh, elected: &[(String, String)]) -> usize {
-    let views: Vec<Value> = mesh
-        .apis
-        .iter()
-        .map(|api| http::get(api, "/v1/swarm/elections").unwrap_or(Value::Null))
-        .collect();
+    let views = election_views(mesh);
     elected
         .iter()
         .filter(|(s, _)| {
