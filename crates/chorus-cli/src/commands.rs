@@ -17,7 +17,7 @@ use chorus_core::{
     membership::{MemberOp, Role},
 };
 use chorus_kairos::{
-    KairosMachine,
+    Kairos2Machine, KairosMachine,
     body::{Intent, Stimulus},
 };
 use chorus_store::{Replica, Store, replica::STORE_FILE};
@@ -137,7 +137,8 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
 
 fn init(dir: &Path, a: InitArgs) -> Result<i32> {
     let machine_id = match a.machine {
-        MachineArg::Kairos => KairosMachine.id(),
+        MachineArg::Kairos => Kairos2Machine.id(),
+        MachineArg::Kairos1 => KairosMachine.id(),
         MachineArg::Counter => CounterMachine.id(),
     };
     let body = |k: &chorus_core::crypto::Keypair| {
@@ -147,6 +148,10 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
     };
     let (id, key) = match a.machine {
         MachineArg::Kairos => {
+            let r = Replica::init(dir, body, Kairos2Machine)?;
+            (r.timeline().genesis_id(), r.key().author())
+        }
+        MachineArg::Kairos1 => {
             let r = Replica::init(dir, body, KairosMachine)?;
             (r.timeline().genesis_id(), r.key().author())
         }

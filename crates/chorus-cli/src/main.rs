@@ -178,8 +178,11 @@ struct InitArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum MachineArg {
-    /// The KAIROS phase engine (kairos/1).
+    /// The KAIROS phase engine with the council of elections that cannot stall (kairos/2).
     Kairos,
+    /// The KAIROS phase engine of the first version (kairos/1: top-N by weight).
+    #[value(name = "kairos1")]
+    Kairos1,
     /// A per-kind event counter (counter/1).
     Counter,
 }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chorus_core::{Machine, genesis::Genesis, membership::Role};
-use chorus_kairos::KairosMachine;
+use chorus_kairos::Kairos2Machine;
 use chorus_llm::BackendConfig;
 use chorus_net::Addr;
 use chorus_node::{
@@ -582,11 +582,11 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     let genesis = Replica::init(
         &dirs[0],
         |admin| {
-            let mut b = Genesis::new_body("swarm", admin.author(), KairosMachine.id());
+            let mut b = Genesis::new_body("swarm", admin.author(), Kairos2Machine.id());
             b.writers = writers;
             b
         },
-        KairosMachine,
+        Kairos2Machine,
     )?
     .timeline()
     .genesis_id();
@@ -689,6 +689,8 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     let mut last_print = Instant::now();
     let mut posted = 0u64;
     let mut elected: Vec<(String, String)> = vec![];
+    // Which emissaries won, and how often: under kairos/2 the council changes per stimulus.
+    let mut winners_by: std::collections::BTreeMap<String, usize> = Default::default();
     for r in 0..a.rounds {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -724,6 +726,8 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
                 );
                 if let (Some(s), Some(wi)) = (v["stimulus"].as_str(), v["winner"].as_str()) {
                     elected.push((s.to_string(), wi.to_string()));
+                    let by = v["emissary"].as_str().unwrap_or("?").to_string();
+                    *winners_by.entry(by).or_default() += 1;
                 }
             }
             Err(e) => println!(
@@ -779,6 +783,15 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
         "elections: {} of {} stimuli elected; every node names the same winner for each: {agree}",
         elected.len(),
         posted
+    );
+    println!(
+        "answered by {} distinct emissaries: {}",
+        winners_by.len(),
+        winners_by
+            .iter()
+            .map(|(e, n)| format!("{e} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     // Settled: every member's latest event holds the winner, so nothing can ever sort before
     // it. Idle members get there by heartbeats (`chorus node --heartbeat-ms`).

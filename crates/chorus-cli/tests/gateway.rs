@@ -4,6 +4,11 @@
 //! - the command ward's refusals are published as failures that never win;
 //! - on a 5-node mesh with emissaries of very different speeds, 50 stimuli get the same
 //!   winner on every node;
+//! - on a 5-node mesh where one emissary's node is SIGKILLed mid-run, 50 gateway requests
+//!   all get a winner (the dead emissary costs one escalation deadline at most twice), every
+//!   node names the same winners, and every live emissary is asked;
+//! - an election whose asked emissaries give no valid answer is escalated by the gateway
+//!   until a valid one answers, and ends `exhausted` (504) when nobody is left;
 //! - the `openai` Python client talks to `/v1/chat/completions`, streaming and not.
 //!
 //! Timing-independent backends (`scripted`: a fixed reply after a fixed delay) stand in for
@@ -303,6 +308,194 @@ fn fifty_stimuli_elect_the_same_winner_on_every_node_of_five() {
     assert!(
         elected >= 45,
         "{elected} of 50 stimuli elected a winner: {by_emissary:?}"
+    );
+}
+
+#[test]
+fn a_dead_emissary_costs_a_deadline_never_a_stall() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 5, 5);
+    let delays = [0u64, 40, 80, 120, 160];
+    let files: Vec<String> = delays
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            write_file(
+                root.path(),
+                &format!("e{i}.toml"),
+                &scripted(&format!("e{i}"), &format!("[\"say I am e{i}\"]"), *d),
+            )
+        })
+        .collect();
+    // Heartbeats on: they are what renews an idle emissary's lease.
+    let start = |i: usize, boot: &[String]| {
+        Node::start_heartbeating_with(
+            &format!("n{i}"),
+            &dirs[i],
+            &format!("127.0.2.{}", 11 + i),
+            boot,
+            &["--emissaries", &files[i]],
+            300,
+        )
+    };
+    let mut nodes = vec![start(0, &[])];
+    let boot = vec![nodes[0].addr.clone()];
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        join(dir, &boot[0]);
+        nodes.push(start(i, &boot));
+    }
+    {
+        let all: Vec<&Node> = nodes.iter().collect();
+        meshed(&all, Duration::from_secs(60));
+        for n in &all {
+            registered(n, 5);
+        }
+    }
+    // Which emissary dies: n4's. Requests go to the others, one at a time, as a game would.
+    let (killed, kill_at) = (4usize, 10usize);
+    let mut stimuli = vec![];
+    let mut rounds = 0;
+    for k in 0..50 {
+        if k == kill_at {
+            nodes[killed].kill();
+        }
+        let at = &nodes[k % 4];
+        let t = Instant::now();
+        let r = post(
+            &at.api,
+            "/v1/swarm/intent",
+            &json!({"npc_name": "Mira", "context": format!("scene {k}: the gate creaks"),
+                    "timeout_ms": 30_000, "escalate_after_ms": 1_500}),
+        )
+        .unwrap_or_else(|e| panic!("request {k} ({:?} in): {e}", t.elapsed()));
+        assert!(r["winner"].is_string(), "request {k}: {r}");
+        rounds += r["round"].as_u64().unwrap_or(0);
+        stimuli.push(r["stimulus"].as_str().unwrap().to_string());
+    }
+    let mut live: Vec<&mut Node> = nodes
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| *i != killed)
+        .map(|(_, n)| n)
+        .collect();
+    let hash = converge(&mut live, 1, Duration::from_secs(60));
+    let views: Vec<BTreeMap<String, Value>> = live
+        .iter()
+        .map(|n| {
+            get(&n.api, "/v1/swarm/elections").unwrap()["elections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["stimulus"].as_str().unwrap().to_string(), e.clone()))
+                .collect()
+        })
+        .collect();
+    let winners = |v: &BTreeMap<String, Value>| -> Vec<Value> {
+        stimuli.iter().map(|s| v[s]["winner"].clone()).collect()
+    };
+    for v in &views[1..] {
+        assert_eq!(
+            winners(v),
+            winners(&views[0]),
+            "winners differ between nodes"
+        );
+    }
+    let mut asked: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (k, s) in stimuli.iter().enumerate() {
+        for e in views[0][s]["selected"].as_array().unwrap() {
+            let slot = asked
+                .entry(e["name"].as_str().unwrap().to_string())
+                .or_default();
+            if k < kill_at {
+                slot.0 += 1;
+            } else {
+                slot.1 += 1;
+            }
+        }
+    }
+    eprintln!(
+        "50 requests, 0 timeouts, {rounds} escalation rounds; asked (before, after the kill): \
+         {asked:?}; state_hash {hash}"
+    );
+    for i in (0..5).filter(|&i| i != killed) {
+        let (before, after) = asked.get(&format!("e{i}")).copied().unwrap_or_default();
+        assert!(
+            before + after > 0,
+            "live emissary e{i} was never asked: {asked:?}"
+        );
+    }
+    let dead_after = asked.get(&format!("e{killed}")).map_or(0, |a| a.1);
+    assert!(
+        dead_after <= chorus_kairos::council::MAX_OWED,
+        "the dead emissary was asked {dead_after} times after it died: {asked:?}"
+    );
+}
+
+#[test]
+fn an_election_without_a_valid_answer_escalates_until_one_comes() {
+    let root = tempfile::tempdir().unwrap();
+    // Two emissaries whose every answer the ward refuses (failures: they answer, never win)
+    // and one honest one. N = 2: whenever the two rogues are asked, only an escalation can
+    // bring a winner.
+    let file = write_file(
+        root.path(),
+        "emissaries.toml",
+        &(scripted("rogue-a", r#"["py import os"]"#, 0)
+            + &scripted("rogue-b", r#"["@py self.delete()"]"#, 0)
+            + &scripted("honest", r#"["say Good evening."]"#, 0)),
+    );
+    let (n0, _n1) = pair(root.path(), 61, &file);
+    registered(&n0, 3);
+    let mut rounds = vec![];
+    for k in 0..12 {
+        let r = post(
+            &n0.api,
+            "/v1/swarm/intent",
+            &json!({"npc_name": "Tomas", "context": format!("scene {k}"),
+                    "timeout_ms": 20_000, "escalate_after_ms": 300}),
+        )
+        .unwrap_or_else(|e| panic!("request {k}: {e}"));
+        assert_eq!(r["emissary"], "honest", "{r}");
+        rounds.push(r["round"].as_u64().unwrap());
+    }
+    let m = api(&n0.api).get_answer("/metrics").unwrap().body;
+    let m = m.as_str().unwrap_or_default();
+    eprintln!("escalation rounds per request: {rounds:?}");
+    let escalations: u64 = rounds.iter().sum();
+    assert!(
+        m.contains(&format!("chorus_gateway_escalations_total {escalations}")),
+        "the gateway counts the {escalations} escalations it wrote"
+    );
+}
+
+#[test]
+fn an_election_nobody_valid_can_answer_ends_exhausted() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write_file(
+        root.path(),
+        "emissaries.toml",
+        &(scripted("rogue-a", r#"["py import os"]"#, 0)
+            + &scripted("rogue-b", r#"["@py self.delete()"]"#, 0)),
+    );
+    let (n0, _n1) = pair(root.path(), 64, &file);
+    registered(&n0, 2);
+    let a = api(&n0.api)
+        .post_answer(
+            "/v1/swarm/intent",
+            &json!({"context": "hello?", "timeout_ms": 3_000, "escalate_after_ms": 200}),
+        )
+        .expect("a reply");
+    let body = a.body;
+    assert_eq!(a.status, 504, "{body}");
+    let e = &body["election"];
+    assert_eq!(
+        (
+            e["round"].clone(),
+            e["exhausted"].clone(),
+            e["valid"].clone()
+        ),
+        (json!(1), json!(true), json!(0)),
+        "both asked, both refused, one escalation found nobody left: {body}"
     );
 }
 

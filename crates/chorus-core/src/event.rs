@@ -32,6 +32,8 @@ pub mod kind {
     pub const EMISSARY: &str = "emissary";
     pub const CHECKPOINT: &str = "checkpoint";
     pub const HEARTBEAT: &str = "heartbeat";
+    /// A request to widen a stimulus's election (`kairos/2`).
+    pub const ESCALATE: &str = "escalate";
 }
 
 /// Current format version.

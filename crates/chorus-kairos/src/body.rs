@@ -208,6 +208,40 @@ impl Registration {
     }
 }
 
+/// A request to widen a stimulus's election (`kairos/2`): no valid answer had arrived by the
+/// deadline of the node that writes it, so the machine selects the next candidates. `round`
+/// is the escalation this asks for (1 for the first): the machine takes only the round that
+/// follows the election's current one, so the same deadline noticed on many nodes widens the
+/// election once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Escalation {
+    pub re: EventId,
+    pub round: u8,
+}
+
+impl Escalation {
+    pub fn to_ipld(&self) -> Ipld {
+        let mut m = BTreeMap::new();
+        m.insert("re".to_string(), Ipld::Link(self.re.to_cid()));
+        m.insert("round".to_string(), Ipld::Integer(self.round.into()));
+        Ipld::Map(m)
+    }
+
+    /// The escalation a body holds, if it is one (a link `re` and a `round` from 1 to 255).
+    pub fn read(body: &Ipld) -> Option<Escalation> {
+        let m = map_of(body)?;
+        let re = match m.get("re")? {
+            Ipld::Link(cid) => EventId::from_cid(cid).ok()?,
+            _ => return None,
+        };
+        let round = match m.get("round")? {
+            Ipld::Integer(r) => u8::try_from(*r).ok().filter(|&r| r >= 1)?,
+            _ => return None,
+        };
+        Some(Escalation { re, round })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +316,25 @@ mod tests {
         assert_eq!((v.re, v.emissary, v.text), (None, None, None));
         assert_eq!(Stimulus::read(&Ipld::Null), Stimulus::default());
         assert_eq!(Registration::name(&body), None);
+    }
+
+    #[test]
+    fn an_escalation_reads_back_and_a_bad_one_reads_as_none() {
+        let e = Escalation {
+            re: EventId([4; 32]),
+            round: 2,
+        };
+        assert_eq!(Escalation::read(&e.to_ipld()), Some(e));
+        let mut zero = e.to_ipld();
+        if let Ipld::Map(m) = &mut zero {
+            m.insert("round".into(), Ipld::Integer(0));
+        }
+        assert_eq!(Escalation::read(&zero), None, "round 0 is no escalation");
+        let mut big = e.to_ipld();
+        if let Ipld::Map(m) = &mut big {
+            m.insert("round".into(), Ipld::Integer(300));
+        }
+        assert_eq!(Escalation::read(&big), None);
+        assert_eq!(Escalation::read(&Ipld::String("x".into())), None);
     }
 }

@@ -7,6 +7,7 @@
 //! The math and the state layout are in `docs/design/kairos.md`.
 
 pub mod body;
+pub mod council;
 pub mod encoder;
 pub mod engine;
 pub mod machine;
@@ -15,4 +16,4 @@ pub mod state;
 pub mod state_codec;
 pub mod ward;
 
-pub use machine::{KairosMachine, KairosState};
+pub use machine::{Kairos2Machine, KairosMachine, KairosState};

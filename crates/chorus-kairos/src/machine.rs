@@ -1,14 +1,17 @@
 //! KAIROS as a Chorus [`Machine`]: what each event kind does to the engine, the qualia
 //! (coherence across outputs, dopamine), emissary weights, dynamic N and the election.
 //! The canonical state serialisation is specified in `docs/design/kairos.md`.
+//!
+//! Two versions, each a machine id a genesis names: [`KairosMachine`] (`kairos/1`, top-N by
+//! weight, kept so its timelines replay bit for bit) and [`Kairos2Machine`] (`kairos/2`, the
+//! council of [`crate::council`]: rendezvous selection, leases, escalation, a moving ledger).
+//! They share everything else.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use crate::{
-    body::{Intent, Registration},
+    body::{Escalation, Intent, Registration},
+    council,
     encoder::{PhaseEncoder, Sha256Encoder},
     engine::{Engine, Entry, NoiseKey, Profile},
     ward,
@@ -25,11 +28,31 @@ pub use crate::state::{
     MAX_TRACKED_STIMULI, OpenStimulus, StimulusRecord, n_for,
 };
 
-/// The KAIROS machine with the SHA-256 encoder.
+/// The KAIROS machine with the SHA-256 encoder, version 1 (`kairos/1`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KairosMachine;
 
-impl KairosMachine {
+/// The KAIROS machine with the SHA-256 encoder and the council of [`crate::council`]
+/// (`kairos/2`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kairos2Machine;
+
+/// Which rules a fold follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Kairos1,
+    Kairos2,
+}
+
+/// The rules of one version (both machine types delegate here).
+#[derive(Debug, Clone, Copy)]
+struct Rules(Version);
+
+impl Rules {
+    fn v2(&self) -> bool {
+        self.0 == Version::Kairos2
+    }
+
     fn encoder(&self) -> &'static dyn PhaseEncoder {
         &Sha256Encoder
     }
@@ -81,16 +104,12 @@ impl KairosMachine {
     fn apply_stimulus(&self, s: &mut KairosState, ev: &Applied<'_>) {
         self.close_open_stimulus(s);
         let n = n_for(s.dopamine);
-        let mut ranked: Vec<(&EmissaryId, f64)> =
-            s.emissaries.iter().map(|(k, w)| (k, *w)).collect();
-        // Best weight first; ties by key (the map order). total_cmp: weights are never NaN, but
-        // a total order keeps this deterministic regardless.
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let selected = ranked
-            .into_iter()
-            .take(n as usize)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let selected = if self.v2() {
+            s.stimuli_applied += 1;
+            council::candidates(s, &ev.id, &[], n as usize)
+        } else {
+            self.top_n(s, n)
+        };
         if s.stimuli.len() == MAX_TRACKED_STIMULI {
             s.stimuli.pop_front();
         }
@@ -101,6 +120,9 @@ impl KairosMachine {
             intents: 0,
             valid: 0,
             winner: None,
+            round: 0,
+            answered: 0,
+            exhausted: false,
         });
         s.open = Some(OpenStimulus {
             id: ev.id,
@@ -108,6 +130,64 @@ impl KairosMachine {
             n: 0,
         });
         self.integrate(s, &ev.id, body_text(ev.body).unwrap_or(""));
+    }
+
+    /// `kairos/1`: the first `n` emissaries by weight.
+    fn top_n(&self, s: &KairosState, n: u8) -> Vec<EmissaryId> {
+        let mut ranked: Vec<(&EmissaryId, f64)> =
+            s.emissaries.iter().map(|(k, w)| (k, *w)).collect();
+        // Best weight first; ties by key (the map order). total_cmp: weights are never NaN, but
+        // a total order keeps this deterministic regardless.
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        ranked
+            .into_iter()
+            .take(n as usize)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// `kairos/2`: an `escalate` for the round after the election's current one, while it has
+    /// no winner: the asked emissaries that have not answered lose weight, the next N are asked.
+    fn apply_escalation(&self, s: &mut KairosState, ev: &Applied<'_>) {
+        let Some(esc) = Escalation::read(ev.body) else {
+            return;
+        };
+        let Some(at) = s.stimuli.iter().position(|r| r.id == esc.re) else {
+            return;
+        };
+        let r = &s.stimuli[at];
+        if r.winner.is_some()
+            || r.exhausted
+            || r.round >= council::MAX_ESCALATIONS
+            || esc.round != r.round + 1
+        {
+            return;
+        }
+        let silent: Vec<EmissaryId> = r
+            .selected
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| r.answered & (1 << i) == 0)
+            .map(|(_, e)| e.clone())
+            .collect();
+        for e in &silent {
+            if let Some(w) = s.emissaries.get_mut(e) {
+                council::reward(w, 0.0);
+            }
+        }
+        let (n, already) = (r.n as usize, r.selected.clone());
+        let next = council::candidates(s, &esc.re, &already, n);
+        let r = &mut s.stimuli[at];
+        r.round = esc.round;
+        r.exhausted = next.is_empty();
+        r.selected.extend(next);
+    }
+
+    /// `kairos/2`: every event renews the lease of its author's emissaries.
+    fn renew_lease(&self, s: &mut KairosState, author: &chorus_core::AuthorId) {
+        if council::has_emissary(s, author) {
+            s.last_active.insert(*author, s.stimuli_applied);
+        }
     }
 
     fn apply_intent(&self, s: &mut KairosState, ev: &Applied<'_>) {
@@ -124,10 +204,28 @@ impl KairosMachine {
         let valid = ward::valid_commands(ev.body).is_some();
         if let Some(rec) = s.stimuli.iter_mut().find(|r| r.id == re) {
             rec.intents += 1;
+            let mut won = false;
             if valid {
                 rec.valid += 1;
                 if rec.winner.is_none() {
                     rec.winner = Some(ev.id);
+                    won = true;
+                }
+            }
+            // kairos/2's ledger: the first answer of each asked emissary pays its debt and
+            // moves its weight.
+            let asked = rec.selected.iter().position(|e| *e == emissary);
+            if self.v2()
+                && let Some(i) = asked.filter(|&i| rec.answered & (1 << i) == 0)
+            {
+                rec.answered |= 1 << i;
+                let r = match (won, valid) {
+                    (true, _) => council::REWARD_WIN,
+                    (false, true) => council::REWARD_VALID,
+                    (false, false) => council::REWARD_FAILED,
+                };
+                if let Some(w) = s.emissaries.get_mut(&emissary) {
+                    council::reward(w, r);
                 }
             }
         }
@@ -151,11 +249,12 @@ impl KairosMachine {
     }
 }
 
-impl Machine for KairosMachine {
-    type State = KairosState;
-
+impl Rules {
     fn id(&self) -> &'static str {
-        "kairos/1"
+        match self.0 {
+            Version::Kairos1 => "kairos/1",
+            Version::Kairos2 => "kairos/2",
+        }
     }
 
     fn check_genesis(&self, genesis: &Genesis) -> Result<(), String> {
@@ -174,16 +273,7 @@ impl Machine for KairosMachine {
 
     fn init(&self, genesis: &Genesis) -> KairosState {
         let profile = Profile::by_name(&genesis.body.profile).unwrap_or(Profile::MASTER);
-        KairosState {
-            engine: Engine::new(profile),
-            integrations: 0,
-            ema: None,
-            dopamine: 0.0,
-            last_cross_coherence: 0.0,
-            open: None,
-            emissaries: BTreeMap::new(),
-            stimuli: VecDeque::new(),
-        }
+        KairosState::new(Engine::new(profile))
     }
 
     fn apply(&self, state: &mut KairosState, ev: &Applied<'_>) {
@@ -191,18 +281,52 @@ impl Machine for KairosMachine {
             kind::STIMULUS => self.apply_stimulus(state, ev),
             kind::INTENT => self.apply_intent(state, ev),
             kind::EMISSARY => self.apply_emissary(state, ev),
+            kind::ESCALATE if self.v2() => self.apply_escalation(state, ev),
             _ => {}
+        }
+        if self.v2() {
+            self.renew_lease(state, &ev.author);
         }
     }
 
     fn encode_state(&self, s: &KairosState) -> Vec<u8> {
-        crate::state_codec::encode(s)
+        crate::state_codec::encode(s, self.0)
     }
 
     fn decode_state(&self, bytes: &[u8]) -> Result<KairosState, StateDecodeError> {
-        crate::state_codec::decode(bytes, self.encoder()).map_err(|why| StateDecodeError {
+        crate::state_codec::decode(bytes, self.encoder(), self.0).map_err(|why| StateDecodeError {
             machine: self.id().into(),
             why,
         })
     }
 }
+
+/// One machine type per version, each delegating to its [`Rules`].
+macro_rules! kairos_machine {
+    ($ty:ty, $version:expr) => {
+        impl Machine for $ty {
+            type State = KairosState;
+
+            fn id(&self) -> &'static str {
+                Rules($version).id()
+            }
+            fn check_genesis(&self, genesis: &Genesis) -> Result<(), String> {
+                Rules($version).check_genesis(genesis)
+            }
+            fn init(&self, genesis: &Genesis) -> KairosState {
+                Rules($version).init(genesis)
+            }
+            fn apply(&self, state: &mut KairosState, ev: &Applied<'_>) {
+                Rules($version).apply(state, ev)
+            }
+            fn encode_state(&self, s: &KairosState) -> Vec<u8> {
+                Rules($version).encode_state(s)
+            }
+            fn decode_state(&self, bytes: &[u8]) -> Result<KairosState, StateDecodeError> {
+                Rules($version).decode_state(bytes)
+            }
+        }
+    };
+}
+kairos_machine!(KairosMachine, Version::Kairos1);
+kairos_machine!(Kairos2Machine, Version::Kairos2);

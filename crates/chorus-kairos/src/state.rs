@@ -30,8 +30,15 @@ pub struct StimulusRecord {
     pub id: EventId,
     /// N chosen by the dopamine rule when the stimulus was applied.
     pub n: u8,
-    /// The emissaries asked to answer, best weight first.
+    /// The emissaries asked to answer: `kairos/1` best weight first; `kairos/2` in the order
+    /// of its selection, each escalation round appending its own.
     pub selected: Vec<EmissaryId>,
+    /// `kairos/2`: escalation rounds taken (0 = only the first selection).
+    pub round: u8,
+    /// `kairos/2`: bit `i` set once `selected[i]` has answered (any intent, valid or not).
+    pub answered: u32,
+    /// `kairos/2`: an escalation found no emissary left to ask.
+    pub exhausted: bool,
     /// Intents answering it, and how many of those were valid.
     pub intents: u32,
     pub valid: u32,
@@ -60,6 +67,11 @@ pub struct KairosState {
     pub open: Option<OpenStimulus>,
     pub emissaries: BTreeMap<EmissaryId, f64>,
     pub stimuli: VecDeque<StimulusRecord>,
+    /// `kairos/2`: stimuli applied since genesis (the council's clock: leases count in it).
+    pub stimuli_applied: u64,
+    /// `kairos/2`: for each author with a registered emissary, `stimuli_applied` at its last
+    /// event of any kind (its emissaries' lease; bounded by the registered emissaries).
+    pub last_active: BTreeMap<AuthorId, u64>,
 }
 
 impl KairosState {
@@ -82,6 +94,21 @@ impl KairosState {
             (_, d) if d > DOPAMINE_BAND => "rising",
             (_, d) if d < -DOPAMINE_BAND => "falling",
             _ => "steady",
+        }
+    }
+    /// A fresh state around `engine` (no emissary, no stimulus, no qualia yet).
+    pub fn new(engine: Engine) -> KairosState {
+        KairosState {
+            engine,
+            integrations: 0,
+            ema: None,
+            dopamine: 0.0,
+            last_cross_coherence: 0.0,
+            open: None,
+            emissaries: BTreeMap::new(),
+            stimuli: VecDeque::new(),
+            stimuli_applied: 0,
+            last_active: BTreeMap::new(),
         }
     }
     pub fn stimulus(&self, id: &EventId) -> Option<&StimulusRecord> {

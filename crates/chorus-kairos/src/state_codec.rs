@@ -1,5 +1,7 @@
 //! Canonical serialisation of [`KairosState`] (the bytes `state_hash` hashes and checkpoints
-//! store). Layout in `docs/design/kairos.md`. All integers little-endian; every f64 is written
+//! store), one layout per machine version. Layout in `docs/design/kairos.md`: `kairos/2`
+//! writes the bytes of `kairos/1` under its own magic, with three fields more in each election
+//! and the council's clock and leases at the end. All integers little-endian; every f64 is written
 //! as its IEEE-754 bits after canonicalisation: any NaN becomes `0x7FF8_0000_0000_0000` and
 //! `-0.0` becomes `+0.0`, because NaN signs and zero signs differ between x86-64 and ARM.
 
@@ -11,13 +13,17 @@ use std::{
 use chorus_core::{AuthorId, EventId};
 
 use crate::{
+    council::MAX_SELECTED,
     encoder::PhaseEncoder,
     engine::{Engine, Entry, Profile},
+    machine::Version,
     state::{KairosState, OpenStimulus, StimulusRecord},
 };
 
-/// First bytes of every encoded state.
+/// First bytes of every encoded `kairos/1` state.
 pub const MAGIC: &[u8; 16] = b"chorus/kairos/1\0";
+/// First bytes of every encoded `kairos/2` state.
+pub const MAGIC_2: &[u8; 16] = b"chorus/kairos/2\0";
 
 /// The canonical bits of an f64.
 pub fn canonical_bits(x: f64) -> u64 {
@@ -57,9 +63,10 @@ impl W {
     }
 }
 
-pub fn encode(s: &KairosState) -> Vec<u8> {
+pub fn encode(s: &KairosState, version: Version) -> Vec<u8> {
+    let v2 = version == Version::Kairos2;
     let mut w = W(Vec::with_capacity(512 + 32 * s.engine.window.len()));
-    w.0.extend_from_slice(MAGIC);
+    w.0.extend_from_slice(if v2 { MAGIC_2 } else { MAGIC });
     let e = &s.engine;
     w.str(e.profile.name);
     w.u64(e.steps);
@@ -104,6 +111,19 @@ pub fn encode(s: &KairosState) -> Vec<u8> {
         w.u32(r.valid);
         w.u8(r.winner.is_some() as u8);
         w.b32(&r.winner.map_or([0; 32], |x| x.0));
+        if v2 {
+            w.u8(r.round);
+            w.u32(r.answered);
+            w.u8(r.exhausted as u8);
+        }
+    }
+    if v2 {
+        w.u64(s.stimuli_applied);
+        w.u32(s.last_active.len() as u32);
+        for (author, at) in &s.last_active {
+            w.b32(&author.0);
+            w.u64(*at);
+        }
     }
     w.0
 }
@@ -147,9 +167,14 @@ impl R<'_> {
     }
 }
 
-pub fn decode(bytes: &[u8], encoder: &dyn PhaseEncoder) -> Result<KairosState, String> {
+pub fn decode(
+    bytes: &[u8],
+    encoder: &dyn PhaseEncoder,
+    version: Version,
+) -> Result<KairosState, String> {
+    let v2 = version == Version::Kairos2;
     let mut r = R(bytes);
-    if r.take(16)? != MAGIC {
+    if r.take(16)? != if v2 { MAGIC_2 } else { MAGIC } {
         return Err("bad magic".into());
     }
     let profile_name = r.str()?;
@@ -194,7 +219,7 @@ pub fn decode(bytes: &[u8], encoder: &dyn PhaseEncoder) -> Result<KairosState, S
         let id = EventId(r.b32()?);
         let n = r.u8()?;
         let mut selected = vec![];
-        for _ in 0..r.count(3)? {
+        for _ in 0..r.count(if v2 { MAX_SELECTED } else { 3 })? {
             let a = AuthorId(r.b32()?);
             selected.push((a, r.str()?));
         }
@@ -202,6 +227,11 @@ pub fn decode(bytes: &[u8], encoder: &dyn PhaseEncoder) -> Result<KairosState, S
         let valid = r.u32()?;
         let has_winner = r.u8()? != 0;
         let w = r.b32()?;
+        let (round, answered, exhausted) = if v2 {
+            (r.u8()?, r.u32()?, r.u8()? != 0)
+        } else {
+            (0, 0, false)
+        };
         stimuli.push_back(StimulusRecord {
             id,
             n,
@@ -209,7 +239,19 @@ pub fn decode(bytes: &[u8], encoder: &dyn PhaseEncoder) -> Result<KairosState, S
             intents,
             valid,
             winner: has_winner.then_some(EventId(w)),
+            round,
+            answered,
+            exhausted,
         });
+    }
+    let mut stimuli_applied = 0;
+    let mut last_active = BTreeMap::new();
+    if v2 {
+        stimuli_applied = r.u64()?;
+        for _ in 0..r.count(crate::state::MAX_EMISSARIES)? {
+            let a = AuthorId(r.b32()?);
+            last_active.insert(a, r.u64()?);
+        }
     }
     if !r.0.is_empty() {
         return Err("trailing bytes".into());
@@ -223,5 +265,7 @@ pub fn decode(bytes: &[u8], encoder: &dyn PhaseEncoder) -> Result<KairosState, S
         open,
         emissaries,
         stimuli,
+        stimuli_applied,
+        last_active,
     })
 }

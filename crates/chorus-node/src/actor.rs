@@ -555,6 +555,8 @@ impl<M: Describe> Actor<M> {
                     name: name.clone(),
                 })
                 .collect(),
+            round: v.round,
+            exhausted: v.exhausted,
             intents: v.intents,
             valid: v.valid,
             winner: v.winner,

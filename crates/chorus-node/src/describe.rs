@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use chorus_core::{AuthorId, EventId, Machine, SignedEvent, Timeline, machine::CounterMachine};
-use chorus_kairos::KairosMachine;
+use chorus_kairos::{Kairos2Machine, KairosMachine, KairosState};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 
@@ -15,6 +15,8 @@ pub trait Describe: Machine + Copy + Default + Send + 'static {
     fn elections(_state: &Self::State) -> Vec<ElectionView> {
         vec![]
     }
+    /// Whether an `escalate` event widens an election (the gateway writes one only then).
+    const ESCALATES: bool = false;
 }
 
 /// One stimulus's election as the replicated state has it.
@@ -23,48 +25,83 @@ pub struct ElectionView {
     pub stimulus: EventId,
     /// N of the dynamic-N rule when the stimulus was applied.
     pub n: u8,
-    /// The emissaries asked to answer: (author, name), best weight first.
+    /// The emissaries asked to answer: (author, name), in the machine's order of selection.
     pub selected: Vec<(AuthorId, String)>,
     pub intents: u32,
     pub valid: u32,
     /// The first valid intent in the total order.
     pub winner: Option<EventId>,
+    /// Escalation rounds taken (`kairos/2`; 0 otherwise).
+    pub round: u8,
+    /// An escalation found nobody left to ask (`kairos/2`).
+    pub exhausted: bool,
+}
+
+/// `chorus state` and `GET /v1/state` of a KAIROS state (both versions).
+fn describe_kairos(s: &KairosState) -> Value {
+    let e = &s.engine;
+    json!({
+        "coherence": e.coherence,
+        "t_tau": [e.t_tau.0, e.t_tau.1],
+        "collapsed": e.collapsed,
+        "collapses": e.collapses,
+        "recovery": e.recovery,
+        "dopamine": s.dopamine,
+        "cognitive_state": s.cognitive_state(),
+        "next_n": s.next_n(),
+        "integrations": s.integrations,
+        "tokens": e.steps,
+        "window": e.window.len(),
+        "emissaries": s.emissaries.iter().map(|((a, n), w)| json!({
+            "author": a.to_string(), "name": n, "weight": w })).collect::<Vec<_>>(),
+        "last_stimulus": s.stimuli.back().map(election),
+        "last_election": s.stimuli.iter().rev().find(|r| r.winner.is_some()).map(election),
+    })
+}
+
+fn kairos_elections(s: &KairosState) -> Vec<ElectionView> {
+    s.stimuli
+        .iter()
+        .map(|r| ElectionView {
+            stimulus: r.id,
+            n: r.n,
+            selected: r.selected.clone(),
+            intents: r.intents,
+            valid: r.valid,
+            winner: r.winner,
+            round: r.round,
+            exhausted: r.exhausted,
+        })
+        .collect()
 }
 
 impl Describe for KairosMachine {
     fn describe(s: &Self::State) -> Value {
-        let e = &s.engine;
-        json!({
-            "coherence": e.coherence,
-            "t_tau": [e.t_tau.0, e.t_tau.1],
-            "collapsed": e.collapsed,
-            "collapses": e.collapses,
-            "recovery": e.recovery,
-            "dopamine": s.dopamine,
-            "cognitive_state": s.cognitive_state(),
-            "next_n": s.next_n(),
-            "integrations": s.integrations,
-            "tokens": e.steps,
-            "window": e.window.len(),
-            "emissaries": s.emissaries.iter().map(|((a, n), w)| json!({
-                "author": a.to_string(), "name": n, "weight": w })).collect::<Vec<_>>(),
-            "last_stimulus": s.stimuli.back().map(election),
-            "last_election": s.stimuli.iter().rev().find(|r| r.winner.is_some()).map(election),
-        })
+        describe_kairos(s)
     }
-
     fn elections(s: &Self::State) -> Vec<ElectionView> {
-        s.stimuli
-            .iter()
-            .map(|r| ElectionView {
-                stimulus: r.id,
-                n: r.n,
-                selected: r.selected.clone(),
-                intents: r.intents,
-                valid: r.valid,
-                winner: r.winner,
-            })
-            .collect()
+        kairos_elections(s)
+    }
+}
+
+impl Describe for Kairos2Machine {
+    const ESCALATES: bool = true;
+    fn describe(s: &Self::State) -> Value {
+        let mut v = describe_kairos(s);
+        v["stimuli_applied"] = json!(s.stimuli_applied);
+        v["leases"] = json!(
+            s.last_active
+                .keys()
+                .map(|a| json!({
+                    "author": a.to_string(),
+                    "leased": chorus_kairos::council::leased(s, a),
+                }))
+                .collect::<Vec<_>>()
+        );
+        v
+    }
+    fn elections(s: &Self::State) -> Vec<ElectionView> {
+        kairos_elections(s)
     }
 }
 
@@ -73,6 +110,7 @@ fn election(r: &chorus_kairos::machine::StimulusRecord) -> Value {
         "stimulus": r.id.to_string(), "n": r.n, "intents": r.intents, "valid": r.valid,
         "selected": r.selected.iter().map(|(a, n)| format!("{}/{n}", a.fmt_short())).collect::<Vec<_>>(),
         "winner": r.winner.map(|w| w.to_string()),
+        "round": r.round, "exhausted": r.exhausted,
     })
 }
 

@@ -39,8 +39,16 @@ pub struct Election {
     pub stimulus: EventId,
     /// N of the dynamic-N rule when the stimulus was applied.
     pub n: u8,
-    /// The emissaries asked to answer, best weight first.
+    /// The emissaries asked to answer, in the machine's order (`kairos/2`: each escalation
+    /// round appends the ones it asks).
     pub selected: Vec<Selected>,
+    /// Escalation rounds taken (`kairos/2`).
+    #[serde(default)]
+    pub round: u8,
+    /// An escalation found nobody left to ask: no answer will come unless one already asked
+    /// answers late.
+    #[serde(default)]
+    pub exhausted: bool,
     /// Intents counted, and how many of them were valid.
     pub intents: u32,
     pub valid: u32,
@@ -160,6 +168,8 @@ mod tests {
             intents,
             valid: intents,
             winner: winner.map(|w| EventId([w; 32])),
+            round: 0,
+            exhausted: false,
         }
     }
 
@@ -198,6 +208,8 @@ mod tests {
                 author: AuthorId([2; 32]),
                 name: "oracle".into(),
             }],
+            round: 1,
+            exhausted: false,
             intents: 1,
             valid: 1,
             winner: Some(EventId([3; 32])),

@@ -154,6 +154,7 @@ pub async fn run<M: Describe>(
                 emissaries: std::sync::Arc::new(emissaries),
                 token: cfg.api_token.as_deref().map(std::sync::Arc::from),
                 status: Default::default(),
+                escalates: M::ESCALATES,
             });
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)

@@ -37,7 +37,7 @@ pub fn ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn api(base: &str) -> Api {
+pub fn api(base: &str) -> Api {
     Api::new(base, Duration::from_secs(60))
 }
 
@@ -76,6 +76,18 @@ impl Node {
         heartbeat_ms: u64,
     ) -> Node {
         Self::launch(name, dir, ip, bootstrap, &[], None, heartbeat_ms)
+    }
+
+    /// As [`Node::start_heartbeating`], with extra node arguments.
+    pub fn start_heartbeating_with(
+        name: &str,
+        dir: &Path,
+        ip: &str,
+        bootstrap: &[String],
+        extra: &[&str],
+        heartbeat_ms: u64,
+    ) -> Node {
+        Self::launch(name, dir, ip, bootstrap, extra, None, heartbeat_ms)
     }
 
     /// As [`Node::start`], with extra node arguments and an optional command prefix (e.g.

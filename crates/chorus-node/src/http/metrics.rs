@@ -146,6 +146,12 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         one(l(&g.timeouts)),
     );
     metric(
+        "gateway_escalations_total",
+        "counter",
+        "escalate events written: elections without a valid answer by their deadline.",
+        one(l(&g.escalations)),
+    );
+    metric(
         "gateway_wait_ms_total",
         "counter",
         "Milliseconds gateway requests waited for winners.",

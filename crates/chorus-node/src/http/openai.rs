@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use super::{
     shared::{Api, error, json_body},
     swarm::{
-        MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, bounded, elect, exists, stimulus_body, timeout_of,
+        MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, bounded, elect, escalate_after_of, exists,
+        stimulus_body, timeout_of,
     },
 };
 
@@ -103,7 +104,14 @@ pub async fn chat_completions(
         Err(resp) => return *resp,
     };
     let model = r.model.unwrap_or_else(|| "chorus".into());
-    let (e, ms) = match elect(&api, body, timeout_of(r.timeout_ms)).await {
+    let (e, ms) = match elect(
+        &api,
+        body,
+        timeout_of(r.timeout_ms),
+        escalate_after_of(None),
+    )
+    .await
+    {
         Ok(x) => x,
         Err(w) => return w.response(&api.gateway),
     };

@@ -33,6 +33,8 @@ pub struct Api {
     pub token: Option<Arc<str>>,
     /// `GET /v1/status`'s shared snapshot.
     pub status: Arc<StatusCache>,
+    /// The timeline's machine widens an election on an `escalate` event (`kairos/2`).
+    pub escalates: bool,
 }
 
 /// Gateway counters.
@@ -42,6 +44,9 @@ pub struct GatewayStats {
     pub chat_requests: AtomicU64,
     pub elected: AtomicU64,
     pub timeouts: AtomicU64,
+    /// `escalate` events this gateway wrote (an election without a valid answer by its
+    /// deadline).
+    pub escalations: AtomicU64,
     pub wait_ms_total: AtomicU64,
 }
 

@@ -3,8 +3,11 @@
 //! * `POST /v1/swarm/intent` — the original request (`npc_name`, `role`, `backstory`,
 //!   `context`) becomes a `stimulus` event; the reply comes as soon as the replicated election
 //!   has a winner (the first valid intent in the total order), never waiting for the slowest
-//!   emissary: `{commands, winner, stimulus, settled, emissary, n, intents, elapsed_ms}`. No
-//!   winner within the timeout → 504 with what is known.
+//!   emissary: `{commands, winner, stimulus, settled, emissary, n, intents, round,
+//!   elapsed_ms}`. On a `kairos/2` timeline an election without a valid answer after
+//!   `escalate_after_ms` is escalated (an `escalate` event: the machine asks the next
+//!   candidates), again after each further period, until nobody is left to ask. No winner
+//!   within the timeout → 504 with what is known.
 //! * `GET /v1/swarm/elections` — every election the state tracks, with winners and
 //!   settledness (what tests compare across replicas).
 //!
@@ -22,7 +25,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chorus_core::{EventId, event::kind};
-use chorus_kairos::body::Stimulus;
+use chorus_kairos::{
+    body::{Escalation, Stimulus},
+    council::MAX_ESCALATIONS,
+};
 use ipld_core::ipld::Ipld;
 use serde::Deserialize;
 use serde_json::json;
@@ -35,6 +41,12 @@ use crate::{election::Election, handle::NodeGone, write::WriteError};
 pub const DEFAULT_INTENT_TIMEOUT_MS: u64 = 60_000;
 /// The longest wait a request may ask for.
 pub const MAX_INTENT_TIMEOUT_MS: u64 = 600_000;
+/// How long an election may go without a valid answer before the gateway escalates it, unless
+/// the request asks otherwise: long enough for a CPU model's answer (the embedded model takes a
+/// few seconds on 2 cores), short enough that a dead emissary costs a fraction of the timeout.
+pub const DEFAULT_ESCALATE_AFTER_MS: u64 = 15_000;
+/// The shortest escalation period a request may ask for.
+pub const MIN_ESCALATE_AFTER_MS: u64 = 100;
 /// Bytes of UTF-8 the gateway takes in `npc_name` and in `role`. The field bounds are in bytes and derived from the event bounds: the
 /// largest request the gateway takes always fits one event, so a request is either refused
 /// here with a 413 that names the field, or stored.
@@ -63,6 +75,7 @@ pub struct IntentRequest {
     #[serde(default)]
     context: String,
     timeout_ms: Option<u64>,
+    escalate_after_ms: Option<u64>,
 }
 fn unknown_npc() -> String {
     "Unknown NPC".into()
@@ -144,14 +157,18 @@ impl Wait {
 
 /// Appends the stimulus and waits for its election to have a winner: the node pushes every
 /// change of an election after the fold that made it, so this wakes once per change of its
-/// own election (and once per other election's change), never on a timer.
+/// own election (and once per other election's change), never on a timer — but for the
+/// escalation deadline: with no valid answer `escalate_after` after the stimulus (or after the
+/// last escalation) and candidates left, it appends an `escalate` for the next round.
 pub(super) async fn elect(
     api: &Api,
     body: Ipld,
     timeout: Duration,
+    escalate_after: Duration,
 ) -> Result<(Arc<Election>, u64), Wait> {
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut escalate_at = tokio::time::Instant::now() + escalate_after;
     // Subscribe before appending: the election can change before the append's reply comes.
     let mut changes = api.node.subscribe_elections();
     let stimulus = match api
@@ -171,6 +188,10 @@ pub(super) async fn elect(
             api.gateway.wait_ms_total.fetch_add(ms, Ordering::Relaxed);
             return Ok((e.clone(), ms));
         }
+        let can_escalate = api.escalates
+            && last
+                .as_ref()
+                .is_some_and(|e| !e.exhausted && e.round < MAX_ESCALATIONS);
         tokio::select! {
             r = changes.recv() => match r {
                 Ok(e) if e.stimulus == stimulus => last = Some(e),
@@ -183,11 +204,32 @@ pub(super) async fn elect(
                 }
                 Err(RecvError::Closed) => return Err(Wait::Gone(NodeGone)),
             },
+            _ = tokio::time::sleep_until(escalate_at), if can_escalate => {
+                let round = last.as_ref().map_or(0, |e| e.round) + 1;
+                let body = Escalation { re: stimulus, round }.to_ipld();
+                match api.node.append(vec![(kind::ESCALATE.into(), body)]).await {
+                    Ok(Ok(_)) => {
+                        api.gateway.escalations.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%stimulus, round, "no valid answer yet: escalated");
+                    }
+                    Ok(Err(e)) => tracing::warn!(%stimulus, "escalation not written: {e}"),
+                    Err(e) => return Err(Wait::Gone(e)),
+                }
+                escalate_at = tokio::time::Instant::now() + escalate_after;
+            }
             _ = tokio::time::sleep_until(deadline) => {
                 return Err(Wait::Timeout { stimulus, last });
             }
         }
     }
+}
+
+/// The escalation period a request asked for, within its bounds.
+pub(super) fn escalate_after_of(ms: Option<u64>) -> Duration {
+    Duration::from_millis(
+        ms.unwrap_or(DEFAULT_ESCALATE_AFTER_MS)
+            .clamp(MIN_ESCALATE_AFTER_MS, MAX_INTENT_TIMEOUT_MS),
+    )
 }
 
 pub(super) fn timeout_of(ms: Option<u64>) -> Duration {
@@ -210,7 +252,8 @@ pub async fn swarm_intent(
         Ok(b) => b,
         Err(resp) => return *resp,
     };
-    match elect(&api, body, timeout_of(r.timeout_ms)).await {
+    let escalate_after = escalate_after_of(r.escalate_after_ms);
+    match elect(&api, body, timeout_of(r.timeout_ms), escalate_after).await {
         Ok((e, ms)) => Json(json!({
             "commands": e.commands,
             "winner": e.winner.map(|w| w.to_string()),
@@ -220,6 +263,7 @@ pub async fn swarm_intent(
             "model": e.model,
             "n": e.n,
             "intents": e.intents,
+            "round": e.round,
             "elapsed_ms": ms,
         }))
         .into_response(),
