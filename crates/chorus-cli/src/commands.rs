@@ -54,6 +54,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Append(a) if a.api.is_some() || crate::http::running_api(dir).is_some() => {
             append_remote(dir, a)
         }
+        Command::Member { op, api } if api.is_some() || crate::http::running_api(dir).is_some() => {
+            member_remote(dir, op, api)
+        }
         other => on_store(dir, other),
     }
 }
@@ -106,6 +109,32 @@ fn append_remote(dir: &Path, a: AppendArgs) -> Result<i32> {
     }
 }
 
+/// `chorus member` while a node runs on the data directory: `POST /v1/members` (the node signs
+/// with its key, which must be the admin's). A stale `api.addr` falls back to the store.
+fn member_remote(dir: &Path, op: MemberCmd, api: Option<String>) -> Result<i32> {
+    let explicit = api.is_some();
+    let addr = api
+        .or_else(|| crate::http::running_api(dir))
+        .unwrap_or_default();
+    let req = match &op {
+        MemberCmd::Add { key, role } => serde_json::json!({
+            "op": "add", "key": key,
+            "role": match role { RoleArg::Anchor => "anchor", RoleArg::Writer => "writer" },
+        }),
+        MemberCmd::Remove { key } => serde_json::json!({ "op": "remove", "key": key }),
+    };
+    match crate::http::post(&addr, "/v1/members", &req) {
+        Ok(r) => {
+            println!("{}", r["id"].as_str().unwrap_or("?"));
+            Ok(0)
+        }
+        Err(e) if !explicit && e.to_string().starts_with("cannot reach") => {
+            on_store(dir, Command::Member { op, api: None })
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i32> {
     if let Command::Verify = cmd {
         return verify::<M>(dir, store);
@@ -116,7 +145,7 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
     store.integrity_check()?;
     let mut replica = Replica::open_checked(dir, store, M::default())?;
     match cmd {
-        Command::Member { op } => member(&mut replica, op),
+        Command::Member { op, .. } => member(&mut replica, op),
         Command::Append(a) => append(&mut replica, a),
         Command::Log(a) => log(&replica, a),
         Command::State { json } => state(&replica, json),

@@ -32,10 +32,15 @@ enum Command {
     Init(InitArgs),
     /// Print this node's public key (creating the key if the data directory has none).
     Key,
-    /// Change membership (admin only): add or remove an anchor or writer.
+    /// Change membership (admin only): add or remove an anchor or writer. Goes through the
+    /// node running on --data-dir when there is one (its store is locked by it).
     Member {
         #[command(subcommand)]
         op: MemberCmd,
+        /// Change it through this running node's API (default: the node running on
+        /// --data-dir, if any; otherwise the store is opened directly).
+        #[arg(long, global = true)]
+        api: Option<String>,
     },
     /// Sign and append an event; prints its CID once it is durable.
     Append(AppendArgs),

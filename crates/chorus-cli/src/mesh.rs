@@ -527,6 +527,22 @@ fn elections_agree(mesh: &Mesh, elected: &[(String, String)]) -> bool {
 /// How long `chorus swarm` waits, after convergence, for the elections to settle.
 const SETTLE_WAIT: Duration = Duration::from_secs(15);
 
+/// The emissaries the elections of node 0 asked (every node asks the same: the selection is
+/// replicated).
+fn asked_emissaries(mesh: &Mesh) -> std::collections::BTreeSet<String> {
+    let views = election_views(mesh);
+    let Some(first) = views.first() else {
+        return Default::default();
+    };
+    first["elections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["selected"].as_array().cloned().unwrap_or_default())
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// How many of the elected stimuli have a settled winner on every node.
 fn settled_everywhere(mesh: &Mesh, elected: &[(String, String)]) -> usize {
     let views = election_views(mesh);
@@ -784,8 +800,11 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
         elected.len(),
         posted
     );
+    let asked = asked_emissaries(&mesh);
     println!(
-        "answered by {} distinct emissaries: {}",
+        "council: {} distinct emissaries asked ({}); {} won: {}",
+        asked.len(),
+        asked.iter().cloned().collect::<Vec<_>>().join(", "),
         winners_by.len(),
         winners_by
             .iter()

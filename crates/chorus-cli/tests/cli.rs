@@ -403,7 +403,8 @@ fn verify_accepts_a_timeline_with_equivocation_and_removal() {
 fn old_build_store(dir: &Path) -> String {
     use chorus_core::{Timeline, event::kind};
     use chorus_store::{Batch, Store, replica::STORE_FILE};
-    ok(dir, &["init", "--name", "old"]);
+    // Builds of that time made kairos/1 timelines.
+    ok(dir, &["init", "--name", "old", "--machine", "kairos1"]);
     ok(dir, &["append", "good one"]);
     ok(dir, &["append", "good two"]);
     let key = chorus_store::replica::read_key(dir).unwrap().unwrap();

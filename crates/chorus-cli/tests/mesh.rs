@@ -3,7 +3,11 @@
 
 mod common;
 
-use std::{collections::BTreeSet, thread, time::Duration};
+use std::{
+    collections::BTreeSet,
+    thread,
+    time::{Duration, Instant},
+};
 
 use common::*;
 
@@ -389,4 +393,50 @@ fn idle_members_heartbeat_so_every_write_settles_then_the_mesh_goes_quiet() {
     thread::sleep(Duration::from_secs(4));
     let after: Vec<u64> = all.iter().map(|n| count(n)).collect();
     assert_eq!(before, after, "an idle mesh goes quiet");
+}
+
+/// Membership through a running node: `chorus member add|remove` on the admin's data directory
+/// while its node runs goes through `POST /v1/members` (the store is locked by the node); the
+/// new member's writes are taken once the change reaches it, and refused again after the
+/// removal; a node that is not the admin is refused with the timeline's reason.
+#[test]
+fn the_admin_changes_membership_while_its_node_runs() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 2, 1);
+    let key1 = ok(&dirs[1], &["key"]).trim().to_string();
+    let n0 = Node::start("n0", &dirs[0], "127.0.2.31", &[]);
+    join(&dirs[1], &n0.addr);
+    let n1 = Node::start("n1", &dirs[1], "127.0.2.32", std::slice::from_ref(&n0.addr));
+    meshed(&[&n0, &n1], Duration::from_secs(60));
+    assert!(n1.append("not yet a member", 1).is_err());
+
+    let id = ok(&dirs[0], &["member", "add", &key1, "--role", "writer"]);
+    assert!(
+        id.trim().starts_with("bafy"),
+        "prints the member event: {id}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n1.append("now a member", 1).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "n1 never became a writer after the admin's node added it"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // n1 is not the admin: the timeline refuses its member event, and the CLI says why.
+    let out = chorus(&dirs[1], &["member", "remove", &key1]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin"), "{err}");
+
+    ok(&dirs[0], &["member", "remove", &key1]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n1.append("removed", 1).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "n1 still writes after the admin's node removed it"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }

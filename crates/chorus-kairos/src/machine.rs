@@ -25,7 +25,7 @@ use chorus_core::{
 
 pub use crate::state::{
     DOPAMINE_ALPHA, DOPAMINE_BAND, EmissaryId, INITIAL_WEIGHT, KairosState, MAX_EMISSARIES,
-    MAX_TRACKED_STIMULI, OpenStimulus, StimulusRecord, n_for,
+    MAX_TRACKED_STIMULI, OpenStimulus, StimulusRecord, Version, n_for,
 };
 
 /// The KAIROS machine with the SHA-256 encoder, version 1 (`kairos/1`).
@@ -36,13 +36,6 @@ pub struct KairosMachine;
 /// (`kairos/2`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Kairos2Machine;
-
-/// Which rules a fold follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
-    Kairos1,
-    Kairos2,
-}
 
 /// The rules of one version (both machine types delegate here).
 #[derive(Debug, Clone, Copy)]

@@ -21,6 +21,15 @@ pub const MAX_EMISSARIES: usize = 1024;
 /// Weight of a new emissary.
 pub const INITIAL_WEIGHT: f64 = 1.0;
 
+/// Which rules a fold follows (the machine id a genesis names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `kairos/1`: the top N by weight.
+    Kairos1,
+    /// `kairos/2`: the council of [`crate::council`].
+    Kairos2,
+}
+
 /// An emissary: the key that signs its intents and its name.
 pub type EmissaryId = (AuthorId, String);
 

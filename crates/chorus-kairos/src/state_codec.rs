@@ -16,8 +16,7 @@ use crate::{
     council::MAX_SELECTED,
     encoder::PhaseEncoder,
     engine::{Engine, Entry, Profile},
-    machine::Version,
-    state::{KairosState, OpenStimulus, StimulusRecord},
+    state::{KairosState, OpenStimulus, StimulusRecord, Version},
 };
 
 /// First bytes of every encoded `kairos/1` state.

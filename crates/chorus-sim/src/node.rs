@@ -15,7 +15,13 @@ use chorus_core::{
     storage::MemStore,
     sync::{SyncRequest, SyncResponse, Syncer},
 };
-use chorus_kairos::machine::KairosMachine;
+use chorus_kairos::machine::Kairos2Machine;
+
+/// The machine every simulated node runs: the one `chorus init` and `chorus swarm` make
+/// timelines with (`kairos/2`), so the simulator checks the elections the node ships.
+pub type SimMachine = Kairos2Machine;
+/// Its id, as the simulated genesis names it.
+pub const SIM_MACHINE_ID: &str = "kairos/2";
 
 use crate::scenario::Attack;
 
@@ -41,7 +47,7 @@ impl Transport for SimNet {
 }
 
 /// The node state machine as the simulator runs it.
-pub type Node = NodeState<KairosMachine, MemStore, SimNet>;
+pub type Node = NodeState<SimMachine, MemStore, SimNet>;
 
 /// What travels between nodes.
 #[derive(Debug, Clone)]
@@ -190,7 +196,7 @@ impl SimNode {
     pub fn live(&self) -> bool {
         self.status != Status::Crashed
     }
-    pub fn tl(&self) -> &Timeline<KairosMachine> {
+    pub fn tl(&self) -> &Timeline<SimMachine> {
         self.node.local().timeline()
     }
     /// The node's disk.

@@ -25,7 +25,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chorus_core::{AuthorId, EventId, Machine, SignedEvent, genesis::Genesis, machine::Applied};
-use chorus_kairos::machine::KairosMachine;
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -88,7 +87,7 @@ fn reported_hash(w: &World, n: &SimNode) -> [u8; 32] {
 
 /// Folds `evs` in the given order from the genesis state.
 fn fold(genesis: &SignedEvent, evs: &[SignedEvent]) -> [u8; 32] {
-    let m = KairosMachine;
+    let m = crate::node::SimMachine::default();
     let g = Genesis::from_event(genesis).expect("the sim's genesis");
     let mut state = m.init(&g);
     for e in evs {
@@ -224,6 +223,9 @@ pub fn judge(w: &mut World) -> Findings {
         }
     }
     let mut honest_seqs: BTreeMap<(AuthorId, u64), u32> = BTreeMap::new();
+    // The heartbeats the honest nodes wrote: part of the state under kairos/2 (they renew the
+    // leases of their authors' emissaries), so part of C5's model.
+    let mut heartbeat_ids: Vec<EventId> = vec![];
     for id in &order {
         if *id == w.genesis.id() {
             continue;
@@ -239,6 +241,7 @@ pub fn judge(w: &mut World) -> Findings {
             if !w.acked.contains_key(id) && !w.light_signed.contains_key(id) {
                 if w.sc.heartbeat_ms.is_some() && is_heartbeat(reference, id) {
                     f.heartbeats += 1;
+                    heartbeat_ids.push(*id);
                 } else {
                     f.unexpected += 1;
                 }
@@ -373,7 +376,7 @@ pub fn judge(w: &mut World) -> Findings {
     }
 
     // C5: the acknowledged events (whatever the replicas hold), plus the adversaries' events
-    // the replicas took in (nobody acknowledges those).
+    // the replicas took in (nobody acknowledges those), plus the honest nodes' heartbeats.
     let mut reference_set: Vec<SignedEvent> = w
         .acked_events
         .iter()
@@ -389,6 +392,12 @@ pub fn judge(w: &mut World) -> Findings {
             .map(|(_, e)| e.clone()),
     );
     let mut c5 = vec![];
+    for id in &heartbeat_ids {
+        match reference.tl().load(id, reference.store()) {
+            Ok(e) => reference_set.push(e),
+            Err(e) => c5.push(format!("block {id}: {e}")),
+        }
+    }
     for id in &present {
         let by_adversary = reference
             .tl()

@@ -24,15 +24,15 @@ use chorus_core::{
     },
     testkit,
 };
-use chorus_kairos::{
-    body::{Intent, Registration, Stimulus},
-    machine::KairosMachine,
-};
+use chorus_kairos::body::{Intent, Registration, Stimulus};
 use ipld_core::ipld::Ipld;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    node::{Envelope, Msg, Node, NodeIx, Outcome, Sabotage, SimNode, SimRequest, Status},
+    node::{
+        Envelope, Msg, Node, NodeIx, Outcome, SIM_MACHINE_ID, Sabotage, SimMachine, SimNode,
+        SimRequest, Status,
+    },
     rng::Rng,
     scenario::{Attack, PartitionKind, Scenario},
 };
@@ -232,7 +232,7 @@ impl World {
         let genesis = testkit::genesis(
             &admin,
             &writer_keys,
-            "kairos/1",
+            SIM_MACHINE_ID,
             DEFAULT_CHECKPOINT_INTERVAL,
         );
         let nodes: Vec<SimNode> = keys
@@ -240,7 +240,8 @@ impl World {
             .enumerate()
             .map(|(i, key)| {
                 let local = Local::new(
-                    Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis"),
+                    Timeline::new(genesis.clone(), SimMachine::default())
+                        .expect("the sim's genesis"),
                     MemStore::new(&genesis),
                     key.clone(),
                 );
@@ -1130,7 +1131,8 @@ impl World {
             // the node held in memory is gone with the crash anyway.
             let n = &mut self.nodes[i];
             let blank = Local::new(
-                Timeline::new(self.genesis.clone(), KairosMachine).expect("the sim's genesis"),
+                Timeline::new(self.genesis.clone(), SimMachine::default())
+                    .expect("the sim's genesis"),
                 MemStore::new(&self.genesis),
                 n.key.clone(),
             );
@@ -1157,7 +1159,7 @@ impl World {
         n.status = Status::Up;
         n.seen.clear();
         let blank = Local::new(
-            Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis"),
+            Timeline::new(genesis.clone(), SimMachine::default()).expect("the sim's genesis"),
             MemStore::new(&genesis),
             n.key.clone(),
         );
@@ -1177,7 +1179,8 @@ impl World {
         };
         let indexed = decode(indexed);
         let pending = decode(pending);
-        let mut tl = Timeline::new(genesis.clone(), KairosMachine).expect("the sim's genesis");
+        let mut tl =
+            Timeline::new(genesis.clone(), SimMachine::default()).expect("the sim's genesis");
         let results = tl
             .insert_batch_deferred(indexed.iter().cloned(), &store)
             .expect("restart from the sim's own disk");
@@ -1386,7 +1389,7 @@ fn heartbeat_of(sc: &Scenario, sabotage: Sabotage) -> Option<u64> {
 /// folds on its tick (so it can prune, as the actor does); a full node leaves the fold to the
 /// oracle at the end (KAIROS folds are the simulator's most expensive work).
 fn node_over(
-    local: Local<KairosMachine, MemStore>,
+    local: Local<SimMachine, MemStore>,
     sabotage: Sabotage,
     light: bool,
     heartbeat_ms: Option<u64>,

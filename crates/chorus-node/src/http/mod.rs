@@ -14,6 +14,8 @@
 //!   body over [`MAX_APPEND_REQUEST_BYTES`]), 422 for a bad kind or body, with a message that
 //!   names the bound; 503 while the node's write gate is closed.
 //! * `GET /v1/events?stream=true` → an SSE stream of new events
+//! * `POST /v1/members` with `{"op": "add"|"remove", "key": HEX, "role": "writer"|"anchor"}` →
+//!   `{"id": CID}`: a membership change through the running node (the admin's) ([`members`])
 //! * `POST /v1/swarm/intent`, `GET /v1/swarm/elections`: the swarm API ([`swarm`])
 //! * `POST /v1/chat/completions`: OpenAI-compatible ([`openai`])
 //! * `GET /metrics`: Prometheus text ([`metrics`])
@@ -25,6 +27,7 @@
 //! (`chorus node --api-token-env VAR`); the token is only ever compared, never served.
 
 mod events;
+mod members;
 mod metrics;
 mod node;
 mod openai;
@@ -52,6 +55,7 @@ pub use swarm::{
 pub fn router(api: Api) -> Router {
     let writes = Router::new()
         .route("/v1/events", post(events::append))
+        .route("/v1/members", post(members::change))
         .route("/v1/swarm/intent", post(swarm::swarm_intent))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
