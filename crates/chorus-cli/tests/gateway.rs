@@ -38,6 +38,27 @@ fn write_file(dir: &Path, name: &str, text: &str) -> String {
     p.display().to_string()
 }
 
+/// The lines of an SSE stream at `path`, read by a thread of their own.
+fn sse_lines(api: &str, path: &str) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (api, path) = (api.to_string(), path.to_string());
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::net::TcpStream::connect(&api).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        for line in BufReader::new(s).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// n0 (admin) and n1 (writer) on `ip0`/`ip1`; n0 runs the emissaries of `file`.
 fn pair(root: &Path, ip: u8, file: &str) -> (Node, Node) {
     let dirs = timeline(root, 2, 2);
@@ -444,9 +465,13 @@ fn an_election_without_a_valid_answer_escalates_until_one_comes() {
             + &scripted("rogue-b", r#"["@py self.delete()"]"#, 0)
             + &scripted("honest", r#"["say Good evening."]"#, 0)),
     );
-    let (n0, _n1) = pair(root.path(), 61, &file);
+    let (n0, n1) = pair(root.path(), 61, &file);
     registered(&n0, 3);
+    // A client of the other node follows the elections as they change (SSE).
+    let lines = sse_lines(&n1.api, "/v1/swarm/elections?stream=true");
+    std::thread::sleep(Duration::from_millis(300));
     let mut rounds = vec![];
+    let mut stimuli = vec![];
     for k in 0..12 {
         let r = post(
             &n0.api,
@@ -457,7 +482,25 @@ fn an_election_without_a_valid_answer_escalates_until_one_comes() {
         .unwrap_or_else(|e| panic!("request {k}: {e}"));
         assert_eq!(r["emissary"], "honest", "{r}");
         rounds.push(r["round"].as_u64().unwrap());
+        stimuli.push(r["stimulus"].as_str().unwrap().to_string());
     }
+    // Every election's changes reached the follower, each winner named as one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut got: Vec<String> = vec![];
+    let mut winners = 0;
+    while Instant::now() < deadline && !stimuli.iter().all(|s| got.iter().any(|l| l.contains(s))) {
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+            winners += (l == "event: winner") as usize;
+            got.push(l);
+        }
+    }
+    for s in &stimuli {
+        assert!(
+            got.iter().any(|l| l.starts_with("data:") && l.contains(s)),
+            "{s} never streamed"
+        );
+    }
+    assert!(winners > 0, "no `winner` event among {} lines", got.len());
     let m = api(&n0.api).get_answer("/metrics").unwrap().body;
     let m = m.as_str().unwrap_or_default();
     eprintln!("escalation rounds per request: {rounds:?}");
@@ -465,6 +508,59 @@ fn an_election_without_a_valid_answer_escalates_until_one_comes() {
     assert!(
         m.contains(&format!("chorus_gateway_escalations_total {escalations}")),
         "the gateway counts the {escalations} escalations it wrote"
+    );
+}
+
+#[test]
+fn a_client_can_wait_for_a_winner_no_event_can_displace() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write_file(
+        root.path(),
+        "emissaries.toml",
+        &scripted("honest", r#"["say Good evening."]"#, 0),
+    );
+    let dirs = timeline(root.path(), 2, 2);
+    // Heartbeats: an idle member covers what it has seen, so winners settle.
+    let n0 = Node::start_heartbeating_with(
+        "n0",
+        &dirs[0],
+        "127.0.2.41",
+        &[],
+        &["--emissaries", &file],
+        200,
+    );
+    join(&dirs[1], &n0.addr);
+    let n1 = Node::start_heartbeating(
+        "n1",
+        &dirs[1],
+        "127.0.2.42",
+        std::slice::from_ref(&n0.addr),
+        200,
+    );
+    meshed(&[&n0, &n1], Duration::from_secs(60));
+    registered(&n0, 1);
+    let r = post(
+        &n1.api,
+        "/v1/swarm/intent",
+        &json!({"context": "the lamps go out", "consistency": "settled", "timeout_ms": 30_000}),
+    )
+    .expect("a settled winner");
+    assert_eq!(
+        (r["emissary"].clone(), r["settled"].clone()),
+        (json!("honest"), json!(true)),
+        "{r}"
+    );
+    let a = api(&n1.api)
+        .post_answer(
+            "/v1/swarm/intent",
+            &json!({"context": "x", "consistency": "final"}),
+        )
+        .unwrap();
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(
+        a.body["error"].as_str().unwrap().contains("not built"),
+        "{}",
+        a.body
     );
 }
 

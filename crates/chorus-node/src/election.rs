@@ -13,7 +13,7 @@
 //! falls more than [`ELECTION_FEED_CAPACITY`] changes behind is told so (`Lagged`) and asks
 //! for every election once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use chorus_core::{AuthorId, EventId};
 use serde::{Deserialize, Serialize};
@@ -109,6 +109,68 @@ impl Published {
         }
         self.last = next;
         changed
+    }
+}
+
+/// What one pushed change of an election means to a client that follows them
+/// (`GET /v1/swarm/elections?stream=true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A winner, where this follower had seen none.
+    Winner,
+    /// A different winner than the one this follower saw: a valid intent that sorts earlier
+    /// arrived (e.g. from the other side of a healed partition). `previous` names the old one.
+    Replaced { previous: EventId },
+    /// The winner can no longer change (settled frontier).
+    Settled,
+    /// Anything else: a new election, an intent counted, an escalation.
+    Changed,
+}
+
+impl ChangeKind {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChangeKind::Winner => "winner",
+            ChangeKind::Replaced { .. } => "replaced",
+            ChangeKind::Settled => "settled",
+            ChangeKind::Changed => "election",
+        }
+    }
+}
+
+/// What a follower of the election pushes last saw of each election (winner, settled), to
+/// name each change. Bounded like the elections the state tracks (oldest forgotten first).
+#[derive(Debug, Default)]
+pub struct Follower {
+    seen: BTreeMap<EventId, (Option<EventId>, bool)>,
+    order: VecDeque<EventId>,
+}
+
+impl Follower {
+    /// Names the change `e` makes to what this follower saw, and remembers `e`. An election
+    /// seen for the first time is `Changed` whatever it holds (the follower cannot know what
+    /// came before it connected).
+    pub fn classify(&mut self, e: &Election) -> ChangeKind {
+        let now = (e.winner, e.settled);
+        let kind = match self.seen.get(&e.stimulus) {
+            None => ChangeKind::Changed,
+            Some(&(before, _)) if before.is_some() && before != e.winner => ChangeKind::Replaced {
+                previous: before.expect("checked"),
+            },
+            Some(&(None, _)) if e.winner.is_some() => ChangeKind::Winner,
+            Some(&(_, false)) if e.settled => ChangeKind::Settled,
+            Some(_) => ChangeKind::Changed,
+        };
+        if self.seen.insert(e.stimulus, now).is_none() {
+            self.order.push_back(e.stimulus);
+            if self.order.len() > chorus_kairos::machine::MAX_TRACKED_STIMULI
+                && let Some(old) = self.order.pop_front()
+            {
+                self.seen.remove(&old);
+            }
+        }
+        kind
     }
 }
 
@@ -225,5 +287,49 @@ mod tests {
         assert_eq!(json["selected"][0]["author"], AuthorId([2; 32]).to_string());
         assert_eq!(json["winner_author"], AuthorId([2; 32]).to_string());
         assert_eq!(serde_json::from_value::<Election>(json).unwrap(), e);
+    }
+
+    fn election(stimulus: u8, winner: Option<u8>, settled: bool) -> Election {
+        Election {
+            stimulus: EventId([stimulus; 32]),
+            n: 2,
+            selected: vec![],
+            round: 0,
+            exhausted: false,
+            intents: 0,
+            valid: 0,
+            winner: winner.map(|w| EventId([w; 32])),
+            winner_author: None,
+            emissary: None,
+            model: None,
+            commands: None,
+            text: None,
+            settled,
+        }
+    }
+
+    #[test]
+    fn a_follower_names_a_winner_a_replacement_and_settling() {
+        let mut f = Follower::default();
+        assert_eq!(f.classify(&election(1, None, false)), ChangeKind::Changed);
+        assert_eq!(f.classify(&election(1, Some(7), false)), ChangeKind::Winner);
+        assert_eq!(
+            f.classify(&election(1, Some(5), false)),
+            ChangeKind::Replaced {
+                previous: EventId([7; 32])
+            }
+        );
+        assert_eq!(f.classify(&election(1, Some(5), true)), ChangeKind::Settled);
+        assert_eq!(f.classify(&election(1, Some(5), true)), ChangeKind::Changed);
+        // Seen first with a winner: the follower cannot know it is new.
+        assert_eq!(f.classify(&election(2, Some(3), true)), ChangeKind::Changed);
+        // Bounded: the oldest are forgotten.
+        for k in 0..2 * chorus_kairos::machine::MAX_TRACKED_STIMULI {
+            let mut e = election(0, None, false);
+            e.stimulus = EventId::of_block(&k.to_le_bytes());
+            f.classify(&e);
+        }
+        assert_eq!(f.seen.len(), chorus_kairos::machine::MAX_TRACKED_STIMULI);
+        assert_eq!(f.order.len(), f.seen.len());
     }
 }

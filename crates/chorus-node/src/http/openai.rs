@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use super::{
     shared::{Api, error, json_body},
     swarm::{
-        MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, bounded, elect, escalate_after_of, exists,
-        stimulus_body, timeout_of,
+        Consistency, MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, bounded, elect, escalate_after_of,
+        exists, stimulus_body, timeout_of,
     },
 };
 
@@ -109,6 +109,7 @@ pub async fn chat_completions(
         body,
         timeout_of(r.timeout_ms),
         escalate_after_of(None),
+        Consistency::Fast,
     )
     .await
     {

@@ -6,23 +6,30 @@
 //!   emissary: `{commands, winner, stimulus, settled, emissary, n, intents, round,
 //!   elapsed_ms}`. On a `kairos/2` timeline an election without a valid answer after
 //!   `escalate_after_ms` is escalated (an `escalate` event: the machine asks the next
-//!   candidates), again after each further period, until nobody is left to ask. No winner
-//!   within the timeout → 504 with what is known.
+//!   candidates), again after each further period, until nobody is left to ask. With
+//!   `"consistency": "settled"` the reply waits until the winner is settled (it can no longer
+//!   be displaced); the default `"fast"` replies with the first valid answer and says whether it
+//!   is settled. No winner within the timeout → 504 with what is known.
 //! * `GET /v1/swarm/elections` — every election the state tracks, with winners and
-//!   settledness (what tests compare across replicas).
+//!   settledness (what tests compare across replicas); with `?stream=true`, every change as
+//!   SSE: `winner`, `replaced` (a tentative winner displaced), `settled`, `election`.
 //!
 //! [`elect`] is also how `POST /v1/chat/completions` ([`super::openai`]) asks the chorus.
 
 use std::{
+    convert::Infallible,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use axum::{
     Json,
-    extract::State,
+    extract::{Query, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
 };
 use chorus_core::{EventId, event::kind};
 use chorus_kairos::{
@@ -35,7 +42,11 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::shared::{Api, GatewayStats, error, json_body, write_error};
-use crate::{election::Election, handle::NodeGone, write::WriteError};
+use crate::{
+    election::{ChangeKind, Election, Follower},
+    handle::NodeGone,
+    write::WriteError,
+};
 
 /// How long a gateway request waits for a winner unless it asks for less.
 pub const DEFAULT_INTENT_TIMEOUT_MS: u64 = 60_000;
@@ -76,6 +87,35 @@ pub struct IntentRequest {
     context: String,
     timeout_ms: Option<u64>,
     escalate_after_ms: Option<u64>,
+    /// `"fast"` (default): reply with the first valid answer, maybe tentative; `"settled"`:
+    /// reply once the winner is settled (no event can sort before it any more).
+    consistency: Option<String>,
+}
+
+/// When a gateway request replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Consistency {
+    /// The first valid answer in the node's current order (it may still be replaced).
+    Fast,
+    /// A winner behind the settled frontier: every replica names it, for good.
+    Settled,
+}
+
+impl Consistency {
+    pub(super) fn parse(v: Option<&str>) -> Result<Consistency, Box<Response>> {
+        match v {
+            None | Some("fast") => Ok(Consistency::Fast),
+            Some("settled") => Ok(Consistency::Settled),
+            Some(other) => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "consistency {other:?}: this node offers \"fast\" (the first valid answer) \
+                     and \"settled\" (a winner no event can displace); quorum finality \
+                     (\"final\") is not built yet"
+                ),
+            ))),
+        }
+    }
 }
 fn unknown_npc() -> String {
     "Unknown NPC".into()
@@ -165,6 +205,7 @@ pub(super) async fn elect(
     body: Ipld,
     timeout: Duration,
     escalate_after: Duration,
+    consistency: Consistency,
 ) -> Result<(Arc<Election>, u64), Wait> {
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -182,7 +223,10 @@ pub(super) async fn elect(
     };
     let mut last: Option<Arc<Election>> = None;
     loop {
-        if let Some(e) = last.as_ref().filter(|e| e.winner.is_some()) {
+        let done = |e: &&Arc<Election>| {
+            e.winner.is_some() && (consistency == Consistency::Fast || e.settled)
+        };
+        if let Some(e) = last.as_ref().filter(done) {
             let ms = t0.elapsed().as_millis() as u64;
             api.gateway.elected.fetch_add(1, Ordering::Relaxed);
             api.gateway.wait_ms_total.fetch_add(ms, Ordering::Relaxed);
@@ -253,7 +297,19 @@ pub async fn swarm_intent(
         Err(resp) => return *resp,
     };
     let escalate_after = escalate_after_of(r.escalate_after_ms);
-    match elect(&api, body, timeout_of(r.timeout_ms), escalate_after).await {
+    let consistency = match Consistency::parse(r.consistency.as_deref()) {
+        Ok(c) => c,
+        Err(resp) => return *resp,
+    };
+    match elect(
+        &api,
+        body,
+        timeout_of(r.timeout_ms),
+        escalate_after,
+        consistency,
+    )
+    .await
+    {
         Ok((e, ms)) => Json(json!({
             "commands": e.commands,
             "winner": e.winner.map(|w| w.to_string()),
@@ -271,11 +327,53 @@ pub async fn swarm_intent(
     }
 }
 
-pub async fn elections(State(api): State<Api>) -> Response {
+#[derive(Debug, Deserialize)]
+pub struct ElectionsQuery {
+    #[serde(default)]
+    stream: bool,
+}
+
+pub async fn elections(State(api): State<Api>, Query(q): Query<ElectionsQuery>) -> Response {
+    if q.stream {
+        return election_stream(&api);
+    }
     match api.node.elections().await {
         Ok(v) => Json(v).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// `GET /v1/swarm/elections?stream=true`: every change of an election as one SSE event, named
+/// for what it means to the client ([`ChangeKind`]): `winner`, `replaced` (the data's
+/// `previous_winner` names the displaced one), `settled`, or `election`; a lagging client gets
+/// `lagged` (then `GET /v1/swarm/elections` has every election).
+fn election_stream(api: &Api) -> Response {
+    let rx = api.node.subscribe_elections();
+    let stream = futures_util::stream::unfold(
+        (rx, Follower::default()),
+        |(mut rx, mut follower)| async move {
+            let ev = match rx.recv().await {
+                Ok(e) => {
+                    let kind = follower.classify(&e);
+                    let mut data = serde_json::to_value(&*e).unwrap_or_default();
+                    if let ChangeKind::Replaced { previous } = kind {
+                        data["previous_winner"] = json!(previous.to_string());
+                    }
+                    SseEvent::default()
+                        .event(kind.name())
+                        .data(data.to_string())
+                }
+                Err(RecvError::Lagged(n)) => SseEvent::default()
+                    .event("lagged")
+                    .data(json!({"missed": n}).to_string()),
+                Err(RecvError::Closed) => return None,
+            };
+            Some((Ok::<_, Infallible>(ev), (rx, follower)))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 #[cfg(test)]
