@@ -445,9 +445,12 @@ fn a_dead_emissary_costs_a_deadline_never_a_stall() {
             "live emissary e{i} was never asked: {asked:?}"
         );
     }
+    // Asked until it owes MAX_OWED answers, then only as the probe beside the others (one
+    // lapsed emissary every LEASE_STIMULI stimuli).
     let dead_after = asked.get(&format!("e{killed}")).map_or(0, |a| a.1);
+    let probes = (50 - kill_at) / chorus_kairos::council::LEASE_STIMULI as usize + 1;
     assert!(
-        dead_after <= chorus_kairos::council::MAX_OWED,
+        dead_after <= chorus_kairos::council::MAX_OWED + probes,
         "the dead emissary was asked {dead_after} times after it died: {asked:?}"
     );
 }
@@ -506,7 +509,8 @@ fn an_election_without_a_valid_answer_escalates_until_one_comes() {
     eprintln!("escalation rounds per request: {rounds:?}");
     let escalations: u64 = rounds.iter().sum();
     assert!(
-        m.contains(&format!("chorus_gateway_escalations_total {escalations}")),
+        m.lines()
+            .any(|l| l == format!("chorus_gateway_escalations_total {escalations}")),
         "the gateway counts the {escalations} escalations it wrote"
     );
 }

@@ -16,7 +16,9 @@
 //!   that it has not answered (valid or not). Candidates rank in tiers: lease held and fewer than
 //!   [`MAX_OWED`] owed, then lease held, then the rest; a lower tier is asked only when the
 //!   higher ones are empty. A 45 s emissary that answers keeps its lease and pays its debts;
-//!   a dead node's emissaries fall to the last tier.
+//!   a dead node's emissaries fall to the last tier. Every [`LEASE_STIMULI`]-th stimulus also
+//!   asks one lapsed emissary beside the others ([`probe`]), so one that lapsed while alive
+//!   (its node writes nothing unless asked) gets back.
 //! * **Escalation** — an `escalate` event (written by a node whose request saw no valid answer
 //!   by its deadline) asks the next N candidates in the same ranking, at most
 //!   [`MAX_ESCALATIONS`] times per stimulus; with nobody left the election is *exhausted*.
@@ -39,8 +41,9 @@ pub const LEASE_STIMULI: u64 = 16;
 pub const MAX_OWED: usize = 2;
 /// Escalations one stimulus may take.
 pub const MAX_ESCALATIONS: u8 = 3;
-/// Emissaries one election may ask in all: N ≤ 3 per round, the first and every escalation.
-pub const MAX_SELECTED: usize = 3 * (1 + MAX_ESCALATIONS as usize);
+/// Emissaries one election may ask in all: N ≤ 3 per round, the first and every escalation, and
+/// one probe.
+pub const MAX_SELECTED: usize = 3 * (1 + MAX_ESCALATIONS as usize) + 1;
 /// Smoothing of the weight ledger.
 pub const LEDGER_ALPHA: f64 = 0.2;
 /// Rewards of the ledger.
@@ -132,6 +135,23 @@ pub fn candidates(
         .take(n)
         .map(|r| r.2.clone())
         .collect()
+}
+
+/// The probe of the stimulus that makes `stimuli_applied` a multiple of [`LEASE_STIMULI`]: the
+/// best-scored emissary whose lease lapsed, asked *beside* the N candidates (so a dead one
+/// costs nothing: the others answer). An emissary that lapsed only because its node writes
+/// nothing while it is not asked (a light node, a node without heartbeats, stimuli faster than
+/// heartbeats) answers, which renews its lease: passed over, never shut out for good.
+pub fn probe(s: &KairosState, stimulus: &EventId, already: &[EmissaryId]) -> Option<EmissaryId> {
+    if !s.stimuli_applied.is_multiple_of(LEASE_STIMULI) {
+        return None;
+    }
+    s.emissaries
+        .iter()
+        .filter(|(e, _)| !already.contains(e) && !leased(s, &e.0))
+        .map(|(e, w)| (score(stimulus, e, *w), e))
+        .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
+        .map(|(_, e)| e.clone())
 }
 
 /// The ledger: `w ← (1 − α)·w + α·r`, never below [`MIN_WEIGHT`].

@@ -99,7 +99,11 @@ impl Rules {
         let n = n_for(s.dopamine);
         let selected = if self.v2() {
             s.stimuli_applied += 1;
-            council::candidates(s, &ev.id, &[], n as usize)
+            let mut c = council::candidates(s, &ev.id, &[], n as usize);
+            if let Some(p) = council::probe(s, &ev.id, &c) {
+                c.push(p);
+            }
+            c
         } else {
             self.top_n(s, n)
         };
@@ -191,6 +195,9 @@ impl Rules {
         if let Some(w) = s.emissaries.get_mut(&emissary) {
             for c in fired {
                 *w = 0.2 * c + 0.8 * *w;
+            }
+            if self.v2() {
+                *w = w.max(council::MIN_WEIGHT);
             }
         }
         let Some(re) = intent.re else { return };

@@ -195,9 +195,12 @@ fn a_dead_emissary_costs_at_most_two_escalations_then_is_passed_over() {
     let is_live = |_: usize, e: &EmissaryId| *e != all[1];
     let (after, escalations) = run(&mut f, &all, &is_live, 300);
     eprintln!("after em1 died: asked {after:?}, {escalations} escalations");
+    // Asked until it owes MAX_OWED answers, then only as the probe beside the others (one
+    // lapsed emissary every LEASE_STIMULI stimuli), which never needs an escalation.
+    let probes = 300 / LEASE_STIMULI as usize + 1;
     assert!(
-        after[&dead] <= MAX_OWED,
-        "a dead emissary is asked until it owes {MAX_OWED} answers, then no more: {after:?}"
+        after[&dead] <= MAX_OWED + probes,
+        "a dead emissary is asked until it owes {MAX_OWED} answers, then only probed: {after:?}"
     );
     assert!(escalations <= MAX_OWED, "{escalations} escalations");
     assert!(!council::leased(&f.s, &dead.0), "its lease lapsed");
@@ -226,11 +229,47 @@ fn when_every_asked_emissary_is_dead_an_escalation_finds_a_live_one() {
     let dead = |e: &EmissaryId| *e == all[0] || *e == all[1];
     let (after, escalations) = run(&mut f, &all, &|_, e| !dead(e), 200);
     eprintln!("two of four dead: asked {after:?}, {escalations} escalations");
+    let probes = 200 / LEASE_STIMULI as usize + 1;
     assert!(
-        after[&all[0]] <= MAX_OWED && after[&all[1]] <= MAX_OWED,
+        after[&all[0]] <= MAX_OWED + probes && after[&all[1]] <= MAX_OWED + probes,
         "{after:?}"
     );
     assert!(escalations <= 2 * MAX_OWED, "{escalations} escalations");
+}
+
+#[test]
+fn an_emissary_that_lapsed_while_alive_is_probed_and_gets_back() {
+    // em0's node writes only when asked (a light node: no heartbeats). It is away for 40
+    // stimuli (its lease lapses), then answers whenever asked again. Without the probe it would
+    // stay in the last tier for good: the others always fill N.
+    let all = emissaries(4);
+    let mut f = Fold::new(Kairos2Machine, "kairos/2");
+    for e in &all {
+        f.register(e);
+    }
+    let away = |k: usize, e: &EmissaryId| *e != all[0] || k >= 40;
+    let mut asked_back = 0;
+    for k in 0..200 {
+        let s = f.stimulus();
+        let r = f.record(&s).clone();
+        for e in &r.selected {
+            if away(k, e) {
+                f.answer(e, s, true);
+                if *e == all[0] && k >= 40 {
+                    asked_back += 1;
+                }
+            }
+        }
+        // Only the other three heartbeat.
+        for e in &all[1..] {
+            f.heartbeat(e.0);
+        }
+    }
+    assert!(
+        asked_back > 30,
+        "em0 answered {asked_back} times in the 160 stimuli after it came back"
+    );
+    assert!(council::leased(&f.s, &all[0].0));
 }
 
 #[test]

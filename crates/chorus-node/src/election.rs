@@ -123,7 +123,7 @@ pub enum ChangeKind {
     Replaced { previous: EventId },
     /// The winner can no longer change (settled frontier).
     Settled,
-    /// Anything else: a new election, an intent counted, an escalation.
+    /// Anything else: a new election without a winner, an intent counted, an escalation.
     Changed,
 }
 
@@ -148,12 +148,18 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// Remembers `e` as known to the client (the elections that existed when it connected).
+    pub fn remember(&mut self, e: &Election) {
+        self.classify(e);
+    }
+
     /// Names the change `e` makes to what this follower saw, and remembers `e`. An election
-    /// seen for the first time is `Changed` whatever it holds (the follower cannot know what
-    /// came before it connected).
+    /// seen for the first time is new to the client: `Winner` if it already has one (its
+    /// stimulus and first valid answer came in one fold), else `Changed`.
     pub fn classify(&mut self, e: &Election) -> ChangeKind {
         let now = (e.winner, e.settled);
         let kind = match self.seen.get(&e.stimulus) {
+            None if e.winner.is_some() => ChangeKind::Winner,
             None => ChangeKind::Changed,
             Some(&(before, _)) if before.is_some() && before != e.winner => ChangeKind::Replaced {
                 previous: before.expect("checked"),
@@ -321,8 +327,11 @@ mod tests {
         );
         assert_eq!(f.classify(&election(1, Some(5), true)), ChangeKind::Settled);
         assert_eq!(f.classify(&election(1, Some(5), true)), ChangeKind::Changed);
-        // Seen first with a winner: the follower cannot know it is new.
-        assert_eq!(f.classify(&election(2, Some(3), true)), ChangeKind::Changed);
+        // Seen first with a winner: a new election whose winner came with it.
+        assert_eq!(f.classify(&election(2, Some(3), true)), ChangeKind::Winner);
+        // Known when the client connected: not news.
+        f.remember(&election(4, Some(3), true));
+        assert_eq!(f.classify(&election(4, Some(3), true)), ChangeKind::Changed);
         // Bounded: the oldest are forgotten.
         for k in 0..2 * chorus_kairos::machine::MAX_TRACKED_STIMULI {
             let mut e = election(0, None, false);

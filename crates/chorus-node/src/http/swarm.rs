@@ -58,6 +58,10 @@ pub const MAX_INTENT_TIMEOUT_MS: u64 = 600_000;
 pub const DEFAULT_ESCALATE_AFTER_MS: u64 = 15_000;
 /// The shortest escalation period a request may ask for.
 pub const MIN_ESCALATE_AFTER_MS: u64 = 100;
+/// The longest: every round must fall inside the window in which an emissary still answers a
+/// stimulus it was not asked at first ([`crate::emissary::RESELECT_WINDOW`]).
+pub const MAX_ESCALATE_AFTER_MS: u64 =
+    crate::emissary::RESELECT_WINDOW.as_millis() as u64 / (1 + MAX_ESCALATIONS as u64);
 /// Bytes of UTF-8 the gateway takes in `npc_name` and in `role`. The field bounds are in bytes and derived from the event bounds: the
 /// largest request the gateway takes always fits one event, so a request is either refused
 /// here with a 413 that names the field, or stored.
@@ -232,10 +236,12 @@ pub(super) async fn elect(
             api.gateway.wait_ms_total.fetch_add(ms, Ordering::Relaxed);
             return Ok((e.clone(), ms));
         }
+        // Only an election without a winner is widened (a settled-consistency request may
+        // wait on a tentative winner: nothing to escalate then).
         let can_escalate = api.escalates
             && last
                 .as_ref()
-                .is_some_and(|e| !e.exhausted && e.round < MAX_ESCALATIONS);
+                .is_some_and(|e| e.winner.is_none() && !e.exhausted && e.round < MAX_ESCALATIONS);
         tokio::select! {
             r = changes.recv() => match r {
                 Ok(e) if e.stimulus == stimulus => last = Some(e),
@@ -251,13 +257,16 @@ pub(super) async fn elect(
             _ = tokio::time::sleep_until(escalate_at), if can_escalate => {
                 let round = last.as_ref().map_or(0, |e| e.round) + 1;
                 let body = Escalation { re: stimulus, round }.to_ipld();
-                match api.node.append(vec![(kind::ESCALATE.into(), body)]).await {
-                    Ok(Ok(_)) => {
+                // Within the request's deadline: a closed write gate must not hold it longer.
+                let append = api.node.append(vec![(kind::ESCALATE.into(), body)]);
+                match tokio::time::timeout_at(deadline, append).await {
+                    Ok(Ok(Ok(_))) => {
                         api.gateway.escalations.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(%stimulus, round, "no valid answer yet: escalated");
                     }
-                    Ok(Err(e)) => tracing::warn!(%stimulus, "escalation not written: {e}"),
-                    Err(e) => return Err(Wait::Gone(e)),
+                    Ok(Ok(Err(e))) => tracing::warn!(%stimulus, "escalation not written: {e}"),
+                    Ok(Err(e)) => return Err(Wait::Gone(e)),
+                    Err(_) => return Err(Wait::Timeout { stimulus, last }),
                 }
                 escalate_at = tokio::time::Instant::now() + escalate_after;
             }
@@ -272,7 +281,7 @@ pub(super) async fn elect(
 pub(super) fn escalate_after_of(ms: Option<u64>) -> Duration {
     Duration::from_millis(
         ms.unwrap_or(DEFAULT_ESCALATE_AFTER_MS)
-            .clamp(MIN_ESCALATE_AFTER_MS, MAX_INTENT_TIMEOUT_MS),
+            .clamp(MIN_ESCALATE_AFTER_MS, MAX_ESCALATE_AFTER_MS),
     )
 }
 
@@ -335,7 +344,7 @@ pub struct ElectionsQuery {
 
 pub async fn elections(State(api): State<Api>, Query(q): Query<ElectionsQuery>) -> Response {
     if q.stream {
-        return election_stream(&api);
+        return election_stream(&api).await;
     }
     match api.node.elections().await {
         Ok(v) => Json(v).into_response(),
@@ -347,11 +356,17 @@ pub async fn elections(State(api): State<Api>, Query(q): Query<ElectionsQuery>) 
 /// for what it means to the client ([`ChangeKind`]): `winner`, `replaced` (the data's
 /// `previous_winner` names the displaced one), `settled`, or `election`; a lagging client gets
 /// `lagged` (then `GET /v1/swarm/elections` has every election).
-fn election_stream(api: &Api) -> Response {
+async fn election_stream(api: &Api) -> Response {
     let rx = api.node.subscribe_elections();
-    let stream = futures_util::stream::unfold(
-        (rx, Follower::default()),
-        |(mut rx, mut follower)| async move {
+    // What the client could already know: elections that exist when it connects are not new
+    // to it, and one first seen after this is (a `winner` if it has one).
+    let mut follower = Follower::default();
+    match api.node.elections().await {
+        Ok(list) => list.elections.iter().for_each(|e| follower.remember(e)),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+    let stream =
+        futures_util::stream::unfold((rx, follower), |(mut rx, mut follower)| async move {
             let ev = match rx.recv().await {
                 Ok(e) => {
                     let kind = follower.classify(&e);
@@ -369,8 +384,7 @@ fn election_stream(api: &Api) -> Response {
                 Err(RecvError::Closed) => return None,
             };
             Some((Ok::<_, Infallible>(ev), (rx, follower)))
-        },
-    );
+        });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
