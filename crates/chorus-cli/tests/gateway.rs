@@ -664,22 +664,7 @@ fn event_stream_metrics_and_write_tokens() {
     assert!(get(&n0.api, "/v1/status").is_ok());
 
     // The SSE stream of n1 shows an event written through n0 (with the token).
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let api1 = n1.api.clone();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = std::net::TcpStream::connect(&api1).unwrap();
-        write!(
-            s,
-            "GET /v1/events?stream=true HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-        )
-        .unwrap();
-        for line in BufReader::new(s).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = sse_lines(&n1.api, "/v1/events?stream=true");
     std::thread::sleep(Duration::from_millis(300));
     let mut resp = ureq::post(format!("http://{}/v1/events", n0.api))
         .header("content-type", "application/json")
