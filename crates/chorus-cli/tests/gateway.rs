@@ -542,7 +542,9 @@ fn a_client_can_wait_for_a_winner_no_event_can_displace() {
         200,
     );
     meshed(&[&n0, &n1], Duration::from_secs(60));
-    registered(&n0, 1);
+    // n1 writes the stimulus, so it must first know it is a member: the admin's `member add`
+    // precedes n0's registration in n0's chain, so seeing the emissary on n1 implies it.
+    registered(&n1, 1);
     let r = post(
         &n1.api,
         "/v1/swarm/intent",
