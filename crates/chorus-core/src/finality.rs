@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 pub mod engine;
-pub use engine::Engine;
+pub use engine::{Engine, OUTSIDER};
 
 /// One event of the abstract DAG.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,7 +34,19 @@ pub struct GenesisBody {
     /// Ordered events between machine checkpoints (a local performance knob recorded here so
     /// every replica of a timeline checkpoints at the same keys).
     pub checkpoint_interval: u64,
+    /// The order rule: absent (or `lc-cid/1`) for ascending `(lc, cid)` with the settled
+    /// frontier, [`ORDER_FINAL_1`] for finality by quorum (docs/design/finality.md). Absent
+    /// keys are not encoded, so every genesis made before the field existed keeps its bytes
+    /// and its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
 }
+
+/// The order rule of a timeline whose genesis names none: ascending `(lc, cid)`.
+pub const ORDER_LC_CID_1: &str = "lc-cid/1";
+/// Finality by quorum: final segments first, each sorted by `(lc, cid)`, then the tentative
+/// events by `(lc, cid)` (docs/design/finality.md).
+pub const ORDER_FINAL_1: &str = "final/1";
 
 /// A validated genesis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +80,13 @@ impl Genesis {
             profile: "master".into(),
             encoder: "sha256-fallback/1".into(),
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            order: None,
         }
+    }
+
+    /// Whether the timeline orders by `final/1` (else `lc-cid/1`).
+    pub fn is_final_order(&self) -> bool {
+        self.body.order.as_deref() == Some(ORDER_FINAL_1)
     }
 
     /// The body as IPLD, ready to put in an event.
@@ -98,6 +116,14 @@ impl Genesis {
                 "writer_policy {:?} unsupported",
                 body.writer_policy
             )));
+        }
+        match body.order.as_deref() {
+            None | Some(ORDER_LC_CID_1) | Some(ORDER_FINAL_1) => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "order {other:?} unknown (this build knows {ORDER_LC_CID_1:?} and {ORDER_FINAL_1:?})"
+                )));
+            }
         }
         if body.checkpoint_interval == 0 {
             return Err(bad("checkpoint_interval must be > 0".into()));

@@ -209,6 +209,12 @@ impl<M: Machine, S: Storage> Local<M, S> {
     /// of the order (no member can add an event before it any more, so the state never has to
     /// be rebuilt from further back). `None` while nothing with a checkpoint is settled.
     pub fn light_horizon(&self) -> Option<OrderKey> {
+        if self.timeline.genesis().is_final_order() {
+            // Pruning goes by `(lc, id)`, which is not the order of a `final/1` timeline: a
+            // tentative event can sort after the final prefix with a lower `lc`. Light nodes
+            // of such timelines keep their blocks until pruning follows the final prefix.
+            return None;
+        }
         let (id, lc) = self.timeline.frontier().last?;
         let last: OrderKey = (lc, id);
         if self.timeline.needs_catch_up() {

@@ -136,6 +136,20 @@ impl Membership {
         if n == 0 { None } else { list[n - 1].1 }
     }
 
+    /// Members (admin included) in a causal past that contains admin events up to
+    /// `admin_seen`, in key order.
+    pub fn members_at(&self, admin_seen: u64) -> Vec<(AuthorId, Role)> {
+        let mut out: Vec<(AuthorId, Role)> = self
+            .changes
+            .keys()
+            .filter(|k| **k != self.admin)
+            .filter_map(|k| self.role_at(k, admin_seen).map(|r| (*k, r)))
+            .collect();
+        out.push((self.admin, Role::Admin));
+        out.sort();
+        out
+    }
+
     /// Members (admin included) at the tip of the admin chain, in key order.
     pub fn current(&self) -> Vec<(AuthorId, Role)> {
         let mut out: Vec<(AuthorId, Role)> = self

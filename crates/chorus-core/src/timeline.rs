@@ -35,8 +35,25 @@ use crate::{
     membership::{MemberOp, Membership, Role},
 };
 
-/// Position of an event in the total order: `(lc, id)`, compared lexicographically.
+/// An event's `(lc, id)`, compared lexicographically: its position in the total order of an
+/// `lc-cid/1` timeline, and the key by which stores, checkpoints and sync name events under
+/// every order rule.
 pub type OrderKey = (u64, EventId);
+
+/// Position of an event in the total order: `(tier, lc, id)`. The tier is 0 for every event of
+/// an `lc-cid/1` timeline (the order is then `(lc, id)`); under `final/1` it is the index of
+/// the final segment that holds the event, or [`TENTATIVE`] (docs/design/finality.md).
+type Rank = (u64, u64, EventId);
+
+/// The tier of an event no final segment holds yet.
+const TENTATIVE: u64 = u64::MAX;
+
+fn order_key(r: &Rank) -> OrderKey {
+    (r.1, r.2)
+}
+
+mod final_order;
+pub use final_order::FinalityStatus;
 
 /// Where replays read blocks that are no longer in the recent-block cache.
 pub trait BlockSource {
@@ -199,10 +216,10 @@ pub struct Timeline<M: Machine> {
     waiting: BTreeMap<EventId, Vec<EventId>>,
 
     state: M::State,
-    /// Key of the last event folded into `state` (None: nothing folded, `state` is `init`).
-    applied_key: Option<OrderKey>,
-    /// Smallest key whose fold result changed since the last catch-up.
-    rewind_from: Option<OrderKey>,
+    /// Rank of the last event folded into `state` (None: nothing folded, `state` is `init`).
+    applied_key: Option<Rank>,
+    /// Smallest rank whose fold result changed since the last catch-up.
+    rewind_from: Option<Rank>,
     /// A fold in slices ([`Timeline::catch_up_step`]) is under way.
     slicing: bool,
     /// Fold forward inside `insert_batch_deferred` once many events wait (see there); an
@@ -211,7 +228,9 @@ pub struct Timeline<M: Machine> {
     /// The order's length and the heads at the last complete fold: what `state` is the
     /// state of.
     folded_at: (usize, Vec<EventId>),
-    checkpoints: BTreeMap<OrderKey, Checkpoint<M::State>>,
+    /// Under `final/1`, checkpoints inside the final prefix are persisted; those after it are
+    /// kept in memory only, and are persisted once their position becomes final unchanged.
+    checkpoints: BTreeMap<Rank, Checkpoint<M::State>>,
     checkpoint_log: Vec<CheckpointChange>,
     /// Bit per event index: applied at least once (to count re-applications).
     applied_once: Vec<u64>,
@@ -224,6 +243,9 @@ pub struct Timeline<M: Machine> {
     newest_work: Option<OrderKey>,
     visit_marks: Vec<u32>,
     visit_stamp: u32,
+
+    /// `final/1` bookkeeping (None under `lc-cid/1`).
+    fin: Option<Box<final_order::FinalState>>,
 
     stats: Stats,
 }
@@ -288,8 +310,15 @@ impl<M: Machine> Timeline<M> {
             newest_work: None,
             visit_marks: vec![],
             visit_stamp: 0,
+            fin: None,
             stats: Stats::default(),
         };
+        if tl.genesis.is_final_order() {
+            tl.fin = Some(Box::new(final_order::FinalState::new(
+                &tl.genesis,
+                &tl.membership,
+            )));
+        }
         tl.refresh_views();
         tl.index(&genesis_event, 1);
         tl.cache(genesis_event);
@@ -382,8 +411,8 @@ impl<M: Machine> Timeline<M> {
     }
     /// Position of an indexed event in the total order.
     pub fn position_of(&self, id: &EventId) -> Option<usize> {
-        let key = self.key_of(id)?;
-        Some(self.lower_bound(&key))
+        let idx = self.index_of(id)?;
+        Some(self.lower_bound(&self.rank(idx)))
     }
     /// Whether the state skips this event (equivocation or removal).
     pub fn is_excluded(&self, id: &EventId) -> bool {
@@ -417,11 +446,17 @@ impl<M: Machine> Timeline<M> {
         &self,
         after: Option<OrderKey>,
     ) -> impl Iterator<Item = (OrderKey, AuthorId, u64)> + '_ {
+        // Under `final/1` the order is not `(lc, id)`: page through the `(lc, id)` index, which
+        // every peer computes the same way (sync names positions by `(lc, id)`).
+        let by_key = match &self.fin {
+            Some(f) => &f.lc_order[..],
+            None => &self.order[..],
+        };
         let start = match after {
             None => 0,
-            Some(k) => self.order.partition_point(|&i| self.key(i) <= k),
+            Some(k) => by_key.partition_point(|&i| self.key(i) <= k),
         };
-        self.order[start..].iter().map(|&i| {
+        by_key[start..].iter().map(|&i| {
             let m = &self.metas[i as usize];
             (self.key(i), self.authors[m.author as usize], m.sq)
         })
@@ -434,9 +469,9 @@ impl<M: Machine> Timeline<M> {
     pub fn take_dropped_pending(&mut self) -> Vec<(EventId, EventError)> {
         std::mem::take(&mut self.dropped_pending)
     }
-    /// Keys of the checkpoints held.
+    /// Keys of the checkpoints held, in order.
     pub fn checkpoint_keys(&self) -> Vec<OrderKey> {
-        self.checkpoints.keys().copied().collect()
+        self.checkpoints.keys().map(order_key).collect()
     }
 
     // ----------------------------------------------------------------- local events
@@ -720,8 +755,13 @@ impl<M: Machine> Timeline<M> {
         (self.metas[idx as usize].lc, self.ids[idx as usize])
     }
 
-    fn lower_bound(&self, key: &OrderKey) -> usize {
-        self.order.partition_point(|&i| self.key(i) < *key)
+    fn rank(&self, idx: u32) -> Rank {
+        let tier = self.fin.as_ref().map_or(0, |f| f.tier(idx));
+        (tier, self.metas[idx as usize].lc, self.ids[idx as usize])
+    }
+
+    fn lower_bound(&self, rank: &Rank) -> usize {
+        self.order.partition_point(|&i| self.rank(i) < *rank)
     }
 
     /// Ordered events after the last folded one.
@@ -737,7 +777,7 @@ impl<M: Machine> Timeline<M> {
         }
     }
 
-    fn mark_rewind(&mut self, key: OrderKey) {
+    fn mark_rewind(&mut self, key: Rank) {
         if self.applied_key.is_some_and(|a| key <= a) {
             self.rewind_from = Some(self.rewind_from.map_or(key, |r| r.min(key)));
         }
@@ -745,13 +785,37 @@ impl<M: Machine> Timeline<M> {
         // the change goes into the checkpoint log now, so the store commits it together with
         // the event that made them stale. (With the fold deferred, a crash between that commit
         // and the fold would otherwise leave a stale checkpoint for the next open to trust.)
-        let stale = self.checkpoints.split_off(&key);
-        if !stale.is_empty() {
-            self.checkpoint_log.push(CheckpointChange::DropFrom { key });
+        self.drop_checkpoints_from(&key);
+    }
+
+    /// Forgets the checkpoints at or after `key` and tells the store. Under `final/1` only
+    /// checkpoints after the final prefix go stale, and the store holds none of those.
+    fn drop_checkpoints_from(&mut self, key: &Rank) {
+        let stale = self.checkpoints.split_off(key);
+        if !stale.is_empty() && self.fin.is_none() {
+            self.checkpoint_log.push(CheckpointChange::DropFrom {
+                key: order_key(key),
+            });
         }
+        debug_assert!(
+            self.fin.is_none() || stale.keys().all(|r| r.0 == TENTATIVE),
+            "a final checkpoint went stale"
+        );
     }
 
     fn excluded(&self, idx: u32) -> bool {
+        if let Some(f) = &self.fin
+            && let Some(final_excluded) = f.final_exclusion(idx)
+        {
+            return final_excluded;
+        }
+        self.excluded_tentatively(idx)
+    }
+
+    /// Exclusion decided by every event held: an author's events from its lowest forked `sq`
+    /// on, and a removed member's events the admin had not seen. Under `final/1` this is the
+    /// rule for tentative events only; a final event's exclusion is fixed by the final prefix.
+    fn excluded_tentatively(&self, idx: u32) -> bool {
         let m = self.metas[idx as usize];
         if self.forks.get(&m.author).is_some_and(|&f| m.sq >= f) {
             return true;
@@ -788,10 +852,14 @@ impl<M: Machine> Timeline<M> {
         if ev.kind != kind::HEARTBEAT && self.newest_work.is_none_or(|w| key > w) {
             self.newest_work = Some(key);
         }
+        if self.fin.is_some() {
+            self.final_on_index(idx, ev.kind != kind::HEARTBEAT);
+        }
 
-        let pos = self.lower_bound(&key);
+        let rank = self.rank(idx);
+        let pos = self.lower_bound(&rank);
         self.order.insert(pos, idx);
-        self.mark_rewind(key);
+        self.mark_rewind(rank);
         if pos < self.settled {
             self.stats.frontier_regressions += 1;
             self.settled = pos;
@@ -811,9 +879,11 @@ impl<M: Machine> Timeline<M> {
             let fork = self.forks.entry(author).or_insert(ev.seq);
             *fork = (*fork).min(ev.seq);
             let fork = *fork;
+            // Final events keep their exclusion (final/1): only tentative ones can change.
             let from = self.chains[author as usize][(fork - 1) as usize..]
                 .iter()
-                .map(|&i| self.key(i))
+                .filter(|&&i| !self.is_final_idx(i))
+                .map(|&i| self.rank(i))
                 .min();
             if let Some(k) = from {
                 self.mark_rewind(k);
@@ -835,7 +905,14 @@ impl<M: Machine> Timeline<M> {
         }
 
         self.update_view(idx);
-        self.advance_frontier();
+        if self.fin.is_none() {
+            self.advance_frontier();
+        }
+    }
+
+    /// Whether the event at `idx` is in the final prefix (never under `lc-cid/1`).
+    fn is_final_idx(&self, idx: u32) -> bool {
+        self.fin.as_ref().is_some_and(|f| f.tier(idx) != TENTATIVE)
     }
 
     /// `member remove K` at event `idx`: freeze K at the removal's causal past.
@@ -846,11 +923,15 @@ impl<M: Machine> Timeline<M> {
         };
         let seen = self.highest_in_past(idx, k);
         self.removals.entry(k).or_default().push((seen, admin_sq));
+        if let Some(f) = &mut self.fin {
+            f.removal_at.insert(idx, (k, seen, admin_sq));
+        }
         let from = self.chains[k as usize]
             .iter()
             .skip(seen as usize)
             .filter(|&&i| self.metas[i as usize].admin_seen < admin_sq)
-            .map(|&i| self.key(i))
+            .filter(|&&i| !self.is_final_idx(i))
+            .map(|&i| self.rank(i))
             .min();
         if let Some(key) = from {
             self.mark_rewind(key);
@@ -987,12 +1068,15 @@ impl<M: Machine> Timeline<M> {
             .map(|p| self.order[p])
             .map(|i| (self.ids[i as usize], self.metas[i as usize].lc));
         let first_unsettled = self.order.get(self.settled).copied();
-        let held_by = first_unsettled.and_then(|i| {
-            let who = self.covered_by_all(i)?;
-            let role = self.membership.role_at(&who, u64::MAX)?;
-            let latest = self.views[&who].latest.map(|l| self.metas[l as usize].lc);
-            Some((who, role, latest))
-        });
+        // Under `final/1` the frontier is the final prefix, which no single member holds.
+        let held_by = first_unsettled
+            .filter(|_| self.fin.is_none())
+            .and_then(|i| {
+                let who = self.covered_by_all(i)?;
+                let role = self.membership.role_at(&who, u64::MAX)?;
+                let latest = self.views[&who].latest.map(|l| self.metas[l as usize].lc);
+                Some((who, role, latest))
+            });
         Frontier {
             settled: self.settled as u64,
             last,
@@ -1015,7 +1099,15 @@ impl<M: Machine> Timeline<M> {
     ///
     /// Cost: the events of other authors past `member`'s view (an idle mesh has at most the
     /// last heartbeat of each member there).
+    ///
+    /// Under `final/1`: whether `member` is in the committee deciding finality and an event
+    /// that is not a heartbeat is not final yet. Rounds advance only as a quorum of the
+    /// committee writes, so every member publishes (at most once per interval) until the
+    /// work is final; then the mesh goes quiet.
     pub fn owes_heartbeat(&self, member: &AuthorId) -> bool {
+        if let Some(f) = &self.fin {
+            return f.owes_heartbeat(member);
+        }
         let (Some(view), Some(newest_work)) = (self.views.get(member), self.newest_work) else {
             return false;
         };
@@ -1115,13 +1207,13 @@ impl<M: Machine> Timeline<M> {
         positions: usize,
         src: &dyn BlockSource,
     ) -> Result<(), TimelineError> {
+        if self.fin.is_some() {
+            // The order the fold walks: final segments decided by the events held so far.
+            self.advance_finality();
+        }
         if let Some(from) = self.rewind_from.take() {
             self.stats.rewinds += 1;
-            let stale = self.checkpoints.split_off(&from);
-            if !stale.is_empty() {
-                self.checkpoint_log
-                    .push(CheckpointChange::DropFrom { key: from });
-            }
+            self.drop_checkpoints_from(&from);
             // The newest checkpoint before `from` whose state is at hand (in memory, or read
             // back from `src`); checkpoints whose bytes are gone are forgotten.
             loop {
@@ -1135,7 +1227,7 @@ impl<M: Machine> Timeline<M> {
                     (Some(s), _) => Some(s.clone()),
                     (None, Some(b)) => self.machine.decode_state(b).ok(),
                     (None, None) => src
-                        .get_checkpoint(&key)
+                        .get_checkpoint(&order_key(&key))
                         .and_then(|b| self.machine.decode_state(&b).ok()),
                 };
                 match state {
@@ -1157,12 +1249,18 @@ impl<M: Machine> Timeline<M> {
         };
         let end = match until {
             None => self.order.len(),
-            Some(k) => self.order.partition_point(|&i| self.key(i) <= k),
+            Some(k) => {
+                let until = match self.index_of(&k.1) {
+                    Some(i) => self.rank(i),
+                    None => (self.fin.as_ref().map_or(0, |_| TENTATIVE), k.0, k.1),
+                };
+                self.order.partition_point(|&i| self.rank(i) <= until)
+            }
         };
         let end = end.min(start.saturating_add(positions));
         for pos in start..end.max(start) {
             let idx = self.order[pos];
-            let key = self.key(idx);
+            let key = self.rank(idx);
             if !self.excluded(idx) {
                 let id = self.ids[idx as usize];
                 let ev = self.load(&id, src)?;
@@ -1198,7 +1296,7 @@ impl<M: Machine> Timeline<M> {
         Ok(())
     }
 
-    fn take_checkpoint(&mut self, key: OrderKey) {
+    fn take_checkpoint(&mut self, key: Rank) {
         let bytes = Arc::new(self.machine.encode_state(&self.state));
         if let Some((_, newest)) = self.checkpoints.iter_mut().next_back() {
             newest.live = None;
@@ -1211,8 +1309,14 @@ impl<M: Machine> Timeline<M> {
             },
         );
         self.evict_checkpoint_bytes();
-        self.checkpoint_log
-            .push(CheckpointChange::Put { key, state: bytes });
+        // Under `final/1` a checkpoint after the final prefix may go stale as segments are
+        // decided: it stays in memory, and the store gets it once its position is final.
+        if self.fin.is_none() || key.0 != TENTATIVE {
+            self.checkpoint_log.push(CheckpointChange::Put {
+                key: order_key(&key),
+                state: bytes,
+            });
+        }
     }
 
     fn evict_checkpoint_bytes(&mut self) {
@@ -1247,17 +1351,27 @@ impl<M: Machine> Timeline<M> {
                 }
             }
         }
+        if tl.fin.is_some() {
+            // Decide the final prefix first: persisted checkpoints are final positions.
+            tl.advance_finality();
+        }
         tl.rewind_from = None;
         for (key, bytes) in checkpoints {
-            if tl.index_of(&key.1).is_some() {
-                tl.checkpoints.insert(
-                    key,
-                    Checkpoint {
-                        bytes: Some(Arc::new(bytes)),
-                        live: None,
-                    },
-                );
+            let Some(idx) = tl.index_of(&key.1) else {
+                continue;
+            };
+            let rank = tl.rank(idx);
+            if tl.fin.is_some() && rank.0 == TENTATIVE {
+                // Not final (yet) on this replica's events: not to be trusted.
+                continue;
             }
+            tl.checkpoints.insert(
+                rank,
+                Checkpoint {
+                    bytes: Some(Arc::new(bytes)),
+                    live: None,
+                },
+            );
         }
         let newest = tl
             .checkpoints

@@ -37,6 +37,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Decision, Node};
 
+/// The author of an event by a key outside the committee (a light writer, a member added after
+/// the epoch began): it carries causality like any event, and counts for nothing: no witness,
+/// no vote, no part in a round's quorum.
+pub const OUTSIDER: usize = usize::MAX;
+
 /// The rule, fed one event at a time.
 pub struct Engine {
     n: usize,
@@ -85,7 +90,10 @@ impl Engine {
     pub fn insert(&mut self, node: Node) -> usize {
         let i = self.nodes.len();
         let n = self.n;
-        assert!(node.author < n, "author outside the committee");
+        assert!(
+            node.author < n || node.author == OUTSIDER,
+            "author outside the committee"
+        );
         let mut seen = vec![0u32; n];
         let mut r = 0;
         for &p in &node.parents {
@@ -96,7 +104,9 @@ impl Engine {
                 *s = (*s).max(ps);
             }
             let a = self.nodes[p].author;
-            seen[a] = seen[a].max(self.round[p] + 1);
+            if a < n {
+                seen[a] = seen[a].max(self.round[p] + 1);
+            }
             r = r.max(self.round[p]);
         }
         let authors = seen.iter().filter(|&&s| s > r).count();
@@ -105,7 +115,7 @@ impl Engine {
         } else {
             r
         };
-        if seen[node.author] <= round {
+        if node.author < n && seen[node.author] <= round {
             self.witnesses
                 .entry((round, node.author))
                 .or_default()

@@ -1,0 +1,412 @@
+//! # `final/1` inside a timeline: segments, the final prefix, the committee's epochs
+//!
+//! The rule is [`Engine`] (docs/design/finality.md); this module feeds it the timeline's events
+//! and turns the blocks it commits into the order:
+//!
+//! * **Order.** An event's rank is `(tier, lc, id)`: the tier is the index of the final segment
+//!   that holds it, or `TENTATIVE`. Committing block `b` appends a segment: `b` and every event
+//!   of its past that no segment holds yet, sorted by `(lc, id)`. Tentative events follow the
+//!   final prefix by `(lc, id)`; an event that arrives late sorts after the final prefix however
+//!   low its `lc`. Nothing in the final prefix ever moves.
+//! * **Exclusion.** A final event's exclusion is decided once, walking its segment in order: an
+//!   author whose `sq` repeats one already final has forked, and that event and every later
+//!   final event of the author are excluded; a removal in the final prefix excludes the removed
+//!   member's later final events the admin had not seen (the `lc-cid/1` rule, restricted to the
+//!   final prefix). Tentative events keep the rule over every event held.
+//! * **Epochs.** The committee is every member (admin, anchors, writers) in the final prefix's
+//!   membership. When a segment changes it, a new epoch begins at the segment's block: a fresh
+//!   engine whose only round-0 event is that block, fed the block's descendants (docs/design/
+//!   finality.md, "Membership changes"). Decisions of the old engine after the block are
+//!   dropped.
+//! * **The fold.** Appending a segment can move tentative events (those the block's past lacks
+//!   go behind it) and change exclusions; the state rewinds to the first position that changed.
+//!   Checkpoints inside the final prefix are persisted and never go stale; checkpoints after it
+//!   live in memory and are persisted once their position becomes final unchanged.
+//!
+//! Cost: the engine keeps `n` rounds per event of the current epoch (see [`Engine`]); each
+//! segment walks its own events and re-sorts the tentative ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Rank, TENTATIVE, Timeline};
+use crate::{
+    finality::{Decision, Engine, Node, OUTSIDER, quorum},
+    genesis::Genesis,
+    ids::AuthorId,
+    machine::Machine,
+    membership::Membership,
+    timeline::CheckpointChange,
+};
+
+/// An event outside the current epoch's engine.
+const NOT_IN_ENGINE: u32 = u32::MAX;
+
+/// What `final/1` keeps beside the timeline's own indexes (see the module doc).
+pub(super) struct FinalState {
+    epoch: u32,
+    /// The current epoch's committee, sorted by key: authors `0..n` of its engine.
+    committee: Vec<AuthorId>,
+    engine: Engine,
+    /// Per event index: its position in the current epoch's engine, or `NOT_IN_ENGINE`.
+    engine_pos: Vec<u32>,
+    /// Engine position → event index.
+    event_at: Vec<u32>,
+    /// Per event index: the newest epoch whose first block is the event or in its past.
+    epoch_of: Vec<u32>,
+    /// How many of the current engine's decisions are applied.
+    consumed: usize,
+    /// Per event index: the final segment holding it, or `TENTATIVE`.
+    seg_of: Vec<u64>,
+    segments: u64,
+    final_len: usize,
+    /// Per event index, meaningful for final events only.
+    final_excluded: Vec<bool>,
+    /// Per event index: not a heartbeat.
+    is_work: Vec<bool>,
+    /// Events that are not heartbeats and not final: while any exists, the committee
+    /// heartbeats.
+    tentative_work: usize,
+    /// Per author index: the highest `sq` in the final prefix.
+    final_sq: BTreeMap<u32, u64>,
+    /// Authors seen to fork inside the final prefix.
+    forked: BTreeSet<u32>,
+    /// Per removed author index: `(highest sq the removal saw, admin sq of the removal)`, for
+    /// removals in the final prefix.
+    final_removals: BTreeMap<u32, Vec<(u64, u64)>>,
+    /// Every indexed removal event: event index → (removed author index, seen, admin sq).
+    pub(super) removal_at: BTreeMap<u32, (u32, u64, u64)>,
+    /// The highest admin `sq` in the final prefix (the committee's membership).
+    final_admin_seen: u64,
+    /// Every event index sorted by `(lc, id)`: what sync pages through.
+    pub(super) lc_order: Vec<u32>,
+}
+
+fn committee_at(membership: &Membership, admin_seen: u64) -> Vec<AuthorId> {
+    // `members_at` is sorted by key, admin included.
+    membership
+        .members_at(admin_seen)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+impl FinalState {
+    pub(super) fn new(_genesis: &Genesis, membership: &Membership) -> Self {
+        // The genesis is the admin's first event: its membership is the genesis's own.
+        let committee = committee_at(membership, 1);
+        let n = committee.len();
+        FinalState {
+            epoch: 0,
+            engine: Engine::new(n, quorum(n)),
+            committee,
+            engine_pos: vec![],
+            event_at: vec![],
+            epoch_of: vec![],
+            consumed: 0,
+            seg_of: vec![],
+            segments: 0,
+            final_len: 0,
+            final_excluded: vec![],
+            is_work: vec![],
+            tentative_work: 0,
+            final_sq: BTreeMap::new(),
+            forked: BTreeSet::new(),
+            final_removals: BTreeMap::new(),
+            removal_at: BTreeMap::new(),
+            final_admin_seen: 1,
+            lc_order: vec![],
+        }
+    }
+
+    /// The event's tier in its rank: its segment, or `TENTATIVE`.
+    pub(super) fn tier(&self, idx: u32) -> u64 {
+        self.seg_of[idx as usize]
+    }
+
+    /// A final event's exclusion, fixed by the final prefix; `None` for a tentative event.
+    pub(super) fn final_exclusion(&self, idx: u32) -> Option<bool> {
+        (self.seg_of[idx as usize] != TENTATIVE).then(|| self.final_excluded[idx as usize])
+    }
+
+    pub(super) fn owes_heartbeat(&self, member: &AuthorId) -> bool {
+        self.tentative_work > 0 && self.committee.binary_search(member).is_ok()
+    }
+
+    /// Events in the final prefix.
+    pub(super) fn final_len(&self) -> usize {
+        self.final_len
+    }
+
+    /// Final segments so far, and the current epoch.
+    pub(super) fn progress(&self) -> (u64, u32) {
+        (self.segments, self.epoch)
+    }
+
+    /// The current epoch's committee, in key order.
+    pub(super) fn committee(&self) -> &[AuthorId] {
+        &self.committee
+    }
+
+    fn insert_in_engine(&mut self, idx: u32, author: AuthorId, lc: u64, parents: &[u32]) {
+        let engine_parents: Vec<usize> = parents
+            .iter()
+            .map(|&p| self.engine_pos[p as usize])
+            .filter(|&e| e != NOT_IN_ENGINE)
+            .map(|e| e as usize)
+            .collect();
+        let author = self.committee.binary_search(&author).unwrap_or(OUTSIDER);
+        let pos = self.engine.insert(Node {
+            author,
+            lc,
+            key: u64::from(idx),
+            parents: engine_parents,
+        });
+        self.engine_pos[idx as usize] = pos as u32;
+        debug_assert_eq!(self.event_at.len(), pos);
+        self.event_at.push(idx);
+    }
+}
+
+impl<M: Machine> Timeline<M> {
+    fn fin_mut(&mut self) -> &mut FinalState {
+        self.fin.as_mut().expect("a final/1 timeline")
+    }
+
+    /// Called by `index` for every event of a `final/1` timeline (parents indexed first).
+    pub(super) fn final_on_index(&mut self, idx: u32, is_work: bool) {
+        let key = self.key(idx);
+        let parents = self.parents(idx).to_vec();
+        let m = self.metas[idx as usize];
+        let author = self.authors[m.author as usize];
+        let at = {
+            let f = self.fin.as_ref().expect("final/1");
+            f.lc_order.partition_point(|&i| self.key(i) < key)
+        };
+        let f = self.fin_mut();
+        f.lc_order.insert(at, idx);
+        f.seg_of.push(TENTATIVE);
+        f.final_excluded.push(false);
+        f.is_work.push(is_work);
+        if is_work {
+            f.tentative_work += 1;
+        }
+        let epoch = parents
+            .iter()
+            .map(|&p| f.epoch_of[p as usize])
+            .max()
+            .unwrap_or(0);
+        f.epoch_of.push(epoch);
+        f.engine_pos.push(NOT_IN_ENGINE);
+        if epoch == f.epoch {
+            f.insert_in_engine(idx, author, m.lc, &parents);
+        }
+    }
+
+    /// Decides what the events held allow and appends the segments of every newly committed
+    /// block, starting a new epoch where a segment changes the committee.
+    pub(super) fn advance_finality(&mut self) {
+        loop {
+            let f = self.fin_mut();
+            f.engine.advance();
+            let fresh: Vec<Decision> = f.engine.decided()[f.consumed..].to_vec();
+            let mut new_epoch = None;
+            for d in fresh {
+                let f = self.fin_mut();
+                f.consumed += 1;
+                if let Decision::Commit(b) = d {
+                    let block = f.event_at[b];
+                    self.append_final_segment(block);
+                    let f = self.fin.as_ref().expect("final/1");
+                    let next = committee_at(&self.membership, f.final_admin_seen);
+                    if next != f.committee {
+                        new_epoch = Some((block, next));
+                        break;
+                    }
+                }
+            }
+            match new_epoch {
+                Some((block, committee)) => self.start_epoch(block, committee),
+                None => return,
+            }
+        }
+    }
+
+    /// A new epoch from `block` (just committed) on: a fresh engine for `committee`, fed the
+    /// block and its descendants in index order (a topological order).
+    fn start_epoch(&mut self, block: u32, committee: Vec<AuthorId>) {
+        let n = committee.len();
+        let events: Vec<(u32, AuthorId, u64, Vec<u32>)> = (block..self.metas.len() as u32)
+            .map(|i| {
+                let m = self.metas[i as usize];
+                (
+                    i,
+                    self.authors[m.author as usize],
+                    m.lc,
+                    self.parents(i).to_vec(),
+                )
+            })
+            .collect();
+        let f = self.fin_mut();
+        f.epoch += 1;
+        f.committee = committee;
+        f.engine = Engine::new(n, quorum(n));
+        f.consumed = 0;
+        f.event_at.clear();
+        f.engine_pos.fill(NOT_IN_ENGINE);
+        let epoch = f.epoch;
+        for (i, author, lc, parents) in events {
+            let descends = i == block || parents.iter().any(|&p| f.epoch_of[p as usize] == epoch);
+            if descends {
+                f.epoch_of[i as usize] = epoch;
+                f.insert_in_engine(i, author, lc, &parents);
+            }
+        }
+    }
+
+    /// Appends block `b`'s segment to the final prefix and fixes the order, the fold and the
+    /// checkpoints after it (see the module doc).
+    fn append_final_segment(&mut self, b: u32) {
+        let f = self.fin.as_ref().expect("final/1");
+        let old_len = f.final_len;
+        // The segment: `b` and its past not final yet, by `(lc, id)`.
+        let mut seg: Vec<u32> = vec![];
+        let mut visited: BTreeSet<u32> = BTreeSet::new();
+        let mut stack = vec![b];
+        while let Some(x) = stack.pop() {
+            if f.seg_of[x as usize] != TENTATIVE || !visited.insert(x) {
+                continue;
+            }
+            seg.push(x);
+            stack.extend(self.parents(x));
+        }
+        seg.sort_by_key(|&x| self.key(x));
+        let was_excluded: Vec<bool> = seg.iter().map(|&x| self.excluded(x)).collect();
+
+        // Positions in the order before the change.
+        let applied_pos = self.applied_key.map(|k| self.lower_bound(&k));
+        let rewind_pos = self.rewind_from.map(|k| self.lower_bound(&k));
+        let tentative_checkpoints: Vec<(Rank, usize)> = self
+            .checkpoints
+            .keys()
+            .filter(|r| r.0 == TENTATIVE)
+            .map(|r| (*r, self.lower_bound(r)))
+            .collect();
+
+        // The new tentative part: the segment first, then the rest in their order.
+        let in_seg: BTreeSet<u32> = seg.iter().copied().collect();
+        let old_tail = &self.order[old_len..];
+        let mut new_tail = seg.clone();
+        new_tail.extend(old_tail.iter().copied().filter(|i| !in_seg.contains(i)));
+        let mut unchanged = old_tail
+            .iter()
+            .zip(&new_tail)
+            .take_while(|(a, b)| a == b)
+            .count();
+
+        // Mark the segment final and decide its exclusions, in order.
+        let metas: Vec<(u32, u64, u64)> = seg
+            .iter()
+            .map(|&x| {
+                let m = self.metas[x as usize];
+                (m.author, m.sq, m.admin_seen)
+            })
+            .collect();
+        let f = self.fin_mut();
+        let segment = f.segments;
+        for (k, (&x, &(author, sq, admin_seen))) in seg.iter().zip(&metas).enumerate() {
+            f.seg_of[x as usize] = segment;
+            if f.is_work[x as usize] {
+                f.tentative_work -= 1;
+            }
+            f.final_admin_seen = f.final_admin_seen.max(admin_seen);
+            let repeats = f.final_sq.get(&author).is_some_and(|&h| sq <= h);
+            if repeats {
+                f.forked.insert(author);
+            }
+            let excluded = f.forked.contains(&author)
+                || f.final_removals.get(&author).is_some_and(|rs| {
+                    rs.iter()
+                        .any(|&(seen, admin_sq)| sq > seen && admin_seen < admin_sq)
+                });
+            if !repeats {
+                f.final_sq.insert(author, sq);
+            }
+            f.final_excluded[x as usize] = excluded;
+            if excluded != was_excluded[k] {
+                unchanged = unchanged.min(k);
+            }
+            if let Some(&(removed, seen, admin_sq)) = f.removal_at.get(&x) {
+                f.final_removals
+                    .entry(removed)
+                    .or_default()
+                    .push((seen, admin_sq));
+            }
+        }
+        f.segments += 1;
+        f.final_len += seg.len();
+        let final_len = f.final_len;
+        self.order.splice(old_len.., new_tail);
+        self.settled = final_len;
+
+        // The fold: positions before `first_changed` hold the same events with the same
+        // exclusions (some now final); from there on the state must be rebuilt.
+        let first_changed = old_len + unchanged;
+        let mut rewind = rewind_pos;
+        if applied_pos.is_some_and(|a| a >= first_changed) {
+            rewind = Some(rewind.map_or(first_changed, |r| r.min(first_changed)));
+        }
+        self.applied_key = applied_pos.map(|a| self.rank(self.order[a]));
+        self.rewind_from = rewind
+            .filter(|&r| r < self.order.len())
+            .map(|r| self.rank(self.order[r]));
+
+        // Checkpoints after the old final prefix: re-ranked where unchanged (and persisted if
+        // now final), dropped where the order changed.
+        for (old, pos) in tentative_checkpoints {
+            let ck = self.checkpoints.remove(&old).expect("listed above");
+            if pos >= first_changed {
+                continue;
+            }
+            let rank = self.rank(self.order[pos]);
+            if rank.0 != TENTATIVE {
+                let Some(bytes) = ck.bytes.clone() else {
+                    continue;
+                };
+                self.checkpoint_log.push(CheckpointChange::Put {
+                    key: super::order_key(&rank),
+                    state: bytes,
+                });
+            }
+            self.checkpoints.insert(rank, ck);
+        }
+    }
+
+    /// `final/1`: events in the final prefix, final segments, and the committee's epoch
+    /// (`None` under `lc-cid/1`).
+    pub fn finality(&self) -> Option<FinalityStatus> {
+        let f = self.fin.as_ref()?;
+        let (segments, epoch) = f.progress();
+        Some(FinalityStatus {
+            final_positions: f.final_len() as u64,
+            segments,
+            epoch,
+            committee: f.committee().to_vec(),
+            quorum: quorum(f.committee().len()),
+        })
+    }
+}
+
+/// Where finality stands on a replica (see [`Timeline::finality`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalityStatus {
+    /// Events in the final prefix: the first positions of the order, never reordered.
+    pub final_positions: u64,
+    /// Final segments (committed blocks) so far.
+    pub segments: u64,
+    /// Membership epochs begun since the genesis.
+    pub epoch: u32,
+    /// The current epoch's committee, in key order.
+    pub committee: Vec<AuthorId>,
+    /// Distinct committee authors needed for a round, a vote quorum, a certificate.
+    pub quorum: usize,
+}
