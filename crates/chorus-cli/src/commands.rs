@@ -31,7 +31,7 @@ use chorus_node::{
 
 use crate::{
     AppendArgs, Cli, Command, ExportArgs, ImportArgs, InitArgs, LogArgs, MachineArg, MemberCmd,
-    RoleArg,
+    OrderArg, RoleArg,
     progress::{Progress, Stages},
 };
 
@@ -173,6 +173,9 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
     let body = |k: &chorus_core::crypto::Keypair| {
         let mut b = Genesis::new_body(&a.name, k.author(), machine_id);
         b.checkpoint_interval = a.checkpoint_interval;
+        if matches!(a.order, OrderArg::Final) {
+            b.order = Some(chorus_core::genesis::ORDER_FINAL_1.into());
+        }
         b
     };
     let (id, key) = match a.machine {
@@ -189,8 +192,12 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
             (r.timeline().genesis_id(), r.key().author())
         }
     };
+    let order = match a.order {
+        OrderArg::Final => chorus_core::genesis::ORDER_FINAL_1,
+        OrderArg::LcCid => chorus_core::genesis::ORDER_LC_CID_1,
+    };
     eprintln!(
-        "created timeline {:?} in {} (machine {machine_id}); admin and anchor: {key}",
+        "created timeline {:?} in {} (machine {machine_id}, order {order}); admin and anchor: {key}",
         a.name,
         dir.display()
     );

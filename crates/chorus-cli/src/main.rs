@@ -179,6 +179,19 @@ struct InitArgs {
     /// Ordered events between machine checkpoints.
     #[arg(long, default_value_t = chorus_core::limits::DEFAULT_CHECKPOINT_INTERVAL)]
     checkpoint_interval: u64,
+    /// Order rule: `final` (final/1) finalizes by a quorum of more than two thirds of the
+    /// members, so a dead or partitioned member holds nothing back; `lc-cid` (lc-cid/1)
+    /// settles an event only once every member has seen it.
+    #[arg(long, value_enum, default_value_t = OrderArg::LcCid)]
+    order: OrderArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OrderArg {
+    /// final/1: finality by quorum (docs/design/finality.md).
+    Final,
+    /// lc-cid/1: ascending (lc, cid); settled once every member has seen an event.
+    LcCid,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

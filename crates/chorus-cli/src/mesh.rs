@@ -202,11 +202,17 @@ pub fn status(dir: &Path, api: Option<String>, as_json: bool) -> Result<i32> {
     println!("timeline    {}", get("timeline").as_str().unwrap_or("?"));
     println!("events      {} (pending {})", get("events"), get("pending"));
     println!("state_hash  {}", get("state_hash").as_str().unwrap_or("?"));
-    println!(
-        "settled     {} (first unsettled lc {})",
-        get("settled"),
-        get("first_unsettled_lc")
-    );
+    match get("finality") {
+        Value::Object(f) => println!(
+            "final       {} events in {} segments (epoch {}, committee {}, quorum {})",
+            f["final_positions"], f["segments"], f["epoch"], f["committee"], f["quorum"]
+        ),
+        _ => println!(
+            "settled     {} (first unsettled lc {})",
+            get("settled"),
+            get("first_unsettled_lc")
+        ),
+    }
     let heads = get("heads");
     println!("heads       {}", heads.as_array().map_or(0, |h| h.len()));
     let peers = get("peers");
@@ -600,6 +606,9 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
         |admin| {
             let mut b = Genesis::new_body("swarm", admin.author(), Kairos2Machine.id());
             b.writers = writers;
+            // Finality by quorum: a winner is final once more than two thirds of the nodes
+            // have built on it, whoever is slow or gone.
+            b.order = Some(chorus_core::genesis::ORDER_FINAL_1.into());
             b
         },
         Kairos2Machine,
@@ -630,10 +639,19 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     };
     let emissary_file = a.emissaries.clone();
     let node_args = |i: usize, bootstrap: Option<&str>| {
-        let mut v: Vec<String> = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        // Heartbeats every 500 ms while work is not final: a round takes about one, and a
+        // block is final three to four rounds after it (docs/design/finality.md, Liveness).
+        let mut v: Vec<String> = [
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "127.0.0.1:0",
+            "--heartbeat-ms",
+            "500",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         if let Some(b) = bootstrap {
             v.extend(["--bootstrap".to_string(), b.to_string()]);
         }
@@ -733,7 +751,7 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
                     v["model"].as_str().unwrap_or("?"),
                     t.elapsed().as_secs_f64(),
                     if v["settled"] == true {
-                        "settled"
+                        "final"
                     } else {
                         "tentative"
                     },
@@ -812,8 +830,8 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    // Settled: every member's latest event holds the winner, so nothing can ever sort before
-    // it. Idle members get there by heartbeats (`chorus node --heartbeat-ms`).
+    // Final (the swarm's timeline is final/1): a quorum of the nodes built on the winner, so
+    // nothing can ever sort before it. Idle nodes get there by heartbeats.
     let wait = Instant::now();
     let mut settled = settled_everywhere(&mesh, &elected);
     while settled < elected.len() && wait.elapsed() < SETTLE_WAIT && !stop.load(Ordering::SeqCst) {
@@ -821,7 +839,7 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
         settled = settled_everywhere(&mesh, &elected);
     }
     println!(
-        "settled on every node: {settled} of {} elections ({:.1} s after convergence)",
+        "final on every node: {settled} of {} elections ({:.1} s after convergence)",
         elected.len(),
         wait.elapsed().as_secs_f64()
     );

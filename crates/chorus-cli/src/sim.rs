@@ -74,6 +74,8 @@ pub enum SabotageArg {
     NoOwnGossip,
     LightAckAtOnce,
     NoHeartbeats,
+    /// final/1 with a quorum of half the committee (C9 finality safety must fail).
+    QuorumHalf,
 }
 
 fn parse_override(s: &str) -> Result<(String, u64), String> {
@@ -243,6 +245,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::NoWriteGate => Sabotage::NoWriteGate,
                 SabotageArg::NoOwnGossip => Sabotage::NoOwnGossip,
                 SabotageArg::LightAckAtOnce => Sabotage::LightAckAtOnce,
+                SabotageArg::QuorumHalf => Sabotage::QuorumHalf,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
             };
             let r = chorus_sim::run(sc, seed, sabotage);

@@ -166,6 +166,11 @@ impl<M: Machine, S: Storage> Local<M, S> {
     pub fn timeline(&self) -> &Timeline<M> {
         &self.timeline
     }
+    /// See [`Timeline::advance_finality`]. Checkpoints it re-keys into the final prefix are
+    /// persisted with the next fold.
+    pub fn advance_finality(&mut self) -> usize {
+        self.timeline.advance_finality()
+    }
     /// Takes the parts back (the simulator's crash keeps only the storage).
     pub fn into_parts(self) -> (Timeline<M>, S, Keypair) {
         (self.timeline, self.store, self.key)

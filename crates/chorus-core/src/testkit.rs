@@ -20,7 +20,19 @@ pub fn genesis(
     machine_id: &str,
     interval: u64,
 ) -> SignedEvent {
+    genesis_ordered(admin, writers, machine_id, interval, None)
+}
+
+/// As [`genesis`], naming an order rule (`None`: the genesis has no `order` key).
+pub fn genesis_ordered(
+    admin: &Keypair,
+    writers: &[Keypair],
+    machine_id: &str,
+    interval: u64,
+    order: Option<&str>,
+) -> SignedEvent {
     let mut body = Genesis::new_body("testkit", admin.author(), machine_id);
+    body.order = order.map(str::to_string);
     body.writers = writers
         .iter()
         .map(|k| serde_bytes::ByteBuf::from(k.author().0.to_vec()))

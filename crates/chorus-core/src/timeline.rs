@@ -405,6 +405,13 @@ impl<M: Machine> Timeline<M> {
     pub fn order(&self) -> impl ExactSizeIterator<Item = EventId> + '_ {
         self.order.iter().map(|&i| self.ids[i as usize])
     }
+    /// Ids at positions `start..end` of the total order (clamped to its length).
+    pub fn order_range(&self, start: usize, end: usize) -> impl Iterator<Item = EventId> + '_ {
+        let end = end.min(self.order.len());
+        self.order[start.min(end)..end]
+            .iter()
+            .map(|&i| self.ids[i as usize])
+    }
     /// Order key of an indexed event.
     pub fn key_of(&self, id: &EventId) -> Option<OrderKey> {
         self.index_of(id).map(|i| self.key(i))

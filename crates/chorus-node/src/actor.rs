@@ -37,7 +37,7 @@ use crate::{
     describe::{Describe, ElectionView, event_json, state_json},
     election::{Election, ElectionList, Published, Selected},
     feed::Feed,
-    status::{Folding, LightNodeStatus, NodeStatus, Received, SyncStatus},
+    status::{FinalityView, Folding, LightNodeStatus, NodeStatus, Received, SyncStatus},
     write::Reply,
 };
 
@@ -651,8 +651,21 @@ impl<M: Describe> Actor<M> {
                 state_of_heads: text(&s.heads),
                 positions_left: tl.fold_cost(),
             }),
+            order: tl
+                .genesis()
+                .body
+                .order
+                .clone()
+                .unwrap_or_else(|| chorus_core::genesis::ORDER_LC_CID_1.into()),
             settled: f.settled,
             first_unsettled_lc: f.first_unsettled.map(|(_, lc)| lc),
+            finality: tl.finality().map(|x| FinalityView {
+                final_positions: x.final_positions,
+                segments: x.segments,
+                epoch: x.epoch,
+                committee: x.committee.len(),
+                quorum: x.quorum,
+            }),
             peers: node.syncer().peers().map(|p| p.to_string()).collect(),
             in_sync_with: node.in_sync().iter().map(|p| p.to_string()).collect(),
             sync: SyncStatus {

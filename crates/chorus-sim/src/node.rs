@@ -151,6 +151,10 @@ pub enum Sabotage {
     /// No node heartbeats, whatever the scenario says: idle members hold the settled
     /// frontier (C8 must fail).
     NoHeartbeats,
+    /// Every node decides `final/1` with a quorum of half the committee instead of more than
+    /// two thirds: the two sides of a halves partition each finalize their own prefix (C9
+    /// finality safety must fail).
+    QuorumHalf,
 }
 
 pub struct SimNode {

@@ -20,7 +20,13 @@
 //!   node held it.
 //! * **C8** (scenarios with heartbeats, every node live at the end) — every acknowledged write
 //!   is behind the settled frontier of every live honest full node. *Unexpected* in C2 does
-//!   not count heartbeats: the nodes write them on their own.
+//!   not count heartbeats: the nodes write them on their own. Under `final/1` the frontier is
+//!   the final prefix, and C8 is finality liveness: with a quorum live and connected, every
+//!   acknowledged write is final everywhere within the scenario's bound after the last fault.
+//! * **C9 finality safety** (`final/1` scenarios) — no replica ever holds at a final
+//!   position another event than any other replica held final there, and no replica's final
+//!   prefix shrinks, across the whole run (restarts included); at the end every live
+//!   replica's final prefix is a prefix of the longest.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -125,6 +131,76 @@ pub fn reference_hash(genesis: &SignedEvent, events: &[SignedEvent]) -> [u8; 32]
         .cloned()
         .collect();
     kept.sort_by_key(|e| (e.lamport, e.id()));
+    fold(genesis, &kept)
+}
+
+/// The reference model (C5) of a `final/1` timeline, written apart from the timeline's own
+/// bookkeeping: the rule's model ([`chorus_core::finality::Finality`], a bitset past per
+/// event) gives the final prefix over the events in `(lc, id)` order; a final event is
+/// excluded once its author repeated a final `sq`; the rest follow by `(lc, id)`, an
+/// equivocating author's events excluded from its fork on. The committee is the genesis's
+/// members (the simulator makes no membership changes).
+pub fn reference_hash_final(genesis: &SignedEvent, events: &[SignedEvent]) -> [u8; 32] {
+    use chorus_core::finality::{Finality, Node, quorum};
+    let g = Genesis::from_event(genesis).expect("the sim's genesis");
+    let mut committee: Vec<AuthorId> = g.writers.clone();
+    committee.extend(g.anchors.iter().copied());
+    committee.push(g.admin);
+    committee.sort();
+    committee.dedup();
+    let mut all: Vec<SignedEvent> = events.to_vec();
+    all.push(genesis.clone());
+    all.sort_by_key(|e| (e.lamport, e.id()));
+    all.dedup_by_key(|e| e.id());
+    let pos: BTreeMap<EventId, usize> = all.iter().enumerate().map(|(i, e)| (e.id(), i)).collect();
+    let nodes: Vec<Node> = all
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Node {
+            author: committee
+                .binary_search(&e.author)
+                .expect("every author in the sim is a member"),
+            lc: e.lamport,
+            key: i as u64,
+            parents: e.parents.iter().map(|p| pos[p]).collect(),
+        })
+        .collect();
+    let n = committee.len();
+    let final_order = Finality::new(&nodes, n, quorum(n)).final_order();
+    let mut in_final = vec![false; all.len()];
+    let mut kept: Vec<SignedEvent> = vec![];
+    let mut high: BTreeMap<AuthorId, u64> = BTreeMap::new();
+    let mut forked: BTreeSet<AuthorId> = BTreeSet::new();
+    for &i in &final_order {
+        in_final[i] = true;
+        let e = &all[i];
+        if high.get(&e.author).is_some_and(|&h| e.seq <= h) {
+            forked.insert(e.author);
+        } else {
+            high.insert(e.author, e.seq);
+        }
+        if !forked.contains(&e.author) {
+            kept.push(e.clone());
+        }
+    }
+    let mut by_seq: BTreeMap<(AuthorId, u64), usize> = BTreeMap::new();
+    for e in &all {
+        *by_seq.entry((e.author, e.seq)).or_default() += 1;
+    }
+    let mut fork_at: BTreeMap<AuthorId, u64> = BTreeMap::new();
+    for ((a, sq), k) in by_seq {
+        if k > 1 {
+            let f = fork_at.entry(a).or_insert(sq);
+            *f = (*f).min(sq);
+        }
+    }
+    for (i, e) in all.iter().enumerate() {
+        if !in_final[i] && fork_at.get(&e.author).is_none_or(|f| e.seq < *f) {
+            kept.push(e.clone());
+        }
+    }
+    // `fold` starts from the genesis state: the genesis itself is not applied by it.
+    kept.retain(|e| e.id() != genesis.id());
     fold(genesis, &kept)
 }
 
@@ -410,7 +486,11 @@ pub fn judge(w: &mut World) -> Findings {
             }
         }
     }
-    let model = reference_hash(&w.genesis, &reference_set);
+    let model = if w.sc.order.is_some() {
+        reference_hash_final(&w.genesis, &reference_set)
+    } else {
+        reference_hash(&w.genesis, &reference_set)
+    };
     for n in &live {
         let h = reported_hash(w, n);
         if h != model {
@@ -428,7 +508,8 @@ pub fn judge(w: &mut World) -> Findings {
     // every live honest full node (idle members cover it with a heartbeat). Only when every
     // member is live at the end: a dead member holds the frontier by design (quorum finality
     // is issue 16's next step).
-    if w.sc.heartbeat_ms.is_some() && w.nodes.iter().all(|n| n.live()) {
+    // Under final/1 a dead member holds nothing back: C8 holds whoever is down.
+    if w.sc.heartbeat_ms.is_some() && (w.sc.order.is_some() || w.nodes.iter().all(|n| n.live())) {
         let mut c8 = vec![];
         for n in live.iter().filter(|n| !n.light) {
             let unsettled = w
@@ -451,6 +532,26 @@ pub fn judge(w: &mut World) -> Findings {
         }
         f.verdicts
             .push(verdict("C8 acknowledged writes settle", c8));
+    }
+
+    // C9: nothing final ever differs between replicas or moves (checked as the run went, in
+    // `World::check_final_prefix`), and every live replica's final prefix is, at the end, a
+    // prefix of the longest one seen.
+    if w.sc.order.is_some() {
+        let mut c9 = w.stats.finality_violations.clone();
+        for n in &live {
+            let len = n.tl().finality().map_or(0, |f| f.final_positions as usize);
+            let mine: Vec<EventId> = n.tl().order_range(0, len).collect();
+            let canon = &w.final_canon[..len.min(w.final_canon.len())];
+            if len > w.final_canon.len() || mine[..] != canon[..] {
+                c9.push(format!(
+                    "node {}: its final prefix of {len} is not a prefix of the run's ({})",
+                    n.ix,
+                    w.final_canon.len()
+                ));
+            }
+        }
+        f.verdicts.push(verdict("C9 finality safety", c9));
     }
 
     // C7: a light node acknowledged a write only once a full node held it.

@@ -254,6 +254,11 @@ pub struct Scenario {
     /// with it, C8 checks that every acknowledged write ends up settled everywhere. Off by
     /// default: heartbeats add events, and the scenarios tuned before them keep their traces.
     pub heartbeat_ms: Option<u64>,
+    /// The genesis's order rule (`"final/1"`; absent: `lc-cid/1`). Under `final/1` the oracle
+    /// also checks finality safety (C9), C5's model orders by `final/1`, and C8 asks every
+    /// acknowledged write to be final on every live member.
+    #[serde(default)]
+    pub order: Option<String>,
 }
 fn d_commit_ms() -> u64 {
     5
@@ -308,6 +313,13 @@ impl Scenario {
                 }
                 _ => {}
             }
+        }
+        match self.order.as_deref() {
+            None | Some(chorus_core::genesis::ORDER_FINAL_1) => {}
+            Some(o) => return Err(format!("order {o:?} unknown (final/1, or none)")),
+        }
+        if self.order.is_some() && self.heartbeat_ms.is_none() {
+            return Err("final/1 needs heartbeats (heartbeat_ms): rounds advance by them".into());
         }
         if self.classes.iter().all(|c| c.light || c.count == 0) {
             return Err("a mesh of light nodes only has no replica".into());

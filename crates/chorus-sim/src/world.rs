@@ -125,6 +125,8 @@ pub struct RunStats {
     pub light_acked_unstored: u64,
     /// Light nodes' writes answered "not stored in time" (not acknowledged; still retried).
     pub light_writes_late: u64,
+    /// C9: final positions a replica held differently from another (at most 16 kept).
+    pub finality_violations: Vec<String>,
 }
 
 pub struct World {
@@ -184,6 +186,10 @@ pub struct World {
     trace: Sha256,
     steps: u64,
     pub deadline: u64,
+    /// `final/1` runs: the final prefix as the first replica to finalize each position had
+    /// it (C9), and per node how much of its own final prefix was checked against it.
+    pub final_canon: Vec<EventId>,
+    final_checked: Vec<usize>,
 }
 
 fn key_for(seed: u64, what: &str) -> Keypair {
@@ -229,19 +235,19 @@ impl World {
             .filter(|&i| writer(i))
             .map(|i| keys[i].clone())
             .collect();
-        let genesis = testkit::genesis(
+        let genesis = testkit::genesis_ordered(
             &admin,
             &writer_keys,
             SIM_MACHINE_ID,
             DEFAULT_CHECKPOINT_INTERVAL,
+            sc.order.as_deref(),
         );
         let nodes: Vec<SimNode> = keys
             .into_iter()
             .enumerate()
             .map(|(i, key)| {
                 let local = Local::new(
-                    Timeline::new(genesis.clone(), SimMachine::default())
-                        .expect("the sim's genesis"),
+                    fresh_timeline(&genesis, sabotage),
                     MemStore::new(&genesis),
                     key.clone(),
                 );
@@ -328,6 +334,8 @@ impl World {
             trace: Sha256::new(),
             steps: 0,
             deadline: u64::MAX,
+            final_canon: vec![],
+            final_checked: vec![0; n],
         }
     }
 
@@ -918,6 +926,46 @@ impl World {
         self.nodes[node].node.end_turn(now, &mut decode);
         self.carry_out(node);
         self.turn_gossip.clear();
+        self.check_final_prefix(node);
+    }
+
+    /// C9 finality safety, as the run goes: the positions `node` newly holds final must be
+    /// those every replica holds final there (the first replica to finalize a position fixes
+    /// it for the run). A replica never takes back a final position: positions it held final
+    /// before are not checked again unless it restarted (then from its first position).
+    fn check_final_prefix(&mut self, node: NodeIx) {
+        let tl = self.nodes[node].tl();
+        let Some(f) = tl.finality() else {
+            return;
+        };
+        let len = f.final_positions as usize;
+        let from = self.final_checked[node];
+        if len < from {
+            self.stats.finality_violations.push(format!(
+                "node {node} at {} ms: its final prefix shrank from {from} to {len}",
+                self.now
+            ));
+            self.final_checked[node] = len;
+            return;
+        }
+        for (p, id) in tl.order_range(from, len).enumerate() {
+            let p = from + p;
+            match self.final_canon.get(p) {
+                Some(c) if *c != id => {
+                    if self.stats.finality_violations.len() < 16 {
+                        self.stats.finality_violations.push(format!(
+                            "node {node} at {} ms: final position {p} holds {id}, another replica finalized {c} there",
+                            self.now
+                        ));
+                    }
+                    self.final_checked[node] = len;
+                    return;
+                }
+                Some(_) => {}
+                None => self.final_canon.push(id),
+            }
+        }
+        self.final_checked[node] = len;
     }
 
     /// One actor turn: everything in the inbox and the writes whose model answered go to the
@@ -1159,7 +1207,7 @@ impl World {
         n.status = Status::Up;
         n.seen.clear();
         let blank = Local::new(
-            Timeline::new(genesis.clone(), SimMachine::default()).expect("the sim's genesis"),
+            fresh_timeline(&genesis, self.sabotage),
             MemStore::new(&genesis),
             n.key.clone(),
         );
@@ -1179,8 +1227,7 @@ impl World {
         };
         let indexed = decode(indexed);
         let pending = decode(pending);
-        let mut tl =
-            Timeline::new(genesis.clone(), SimMachine::default()).expect("the sim's genesis");
+        let mut tl = fresh_timeline(&genesis, self.sabotage);
         let results = tl
             .insert_batch_deferred(indexed.iter().cloned(), &store)
             .expect("restart from the sim's own disk");
@@ -1197,6 +1244,8 @@ impl World {
         local
             .resume(pending)
             .expect("restart from the sim's own disk");
+        // The restarted replica's final prefix is checked from its first position again.
+        self.final_checked[i] = 0;
         let n = &mut self.nodes[i];
         n.arrivals = indexed.iter().map(SignedEvent::id).collect();
         n.node = node_over(
@@ -1377,6 +1426,15 @@ impl World {
             }
         }
     }
+}
+
+/// A replica holding only the genesis, with the run's sabotage of the finality quorum.
+fn fresh_timeline(genesis: &SignedEvent, sabotage: Sabotage) -> Timeline<SimMachine> {
+    let mut tl = Timeline::new(genesis.clone(), SimMachine::default()).expect("the sim's genesis");
+    if sabotage == Sabotage::QuorumHalf {
+        tl.sabotage_finality_quorum(|n| (n / 2).max(1));
+    }
+    tl
 }
 
 /// The scenario's heartbeat interval, unless the run switches heartbeats off.

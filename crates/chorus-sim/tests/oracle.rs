@@ -161,3 +161,29 @@ fn without_heartbeats_writes_never_settle_and_c8_fails() {
         "only C8 fails"
     );
 }
+
+/// Finality by quorum (issue 16): in the `final` scenario (halves partition with no quorum on
+/// either side, a node cut off, crashes) every acknowledged write ends up final everywhere (C8)
+/// and no replica ever finalizes a position differently (C9), with the state the `final/1`
+/// reference model computes (C5). With a quorum of half the committee, the two sides of the
+/// partition each finalize their own prefix: C9 fails.
+#[test]
+fn final_positions_never_differ_and_a_half_quorum_is_caught() {
+    let sc = Suite::builtin()
+        .get("final")
+        .expect("final scenario")
+        .clone();
+    let (r, w) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    let checks: Vec<&str> = r.findings.verdicts.iter().map(|v| v.check).collect();
+    assert!(checks.contains(&"C9 finality safety"), "{checks:?}");
+    assert!(
+        w.final_canon.len() as u64 > w.acked_honest(),
+        "final prefix {} of {} writes",
+        w.final_canon.len(),
+        w.acked_honest()
+    );
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::QuorumHalf);
+    let failed = failed_checks(&r);
+    assert!(failed.contains(&"C9 finality safety"), "{failed:?}");
+}

@@ -952,6 +952,9 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             return;
         }
         let me = self.local.key().author();
+        // Under final/1 what is owed depends on what is final, which moves with the events
+        // held whether or not the state was folded since.
+        self.local.advance_finality();
         if !self.local.timeline().owes_heartbeat(&me) {
             return;
         }

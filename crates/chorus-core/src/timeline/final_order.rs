@@ -43,6 +43,8 @@ const NOT_IN_ENGINE: u32 = u32::MAX;
 
 /// What `final/1` keeps beside the timeline's own indexes (see the module doc).
 pub(super) struct FinalState {
+    /// The quorum of a committee of `n` (always [`quorum`], except in a sabotage run).
+    quorum_of: fn(usize) -> usize,
     epoch: u32,
     /// The current epoch's committee, sorted by key: authors `0..n` of its engine.
     committee: Vec<AuthorId>,
@@ -96,6 +98,7 @@ impl FinalState {
         let committee = committee_at(membership, 1);
         let n = committee.len();
         FinalState {
+            quorum_of: quorum,
             epoch: 0,
             engine: Engine::new(n, quorum(n)),
             committee,
@@ -202,9 +205,21 @@ impl<M: Machine> Timeline<M> {
         }
     }
 
-    /// Decides what the events held allow and appends the segments of every newly committed
-    /// block, starting a new epoch where a segment changes the committee.
-    pub(super) fn advance_finality(&mut self) {
+    /// `final/1`: decides what the events held allow and appends the segments of every newly
+    /// committed block, starting a new epoch where a segment changes the committee. Returns
+    /// how many events became final (0 under `lc-cid/1`). The fold does this first; a node
+    /// that defers its fold calls it on its tick so that finality (and its heartbeats) move
+    /// without a fold. It moves the order only: the state catches up at the next fold.
+    pub fn advance_finality(&mut self) -> usize {
+        let Some(f) = &self.fin else {
+            return 0;
+        };
+        let before = f.final_len;
+        self.decide_segments();
+        self.fin.as_ref().map_or(0, |f| f.final_len - before)
+    }
+
+    fn decide_segments(&mut self) {
         loop {
             let f = self.fin_mut();
             f.engine.advance();
@@ -249,7 +264,7 @@ impl<M: Machine> Timeline<M> {
         let f = self.fin_mut();
         f.epoch += 1;
         f.committee = committee;
-        f.engine = Engine::new(n, quorum(n));
+        f.engine = Engine::new(n, (f.quorum_of)(n));
         f.consumed = 0;
         f.event_at.clear();
         f.engine_pos.fill(NOT_IN_ENGINE);
@@ -381,6 +396,29 @@ impl<M: Machine> Timeline<M> {
         }
     }
 
+    /// **Sabotage, for the simulator's oracle only**: decide finality with `quorum_of(n)`
+    /// instead of more than two thirds (a quorum of a half lets two partition sides finalize
+    /// different prefixes, which the finality safety check must catch). Only on a timeline
+    /// holding nothing but its genesis; returns whether it took.
+    #[doc(hidden)]
+    pub fn sabotage_finality_quorum(&mut self, quorum_of: fn(usize) -> usize) -> bool {
+        if self.len() != 1 {
+            return false;
+        }
+        let Some(f) = &mut self.fin else {
+            return false;
+        };
+        let n = f.committee.len();
+        f.quorum_of = quorum_of;
+        f.engine = Engine::new(n, quorum_of(n));
+        f.event_at.clear();
+        f.engine_pos.fill(NOT_IN_ENGINE);
+        let genesis = self.metas[0];
+        let author = self.authors[genesis.author as usize];
+        self.fin_mut().insert_in_engine(0, author, genesis.lc, &[]);
+        true
+    }
+
     /// `final/1`: events in the final prefix, final segments, and the committee's epoch
     /// (`None` under `lc-cid/1`).
     pub fn finality(&self) -> Option<FinalityStatus> {
@@ -391,7 +429,7 @@ impl<M: Machine> Timeline<M> {
             segments,
             epoch,
             committee: f.committee().to_vec(),
-            quorum: quorum(f.committee().len()),
+            quorum: (f.quorum_of)(f.committee().len()),
         })
     }
 }

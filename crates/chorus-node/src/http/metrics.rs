@@ -58,6 +58,20 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "Events behind the settled frontier.",
         one(st.settled as f64),
     );
+    if let Some(f) = &st.finality {
+        metric(
+            "final_positions",
+            "gauge",
+            "Events in the final prefix (final/1 timelines).",
+            one(f.final_positions as f64),
+        );
+        metric(
+            "finality_epoch",
+            "gauge",
+            "Membership epochs of the finality committee since the genesis.",
+            one(f64::from(f.epoch)),
+        );
+    }
     metric(
         "appended_total",
         "counter",

@@ -6,4 +6,4 @@ pub mod cache;
 pub mod view;
 
 pub use cache::{Snapshot, StatusCache, merge_objects};
-pub use view::{Folding, LightNodeStatus, NodeStatus, Received, SyncStatus};
+pub use view::{FinalityView, Folding, LightNodeStatus, NodeStatus, Received, SyncStatus};

@@ -40,9 +40,13 @@ pub struct NodeStatus {
     pub state_hash: String,
     /// Set while a fold runs in slices: which events the state fields are the state of.
     pub folding: Option<Folding>,
-    /// Events in the settled prefix of the order.
+    /// The order rule of the genesis: `lc-cid/1` or `final/1`.
+    pub order: String,
+    /// Events in the settled prefix of the order (under `final/1`: the final prefix).
     pub settled: u64,
     pub first_unsettled_lc: Option<u64>,
+    /// Set under `final/1`: where finality stands on this node.
+    pub finality: Option<FinalityView>,
     pub peers: Vec<String>,
     pub in_sync_with: Vec<String>,
     pub sync: SyncStatus,
@@ -54,6 +58,21 @@ pub struct NodeStatus {
     /// Network commands dropped on a full queue.
     pub net_commands_dropped: u64,
     pub uptime_ms: u64,
+}
+
+/// `final/1`: the final prefix and the committee that decides it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinalityView {
+    /// Events in the final prefix (the first positions of the order; never reordered).
+    pub final_positions: u64,
+    /// Final segments (committed blocks) so far.
+    pub segments: u64,
+    /// Membership epochs begun since the genesis.
+    pub epoch: u32,
+    /// Members of the current epoch's committee.
+    pub committee: usize,
+    /// Distinct committee members needed to advance a round or certify a block.
+    pub quorum: usize,
 }
 
 /// A light node's view of what it forgot and what it still owes the full nodes.
