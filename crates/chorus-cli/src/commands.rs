@@ -175,6 +175,9 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
         b.checkpoint_interval = a.checkpoint_interval;
         if matches!(a.order, OrderArg::Final) {
             b.order = Some(chorus_core::genesis::ORDER_FINAL_1.into());
+            if a.quorum != chorus_core::genesis::QUORUM_TWO_THIRDS {
+                b.finality = Some(chorus_core::genesis::FinalityParams { quorum: a.quorum });
+            }
         }
         b
     };

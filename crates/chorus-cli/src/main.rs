@@ -184,6 +184,18 @@ struct InitArgs {
     /// settles an event only once every member has seen it.
     #[arg(long, value_enum, default_value_t = OrderArg::LcCid)]
     order: OrderArg,
+    /// With `--order final`: a quorum is more than this fraction of the members. `2/3` is
+    /// safe with members that lie (up to f of 3f + 1); `1/2` only with members that crash
+    /// but never lie, and lets the majority side of a partition finalize.
+    #[arg(long, default_value = "2/3", value_parser = parse_fraction)]
+    quorum: [u64; 2],
+}
+
+fn parse_fraction(s: &str) -> Result<[u64; 2], String> {
+    let (a, b) = s.split_once('/').ok_or("expected NUM/DEN, e.g. 2/3")?;
+    let num: u64 = a.trim().parse().map_err(|e| format!("{a}: {e}"))?;
+    let den: u64 = b.trim().parse().map_err(|e| format!("{b}: {e}"))?;
+    Ok([num, den])
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -40,7 +40,32 @@ pub struct GenesisBody {
     /// and its id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
+    /// `final/1` only: its parameters (absent: a quorum of more than two thirds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finality: Option<FinalityParams>,
 }
+
+/// `final/1`'s parameters, fixed in the genesis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalityParams {
+    /// `[num, den]`: a quorum is more than `num/den` of the committee, `⌊n·num/den⌋ + 1`
+    /// members. `[2, 3]` (the default) is safe with up to `f` Byzantine members of `3f + 1`;
+    /// `[1, 2]` (a majority) only with members that crash but never lie, and lets a majority
+    /// side of a partition finalize. At least one half, below one.
+    pub quorum: [u64; 2],
+}
+
+impl FinalityParams {
+    /// The quorum of a committee of `n`.
+    pub fn quorum(&self, n: usize) -> usize {
+        let [num, den] = self.quorum;
+        ((n as u64 * num / den + 1) as usize).min(n.max(1))
+    }
+}
+
+/// The default `final/1` quorum: more than two thirds.
+pub const QUORUM_TWO_THIRDS: [u64; 2] = [2, 3];
 
 /// The order rule of a timeline whose genesis names none: ascending `(lc, cid)`.
 pub const ORDER_LC_CID_1: &str = "lc-cid/1";
@@ -81,7 +106,15 @@ impl Genesis {
             encoder: "sha256-fallback/1".into(),
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             order: None,
+            finality: None,
         }
+    }
+
+    /// The `final/1` quorum fraction `[num, den]` of this genesis.
+    pub fn finality_quorum(&self) -> FinalityParams {
+        self.body.finality.clone().unwrap_or(FinalityParams {
+            quorum: QUORUM_TWO_THIRDS,
+        })
     }
 
     /// Whether the timeline orders by `final/1` (else `lc-cid/1`).
@@ -122,6 +155,17 @@ impl Genesis {
             Some(other) => {
                 return Err(bad(format!(
                     "order {other:?} unknown (this build knows {ORDER_LC_CID_1:?} and {ORDER_FINAL_1:?})"
+                )));
+            }
+        }
+        if let Some(f) = &body.finality {
+            let [num, den] = f.quorum;
+            if body.order.as_deref() != Some(ORDER_FINAL_1) {
+                return Err(bad("finality parameters need order final/1".into()));
+            }
+            if den == 0 || den > 1000 || 2 * num < den || num >= den {
+                return Err(bad(format!(
+                    "finality quorum {num}/{den}: must be at least 1/2 and below 1 (denominator up to 1000)"
                 )));
             }
         }

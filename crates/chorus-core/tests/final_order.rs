@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use chorus_core::{
     crypto::Keypair,
     event::{SignedEvent, UnsignedEvent, kind},
-    genesis::{Genesis, ORDER_FINAL_1},
+    genesis::{FinalityParams, Genesis, ORDER_FINAL_1},
     ids::EventId,
     machine::{Applied, Machine, StateDecodeError},
     membership::{MemberOp, Role},
@@ -47,7 +47,17 @@ impl Machine for ChainMachine {
 }
 
 fn final_genesis(admin: &Keypair, writers: &[Keypair], interval: u64) -> SignedEvent {
+    final_genesis_with(admin, writers, interval, None)
+}
+
+fn final_genesis_with(
+    admin: &Keypair,
+    writers: &[Keypair],
+    interval: u64,
+    quorum: Option<[u64; 2]>,
+) -> SignedEvent {
     let mut body = Genesis::new_body("final", admin.author(), "counter/1");
+    body.finality = quorum.map(|quorum| FinalityParams { quorum });
     body.writers = writers
         .iter()
         .map(|k| serde_bytes::ByteBuf::from(k.author().0.to_vec()))
@@ -461,4 +471,80 @@ fn an_unknown_order_rule_is_refused_and_old_geneses_keep_their_bytes() {
     .sign(&admin);
     let err = Timeline::new(ev, ChainMachine).err().expect("refused");
     assert!(err.to_string().contains("fastest/9"), "{err}");
+}
+
+/// A genesis may fix a majority quorum (members that crash, never lie): then the three of a
+/// 2 | 3 partition finalize and the two do not; after the heal nothing final moves and the
+/// two agree. With the default (more than two thirds: 4 of 5) neither side finalizes.
+#[test]
+fn a_majority_quorum_lets_the_larger_side_of_a_partition_finalize() {
+    for (quorum, three_finalize) in [(Some([1, 2]), true), (None, false)] {
+        let keys: Vec<Keypair> = (0..5)
+            .map(|i| Keypair::from_seed([i as u8 + 60; 32]))
+            .collect();
+        let g = final_genesis_with(&keys[0], &keys[1..], 16, quorum);
+        let mut m = Mesh::with_genesis(keys, g);
+        let all = [0, 1, 2, 3, 4];
+        m.write(0, kind::STIMULUS, text("before"));
+        m.gossip(&all);
+        m.quiet(&all);
+        let (two, three) = ([0, 1], [2, 3, 4]);
+        let before = m.final_len(0);
+        let a = m.write(0, kind::STIMULUS, text("side of two"));
+        let b = m.write(3, kind::STIMULUS, text("side of three"));
+        for _ in 0..12 {
+            m.heartbeat_round(&two);
+            m.heartbeat_round(&three);
+        }
+        assert!(!m.reps[1].is_settled(&a.id()), "{quorum:?}: two finalized");
+        assert_eq!(m.final_len(1), before);
+        assert_eq!(m.reps[4].is_settled(&b.id()), three_finalize, "{quorum:?}");
+        let cut = m.final_prefix(4);
+        m.gossip(&all);
+        m.quiet(&all);
+        for i in all {
+            assert!(
+                is_prefix(&cut, &m.final_prefix(i)),
+                "{quorum:?}: replica {i}"
+            );
+            assert!(m.reps[i].is_settled(&a.id()) && m.reps[i].is_settled(&b.id()));
+            assert_eq!(m.reps[i].state_hash(), m.reps[0].state_hash());
+        }
+        assert_eq!(
+            m.reps[0].finality().unwrap().quorum,
+            if three_finalize { 3 } else { 4 }
+        );
+    }
+}
+
+#[test]
+fn finality_parameters_are_checked() {
+    let admin = Keypair::from_seed([9; 32]);
+    for (order, quorum, ok) in [
+        (Some(ORDER_FINAL_1), [1, 2], true),
+        (Some(ORDER_FINAL_1), [2, 3], true),
+        (Some(ORDER_FINAL_1), [1, 3], false),
+        (Some(ORDER_FINAL_1), [3, 3], false),
+        (Some(ORDER_FINAL_1), [0, 0], false),
+        (None, [2, 3], false),
+    ] {
+        let mut body = Genesis::new_body("x", admin.author(), "counter/1");
+        body.order = order.map(str::to_string);
+        body.finality = Some(FinalityParams { quorum });
+        let ev = UnsignedEvent {
+            timeline: None,
+            author: admin.author(),
+            seq: 1,
+            lamport: 0,
+            parents: vec![],
+            kind: kind::GENESIS.into(),
+            body: Genesis::body_ipld(&body),
+        }
+        .sign(&admin);
+        assert_eq!(
+            Timeline::new(ev, ChainMachine).is_ok(),
+            ok,
+            "{order:?} {quorum:?}"
+        );
+    }
 }

@@ -30,8 +30,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Rank, TENTATIVE, Timeline};
 use crate::{
-    finality::{Decision, Engine, Node, OUTSIDER, quorum},
-    genesis::Genesis,
+    finality::{Decision, Engine, Node, OUTSIDER},
+    genesis::{FinalityParams, Genesis},
     ids::AuthorId,
     machine::Machine,
     membership::Membership,
@@ -43,8 +43,10 @@ const NOT_IN_ENGINE: u32 = u32::MAX;
 
 /// What `final/1` keeps beside the timeline's own indexes (see the module doc).
 pub(super) struct FinalState {
-    /// The quorum of a committee of `n` (always [`quorum`], except in a sabotage run).
-    quorum_of: fn(usize) -> usize,
+    /// The genesis's quorum fraction.
+    params: FinalityParams,
+    /// A sabotage run's quorum instead of `params` (the simulator's oracle only).
+    sabotaged: Option<fn(usize) -> usize>,
     epoch: u32,
     /// The current epoch's committee, sorted by key: authors `0..n` of its engine.
     committee: Vec<AuthorId>,
@@ -93,14 +95,16 @@ fn committee_at(membership: &Membership, admin_seen: u64) -> Vec<AuthorId> {
 }
 
 impl FinalState {
-    pub(super) fn new(_genesis: &Genesis, membership: &Membership) -> Self {
+    pub(super) fn new(genesis: &Genesis, membership: &Membership) -> Self {
         // The genesis is the admin's first event: its membership is the genesis's own.
         let committee = committee_at(membership, 1);
         let n = committee.len();
+        let params = genesis.finality_quorum();
         FinalState {
-            quorum_of: quorum,
+            engine: Engine::new(n, params.quorum(n)),
+            params,
+            sabotaged: None,
             epoch: 0,
-            engine: Engine::new(n, quorum(n)),
             committee,
             engine_pos: vec![],
             event_at: vec![],
@@ -118,6 +122,13 @@ impl FinalState {
             removal_at: BTreeMap::new(),
             final_admin_seen: 1,
             lc_order: vec![],
+        }
+    }
+
+    fn quorum(&self, n: usize) -> usize {
+        match self.sabotaged {
+            Some(q) => q(n),
+            None => self.params.quorum(n),
         }
     }
 
@@ -264,7 +275,7 @@ impl<M: Machine> Timeline<M> {
         let f = self.fin_mut();
         f.epoch += 1;
         f.committee = committee;
-        f.engine = Engine::new(n, (f.quorum_of)(n));
+        f.engine = Engine::new(n, f.quorum(n));
         f.consumed = 0;
         f.event_at.clear();
         f.engine_pos.fill(NOT_IN_ENGINE);
@@ -409,7 +420,7 @@ impl<M: Machine> Timeline<M> {
             return false;
         };
         let n = f.committee.len();
-        f.quorum_of = quorum_of;
+        f.sabotaged = Some(quorum_of);
         f.engine = Engine::new(n, quorum_of(n));
         f.event_at.clear();
         f.engine_pos.fill(NOT_IN_ENGINE);
@@ -429,7 +440,7 @@ impl<M: Machine> Timeline<M> {
             segments,
             epoch,
             committee: f.committee().to_vec(),
-            quorum: (f.quorum_of)(f.committee().len()),
+            quorum: f.quorum(f.committee().len()),
         })
     }
 }

@@ -1,0 +1,141 @@
+//! Finality by quorum with real processes (issue 16): five `chorus node`s on a `final/1`
+//! timeline, one of them stopped for good (SIGSTOP, never continued). The other four keep
+//! finalizing: every write becomes final, and the time from the write's acknowledgment to the
+//! node reporting it final stays within 3 s at p99 on loopback.
+//!
+//! The timeline is made as a user makes it: `chorus init --order final`, then `chorus member
+//! add` for each other node (the committee grows by epochs as each addition becomes final).
+//! Traffic stays on 127.0.4.0/24.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const NODES: usize = 5;
+const HEARTBEAT_MS: u64 = 200;
+const WRITES: usize = 40;
+
+fn finality(n: &Node) -> Option<Value> {
+    n.status()
+        .map(|s| s["finality"].clone())
+        .filter(|f| f.is_object())
+}
+
+/// Whether `id` is final on `n` (`GET /v1/events?from=ID&limit=1`: its `settled` flag, which
+/// under final/1 is "in the final prefix").
+fn is_final(n: &Node, id: &str) -> bool {
+    get(&n.api, &format!("/v1/events?from={id}&limit=1"))
+        .ok()
+        .and_then(|p| p["events"][0]["settled"].as_bool())
+        .unwrap_or(false)
+}
+
+#[test]
+fn finality_keeps_advancing_with_a_member_stopped_for_good() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs: Vec<_> = (0..NODES)
+        .map(|i| root.path().join(format!("n{i}")))
+        .collect();
+    ok(
+        &dirs[0],
+        &["init", "--name", "final-test", "--order", "final"],
+    );
+    for d in &dirs[1..] {
+        let k = ok(d, &["key"]);
+        ok(&dirs[0], &["member", "add", k.trim(), "--role", "writer"]);
+    }
+    let mut nodes = vec![Node::start_heartbeating(
+        "n0",
+        &dirs[0],
+        "127.0.4.1",
+        &[],
+        HEARTBEAT_MS,
+    )];
+    let boot = vec![nodes[0].addr.clone()];
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        join(d, &boot[0]);
+        nodes.push(Node::start_heartbeating(
+            &format!("n{i}"),
+            d,
+            &format!("127.0.4.{}", i + 1),
+            &boot,
+            HEARTBEAT_MS,
+        ));
+    }
+    peers_at_least(
+        &nodes.iter().collect::<Vec<_>>(),
+        2,
+        Duration::from_secs(60),
+    );
+    // The committee grows to all five as the additions become final (one epoch per change).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sizes: Vec<u64> = nodes
+            .iter()
+            .map(|n| finality(n).map_or(0, |f| f["committee"].as_u64().unwrap_or(0)))
+            .collect();
+        if sizes.iter().all(|&s| s == NODES as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committees {sizes:?}\n{}",
+            log_tails(nodes.iter(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let f = finality(&nodes[0]).unwrap();
+    assert_eq!(f["quorum"], 4, "{f}");
+
+    // Stop n4 for good: a quorum of four is left.
+    let pid = nodes[4].process.pid().expect("n4 runs").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut lat = vec![];
+    for k in 0..WRITES {
+        let n = &nodes[k % 4];
+        let id = n
+            .append(&format!("write {k}"), 1)
+            .expect("acknowledged")
+            .remove(0);
+        let acked = Instant::now();
+        while !is_final(n, &id) {
+            assert!(
+                acked.elapsed() < Duration::from_secs(30),
+                "write {k} not final after 30 s with n4 stopped: {:?}\n{}",
+                finality(n),
+                log_tails(nodes.iter().take(4), 20)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        lat.push(acked.elapsed());
+    }
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    eprintln!(
+        "time to final with one of five stopped ({WRITES} writes, heartbeats every {HEARTBEAT_MS} ms): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        lat[lat.len() - 1].as_secs_f64() * 1e3
+    );
+    assert!(p99 <= Duration::from_secs(3), "p99 time to final {p99:?}");
+    // Every live node agrees on what is final.
+    let finals: Vec<u64> = nodes
+        .iter()
+        .take(4)
+        .map(|n| finality(n).unwrap()["final_positions"].as_u64().unwrap())
+        .collect();
+    assert!(finals.iter().all(|&f| f > WRITES as u64), "{finals:?}");
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+}
