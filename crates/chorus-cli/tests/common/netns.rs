@@ -146,16 +146,27 @@ pub fn nft_in(ns: &str, script: &str) {
 /// connected to all the others (found through Kademlia from the one bootstrap address) and
 /// holds the timeline's first events (genesis and memberships).
 pub fn start_mesh(prefix: &str, subnet: &str, dirs: &[std::path::PathBuf]) -> Vec<super::Node> {
+    start_mesh_heartbeating(prefix, subnet, dirs, 0)
+}
+
+/// As [`start_mesh`], every node heartbeating every `heartbeat_ms` (0: none).
+pub fn start_mesh_heartbeating(
+    prefix: &str,
+    subnet: &str,
+    dirs: &[std::path::PathBuf],
+    heartbeat_ms: u64,
+) -> Vec<super::Node> {
     use std::time::Duration;
     let start = |i: usize, boot: &[String]| {
         let ns = format!("{prefix}n{i}");
-        super::Node::start_with(
+        super::Node::launch(
             &format!("n{i}"),
             &dirs[i],
             &ip_in(subnet, i),
             boot,
             &[],
             Some(&["ip", "netns", "exec", &ns]),
+            heartbeat_ms,
         )
     };
     let n0 = start(0, &[]);
