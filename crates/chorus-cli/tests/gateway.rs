@@ -562,11 +562,54 @@ fn a_client_can_wait_for_a_winner_no_event_can_displace() {
             &json!({"context": "x", "consistency": "final"}),
         )
         .unwrap();
+    // An lc-cid/1 timeline has no quorum finality: the 400 says so and what to use.
     assert_eq!(a.status, 400, "{}", a.body);
     assert!(
-        a.body["error"].as_str().unwrap().contains("not built"),
+        a.body["error"].as_str().unwrap().contains("lc-cid/1"),
         "{}",
         a.body
+    );
+    assert_eq!(r["final"], false, "{r}");
+}
+
+/// On a final/1 timeline (`chorus init --order final`) `"consistency": "final"` waits for a
+/// winner a quorum of the members has finalized, and the reply says it is final.
+#[test]
+fn a_client_can_wait_for_a_final_winner_on_a_final_timeline() {
+    let root = tempfile::tempdir().unwrap();
+    let file = write_file(
+        root.path(),
+        "emissaries.toml",
+        &scripted("honest", r#"["say Good evening."]"#, 0),
+    );
+    let dir = root.path().join("n0");
+    ok(
+        &dir,
+        &["init", "--name", "final-gateway", "--order", "final"],
+    );
+    let n0 =
+        Node::start_heartbeating_with("n0", &dir, "127.0.2.45", &[], &["--emissaries", &file], 200);
+    registered(&n0, 1);
+    let r = post(
+        &n0.api,
+        "/v1/swarm/intent",
+        &json!({"context": "the lamps go out", "consistency": "final", "timeout_ms": 30_000}),
+    )
+    .expect("a final winner");
+    assert_eq!(
+        (
+            r["emissary"].clone(),
+            r["settled"].clone(),
+            r["final"].clone()
+        ),
+        (json!("honest"), json!(true), json!(true)),
+        "{r}"
+    );
+    let st = get(&n0.api, "/v1/status").unwrap();
+    assert_eq!(st["order"], "final/1");
+    assert!(
+        st["finality"]["final_positions"].as_u64().unwrap() >= 3,
+        "{st}"
     );
 }
 

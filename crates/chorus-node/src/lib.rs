@@ -72,6 +72,7 @@ pub async fn run<M: Describe>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Replica<M>> {
     let genesis = replica.timeline().genesis_id();
+    let final_order = replica.timeline().genesis().is_final_order();
     let net = chorus_net::spawn(NetConfig {
         seed: replica.key().seed(),
         listen: cfg.listen.clone(),
@@ -155,6 +156,7 @@ pub async fn run<M: Describe>(
                 token: cfg.api_token.as_deref().map(std::sync::Arc::from),
                 status: Default::default(),
                 escalates: M::ESCALATES,
+                final_order,
             });
             Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)

@@ -35,6 +35,8 @@ pub struct Api {
     pub status: Arc<StatusCache>,
     /// The timeline's machine widens an election on an `escalate` event (`kairos/2`).
     pub escalates: bool,
+    /// The timeline orders by `final/1`: its settled prefix is the final prefix.
+    pub final_order: bool,
 }
 
 /// Gateway counters.

@@ -106,16 +106,26 @@ pub(super) enum Consistency {
 }
 
 impl Consistency {
-    pub(super) fn parse(v: Option<&str>) -> Result<Consistency, Box<Response>> {
+    /// `final_order`: the timeline orders by `final/1`, where the settled prefix is the final
+    /// prefix, so `"final"` waits as `"settled"` does.
+    pub(super) fn parse(v: Option<&str>, final_order: bool) -> Result<Consistency, Box<Response>> {
         match v {
             None | Some("fast") => Ok(Consistency::Fast),
             Some("settled") => Ok(Consistency::Settled),
+            Some("final") if final_order => Ok(Consistency::Settled),
+            Some("final") => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "consistency \"final\": this timeline orders by lc-cid/1, which has no quorum \
+                 finality (a timeline made with `chorus init --order final` has); \"settled\" \
+                 waits for a winner every member has seen"
+                    .to_string(),
+            ))),
             Some(other) => Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "consistency {other:?}: this node offers \"fast\" (the first valid answer) \
-                     and \"settled\" (a winner no event can displace); quorum finality \
-                     (\"final\") is not built yet"
+                    "consistency {other:?}: this node offers \"fast\" (the first valid answer), \
+                     \"settled\" (a winner no event can displace) and, on a final/1 timeline, \
+                     \"final\" (a winner a quorum of the members has finalized)"
                 ),
             ))),
         }
@@ -306,7 +316,7 @@ pub async fn swarm_intent(
         Err(resp) => return *resp,
     };
     let escalate_after = escalate_after_of(r.escalate_after_ms);
-    let consistency = match Consistency::parse(r.consistency.as_deref()) {
+    let consistency = match Consistency::parse(r.consistency.as_deref(), api.final_order) {
         Ok(c) => c,
         Err(resp) => return *resp,
     };
@@ -324,6 +334,8 @@ pub async fn swarm_intent(
             "winner": e.winner.map(|w| w.to_string()),
             "stimulus": e.stimulus.to_string(),
             "settled": e.settled,
+            // Final by quorum: only on a final/1 timeline, where settled means final.
+            "final": api.final_order && e.settled,
             "emissary": e.emissary,
             "model": e.model,
             "n": e.n,
