@@ -163,7 +163,7 @@ impl Genesis {
             if body.order.as_deref() != Some(ORDER_FINAL_1) {
                 return Err(bad("finality parameters need order final/1".into()));
             }
-            if den == 0 || den > 1000 || 2 * num < den || num >= den {
+            if den == 0 || den > 1000 || num >= den || 2 * num < den {
                 return Err(bad(format!(
                     "finality quorum {num}/{den}: must be at least 1/2 and below 1 (denominator up to 1000)"
                 )));

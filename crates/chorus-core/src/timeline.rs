@@ -392,9 +392,11 @@ impl<M: Machine> Timeline<M> {
     }
     /// Version vector: author → highest contiguous sq held.
     pub fn version_vector(&self) -> BTreeMap<AuthorId, u64> {
+        // Authors with nothing held (a removed key interned by its removal) are not listed.
         self.authors
             .iter()
             .zip(&self.chains)
+            .filter(|(_, c)| !c.is_empty())
             .map(|(a, c)| (*a, c.len() as u64))
             .collect()
     }
@@ -924,10 +926,10 @@ impl<M: Machine> Timeline<M> {
 
     /// `member remove K` at event `idx`: freeze K at the removal's causal past.
     fn record_removal(&mut self, idx: u32, removed: AuthorId, admin_sq: u64) {
-        let Some(&k) = self.author_index.get(&removed) else {
-            // K never wrote: nothing to freeze, and its future events fail the membership check.
-            return;
-        };
+        // Interned even if K has written nothing here yet: an event of K made concurrently
+        // with the removal (its past lacks it) still passes the membership check and must be
+        // excluded on every replica, whichever of the two arrived first.
+        let k = self.intern_author(removed);
         let seen = self.highest_in_past(idx, k);
         self.removals.entry(k).or_default().push((seen, admin_sq));
         if let Some(f) = &mut self.fin {

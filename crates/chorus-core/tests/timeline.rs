@@ -386,6 +386,38 @@ fn removal_freezes_the_member_at_the_removal_past() {
     assert!(r1.insert(after, &NoBlocks).is_err());
 }
 
+/// A member removed before this replica saw anything of it: its events made concurrently with
+/// the removal are excluded whichever of the two arrives first (the removal used to be
+/// forgotten when the removed key had not written yet here, and the replicas disagreed).
+#[test]
+fn a_removal_that_arrives_before_the_removed_members_first_event_still_excludes_it() {
+    let admin = Keypair::from_seed([200; 32]);
+    let w = Keypair::from_seed([1; 32]);
+    let g = genesis(&admin, &[&w], 4);
+    let base = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let e1 = base
+        .prepare(w.author(), kind::STIMULUS, text("concurrent"))
+        .sign(&w);
+    let removal = base
+        .prepare(
+            admin.author(),
+            kind::MEMBER,
+            MemberOp::Remove(w.author()).to_body(),
+        )
+        .sign(&admin);
+    let mut r1 = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let mut r2 = Timeline::new(g.clone(), ChainMachine).unwrap();
+    for e in [&e1, &removal] {
+        r1.insert((*e).clone(), &NoBlocks).unwrap();
+    }
+    for e in [&removal, &e1] {
+        r2.insert((*e).clone(), &NoBlocks).unwrap();
+    }
+    assert!(r1.is_excluded(&e1.id()) && r2.is_excluded(&e1.id()));
+    assert_eq!(fingerprint(&r1), fingerprint(&r2));
+    assert_eq!(r1.version_vector(), r2.version_vector());
+}
+
 #[test]
 fn frontier_waits_for_every_member_and_names_the_holder() {
     let admin = Keypair::from_seed([200; 32]);
