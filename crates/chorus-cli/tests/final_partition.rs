@@ -65,12 +65,6 @@ fn final_prefix(n: &Node) -> Vec<String> {
     }
 }
 
-fn committee(n: &Node) -> u64 {
-    n.status()
-        .and_then(|s| s["finality"]["committee"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 #[ignore = "run by final_partition_two_three_then_heal inside its network namespaces"]
 fn final_partition_inside_the_hub() {
@@ -78,7 +72,6 @@ fn final_partition_inside_the_hub() {
         eprintln!("only runs inside the namespaces made by final_partition_two_three_then_heal");
         return;
     };
-    let ns = |i: usize| format!("{prefix}n{i}");
     let root = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = (0..NODES)
         .map(|i| root.path().join(format!("n{i}")))
@@ -100,32 +93,9 @@ fn final_partition_inside_the_hub() {
         ok(&dirs[0], &["member", "add", k.trim(), "--role", "writer"]);
     }
     let nodes = start_mesh_heartbeating(&prefix, SUBNET, &dirs, 200);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !nodes.iter().all(|n| committee(n) == NODES as u64) {
-        assert!(
-            Instant::now() < deadline,
-            "the committee never reached five"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    committee_of_all(&nodes, NODES as u64, Duration::from_secs(60));
 
-    let side = |i: usize| i < SIDE_A;
-    for i in 0..NODES {
-        let set = (0..NODES)
-            .filter(|j| side(*j) != side(i))
-            .map(|j| ip_in(SUBNET, j))
-            .collect::<Vec<_>>()
-            .join(", ");
-        nft_in(
-            &ns(i),
-            &format!(
-                "table ip part {{
-                   chain out {{ type filter hook output priority 0; policy accept; ip daddr {{ {set} }} drop; }}
-                   chain inp {{ type filter hook input priority 0; policy accept; ip saddr {{ {set} }} drop; }}
-                 }}"
-            ),
-        );
-    }
+    cut_sides(&prefix, SUBNET, NODES, |i| i < SIDE_A);
     eprintln!("partitioned {{0,1}} | {{2,3,4}} for {PARTITION:?}");
     let t0 = Instant::now();
     let mut a_ids = vec![];
@@ -168,20 +138,7 @@ fn final_partition_inside_the_hub() {
         a_ids.len()
     );
 
-    for i in 0..NODES {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns(i),
-            "nft",
-            "delete",
-            "table",
-            "ip",
-            "part",
-        ])
-        .unwrap();
-    }
+    heal_sides(&prefix, NODES);
     let healed = Instant::now();
     let deadline = healed + Duration::from_secs(60);
     loop {

@@ -71,22 +71,7 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
         Duration::from_secs(60),
     );
     // The committee grows to all five as the additions become final (one epoch per change).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let sizes: Vec<u64> = nodes
-            .iter()
-            .map(|n| finality(n).map_or(0, |f| f["committee"].as_u64().unwrap_or(0)))
-            .collect();
-        if sizes.iter().all(|&s| s == NODES as u64) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "committees {sizes:?}\n{}",
-            log_tails(nodes.iter(), 20)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    committee_of_all(&nodes, NODES as u64, Duration::from_secs(60));
     let f = finality(&nodes[0]).unwrap();
     assert_eq!(f["quorum"], 4, "{f}");
 

@@ -36,10 +36,6 @@ fn partition_two_three_then_heal() {
     assert!(ok, "the partition scenario failed (output above)");
 }
 
-fn ip_of(i: usize) -> String {
-    ip_in(SUBNET, i)
-}
-
 /// The scenario, run by `partition_two_three_then_heal` inside the hub namespace.
 #[test]
 #[ignore = "run by partition_two_three_then_heal inside its network namespaces"]
@@ -48,7 +44,6 @@ fn partition_inside_the_hub() {
         eprintln!("only runs inside the namespaces made by partition_two_three_then_heal");
         return;
     };
-    let ns = |i: usize| format!("{prefix}n{i}");
     let root = tempfile::tempdir().unwrap();
     let dirs = timeline(root.path(), NODES, NODES);
     let mut nodes = start_mesh(&prefix, SUBNET, &dirs);
@@ -64,22 +59,7 @@ fn partition_inside_the_hub() {
 
     // Cut every link between the sides, in both directions, inside each node's namespace.
     let side = |i: usize| i < SIDE_A;
-    for i in 0..NODES {
-        let others: Vec<String> = (0..NODES)
-            .filter(|j| side(*j) != side(i))
-            .map(ip_of)
-            .collect();
-        let set = others.join(", ");
-        nft_in(
-            &ns(i),
-            &format!(
-                "table ip part {{
-                   chain out {{ type filter hook output priority 0; policy accept; ip daddr {{ {set} }} drop; }}
-                   chain inp {{ type filter hook input priority 0; policy accept; ip saddr {{ {set} }} drop; }}
-                 }}"
-            ),
-        );
-    }
+    cut_sides(&prefix, SUBNET, NODES, side);
     eprintln!("partitioned {{0,1}} | {{2,3,4}} for {PARTITION:?}");
     let t0 = Instant::now();
     let mut a_ids = BTreeSet::new();
@@ -128,20 +108,7 @@ fn partition_inside_the_hub() {
         "nothing crossed the partition"
     );
 
-    for i in 0..NODES {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns(i),
-            "nft",
-            "delete",
-            "table",
-            "ip",
-            "part",
-        ])
-        .unwrap();
-    }
+    heal_sides(&prefix, NODES);
     let healed = Instant::now();
     eprintln!(
         "healed; {} + {} events written on the two sides",

@@ -64,6 +64,11 @@ fn final_genesis_with(
         .collect();
     body.checkpoint_interval = interval;
     body.order = Some(ORDER_FINAL_1.into());
+    sign_genesis(admin, &body)
+}
+
+/// The genesis event of `body`, signed by its admin.
+fn sign_genesis(admin: &Keypair, body: &chorus_core::genesis::GenesisBody) -> SignedEvent {
     UnsignedEvent {
         timeline: None,
         author: admin.author(),
@@ -71,7 +76,7 @@ fn final_genesis_with(
         lamport: 0,
         parents: vec![],
         kind: kind::GENESIS.into(),
-        body: Genesis::body_ipld(&body),
+        body: Genesis::body_ipld(body),
     }
     .sign(admin)
 }
@@ -459,16 +464,7 @@ fn an_unknown_order_rule_is_refused_and_old_geneses_keep_their_bytes() {
     };
     assert!(!keys.contains_key("order"));
     body.order = Some("fastest/9".into());
-    let ev = UnsignedEvent {
-        timeline: None,
-        author: admin.author(),
-        seq: 1,
-        lamport: 0,
-        parents: vec![],
-        kind: kind::GENESIS.into(),
-        body: Genesis::body_ipld(&body),
-    }
-    .sign(&admin);
+    let ev = sign_genesis(&admin, &body);
     let err = Timeline::new(ev, ChainMachine).err().expect("refused");
     assert!(err.to_string().contains("fastest/9"), "{err}");
 }
@@ -531,16 +527,7 @@ fn finality_parameters_are_checked() {
         let mut body = Genesis::new_body("x", admin.author(), "counter/1");
         body.order = order.map(str::to_string);
         body.finality = Some(FinalityParams { quorum });
-        let ev = UnsignedEvent {
-            timeline: None,
-            author: admin.author(),
-            seq: 1,
-            lamport: 0,
-            parents: vec![],
-            kind: kind::GENESIS.into(),
-            body: Genesis::body_ipld(&body),
-        }
-        .sign(&admin);
+        let ev = sign_genesis(&admin, &body);
         assert_eq!(
             Timeline::new(ev, ChainMachine).is_ok(),
             ok,

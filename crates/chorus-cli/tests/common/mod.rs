@@ -319,3 +319,29 @@ pub fn log_tails<'a>(nodes: impl Iterator<Item = &'a Node>, n: usize) -> String 
         })
         .collect()
 }
+
+/// Waits until every node's `final/1` committee (`/v1/status` `finality.committee`) has `n`
+/// members: on a timeline made by `chorus init --order final` and `member add`, the committee
+/// grows by epochs as each addition becomes final.
+pub fn committee_of_all(nodes: &[Node], n: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let sizes: Vec<u64> = nodes
+            .iter()
+            .map(|x| {
+                x.status()
+                    .and_then(|s| s["finality"]["committee"].as_u64())
+                    .unwrap_or(0)
+            })
+            .collect();
+        if sizes.iter().all(|&s| s == n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "committees {sizes:?}\n{}",
+            log_tails(nodes.iter(), 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

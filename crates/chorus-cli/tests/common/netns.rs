@@ -200,3 +200,35 @@ pub fn start_mesh_heartbeating(
     super::initial_sync(&mut nodes.iter_mut().collect::<Vec<_>>(), dirs.len() as u64);
     nodes
 }
+
+/// Cuts every link between the nodes on one side (`side(i)` true) and the others, both ways,
+/// with an nftables table `part` inside each node's namespace `PREFIXn{i}`.
+pub fn cut_sides(prefix: &str, subnet: &str, nodes: usize, side: impl Fn(usize) -> bool) {
+    for i in 0..nodes {
+        let set = (0..nodes)
+            .filter(|j| side(*j) != side(i))
+            .map(|j| ip_in(subnet, j))
+            .collect::<Vec<_>>()
+            .join(", ");
+        nft_in(
+            &format!("{prefix}n{i}"),
+            &format!(
+                "table ip part {{
+                   chain out {{ type filter hook output priority 0; policy accept; ip daddr {{ {set} }} drop; }}
+                   chain inp {{ type filter hook input priority 0; policy accept; ip saddr {{ {set} }} drop; }}
+                 }}"
+            ),
+        );
+    }
+}
+
+/// Undoes [`cut_sides`].
+pub fn heal_sides(prefix: &str, nodes: usize) {
+    for i in 0..nodes {
+        let ns = format!("{prefix}n{i}");
+        sh(&[
+            "ip", "netns", "exec", &ns, "nft", "delete", "table", "ip", "part",
+        ])
+        .unwrap();
+    }
+}
