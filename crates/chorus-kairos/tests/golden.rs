@@ -5,8 +5,15 @@
 //! The test replays the file and compares bit for bit; run on other architectures (qemu) it is
 //! the proof that the same timeline gives the same state everywhere.
 //!
-//! Regenerate (only when the event format or the machine changes on purpose):
-//! `CHORUS_REGENERATE_GOLDEN=1 cargo test -p chorus-kairos --test golden -- --ignored`
+//! A second golden timeline (issue 16, `golden_final_timeline.*`) holds the newer versions:
+//! `kairos/2` ordered by `final/1`, 1 500 events with heartbeats, the same membership change
+//! (an epoch of the committee), late writer and equivocation; its marks also record the final
+//! prefix, segments and epoch. Both run under qemu on ARM (`scripts/cross-test.sh`).
+//!
+//! Regenerate (only when the event format or a machine changes on purpose, and then with a new
+//! version id: old timelines must keep replaying):
+//! `CHORUS_REGENERATE_GOLDEN=1 cargo test -p chorus-kairos --test golden -- --ignored` (both),
+//! or `=final` for the second only.
 
 use std::{collections::BTreeMap, io::BufReader, path::PathBuf};
 
@@ -20,7 +27,7 @@ use chorus_core::{
     testkit::{NullMachine, Rng},
     timeline::BlockSource,
 };
-use chorus_kairos::KairosMachine;
+use chorus_kairos::{Kairos2Machine, KairosMachine};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 
@@ -65,14 +72,49 @@ fn sentence(rng: &mut Rng, n: usize) -> String {
         .join(" ")
 }
 
+/// Which golden timeline: its machine, its order rule, its size and its files.
+struct Variant {
+    machine: &'static str,
+    order: Option<&'static str>,
+    events: usize,
+    late_events: usize,
+    /// Prefixes of the file at which the state is recorded.
+    prefixes: &'static [usize],
+    stem: &'static str,
+}
+
+/// The first golden timeline: `kairos/1`, `lc-cid/1` (unchanged since issue 6).
+const V1: Variant = Variant {
+    machine: "kairos/1",
+    order: None,
+    events: EVENTS,
+    late_events: LATE_EVENTS,
+    prefixes: PREFIXES,
+    stem: "golden_timeline",
+};
+
+/// The versions of issue 16: `kairos/2` (leases, rendezvous council) ordered by `final/1`.
+/// The writers also heartbeat, so the final prefix grows; the member added and the one
+/// removed change the committee (an epoch); the late writer's events arrive after most of the
+/// prefix is final and sort after it; the equivocation is decided inside the final prefix.
+const V2_FINAL: Variant = Variant {
+    machine: "kairos/2",
+    order: Some("final/1"),
+    events: 1_500,
+    late_events: 100,
+    prefixes: &[300, 700, 1_100],
+    stem: "golden_final_timeline",
+};
+
 /// Builds the golden event list (deterministic: fixed keys and seeds).
-fn generate() -> Vec<SignedEvent> {
+fn generate(v: &Variant) -> Vec<SignedEvent> {
     let admin = Keypair::from_seed([1; 32]);
     let w1 = Keypair::from_seed([2; 32]);
     let w2 = Keypair::from_seed([3; 32]);
     let eq = Keypair::from_seed([4; 32]);
     let late = Keypair::from_seed([5; 32]);
-    let mut body = Genesis::new_body("golden", admin.author(), "kairos/1");
+    let mut body = Genesis::new_body("golden", admin.author(), v.machine);
+    body.order = v.order.map(str::to_string);
     body.writers = [&w1, &w2, &eq]
         .iter()
         .map(|k| serde_bytes::ByteBuf::from(k.author().0.to_vec()))
@@ -92,7 +134,7 @@ fn generate() -> Vec<SignedEvent> {
     // One replica per writer; each syncs with a random other 30 % of the time.
     let mut reps: Vec<Timeline<NullMachine>> = keys
         .iter()
-        .map(|_| Timeline::new(genesis.clone(), NullMachine("kairos/1")).unwrap())
+        .map(|_| Timeline::new(genesis.clone(), NullMachine(v.machine)).unwrap())
         .collect();
     let mut all = vec![genesis.clone()];
     let mut late_events = vec![];
@@ -113,10 +155,11 @@ fn generate() -> Vec<SignedEvent> {
             reps[to].insert_deferred(e).unwrap();
         }
     };
-    while all.len() + late_events.len() < EVENTS {
+    let (events, late_n) = (v.events, v.late_events);
+    while all.len() + late_events.len() < events {
         let made = all.len();
         // Membership changes at a third of the way: add the late writer, remove w2.
-        if !members_changed && made >= EVENTS / 3 {
+        if !members_changed && made >= events / 3 {
             members_changed = true;
             for op in [
                 MemberOp::Add(late.author(), Role::Writer),
@@ -131,7 +174,7 @@ fn generate() -> Vec<SignedEvent> {
             // The late writer syncs once with the admin, then writes alone; its events are
             // delivered at the end of the file.
             sync(&mut reps, 4, 0);
-            for i in 0..LATE_EVENTS {
+            for i in 0..late_n {
                 let b = if i % 2 == 0 {
                     text(&format!("late {}", sentence(&mut rng, 6)))
                 } else {
@@ -152,7 +195,7 @@ fn generate() -> Vec<SignedEvent> {
             continue;
         }
         // The equivocation: at two thirds, `eq` signs two different events with one seq.
-        if made == 2 * EVENTS / 3 {
+        if made == 2 * events / 3 {
             let a = reps[3]
                 .prepare(eq.author(), kind::STIMULUS, text("fork a"))
                 .sign(&eq);
@@ -174,6 +217,16 @@ fn generate() -> Vec<SignedEvent> {
             if other != w {
                 sync(&mut reps, w, other);
             }
+            continue;
+        }
+        // Under final/1 the members also heartbeat (a null body: the generating replicas do
+        // not fold, so they attest nothing).
+        if v.order.is_some() && rng.below(10) < 3 {
+            let ev = reps[w]
+                .prepare(keys[w].author(), kind::HEARTBEAT, Ipld::Null)
+                .sign(keys[w]);
+            reps[w].insert_deferred(ev.clone()).unwrap();
+            all.push(ev);
             continue;
         }
         let (k, b) = match (rng.below(10), last_stimulus) {
@@ -234,20 +287,34 @@ fn bits(x: f64) -> String {
     format!("{:016x}", x.to_bits())
 }
 
-/// Replays `events` in file order; records the state at each prefix and at the end.
-fn replay(events: &[SignedEvent]) -> Value {
+/// Replays `events` in file order on the variant's machine; records the state at each prefix
+/// and at the end.
+fn replay(v: &Variant, events: &[SignedEvent]) -> Value {
+    match v.machine {
+        "kairos/1" => replay_on(v, events, KairosMachine),
+        "kairos/2" => replay_on(v, events, Kairos2Machine),
+        m => panic!("no golden machine {m}"),
+    }
+}
+
+fn replay_on<M>(v: &Variant, events: &[SignedEvent], machine: M) -> Value
+where
+    M: chorus_core::Machine<State = chorus_kairos::KairosState>,
+{
     let blocks = Blocks(events.iter().map(|e| (e.id(), e.bytes_arc())).collect());
-    let mut tl = Timeline::new(events[0].clone(), KairosMachine).unwrap();
+    let mut tl = Timeline::new(events[0].clone(), machine).unwrap();
     let mut marks = vec![];
     let mut done = 1;
-    for &p in PREFIXES.iter().chain(std::iter::once(&events.len())) {
+    for &p in v.prefixes.iter().chain(std::iter::once(&events.len())) {
         let chunk = events[done..p].iter().cloned();
         for r in tl.insert_batch(chunk, &blocks).unwrap() {
             r.unwrap();
         }
         done = p;
+        tl.advance_finality();
+        tl.catch_up(&blocks).unwrap();
         let s = tl.state();
-        marks.push(json!({
+        let mut mark = json!({
             "prefix": p,
             "events": tl.len(),
             "state_hash": hex(tl.state_hash()),
@@ -256,7 +323,14 @@ fn replay(events: &[SignedEvent]) -> Value {
             "dopamine": bits(s.dopamine),
             "collapses": s.engine.collapses,
             "tokens": s.engine.steps,
-        }));
+        });
+        if let Some(f) = tl.finality() {
+            mark["final_positions"] = json!(f.final_positions);
+            mark["segments"] = json!(f.segments);
+            mark["epoch"] = json!(f.epoch);
+            mark["committee"] = json!(f.committee.len());
+        }
+        marks.push(mark);
     }
     json!({
         "events_in_file": events.len(),
@@ -271,9 +345,9 @@ fn hex(b: [u8; 32]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn load_fixture() -> Vec<SignedEvent> {
-    let f = std::fs::File::open(fixtures().join("golden_timeline.jsonl"))
-        .expect("tests/fixtures/golden_timeline.jsonl");
+fn load_fixture(v: &Variant) -> Vec<SignedEvent> {
+    let f = std::fs::File::open(fixtures().join(format!("{}.jsonl", v.stem)))
+        .expect("the golden timeline's file in tests/fixtures/");
     read_jsonl(BufReader::new(f))
         .map(|r| {
             let raw = r.unwrap();
@@ -284,17 +358,20 @@ fn load_fixture() -> Vec<SignedEvent> {
         .collect()
 }
 
+fn expected(v: &Variant) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join(format!("{}.expected.json", v.stem))).unwrap(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn golden_timeline_replays_bit_for_bit() {
-    let events = load_fixture();
-    let expected: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("golden_timeline.expected.json")).unwrap(),
-    )
-    .unwrap();
-    let got = replay(&events);
+    let events = load_fixture(&V1);
+    let got = replay(&V1, &events);
     assert_eq!(
         got,
-        expected,
+        expected(&V1),
         "the golden timeline's state differs on this platform ({}): determinism is broken",
         std::env::consts::ARCH
     );
@@ -305,23 +382,64 @@ fn golden_timeline_replays_bit_for_bit() {
     let _: AuthorId = events[0].author;
 }
 
+/// `kairos/2` on `final/1`, bit for bit (issue 16): the order by quorum, epochs, final
+/// exclusions and the new machine, on every platform.
 #[test]
-#[ignore = "regenerates the fixture; run with CHORUS_REGENERATE_GOLDEN=1"]
+fn golden_final_timeline_replays_bit_for_bit() {
+    let events = load_fixture(&V2_FINAL);
+    let got = replay(&V2_FINAL, &events);
+    assert_eq!(
+        got,
+        expected(&V2_FINAL),
+        "the final/1 golden timeline's state differs on this platform ({}): determinism is \
+         broken",
+        std::env::consts::ARCH
+    );
+    // The scenario is what it claims to be: most of it final, the committee changed, the
+    // equivocation and the removal excluded events, the late writer's events moved the order.
+    let marks = got["marks"].as_array().unwrap();
+    let end = marks.last().unwrap();
+    let final_positions = end["final_positions"].as_u64().unwrap();
+    assert!(
+        final_positions * 2 > events.len() as u64,
+        "{final_positions} of {} final",
+        events.len()
+    );
+    assert!(end["epoch"].as_u64().unwrap() >= 1, "{end}");
+    assert_eq!(got["equivocations"], 1);
+    assert!(got["excluded"].as_u64().unwrap() >= 2);
+    assert!(
+        marks
+            .windows(2)
+            .all(|w| w[0]["final_positions"].as_u64() <= w[1]["final_positions"].as_u64()),
+        "a final prefix never shrinks: {marks:?}"
+    );
+}
+
+#[test]
+#[ignore = "regenerates the fixtures; run with CHORUS_REGENERATE_GOLDEN=1 (both) or =final"]
 fn regenerate_golden_timeline() {
-    if std::env::var_os("CHORUS_REGENERATE_GOLDEN").is_none() {
+    let Some(which) = std::env::var_os("CHORUS_REGENERATE_GOLDEN") else {
         return;
+    };
+    let variants: &[&Variant] = if which == "final" {
+        &[&V2_FINAL]
+    } else {
+        &[&V1, &V2_FINAL]
+    };
+    for v in variants {
+        let events = generate(v);
+        let mut out = std::fs::File::create(fixtures().join(format!("{}.jsonl", v.stem))).unwrap();
+        for e in &events {
+            write_jsonl_line(&mut out, e).unwrap();
+        }
+        let expected = replay(v, &events);
+        std::fs::write(
+            fixtures().join(format!("{}.expected.json", v.stem)),
+            serde_json::to_string_pretty(&expected).unwrap() + "\n",
+        )
+        .unwrap();
     }
-    let events = generate();
-    let mut out = std::fs::File::create(fixtures().join("golden_timeline.jsonl")).unwrap();
-    for e in &events {
-        write_jsonl_line(&mut out, e).unwrap();
-    }
-    let expected = replay(&events);
-    std::fs::write(
-        fixtures().join("golden_timeline.expected.json"),
-        serde_json::to_string_pretty(&expected).unwrap() + "\n",
-    )
-    .unwrap();
 }
 
 /// `state_hash` of the golden timeline's 500-event state with NaN in every f64 slot that can
@@ -383,7 +501,7 @@ fn with_values(
 #[test]
 fn non_finite_and_signed_zero_values_hash_the_same_on_every_platform() {
     use chorus_core::machine::Machine;
-    let events = load_fixture();
+    let events = load_fixture(&V1);
     let blocks = Blocks(events.iter().map(|e| (e.id(), e.bytes_arc())).collect());
     let mut tl = Timeline::new(events[0].clone(), KairosMachine).unwrap();
     for r in tl
