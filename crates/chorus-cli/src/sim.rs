@@ -18,6 +18,14 @@ pub enum SimCmd {
         /// Break a rule on purpose, to see the oracle catch it.
         #[arg(long, value_enum, default_value = "none")]
         sabotage: SabotageArg,
+        /// Full nodes fold as they go (the scenario's `fold`): with `--order final/1`, their
+        /// heartbeats attest checkpoints and C9 checks the certificates they make.
+        #[arg(long)]
+        fold: bool,
+        /// Run on this order rule instead of the scenario's own (`final/1`: finality safety
+        /// C9 and liveness C8 are checked too; heartbeats every 500 ms where none were set).
+        #[arg(long, value_parser = parse_order)]
+        order: Option<FinalOrder>,
         /// A scenario file instead of the built-in suite.
         #[arg(long)]
         file: Option<PathBuf>,
@@ -30,6 +38,10 @@ pub enum SimCmd {
         /// Only these scenarios.
         #[arg(long)]
         only: Vec<String>,
+        /// Run on this order rule instead of the scenario's own (`final/1`: finality safety
+        /// C9 and liveness C8 are checked too; heartbeats every 500 ms where none were set).
+        #[arg(long, value_parser = parse_order)]
+        order: Option<FinalOrder>,
         #[arg(long)]
         file: Option<PathBuf>,
     },
@@ -55,6 +67,10 @@ pub enum SimCmd {
         /// Also replay every run to check C6 (twice the work).
         #[arg(long)]
         replay: bool,
+        /// Run on this order rule instead of the scenario's own (`final/1`: finality safety
+        /// C9 and liveness C8 are checked too; heartbeats every 500 ms where none were set).
+        #[arg(long, value_parser = parse_order)]
+        order: Option<FinalOrder>,
         #[arg(long)]
         file: Option<PathBuf>,
     },
@@ -76,6 +92,33 @@ pub enum SabotageArg {
     NoHeartbeats,
     /// final/1 with a quorum of half the committee (C9 finality safety must fail).
     QuorumHalf,
+    /// final/1 certificates of one member's word (C9 must fail on a false attestation).
+    CertifyAlone,
+}
+
+/// `--order final/1`: the only rule a scenario can be switched to (absent: `lc-cid/1`).
+#[derive(Clone, Copy)]
+pub struct FinalOrder;
+
+fn parse_order(s: &str) -> Result<FinalOrder, String> {
+    match s {
+        chorus_core::genesis::ORDER_FINAL_1 | "final" => Ok(FinalOrder),
+        _ => Err(format!(
+            "order {s:?}: only {} (scenarios are lc-cid/1 unless they say otherwise)",
+            chorus_core::genesis::ORDER_FINAL_1
+        )),
+    }
+}
+
+/// The suite, every scenario switched to `final/1` when asked.
+fn load_on(file: Option<PathBuf>, order: Option<FinalOrder>) -> Result<Suite> {
+    let mut suite = load(file)?;
+    if order.is_some() {
+        for sc in &mut suite.scenarios {
+            *sc = sc.on_final_order();
+        }
+    }
+    Ok(suite)
 }
 
 fn parse_override(s: &str) -> Result<(String, u64), String> {
@@ -199,10 +242,16 @@ fn print_details(r: &Report) {
     }
 }
 
-fn announce(sc: &Scenario, seed: u64) {
+fn announce(sc: &Scenario, seed: u64, order: Option<FinalOrder>) {
     println!(
-        "== {} seed {seed} (replay: chorus sim run --scenario {} --seed {seed})",
-        sc.name, sc.name
+        "== {} seed {seed} (replay: chorus sim run --scenario {} --seed {seed}{})",
+        sc.name,
+        sc.name,
+        if order.is_some() {
+            " --order final/1"
+        } else {
+            ""
+        }
     );
     // The derived options, so a run can be reproduced from its output alone.
     let opts = toml::to_string(sc).unwrap_or_default();
@@ -229,15 +278,20 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             scenario,
             seed,
             sabotage,
+            fold,
+            order,
             file,
         } => {
-            let suite = load(file)?;
+            let suite = load_on(file, order)?;
             let Some(sc) = suite.get(&scenario) else {
                 let names: Vec<&str> = suite.scenarios.iter().map(|s| s.name.as_str()).collect();
                 bail!("no scenario {scenario:?}; there are: {}", names.join(", "));
             };
+            let mut sc = sc.clone();
+            sc.fold |= fold;
+            let sc = &sc;
             let seed = seed.unwrap_or(sc.seed);
-            announce(sc, seed);
+            announce(sc, seed, order);
             let sabotage = match sabotage {
                 SabotageArg::None => Sabotage::None,
                 SabotageArg::ArrivalOrder => Sabotage::ArrivalOrder,
@@ -246,6 +300,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::NoOwnGossip => Sabotage::NoOwnGossip,
                 SabotageArg::LightAckAtOnce => Sabotage::LightAckAtOnce,
                 SabotageArg::QuorumHalf => Sabotage::QuorumHalf,
+                SabotageArg::CertifyAlone => Sabotage::CertifyAlone,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
             };
             let r = chorus_sim::run(sc, seed, sabotage);
@@ -261,9 +316,10 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             seeds_for,
             jobs,
             replay,
+            order,
             file,
         } => {
-            let suite = load(file)?;
+            let suite = load_on(file, order)?;
             for name in only.iter().chain(seeds_for.iter().map(|(n, _)| n)) {
                 if suite.get(name).is_none() {
                     bail!("no scenario {name:?}");
@@ -326,16 +382,26 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             );
             for r in &failed {
                 println!(
-                    "  chorus sim run --scenario {} --seed {}   # {}",
+                    "  chorus sim run --scenario {} --seed {}{}   # {}",
                     r.scenario,
                     r.seed,
+                    if order.is_some() {
+                        " --order final/1"
+                    } else {
+                        ""
+                    },
                     r.failures().map(|v| v.check).collect::<Vec<_>>().join(", ")
                 );
             }
             Ok(if failed.is_empty() { 0 } else { 1 })
         }
-        SimCmd::Suite { seeds, only, file } => {
-            let suite = load(file)?;
+        SimCmd::Suite {
+            seeds,
+            only,
+            order,
+            file,
+        } => {
+            let suite = load_on(file, order)?;
             let mut runs: Vec<(&Scenario, u64)> = vec![];
             for sc in &suite.scenarios {
                 if only.is_empty() || only.contains(&sc.name) {
@@ -357,7 +423,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             let t0 = std::time::Instant::now();
             let mut reports = vec![];
             for (sc, seed) in runs {
-                announce(sc, seed);
+                announce(sc, seed, order);
                 let r = chorus_sim::run(sc, seed, Sabotage::None);
                 println!("{}", table_row(&r));
                 print_details(&r);

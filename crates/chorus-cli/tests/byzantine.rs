@@ -139,6 +139,7 @@ fn byzantine_peer_is_banned_and_honest_nodes_converge() {
                             events: 1_000_000,
                             state_hash: None,
                             light: false,
+                            recovering: false,
                         }),
                         (_, Some(ev)) => {
                             seen2.lock().unwrap().junk_sent += 6;

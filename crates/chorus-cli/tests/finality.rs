@@ -5,7 +5,8 @@
 //!
 //! The timeline is made as a user makes it: `chorus init --order final`, then `chorus member
 //! add` for each other node (the committee grows by epochs as each addition becomes final).
-//! Traffic stays on 127.0.4.0/24.
+//! Their heartbeats attest the final checkpoints, and the live members certify one. Traffic
+//! stays on 127.0.4.0/24.
 
 mod common;
 
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
+
+/// Small, so that the run's final prefix holds several checkpoints to attest.
+const CHECKPOINT_INTERVAL: u64 = 16;
 
 const NODES: usize = 5;
 const HEARTBEAT_MS: u64 = 200;
@@ -41,7 +45,15 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
         .collect();
     ok(
         &dirs[0],
-        &["init", "--name", "final-test", "--order", "final"],
+        &[
+            "init",
+            "--name",
+            "final-test",
+            "--order",
+            "final",
+            "--checkpoint-interval",
+            &CHECKPOINT_INTERVAL.to_string(),
+        ],
     );
     for d in &dirs[1..] {
         let k = ok(d, &["key"]);
@@ -120,6 +132,45 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
         .map(|n| finality(n).unwrap()["final_positions"].as_u64().unwrap())
         .collect();
     assert!(finals.iter().all(|&f| f > WRITES as u64), "{finals:?}");
+    // The heartbeats attest the final checkpoints: the four live members certify one, and
+    // every live node ends up with a certificate that a stranger can check from its block.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let certs: Vec<Value> = loop {
+        let certs: Vec<Value> = nodes
+            .iter()
+            .take(4)
+            .filter_map(|n| get(&n.api, "/v1/finality/certificate").ok())
+            .collect();
+        if certs.len() == 4 && certs.iter().all(|c| c["cid"] == certs[0]["cid"]) {
+            break certs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no common certificate on the live nodes within 20 s: {certs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let c = &certs[0];
+    let positions = c["positions"].as_u64().unwrap();
+    assert!(positions >= CHECKPOINT_INTERVAL, "{c}");
+    assert_eq!(positions % CHECKPOINT_INTERVAL, 0, "{c}");
+    assert!(
+        c["by"].as_array().unwrap().len() >= 4,
+        "a quorum of 5 is 4: {c}"
+    );
+    use base64::Engine as _;
+    let block = base64::engine::general_purpose::STANDARD
+        .decode(c["block_base64"].as_str().unwrap())
+        .unwrap();
+    let decoded = chorus_core::finality::certificate::Certificate::from_block(&block).unwrap();
+    assert_eq!(decoded.cid().to_string(), c["cid"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(decoded.att.state),
+        c["state_hash"].as_str().unwrap()
+    );
+    for n in nodes.iter().take(4) {
+        assert_eq!(finality(n).unwrap()["conflicts"], 0);
+    }
     let _ = std::process::Command::new("kill")
         .args(["-CONT", &pid])
         .status();

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod certificate;
 pub mod engine;
 pub use engine::{Engine, OUTSIDER};
 

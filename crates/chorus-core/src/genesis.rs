@@ -46,7 +46,7 @@ pub struct GenesisBody {
 }
 
 /// `final/1`'s parameters, fixed in the genesis.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FinalityParams {
     /// `[num, den]`: a quorum is more than `num/den` of the committee, `⌊n·num/den⌋ + 1`
@@ -112,7 +112,7 @@ impl Genesis {
 
     /// The `final/1` quorum fraction `[num, den]` of this genesis.
     pub fn finality_quorum(&self) -> FinalityParams {
-        self.body.finality.clone().unwrap_or(FinalityParams {
+        self.body.finality.unwrap_or(FinalityParams {
             quorum: QUORUM_TWO_THIRDS,
         })
     }

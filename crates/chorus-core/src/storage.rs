@@ -63,6 +63,16 @@ pub trait Storage: BlockSource {
     /// [`MAX_PRUNE_PER_CALL`] of them, and the checkpoints before it; the checkpoint *at*
     /// `horizon` stays, so the state can be rebuilt from there with the blocks after it.
     fn prune_through(&mut self, horizon: OrderKey) -> Result<Pruned, Self::Error>;
+    /// Whether this store holds every event its node's key ever signed because it was there
+    /// from the key's first signature: made by `chorus init` (the key signed the genesis into
+    /// it) or together with a key created for it. Its node writes at once. Any other store
+    /// (`join` or `import` with a key made before, a wiped disk, a light node's memory) proves
+    /// nothing about what its key signed elsewhere until it holds own events: its node waits
+    /// for its confirmed peers before writing (`proto::node`'s write gate). The genesis alone
+    /// proves nothing either: every replica holds it, a wiped admin's too.
+    fn own_chain_complete(&self) -> bool {
+        false
+    }
 }
 
 /// Storage in memory: what the simulator uses as a node's disk (a wipe is
@@ -76,6 +86,7 @@ pub struct MemStore {
     checkpoints: BTreeMap<OrderKey, Arc<Vec<u8>>>,
     heads: Vec<EventId>,
     membership: Vec<(AuthorId, &'static str)>,
+    own_chain_complete: bool,
 }
 
 /// [`MemStore`] never fails.
@@ -94,6 +105,16 @@ impl MemStore {
             checkpoints: BTreeMap::new(),
             heads: vec![id],
             membership: vec![],
+            own_chain_complete: false,
+        }
+    }
+
+    /// A store there from its key's first signature (see [`Storage::own_chain_complete`]): the
+    /// key signed `genesis` into it, or was made with it.
+    pub fn with_complete_own_chain(genesis: &SignedEvent) -> Self {
+        MemStore {
+            own_chain_complete: true,
+            ..Self::new(genesis)
         }
     }
 
@@ -225,5 +246,8 @@ impl Storage for MemStore {
             checkpoints: (before - self.checkpoints.len()) as u64,
             more,
         })
+    }
+    fn own_chain_complete(&self) -> bool {
+        self.own_chain_complete
     }
 }

@@ -135,6 +135,12 @@ pub struct Summary {
     /// node sends its writes to peers whose summary says `false`).
     #[serde(default)]
     pub light: bool,
+    /// The sender does not know yet that it holds all its own events (a wiped disk, a node
+    /// that joined with a key made before and is not confirmed yet): how much it holds of
+    /// others' chains is no evidence that they hold all of theirs. A writer's gate counts
+    /// only confirmed peers ([`Syncer::own_chain_confirmed`]).
+    #[serde(default)]
+    pub recovering: bool,
 }
 
 /// A page of raw event blocks; `next` continues a `Since` stream.
@@ -197,6 +203,7 @@ pub fn summarize<M: Machine>(tl: &Timeline<M>) -> Summary {
         state_hash: (!tl.needs_catch_up())
             .then(|| serde_bytes::ByteBuf::from(tl.state_hash().to_vec())),
         light: false,
+        recovering: false,
     }
 }
 
@@ -360,6 +367,8 @@ struct PeerState {
     own_retry_at: u64,
     /// The peer said it is a light node (its version vector is not a replica's).
     light: bool,
+    /// Its last summary said it is not confirmed itself (see [`Summary::recovering`]).
+    recovering: bool,
     /// Its last summary named events this replica lacked: a peer to catch up from.
     ahead: bool,
 }
@@ -471,8 +480,9 @@ impl<P: Ord + Clone> Syncer<P> {
     }
 
     /// Whether this replica holds all of its own chain that its peers know of: a strict
-    /// majority of the connected full peers has answered a summary, and none of those knows a
-    /// higher sequence number of ours than we hold. Returns our highest sequence number then.
+    /// majority of the connected full peers that are themselves confirmed has answered a
+    /// summary, and no answer (confirmed or not) knows a higher sequence number of ours than
+    /// we hold. Returns our highest sequence number then.
     ///
     /// A replica whose store holds none of its own events (wiped, restored from nothing, or a
     /// light node, which keeps its timeline in memory) must not write before this holds: its
@@ -481,7 +491,12 @@ impl<P: Ord + Clone> Syncer<P> {
     ///
     /// A majority, not all: one peer behind a 45 s link must not hold a fast node's writes
     /// (the simulator's `disparity` scenario caught that); and not just the first answer,
-    /// which may come from another wiped peer that knows nothing of us.
+    /// which may come from another wiped peer that knows nothing of us. Peers that say they
+    /// are recovering themselves count for nothing: when 99 of 100 nodes come back empty at
+    /// once, a wiped writer's neighbours are mostly wiped too, and a majority of them knows
+    /// nothing of its chain (`chorus sim run --scenario posterity --order final/1`, where the
+    /// wiped writers' heartbeats reused their sequence numbers). It waits for a confirmed
+    /// peer: the survivor, or a node the survivor confirmed first.
     pub fn own_chain_confirmed(&self, local: &dyn LocalView) -> Option<u64> {
         let me = self.me?;
         let full: Vec<&PeerState> = self
@@ -489,11 +504,12 @@ impl<P: Ord + Clone> Syncer<P> {
             .values()
             .filter(|s| s.banned_until.is_none() && !s.light)
             .collect();
-        let answered: Vec<u64> = full.iter().filter_map(|s| s.own_sq).collect();
-        if answered.is_empty() || 2 * answered.len() <= full.len() {
+        let confirmed: Vec<&&PeerState> = full.iter().filter(|s| !s.recovering).collect();
+        let answered = confirmed.iter().filter(|s| s.own_sq.is_some()).count();
+        if answered == 0 || 2 * answered <= confirmed.len() {
             return None;
         }
-        let highest = answered.into_iter().max().unwrap_or(0);
+        let highest = full.iter().filter_map(|s| s.own_sq).max().unwrap_or(0);
         let mine = local.version_vector().get(&me).copied().unwrap_or(0);
         (mine >= highest).then_some(mine)
     }
@@ -630,6 +646,7 @@ impl<P: Ord + Clone> Syncer<P> {
         let ahead = !s.light && vv_ahead(&s.version_vector, &vv);
         if let Some(st) = self.peers.get_mut(p) {
             st.light = s.light;
+            st.recovering = s.recovering;
             st.ahead = ahead;
             if let Some(me) = self.me {
                 let sq = s.version_vector.iter().find(|(a, _)| *a == me);
@@ -837,11 +854,12 @@ impl<P: Ord + Clone> Syncer<P> {
         }
         self.wants.retain(|_, t| now < *t + WANT_TIMEOUT_MS);
         if self.me.is_some() {
-            // A writer's gate waits on summaries; ask again those that never answered.
+            // A writer's gate waits on summaries of confirmed peers; ask again those that
+            // never answered, and those that were recovering themselves (confirmed since?).
             let silent: Vec<P> = self
                 .peers
                 .iter_mut()
-                .filter(|(_, s)| s.banned_until.is_none() && s.own_sq.is_none())
+                .filter(|(_, s)| s.banned_until.is_none() && (s.own_sq.is_none() || s.recovering))
                 .filter(|(_, s)| now >= s.own_retry_at)
                 .map(|(p, s)| {
                     s.own_retry_at = now + OWN_CHAIN_RETRY_MS;

@@ -863,6 +863,9 @@ impl<M: Machine> Timeline<M> {
         }
         if self.fin.is_some() {
             self.final_on_index(idx, ev.kind != kind::HEARTBEAT);
+            if ev.kind == kind::HEARTBEAT {
+                self.note_attestation(id, ev.author, &ev.body);
+            }
         }
 
         let rank = self.rank(idx);

@@ -203,17 +203,37 @@ fn keys(n: u8) -> Vec<Keypair> {
     (1..=n).map(|i| Keypair::from_seed([i; 32])).collect()
 }
 
+/// A new node: its key was made with its store, which holds all the key will sign (a light
+/// node keeps its timeline in memory and waits for its peers at every start).
 fn node(g: &SignedEvent, key: &Keypair, cfg: Config) -> Node {
     let tl = Timeline::new(g.clone(), CounterMachine).unwrap();
-    NodeState::new(Local::new(tl, MemStore::new(g), key.clone()), cfg)
+    let store = if cfg.light {
+        MemStore::new(g)
+    } else {
+        MemStore::with_complete_own_chain(g)
+    };
+    NodeState::new(Local::new(tl, store, key.clone()), cfg)
 }
 
-/// A node whose key already wrote `events` (restored on its own disk).
+/// A node that kept its disk from the start, now holding `events` (its own and others').
 fn node_with(g: &SignedEvent, key: &Keypair, events: &[SignedEvent]) -> Node {
+    let tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+    let mut l = Local::new(tl, MemStore::with_complete_own_chain(g), key.clone());
+    l.ingest(events.to_vec()).unwrap();
+    NodeState::new(l, Config::default())
+}
+
+/// A node whose key signed before on a disk now lost, restarted on a store holding `events`.
+fn restored(g: &SignedEvent, key: &Keypair, events: &[SignedEvent]) -> Node {
     let tl = Timeline::new(g.clone(), CounterMachine).unwrap();
     let mut l = Local::new(tl, MemStore::new(g), key.clone());
     l.ingest(events.to_vec()).unwrap();
     NodeState::new(l, Config::default())
+}
+
+/// A node whose disk was wiped: its key signed events that only its peers may hold.
+fn wiped(g: &SignedEvent, key: &Keypair) -> Node {
+    restored(g, key, &[])
 }
 
 #[test]
@@ -222,7 +242,7 @@ fn three_nodes_converge_through_gossip_and_anti_entropy() {
     let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
     let nodes = ks.iter().map(|k| node_with(&g, k, &[])).collect();
     let mut m = Mesh::new(nodes);
-    // Fresh stores hold none of their own events: the gate opens once the peers answered.
+    // New nodes (keys made with their stores) write at once.
     m.settle(1);
     assert!(m.nodes.iter().all(|n| n.writes_open()));
     // Node 2 is cut off while everyone writes: it gets nothing by gossip.
@@ -312,7 +332,7 @@ fn a_wiped_writer_holds_its_writes_until_the_peers_confirm_its_chain() {
     }
     let nodes = vec![
         node_with(&g, &ks[0], &before),
-        node_with(&g, &ks[1], &[]),
+        wiped(&g, &ks[1]),
         node_with(&g, &ks[2], &before),
     ];
     let mut m = Mesh::new(nodes);
@@ -363,6 +383,120 @@ fn a_wiped_writer_holds_its_writes_until_the_peers_confirm_its_chain() {
         "no sequence number reused"
     );
     assert!(m.nodes[0].local().timeline().equivocations().is_empty());
+}
+
+/// The admin's wiped disk still "holds" its genesis (every replica does): that must not open
+/// its writes, or it signs its next event with sequence number 2 again (found by
+/// `chorus sim run --scenario wipe --seed 33756 --order final/1`, where a wiped admin
+/// heartbeated at once: 41 of its events duplicated).
+#[test]
+fn a_wiped_admin_holds_its_writes_until_the_peers_confirm_its_chain() {
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let mut tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+    let mut before = vec![];
+    for i in 0..4 {
+        let ev = tl
+            .sign_local(&ks[0], kind::STIMULUS, testkit::text(&format!("old {i}")))
+            .unwrap();
+        tl.insert_deferred(ev.clone()).unwrap();
+        before.push(ev);
+    }
+    let wiped_admin = wiped(&g, &ks[0]);
+    assert!(
+        !wiped_admin.writes_open(),
+        "a store holding only the genesis says nothing of what else the admin signed"
+    );
+    let mut m = Mesh::new(vec![
+        wiped_admin,
+        node_with(&g, &ks[1], &before),
+        node_with(&g, &ks[2], &before),
+    ]);
+    m.append(0, 1, "after the wipe");
+    m.settle(10);
+    assert!(m.nodes[0].writes_open());
+    assert!(matches!(m.done.get(&(0, WriteId(1))), Some(Ok(_))));
+    let tl = m.nodes[1].local().timeline();
+    assert_eq!(
+        tl.version_vector()[&ks[0].author()],
+        6,
+        "genesis, 4 old events, then the new one: no sequence number reused"
+    );
+    assert!(tl.equivocations().is_empty());
+    // An admin whose disk kept its own events writes at once, as before; so does one whose
+    // store signed the genesis (`chorus init`), which holds all it ever signed.
+    assert!(restored(&g, &ks[0], &before).writes_open());
+    let tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+    let fresh: Node = NodeState::new(
+        Local::new(tl, MemStore::with_complete_own_chain(&g), ks[0].clone()),
+        Config::default(),
+    );
+    assert!(fresh.writes_open());
+}
+
+/// Peers that are recovering themselves (wiped too, not confirmed yet) know nothing of a wiped
+/// writer's chain: a majority of them answering is no confirmation. The writer waits for a
+/// confirmed peer (found by `chorus sim run --scenario posterity --order final/1`: 99 of 100
+/// nodes came back empty, and wiped writers confirmed by wiped neighbours reused their
+/// sequence numbers).
+#[test]
+fn a_wiped_writer_is_not_confirmed_by_peers_that_are_recovering_too() {
+    let ks = keys(4);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let mut tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+    let mut before = vec![];
+    for i in 0..5 {
+        let ev = tl
+            .sign_local(&ks[1], kind::STIMULUS, testkit::text(&format!("old {i}")))
+            .unwrap();
+        tl.insert_deferred(ev.clone()).unwrap();
+        before.push(ev);
+    }
+    // Node 0 survived with everything; nodes 1 (the writer), 2 and 3 were wiped.
+    let mut m = Mesh::new(vec![
+        node_with(&g, &ks[0], &before),
+        wiped(&g, &ks[1]),
+        wiped(&g, &ks[2]),
+        wiped(&g, &ks[3]),
+    ]);
+    for other in 1..4u8 {
+        m.cut.insert((0, other));
+    }
+    m.append(1, 1, "after the wipe");
+    m.settle(2);
+    assert!(m.nodes[0].writes_open());
+    for i in 1..4 {
+        assert!(
+            !m.nodes[i].writes_open(),
+            "node {i}: confirmed by recovering peers only"
+        );
+    }
+    assert!(!m.done.contains_key(&(1, WriteId(1))));
+    // The survivor is back: it confirms 2 and 3, they learn the writer's chain, and the
+    // writer continues at 6.
+    m.heal();
+    for p in 0..4u8 {
+        for q in 0..4u8 {
+            if p != q {
+                m.inbox[p as usize].push_back(Input::PeerDown(q));
+                m.inbox[p as usize].push_back(Input::PeerUp(q));
+            }
+        }
+    }
+    m.settle(12);
+    assert!(m.nodes.iter().all(Node::writes_open));
+    assert!(
+        matches!(m.done.get(&(1, WriteId(1))), Some(Ok(_))),
+        "{:?}",
+        m.done
+    );
+    let tl = m.nodes[0].local().timeline();
+    assert_eq!(
+        tl.version_vector()[&ks[1].author()],
+        6,
+        "no sequence number reused"
+    );
+    assert!(tl.equivocations().is_empty());
 }
 
 #[test]
@@ -544,13 +678,27 @@ fn a_full_pending_set_is_back_pressure_and_charges_no_honest_forwarder() {
 /// settle everywhere, and then the mesh goes quiet (heartbeats never ask for heartbeats).
 /// Without them, the idle members hold the settled frontier for as long as they stay idle.
 fn writes_by_one_member(heartbeat_ms: Option<u64>) -> (Mesh, Vec<EventId>) {
+    writes_by_one_member_with(heartbeat_ms, None)
+}
+
+/// As above, with member `light` (if any) on a light node.
+fn writes_by_one_member_with(
+    heartbeat_ms: Option<u64>,
+    light: Option<usize>,
+) -> (Mesh, Vec<EventId>) {
     let ks = keys(4);
     let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
-    let cfg = Config {
+    let cfg = |i| Config {
         heartbeat_ms,
+        light: light == Some(i),
+        fold_on_tick: light == Some(i),
         ..Config::default()
     };
-    let nodes = ks.iter().map(|k| node(&g, k, cfg)).collect();
+    let nodes = ks
+        .iter()
+        .enumerate()
+        .map(|(i, k)| node(&g, k, cfg(i)))
+        .collect();
     let mut m = Mesh::new(nodes);
     m.settle(2);
     for i in 0..3u64 {
@@ -594,6 +742,33 @@ fn idle_members_heartbeat_until_every_write_is_settled_then_go_quiet() {
     assert_eq!(before, after, "an idle mesh goes quiet");
 }
 
+/// A light member is a member: the frontier (and a final/1 committee) counts it, so it
+/// heartbeats too, through its outbox, acknowledged by no one but stored by a full node
+/// (before, a third of the members light and idle held finality for good: `chorus sim run
+/// --scenario light --order final/1`).
+#[test]
+fn an_idle_light_member_heartbeats_through_a_full_node() {
+    let (mut m, ids) = writes_by_one_member_with(Some(2_000), Some(3));
+    assert_eq!(ids.len(), 3);
+    assert!(m.nodes[3].stats().heartbeats >= 1);
+    assert_eq!(m.nodes[3].outbox().len(), 0, "its heartbeats were stored");
+    let light = m.nodes[3].local().key().author();
+    for (i, n) in m.nodes.iter().enumerate() {
+        let tl = n.local().timeline();
+        assert!(tl.version_vector().contains_key(&light), "node {i}");
+        for id in &ids {
+            assert!(tl.is_settled(id), "node {i}: {id} not settled");
+        }
+    }
+    let before: Vec<usize> = m.nodes.iter().map(|n| n.local().timeline().len()).collect();
+    m.settle(20);
+    let after: Vec<usize> = m.nodes.iter().map(|n| n.local().timeline().len()).collect();
+    assert_eq!(
+        before, after,
+        "an idle mesh goes quiet, the light member too"
+    );
+}
+
 #[test]
 fn without_heartbeats_idle_members_hold_the_settled_frontier() {
     let (m, ids) = writes_by_one_member(None);
@@ -601,5 +776,108 @@ fn without_heartbeats_idle_members_hold_the_settled_frontier() {
     for n in &m.nodes {
         assert_eq!(n.stats().heartbeats, 0);
         assert!(ids.iter().all(|id| !n.local().timeline().is_settled(id)));
+    }
+}
+
+/// `final/1`: the members' heartbeats attest the newest checkpoint inside their final prefix;
+/// once a quorum attested the same values every node holds a certificate, which a stranger
+/// checks with nothing but the genesis, the committee and the named heartbeats. A member that
+/// attests a false state is a conflict, and certifies nothing on its own.
+#[test]
+fn heartbeats_attest_final_checkpoints_and_a_quorum_certifies_them() {
+    use chorus_core::finality::certificate::{Attestation, Certificate, CertificateError};
+    let ks = keys(4);
+    let g = testkit::genesis_ordered(&ks[0], &ks, "counter/1", 4, Some("final/1"));
+    let cfg = Config {
+        heartbeat_ms: Some(1_000),
+        fold_on_tick: true,
+        ..Config::default()
+    };
+    let mut m = Mesh::new(ks.iter().map(|k| node(&g, k, cfg)).collect());
+    m.settle(2);
+    for i in 0..10u64 {
+        m.append((i % 4) as u8, i, &format!("w{i}"));
+        m.settle(1);
+    }
+    m.settle(20);
+    let certs: Vec<Certificate> = m
+        .nodes
+        .iter()
+        .map(|n| {
+            let tl = n.local().timeline();
+            assert_eq!(tl.attestations().unwrap().conflicts(), 0);
+            tl.attestations()
+                .unwrap()
+                .certificate()
+                .cloned()
+                .expect("a certificate")
+        })
+        .collect();
+    let newest = certs.iter().map(|c| c.att.positions).max().unwrap();
+    // Everything is final: the certificate reaches the last checkpoint (every 4 positions)
+    // inside the final prefix, on every node.
+    for (i, n) in m.nodes.iter().enumerate() {
+        let final_positions = n.local().timeline().finality().unwrap().final_positions;
+        assert_eq!(certs[i].att.positions, final_positions / 4 * 4, "node {i}");
+    }
+    // The certified values are what this replica computes for that final prefix.
+    let n0 = m.nodes[0].local();
+    let tl = n0.timeline();
+    let c = certs.iter().find(|c| c.att.positions == newest).unwrap();
+    assert!(tl.finality().unwrap().final_positions >= c.att.positions);
+    let last_pos = tl.order().position(|id| id == c.att.last).unwrap();
+    assert_eq!(last_pos as u64 + 1, c.att.positions);
+    // Checked by a stranger: the block round-trips, the heartbeats are loaded by id.
+    let block = c.to_block();
+    let back = Certificate::from_block(&block).unwrap();
+    assert_eq!(&back, c);
+    let get = |id: &EventId| tl.load(id, n0.store()).ok();
+    let params = tl.genesis().finality_quorum();
+    back.verify(g.id(), params, get).unwrap();
+    // Tampered: one signer short, another state, a signer twice.
+    let mut short = back.clone();
+    short.by.truncate(2);
+    assert!(matches!(
+        short.verify(g.id(), params, get),
+        Err(CertificateError::NoQuorum {
+            have: 2,
+            need: 3,
+            ..
+        })
+    ));
+    let mut lie = back.clone();
+    lie.att.state[0] ^= 1;
+    assert!(matches!(
+        lie.verify(g.id(), params, get),
+        Err(CertificateError::OtherValues { .. })
+    ));
+    let mut twice = back.clone();
+    twice.by = vec![back.by[0], back.by[0], back.by[1]];
+    assert!(matches!(
+        twice.verify(g.id(), params, get),
+        Err(CertificateError::SameAuthor(_))
+    ));
+    assert!(matches!(
+        back.verify(EventId([7; 32]), params, get),
+        Err(CertificateError::OtherTimeline(_))
+    ));
+
+    // Member 3 heartbeats a false state for the next checkpoint: the others count a conflict.
+    let false_att = Attestation {
+        positions: newest,
+        last: c.att.last,
+        state: [0xee; 32],
+    };
+    m.inbox[3].push_back(Input::Append {
+        write: WriteId(900),
+        items: vec![(kind::HEARTBEAT.to_string(), false_att.to_body())],
+    });
+    m.settle(3);
+    assert!(matches!(m.done.get(&(3, WriteId(900))), Some(Ok(_))));
+    for (i, n) in m.nodes.iter().enumerate() {
+        let a = n.local().timeline().attestations().unwrap();
+        assert_eq!(a.conflicts(), 1, "node {i}");
+        assert_eq!(a.last_conflict().unwrap().by, ks[3].author());
+        assert_ne!(a.certificate().unwrap().att.state, [0xee; 32]);
     }
 }

@@ -64,6 +64,8 @@ pub const FOLD_STEP_POSITIONS: usize = 8;
 /// A request from the HTTP API.
 pub enum ApiRequest {
     Status(oneshot::Sender<Arc<NodeStatus>>),
+    /// The newest finality certificate (`final/1`), as JSON with its block.
+    Certificate(oneshot::Sender<Option<Value>>),
     State(oneshot::Sender<Value>),
     Events {
         from: Option<EventId>,
@@ -533,6 +535,26 @@ impl<M: Describe> Actor<M> {
                 let ev = local.timeline().load(&id, local.store()).ok();
                 let _ = reply.send(ev.map(std::sync::Arc::new));
             }
+            ApiRequest::Certificate(reply) => {
+                let tl = self.node.local().timeline();
+                let quorum = tl.genesis().finality_quorum();
+                let view = tl.attestations().and_then(|a| a.certificate()).map(|c| {
+                    use base64::Engine as _;
+                    json!({
+                        "cid": c.cid().to_string(),
+                        "timeline": c.timeline.to_string(),
+                        "positions": c.att.positions,
+                        "last": c.att.last.to_string(),
+                        "state_hash": hex::encode(c.att.state),
+                        "epoch": c.epoch,
+                        "committee": c.committee.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                        "quorum": quorum.quorum(c.committee.len()),
+                        "by": c.by.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+                        "block_base64": base64::engine::general_purpose::STANDARD.encode(c.to_block()),
+                    })
+                });
+                let _ = reply.send(view);
+            }
             ApiRequest::Append { .. } => unreachable!("appends are handled in the turn"),
         }
     }
@@ -665,6 +687,24 @@ impl<M: Describe> Actor<M> {
                 epoch: x.epoch,
                 committee: x.committee.len(),
                 quorum: x.quorum,
+                certified_positions: tl
+                    .attestations()
+                    .and_then(|a| a.certificate())
+                    .map(|c| c.att.positions),
+                certificate: tl
+                    .attestations()
+                    .and_then(|a| a.certificate())
+                    .map(|c| c.cid().to_string()),
+                conflicts: tl.attestations().map_or(0, |a| a.conflicts()),
+                last_conflict: tl.attestations().and_then(|a| a.last_conflict()).map(|c| {
+                    format!(
+                        "{} attested {} positions with state {}, against {}",
+                        c.by,
+                        c.attested.positions,
+                        hex::encode(c.attested.state),
+                        hex::encode(c.against.state)
+                    )
+                }),
             }),
             peers: node.syncer().peers().map(|p| p.to_string()).collect(),
             in_sync_with: node.in_sync().iter().map(|p| p.to_string()).collect(),

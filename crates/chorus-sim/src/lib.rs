@@ -88,6 +88,13 @@ pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World)
             w.stats.light_writes_late
         ));
     }
+    if sc.order.is_some() {
+        notes.push(format!(
+            "final/1: {} live honest nodes hold a finality certificate (the newest covers {} \
+             positions)",
+            findings.certified_nodes, findings.certified_positions
+        ));
+    }
     let r = Report {
         scenario: sc.name.clone(),
         seed,

@@ -155,6 +155,10 @@ pub enum Sabotage {
     /// two thirds: the two sides of a halves partition each finalize their own prefix (C9
     /// finality safety must fail).
     QuorumHalf,
+    /// Every node makes a finality certificate of a single member's attestation: a member
+    /// that attests a false state (the `false_attestation` attack) gets it certified (C9's
+    /// certificate check must fail).
+    CertifyAlone,
 }
 
 pub struct SimNode {

@@ -26,7 +26,8 @@
 //! * **C9 finality safety** (`final/1` scenarios) — no replica ever holds at a final
 //!   position another event than any other replica held final there, and no replica's final
 //!   prefix shrinks, across the whole run (restarts included); at the end every live
-//!   replica's final prefix is a prefix of the longest.
+//!   replica's final prefix is a prefix of the longest; and every finality certificate an
+//!   honest node held during the run names the state an honest replica computes there.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,6 +62,10 @@ pub struct Findings {
     pub rejected: u64,
     pub state_hash: Option<[u8; 32]>,
     pub events_in_order: u64,
+    /// `final/1`: live honest nodes holding a finality certificate, and the most positions
+    /// one covers.
+    pub certified_nodes: u64,
+    pub certified_positions: u64,
 }
 
 fn verdict(check: &'static str, failures: Vec<String>) -> Verdict {
@@ -412,6 +417,14 @@ pub fn judge(w: &mut World) -> Findings {
                     Outcome::DroppedSeen,
                     Outcome::DroppedBanned,
                 ],
+                // A valid heartbeat: taken in; what it claims is judged by C9's certificates.
+                Attack::FalseAttestation => &[
+                    Outcome::Accepted,
+                    Outcome::Busy,
+                    Outcome::Duplicate,
+                    Outcome::DroppedSeen,
+                    Outcome::DroppedBanned,
+                ],
                 Attack::Replay => &[
                     Outcome::Duplicate,
                     Outcome::DroppedSeen,
@@ -505,17 +518,21 @@ pub fn judge(w: &mut World) -> Findings {
     f.verdicts.push(verdict("C5 reference model", c5));
 
     // C8: with heartbeats, every acknowledged write ends up behind the settled frontier of
-    // every live honest full node (idle members cover it with a heartbeat). Only when every
-    // member is live at the end: a dead member holds the frontier by design (quorum finality
-    // is issue 16's next step).
-    // Under final/1 a dead member holds nothing back: C8 holds whoever is down.
+    // every live honest full node (idle members cover it with a heartbeat). Under lc-cid/1
+    // only when every member is live at the end: a dead member holds the frontier by design.
+    // Under final/1 a dead member holds nothing back: C8 is finality liveness, whoever is
+    // down. A write C2 excuses (its only copy was on a disk then wiped) is excused here too.
     if w.sc.heartbeat_ms.is_some() && (w.sc.order.is_some() || w.nodes.iter().all(|n| n.live())) {
         let mut c8 = vec![];
         for n in live.iter().filter(|n| !n.light) {
             let unsettled = w
                 .acked
                 .iter()
-                .filter(|(id, (node, _))| !w.nodes[*node].byzantine && !n.tl().is_settled(id))
+                .filter(|(id, (node, _))| {
+                    !w.nodes[*node].byzantine
+                        && (present.contains(id) || !w.stats.wiped_unreplicated.contains(id))
+                        && !n.tl().is_settled(id)
+                })
                 .count();
             if unsettled > 0 {
                 let held = n.tl().frontier().held_by.map(|(a, _, _)| a);
@@ -549,6 +566,41 @@ pub fn judge(w: &mut World) -> Findings {
                     n.ix,
                     w.final_canon.len()
                 ));
+            }
+        }
+        // Certificates: every one an honest node held during the run names what an honest
+        // replica computes there. Checked against the honest replicas' own checkpoints at that
+        // position (the newest few are in memory; one no honest live replica holds any more is
+        // compared with the other certificates for that position).
+        let honest: Vec<&&SimNode> = live.iter().filter(|n| !n.light && !n.byzantine).collect();
+        let mut certified: BTreeMap<u64, chorus_core::finality::certificate::Attestation> =
+            BTreeMap::new();
+        let mut reported = 0;
+        for (node, at, att) in &w.certificates_held {
+            let expected = honest
+                .iter()
+                .find_map(|r| r.tl().attestation_at(att.positions))
+                .or_else(|| certified.get(&att.positions).copied());
+            if let Some(e) = expected
+                && e != *att
+            {
+                reported += 1;
+                if reported <= 8 {
+                    c9.push(format!(
+                        "node {node} at {at} ms: held a certificate for {} positions naming state \
+                         {}; an honest replica computes {} there",
+                        att.positions,
+                        &hex::encode(att.state)[..12],
+                        &hex::encode(e.state)[..12]
+                    ));
+                }
+            }
+            certified.entry(att.positions).or_insert(*att);
+        }
+        for n in live.iter().filter(|n| !n.byzantine) {
+            if let Some(c) = n.tl().attestations().and_then(|a| a.certificate()) {
+                f.certified_nodes += 1;
+                f.certified_positions = f.certified_positions.max(c.att.positions);
             }
         }
         f.verdicts.push(verdict("C9 finality safety", c9));

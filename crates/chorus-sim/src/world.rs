@@ -190,6 +190,11 @@ pub struct World {
     /// it (C9), and per node how much of its own final prefix was checked against it.
     pub final_canon: Vec<EventId>,
     final_checked: Vec<usize>,
+    /// Every finality certificate an honest node held at some point of the run (node, when,
+    /// what it certifies), judged by C9 at the end: a certificate replaced later may have been
+    /// false while it stood.
+    pub certificates_held: Vec<(NodeIx, u64, chorus_core::finality::certificate::Attestation)>,
+    last_certificate: Vec<Option<chorus_core::finality::certificate::Attestation>>,
 }
 
 fn key_for(seed: u64, what: &str) -> Keypair {
@@ -246,11 +251,15 @@ impl World {
             .into_iter()
             .enumerate()
             .map(|(i, key)| {
-                let local = Local::new(
-                    fresh_timeline(&genesis, sabotage),
-                    MemStore::new(&genesis),
-                    key.clone(),
-                );
+                // Every key is new, made with its node's disk (`chorus init`, or `chorus key`
+                // then `join`): the disk holds all the key will sign. A light node keeps its
+                // timeline in memory and waits for its peers at every start.
+                let store = if !light(i) {
+                    MemStore::with_complete_own_chain(&genesis)
+                } else {
+                    MemStore::new(&genesis)
+                };
+                let local = Local::new(fresh_timeline(&genesis, sabotage), store, key.clone());
                 SimNode {
                     ix: i,
                     class: classes[i],
@@ -260,7 +269,13 @@ impl World {
                     light: light(i),
                     status: Status::Up,
                     epoch: 0,
-                    node: node_over(local, sabotage, light(i), heartbeat_of(sc, sabotage)),
+                    node: node_over(
+                        local,
+                        sabotage,
+                        light(i),
+                        heartbeat_of(sc, sabotage),
+                        sc.fold,
+                    ),
                     inbox: vec![],
                     queued_writes: 0,
                     turn_scheduled: false,
@@ -336,6 +351,8 @@ impl World {
             deadline: u64::MAX,
             final_canon: vec![],
             final_checked: vec![0; n],
+            certificates_held: vec![],
+            last_certificate: vec![None; n],
         }
     }
 
@@ -818,7 +835,12 @@ impl World {
                 Output::Publish(ev) => {
                     let id = ev.id();
                     self.nodes[node].seen.insert(id, self.now);
-                    if self.nodes[node].light && !self.nodes[node].byzantine {
+                    // A light node's heartbeat is no write: the oracle counts it with the
+                    // other heartbeats wherever it arrived.
+                    if self.nodes[node].light
+                        && !self.nodes[node].byzantine
+                        && ev.kind != chorus_core::event::kind::HEARTBEAT
+                    {
                         self.light_signed.insert(id, ev.clone());
                     }
                     if self.sabotage == Sabotage::NoOwnGossip {
@@ -938,6 +960,16 @@ impl World {
         let Some(f) = tl.finality() else {
             return;
         };
+        let cert = tl
+            .attestations()
+            .and_then(|a| a.certificate())
+            .map(|c| c.att);
+        if cert.is_some() && cert != self.last_certificate[node] && !self.nodes[node].byzantine {
+            self.last_certificate[node] = cert;
+            if let Some(att) = cert {
+                self.certificates_held.push((node, self.now, att));
+            }
+        }
         let len = f.final_positions as usize;
         let from = self.final_checked[node];
         if len < from {
@@ -1189,6 +1221,7 @@ impl World {
                 self.sabotage,
                 n.light,
                 heartbeat_of(&self.sc, self.sabotage),
+                self.sc.fold,
             );
         }
         let peers = self.neighbours(i);
@@ -1214,7 +1247,7 @@ impl World {
         let heartbeat = heartbeat_of(&self.sc, self.sabotage);
         let old = std::mem::replace(
             &mut n.node,
-            node_over(blank, self.sabotage, n.light, heartbeat),
+            node_over(blank, self.sabotage, n.light, heartbeat, false),
         );
         let (_, store, key) = old.into_local().into_parts();
         let indexed: Vec<Arc<[u8]>> = store.ordered_blocks();
@@ -1253,6 +1286,7 @@ impl World {
             self.sabotage,
             n.light,
             heartbeat_of(&self.sc, self.sabotage),
+            self.sc.fold,
         );
         let epoch = n.epoch;
         self.at(self.now + 1, Ev::Tick { node: i, epoch });
@@ -1376,6 +1410,35 @@ impl World {
                     );
                 }
             }
+            Attack::FalseAttestation => {
+                // A heartbeat attesting a state nobody computes, for the next checkpoint after
+                // its own newest final one: honest members attest the true state there later.
+                let n = &mut self.nodes[node];
+                let tl = n.tl();
+                let interval = tl.genesis().body.checkpoint_interval;
+                let positions = tl
+                    .attestation()
+                    .map_or(interval, |a| a.positions + interval);
+                let lie = chorus_core::finality::certificate::Attestation {
+                    positions,
+                    last: tl.genesis_id(),
+                    state: [0xee; 32],
+                };
+                let ev = tl
+                    .prepare(n.key.author(), kind::HEARTBEAT, lie.to_body())
+                    .sign(&n.key);
+                let _ = n.node.local_mut().ingest(vec![ev.clone()]);
+                for p in peers {
+                    self.send(
+                        node,
+                        p,
+                        Msg::Gossip {
+                            block: ev.bytes_arc(),
+                        },
+                        Some(a),
+                    );
+                }
+            }
             Attack::Replay => {
                 for _ in 0..REPLAY_BLOCKS.min(held.len()) {
                     let b = held[self.byz_rng.below(held.len() as u64) as usize].clone();
@@ -1434,6 +1497,9 @@ fn fresh_timeline(genesis: &SignedEvent, sabotage: Sabotage) -> Timeline<SimMach
     if sabotage == Sabotage::QuorumHalf {
         tl.sabotage_finality_quorum(|n| (n / 2).max(1));
     }
+    if sabotage == Sabotage::CertifyAlone {
+        tl.sabotage_certificate_quorum(1);
+    }
     tl
 }
 
@@ -1445,16 +1511,18 @@ fn heartbeat_of(sc: &Scenario, sabotage: Sabotage) -> Option<u64> {
 
 /// A node over `local`, with the run's sabotage of the node's own defences. A light node
 /// folds on its tick (so it can prune, as the actor does); a full node leaves the fold to the
-/// oracle at the end (KAIROS folds are the simulator's most expensive work).
+/// oracle at the end (KAIROS folds are the simulator's most expensive work), unless the
+/// scenario says `fold` (see [`Scenario::fold`]).
 fn node_over(
     local: Local<SimMachine, MemStore>,
     sabotage: Sabotage,
     light: bool,
     heartbeat_ms: Option<u64>,
+    fold: bool,
 ) -> Node {
     let cfg = Config {
         light,
-        fold_on_tick: light,
+        fold_on_tick: light || fold,
         sliced_fold: false,
         heartbeat_ms,
     };

@@ -187,3 +187,26 @@ fn final_positions_never_differ_and_a_half_quorum_is_caught() {
     let failed = failed_checks(&r);
     assert!(failed.contains(&"C9 finality safety"), "{failed:?}");
 }
+
+/// The Byzantine scenario on `final/1`: the adversary's heartbeats attest a false state for a
+/// coming checkpoint. Honest nodes certify only what a quorum attested, the true state (C9);
+/// with certificates of a single member's word (`certify-alone`) the lie is certified and C9
+/// fails.
+#[test]
+fn a_false_attestation_is_never_certified_unless_one_word_is_enough() {
+    let mut sc = Suite::builtin()
+        .get("byzantine")
+        .expect("byzantine scenario")
+        .on_final_order();
+    sc.fold = true;
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    assert!(
+        r.findings.certified_nodes >= 7,
+        "{}",
+        r.findings.certified_nodes
+    );
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::CertifyAlone);
+    let failed = failed_checks(&r);
+    assert!(failed.contains(&"C9 finality safety"), "{failed:?}");
+}

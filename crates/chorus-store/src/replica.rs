@@ -29,6 +29,10 @@ use crate::store::{Pruned, Store, StoreError};
 
 pub const STORE_FILE: &str = "chorus.redb";
 pub const KEY_FILE: &str = "node.key";
+/// Beside a key this directory made and no store used yet (`chorus key` before `chorus join`):
+/// the first store made here holds every event the key will sign, so its node writes at once.
+/// A key copied in from elsewhere has no such file: its node waits for confirmed peers.
+pub const KEY_UNUSED_FILE: &str = "node.key.unused";
 
 /// Replica failures.
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +111,10 @@ pub fn load_or_create_key(dir: &Path) -> Result<Keypair, ReplicaError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| ReplicaError::Key(e.to_string()))?;
     let key = Keypair::from_seed(seed);
+    // The marker first: a crash between the two leaves a marker without a key, which the
+    // next key made here makes true again.
+    let unused = dir.join(KEY_UNUSED_FILE);
+    fs::write(&unused, b"").map_err(io(&unused))?;
     let path = dir.join(KEY_FILE);
     write_private(&path, hex::encode(seed).as_bytes()).map_err(io(&path))?;
     Ok(key)
@@ -158,7 +166,13 @@ impl<M: Machine> Replica<M> {
         .sign(&key);
         // Round-trip through the decoder so a bad body is caught before anything is written.
         let genesis = SignedEvent::decode(genesis.bytes())?;
-        Self::create_from_genesis(dir, genesis, machine)
+        // The key signed the genesis into this store: it holds every event of the key's chain
+        // on this timeline (`Storage::own_chain_complete`).
+        Self::fresh(dir, genesis, machine, true, |g, m| {
+            let mut store = Store::create(&dir.join(STORE_FILE), g, m)?;
+            store.mark_own_chain_complete()?;
+            Ok(store)
+        })
     }
 
     /// Creates a replica of an existing timeline from its genesis (`chorus import` into an empty
@@ -168,21 +182,31 @@ impl<M: Machine> Replica<M> {
         genesis: SignedEvent,
         machine: M,
     ) -> Result<Self, ReplicaError> {
-        Self::fresh(dir, genesis, machine, |g, m| {
+        Self::fresh(dir, genesis, machine, true, |g, m| {
             Store::create(&dir.join(STORE_FILE), g, m)
         })
     }
 
-    /// A replica holding only `genesis`, its key from `dir`, its store made by `create`.
+    /// A replica holding only `genesis`, its key from `dir`, its store made by `create`
+    /// (`durable`: on disk; `false`: a light node's memory, remade at every start).
     fn fresh(
         dir: &Path,
         genesis: SignedEvent,
         machine: M,
+        durable: bool,
         create: impl FnOnce(&SignedEvent, &str) -> Result<Store, StoreError>,
     ) -> Result<Self, ReplicaError> {
         let key = load_or_create_key(dir)?;
         let timeline = Timeline::new(genesis.clone(), machine)?;
-        let store = create(&genesis, timeline.machine().id())?;
+        let mut store = create(&genesis, timeline.machine().id())?;
+        // A key made in this directory and used by no store yet has signed nothing anywhere:
+        // this store will hold all it signs. (Not for a light node's memory: it is remade at
+        // every start, and the key has signed since.)
+        let unused = dir.join(KEY_UNUSED_FILE);
+        if durable && unused.exists() {
+            store.mark_own_chain_complete()?;
+            fs::remove_file(&unused).map_err(io(&unused))?;
+        }
         Ok(Replica {
             dir: dir.to_path_buf(),
             local: Local::new(timeline, store, key),
@@ -194,7 +218,7 @@ impl<M: Machine> Replica<M> {
     /// caught up from full nodes. Nothing of it is written to `dir`.
     pub fn in_memory(dir: &Path, machine: M) -> Result<Self, ReplicaError> {
         let genesis = Store::open(&dir.join(STORE_FILE))?.genesis()?;
-        Self::fresh(dir, genesis, machine, Store::create_in_memory)
+        Self::fresh(dir, genesis, machine, false, Store::create_in_memory)
     }
 
     /// Where a light node may forget the past (see [`Local::light_horizon`]).

@@ -61,6 +61,9 @@ pub struct Store {
     pub(crate) db: Database,
     genesis: EventId,
     machine: String,
+    /// `meta-v1` `genesis-signed-here`: made by `chorus init` (see
+    /// `chorus_core::storage::Storage::own_chain_complete`).
+    own_chain_complete: bool,
 }
 
 /// Events read per read transaction when streaming the order.
@@ -131,6 +134,7 @@ impl Store {
             db,
             genesis: genesis.id(),
             machine: machine.to_string(),
+            own_chain_complete: false,
         };
         store.commit(Batch {
             blocks: vec![genesis.clone()],
@@ -183,13 +187,33 @@ impl Store {
             block: None,
             why: "machine id is not utf-8".into(),
         })?;
+        let own_chain_complete = meta
+            .get("own-chain-complete")
+            .map_err(dberr)?
+            .is_some_and(|v| v.value() == [1]);
         drop(meta);
         drop(txn);
         Ok(Store {
             db,
             genesis,
             machine,
+            own_chain_complete,
         })
+    }
+
+    /// Records that this store holds every event its node's key signs on this timeline: the
+    /// key signed the genesis into it (`chorus init`), or was made together with it (see
+    /// `chorus_core::storage::Storage::own_chain_complete`). Only right after creating it.
+    pub fn mark_own_chain_complete(&mut self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut meta = txn.open_table(META).map_err(dberr)?;
+            meta.insert("own-chain-complete", [1u8].as_slice())
+                .map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)?;
+        self.own_chain_complete = true;
+        Ok(())
     }
 
     pub fn genesis_id(&self) -> EventId {
@@ -588,6 +612,9 @@ fn pair_sum(id: &[u8; 32], lc: u64) -> u64 {
 }
 
 impl chorus_core::storage::Storage for Store {
+    fn own_chain_complete(&self) -> bool {
+        self.own_chain_complete
+    }
     type Error = StoreError;
     fn get_pending(&self, id: &EventId) -> Option<Arc<[u8]>> {
         Store::get_pending(self, id)

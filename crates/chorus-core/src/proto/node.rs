@@ -310,6 +310,8 @@ pub struct NodeState<M: Machine, S: Storage, T: Transport> {
     gated: Vec<Held>,
     /// No heartbeat before this time (ms).
     next_heartbeat: u64,
+    /// Under final/1: the positions of the newest attestation this node's heartbeats made.
+    attested: u64,
     sabotage: NodeSabotage,
 }
 
@@ -325,12 +327,18 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         let mut syncer = Syncer::default();
         syncer.watch_own_chain(me);
         // Own events in durable storage: every one we signed is there (writes are
-        // acknowledged only after their commit), so the next sequence number is known.
-        let writes_open = local
-            .timeline()
-            .version_vector()
-            .get(&me)
-            .is_some_and(|&sq| sq > 0);
+        // acknowledged only after their commit), so the next sequence number is known. The
+        // genesis does not count: every replica holds it, a wiped admin's too, and it proves
+        // nothing about what else the admin signed (a wiped admin that wrote at once reused
+        // its sequence numbers: `chorus sim run --scenario wipe --seed 33756 --order final/1`).
+        // A store there from the key's first signature needs no proof.
+        let genesis_sq = u64::from(local.timeline().genesis().admin == me);
+        let writes_open = local.store().own_chain_complete()
+            || local
+                .timeline()
+                .version_vector()
+                .get(&me)
+                .is_some_and(|&sq| sq > genesis_sq);
         NodeState {
             local,
             cfg,
@@ -348,6 +356,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             writes_open,
             gated: vec![],
             next_heartbeat: 0,
+            attested: 0,
             sabotage: NodeSabotage::None,
         }
     }
@@ -811,6 +820,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         let mut resp = sync::serve(self.local.timeline(), self.local.store(), req);
         if let SyncResponse::Summary(s) = &mut resp {
             s.light = self.cfg.light;
+            s.recovering = !self.writes_open;
         }
         resp
     }
@@ -941,31 +951,61 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
 
 impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     /// On a tick: a heartbeat if one is owed and the interval has passed (see
-    /// [`Config::heartbeat_ms`]). Not for a light node (its writes go through full nodes; a
-    /// light member holds the settled frontier while it is idle) nor before the write gate
-    /// opens (a heartbeat is a write like any other: it must not reuse a sequence number).
+    /// [`Config::heartbeat_ms`]). Not before the write gate opens (a heartbeat is a write like
+    /// any other: it must not reuse a sequence number). A light member heartbeats too, through
+    /// its outbox like its other writes: it is a member, so the settled frontier and the
+    /// `final/1` committee count it, and a third of the members light and silent would hold
+    /// finality for good (found by `chorus sim run --scenario light --order final/1`).
     fn heartbeat(&mut self, now: u64) {
         let Some(every) = self.cfg.heartbeat_ms else {
             return;
         };
-        if self.cfg.light || !self.writes_open || now < self.next_heartbeat {
+        if !self.writes_open || now < self.next_heartbeat {
+            return;
+        }
+        // A light node whose outbox is full already has writes on the way that name its heads.
+        if self.cfg.light
+            && self
+                .outbox
+                .admit(1, crate::limits::MAX_ENVELOPE_BYTES)
+                .is_err()
+        {
             return;
         }
         let me = self.local.key().author();
         // Under final/1 what is owed depends on what is final, which moves with the events
         // held whether or not the state was folded since.
         self.local.advance_finality();
-        if !self.local.timeline().owes_heartbeat(&me) {
+        let tl = self.local.timeline();
+        // Under final/1 a heartbeat attests the newest final checkpoint held
+        // (finality/certificate.rs); a committee member owes one more heartbeat when it holds
+        // a newer one than it attested, or the last checkpoint of a burst of work would never
+        // be certified. It ends: attesting makes no event final.
+        let att = tl.attestation();
+        let owes_attestation = att.is_some_and(|a| a.positions > self.attested)
+            && tl
+                .finality()
+                .is_some_and(|f| f.committee.binary_search(&me).is_ok());
+        if !tl.owes_heartbeat(&me) && !owes_attestation {
             return;
         }
         self.next_heartbeat = now + every;
-        let items = vec![(crate::event::kind::HEARTBEAT.to_string(), Ipld::Null)];
+        let body = att.map_or(Ipld::Null, |a| a.to_body());
+        let items = vec![(crate::event::kind::HEARTBEAT.to_string(), body)];
         match self.local.append_batch(items) {
             Ok(evs) => {
                 self.stats.heartbeats += 1;
+                if let Some(a) = att {
+                    self.attested = a.positions;
+                }
                 self.stats.grew += 1;
-                self.out
-                    .push_back(Output::Indexed(evs.iter().map(|e| e.id()).collect()));
+                let ids: Vec<EventId> = evs.iter().map(|e| e.id()).collect();
+                self.out.push_back(Output::Indexed(ids.clone()));
+                if self.cfg.light {
+                    // Stored by a full node before it counts anywhere; no one waits for it.
+                    let blocks = evs.iter().map(|e| e.bytes().to_vec()).collect();
+                    self.outbox.push_unanswered(ids, blocks, now);
+                }
                 for e in evs {
                     self.out.push_back(Output::Publish(e));
                 }

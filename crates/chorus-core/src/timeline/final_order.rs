@@ -29,8 +29,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Rank, TENTATIVE, Timeline};
+use ipld_core::ipld::Ipld;
+
 use crate::{
-    finality::{Decision, Engine, Node, OUTSIDER},
+    EventId,
+    finality::{
+        Decision, Engine, Node, OUTSIDER,
+        certificate::{Attestation, Attestations},
+    },
     genesis::{FinalityParams, Genesis},
     ids::AuthorId,
     machine::Machine,
@@ -83,6 +89,10 @@ pub(super) struct FinalState {
     final_admin_seen: u64,
     /// Every event index sorted by `(lc, id)`: what sync pages through.
     pub(super) lc_order: Vec<u32>,
+    /// The committee's attestations, the newest certificate, conflicts.
+    attestations: Attestations,
+    /// A sabotage run's certificate quorum (the simulator's oracle only).
+    certificate_quorum: Option<usize>,
 }
 
 fn committee_at(membership: &Membership, admin_seen: u64) -> Vec<AuthorId> {
@@ -122,6 +132,8 @@ impl FinalState {
             removal_at: BTreeMap::new(),
             final_admin_seen: 1,
             lc_order: vec![],
+            attestations: Attestations::default(),
+            certificate_quorum: None,
         }
     }
 
@@ -214,6 +226,73 @@ impl<M: Machine> Timeline<M> {
         if epoch == f.epoch {
             f.insert_in_engine(idx, author, m.lc, &parents);
         }
+    }
+
+    /// A heartbeat's attestation, counted if its author is on the current committee (a
+    /// malformed one is not counted, and the heartbeat stays valid: its body is not checked).
+    pub(super) fn note_attestation(&mut self, heartbeat: EventId, author: AuthorId, body: &Ipld) {
+        let Some(Ok(att)) = Attestation::from_body(body) else {
+            return;
+        };
+        let timeline = self.genesis_id;
+        let f = self.fin_mut();
+        let quorum = f
+            .certificate_quorum
+            .unwrap_or_else(|| f.quorum(f.committee.len()));
+        f.attestations.note(
+            timeline,
+            f.epoch,
+            &f.committee,
+            quorum,
+            author,
+            heartbeat,
+            att,
+        );
+    }
+
+    /// `final/1`: what this replica attests in its next heartbeat — the newest checkpoint it
+    /// holds inside the final prefix (positions, its last event, the `state_hash` there).
+    /// `None` under `lc-cid/1` or before such a checkpoint exists.
+    pub fn attestation(&self) -> Option<Attestation> {
+        self.fin.as_ref()?;
+        self.checkpoints
+            .iter()
+            .rev()
+            .filter(|(r, _)| r.0 != TENTATIVE)
+            .find_map(|(r, _)| self.attestation_of(r))
+    }
+
+    /// `final/1`: what this replica would attest for the final prefix of `positions` events,
+    /// if it holds a checkpoint there in memory (the newest few are kept).
+    pub fn attestation_at(&self, positions: u64) -> Option<Attestation> {
+        self.fin.as_ref()?;
+        let pos = usize::try_from(positions.checked_sub(1)?).ok()?;
+        let idx = *self.order.get(pos)?;
+        let rank = self.rank(idx);
+        (rank.0 != TENTATIVE).then(|| self.attestation_of(&rank))?
+    }
+
+    fn attestation_of(&self, rank: &Rank) -> Option<Attestation> {
+        let ck = self.checkpoints.get(rank)?;
+        let state = match (&ck.live, &ck.bytes) {
+            (Some(live), _) => self.machine.state_hash(live),
+            (None, Some(bytes)) => self
+                .machine
+                .state_hash(&self.machine.decode_state(bytes).ok()?),
+            (None, None) => return None,
+        };
+        let pos = self.lower_bound(rank);
+        Some(Attestation {
+            positions: pos as u64 + 1,
+            last: self.ids[self.order[pos] as usize],
+            state,
+        })
+    }
+
+    /// `final/1`: the attestations this replica's heartbeats hold, its newest certificate and
+    /// the conflicts seen (`None` under `lc-cid/1`).
+    pub fn attestations(&self) -> Option<&Attestations> {
+        self.fin.as_ref().map(|f| &f.attestations)
     }
 
     /// `final/1`: decides what the events held allow and appends the segments of every newly
@@ -404,6 +483,20 @@ impl<M: Machine> Timeline<M> {
                 });
             }
             self.checkpoints.insert(rank, ck);
+        }
+    }
+
+    /// **Sabotage, for the simulator's oracle only**: certify an attestation once `quorum`
+    /// members made it (one: any member's word is a certificate, which the oracle's
+    /// certificate check must catch when a member lies). Returns whether it took.
+    #[doc(hidden)]
+    pub fn sabotage_certificate_quorum(&mut self, quorum: usize) -> bool {
+        match &mut self.fin {
+            Some(f) => {
+                f.certificate_quorum = Some(quorum);
+                true
+            }
+            None => false,
         }
     }
 

@@ -71,6 +71,19 @@ pub async fn metrics(State(api): State<Api>) -> Response {
             "Membership epochs of the finality committee since the genesis.",
             one(f64::from(f.epoch)),
         );
+        metric(
+            "certified_positions",
+            "gauge",
+            "Positions covered by the newest finality certificate (0: none yet).",
+            one(f.certified_positions.unwrap_or(0) as f64),
+        );
+        metric(
+            "finality_conflicts_total",
+            "counter",
+            "Attestations that disagreed with another committee member's for one position \
+             (a member lies, or determinism is broken): alert when it moves.",
+            one(f.conflicts as f64),
+        );
     }
     metric(
         "appended_total",

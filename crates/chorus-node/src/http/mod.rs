@@ -63,6 +63,7 @@ pub fn router(api: Api) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/v1/status", get(node::status))
         .route("/v1/state", get(node::state))
+        .route("/v1/finality/certificate", get(node::certificate))
         .route("/v1/events", get(events::events))
         .route("/v1/swarm/elections", get(swarm::elections))
         .route("/metrics", get(metrics::metrics))

@@ -42,3 +42,18 @@ pub async fn state(State(api): State<Api>) -> Response {
         Err(r) => r,
     }
 }
+
+/// `GET /v1/finality/certificate`: the newest finality certificate this node holds (a quorum
+/// of the committee attested the state after `positions`), with its DAG-CBOR block; 404 when
+/// it holds none yet, or the timeline is not `final/1`.
+pub async fn certificate(State(api): State<Api>) -> Response {
+    match api.ask(ApiRequest::Certificate).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "no finality certificate here yet: the timeline is not final/1, or no quorum of \
+             its committee has attested a checkpoint inside the final prefix",
+        ),
+        Err(r) => r,
+    }
+}

@@ -73,6 +73,15 @@ pub struct FinalityView {
     pub committee: usize,
     /// Distinct committee members needed to advance a round or certify a block.
     pub quorum: usize,
+    /// The newest finality certificate this node holds: a quorum of the committee attested
+    /// the state after these positions (`GET /v1/finality/certificate` has the block).
+    pub certified_positions: Option<u64>,
+    pub certificate: Option<String>,
+    /// Attestations that disagreed with another member's for one position: a member lies or
+    /// determinism is broken. Should stay 0; alert on it.
+    pub conflicts: u64,
+    /// The newest conflict: who attested what against what.
+    pub last_conflict: Option<String>,
 }
 
 /// A light node's view of what it forgot and what it still owes the full nodes.
