@@ -18,6 +18,16 @@
 //!   `GET /v1/status` from one async client thread, each on its own connection: a cold burst
 //!   (all connecting at once), then warm bursts on the kept-alive connections: p50 / p99 / max.
 //!
+//! * `finality [NODES] [WRITES] [HEARTBEAT_MS]` — a `final/1` timeline made as a user makes it
+//!   (`chorus init --order final`, `member add`), NODES nodes heartbeating every HEARTBEAT_MS
+//!   (default 500, as `chorus swarm`): heartbeats per minute while the mesh is idle and final;
+//!   then WRITES writes, one at a time from rotating writers, each timed from its
+//!   acknowledgment until every node reports it final (p50 / p99 / max); heartbeats per write.
+//! * `order-append [NODES] [EVENTS] [ROUNDS]` — append throughput (single-event `POST
+//!   /v1/events`, one client) on a NODES-node mesh heartbeating every 500 ms, on a `lc-cid/1`
+//!   timeline and on a `final/1` one, ROUNDS alternations in one run: what ordering by quorum
+//!   costs a writer.
+//!
 //! Build first: `cargo build --release -p chorus-cli -p chorus-bench`, then
 //! `target/release/mesh-bench NAME`. The `chorus` binary is taken from the same directory.
 
@@ -605,6 +615,190 @@ async fn burst(base: &str, path: &str, concurrent: usize, rounds: usize) -> Resu
     Ok(())
 }
 
+/// `n` data dirs of one timeline ordered by `order` ("final" or "lc-cid"), all keys writers.
+fn timeline_ordered(root: &Path, n: usize, order: &str) -> Result<Vec<PathBuf>> {
+    let dirs: Vec<PathBuf> = (0..n).map(|i| root.join(format!("n{i}"))).collect();
+    run(&dirs[0], &["init", "--name", "bench", "--order", order])?;
+    for d in &dirs[1..] {
+        let k = run(d, &["key"])?;
+        run(&dirs[0], &["member", "add", k.trim(), "--role", "writer"])?;
+    }
+    Ok(dirs)
+}
+
+fn mesh_heartbeating(dirs: &[PathBuf], base_ip: u8, heartbeat_ms: u64) -> Result<Vec<Node>> {
+    let start = |d: &Path, ip: String, boot: Option<&str>| -> Result<Node> {
+        node(d, &ip, boot)?.heartbeat_ms(heartbeat_ms).start()
+    };
+    let n0 = start(&dirs[0], format!("127.0.1.{base_ip}"), None)?;
+    let boot = n0.addr.clone();
+    let mut nodes = vec![n0];
+    for (i, d) in dirs.iter().enumerate().skip(1) {
+        run(d, &["join", &boot])?;
+        nodes.push(start(
+            d,
+            format!("127.0.1.{}", base_ip as usize + i),
+            Some(&boot),
+        )?);
+    }
+    Ok(nodes)
+}
+
+fn status_u64(a: &ureq::Agent, n: &Node, f: impl Fn(&Value) -> Option<u64>) -> Option<u64> {
+    get(a, &n.api, "/v1/status").and_then(|s| f(&s))
+}
+
+/// Until every node's committee holds all `n` members and the mesh is quiet: no node's event
+/// count moved for 3 s (the work is final and the last attestations are written; heartbeats
+/// after the last work stay tentative, so `final_positions` stays a little below `events`).
+fn wait_all_final(nodes: &[Node], within: Duration) -> Result<()> {
+    let a = agent();
+    let deadline = Instant::now() + within;
+    let mut last: Vec<u64> = vec![];
+    let mut still_since = Instant::now();
+    loop {
+        let now: Vec<u64> = nodes
+            .iter()
+            .map(|n| {
+                get(&a, &n.api, "/v1/status")
+                    .filter(|s| s["finality"]["committee"].as_u64() == Some(nodes.len() as u64))
+                    .and_then(|s| s["events"].as_u64())
+                    .unwrap_or(0)
+            })
+            .collect();
+        if now != last || now.contains(&0) {
+            last = now;
+            still_since = Instant::now();
+        } else if still_since.elapsed() >= Duration::from_secs(3) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the mesh did not go quiet with the whole committee within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn is_final(a: &ureq::Agent, n: &Node, id: &str) -> bool {
+    get(a, &n.api, &format!("/v1/events?from={id}&limit=1"))
+        .and_then(|p| p["events"][0]["settled"].as_bool())
+        .unwrap_or(false)
+}
+
+fn finality_bench(nodes_n: usize, writes: usize, heartbeat_ms: u64) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline_ordered(root.path(), nodes_n, "final")?;
+    let nodes = mesh_heartbeating(&dirs, 80, heartbeat_ms)?;
+    wait_peers(&nodes, (nodes_n - 1).min(5), Duration::from_secs(60))?;
+    wait_all_final(&nodes, Duration::from_secs(120))?;
+    let a = agent();
+    let events = |a: &ureq::Agent| -> u64 {
+        nodes
+            .iter()
+            .filter_map(|n| status_u64(a, n, |s| s["events"].as_u64()))
+            .max()
+            .unwrap_or(0)
+    };
+    // Idle: everything is final; the mesh should write nothing at all.
+    let idle_s = 60;
+    let before = events(&a);
+    std::thread::sleep(Duration::from_secs(idle_s));
+    let idle_hb = events(&a) - before;
+    println!(
+        "ROW|heartbeats in an idle, final {nodes_n}-node mesh|{:.1}|per minute|0|{idle_hb} events written by the whole mesh in {idle_s} s once every event was final (heartbeats every {heartbeat_ms} ms while work is tentative)",
+        idle_hb as f64 * 60.0 / idle_s as f64
+    );
+    let before = events(&a);
+    let mut to_final = vec![];
+    for e in 0..writes {
+        let w = e % nodes_n;
+        let r = post(&a, &nodes[w].api, &json!({"text": format!("final {e}")}))?;
+        let acked = Instant::now();
+        let id = r["ids"][0].as_str().context("an id")?.to_string();
+        let each: Vec<Duration> = std::thread::scope(|s| {
+            let hs: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    let id = &id;
+                    s.spawn(move || {
+                        let a = agent();
+                        let deadline = acked + Duration::from_secs(60);
+                        while !is_final(&a, n, id) {
+                            if Instant::now() > deadline {
+                                return Duration::from_secs(60);
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        acked.elapsed()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        to_final.push(each.iter().max().unwrap().as_secs_f64() * 1000.0);
+    }
+    wait_all_final(&nodes, Duration::from_secs(60))?;
+    let during = events(&a) - before - writes as u64;
+    to_final.sort_by(f64::total_cmp);
+    println!(
+        "ROW|time from acknowledgment to final on all {nodes_n} nodes (p50)|{:.0}|ms|—|{writes} writes one at a time, writer rotating; heartbeats every {heartbeat_ms} ms; final/1, quorum more than 2/3",
+        pct(&to_final, 0.5)
+    );
+    println!(
+        "ROW|time to final on all {nodes_n} (p99)|{:.0}|ms|≤ 3 000|max {:.0} ms; {:.1} heartbeats per write ({during} in all)",
+        pct(&to_final, 0.99),
+        to_final.last().unwrap(),
+        during as f64 / writes as f64
+    );
+    Ok(())
+}
+
+fn order_append(nodes_n: usize, events: usize, rounds: usize) -> Result<()> {
+    let mut rates: Vec<(&str, f64)> = vec![];
+    for round in 0..rounds {
+        for order in ["lc-cid", "final"] {
+            let root = tempfile::tempdir()?;
+            let dirs = timeline_ordered(root.path(), nodes_n, order)?;
+            let base = 100 + (2 * round + usize::from(order == "final")) as u8 * 10;
+            let nodes = mesh_heartbeating(&dirs, base, 500)?;
+            wait_peers(&nodes, (nodes_n - 1).min(5), Duration::from_secs(60))?;
+            if order == "final" {
+                wait_all_final(&nodes, Duration::from_secs(120))?;
+            }
+            let a = agent();
+            let t0 = Instant::now();
+            for e in 0..events {
+                post(&a, &nodes[0].api, &json!({"text": format!("append {e}")}))?;
+            }
+            let rate = events as f64 / t0.elapsed().as_secs_f64();
+            eprintln!("round {round}: {order}: {rate:.0} appends/s");
+            rates.push((order, rate));
+        }
+    }
+    let mean = |o: &str| {
+        let r: Vec<f64> = rates
+            .iter()
+            .filter(|(k, _)| *k == o)
+            .map(|(_, r)| *r)
+            .collect();
+        r.iter().sum::<f64>() / r.len() as f64
+    };
+    let (lc, fin) = (mean("lc-cid"), mean("final"));
+    println!(
+        "ROW|single-event appends, {nodes_n}-node mesh heartbeating, lc-cid/1|{lc:.0}|events/s|—|{events} sequential POST /v1/events to one node, mean of {rounds} runs alternated with the next row"
+    );
+    println!(
+        "ROW|the same on final/1|{fin:.0}|events/s|overhead ≤ 5 %|{:+.1} % against lc-cid/1; every run: {}",
+        (fin / lc - 1.0) * 100.0,
+        rates
+            .iter()
+            .map(|(o, r)| format!("{o} {r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -618,6 +812,10 @@ fn main() -> Result<()> {
         Some("light") => light(num(1, 10_000), &args[2.min(args.len())..]),
         Some("soak") => soak(num(1, 20), num(2, 10) as u64),
         Some("gateway") => gateway(num(1, 10), num(2, 1_000)),
-        _ => bail!("usage: mesh-bench propagation|catchup|idle|light|soak|gateway [args]"),
+        Some("finality") => finality_bench(num(1, 5), num(2, 40), num(3, 500) as u64),
+        Some("order-append") => order_append(num(1, 5), num(2, 1_000), num(3, 3)),
+        _ => bail!(
+            "usage: mesh-bench propagation|catchup|idle|light|soak|gateway|finality|order-append [args]"
+        ),
     }
 }
