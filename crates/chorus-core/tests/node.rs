@@ -215,6 +215,20 @@ fn node(g: &SignedEvent, key: &Keypair, cfg: Config) -> Node {
     NodeState::new(Local::new(tl, store, key.clone()), cfg)
 }
 
+/// `n` events `key` signed in a row (its chain after the genesis).
+fn chain(g: &SignedEvent, key: &Keypair, n: usize) -> Vec<SignedEvent> {
+    let mut tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+    (0..n)
+        .map(|i| {
+            let ev = tl
+                .sign_local(key, kind::STIMULUS, testkit::text(&format!("old {i}")))
+                .unwrap();
+            tl.insert_deferred(ev.clone()).unwrap();
+            ev
+        })
+        .collect()
+}
+
 /// A node that kept its disk from the start, now holding `events` (its own and others').
 fn node_with(g: &SignedEvent, key: &Keypair, events: &[SignedEvent]) -> Node {
     let tl = Timeline::new(g.clone(), CounterMachine).unwrap();
@@ -321,15 +335,7 @@ fn a_wiped_writer_holds_its_writes_until_the_peers_confirm_its_chain() {
     let ks = keys(3);
     let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
     // Node 1's key wrote 5 events before its disk was wiped; nodes 0 and 2 hold them.
-    let mut tl = Timeline::new(g.clone(), CounterMachine).unwrap();
-    let mut before = vec![];
-    for i in 0..5 {
-        let ev = tl
-            .sign_local(&ks[1], kind::STIMULUS, testkit::text(&format!("old {i}")))
-            .unwrap();
-        tl.insert_deferred(ev.clone()).unwrap();
-        before.push(ev);
-    }
+    let before = chain(&g, &ks[1], 5);
     let nodes = vec![
         node_with(&g, &ks[0], &before),
         wiped(&g, &ks[1]),
@@ -393,15 +399,7 @@ fn a_wiped_writer_holds_its_writes_until_the_peers_confirm_its_chain() {
 fn a_wiped_admin_holds_its_writes_until_the_peers_confirm_its_chain() {
     let ks = keys(3);
     let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
-    let mut tl = Timeline::new(g.clone(), CounterMachine).unwrap();
-    let mut before = vec![];
-    for i in 0..4 {
-        let ev = tl
-            .sign_local(&ks[0], kind::STIMULUS, testkit::text(&format!("old {i}")))
-            .unwrap();
-        tl.insert_deferred(ev.clone()).unwrap();
-        before.push(ev);
-    }
+    let before = chain(&g, &ks[0], 4);
     let wiped_admin = wiped(&g, &ks[0]);
     assert!(
         !wiped_admin.writes_open(),
@@ -443,15 +441,7 @@ fn a_wiped_admin_holds_its_writes_until_the_peers_confirm_its_chain() {
 fn a_wiped_writer_is_not_confirmed_by_peers_that_are_recovering_too() {
     let ks = keys(4);
     let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
-    let mut tl = Timeline::new(g.clone(), CounterMachine).unwrap();
-    let mut before = vec![];
-    for i in 0..5 {
-        let ev = tl
-            .sign_local(&ks[1], kind::STIMULUS, testkit::text(&format!("old {i}")))
-            .unwrap();
-        tl.insert_deferred(ev.clone()).unwrap();
-        before.push(ev);
-    }
+    let before = chain(&g, &ks[1], 5);
     // Node 0 survived with everything; nodes 1 (the writer), 2 and 3 were wiped.
     let mut m = Mesh::new(vec![
         node_with(&g, &ks[0], &before),
