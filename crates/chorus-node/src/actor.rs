@@ -627,6 +627,7 @@ impl<M: Describe> Actor<M> {
         let local = node.local();
         let tl = local.timeline();
         let f = tl.frontier();
+        let certificate = tl.attestations().and_then(|a| a.certificate());
         let s = node.syncer().stats();
         let c = node.stats();
         let light = self.light();
@@ -687,14 +688,8 @@ impl<M: Describe> Actor<M> {
                 epoch: x.epoch,
                 committee: x.committee.len(),
                 quorum: x.quorum,
-                certified_positions: tl
-                    .attestations()
-                    .and_then(|a| a.certificate())
-                    .map(|c| c.att.positions),
-                certificate: tl
-                    .attestations()
-                    .and_then(|a| a.certificate())
-                    .map(|c| c.cid().to_string()),
+                certified_positions: certificate.map(|c| c.att.positions),
+                certificate: certificate.map(|c| c.cid().to_string()),
                 conflicts: tl.attestations().map_or(0, |a| a.conflicts()),
                 last_conflict: tl.attestations().and_then(|a| a.last_conflict()).map(|c| {
                     format!(

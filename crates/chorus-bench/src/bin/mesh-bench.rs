@@ -165,27 +165,8 @@ fn propagation(nodes_n: usize, events: usize) -> Result<()> {
         )?;
         let acked = Instant::now();
         let id = r["ids"][0].as_str().unwrap().to_string();
-        let seen: Vec<Duration> = std::thread::scope(|s| {
-            let hs: Vec<_> = nodes
-                .iter()
-                .map(|n| {
-                    let id = &id;
-                    s.spawn(move || {
-                        let a = agent();
-                        let deadline = acked + Duration::from_secs(30);
-                        loop {
-                            if get(&a, &n.api, &format!("/v1/events?from={id}&limit=1")).is_some() {
-                                return acked.elapsed();
-                            }
-                            if Instant::now() > deadline {
-                                return Duration::from_secs(30);
-                            }
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        let seen = until_every_node(&nodes, acked, Duration::from_secs(30), 1, |a, n| {
+            get(a, &n.api, &format!("/v1/events?from={id}&limit=1")).is_some()
         });
         to_all.push(seen.iter().max().unwrap().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(50));
@@ -201,6 +182,36 @@ fn propagation(nodes_n: usize, events: usize) -> Result<()> {
         to_all.last().unwrap()
     );
     Ok(())
+}
+
+/// For each node, from its own thread polling every `poll_ms`: the time from `since` until
+/// `seen(agent, node)` holds (`within` if it never does).
+fn until_every_node(
+    nodes: &[Node],
+    since: Instant,
+    within: Duration,
+    poll_ms: u64,
+    seen: impl Fn(&ureq::Agent, &Node) -> bool + Sync,
+) -> Vec<Duration> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let seen = &seen;
+                s.spawn(move || {
+                    let a = agent();
+                    while !seen(&a, n) {
+                        if since.elapsed() > within {
+                            return within;
+                        }
+                        std::thread::sleep(Duration::from_millis(poll_ms));
+                    }
+                    since.elapsed()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
 
 fn wait_until(api: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Result<Duration> {
@@ -715,25 +726,8 @@ fn finality_bench(nodes_n: usize, writes: usize, heartbeat_ms: u64) -> Result<()
         let r = post(&a, &nodes[w].api, &json!({"text": format!("final {e}")}))?;
         let acked = Instant::now();
         let id = r["ids"][0].as_str().context("an id")?.to_string();
-        let each: Vec<Duration> = std::thread::scope(|s| {
-            let hs: Vec<_> = nodes
-                .iter()
-                .map(|n| {
-                    let id = &id;
-                    s.spawn(move || {
-                        let a = agent();
-                        let deadline = acked + Duration::from_secs(60);
-                        while !is_final(&a, n, id) {
-                            if Instant::now() > deadline {
-                                return Duration::from_secs(60);
-                            }
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        acked.elapsed()
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        let each = until_every_node(&nodes, acked, Duration::from_secs(60), 5, |a, n| {
+            is_final(a, n, &id)
         });
         to_final.push(each.iter().max().unwrap().as_secs_f64() * 1000.0);
     }
