@@ -34,6 +34,9 @@ pub mod kind {
     pub const HEARTBEAT: &str = "heartbeat";
     /// A request to widen a stimulus's election (`kairos/2`).
     pub const ESCALATE: &str = "escalate";
+    /// A committee member's vote to take a member off the finality committee or put it back
+    /// (`final/1`; docs/design/finality.md, "Membership changes").
+    pub const VOTE: &str = "vote";
 }
 
 /// Current format version.

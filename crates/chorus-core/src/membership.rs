@@ -86,6 +86,62 @@ impl MemberOp {
     }
 }
 
+/// A parsed `vote` body (`final/1`): `{op: "remove" | "restore", key}`. A vote changes who is
+/// on the finality committee, not who may write: the admin's `member` events do that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VoteOp {
+    /// Take `key` off the committee (a silent member, the lost admin's machine).
+    Remove(AuthorId),
+    /// Put a member voted off back on the committee.
+    Restore(AuthorId),
+}
+
+impl VoteOp {
+    /// Parses `{op, key}`.
+    pub fn parse(body: &Ipld) -> Result<VoteOp, EventError> {
+        let bad = |why: &str| EventError::BadBody {
+            kind: kind::VOTE.into(),
+            why: why.into(),
+        };
+        let Ipld::Map(m) = body else {
+            return Err(bad("body is not a map"));
+        };
+        if m.len() != 2 {
+            return Err(bad("body must hold exactly op and key"));
+        }
+        let key = match m.get("key") {
+            Some(Ipld::Bytes(b)) if b.len() == 32 => {
+                AuthorId(b.as_slice().try_into().expect("len checked"))
+            }
+            _ => return Err(bad("key must be 32 bytes")),
+        };
+        match m.get("op") {
+            Some(Ipld::String(op)) if op == "remove" => Ok(VoteOp::Remove(key)),
+            Some(Ipld::String(op)) if op == "restore" => Ok(VoteOp::Restore(key)),
+            _ => Err(bad("op must be remove or restore")),
+        }
+    }
+
+    /// The body of this vote.
+    pub fn to_body(&self) -> Ipld {
+        let (op, key) = match self {
+            VoteOp::Remove(k) => ("remove", k),
+            VoteOp::Restore(k) => ("restore", k),
+        };
+        let mut m = BTreeMap::new();
+        m.insert("op".into(), Ipld::String(op.into()));
+        m.insert("key".into(), Ipld::Bytes(key.0.to_vec()));
+        Ipld::Map(m)
+    }
+
+    /// The member the vote is about.
+    pub fn key(&self) -> AuthorId {
+        match self {
+            VoteOp::Remove(k) | VoteOp::Restore(k) => *k,
+        }
+    }
+}
+
 /// Membership over the admin's chain.
 #[derive(Debug, Clone)]
 pub struct Membership {

@@ -32,7 +32,7 @@ use crate::{
     ids::{AuthorId, EventId},
     limits::{MAX_PARENTS, MAX_PENDING_BYTES, MAX_PENDING_EVENTS, RECENT_BLOCK_CACHE},
     machine::{Applied, Machine},
-    membership::{MemberOp, Membership, Role},
+    membership::{MemberOp, Membership, Role, VoteOp},
 };
 
 /// An event's `(lc, id)`, compared lexicographically: its position in the total order of an
@@ -731,6 +731,11 @@ impl<M: Machine> Timeline<M> {
         } else if self.membership.role_at(&ev.author, admin_seen).is_none() {
             return Err(EventError::UnknownAuthor(ev.author.to_string()));
         }
+        // Votes move the final/1 committee, so their body is checked there; under lc-cid/1 a
+        // `vote` is one more event of a kind the order does not read (as it always was).
+        if ev.kind == kind::VOTE && self.fin.is_some() {
+            VoteOp::parse(&ev.body)?;
+        }
         if ev.kind == kind::MEMBER {
             if !is_admin {
                 return Err(EventError::NotAdmin);
@@ -866,6 +871,7 @@ impl<M: Machine> Timeline<M> {
             if ev.kind == kind::HEARTBEAT {
                 self.note_attestation(id, ev.author, &ev.body);
             }
+            self.note_committee_event(idx, ev);
         }
 
         let rank = self.rank(idx);

@@ -10,7 +10,7 @@ use chorus_core::{
     genesis::{FinalityParams, Genesis, ORDER_FINAL_1},
     ids::EventId,
     machine::{Applied, Machine, StateDecodeError},
-    membership::{MemberOp, Role},
+    membership::{MemberOp, Role, VoteOp},
     testkit::{Rng, text},
     timeline::{CheckpointChange, Timeline},
 };
@@ -406,6 +406,109 @@ fn a_committee_grows_by_epochs_and_finalizes_without_the_admin() {
     m.deliver(1, 0);
     assert_eq!(m.final_prefix(0), m.final_prefix(1));
     assert_eq!(m.reps[0].state_hash(), m.reps[1].state_hash());
+}
+
+/// Heartbeat rounds among `alive` until `ev` is final on each of them (at most 40).
+fn settle(m: &mut Mesh, alive: &[usize], ev: &SignedEvent) {
+    for _ in 0..40 {
+        if alive.iter().all(|&i| m.reps[i].is_settled(&ev.id())) {
+            return;
+        }
+        m.heartbeat_round(alive);
+    }
+    panic!(
+        "{:?} never became final among {alive:?}: {:?}",
+        ev.id(),
+        m.reps[alive[0]].finality()
+    );
+}
+
+#[test]
+fn a_quorum_votes_the_lost_admin_off_the_committee_and_finality_survives_one_more_loss() {
+    // The admin and four writers: a committee of 5, quorum 4. The admin's machine is lost.
+    let mut m = Mesh::new(4, 16);
+    let admin = m.keys[0].author();
+    let writers = [1, 2, 3, 4];
+    for &i in &writers {
+        m.write(i, kind::VOTE, VoteOp::Remove(admin).to_body());
+    }
+    m.gossip(&writers);
+    m.quiet(&writers);
+    for &i in &writers {
+        let f = m.reps[i].finality().unwrap();
+        assert_eq!((f.committee.len(), f.quorum), (4, 3), "replica {i}: {f:?}");
+        assert_eq!(f.voted_off, vec![admin]);
+        assert!(f.open_votes.is_empty());
+        assert_eq!(f.epoch, 1);
+    }
+    // The committee is the four writers: a fourth loss leaves 3 of 4, still a quorum (with the
+    // admin still counted, 3 of 5 could not finalize anything).
+    let alive = [1, 2, 3];
+    let w = m.write(2, kind::STIMULUS, text("after the admin"));
+    m.gossip(&alive);
+    settle(&mut m, &alive, &w);
+
+    // One member's vote is not a quorum's: nothing changes, the vote stays open.
+    let lone = m.write(1, kind::VOTE, VoteOp::Remove(m.keys[3].author()).to_body());
+    m.gossip(&alive);
+    settle(&mut m, &alive, &lone);
+    let f = m.reps[2].finality().unwrap();
+    assert_eq!(f.committee.len(), 4, "{f:?}");
+    assert_eq!(f.open_votes, vec![(VoteOp::Remove(m.keys[3].author()), 1)]);
+
+    // The admin's machine comes back: a quorum puts it back on the committee.
+    let back = [0, 1, 2, 3];
+    m.gossip(&back);
+    for i in [1, 2, 3] {
+        m.write(i, kind::VOTE, VoteOp::Restore(admin).to_body());
+    }
+    m.gossip(&back);
+    m.quiet(&back);
+    for &i in &back {
+        let f = m.reps[i].finality().unwrap();
+        assert_eq!((f.committee.len(), f.quorum), (5, 4), "replica {i}: {f:?}");
+        assert!(f.voted_off.is_empty());
+        assert_eq!(m.final_prefix(i), m.final_prefix(1));
+    }
+    // The committee is a function of the event set: a replica fed everything out of order
+    // derives the same final prefix, committee and state.
+    let replay = m.replay_shuffled(1, 7);
+    assert_eq!(replay.finality(), m.reps[1].finality());
+    assert_eq!(replay.state_hash(), m.reps[1].state_hash());
+}
+
+#[test]
+fn votes_of_non_members_or_for_the_last_member_change_nothing_and_bad_votes_are_refused() {
+    let mut m = Mesh::new(1, 16);
+    let (admin, writer) = (m.keys[0].author(), m.keys[1].author());
+    // A committee of two: the writer votes the admin off (a quorum of 2 of 2 needs the admin's
+    // own vote too); the admin votes itself off: carried, the writer is the committee.
+    m.write(1, kind::VOTE, VoteOp::Remove(admin).to_body());
+    m.write(0, kind::VOTE, VoteOp::Remove(admin).to_body());
+    m.gossip(&[0, 1]);
+    m.quiet(&[0, 1]);
+    let f = m.reps[0].finality().unwrap();
+    assert_eq!(f.committee, vec![writer], "{f:?}");
+    // The last member cannot vote itself off: the committee is never empty.
+    let last = m.write(1, kind::VOTE, VoteOp::Remove(writer).to_body());
+    settle(&mut m, &[1], &last);
+    assert_eq!(m.reps[1].finality().unwrap().committee, vec![writer]);
+    // A vote off the committee counts for nothing (the admin is voted off): no open tally.
+    let off = m.write(0, kind::VOTE, VoteOp::Restore(admin).to_body());
+    m.gossip(&[0, 1]);
+    settle(&mut m, &[1], &off);
+    let f = m.reps[1].finality().unwrap();
+    assert!(f.open_votes.is_empty(), "{f:?}");
+    assert_eq!(f.voted_off, vec![admin]);
+    // A malformed vote is refused with a typed error, under final/1.
+    let bad = m.reps[1]
+        .sign_local(&m.keys[1], kind::VOTE, text("off with their heads"))
+        .unwrap();
+    let refused = m.reps[1].insert(bad, &m.blocks);
+    assert!(
+        matches!(refused, Err(ref e) if e.to_string().contains("vote")),
+        "{refused:?}"
+    );
 }
 
 #[test]

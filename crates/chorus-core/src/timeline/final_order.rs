@@ -33,6 +33,7 @@ use ipld_core::ipld::Ipld;
 
 use crate::{
     EventId,
+    event::{SignedEvent, kind},
     finality::{
         Decision, Engine, Node, OUTSIDER,
         certificate::{Attestation, Attestations},
@@ -40,7 +41,7 @@ use crate::{
     genesis::{FinalityParams, Genesis},
     ids::AuthorId,
     machine::Machine,
-    membership::Membership,
+    membership::{MemberOp, Membership, VoteOp},
     timeline::CheckpointChange,
 };
 
@@ -93,21 +94,38 @@ pub(super) struct FinalState {
     attestations: Attestations,
     /// A sabotage run's certificate quorum (the simulator's oracle only).
     certificate_quorum: Option<usize>,
+    /// Every indexed `vote` event: event index → the vote.
+    pub(super) vote_at: BTreeMap<u32, VoteOp>,
+    /// Every indexed admin `member` event: event index → the member it is about.
+    pub(super) member_event_at: BTreeMap<u32, AuthorId>,
+    /// Votes in the final prefix not carried yet: the vote → the committee members who cast it.
+    votes: BTreeMap<VoteOp, BTreeSet<AuthorId>>,
+    /// Members the committee voted off (and not restored, nor named by a later admin `member`
+    /// event): left out of the committee whatever the admin's membership says.
+    voted_off: BTreeSet<AuthorId>,
+    /// A sabotage run's vote quorum (the simulator's oracle only).
+    vote_quorum: Option<usize>,
 }
 
-fn committee_at(membership: &Membership, admin_seen: u64) -> Vec<AuthorId> {
-    // `members_at` is sorted by key, admin included.
+/// The committee: every member in the admin's membership at `admin_seen` (admin included, in
+/// key order) but those the committee voted off.
+fn committee_at(
+    membership: &Membership,
+    admin_seen: u64,
+    voted_off: &BTreeSet<AuthorId>,
+) -> Vec<AuthorId> {
     membership
         .members_at(admin_seen)
         .into_iter()
         .map(|(k, _)| k)
+        .filter(|k| !voted_off.contains(k))
         .collect()
 }
 
 impl FinalState {
     pub(super) fn new(genesis: &Genesis, membership: &Membership) -> Self {
         // The genesis is the admin's first event: its membership is the genesis's own.
-        let committee = committee_at(membership, 1);
+        let committee = committee_at(membership, 1, &BTreeSet::new());
         let n = committee.len();
         let params = genesis.finality_quorum();
         FinalState {
@@ -134,7 +152,66 @@ impl FinalState {
             lc_order: vec![],
             attestations: Attestations::default(),
             certificate_quorum: None,
+            vote_at: BTreeMap::new(),
+            member_event_at: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            voted_off: BTreeSet::new(),
+            vote_quorum: None,
         }
+    }
+
+    /// A vote by `voter` that just became final (docs/design/finality.md, "Membership
+    /// changes"). It counts if the voter is on the committee and the vote can take effect: a
+    /// removal of a committee member that leaves at least one other, a restore of a member
+    /// voted off. Once a quorum of the committee cast the same vote, it takes effect (the
+    /// caller starts a new epoch at the end of the segment) and its opposite's tally is dropped.
+    fn count_vote(&mut self, voter: AuthorId, vote: VoteOp) {
+        if self.committee.binary_search(&voter).is_err() {
+            return;
+        }
+        let staying = self
+            .committee
+            .iter()
+            .filter(|k| !self.voted_off.contains(k))
+            .count();
+        let applies = match vote {
+            VoteOp::Remove(k) => {
+                self.committee.binary_search(&k).is_ok()
+                    && !self.voted_off.contains(&k)
+                    && staying > 1
+            }
+            VoteOp::Restore(k) => self.voted_off.contains(&k),
+        };
+        if !applies {
+            return;
+        }
+        let quorum = self
+            .vote_quorum
+            .unwrap_or_else(|| self.quorum(self.committee.len()));
+        let tally = self.votes.entry(vote).or_default();
+        tally.insert(voter);
+        if tally.len() < quorum {
+            return;
+        }
+        let opposite = match vote {
+            VoteOp::Remove(k) => {
+                self.voted_off.insert(k);
+                VoteOp::Restore(k)
+            }
+            VoteOp::Restore(k) => {
+                self.voted_off.remove(&k);
+                VoteOp::Remove(k)
+            }
+        };
+        self.votes.remove(&vote);
+        self.votes.remove(&opposite);
+    }
+
+    /// An admin `member` event about `who` became final: the admin's word replaces any vote
+    /// about `who` (a member the admin adds again is back on the committee).
+    fn admin_named(&mut self, who: AuthorId) {
+        self.voted_off.remove(&who);
+        self.votes.retain(|v, _| v.key() != who);
     }
 
     fn quorum(&self, n: usize) -> usize {
@@ -250,6 +327,23 @@ impl<M: Machine> Timeline<M> {
         );
     }
 
+    /// Records a `vote` (validated: its body parses) and an admin `member` event: the
+    /// committee reads them once they are final.
+    pub(super) fn note_committee_event(&mut self, idx: u32, ev: &SignedEvent) {
+        let admin = self.membership.admin();
+        let f = self.fin_mut();
+        if ev.kind == kind::VOTE {
+            if let Ok(vote) = VoteOp::parse(&ev.body) {
+                f.vote_at.insert(idx, vote);
+            }
+        } else if ev.kind == kind::MEMBER
+            && ev.author == admin
+            && let Ok(MemberOp::Add(who, _) | MemberOp::Remove(who)) = MemberOp::parse(&ev.body)
+        {
+            f.member_event_at.insert(idx, who);
+        }
+    }
+
     /// `final/1`: what this replica attests in its next heartbeat — the newest checkpoint it
     /// holds inside the final prefix (positions, its last event, the `state_hash` there).
     /// `None` under `lc-cid/1` or before such a checkpoint exists.
@@ -322,7 +416,7 @@ impl<M: Machine> Timeline<M> {
                     let block = f.event_at[b];
                     self.append_final_segment(block);
                     let f = self.fin.as_ref().expect("final/1");
-                    let next = committee_at(&self.membership, f.final_admin_seen);
+                    let next = committee_at(&self.membership, f.final_admin_seen, &f.voted_off);
                     if next != f.committee {
                         new_epoch = Some((block, next));
                         break;
@@ -353,6 +447,11 @@ impl<M: Machine> Timeline<M> {
             .collect();
         let f = self.fin_mut();
         f.epoch += 1;
+        // Open tallies keep only the votes of the new committee's members.
+        for tally in f.votes.values_mut() {
+            tally.retain(|v| committee.binary_search(v).is_ok());
+        }
+        f.votes.retain(|_, tally| !tally.is_empty());
         f.committee = committee;
         f.engine = Engine::new(n, f.quorum(n));
         f.consumed = 0;
@@ -416,6 +515,10 @@ impl<M: Machine> Timeline<M> {
                 (m.author, m.sq, m.admin_seen)
             })
             .collect();
+        let keys: Vec<AuthorId> = metas
+            .iter()
+            .map(|&(a, _, _)| self.authors[a as usize])
+            .collect();
         let f = self.fin_mut();
         let segment = f.segments;
         for (k, (&x, &(author, sq, admin_seen))) in seg.iter().zip(&metas).enumerate() {
@@ -445,6 +548,12 @@ impl<M: Machine> Timeline<M> {
                     .entry(removed)
                     .or_default()
                     .push((seen, admin_sq));
+            }
+            if let Some(&who) = f.member_event_at.get(&x) {
+                f.admin_named(who);
+            }
+            if !excluded && let Some(&vote) = f.vote_at.get(&x) {
+                f.count_vote(keys[k], vote);
             }
         }
         f.segments += 1;
@@ -523,6 +632,20 @@ impl<M: Machine> Timeline<M> {
         true
     }
 
+    /// **Sabotage, for the simulator's oracle only**: carry a committee vote once `quorum`
+    /// members cast it (one: any member alone votes another off, which the oracle's committee
+    /// check must catch). Returns whether it took.
+    #[doc(hidden)]
+    pub fn sabotage_vote_quorum(&mut self, quorum: usize) -> bool {
+        match &mut self.fin {
+            Some(f) => {
+                f.vote_quorum = Some(quorum);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// `final/1`: events in the final prefix, final segments, and the committee's epoch
     /// (`None` under `lc-cid/1`).
     pub fn finality(&self) -> Option<FinalityStatus> {
@@ -534,6 +657,8 @@ impl<M: Machine> Timeline<M> {
             epoch,
             committee: f.committee().to_vec(),
             quorum: f.quorum(f.committee().len()),
+            voted_off: f.voted_off.iter().copied().collect(),
+            open_votes: f.votes.iter().map(|(v, t)| (*v, t.len())).collect(),
         })
     }
 }
@@ -551,4 +676,9 @@ pub struct FinalityStatus {
     pub committee: Vec<AuthorId>,
     /// Distinct committee authors needed for a round, a vote quorum, a certificate.
     pub quorum: usize,
+    /// Members the committee voted off (in key order): off the committee until a quorum
+    /// restores them or the admin names them in a `member` event.
+    pub voted_off: Vec<AuthorId>,
+    /// Votes in the final prefix short of a quorum so far, with how many members cast each.
+    pub open_votes: Vec<(VoteOp, usize)>,
 }
