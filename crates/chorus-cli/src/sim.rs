@@ -94,6 +94,8 @@ pub enum SabotageArg {
     QuorumHalf,
     /// final/1 certificates of one member's word (C9 must fail on a false attestation).
     CertifyAlone,
+    /// final/1 committee votes carried by one member (C9 must fail on the adversary's vote).
+    VoteAlone,
 }
 
 /// `--order final/1`: the only rule a scenario can be switched to (absent: `lc-cid/1`).
@@ -301,6 +303,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::LightAckAtOnce => Sabotage::LightAckAtOnce,
                 SabotageArg::QuorumHalf => Sabotage::QuorumHalf,
                 SabotageArg::CertifyAlone => Sabotage::CertifyAlone,
+                SabotageArg::VoteAlone => Sabotage::VoteAlone,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
             };
             let r = chorus_sim::run(sc, seed, sabotage);

@@ -159,6 +159,9 @@ pub enum Sabotage {
     /// that attests a false state (the `false_attestation` attack) gets it certified (C9's
     /// certificate check must fail).
     CertifyAlone,
+    /// Every node carries a committee vote on one member's word: the adversary's `vote_off`
+    /// takes an honest member off the committee (C9's committee check must fail).
+    VoteAlone,
 }
 
 pub struct SimNode {

@@ -418,7 +418,8 @@ pub fn judge(w: &mut World) -> Findings {
                     Outcome::DroppedBanned,
                 ],
                 // A valid heartbeat: taken in; what it claims is judged by C9's certificates.
-                Attack::FalseAttestation => &[
+                // A valid vote: taken in; what it does is judged by C9's committee check.
+                Attack::FalseAttestation | Attack::VoteOff => &[
                     Outcome::Accepted,
                     Outcome::Busy,
                     Outcome::Duplicate,

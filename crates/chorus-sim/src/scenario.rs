@@ -176,10 +176,13 @@ pub enum Attack {
     /// A heartbeat attesting a false state for a coming checkpoint (`final/1`: a conflict,
     /// never a certificate; under `lc-cid/1` an ordinary heartbeat).
     FalseAttestation,
+    /// A vote to take a random honest member off the finality committee (`final/1`: one
+    /// member's vote is never a quorum; under `lc-cid/1` an event of a kind nothing reads).
+    VoteOff,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 9] = [
+    pub const ALL: [Attack; 10] = [
         Attack::BitFlip,
         Attack::ForgedAuthor,
         Attack::Equivocate,
@@ -189,6 +192,7 @@ impl Attack {
         Attack::Flood,
         Attack::BadRequest,
         Attack::FalseAttestation,
+        Attack::VoteOff,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -201,6 +205,7 @@ impl Attack {
             Attack::Flood => "flood",
             Attack::BadRequest => "bad_request",
             Attack::FalseAttestation => "false_attestation",
+            Attack::VoteOff => "vote_off",
         }
     }
 }

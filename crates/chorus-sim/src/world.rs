@@ -11,6 +11,7 @@ use chorus_core::{
     EventId, SignedEvent, Timeline,
     crypto::Keypair,
     event::{EventError, kind},
+    ids::AuthorId,
     limits::DEFAULT_CHECKPOINT_INTERVAL,
     local::Local,
     proto::{
@@ -970,6 +971,22 @@ impl World {
                 self.certificates_held.push((node, self.now, att));
             }
         }
+        // No honest member leaves the committee: honest nodes never vote here, and at most f
+        // adversaries' votes are never a quorum.
+        if !f.voted_off.is_empty() && !self.nodes[node].byzantine {
+            for off in &f.voted_off {
+                let honest = self
+                    .nodes
+                    .iter()
+                    .any(|n| !n.byzantine && n.key.author() == *off);
+                if honest && self.stats.finality_violations.len() < 16 {
+                    self.stats.finality_violations.push(format!(
+                        "node {node} at {} ms: honest member {off} voted off the committee",
+                        self.now
+                    ));
+                }
+            }
+        }
         let len = f.final_positions as usize;
         let from = self.final_checked[node];
         if len < from {
@@ -1439,6 +1456,34 @@ impl World {
                     );
                 }
             }
+            Attack::VoteOff => {
+                let victims: Vec<AuthorId> = self
+                    .honest()
+                    .filter(|n| n.writer)
+                    .map(|n| n.key.author())
+                    .collect();
+                let victim = victims[self.byz_rng.below(victims.len() as u64) as usize];
+                let n = &mut self.nodes[node];
+                let tl = n.tl();
+                let ev = tl
+                    .prepare(
+                        n.key.author(),
+                        kind::VOTE,
+                        chorus_core::membership::VoteOp::Remove(victim).to_body(),
+                    )
+                    .sign(&n.key);
+                let _ = n.node.local_mut().ingest(vec![ev.clone()]);
+                for p in peers {
+                    self.send(
+                        node,
+                        p,
+                        Msg::Gossip {
+                            block: ev.bytes_arc(),
+                        },
+                        Some(a),
+                    );
+                }
+            }
             Attack::Replay => {
                 for _ in 0..REPLAY_BLOCKS.min(held.len()) {
                     let b = held[self.byz_rng.below(held.len() as u64) as usize].clone();
@@ -1499,6 +1544,9 @@ fn fresh_timeline(genesis: &SignedEvent, sabotage: Sabotage) -> Timeline<SimMach
     }
     if sabotage == Sabotage::CertifyAlone {
         tl.sabotage_certificate_quorum(1);
+    }
+    if sabotage == Sabotage::VoteAlone {
+        tl.sabotage_vote_quorum(1);
     }
     tl
 }

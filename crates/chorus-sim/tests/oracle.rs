@@ -1,7 +1,7 @@
 //! The oracle bites: break an ordering rule or a sync rule on purpose and the oracle must fail
 //! the run (a check that cannot fail proves nothing). And the committed suite file parses.
 
-use chorus_sim::{Sabotage, Suite, simulate};
+use chorus_sim::{Sabotage, Suite, scenario::Attack, simulate};
 
 /// The committed `wipe` scenario, made small enough for a unit test.
 fn small_wipe() -> chorus_sim::Scenario {
@@ -207,6 +207,23 @@ fn a_false_attestation_is_never_certified_unless_one_word_is_enough() {
         r.findings.certified_nodes
     );
     let (r, _) = simulate(&sc, sc.seed, Sabotage::CertifyAlone);
+    let failed = failed_checks(&r);
+    assert!(failed.contains(&"C9 finality safety"), "{failed:?}");
+}
+
+/// The Byzantine scenario on `final/1`: the adversary votes honest members off the finality
+/// committee. One member's vote is never a quorum, so no honest member ever leaves it (C9's
+/// committee check); with votes carried by one member (`vote-alone`) one does and C9 fails.
+#[test]
+fn a_lone_vote_never_takes_an_honest_member_off_the_committee_unless_one_vote_is_enough() {
+    let mut sc = Suite::builtin()
+        .get("byzantine")
+        .expect("byzantine scenario")
+        .on_final_order();
+    sc.byzantine.as_mut().expect("an adversary").attacks = vec![Attack::VoteOff];
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::VoteAlone);
     let failed = failed_checks(&r);
     assert!(failed.contains(&"C9 finality safety"), "{failed:?}");
 }
