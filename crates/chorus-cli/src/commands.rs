@@ -14,7 +14,7 @@ use chorus_core::{
     event::kind,
     genesis::Genesis,
     machine::CounterMachine,
-    membership::{MemberOp, Role},
+    membership::{MemberOp, Role, VoteOp},
 };
 use chorus_kairos::{
     Kairos2Machine, KairosMachine,
@@ -122,6 +122,8 @@ fn member_remote(dir: &Path, op: MemberCmd, api: Option<String>) -> Result<i32> 
             "role": match role { RoleArg::Anchor => "anchor", RoleArg::Writer => "writer" },
         }),
         MemberCmd::Remove { key } => serde_json::json!({ "op": "remove", "key": key }),
+        MemberCmd::VoteRemove { key } => serde_json::json!({ "op": "vote-remove", "key": key }),
+        MemberCmd::VoteRestore { key } => serde_json::json!({ "op": "vote-restore", "key": key }),
     };
     match crate::http::post(&addr, "/v1/members", &req) {
         Ok(r) => {
@@ -219,6 +221,8 @@ fn member<M: Describe>(r: &mut Replica<M>, op: MemberCmd) -> Result<i32> {
             },
         ),
         MemberCmd::Remove { key } => MemberOp::Remove(parse(&key)?),
+        MemberCmd::VoteRemove { key } => return vote(r, VoteOp::Remove(parse(&key)?)),
+        MemberCmd::VoteRestore { key } => return vote(r, VoteOp::Restore(parse(&key)?)),
     };
     if r.key().author() != r.timeline().membership().admin() {
         bail!(
@@ -228,6 +232,18 @@ fn member<M: Describe>(r: &mut Replica<M>, op: MemberCmd) -> Result<i32> {
         );
     }
     let ev = r.append(kind::MEMBER, op.to_body())?;
+    println!("{}", ev.id());
+    Ok(0)
+}
+
+/// `chorus member vote-remove|vote-restore` on the store: this node's member votes.
+fn vote<M: Describe>(r: &mut Replica<M>, vote: VoteOp) -> Result<i32> {
+    if !r.timeline().genesis().is_final_order() {
+        bail!(
+            "committee votes need a final/1 timeline (this one orders by lc-cid/1, where only the admin changes membership)"
+        );
+    }
+    let ev = r.append(kind::VOTE, vote.to_body())?;
     println!("{}", ev.id());
     Ok(0)
 }

@@ -231,6 +231,18 @@ enum MemberCmd {
         /// The member's public key (hex).
         key: String,
     },
+    /// Vote to take a member off the finality committee (`final/1`): a silent member, the
+    /// lost admin's machine. Any member votes with its own key; a quorum of the committee's
+    /// votes carries it once they are final. It keeps its right to write.
+    VoteRemove {
+        /// The member's public key (hex).
+        key: String,
+    },
+    /// Vote to put a member voted off back on the finality committee (`final/1`).
+    VoteRestore {
+        /// The member's public key (hex).
+        key: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -5,8 +5,10 @@
 //!
 //! The timeline is made as a user makes it: `chorus init --order final`, then `chorus member
 //! add` for each other node (the committee grows by epochs as each addition becomes final).
-//! Their heartbeats attest the final checkpoints, and the live members certify one. Traffic
-//! stays on 127.0.4.0/24.
+//! Their heartbeats attest the final checkpoints, and the live members certify one. Then the
+//! live members vote the stopped one off the committee (`chorus member vote-remove` against
+//! their running nodes), and finality survives a second member stopping. Traffic stays on
+//! 127.0.4.0/24.
 
 mod common;
 
@@ -55,9 +57,11 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
             &CHECKPOINT_INTERVAL.to_string(),
         ],
     );
+    let mut keys = vec![];
     for d in &dirs[1..] {
-        let k = ok(d, &["key"]);
-        ok(&dirs[0], &["member", "add", k.trim(), "--role", "writer"]);
+        let k = ok(d, &["key"]).trim().to_string();
+        ok(&dirs[0], &["member", "add", &k, "--role", "writer"]);
+        keys.push(k);
     }
     let mut nodes = vec![Node::start_heartbeating(
         "n0",
@@ -171,7 +175,59 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
     for n in nodes.iter().take(4) {
         assert_eq!(finality(n).unwrap()["conflicts"], 0);
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status();
+
+    // The four live members vote n4 off the committee through their running nodes (`chorus
+    // member vote-remove`, the CLI over the node's API): once the votes are final, the
+    // committee is four with a quorum of three.
+    let n4_key = &keys[3];
+    for d in &dirs[..4] {
+        ok(d, &["member", "vote-remove", n4_key]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let fs: Vec<Value> = nodes.iter().take(4).filter_map(finality).collect();
+        let done = fs.len() == 4
+            && fs.iter().all(|f| {
+                f["committee"] == 4
+                    && f["quorum"] == 3
+                    && f["voted_off"] == serde_json::json!([n4_key])
+            });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n4 not voted off within 30 s: {fs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Now a second member can stop: three of the four are a quorum (with n4 still on the
+    // committee, three of five could finalize nothing).
+    let pid3 = nodes[3].process.pid().expect("n3 runs").to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid3])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let id = nodes[0]
+        .append("after the vote", 1)
+        .expect("acknowledged")
+        .remove(0);
+    let acked = Instant::now();
+    while !is_final(&nodes[0], &id) {
+        assert!(
+            acked.elapsed() < Duration::from_secs(30),
+            "not final with n3 and n4 stopped after the vote: {:?}\n{}",
+            finality(&nodes[0]),
+            log_tails(nodes.iter().take(3), 20)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for p in [&pid, &pid3] {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", p])
+            .status();
+    }
 }

@@ -21,6 +21,7 @@ use std::{
 
 use chorus_core::{
     EventId, SignedEvent,
+    membership::VoteOp,
     proto::{
         WriteError, WriteId, WriteResult,
         node::{Config, Input, NodeState, Output, Transport},
@@ -700,6 +701,18 @@ impl<M: Describe> Actor<M> {
                         hex::encode(c.against.state)
                     )
                 }),
+                voted_off: x.voted_off.iter().map(|k| k.to_string()).collect(),
+                open_votes: x
+                    .open_votes
+                    .iter()
+                    .map(|(v, n)| {
+                        let what = match v {
+                            VoteOp::Remove(k) => format!("remove {k}"),
+                            VoteOp::Restore(k) => format!("restore {k}"),
+                        };
+                        (what, *n)
+                    })
+                    .collect(),
             }),
             peers: node.syncer().peers().map(|p| p.to_string()).collect(),
             in_sync_with: node.in_sync().iter().map(|p| p.to_string()).collect(),

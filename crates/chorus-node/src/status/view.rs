@@ -82,6 +82,11 @@ pub struct FinalityView {
     pub conflicts: u64,
     /// The newest conflict: who attested what against what.
     pub last_conflict: Option<String>,
+    /// Members the committee voted off (`chorus member vote-remove`), by key.
+    pub voted_off: Vec<String>,
+    /// Final votes short of a quorum so far: `"remove KEY"` / `"restore KEY"` → members who
+    /// cast it.
+    pub open_votes: BTreeMap<String, usize>,
 }
 
 /// A light node's view of what it forgot and what it still owes the full nodes.
