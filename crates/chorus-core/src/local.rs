@@ -213,18 +213,18 @@ impl<M: Machine, S: Storage> Local<M, S> {
     /// Where a light node may forget the past: the newest checkpoint inside the settled prefix
     /// of the order (no member can add an event before it any more, so the state never has to
     /// be rebuilt from further back). `None` while nothing with a checkpoint is settled.
+    /// Under `final/1` the order is not `(lc, id)`, which pruning goes by: the horizon is the
+    /// largest key below which everything is final and before the newest final checkpoint
+    /// ([`Timeline::final_prune_horizon`]).
     pub fn light_horizon(&self) -> Option<OrderKey> {
-        if self.timeline.genesis().is_final_order() {
-            // Pruning goes by `(lc, id)`, which is not the order of a `final/1` timeline: a
-            // tentative event can sort after the final prefix with a lower `lc`. Light nodes
-            // of such timelines keep their blocks until pruning follows the final prefix.
-            return None;
-        }
-        let (id, lc) = self.timeline.frontier().last?;
-        let last: OrderKey = (lc, id);
         if self.timeline.needs_catch_up() {
             return None;
         }
+        if self.timeline.genesis().is_final_order() {
+            return self.timeline.final_prune_horizon();
+        }
+        let (id, lc) = self.timeline.frontier().last?;
+        let last: OrderKey = (lc, id);
         self.timeline
             .checkpoint_keys()
             .into_iter()

@@ -511,6 +511,52 @@ fn votes_of_non_members_or_for_the_last_member_change_nothing_and_bad_votes_are_
     );
 }
 
+/// Every event held at or below `h` in `(lc, id)` sits before `positions` in the order.
+fn all_before(tl: &Timeline<ChainMachine>, h: (u64, EventId), positions: u64) -> bool {
+    tl.order().enumerate().all(|(p, id)| {
+        let (_, _, lc) = tl.meta_of(&id).unwrap();
+        (lc, id) > h || (p as u64) < positions
+    })
+}
+
+#[test]
+fn a_light_horizon_covers_only_the_final_prefix_up_to_its_newest_checkpoint() {
+    let mut m = Mesh::new(3, 4);
+    // Member 3 writes early and is cut off: its event arrives after the rest is final.
+    let late = m.write(3, kind::STIMULUS, text("early, delivered late"));
+    let live = [0, 1, 2];
+    for k in 0..24 {
+        m.write(k % 3, kind::STIMULUS, text(&format!("w{k}")));
+        m.heartbeat_round(&live);
+    }
+    m.quiet(&live);
+    let tl = &m.reps[0];
+    let h = tl.final_prune_horizon().expect("a final checkpoint exists");
+    let at = tl.attestation().expect("a final checkpoint").positions;
+    assert!(at as usize <= m.final_len(0));
+    assert!(
+        all_before(tl, h, at),
+        "horizon {h:?} covers events after position {at}"
+    );
+    assert!(h.0 >= 4, "horizon {h:?} covers almost nothing");
+    // The late event has a lower `lc` than much of the final prefix, yet sorts after it: the
+    // horizon never covers it.
+    assert!(
+        late.lamport < h.0,
+        "the late event's lc is below the old horizon"
+    );
+    m.deliver(3, 0);
+    let tl = &m.reps[0];
+    let p = tl.position_of(&late.id()).unwrap();
+    assert!(p >= m.final_len(0), "the late event is tentative");
+    let h2 = tl.final_prune_horizon().unwrap();
+    assert!(
+        (late.lamport, late.id()) > h2,
+        "{h2:?} covers the late event"
+    );
+    assert!(all_before(tl, h2, tl.attestation().unwrap().positions));
+}
+
 #[test]
 fn a_restored_replica_starts_from_a_final_checkpoint_and_gets_the_same_state() {
     let mut m = Mesh::new(3, 4);

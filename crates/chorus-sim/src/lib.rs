@@ -84,8 +84,9 @@ pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World)
             .count();
         notes.push(format!(
             "light nodes: {light_acked} writes acknowledged once a full node stored them, \
-             {unacked} signed but never acknowledged (crashed or late: {} answered late)",
-            w.stats.light_writes_late
+             {unacked} signed but never acknowledged (crashed or late: {} answered late); {} \
+             blocks forgotten behind their horizons",
+            w.stats.light_writes_late, findings.light_pruned_blocks
         ));
     }
     if sc.order.is_some() {

@@ -66,6 +66,8 @@ pub struct Findings {
     /// one covers.
     pub certified_nodes: u64,
     pub certified_positions: u64,
+    /// Blocks the live light nodes forgot behind their horizons.
+    pub light_pruned_blocks: u64,
 }
 
 fn verdict(check: &'static str, failures: Vec<String>) -> Verdict {
@@ -606,6 +608,12 @@ pub fn judge(w: &mut World) -> Findings {
         }
         f.verdicts.push(verdict("C9 finality safety", c9));
     }
+
+    f.light_pruned_blocks = live
+        .iter()
+        .filter(|n| n.light)
+        .map(|n| n.node.horizon().1)
+        .sum();
 
     // C7: a light node acknowledged a write only once a full node held it.
     if w.sc.classes.iter().any(|c| c.light && c.count > 0) {

@@ -830,7 +830,10 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         match self.local.prune() {
             Ok((h, p)) => {
                 self.pruned_blocks += p.blocks;
-                if h.is_some() {
+                // The highest horizon pruned through: under `final/1` a newer one can be lower
+                // (a late event, or a newer checkpoint on an event of lower `lc`), and what was
+                // pruned stays pruned.
+                if h > self.horizon {
                     self.horizon = h;
                 }
             }

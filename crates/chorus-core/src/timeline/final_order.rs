@@ -383,6 +383,29 @@ impl<M: Machine> Timeline<M> {
         })
     }
 
+    /// `final/1`: where a light node may forget blocks (pruning deletes every block at or below
+    /// a `(lc, id)` key): the largest key such that every event held at or below it sits at or
+    /// before the newest final checkpoint in the order, and no larger than that checkpoint's
+    /// own key (so the checkpoint the state restarts from is kept). Nothing at or before the
+    /// checkpoint is ever folded again (a final prefix never moves); an event that arrives
+    /// later with a lower key sorts after the final prefix, and the walk stops below it.
+    /// `None` under `lc-cid/1` or before a final checkpoint exists. Cost: a walk over the
+    /// events up to the checkpoint's key.
+    pub fn final_prune_horizon(&self) -> Option<super::OrderKey> {
+        let f = self.fin.as_ref()?;
+        let checkpoint = *self.checkpoints.keys().rev().find(|r| r.0 != TENTATIVE)?;
+        let checkpoint_key = super::order_key(&checkpoint);
+        let mut horizon = None;
+        for &i in &f.lc_order {
+            let key = self.key(i);
+            if key > checkpoint_key || self.rank(i) > checkpoint {
+                break;
+            }
+            horizon = Some(key);
+        }
+        horizon
+    }
+
     /// `final/1`: the attestations this replica's heartbeats hold, its newest certificate and
     /// the conflicts seen (`None` under `lc-cid/1`).
     pub fn attestations(&self) -> Option<&Attestations> {
