@@ -96,6 +96,10 @@ pub enum SabotageArg {
     CertifyAlone,
     /// final/1 committee votes carried by one member (C9 must fail on the adversary's vote).
     VoteAlone,
+    /// Take every peer's word in sync (C10 must fail against the `liar`).
+    TrustSyncClaims,
+    /// Every key a member for the pending set (C4 must fail on the stranger flood).
+    TrustStrangers,
 }
 
 /// `--order final/1`: the only rule a scenario can be switched to (absent: `lc-cid/1`).
@@ -304,6 +308,8 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::QuorumHalf => Sabotage::QuorumHalf,
                 SabotageArg::CertifyAlone => Sabotage::CertifyAlone,
                 SabotageArg::VoteAlone => Sabotage::VoteAlone,
+                SabotageArg::TrustSyncClaims => Sabotage::TrustSyncClaims,
+                SabotageArg::TrustStrangers => Sabotage::TrustStrangers,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
             };
             let r = chorus_sim::run(sc, seed, sabotage);

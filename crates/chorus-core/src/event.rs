@@ -90,6 +90,15 @@ pub enum EventError {
     CidMismatch { claimed: String },
     #[error("pending set is full ({events} events); event not taken, retry later")]
     PendingFull { events: usize },
+    #[error(
+        "{author} is named by no membership change here and already has {held} events waiting \
+         for their parents (or all such keys {total}); event not taken, retry later"
+    )]
+    StrangerQuota {
+        author: String,
+        held: usize,
+        total: usize,
+    },
 }
 
 /// What kind of refusal an [`EventError`] is, which decides who is to blame.
@@ -131,7 +140,9 @@ impl EventError {
             | EventError::UnknownAuthor(_)
             | EventError::NotAdmin
             | EventError::BadBody { .. } => ErrorClass::Validation,
-            EventError::PendingFull { .. } => ErrorClass::BackPressure,
+            EventError::PendingFull { .. } | EventError::StrangerQuota { .. } => {
+                ErrorClass::BackPressure
+            }
         }
     }
 
@@ -159,6 +170,7 @@ impl EventError {
             EventError::BadBody { .. } => "bad_body",
             EventError::CidMismatch { .. } => "cid_mismatch",
             EventError::PendingFull { .. } => "pending_full",
+            EventError::StrangerQuota { .. } => "stranger_quota",
         }
     }
 }

@@ -19,6 +19,13 @@ pub const MAX_COUNTER: u64 = (1 << 53) - 1;
 pub const MAX_PENDING_EVENTS: usize = 65_536;
 /// Most bytes held in the pending set.
 pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Most pending events of one key that no membership change names (a stranger, or a member
+/// whose addition has not arrived yet). Anyone can make keys and sign events with made-up
+/// parents: without this, a non-member filled the whole pending set, and honest peers'
+/// out-of-order gossip was refused (issue 15).
+pub const MAX_PENDING_PER_STRANGER: usize = 64;
+/// Most pending events of all such keys together.
+pub const MAX_PENDING_FROM_STRANGERS: usize = 4_096;
 /// Recently inserted blocks kept in memory so replays near the tip need no store reads.
 pub const RECENT_BLOCK_CACHE: usize = 4_096;
 /// Default number of ordered events between two machine checkpoints.

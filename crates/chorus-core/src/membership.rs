@@ -170,6 +170,12 @@ impl Membership {
         self.admin
     }
 
+    /// Whether some membership change held here names `who` (or `who` is the admin): a key
+    /// that was, is or will be a member. Any other key is a stranger to this replica.
+    pub fn ever_named(&self, who: &AuthorId) -> bool {
+        *who == self.admin || self.changes.contains_key(who)
+    }
+
     /// Records a member event by the admin at admin sequence `admin_sq`. Admin events arrive in
     /// chain order (each contains the previous), so pushes are ascending.
     pub fn record(&mut self, admin_sq: u64, op: &MemberOp) {

@@ -94,6 +94,20 @@ pub const REQUEST_BURST: u64 = 400;
 pub const MAX_SUBMIT_BLOCKS: usize = 256;
 /// Most peers tracked at once.
 pub const MAX_PEERS: usize = 256;
+/// Pages in a row that bring a catch-up stream nowhere before it is cut and another peer is
+/// asked: a page is useful when it holds a block new here, or when it is empty because the
+/// server scanned [`MAX_SCAN_PER_PAGE`] positions this replica holds (the only way an honest
+/// server sends an empty page that is not the last). A peer whose summary claims to be ahead
+/// and that answers with empty or repeated pages kept the one stream for good before (every
+/// page counted as activity), and with it every other way of catching up.
+pub const MAX_USELESS_PAGES: u32 = 4;
+/// A peer that claims more of *our own* chain than we hold is asked for it (`Range`) before
+/// the claim may keep our writes closed; this many answers in a row that bring none of it (or
+/// fail) and the claim is capped at what we hold. One lying peer kept a wiped node's writes
+/// closed for good before.
+pub const MAX_UNBACKED_OWN_CLAIMS: u32 = 3;
+/// Most of our own chain asked for in one check.
+pub const OWN_CHECK_SPAN: u64 = 1_024;
 
 /// A position in the total order, `(lc, id)` (the [`OrderKey`] on the wire).
 pub type Cursor = (u64, EventId);
@@ -337,6 +351,10 @@ pub trait LocalView {
     fn genesis(&self) -> EventId;
     fn version_vector(&self) -> BTreeMap<AuthorId, u64>;
     fn contains(&self, id: &EventId) -> bool;
+    /// Events held with a `(lc, id)` key in `(after, upto]`, counted up to `at_most`.
+    fn held_between(&self, after: Option<Cursor>, upto: Cursor, at_most: usize) -> usize;
+    /// The highest `sq` of `author` held or waiting in the pending set.
+    fn highest_sq_known(&self, author: &AuthorId) -> u64;
 }
 
 impl<M: Machine> LocalView for Timeline<M> {
@@ -348,6 +366,25 @@ impl<M: Machine> LocalView for Timeline<M> {
     }
     fn contains(&self, id: &EventId) -> bool {
         Timeline::contains(self, id)
+    }
+    fn held_between(&self, after: Option<Cursor>, upto: Cursor, at_most: usize) -> usize {
+        self.scan_after(after)
+            .take_while(|(k, _, _)| *k <= upto)
+            .take(at_most)
+            .count()
+    }
+    fn highest_sq_known(&self, author: &AuthorId) -> u64 {
+        let held = Timeline::version_vector(self)
+            .get(author)
+            .copied()
+            .unwrap_or(0);
+        let pending = self
+            .pending()
+            .filter(|e| e.author == *author)
+            .map(|e| e.seq)
+            .max()
+            .unwrap_or(0);
+        held.max(pending)
     }
 }
 
@@ -371,13 +408,26 @@ struct PeerState {
     recovering: bool,
     /// Its last summary named events this replica lacked: a peer to catch up from.
     ahead: bool,
+    /// A `Range` of our own chain is out to this peer, to back its claim of `own_sq`: what we
+    /// knew of our chain when it was sent.
+    own_check_from: Option<u64>,
+    /// Checks of its claim in a row that brought nothing (see [`MAX_UNBACKED_OWN_CLAIMS`]).
+    own_unbacked: u32,
+    /// Its claim was capped at what we hold (it could not back it): until it backs a claim,
+    /// its summaries count for what we hold, never more.
+    own_capped: bool,
 }
 
 #[derive(Debug)]
 struct Stream<P> {
     peer: P,
+    /// The last useful page (the stall timer runs from it).
     last_activity: u64,
     new_blocks: u64,
+    /// The cursor of the page asked for last (`None`: the first).
+    after: Option<Cursor>,
+    /// Pages in a row that brought nothing (see [`MAX_USELESS_PAGES`]).
+    useless: u32,
 }
 
 /// Counters, for status and tests.
@@ -389,6 +439,10 @@ pub struct SyncStats {
     pub requests_refused: u64,
     pub invalid_blocks: u64,
     pub bans: u64,
+    /// Catch-up streams cut for bringing nothing (a peer that claimed to be ahead and was not).
+    pub streams_cut: u64,
+    /// Claims of our own chain capped because the peer could not back them.
+    pub own_claims_capped: u64,
 }
 
 /// The per-node sync decision maker. `P` is the caller's peer id type.
@@ -410,6 +464,9 @@ pub struct Syncer<P: Ord + Clone> {
     last_stream_peer: Option<P>,
     /// No stream is resumed before this time (see [`STREAM_RESUME_INTERVAL_MS`]).
     next_resume: u64,
+    /// **Sabotage, for the simulator's oracle only**: take every peer's word (no stream is cut
+    /// for useless pages, no claim of our own chain is checked).
+    trust_claims: bool,
 }
 
 impl<P: Ord + Clone> Default for Syncer<P> {
@@ -425,6 +482,7 @@ impl<P: Ord + Clone> Default for Syncer<P> {
             resume: false,
             last_stream_peer: None,
             next_resume: 0,
+            trust_claims: false,
         }
     }
 }
@@ -436,6 +494,12 @@ fn vv_ahead(remote: &[(AuthorId, u64)], local: &BTreeMap<AuthorId, u64>) -> bool
 }
 
 impl<P: Ord + Clone> Syncer<P> {
+    /// **Sabotage, for the simulator's oracle only**: see `trust_claims`.
+    #[doc(hidden)]
+    pub fn sabotage_trust_claims(&mut self) {
+        self.trust_claims = true;
+    }
+
     pub fn stats(&self) -> &SyncStats {
         &self.stats
     }
@@ -549,7 +613,7 @@ impl<P: Ord + Clone> Syncer<P> {
     }
 
     /// A request to `p` failed or timed out.
-    pub fn request_failed(&mut self, p: &P, req: &SyncRequest) {
+    pub fn request_failed(&mut self, p: &P, req: &SyncRequest) -> Vec<Action<P>> {
         self.done(p);
         if matches!(req, SyncRequest::Since { .. })
             && self.stream.as_ref().is_some_and(|s| &s.peer == p)
@@ -562,6 +626,10 @@ impl<P: Ord + Clone> Syncer<P> {
                 self.wants.remove(id);
             }
         }
+        if self.is_own_check(req) {
+            return self.on_own_check(p, None);
+        }
+        vec![]
     }
 
     fn done(&mut self, p: &P) {
@@ -597,6 +665,8 @@ impl<P: Ord + Clone> Syncer<P> {
             peer: p.clone(),
             last_activity: now,
             new_blocks: 0,
+            after: None,
+            useless: 0,
         });
         self.last_stream_peer = Some(p.clone());
         self.resume = false;
@@ -644,14 +714,31 @@ impl<P: Ord + Clone> Syncer<P> {
         }
         let vv = local.version_vector();
         let ahead = !s.light && vv_ahead(&s.version_vector, &vv);
+        let mut check_own = None;
         if let Some(st) = self.peers.get_mut(p) {
             st.light = s.light;
             st.recovering = s.recovering;
             st.ahead = ahead;
             if let Some(me) = self.me {
                 let sq = s.version_vector.iter().find(|(a, _)| *a == me);
-                st.own_sq = Some(sq.map_or(0, |(_, sq)| *sq));
+                let claim = sq.map_or(0, |(_, sq)| *sq);
+                // More of our chain than we know of: ask for it before the claim may hold our
+                // writes (a peer that cannot back it is capped, see `on_own_check`).
+                let known = local.highest_sq_known(&me);
+                let unproven = claim > known && !self.trust_claims && !s.light;
+                st.own_sq = Some(if unproven && st.own_capped {
+                    known
+                } else {
+                    claim
+                });
+                if unproven && st.own_check_from.is_none() {
+                    st.own_check_from = Some(known);
+                    check_own = Some((me, known, claim));
+                }
             }
+        }
+        if let Some((me, known, claim)) = check_own {
+            self.send_own_check(&mut out, p, me, known, claim);
         }
         if s.light {
             // A light node serves no blocks: nothing to fetch from it. Its own events reach
@@ -696,12 +783,14 @@ impl<P: Ord + Clone> Syncer<P> {
         }
     }
 
-    /// `p` answered a `Since` page; `new` blocks of it were new here. Asks for the next page,
-    /// or, at the end of the stream, for a fresh summary to check nothing is left.
+    /// `p` answered a `Since` page of `blocks` blocks; `new` of them were new here. Asks for
+    /// the next page, or, at the end of the stream, for a fresh summary to check nothing is
+    /// left. A stream that pages without getting anywhere is cut (see [`MAX_USELESS_PAGES`]).
     pub fn on_page(
         &mut self,
         p: &P,
         next: Option<Cursor>,
+        blocks: usize,
         new: u64,
         local: &dyn LocalView,
         now: u64,
@@ -709,11 +798,37 @@ impl<P: Ord + Clone> Syncer<P> {
         self.done(p);
         self.stats.pages_received += 1;
         let mut out = vec![];
+        let trust = self.trust_claims;
         let Some(stream) = self.stream.as_mut().filter(|s| &s.peer == p) else {
             return out;
         };
-        stream.last_activity = now;
         stream.new_blocks += new;
+        // Useful: something new, or an empty page over a full scan of positions we hold.
+        // A cursor that does not move forward is never honest.
+        let forward = next.is_none_or(|c| stream.after.is_none_or(|a| c > a));
+        let scanned = next.is_some_and(|c| {
+            blocks == 0
+                && local.held_between(stream.after, c, MAX_SCAN_PER_PAGE) >= MAX_SCAN_PER_PAGE
+        });
+        if trust || (forward && (new > 0 || scanned)) {
+            stream.useless = 0;
+            stream.last_activity = now;
+        } else {
+            stream.useless += 1;
+        }
+        if next.is_some() && (!forward || stream.useless >= MAX_USELESS_PAGES) && !trust {
+            // It claimed to be ahead and pages nowhere: ask someone else, and not it again for
+            // a while (its next summary may claim the same).
+            self.stream = None;
+            self.resume = true;
+            self.stats.streams_cut += 1;
+            if let Some(st) = self.peers.get_mut(p) {
+                st.idle_stream_at = Some(now);
+                st.ahead = false;
+            }
+            return out;
+        }
+        stream.after = next;
         match next {
             Some(after) => {
                 let have = local.version_vector().into_iter().collect();
@@ -746,6 +861,76 @@ impl<P: Ord + Clone> Syncer<P> {
     /// `p` answered a `Want` or `Range`.
     pub fn on_blocks(&mut self, p: &P) {
         self.done(p);
+    }
+
+    fn send_own_check(
+        &mut self,
+        out: &mut Vec<Action<P>>,
+        p: &P,
+        me: AuthorId,
+        known: u64,
+        claim: u64,
+    ) {
+        let before = out.len();
+        let to_sq = claim.min(known.saturating_add(OWN_CHECK_SPAN));
+        self.send(
+            out,
+            p,
+            SyncRequest::Range {
+                author: me,
+                from_sq: known + 1,
+                to_sq,
+            },
+        );
+        if out.len() == before
+            && let Some(st) = self.peers.get_mut(p)
+        {
+            st.own_check_from = None; // not sent (in-flight bound): the next summary asks
+        }
+    }
+
+    /// Whether `req` is a check of our own chain (a `Range` of our author).
+    pub fn is_own_check(&self, req: &SyncRequest) -> bool {
+        matches!(req, SyncRequest::Range { author, .. } if Some(*author) == self.me)
+    }
+
+    /// `p`'s answer to a check of our own chain was ingested (or the check failed: `local` is
+    /// then `None`). If it brought some of our chain, the claim stands (and the next part is
+    /// asked for); if not, after [`MAX_UNBACKED_OWN_CLAIMS`] such answers in a row the claim
+    /// is capped at what we hold.
+    pub fn on_own_check(&mut self, p: &P, local: Option<&dyn LocalView>) -> Vec<Action<P>> {
+        let mut out = vec![];
+        let Some(me) = self.me else {
+            return out;
+        };
+        let Some(st) = self.peers.get_mut(p) else {
+            return out;
+        };
+        let Some(from) = st.own_check_from.take() else {
+            return out;
+        };
+        let known = local.map_or(from, |l| l.highest_sq_known(&me));
+        let claim = st.own_sq.unwrap_or(0);
+        if known > from {
+            st.own_unbacked = 0;
+            st.own_capped = false;
+        } else {
+            st.own_unbacked += 1;
+            if st.own_unbacked >= MAX_UNBACKED_OWN_CLAIMS {
+                st.own_unbacked = 0;
+                if claim > known {
+                    st.own_sq = Some(known);
+                    st.own_capped = true;
+                    self.stats.own_claims_capped += 1;
+                }
+                return out;
+            }
+        }
+        if claim > known {
+            st.own_check_from = Some(known);
+            self.send_own_check(&mut out, p, me, known, claim);
+        }
+        out
     }
 
     /// Events from `p` are waiting for these parents: ask `p` for them.

@@ -30,7 +30,10 @@ use crate::{
     genesis::Genesis,
     id_index::IdIndex,
     ids::{AuthorId, EventId},
-    limits::{MAX_PARENTS, MAX_PENDING_BYTES, MAX_PENDING_EVENTS, RECENT_BLOCK_CACHE},
+    limits::{
+        MAX_PARENTS, MAX_PENDING_BYTES, MAX_PENDING_EVENTS, MAX_PENDING_FROM_STRANGERS,
+        MAX_PENDING_PER_STRANGER, RECENT_BLOCK_CACHE,
+    },
     machine::{Applied, Machine},
     membership::{MemberOp, Membership, Role, VoteOp},
 };
@@ -209,6 +212,15 @@ pub struct Timeline<M: Machine> {
 
     pending: BTreeMap<EventId, SignedEvent>,
     pending_bytes: usize,
+    /// Pending events per key that no membership change names (see
+    /// [`MAX_PENDING_PER_STRANGER`]), and their sum.
+    stranger_pending: BTreeMap<AuthorId, usize>,
+    stranger_pending_total: usize,
+    /// The pending events counted there (a key named later keeps its earlier ones counted).
+    stranger_ids: BTreeSet<EventId>,
+    /// **Sabotage, for the simulator's oracle only**: treat every key as a member for the
+    /// pending set (no stranger quota).
+    trust_strangers: bool,
     /// Pending events that failed validation when their parents arrived (for the store to
     /// forget them too).
     dropped_pending: Vec<(EventId, EventError)>,
@@ -292,6 +304,10 @@ impl<M: Machine> Timeline<M> {
             order: vec![],
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            stranger_pending: BTreeMap::new(),
+            stranger_pending_total: 0,
+            stranger_ids: BTreeSet::new(),
+            trust_strangers: false,
             dropped_pending: vec![],
             waiting: BTreeMap::new(),
             state,
@@ -373,6 +389,24 @@ impl<M: Machine> Timeline<M> {
     }
     /// Events that pending events wait for and that are not pending themselves: what to
     /// fetch.
+    /// Whether no membership change held here names `author` (nor is it the admin): its
+    /// pending events count against the stranger quota, and gossip of them is not forwarded.
+    pub fn is_stranger(&self, author: &AuthorId) -> bool {
+        !self.trust_strangers && !self.membership.ever_named(author)
+    }
+
+    /// Pending events of keys no membership change names.
+    pub fn stranger_pending(&self) -> usize {
+        self.stranger_pending_total
+    }
+
+    /// **Sabotage, for the simulator's oracle only**: no stranger quota, strangers' pending
+    /// gossip forwarded like a member's.
+    #[doc(hidden)]
+    pub fn sabotage_trust_strangers(&mut self) {
+        self.trust_strangers = true;
+    }
+
     pub fn wanted(&self) -> Vec<EventId> {
         self.waiting
             .keys()
@@ -642,6 +676,21 @@ impl<M: Machine> Timeline<M> {
                     events: self.pending.len(),
                 });
             }
+            if self.is_stranger(&ev.author) {
+                let held = self.stranger_pending.get(&ev.author).copied().unwrap_or(0);
+                if held >= MAX_PENDING_PER_STRANGER
+                    || self.stranger_pending_total >= MAX_PENDING_FROM_STRANGERS
+                {
+                    return Err(EventError::StrangerQuota {
+                        author: ev.author.to_string(),
+                        held,
+                        total: self.stranger_pending_total,
+                    });
+                }
+                *self.stranger_pending.entry(ev.author).or_insert(0) += 1;
+                self.stranger_pending_total += 1;
+                self.stranger_ids.insert(id);
+            }
             for m in &missing {
                 self.waiting.entry(*m).or_default().push(id);
             }
@@ -674,6 +723,15 @@ impl<M: Machine> Timeline<M> {
                 }
                 let ev = self.pending.remove(&child).expect("checked");
                 self.pending_bytes -= ev.bytes().len();
+                if self.stranger_ids.remove(&child)
+                    && let Some(n) = self.stranger_pending.get_mut(&ev.author)
+                {
+                    *n -= 1;
+                    self.stranger_pending_total -= 1;
+                    if *n == 0 {
+                        self.stranger_pending.remove(&ev.author);
+                    }
+                }
                 match self.validate(&ev) {
                     Ok(admin_seen) => {
                         self.index(&ev, admin_seen);

@@ -72,7 +72,7 @@ fn drive(
                 }
                 max_pending = max_pending.max(local.pending_len());
                 if matches!(req, SyncRequest::Since { .. }) {
-                    queue.extend(syncer.on_page(&p, b.next, new, local, now));
+                    queue.extend(syncer.on_page(&p, b.next, b.blocks.len(), new, local, now));
                 } else {
                     syncer.on_blocks(&p);
                 }
@@ -454,4 +454,130 @@ fn a_stalled_catch_up_resumes_at_once_with_the_next_peer_ahead() {
     assert!(since_to(&soon).is_empty(), "{soon:?}");
     let again = s.tick(CATCH_UP_STALL_MS + STREAM_RESUME_INTERVAL_MS, &wiped);
     assert_eq!(since_to(&again), vec![1], "{again:?}");
+}
+
+fn summary_of(tl: &Timeline<CounterMachine>) -> chorus_core::sync::Summary {
+    match serve(tl, &NoBlocks, &SyncRequest::Summary) {
+        SyncResponse::Summary(x) => x,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 15, "catch-up stream hijack": a peer whose summary claims to be ahead of everyone
+/// and that answers the catch-up with empty pages that never end kept the one stream for good
+/// (each page counted as activity), and with it every other way to catch up. A stream that
+/// pages nowhere is now cut after a few pages, and the next peer ahead catches us up.
+#[test]
+fn a_peer_that_pages_nowhere_loses_the_stream_and_an_honest_one_catches_us_up() {
+    use chorus_core::sync::MAX_USELESS_PAGES;
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
+    let hist = testkit::history(&g, "counter/1", &ks, 300, 3, |_, _| {
+        (kind::STIMULUS, testkit::text("x"))
+    });
+    let full = timeline(&g, &hist);
+    let store = blocks_of(&hist);
+    let mut wiped = timeline(&g, &[]);
+    // The liar claims far more of every author than exists.
+    let mut lie = summary_of(&full);
+    for (_, sq) in &mut lie.version_vector {
+        *sq += 1_000;
+    }
+    let mut s: Syncer<u8> = Syncer::default();
+    s.peer_up(1, 0);
+    s.peer_up(2, 0);
+    let first = s.on_summary(&1, &lie, &wiped, 0);
+    assert!(
+        matches!(&first[..], [Action::Send(1, SyncRequest::Since { .. })]),
+        "{first:?}"
+    );
+    let _ = s.on_summary(&2, &summary_of(&full), &wiped, 0);
+    // Empty pages with a cursor that never moves past the start.
+    let fake = Some((0, g.id()));
+    let mut pages = 0;
+    while s.catching_up() {
+        pages += 1;
+        assert!(pages <= MAX_USELESS_PAGES + 1, "the liar keeps the stream");
+        let _ = s.on_page(&1, fake, 0, 0, &wiped, 10 + pages as u64);
+    }
+    assert_eq!(s.stats().streams_cut, 1);
+    // The next tick resumes with the honest peer, which catches us up completely.
+    let resumed = s.tick(STREAM_RESUME_INTERVAL_MS, &wiped);
+    assert!(
+        resumed
+            .iter()
+            .any(|a| matches!(a, Action::Send(2, SyncRequest::Since { .. }))),
+        "{resumed:?}"
+    );
+    let only_since: Vec<Action<u8>> = resumed
+        .into_iter()
+        .filter(|a| matches!(a, Action::Send(2, SyncRequest::Since { .. })))
+        .collect();
+    drive(
+        &mut s,
+        only_since,
+        &mut wiped,
+        &full,
+        &store,
+        STREAM_RESUME_INTERVAL_MS,
+    );
+    assert_eq!(wiped.heads(), full.heads());
+    assert_eq!(wiped.state_hash(), full.state_hash());
+}
+
+/// Issue 15, "a single lying peer keeps a wiped node's writes closed": its summary claims more
+/// of our own chain than exists. The claim is now checked (a `Range` of our chain); a peer
+/// that cannot back it in a few answers is capped at what we hold, and the gate opens on the
+/// honest peers' word.
+#[test]
+fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_closed() {
+    use chorus_core::sync::MAX_UNBACKED_OWN_CLAIMS;
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
+    let hist = testkit::history(&g, "counter/1", &ks, 90, 3, |_, _| {
+        (kind::STIMULUS, testkit::text("x"))
+    });
+    let me = ks[1].author();
+    let full = timeline(&g, &hist);
+    let mine = full.version_vector()[&me];
+    let store = blocks_of(&hist);
+    let mut wiped = timeline(&g, &[]);
+    for r in wiped.insert_batch(hist.iter().cloned(), &store).unwrap() {
+        r.unwrap();
+    }
+    let mut lie = summary_of(&full);
+    for (a, sq) in &mut lie.version_vector {
+        if *a == me {
+            *sq += 1_000;
+        }
+    }
+    let mut s: Syncer<u8> = Syncer::default();
+    s.watch_own_chain(me);
+    s.peer_up(1, 0);
+    s.peer_up(2, 0);
+    let _ = s.on_summary(&2, &summary_of(&full), &wiped, 0);
+    let mut out = s.on_summary(&1, &lie, &wiped, 0);
+    assert_eq!(
+        s.own_chain_confirmed(&wiped),
+        None,
+        "the claim holds until checked"
+    );
+    // Each check asks the liar for our chain after what we hold; it answers with nothing.
+    let mut checks = 0;
+    while let Some(pos) = out.iter().position(|a| {
+        matches!(a, Action::Send(1, SyncRequest::Range { author, from_sq, .. })
+            if *author == me && *from_sq == mine + 1)
+    }) {
+        out.remove(pos);
+        checks += 1;
+        assert!(checks <= MAX_UNBACKED_OWN_CLAIMS, "checked forever");
+        s.on_blocks(&1);
+        out.extend(s.on_own_check(&1, Some(&wiped)));
+    }
+    assert_eq!(checks, MAX_UNBACKED_OWN_CLAIMS);
+    assert_eq!(s.stats().own_claims_capped, 1);
+    assert_eq!(s.own_chain_confirmed(&wiped), Some(mine));
+    // Its next summary claims the same: it counts for what we hold.
+    let _ = s.on_summary(&1, &lie, &wiped, 100);
+    assert_eq!(s.own_chain_confirmed(&wiped), Some(mine));
 }

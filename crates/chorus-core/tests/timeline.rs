@@ -576,3 +576,68 @@ fn a_heartbeat_is_owed_for_what_sorts_before_the_newest_write_only() {
             .all(|k| !tl.owes_heartbeat(&k.author()))
     );
 }
+
+/// An event with made-up parents, signed by `key`.
+fn orphan(g: &SignedEvent, key: &Keypair, k: u64) -> SignedEvent {
+    let fake = EventId(Sha256::digest(k.to_le_bytes()).into());
+    chorus_core::event::UnsignedEvent {
+        timeline: Some(g.id()),
+        author: key.author(),
+        seq: k + 2,
+        lamport: 100 + k,
+        parents: vec![fake],
+        kind: kind::STIMULUS.into(),
+        body: text("let me in"),
+    }
+    .sign(key)
+}
+
+/// Issue 15, "pending flood by a non-member": anyone can sign events with made-up parents, and
+/// they went to the pending set before any membership check, up to its whole size. A key that
+/// no membership change names now holds at most `MAX_PENDING_PER_STRANGER` pending events,
+/// and all such keys `MAX_PENDING_FROM_STRANGERS`; over it the refusal is back-pressure (not
+/// charged). Members' out-of-order events still wait as before, and a key the admin names
+/// later is no stranger any more.
+#[test]
+fn strangers_hold_a_small_quota_of_the_pending_set_and_members_are_not_crowded_out() {
+    use chorus_core::limits::{MAX_PENDING_FROM_STRANGERS, MAX_PENDING_PER_STRANGER};
+    let (g, evs) = history(7, 2, 40, 8);
+    let mut tl = Timeline::new(g.clone(), ChainMachine).unwrap();
+    let stranger = Keypair::from_seed([66; 32]);
+    for k in 0..MAX_PENDING_PER_STRANGER as u64 {
+        let r = tl.insert_deferred(orphan(&g, &stranger, k)).unwrap();
+        assert!(matches!(r, Inserted::Pending { .. }), "{r:?}");
+    }
+    let over = tl.insert_deferred(orphan(&g, &stranger, 1_000));
+    assert!(
+        matches!(over, Err(EventError::StrangerQuota { held, .. }) if held == MAX_PENDING_PER_STRANGER),
+        "{over:?}"
+    );
+    assert_eq!(
+        EventError::StrangerQuota {
+            author: String::new(),
+            held: 0,
+            total: 0
+        }
+        .class(),
+        chorus_core::event::ErrorClass::BackPressure
+    );
+    // Many strangers: together they stop at the total quota.
+    let mut held = MAX_PENDING_PER_STRANGER;
+    for s in 0..(MAX_PENDING_FROM_STRANGERS / MAX_PENDING_PER_STRANGER + 2) as u64 {
+        let key = Keypair::from_seed(Sha256::digest(s.to_le_bytes()).into());
+        for k in 0..MAX_PENDING_PER_STRANGER as u64 {
+            if tl.insert_deferred(orphan(&g, &key, k)).is_ok() {
+                held += 1;
+            }
+        }
+    }
+    assert_eq!(held, MAX_PENDING_FROM_STRANGERS);
+    assert_eq!(tl.stranger_pending(), MAX_PENDING_FROM_STRANGERS);
+    // A member's events out of order still wait, and all arrive.
+    for e in evs.iter().rev() {
+        tl.insert(e.clone(), &NoBlocks).unwrap();
+    }
+    assert_eq!(tl.len(), evs.len() + 1);
+    assert_eq!(tl.pending_len(), MAX_PENDING_FROM_STRANGERS);
+}

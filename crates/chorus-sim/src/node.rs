@@ -101,6 +101,8 @@ pub enum Outcome {
     Lost,
     /// Not taken for lack of room (the pending set is full): not forwarded, not charged.
     Busy,
+    /// A stranger's event held for its parents within the stranger quota: not forwarded.
+    Held,
 }
 
 impl Outcome {
@@ -116,6 +118,7 @@ impl Outcome {
             Outcome::RefusedUnread => "refused_unread",
             Outcome::Lost => "lost",
             Outcome::Busy => "busy",
+            Outcome::Held => "held",
         }
     }
 }
@@ -162,6 +165,14 @@ pub enum Sabotage {
     /// Every node carries a committee vote on one member's word: the adversary's `vote_off`
     /// takes an honest member off the committee (C9's committee check must fail).
     VoteAlone,
+    /// Every node takes its peers' word in sync: a catch-up stream that pages nowhere is never
+    /// cut, a claim of a node's own chain is never checked. The `liar` keeps the wiped nodes'
+    /// writes closed (C10 must fail).
+    TrustSyncClaims,
+    /// Every node treats every key as a member for its pending set: a stranger's events with
+    /// made-up parents are held without a quota and forwarded (C4 must fail on the
+    /// `stranger_flood` attack).
+    TrustStrangers,
 }
 
 pub struct SimNode {
@@ -201,6 +212,8 @@ pub struct SimNode {
     pub refused_unread: u64,
     /// Arrival order of every indexed event (for the `ArrivalOrder` sabotage).
     pub arrivals: Vec<EventId>,
+    /// Simulated time of its last start (0, or its last restart).
+    pub up_since: u64,
 }
 
 impl SimNode {

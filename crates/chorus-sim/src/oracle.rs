@@ -28,6 +28,10 @@
 //!   prefix shrinks, across the whole run (restarts included); at the end every live
 //!   replica's final prefix is a prefix of the longest; and every finality certificate an
 //!   honest node held during the run names the state an honest replica computes there.
+//! * **C10 writes reopen** (scenarios that wipe or crash nodes, or have light or adversarial
+//!   ones) — every live honest writer up for [`WRITES_REOPEN_WITHIN_MS`] at the end can write:
+//!   a node that came back empty (or a light node) opened its write gate once its peers
+//!   confirmed its own chain, whatever an adversary claimed about that chain.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,6 +73,10 @@ pub struct Findings {
     /// Blocks the live light nodes forgot behind their horizons.
     pub light_pruned_blocks: u64,
 }
+
+/// C10: how long a node that came back (empty, or light) may take to open its writes. The
+/// slowest honest case in the suite is a 45 s RTT node behind loss (`disparity`).
+pub const WRITES_REOPEN_WITHIN_MS: u64 = 60_000;
 
 fn verdict(check: &'static str, failures: Vec<String>) -> Verdict {
     Verdict {
@@ -419,6 +427,15 @@ pub fn judge(w: &mut World) -> Findings {
                     Outcome::DroppedSeen,
                     Outcome::DroppedBanned,
                 ],
+                // A stranger's event: held within the quota (or over it: busy), never
+                // forwarded as a member's pending event is.
+                Attack::StrangerFlood => &[
+                    Outcome::Held,
+                    Outcome::Busy,
+                    Outcome::Duplicate,
+                    Outcome::DroppedSeen,
+                    Outcome::DroppedBanned,
+                ],
                 // A valid heartbeat: taken in; what it claims is judged by C9's certificates.
                 // A valid vote: taken in; what it does is judged by C9's committee check.
                 Attack::FalseAttestation | Attack::VoteOff => &[
@@ -552,6 +569,28 @@ pub fn judge(w: &mut World) -> Findings {
         }
         f.verdicts
             .push(verdict("C8 acknowledged writes settle", c8));
+    }
+
+    // C10: every live honest writer up long enough has its writes open at the end.
+    let restarts = w.sc.wipe.is_some()
+        || w.sc.crashes.is_some()
+        || w.sc.posterity.is_some()
+        || w.sc.byzantine.is_some()
+        || w.sc.classes.iter().any(|c| c.light && c.count > 0);
+    if restarts {
+        let closed: Vec<String> = live
+            .iter()
+            .filter(|n| n.writer && !n.node.writes_open())
+            .filter(|n| w.now >= n.up_since + WRITES_REOPEN_WITHIN_MS)
+            .map(|n| {
+                format!(
+                    "node {}: its writes are still closed {} s after its start",
+                    n.ix,
+                    (w.now - n.up_since) / 1000
+                )
+            })
+            .collect();
+        f.verdicts.push(verdict("C10 writes reopen", closed));
     }
 
     // C9: nothing final ever differs between replicas or moves (checked as the run went, in

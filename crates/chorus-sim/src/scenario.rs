@@ -179,10 +179,13 @@ pub enum Attack {
     /// A vote to take a random honest member off the finality committee (`final/1`: one
     /// member's vote is never a quorum; under `lc-cid/1` an event of a kind nothing reads).
     VoteOff,
+    /// Events of a fresh non-member key with made-up parents, gossiped (held within the
+    /// stranger quota, never forwarded, never charged to the honest).
+    StrangerFlood,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 10] = [
+    pub const ALL: [Attack; 11] = [
         Attack::BitFlip,
         Attack::ForgedAuthor,
         Attack::Equivocate,
@@ -193,6 +196,7 @@ impl Attack {
         Attack::BadRequest,
         Attack::FalseAttestation,
         Attack::VoteOff,
+        Attack::StrangerFlood,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -206,6 +210,7 @@ impl Attack {
             Attack::BadRequest => "bad_request",
             Attack::FalseAttestation => "false_attestation",
             Attack::VoteOff => "vote_off",
+            Attack::StrangerFlood => "stranger_flood",
         }
     }
 }
@@ -218,6 +223,11 @@ pub struct Byzantine {
     pub nodes: usize,
     pub attacks: Vec<Attack>,
     pub every_s: u64,
+    /// They also lie in every sync answer: summaries that claim far more of every author
+    /// (the asker's own chain included) than exists, catch-up pages that are empty and never
+    /// end, ranges and wants answered with nothing.
+    #[serde(default)]
+    pub lies: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -54,6 +54,9 @@ pub const MAX_SIM_MS: u64 = 6 * 3_600_000;
 pub const FLOOD_REQUESTS: usize = 1_000;
 /// Blocks an adversary replays at once.
 pub const REPLAY_BLOCKS: usize = 20;
+/// Events of one fresh non-member key an adversary floods at once (more than the per-key
+/// stranger quota, `MAX_PENDING_PER_STRANGER`).
+pub const STRANGER_FLOOD_EVENTS: u64 = 100;
 /// Anti-entropy rounds the oracle allows for a write on lossy links before it must be on a
 /// second disk (see `World::replication_window_ms`).
 pub const LOSSY_REPAIR_ROUNDS: u64 = 5;
@@ -289,6 +292,7 @@ impl World {
                     refused_requests: 0,
                     refused_unread: 0,
                     arrivals: vec![],
+                    up_since: 0,
                 }
             })
             .collect();
@@ -593,8 +597,10 @@ impl World {
         // end before the last round of heartbeats, which C8 waits for).
         let heartbeats = heartbeat_of(&self.sc, self.sabotage).is_some();
         let agree = live.iter().all(|n| {
+            // Strangers' events wait for parents that never come: held within their quota,
+            // they are no part of what replicas must agree on.
             n.heads() == first
-                && n.tl().pending_len() == 0
+                && n.tl().pending_len() == n.tl().stranger_pending()
                 && !(heartbeats && !n.light && n.tl().owes_heartbeat(&n.key.author()))
         });
         if !agree {
@@ -803,7 +809,12 @@ impl World {
         while let Some(o) = self.nodes[node].node.poll_output() {
             match o {
                 Output::Send { peer, req } => self.request(node, peer, req, None),
-                Output::Respond { id, resp } => {
+                Output::Respond { id, mut resp } => {
+                    if self.nodes[node].byzantine
+                        && self.sc.byzantine.as_ref().is_some_and(|b| b.lies)
+                    {
+                        resp = self.lie(resp);
+                    }
                     if let SyncResponse::Refused { .. } = resp {
                         self.nodes[node].refused_requests += 1;
                         self.outcome(id.attack, Outcome::Refused);
@@ -819,6 +830,7 @@ impl World {
                         Verdict::Duplicate => Outcome::Duplicate,
                         Verdict::Rejected => Outcome::Rejected,
                         Verdict::Busy => Outcome::Busy,
+                        Verdict::Held => Outcome::Held,
                     };
                     self.outcome(attack, o);
                     // Gossipsub forwards a validated new message to the mesh.
@@ -1253,8 +1265,10 @@ impl World {
     /// the order, then the pending ones), as `Replica::open` does on redb.
     fn restart(&mut self, i: NodeIx) {
         let genesis = self.genesis.clone();
+        let now = self.now;
         let n = &mut self.nodes[i];
         n.status = Status::Up;
+        n.up_since = now;
         n.seen.clear();
         let blank = Local::new(
             fresh_timeline(&genesis, self.sabotage),
@@ -1342,6 +1356,27 @@ impl World {
                     round: round + 1,
                 },
             );
+        }
+    }
+
+    /// A lying node's answer instead of `resp` (see [`Byzantine::lies`](crate::scenario::
+    /// Byzantine::lies)).
+    fn lie(&self, resp: SyncResponse) -> SyncResponse {
+        match resp {
+            SyncResponse::Summary(mut s) => {
+                let mut vv: BTreeMap<AuthorId, u64> = s.version_vector.iter().copied().collect();
+                for n in self.honest() {
+                    *vv.entry(n.key.author()).or_insert(0) += 1_000;
+                }
+                s.version_vector = vv.into_iter().collect();
+                SyncResponse::Summary(s)
+            }
+            // An empty page whose cursor never gets past the first event.
+            SyncResponse::Blocks(_) => SyncResponse::Blocks(chorus_core::sync::Blocks {
+                blocks: vec![],
+                next: Some((0, self.genesis.id())),
+            }),
+            other => other,
         }
     }
 
@@ -1484,6 +1519,39 @@ impl World {
                     );
                 }
             }
+            Attack::StrangerFlood => {
+                // A key no membership change names, new each time, and events whose parents
+                // nobody has: only the signature is real.
+                let mut seed = [0u8; 32];
+                for chunk in seed.chunks_mut(8) {
+                    chunk.copy_from_slice(&self.byz_rng.below(u64::MAX).to_le_bytes());
+                }
+                let stranger = Keypair::from_seed(seed);
+                let genesis = self.genesis.id();
+                let mut blocks = vec![];
+                for k in 0..STRANGER_FLOOD_EVENTS {
+                    let mut h = Sha256::new();
+                    h.update(seed);
+                    h.update(k.to_le_bytes());
+                    let fake = EventId(h.finalize().into());
+                    let ev = chorus_core::event::UnsignedEvent {
+                        timeline: Some(genesis),
+                        author: stranger.author(),
+                        seq: k + 2,
+                        lamport: 1_000 + k,
+                        parents: vec![fake],
+                        kind: kind::STIMULUS.into(),
+                        body: text_body(vec![("text", Ipld::String("let me in".into()))]),
+                    }
+                    .sign(&stranger);
+                    blocks.push(ev.bytes_arc());
+                }
+                for b in blocks {
+                    for &p in &peers {
+                        self.send(node, p, Msg::Gossip { block: b.clone() }, Some(a));
+                    }
+                }
+            }
             Attack::Replay => {
                 for _ in 0..REPLAY_BLOCKS.min(held.len()) {
                     let b = held[self.byz_rng.below(held.len() as u64) as usize].clone();
@@ -1548,6 +1616,9 @@ fn fresh_timeline(genesis: &SignedEvent, sabotage: Sabotage) -> Timeline<SimMach
     if sabotage == Sabotage::VoteAlone {
         tl.sabotage_vote_quorum(1);
     }
+    if sabotage == Sabotage::TrustStrangers {
+        tl.sabotage_trust_strangers();
+    }
     tl
 }
 
@@ -1578,6 +1649,7 @@ fn node_over(
     match sabotage {
         Sabotage::NoWriteGate => node.sabotage(NodeSabotage::NoWriteGate),
         Sabotage::LightAckAtOnce => node.sabotage(NodeSabotage::AckBeforeStored),
+        Sabotage::TrustSyncClaims => node.sabotage(NodeSabotage::TrustSyncClaims),
         _ => {}
     }
     node

@@ -227,3 +227,39 @@ fn a_lone_vote_never_takes_an_honest_member_off_the_committee_unless_one_vote_is
     let failed = failed_checks(&r);
     assert!(failed.contains(&"C9 finality safety"), "{failed:?}");
 }
+
+/// Issue 15: an adversary that lies in every sync answer (summaries far ahead of everyone,
+/// the asker's own chain included; catch-up pages that are empty and never end) while three
+/// nodes come back empty. They catch up from honest peers and write again; when every peer's
+/// word is taken (`trust-sync-claims`), the wiped nodes' writes stay closed and C10 fails.
+#[test]
+fn a_lying_peer_neither_stalls_a_catch_up_nor_keeps_writes_closed_unless_believed() {
+    let sc = Suite::builtin().get("liar").expect("liar scenario").clone();
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::TrustSyncClaims);
+    let failed = failed_checks(&r);
+    assert!(failed.contains(&"C10 writes reopen"), "{failed:?}");
+}
+
+/// Issue 15: a non-member floods events with made-up parents (a fresh key each time, more
+/// events than a stranger's quota). Honest nodes hold them within the quota and never forward
+/// them (C4's `held`, `busy`); when every key is treated as a member
+/// (`trust-strangers`), they are taken like a member's pending events and forwarded, and C4
+/// fails.
+#[test]
+fn a_strangers_flood_is_held_within_its_quota_and_never_forwarded_unless_trusted() {
+    let mut sc = Suite::builtin()
+        .get("byzantine")
+        .expect("byzantine scenario")
+        .clone();
+    sc.byzantine.as_mut().expect("an adversary").attacks = vec![Attack::StrangerFlood];
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::TrustStrangers);
+    let failed = failed_checks(&r);
+    assert!(
+        failed.contains(&"C4 adversarial input rejected"),
+        "{failed:?}"
+    );
+}

@@ -36,7 +36,7 @@ use super::{
     write::{WriteError, WriteId, WriteResult},
 };
 use crate::{
-    EventError, EventId, Machine, SignedEvent,
+    AuthorId, EventError, EventId, Machine, SignedEvent,
     local::{Local, LocalError},
     storage::Storage,
     sync::{self, Action, Cursor, SyncRequest, SyncResponse, Syncer},
@@ -128,6 +128,11 @@ pub enum Verdict {
     /// Not taken for lack of room (back-pressure: the pending set is full). Nothing is wrong
     /// with it or its sender: it is neither forwarded nor charged, and sync brings it again.
     Busy,
+    /// New here, waiting for its parents, by a key no membership change held here names (a
+    /// stranger, or a member whose addition has not arrived yet): held within the stranger
+    /// quota, but not forwarded, and its parents are not asked for. Anyone can sign events
+    /// with made-up parents; a member's own gossip reaches every node anyway.
+    Held,
 }
 
 impl Verdict {
@@ -232,6 +237,9 @@ pub enum NodeSabotage {
     NoWriteGate,
     /// A light node acknowledges a write once signed, before a full node stored it.
     AckBeforeStored,
+    /// Take every peer's word in sync: no catch-up stream is cut for paging nowhere, no claim
+    /// of our own chain is checked.
+    TrustSyncClaims,
 }
 
 /// Where an ingested block came from: who to charge if it is invalid.
@@ -261,6 +269,8 @@ struct Turn<T: Transport> {
     blocks: Vec<(Vec<u8>, Source<T>)>,
     /// Catch-up pages: who, the next cursor, and the range of their blocks in `blocks`.
     pages: Vec<(T::Peer, Option<Cursor>, usize, usize)>,
+    /// Answers to checks of our own chain (judged once their blocks are ingested).
+    own_checks: Vec<T::Peer>,
     requests: Vec<(T::Peer, T::RequestId, SyncRequest)>,
     /// Submits: who, the request to answer, the ids of its blocks.
     submits: Vec<(T::Peer, T::RequestId, Vec<EventId>)>,
@@ -273,6 +283,7 @@ impl<T: Transport> Default for Turn<T> {
         Turn {
             blocks: vec![],
             pages: vec![],
+            own_checks: vec![],
             requests: vec![],
             submits: vec![],
             appends: vec![],
@@ -415,6 +426,9 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
 
     #[doc(hidden)]
     pub fn sabotage(&mut self, s: NodeSabotage) {
+        if s == NodeSabotage::TrustSyncClaims {
+            self.syncer.sabotage_trust_claims();
+        }
         self.sabotage = s;
     }
 
@@ -507,11 +521,15 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                         self.turn.pages.push((peer, b.next, start, end));
                     } else {
                         self.syncer.on_blocks(&peer);
+                        if self.syncer.is_own_check(&req) {
+                            self.turn.own_checks.push(peer);
+                        }
                     }
                 }
                 // A refusal, or a `Stored` to a request that was no `Submit`.
                 SyncResponse::Refused { .. } | SyncResponse::Stored { .. } => {
-                    self.syncer.request_failed(&peer, &req)
+                    let a = self.syncer.request_failed(&peer, &req);
+                    self.act(a);
                 }
             },
             Input::RequestFailed { peer, req } => match &req {
@@ -520,7 +538,10 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                         self.outbox.on_failed(&peer, &EventId::of_block(b));
                     }
                 }
-                _ => self.syncer.request_failed(&peer, &req),
+                _ => {
+                    let a = self.syncer.request_failed(&peer, &req);
+                    self.act(a);
+                }
             },
             Input::Append { write, items } => self.turn.appends.push((write, items)),
             Input::Tick => self.turn.tick = true,
@@ -558,7 +579,11 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             let new = new_at[start..end].iter().filter(|n| **n).count() as u64;
             let a = self
                 .syncer
-                .on_page(&peer, next, new, self.local.timeline(), now);
+                .on_page(&peer, next, end - start, new, self.local.timeline(), now);
+            self.act(a);
+        }
+        for peer in turn.own_checks {
+            let a = self.syncer.on_own_check(&peer, Some(self.local.timeline()));
             self.act(a);
         }
         self.open_writes_if_confirmed(now);
@@ -699,6 +724,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             }
         }
         let ids: Vec<EventId> = events.iter().map(|e| e.id()).collect();
+        let authors: Vec<AuthorId> = events.iter().map(|e| e.author).collect();
         let report = match self.local.ingest(events) {
             Ok(r) => r,
             Err(e) => {
@@ -721,9 +747,11 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         }
         let indexed: BTreeSet<EventId> = report.indexed.iter().copied().collect();
         let mut id_at: Vec<Option<EventId>> = vec![None; sources.len()];
+        let mut stranger_at = vec![false; sources.len()];
         for (k, id) in ids.iter().enumerate() {
             new_at[event_pos[k]] = indexed.contains(id);
             id_at[event_pos[k]] = Some(*id);
+            stranger_at[event_pos[k]] = self.local.timeline().is_stranger(&authors[k]);
         }
         if !report.indexed.is_empty() {
             self.stats.grew += 1;
@@ -745,7 +773,11 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 } else if new_at[i] {
                     Verdict::Accepted
                 } else if id_at[i].is_some_and(|x| self.local.timeline().is_pending(&x)) {
-                    Verdict::Pending
+                    if stranger_at[i] {
+                        Verdict::Held
+                    } else {
+                        Verdict::Pending
+                    }
                 } else {
                     Verdict::Duplicate
                 };
