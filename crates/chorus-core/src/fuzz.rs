@@ -139,7 +139,15 @@ pub fn sync_receiver(data: &[u8]) {
                     }
                 }
                 let _ = syncer.on_invalid(&1, invalid, 10);
-                let _ = syncer.on_page(&1, b.next, b.blocks.len(), evs.len() as u64, &local, 10);
+                let _ = syncer.on_page(
+                    &1,
+                    None,
+                    b.next,
+                    b.blocks.len(),
+                    evs.len() as u64,
+                    &local,
+                    10,
+                );
                 // Whatever arrived, the replica is still a valid timeline of the fixture's
                 // genesis: every indexed event is one of the fixture's (nothing else is signed
                 // by its keys here, short of forging ed25519).

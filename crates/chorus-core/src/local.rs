@@ -139,7 +139,10 @@ pub struct Local<M: Machine, S: Storage> {
 
 impl<M: Machine, S: Storage> Local<M, S> {
     /// A replica from a timeline that matches `store` (restored from it, or both fresh).
-    pub fn new(timeline: Timeline<M>, store: S, key: Keypair) -> Self {
+    pub fn new(mut timeline: Timeline<M>, store: S, key: Keypair) -> Self {
+        // Our own events are never a stranger's, even before the admin's addition of our key
+        // has arrived (a wiped writer added after the genesis gets its chain back first).
+        timeline.set_local_author(key.author());
         Local {
             timeline,
             store,

@@ -413,6 +413,8 @@ struct PeerState {
     own_check_from: Option<u64>,
     /// Checks of its claim in a row that brought nothing (see [`MAX_UNBACKED_OWN_CLAIMS`]).
     own_unbacked: u32,
+    /// What its last summary claimed of our chain (`own_sq` is this unless capped).
+    own_claim: u64,
     /// Its claim was capped at what we hold (it could not back it): until it backs a claim,
     /// its summaries count for what we hold, never more.
     own_capped: bool,
@@ -467,6 +469,8 @@ pub struct Syncer<P: Ord + Clone> {
     /// **Sabotage, for the simulator's oracle only**: take every peer's word (no stream is cut
     /// for useless pages, no claim of our own chain is checked).
     trust_claims: bool,
+    /// Our writes are open (see [`Syncer::own_chain_settled`]).
+    own_settled: bool,
 }
 
 impl<P: Ord + Clone> Default for Syncer<P> {
@@ -483,6 +487,7 @@ impl<P: Ord + Clone> Default for Syncer<P> {
             last_stream_peer: None,
             next_resume: 0,
             trust_claims: false,
+            own_settled: false,
         }
     }
 }
@@ -722,10 +727,12 @@ impl<P: Ord + Clone> Syncer<P> {
             if let Some(me) = self.me {
                 let sq = s.version_vector.iter().find(|(a, _)| *a == me);
                 let claim = sq.map_or(0, |(_, sq)| *sq);
+                st.own_claim = claim;
                 // More of our chain than we know of: ask for it before the claim may hold our
-                // writes (a peer that cannot back it is capped, see `on_own_check`).
+                // writes (a peer that cannot back it is capped, see `on_own_check`). Once our
+                // writes are open the claim no longer matters.
                 let known = local.highest_sq_known(&me);
-                let unproven = claim > known && !self.trust_claims && !s.light;
+                let unproven = claim > known && !self.trust_claims && !s.light && !self.own_settled;
                 st.own_sq = Some(if unproven && st.own_capped {
                     known
                 } else {
@@ -786,9 +793,13 @@ impl<P: Ord + Clone> Syncer<P> {
     /// `p` answered a `Since` page of `blocks` blocks; `new` of them were new here. Asks for
     /// the next page, or, at the end of the stream, for a fresh summary to check nothing is
     /// left. A stream that pages without getting anywhere is cut (see [`MAX_USELESS_PAGES`]).
+    /// `asked` is the cursor of the request this page answers: a late page of an earlier
+    /// stream (from the same peer, after a stall) is not this stream's.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_page(
         &mut self,
         p: &P,
+        asked: Option<Cursor>,
         next: Option<Cursor>,
         blocks: usize,
         new: u64,
@@ -799,7 +810,11 @@ impl<P: Ord + Clone> Syncer<P> {
         self.stats.pages_received += 1;
         let mut out = vec![];
         let trust = self.trust_claims;
-        let Some(stream) = self.stream.as_mut().filter(|s| &s.peer == p) else {
+        let Some(stream) = self
+            .stream
+            .as_mut()
+            .filter(|s| &s.peer == p && s.after == asked)
+        else {
             return out;
         };
         stream.new_blocks += new;
@@ -894,11 +909,14 @@ impl<P: Ord + Clone> Syncer<P> {
         matches!(req, SyncRequest::Range { author, .. } if Some(*author) == self.me)
     }
 
-    /// `p`'s answer to a check of our own chain was ingested (or the check failed: `local` is
-    /// then `None`). If it brought some of our chain, the claim stands (and the next part is
-    /// asked for); if not, after [`MAX_UNBACKED_OWN_CLAIMS`] such answers in a row the claim
-    /// is capped at what we hold.
-    pub fn on_own_check(&mut self, p: &P, local: Option<&dyn LocalView>) -> Vec<Action<P>> {
+    /// `p` answered a check of our own chain with blocks: `sent` holds the author and `sq` of
+    /// each that decoded with a good signature (`None`: the check failed, or was answered with
+    /// something else). The answer is judged by what the peer *sent*, never by what this node
+    /// then took in (its own pending bounds may refuse genuine events): one genuine event of
+    /// ours beyond what we held when we asked backs the claim for good, and the next part is
+    /// asked for only by the next summary. [`MAX_UNBACKED_OWN_CLAIMS`] answers in a row
+    /// without one cap the claim at what we held.
+    pub fn on_own_check(&mut self, p: &P, sent: Option<&[(AuthorId, u64)]>) -> Vec<Action<P>> {
         let mut out = vec![];
         let Some(me) = self.me else {
             return out;
@@ -909,28 +927,34 @@ impl<P: Ord + Clone> Syncer<P> {
         let Some(from) = st.own_check_from.take() else {
             return out;
         };
-        let known = local.map_or(from, |l| l.highest_sq_known(&me));
-        let claim = st.own_sq.unwrap_or(0);
-        if known > from {
+        let backed = sent.is_some_and(|s| s.iter().any(|&(a, sq)| a == me && sq > from));
+        if backed {
             st.own_unbacked = 0;
             st.own_capped = false;
-        } else {
-            st.own_unbacked += 1;
-            if st.own_unbacked >= MAX_UNBACKED_OWN_CLAIMS {
-                st.own_unbacked = 0;
-                if claim > known {
-                    st.own_sq = Some(known);
-                    st.own_capped = true;
-                    self.stats.own_claims_capped += 1;
-                }
-                return out;
-            }
+            st.own_sq = Some(st.own_claim);
+            return out;
         }
-        if claim > known {
-            st.own_check_from = Some(known);
-            self.send_own_check(&mut out, p, me, known, claim);
+        st.own_unbacked += 1;
+        if st.own_unbacked >= MAX_UNBACKED_OWN_CLAIMS {
+            st.own_unbacked = 0;
+            if st.own_claim > from {
+                st.own_sq = Some(from);
+                st.own_capped = true;
+                self.stats.own_claims_capped += 1;
+            }
+            return out;
+        }
+        if st.own_claim > from && !self.own_settled {
+            let claim = st.own_claim;
+            st.own_check_from = Some(from);
+            self.send_own_check(&mut out, p, me, from, claim);
         }
         out
+    }
+
+    /// Our writes are open: claims of our chain no longer matter, and are not checked.
+    pub fn own_chain_settled(&mut self) {
+        self.own_settled = true;
     }
 
     /// Events from `p` are waiting for these parents: ask `p` for them.

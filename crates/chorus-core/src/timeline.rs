@@ -221,6 +221,8 @@ pub struct Timeline<M: Machine> {
     /// **Sabotage, for the simulator's oracle only**: treat every key as a member for the
     /// pending set (no stranger quota).
     trust_strangers: bool,
+    /// The key of the node holding this replica: never a stranger here.
+    local_author: Option<AuthorId>,
     /// Pending events that failed validation when their parents arrived (for the store to
     /// forget them too).
     dropped_pending: Vec<(EventId, EventError)>,
@@ -308,6 +310,7 @@ impl<M: Machine> Timeline<M> {
             stranger_pending_total: 0,
             stranger_ids: BTreeSet::new(),
             trust_strangers: false,
+            local_author: None,
             dropped_pending: vec![],
             waiting: BTreeMap::new(),
             state,
@@ -389,10 +392,18 @@ impl<M: Machine> Timeline<M> {
     }
     /// Events that pending events wait for and that are not pending themselves: what to
     /// fetch.
-    /// Whether no membership change held here names `author` (nor is it the admin): its
-    /// pending events count against the stranger quota, and gossip of them is not forwarded.
+    /// Whether no membership change held here names `author` (nor is it the admin, nor this
+    /// node's own key): its pending events count against the stranger quota, and gossip of
+    /// them is not forwarded.
     pub fn is_stranger(&self, author: &AuthorId) -> bool {
-        !self.trust_strangers && !self.membership.ever_named(author)
+        !self.trust_strangers
+            && self.local_author != Some(*author)
+            && !self.membership.ever_named(author)
+    }
+
+    /// The key of the node holding this replica (its own events are never a stranger's).
+    pub fn set_local_author(&mut self, me: AuthorId) {
+        self.local_author = Some(me);
     }
 
     /// Pending events of keys no membership change names.
@@ -407,11 +418,14 @@ impl<M: Machine> Timeline<M> {
         self.trust_strangers = true;
     }
 
+    /// Missing parents of pending events, but those only strangers' events wait for (their
+    /// parents may be made up: asking peers for them is work an attacker chose).
     pub fn wanted(&self) -> Vec<EventId> {
         self.waiting
-            .keys()
-            .filter(|id| !self.pending.contains_key(id))
-            .copied()
+            .iter()
+            .filter(|(id, _)| !self.pending.contains_key(id))
+            .filter(|(_, children)| children.iter().any(|c| !self.stranger_ids.contains(c)))
+            .map(|(id, _)| *id)
             .collect()
     }
     fn index_of(&self, id: &EventId) -> Option<u32> {

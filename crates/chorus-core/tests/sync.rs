@@ -71,8 +71,16 @@ fn drive(
                     }
                 }
                 max_pending = max_pending.max(local.pending_len());
-                if matches!(req, SyncRequest::Since { .. }) {
-                    queue.extend(syncer.on_page(&p, b.next, b.blocks.len(), new, local, now));
+                if let SyncRequest::Since { after, .. } = req {
+                    queue.extend(syncer.on_page(
+                        &p,
+                        after,
+                        b.next,
+                        b.blocks.len(),
+                        new,
+                        local,
+                        now,
+                    ));
                 } else {
                     syncer.on_blocks(&p);
                 }
@@ -495,10 +503,12 @@ fn a_peer_that_pages_nowhere_loses_the_stream_and_an_honest_one_catches_us_up() 
     // Empty pages with a cursor that never moves past the start.
     let fake = Some((0, g.id()));
     let mut pages = 0;
+    let mut asked = None;
     while s.catching_up() {
         pages += 1;
         assert!(pages <= MAX_USELESS_PAGES + 1, "the liar keeps the stream");
-        let _ = s.on_page(&1, fake, 0, 0, &wiped, 10 + pages as u64);
+        let _ = s.on_page(&1, asked, fake, 0, 0, &wiped, 10 + pages as u64);
+        asked = fake;
     }
     assert_eq!(s.stats().streams_cut, 1);
     // The next tick resumes with the honest peer, which catches us up completely.
@@ -572,7 +582,7 @@ fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_close
         checks += 1;
         assert!(checks <= MAX_UNBACKED_OWN_CLAIMS, "checked forever");
         s.on_blocks(&1);
-        out.extend(s.on_own_check(&1, Some(&wiped)));
+        out.extend(s.on_own_check(&1, Some(&[])));
     }
     assert_eq!(checks, MAX_UNBACKED_OWN_CLAIMS);
     assert_eq!(s.stats().own_claims_capped, 1);
@@ -580,4 +590,38 @@ fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_close
     // Its next summary claims the same: it counts for what we hold.
     let _ = s.on_summary(&1, &lie, &wiped, 100);
     assert_eq!(s.own_chain_confirmed(&wiped), Some(mine));
+
+    // An honest peer that holds more of our chain than we do sends genuine events of it: the
+    // claim is backed for good, even if this node could not take them in (its pending bounds),
+    // and the gate waits until we hold them.
+    let partial: Vec<SignedEvent> = hist
+        .iter()
+        .filter(|e| e.author != me || e.seq < mine)
+        .cloned()
+        .collect();
+    let behind = timeline(&g, &partial[..partial.len() / 2]);
+    let known = behind.version_vector().get(&me).copied().unwrap_or(0);
+    assert!(known < mine);
+    let mut t: Syncer<u8> = Syncer::default();
+    t.watch_own_chain(me);
+    t.peer_up(1, 0);
+    let mut out = t.on_summary(&1, &summary_of(&full), &behind, 0);
+    for _ in 0..2 * MAX_UNBACKED_OWN_CLAIMS {
+        let Some(pos) = out
+            .iter()
+            .position(|a| matches!(a, Action::Send(1, SyncRequest::Range { .. })))
+        else {
+            break;
+        };
+        out.remove(pos);
+        t.on_blocks(&1);
+        out.extend(t.on_own_check(&1, Some(&[(me, known + 1)])));
+        let _ = t.on_summary(&1, &summary_of(&full), &behind, 0);
+    }
+    assert_eq!(t.stats().own_claims_capped, 0);
+    assert_eq!(
+        t.own_chain_confirmed(&behind),
+        None,
+        "we lack our own events"
+    );
 }

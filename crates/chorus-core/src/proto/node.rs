@@ -265,12 +265,15 @@ pub type Decoder<'a> = dyn FnMut(&[Vec<u8>]) -> Vec<Result<SignedEvent, EventErr
 type Held = (WriteId, Vec<(String, Ipld)>, u64);
 
 /// What one turn collected, worked off by `end_turn`.
+/// A catch-up page: who, the cursor asked for, the next cursor, and the range of its blocks
+/// in the turn's `blocks`.
+type PageAnswer<P> = (P, Option<Cursor>, Option<Cursor>, usize, usize);
+
 struct Turn<T: Transport> {
     blocks: Vec<(Vec<u8>, Source<T>)>,
-    /// Catch-up pages: who, the next cursor, and the range of their blocks in `blocks`.
-    pages: Vec<(T::Peer, Option<Cursor>, usize, usize)>,
-    /// Answers to checks of our own chain (judged once their blocks are ingested).
-    own_checks: Vec<T::Peer>,
+    pages: Vec<PageAnswer<T::Peer>>,
+    /// Answers to checks of our own chain: who, and the range of their blocks in `blocks`.
+    own_checks: Vec<(T::Peer, usize, usize)>,
     requests: Vec<(T::Peer, T::RequestId, SyncRequest)>,
     /// Submits: who, the request to answer, the ids of its blocks.
     submits: Vec<(T::Peer, T::RequestId, Vec<EventId>)>,
@@ -291,6 +294,17 @@ impl<T: Transport> Default for Turn<T> {
         }
     }
 }
+
+/// What a turn's ingest made of its blocks, by block: whether it was new here; whether the
+/// commit held; the ids refused for back-pressure; and, for each block that decoded with a
+/// good signature, its author and `sq` (what the sender proved it holds, whatever this node
+/// then made of it).
+type Ingested = (
+    Vec<bool>,
+    bool,
+    BTreeSet<EventId>,
+    Vec<Option<(AuthorId, u64)>>,
+);
 
 /// See the module docs.
 pub struct NodeState<M: Machine, S: Storage, T: Transport> {
@@ -350,6 +364,9 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 .version_vector()
                 .get(&me)
                 .is_some_and(|&sq| sq > genesis_sq);
+        if writes_open {
+            syncer.own_chain_settled();
+        }
         NodeState {
             local,
             cfg,
@@ -495,7 +512,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 }
             }
             Input::Response { peer, req, resp } => match resp {
-                SyncResponse::Summary(s) => {
+                SyncResponse::Summary(s) if matches!(req, SyncRequest::Summary) => {
                     if s.light {
                         self.full_peers.remove(&peer);
                     } else {
@@ -508,7 +525,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                         .on_summary(&peer, &s, self.local.timeline(), now);
                     self.act(a);
                 }
-                SyncResponse::Blocks(b) => {
+                SyncResponse::Blocks(b) if !matches!(req, SyncRequest::Summary) => {
                     let start = self.turn.blocks.len();
                     self.stats.blocks_received += b.blocks.len() as u64;
                     self.turn.blocks.extend(
@@ -516,18 +533,20 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                             .into_iter()
                             .map(|x| (x.into_vec(), Source::Page(peer.clone()))),
                     );
-                    if matches!(req, SyncRequest::Since { .. }) {
-                        let end = self.turn.blocks.len();
-                        self.turn.pages.push((peer, b.next, start, end));
+                    let end = self.turn.blocks.len();
+                    if let SyncRequest::Since { after, .. } = req {
+                        self.turn.pages.push((peer, after, b.next, start, end));
                     } else {
                         self.syncer.on_blocks(&peer);
                         if self.syncer.is_own_check(&req) {
-                            self.turn.own_checks.push(peer);
+                            self.turn.own_checks.push((peer, start, end));
                         }
                     }
                 }
-                // A refusal, or a `Stored` to a request that was no `Submit`.
-                SyncResponse::Refused { .. } | SyncResponse::Stored { .. } => {
+                // A refusal, a `Stored` to a request that was no `Submit`, or an answer of
+                // another kind than the request's (a peer that answers a check of our chain
+                // with a summary must not leave the check open for good).
+                _ => {
                     let a = self.syncer.request_failed(&peer, &req);
                     self.act(a);
                 }
@@ -552,7 +571,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     /// events (context-free checks and signatures), one result per block, in order.
     pub fn end_turn(&mut self, now: u64, decode: &mut Decoder<'_>) {
         let turn = std::mem::take(&mut self.turn);
-        let (new_at, committed, busy) = self.ingest(now, turn.blocks, decode);
+        let (new_at, committed, busy, signed_at) = self.ingest(now, turn.blocks, decode);
         for (_, id, ids) in turn.submits {
             let resp = if committed && ids.iter().any(|i| busy.contains(i)) {
                 // Back-pressure: nothing is wrong with the write, this node has no room for
@@ -575,15 +594,23 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             };
             self.out.push_back(Output::Respond { id, resp });
         }
-        for (peer, next, start, end) in turn.pages {
+        for (peer, asked, next, start, end) in turn.pages {
             let new = new_at[start..end].iter().filter(|n| **n).count() as u64;
-            let a = self
-                .syncer
-                .on_page(&peer, next, end - start, new, self.local.timeline(), now);
+            let a = self.syncer.on_page(
+                &peer,
+                asked,
+                next,
+                end - start,
+                new,
+                self.local.timeline(),
+                now,
+            );
             self.act(a);
         }
-        for peer in turn.own_checks {
-            let a = self.syncer.on_own_check(&peer, Some(self.local.timeline()));
+        for (peer, start, end) in turn.own_checks {
+            let sent: Vec<(AuthorId, u64)> =
+                signed_at[start..end].iter().flatten().copied().collect();
+            let a = self.syncer.on_own_check(&peer, Some(&sent));
             self.act(a);
         }
         self.open_writes_if_confirmed(now);
@@ -696,10 +723,11 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         now: u64,
         blocks: Vec<(Vec<u8>, Source<T>)>,
         decode: &mut Decoder<'_>,
-    ) -> (Vec<bool>, bool, BTreeSet<EventId>) {
+    ) -> Ingested {
         let mut new_at = vec![false; blocks.len()];
+        let mut signed_at = vec![None; blocks.len()];
         if blocks.is_empty() {
-            return (new_at, true, BTreeSet::new());
+            return (new_at, true, BTreeSet::new(), signed_at);
         }
         let (raw, sources): (Vec<Vec<u8>>, Vec<Source<T>>) = blocks.into_iter().unzip();
         let decoded = decode(&raw);
@@ -711,6 +739,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         for (i, r) in decoded.into_iter().enumerate() {
             match r {
                 Ok(ev) => {
+                    signed_at[i] = Some((ev.author, ev.seq));
                     events.push(ev);
                     event_pos.push(i);
                 }
@@ -731,7 +760,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 // Nothing of this turn is acknowledged; peers resend it.
                 self.out
                     .push_back(Output::StoreFailed(format!("ingest failed: {e}")));
-                return (new_at, false, BTreeSet::new());
+                return (new_at, false, BTreeSet::new(), signed_at);
             }
         };
         for (code, n) in &report.rejected {
@@ -804,7 +833,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 self.act(a);
             }
         }
-        (new_at, true, busy_ids)
+        (new_at, true, busy_ids, signed_at)
     }
 
     /// A light node's `Submit`: its blocks join the turn's ingest, and the answer (`Stored`)
@@ -886,6 +915,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             return;
         };
         self.writes_open = true;
+        self.syncer.own_chain_settled();
         self.out.push_back(Output::WritesOpen { last_sq });
         for (write, items, _) in std::mem::take(&mut self.gated) {
             self.append(now, write, items);
