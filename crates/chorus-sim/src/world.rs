@@ -1497,6 +1497,9 @@ impl World {
                     .filter(|n| n.writer)
                     .map(|n| n.key.author())
                     .collect();
+                if victims.is_empty() {
+                    return;
+                }
                 let victim = victims[self.byz_rng.below(victims.len() as u64) as usize];
                 let n = &mut self.nodes[node];
                 let tl = n.tl();

@@ -108,18 +108,26 @@ pub(super) struct FinalState {
 }
 
 /// The committee: every member in the admin's membership at `admin_seen` (admin included, in
-/// key order) but those the committee voted off.
+/// key order) but those the committee voted off — unless that leaves nobody (the admin's
+/// removals can take away every member the votes left), in which case the votes do not count
+/// and the membership is the committee: a committee is never empty, or nothing would ever be
+/// final again.
 fn committee_at(
     membership: &Membership,
     admin_seen: u64,
     voted_off: &BTreeSet<AuthorId>,
 ) -> Vec<AuthorId> {
-    membership
+    let members: Vec<AuthorId> = membership
         .members_at(admin_seen)
         .into_iter()
         .map(|(k, _)| k)
+        .collect();
+    let kept: Vec<AuthorId> = members
+        .iter()
         .filter(|k| !voted_off.contains(k))
-        .collect()
+        .copied()
+        .collect();
+    if kept.is_empty() { members } else { kept }
 }
 
 impl FinalState {
@@ -166,31 +174,38 @@ impl FinalState {
     /// voted off. Once a quorum of the committee cast the same vote, it takes effect (the
     /// caller starts a new epoch at the end of the segment) and its opposite's tally is dropped.
     fn count_vote(&mut self, voter: AuthorId, vote: VoteOp) {
-        if self.committee.binary_search(&voter).is_err() {
+        if self.committee.binary_search(&voter).is_err() || !self.vote_applies(vote) {
             return;
         }
+        self.votes.entry(vote).or_default().insert(voter);
+        self.carry_if_ready(vote);
+    }
+
+    /// Whether `vote` can take effect now: a removal of a committee member that leaves at
+    /// least one other, a restore of a member voted off.
+    fn vote_applies(&self, vote: VoteOp) -> bool {
         let staying = self
             .committee
             .iter()
             .filter(|k| !self.voted_off.contains(k))
             .count();
-        let applies = match vote {
+        match vote {
             VoteOp::Remove(k) => {
                 self.committee.binary_search(&k).is_ok()
                     && !self.voted_off.contains(&k)
                     && staying > 1
             }
             VoteOp::Restore(k) => self.voted_off.contains(&k),
-        };
-        if !applies {
-            return;
         }
+    }
+
+    /// Carries `vote` if a quorum of the current committee cast it and it still applies.
+    fn carry_if_ready(&mut self, vote: VoteOp) {
         let quorum = self
             .vote_quorum
             .unwrap_or_else(|| self.quorum(self.committee.len()));
-        let tally = self.votes.entry(vote).or_default();
-        tally.insert(voter);
-        if tally.len() < quorum {
+        let cast = self.votes.get(&vote).map_or(0, BTreeSet::len);
+        if cast < quorum || !self.vote_applies(vote) {
             return;
         }
         let opposite = match vote {
@@ -205,6 +220,16 @@ impl FinalState {
         };
         self.votes.remove(&vote);
         self.votes.remove(&opposite);
+    }
+
+    /// At the end of a segment: open tallies that reached the quorum of a committee that
+    /// shrank since they were cast (a new epoch trims them to its members) are carried now,
+    /// not only when someone votes again.
+    fn carry_ready_votes(&mut self) {
+        let open: Vec<VoteOp> = self.votes.keys().copied().collect();
+        for vote in open {
+            self.carry_if_ready(vote);
+        }
     }
 
     /// An admin `member` event about `who` became final: the admin's word replaces any vote
@@ -572,13 +597,14 @@ impl<M: Machine> Timeline<M> {
                     .or_default()
                     .push((seen, admin_sq));
             }
-            if let Some(&who) = f.member_event_at.get(&x) {
+            if !excluded && let Some(&who) = f.member_event_at.get(&x) {
                 f.admin_named(who);
             }
             if !excluded && let Some(&vote) = f.vote_at.get(&x) {
                 f.count_vote(keys[k], vote);
             }
         }
+        f.carry_ready_votes();
         f.segments += 1;
         f.final_len += seg.len();
         let final_len = f.final_len;
