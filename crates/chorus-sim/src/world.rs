@@ -1359,6 +1359,20 @@ impl World {
         }
     }
 
+    /// An adversary gossips `block` to each of `peers` (every send accounted to `a`).
+    fn gossip_attack(&mut self, node: NodeIx, peers: &[NodeIx], block: Arc<[u8]>, a: Attack) {
+        for &p in peers {
+            self.send(
+                node,
+                p,
+                Msg::Gossip {
+                    block: block.clone(),
+                },
+                Some(a),
+            );
+        }
+    }
+
     /// A lying node's answer instead of `resp` (see [`Byzantine::lies`](crate::scenario::
     /// Byzantine::lies)).
     fn lie(&self, resp: SyncResponse) -> SyncResponse {
@@ -1399,16 +1413,7 @@ impl World {
                 bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
                 let block: Arc<[u8]> = bytes.into();
                 self.stats.forged_ids.insert(EventId::of_block(&block));
-                for p in peers {
-                    self.send(
-                        node,
-                        p,
-                        Msg::Gossip {
-                            block: block.clone(),
-                        },
-                        Some(a),
-                    );
-                }
+                self.gossip_attack(node, &peers, block, a);
             }
             Attack::ForgedAuthor => {
                 let victims: Vec<NodeIx> =
@@ -1424,16 +1429,7 @@ impl World {
                 ev.author = victim;
                 let signed = ev.sign(&n.key);
                 self.stats.forged_ids.insert(signed.id());
-                for p in peers {
-                    self.send(
-                        node,
-                        p,
-                        Msg::Gossip {
-                            block: signed.bytes_arc(),
-                        },
-                        Some(a),
-                    );
-                }
+                self.gossip_attack(node, &peers, signed.bytes_arc(), a);
             }
             Attack::Equivocate => {
                 let n = &mut self.nodes[node];
@@ -1480,16 +1476,7 @@ impl World {
                     .prepare(n.key.author(), kind::HEARTBEAT, lie.to_body())
                     .sign(&n.key);
                 let _ = n.node.local_mut().ingest(vec![ev.clone()]);
-                for p in peers {
-                    self.send(
-                        node,
-                        p,
-                        Msg::Gossip {
-                            block: ev.bytes_arc(),
-                        },
-                        Some(a),
-                    );
-                }
+                self.gossip_attack(node, &peers, ev.bytes_arc(), a);
             }
             Attack::VoteOff => {
                 let victims: Vec<AuthorId> = self
@@ -1511,16 +1498,7 @@ impl World {
                     )
                     .sign(&n.key);
                 let _ = n.node.local_mut().ingest(vec![ev.clone()]);
-                for p in peers {
-                    self.send(
-                        node,
-                        p,
-                        Msg::Gossip {
-                            block: ev.bytes_arc(),
-                        },
-                        Some(a),
-                    );
-                }
+                self.gossip_attack(node, &peers, ev.bytes_arc(), a);
             }
             Attack::StrangerFlood => {
                 // A key no membership change names, new each time, and events whose parents
@@ -1550,9 +1528,7 @@ impl World {
                     blocks.push(ev.bytes_arc());
                 }
                 for b in blocks {
-                    for &p in &peers {
-                        self.send(node, p, Msg::Gossip { block: b.clone() }, Some(a));
-                    }
+                    self.gossip_attack(node, &peers, b, a);
                 }
             }
             Attack::Replay => {
