@@ -15,6 +15,14 @@ use crate::{
     ids::AuthorId,
 };
 
+/// The 32-byte `key` of a `member` or `vote` body.
+fn body_key(m: &BTreeMap<String, Ipld>) -> Option<AuthorId> {
+    match m.get("key") {
+        Some(Ipld::Bytes(b)) => b.as_slice().try_into().ok().map(AuthorId),
+        _ => None,
+    }
+}
+
 /// What a member may do. The admin is always a member and is reported separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -50,12 +58,7 @@ impl MemberOp {
         let Ipld::Map(m) = body else {
             return Err(bad("body is not a map"));
         };
-        let key = match m.get("key") {
-            Some(Ipld::Bytes(b)) if b.len() == 32 => {
-                AuthorId(b.as_slice().try_into().expect("len checked"))
-            }
-            _ => return Err(bad("key must be 32 bytes")),
-        };
+        let key = body_key(m).ok_or_else(|| bad("key must be 32 bytes"))?;
         match m.get("op") {
             Some(Ipld::String(op)) if op == "add" => {
                 let role = match m.get("role") {
@@ -109,12 +112,7 @@ impl VoteOp {
         if m.len() != 2 {
             return Err(bad("body must hold exactly op and key"));
         }
-        let key = match m.get("key") {
-            Some(Ipld::Bytes(b)) if b.len() == 32 => {
-                AuthorId(b.as_slice().try_into().expect("len checked"))
-            }
-            _ => return Err(bad("key must be 32 bytes")),
-        };
+        let key = body_key(m).ok_or_else(|| bad("key must be 32 bytes"))?;
         match m.get("op") {
             Some(Ipld::String(op)) if op == "remove" => Ok(VoteOp::Remove(key)),
             Some(Ipld::String(op)) if op == "restore" => Ok(VoteOp::Restore(key)),

@@ -314,20 +314,14 @@ fn a_wiped_writer_may_write_only_once_its_full_peers_confirm_its_own_chain() {
     // Two peers: one wiped as well (it knows nothing of us), one that holds our chain.
     s.peer_up(1, 0);
     s.peer_up(2, 0);
-    let empty_summary = match serve(&blank, &NoBlocks, &SyncRequest::Summary) {
-        SyncResponse::Summary(x) => x,
-        other => panic!("{other:?}"),
-    };
+    let empty_summary = summary_of(&blank);
     let _ = s.on_summary(&1, &empty_summary, &wiped, 0);
     assert_eq!(
         s.own_chain_confirmed(&wiped),
         None,
         "one blank peer of two is no majority"
     );
-    let full_summary = match serve(&full, &NoBlocks, &SyncRequest::Summary) {
-        SyncResponse::Summary(x) => x,
-        other => panic!("{other:?}"),
-    };
+    let full_summary = summary_of(&full);
     let _ = s.on_summary(&2, &full_summary, &wiped, 0);
     assert_eq!(
         s.own_chain_confirmed(&wiped),
@@ -366,10 +360,7 @@ fn a_writer_asks_again_for_a_summary_that_was_lost() {
     let ks = keys(2);
     let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
     let blank = timeline(&g, &[]);
-    let summary = match serve(&blank, &NoBlocks, &SyncRequest::Summary) {
-        SyncResponse::Summary(x) => x,
-        other => panic!("{other:?}"),
-    };
+    let summary = summary_of(&blank);
     let mut s: Syncer<u8> = Syncer::default();
     s.watch_own_chain(ks[1].author());
     assert_eq!(summaries_to(&s.peer_up(1, 0), 1), 1);
@@ -412,10 +403,7 @@ fn a_stalled_catch_up_resumes_at_once_with_the_next_peer_ahead() {
     });
     let full = timeline(&g, &hist);
     let wiped = timeline(&g, &[]);
-    let summary = match serve(&full, &NoBlocks, &SyncRequest::Summary) {
-        SyncResponse::Summary(x) => x,
-        other => panic!("{other:?}"),
-    };
+    let summary = summary_of(&full);
     let since_to = |actions: &[Action<u8>]| -> Vec<u8> {
         actions
             .iter()
@@ -436,10 +424,7 @@ fn a_stalled_catch_up_resumes_at_once_with_the_next_peer_ahead() {
         s.on_summary(&2, &summary, &wiped, 10).is_empty(),
         "one stream"
     );
-    let blank = match serve(&wiped, &NoBlocks, &SyncRequest::Summary) {
-        SyncResponse::Summary(x) => x,
-        other => panic!("{other:?}"),
-    };
+    let blank = summary_of(&wiped);
     let _ = s.on_summary(&3, &blank, &wiped, 20);
     // The first page is lost: the stream stalls, and the same tick asks peer 2.
     let quiet = s.tick(CATCH_UP_STALL_MS - 1, &wiped);
