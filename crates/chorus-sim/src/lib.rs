@@ -75,6 +75,13 @@ pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World)
             w.stats.crashes, w.stats.writes_lost_in_crash
         ));
     }
+    if w.stats.replays_new_to_receiver > 0 {
+        notes.push(format!(
+            "{} replayed blocks reached a node that lacked them (wiped): valid deliveries, \
+             not judged as replays",
+            w.stats.replays_new_to_receiver
+        ));
+    }
     if sc.classes.iter().any(|c| c.light && c.count > 0) {
         let light_acked = w.acked.values().filter(|(n, _)| w.nodes[*n].light).count();
         let unacked = w

@@ -120,6 +120,9 @@ pub struct RunStats {
     pub attacks_sent: BTreeMap<Attack, u64>,
     /// …and what became of each.
     pub attack_outcomes: BTreeMap<(Attack, Outcome), u64>,
+    /// Replayed blocks that reached a receiver lacking them (after a wipe): deliveries, not
+    /// replays, so not judged by C4.
+    pub replays_new_to_receiver: u64,
     /// Ids of invalid blocks the adversaries made (none may appear in an honest replica).
     pub forged_ids: BTreeSet<EventId>,
     /// Acknowledged writes whose only copy was on a disk that was wiped (a wipe defeats
@@ -784,6 +787,33 @@ impl World {
         self.schedule_turn(to);
     }
 
+    /// A replayed block the receiver does not hold (a wipe took it, or it never had it) is
+    /// no attack on that receiver: it is a valid event delivered, and taking it in is right.
+    /// Only a replay of a block the receiver holds is judged as a replay (C4: never taken
+    /// twice).
+    fn replay_or_delivery(
+        &mut self,
+        node: NodeIx,
+        block: &[u8],
+        attack: Option<Attack>,
+    ) -> Option<Attack> {
+        if attack != Some(Attack::Replay) {
+            return attack;
+        }
+        let id = EventId::of_block(block);
+        let tl = self.nodes[node].tl();
+        if tl.contains(&id) || tl.is_pending(&id) {
+            attack
+        } else {
+            // Counted as a delivery, no longer as a replay sent.
+            self.stats.replays_new_to_receiver += 1;
+            if let Some(n) = self.stats.attacks_sent.get_mut(&Attack::Replay) {
+                *n -= 1;
+            }
+            None
+        }
+    }
+
     fn schedule_turn(&mut self, node: NodeIx) {
         let n = &mut self.nodes[node];
         if !n.turn_scheduled {
@@ -1040,7 +1070,8 @@ impl World {
             let input = match env.msg {
                 Msg::Gossip { block } => {
                     let id = self.turn_gossip.len();
-                    self.turn_gossip.push((block.clone(), from, env.attack));
+                    let attack = self.replay_or_delivery(node, &block, env.attack);
+                    self.turn_gossip.push((block.clone(), from, attack));
                     Input::Gossip {
                         from,
                         id,
