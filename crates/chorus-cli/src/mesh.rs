@@ -75,7 +75,7 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
         Replica::open(dir, M::default())?
     };
     let me = replica.key().author();
-    if a.anchor && replica.timeline().membership().role_at(&me, u64::MAX) != Some(Role::Anchor) {
+    if a.anchor && replica.timeline().membership().role_now(&me) != Some(Role::Anchor) {
         eprintln!(
             "warning: --anchor, but {me} is not an anchor of this timeline \
              (the admin adds it with `chorus member add {me} --role anchor`)"

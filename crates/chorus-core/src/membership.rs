@@ -1,9 +1,10 @@
 //! Membership as a function of position in the admin's chain.
 //!
 //! Only the admin signs `member` events and its events form one chain, so "the membership state
-//! in an event's causal past" is the fold of the admin's member events with `sq <= admin_seen`,
-//! where `admin_seen` is the highest admin `sq` in that past. Each author keeps the list of its
-//! changes keyed by admin `sq`; a lookup is a binary search.
+//! in an event's causal past" is the fold of the admin's member events on the chain that past
+//! holds. Each admin member event is a version; each author keeps the list of its changes
+//! keyed by version; a lookup is a binary search (and, only after an admin equivocation, a
+//! walk back along the branch).
 
 use std::collections::BTreeMap;
 
@@ -12,7 +13,7 @@ use ipld_core::ipld::Ipld;
 use crate::{
     event::{EventError, kind},
     genesis::Genesis,
-    ids::AuthorId,
+    ids::{AuthorId, EventId},
 };
 
 /// The 32-byte `key` of a `member` or `vote` body.
@@ -140,27 +141,59 @@ impl VoteOp {
     }
 }
 
+/// One membership version: the genesis (version 0) or one admin `member` event held.
+#[derive(Debug, Clone, Copy)]
+struct Version {
+    /// The version before it on the admin chain this member event is on (0 for the genesis).
+    prev: u32,
+    /// Whether a later version names this one as its `prev` (two that do: the admin forked).
+    has_next: bool,
+}
+
 /// Membership over the admin's chain.
+///
+/// Only the admin signs `member` events and its events form one chain, so "the membership in
+/// an event's causal past" is the fold of the member events on the admin chain that past
+/// holds. Each admin `member` event held is a *version*, pointing to the version before it on
+/// its own chain; every event carries the version of its past (see `Timeline::validate`).
+/// An honest admin's versions form a line. An admin that equivocates makes them a tree, and
+/// an event's membership is still read from its own past's branch only: every replica reaches
+/// the same verdict on every event whatever order the fork's halves arrived in (arrival order
+/// used to decide it — a permanent split).
 #[derive(Debug, Clone)]
 pub struct Membership {
     admin: AuthorId,
-    /// author → changes as (admin sq at which it takes effect, role or None for removed),
-    /// ascending by admin sq. The genesis entries take effect at admin sq 1.
-    changes: BTreeMap<AuthorId, Vec<(u64, Option<Role>)>>,
+    /// Version 0 is the genesis; one more per admin member event, in the order they were held
+    /// (a version's `prev` is always an earlier one: each member event contains its past).
+    versions: Vec<Version>,
+    /// author → (version, role or None for removed), ascending by version. The genesis
+    /// members' entries are at version 0.
+    changes: BTreeMap<AuthorId, Vec<(u32, Option<Role>)>>,
+    /// Whether the versions branch (the admin equivocated in its member events).
+    forked: bool,
+    /// The admin event held with the highest `(sq, id)` and its version: the membership
+    /// reported as "now". Deterministic for a given set of events, whatever their order.
+    latest: Option<(u64, EventId, u32)>,
 }
 
 impl Membership {
     pub fn from_genesis(g: &Genesis) -> Self {
-        let mut changes: BTreeMap<AuthorId, Vec<(u64, Option<Role>)>> = BTreeMap::new();
+        let mut changes: BTreeMap<AuthorId, Vec<(u32, Option<Role>)>> = BTreeMap::new();
         for w in &g.writers {
-            changes.insert(*w, vec![(1, Some(Role::Writer))]);
+            changes.insert(*w, vec![(0, Some(Role::Writer))]);
         }
         for a in &g.anchors {
-            changes.insert(*a, vec![(1, Some(Role::Anchor))]);
+            changes.insert(*a, vec![(0, Some(Role::Anchor))]);
         }
         Membership {
             admin: g.admin,
+            versions: vec![Version {
+                prev: 0,
+                has_next: false,
+            }],
             changes,
+            forked: false,
+            latest: None,
         }
     }
 
@@ -174,52 +207,84 @@ impl Membership {
         *who == self.admin || self.changes.contains_key(who)
     }
 
-    /// Records a member event by the admin at admin sequence `admin_sq`. Admin events arrive in
-    /// chain order (each contains the previous), so pushes are ascending.
-    pub fn record(&mut self, admin_sq: u64, op: &MemberOp) {
+    /// Records an admin `member` event whose own chain's membership was `prev` (the version
+    /// of the admin's previous event): returns the new version, the event's own.
+    pub fn record(&mut self, prev: u32, op: &MemberOp) -> u32 {
         let (who, role) = match op {
             MemberOp::Add(k, r) => (*k, Some(*r)),
             MemberOp::Remove(k) => (*k, None),
         };
-        let list = self.changes.entry(who).or_default();
-        debug_assert!(list.last().is_none_or(|(s, _)| *s <= admin_sq));
-        list.push((admin_sq, role));
+        let v = self.versions.len() as u32;
+        let before = &mut self.versions[prev as usize];
+        self.forked |= before.has_next;
+        before.has_next = true;
+        self.versions.push(Version {
+            prev,
+            has_next: false,
+        });
+        self.changes.entry(who).or_default().push((v, role));
+        v
     }
 
-    /// The role of `who` in a causal past that contains admin events up to `admin_seen`.
-    pub fn role_at(&self, who: &AuthorId, admin_seen: u64) -> Option<Role> {
+    /// Notes an admin event (any kind) with its version: the newest by `(sq, id)` is "now".
+    pub fn note_admin_event(&mut self, sq: u64, id: EventId, version: u32) {
+        if self.latest.is_none_or(|(s, i, _)| (sq, id) > (s, i)) {
+            self.latest = Some((sq, id, version));
+        }
+    }
+
+    /// Whether version `a` is `b` or before it on `b`'s chain.
+    fn precedes(&self, a: u32, b: u32) -> bool {
+        if !self.forked {
+            return a <= b;
+        }
+        let mut v = b;
+        while v > a {
+            v = self.versions[v as usize].prev;
+        }
+        v == a
+    }
+
+    /// The role of `who` in a causal past whose membership version is `version`.
+    pub fn role_at(&self, who: &AuthorId, version: u32) -> Option<Role> {
         if *who == self.admin {
             return Some(Role::Admin);
         }
         let list = self.changes.get(who)?;
-        let n = list.partition_point(|(s, _)| *s <= admin_seen);
-        if n == 0 { None } else { list[n - 1].1 }
+        let n = list.partition_point(|(v, _)| *v <= version);
+        list[..n]
+            .iter()
+            .rev()
+            .find(|(v, _)| self.precedes(*v, version))
+            .and_then(|(_, r)| *r)
     }
 
-    /// Members (admin included) in a causal past that contains admin events up to
-    /// `admin_seen`, in key order.
-    pub fn members_at(&self, admin_seen: u64) -> Vec<(AuthorId, Role)> {
+    /// The role of `who` in the newest membership held (see `note_admin_event`).
+    pub fn role_now(&self, who: &AuthorId) -> Option<Role> {
+        self.role_at(who, self.version_now())
+    }
+
+    /// The version of the newest admin event held.
+    pub fn version_now(&self) -> u32 {
+        self.latest.map_or(0, |(_, _, v)| v)
+    }
+
+    /// Members (admin included) in a causal past whose membership version is `version`, in
+    /// key order.
+    pub fn members_at(&self, version: u32) -> Vec<(AuthorId, Role)> {
         let mut out: Vec<(AuthorId, Role)> = self
             .changes
             .keys()
             .filter(|k| **k != self.admin)
-            .filter_map(|k| self.role_at(k, admin_seen).map(|r| (*k, r)))
+            .filter_map(|k| self.role_at(k, version).map(|r| (*k, r)))
             .collect();
         out.push((self.admin, Role::Admin));
         out.sort();
         out
     }
 
-    /// Members (admin included) at the tip of the admin chain, in key order.
+    /// Members (admin included) in the newest membership held, in key order.
     pub fn current(&self) -> Vec<(AuthorId, Role)> {
-        let mut out: Vec<(AuthorId, Role)> = self
-            .changes
-            .iter()
-            .filter_map(|(k, l)| l.last().and_then(|(_, r)| r.map(|r| (*k, r))))
-            .filter(|(k, _)| *k != self.admin)
-            .collect();
-        out.push((self.admin, Role::Admin));
-        out.sort();
-        out
+        self.members_at(self.version_now())
     }
 }

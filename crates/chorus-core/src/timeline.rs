@@ -156,11 +156,28 @@ pub struct Equivocation {
     pub second: EventId,
 }
 
+/// The order of admin events for "the newest in a past": `(sq, id)`.
+type AdminKey = (u64, EventId);
+
+/// What an event's causal past holds of the admin's chain (see `Membership`).
+#[derive(Debug, Clone, Copy)]
+struct AdminPast {
+    /// The admin event of the past with the highest `(sq, id)`; `None` for an admin event,
+    /// which is its own.
+    tip: Option<u32>,
+    /// The membership version of the past.
+    version: u32,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Meta {
     lc: u64,
     sq: u64,
-    admin_seen: u64,
+    /// The admin event of this event's past (itself, for an admin event) with the highest
+    /// `(sq, id)`: its `sq` is the event's `admin_seen`.
+    admin_tip: u32,
+    /// The membership version of this event's past (see `Membership`).
+    version: u32,
     author: u32,
     parents_start: u32,
     parents_len: u8,
@@ -339,7 +356,13 @@ impl<M: Machine> Timeline<M> {
             )));
         }
         tl.refresh_views();
-        tl.index(&genesis_event, 1);
+        tl.index(
+            &genesis_event,
+            AdminPast {
+                tip: None,
+                version: 0,
+            },
+        );
         tl.cache(genesis_event);
         tl.catch_up(&NoBlocks).expect("genesis is cached");
         Ok(tl)
@@ -712,8 +735,8 @@ impl<M: Machine> Timeline<M> {
             self.pending.insert(id, ev);
             return Ok(Inserted::Pending { missing });
         }
-        let admin_seen = self.validate(&ev)?;
-        self.index(&ev, admin_seen);
+        let past = self.validate(&ev)?;
+        self.index(&ev, past);
         self.cache(ev);
         let released = self.release_pending(id);
         Ok(Inserted::Indexed { released })
@@ -747,8 +770,8 @@ impl<M: Machine> Timeline<M> {
                     }
                 }
                 match self.validate(&ev) {
-                    Ok(admin_seen) => {
-                        self.index(&ev, admin_seen);
+                    Ok(past) => {
+                        self.index(&ev, past);
                         self.cache(ev);
                         released.push(child);
                         ready.push(child);
@@ -763,16 +786,21 @@ impl<M: Machine> Timeline<M> {
         released
     }
 
-    /// Contextual checks for an event whose parents are all indexed. Returns its `admin_seen`.
-    fn validate(&self, ev: &SignedEvent) -> Result<u64, EventError> {
+    /// Contextual checks for an event whose parents are all indexed. Returns what its past
+    /// holds of the admin's chain.
+    fn validate(&self, ev: &SignedEvent) -> Result<AdminPast, EventError> {
         let author = self.author_index.get(&ev.author).copied();
         let mut expected_lc = 0;
-        let mut admin_seen = 0;
+        let mut tip: Option<u32> = None;
+        let mut own_previous = None;
         let mut has_own_previous = ev.seq == 1;
         for p in &ev.parents {
-            let m = self.metas[self.index_of(p).expect("parents checked present") as usize];
+            let pi = self.index_of(p).expect("parents checked present");
+            let m = self.metas[pi as usize];
             expected_lc = expected_lc.max(m.lc + 1);
-            admin_seen = admin_seen.max(m.admin_seen);
+            if tip.is_none_or(|t| self.admin_key(m.admin_tip) > self.admin_key(t)) {
+                tip = Some(m.admin_tip);
+            }
             if Some(m.author) == author {
                 if m.sq >= ev.seq {
                     return Err(EventError::BadSeq {
@@ -782,6 +810,7 @@ impl<M: Machine> Timeline<M> {
                 }
                 if m.sq + 1 == ev.seq {
                     has_own_previous = true;
+                    own_previous = Some(pi);
                 }
             }
         }
@@ -798,11 +827,25 @@ impl<M: Machine> Timeline<M> {
             });
         }
         let is_admin = ev.author == self.membership.admin();
-        if is_admin {
-            admin_seen = ev.seq;
-        } else if self.membership.role_at(&ev.author, admin_seen).is_none() {
-            return Err(EventError::UnknownAuthor(ev.author.to_string()));
-        }
+        let past = if is_admin {
+            // The admin's own membership is that of its own chain (its previous event's),
+            // whatever other branch a parent may carry.
+            AdminPast {
+                tip: None,
+                version: own_previous.map_or(0, |i| self.metas[i as usize].version),
+            }
+        } else {
+            // Every event but the genesis has the genesis (the admin's first) in its past.
+            let tip = tip.ok_or(EventError::UnknownAuthor(ev.author.to_string()))?;
+            let version = self.metas[tip as usize].version;
+            if self.membership.role_at(&ev.author, version).is_none() {
+                return Err(EventError::UnknownAuthor(ev.author.to_string()));
+            }
+            AdminPast {
+                tip: Some(tip),
+                version,
+            }
+        };
         // Votes move the final/1 committee, so their body is checked there; under lc-cid/1 a
         // `vote` is one more event of a kind the order does not read (as it always was).
         if ev.kind == kind::VOTE && self.fin.is_some() {
@@ -823,7 +866,17 @@ impl<M: Machine> Timeline<M> {
                 });
             }
         }
-        Ok(admin_seen)
+        Ok(past)
+    }
+
+    /// The admin event at `idx` in the order of "the newest in a past".
+    fn admin_key(&self, idx: u32) -> AdminKey {
+        (self.metas[idx as usize].sq, self.ids[idx as usize])
+    }
+
+    /// The highest admin `sq` in the past of the event at `idx` (its own, for an admin event).
+    fn admin_seen(&self, idx: u32) -> u64 {
+        self.metas[self.metas[idx as usize].admin_tip as usize].sq
     }
 
     fn intern_author(&mut self, a: AuthorId) -> u32 {
@@ -906,17 +959,29 @@ impl<M: Machine> Timeline<M> {
         if self.forks.get(&m.author).is_some_and(|&f| m.sq >= f) {
             return true;
         }
+        let admin_seen = self.admin_seen(idx);
         self.removals.get(&m.author).is_some_and(|rs| {
             rs.iter()
-                .any(|&(seen, admin_sq)| m.sq > seen && m.admin_seen < admin_sq)
+                .any(|&(seen, admin_sq)| m.sq > seen && admin_seen < admin_sq)
         })
     }
 
     /// Adds a validated event (parents indexed) to every index.
-    fn index(&mut self, ev: &SignedEvent, admin_seen: u64) {
+    fn index(&mut self, ev: &SignedEvent, past: AdminPast) {
         let id = ev.id();
         let author = self.intern_author(ev.author);
         let idx = self.ids.len() as u32;
+        let is_admin = ev.author == self.membership.admin();
+        let member_op = (is_admin && ev.kind == kind::MEMBER)
+            .then(|| MemberOp::parse(&ev.body).ok())
+            .flatten();
+        let version = match &member_op {
+            Some(op) => self.membership.record(past.version, op),
+            None => past.version,
+        };
+        if is_admin {
+            self.membership.note_admin_event(ev.seq, id, version);
+        }
         let parents_start = self.parents_arena.len() as u32;
         for p in &ev.parents {
             let pi = self.index_of(p).expect("validated: parents indexed");
@@ -927,7 +992,8 @@ impl<M: Machine> Timeline<M> {
         self.metas.push(Meta {
             lc: ev.lamport,
             sq: ev.seq,
-            admin_seen,
+            admin_tip: past.tip.unwrap_or(idx),
+            version,
             author,
             parents_start,
             parents_len: ev.parents.len() as u8,
@@ -983,11 +1049,7 @@ impl<M: Machine> Timeline<M> {
             chain.push(idx);
         }
 
-        if ev.kind == kind::MEMBER
-            && ev.author == self.membership.admin()
-            && let Ok(op) = MemberOp::parse(&ev.body)
-        {
-            self.membership.record(ev.seq, &op);
+        if let Some(op) = member_op {
             if let MemberOp::Remove(k) = op {
                 self.record_removal(idx, k, ev.seq);
             }
@@ -1019,7 +1081,7 @@ impl<M: Machine> Timeline<M> {
         let from = self.chains[k as usize]
             .iter()
             .skip(seen as usize)
-            .filter(|&&i| self.metas[i as usize].admin_seen < admin_sq)
+            .filter(|&&i| self.admin_seen(i) < admin_sq)
             .filter(|&&i| !self.is_final_idx(i))
             .map(|&i| self.rank(i))
             .min();
@@ -1163,7 +1225,7 @@ impl<M: Machine> Timeline<M> {
             .filter(|_| self.fin.is_none())
             .and_then(|i| {
                 let who = self.covered_by_all(i)?;
-                let role = self.membership.role_at(&who, u64::MAX)?;
+                let role = self.membership.role_now(&who)?;
                 let latest = self.views[&who].latest.map(|l| self.metas[l as usize].lc);
                 Some((who, role, latest))
             });

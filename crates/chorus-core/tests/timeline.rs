@@ -641,3 +641,92 @@ fn strangers_hold_a_small_quota_of_the_pending_set_and_members_are_not_crowded_o
     assert_eq!(tl.len(), evs.len() + 1);
     assert_eq!(tl.pending_len(), MAX_PENDING_FROM_STRANGERS);
 }
+
+/// An admin that equivocates in its member events: at sq 2 one branch adds `k`, the other
+/// removes it (and then removes `w` at sq 3). Which events are valid must follow each event's
+/// own past, never the order the two halves arrived in (the membership used to be recorded in
+/// arrival order: `k`'s event was taken on one replica and refused on the other, a permanent
+/// split).
+#[test]
+fn an_admin_fork_gives_every_replica_the_same_membership_whatever_the_arrival_order() {
+    let admin = Keypair::from_seed([200; 32]);
+    let w = Keypair::from_seed([1; 32]);
+    let k = Keypair::from_seed([3; 32]);
+    let g = genesis(&admin, &[&w], 3);
+    let on = |events: &[&SignedEvent]| {
+        let mut t = Timeline::new(g.clone(), ChainMachine).unwrap();
+        for e in events {
+            t.insert((*e).clone(), &NoBlocks).unwrap();
+        }
+        t
+    };
+    let make = |t: &Timeline<ChainMachine>, who: &Keypair, kind: &str, body: Ipld| {
+        t.prepare(who.author(), kind, body).sign(who)
+    };
+    let w1 = make(&on(&[]), &w, kind::STIMULUS, text("before the fork"));
+    // Branch a: the admin adds k, then writes on; k writes having seen the addition.
+    let add_k = make(
+        &on(&[&w1]),
+        &admin,
+        kind::MEMBER,
+        MemberOp::Add(k.author(), Role::Writer).to_body(),
+    );
+    let a3 = make(&on(&[&w1, &add_k]), &admin, kind::STIMULUS, text("a3"));
+    let k1 = make(&on(&[&w1, &add_k]), &k, kind::STIMULUS, text("k on a"));
+    // Branch b: at the same sq 2 the admin removes k, then w at sq 3; w writes having seen
+    // the first only.
+    let remove_k = make(
+        &on(&[&w1]),
+        &admin,
+        kind::MEMBER,
+        MemberOp::Remove(k.author()).to_body(),
+    );
+    let remove_w = make(
+        &on(&[&w1, &remove_k]),
+        &admin,
+        kind::MEMBER,
+        MemberOp::Remove(w.author()).to_body(),
+    );
+    assert_eq!((add_k.seq, remove_k.seq, remove_w.seq), (2, 2, 3));
+    let w2 = make(&on(&[&w1, &remove_k]), &w, kind::STIMULUS, text("w on b"));
+    // Events of w and of k that saw both halves.
+    let both = on(&[&w1, &add_k, &a3, &k1, &remove_k, &remove_w, &w2]);
+    let w3 = make(&both, &w, kind::STIMULUS, text("w saw both"));
+    let k2 = make(&both, &k, kind::STIMULUS, text("k saw both"));
+    let all = [w1, add_k, a3, k1, remove_k, remove_w, w2, w3, k2];
+
+    let replay = |order: &[usize]| {
+        let mut t = Timeline::new(g.clone(), ChainMachine).unwrap();
+        for &i in order {
+            // A refusal is an outcome like any other here: what matters is that it is the same
+            // everywhere (an invalid event waiting for its parents is dropped when released).
+            let _ = t.insert(all[i].clone(), &NoBlocks);
+        }
+        let held: Vec<bool> = all.iter().map(|e| t.contains(&e.id())).collect();
+        let excluded: Vec<bool> = all
+            .iter()
+            .map(|e| t.contains(&e.id()) && t.is_excluded(&e.id()))
+            .collect();
+        (held, excluded, t.membership().current(), fingerprint(&t))
+    };
+    let first = replay(&[0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    // k's event on branch a is valid (its past added k) and w's on branch b too (its past
+    // removed k, not w), whatever else the replica holds.
+    assert!(
+        first.0[3],
+        "k's event on the branch that added k must be taken"
+    );
+    assert!(
+        first.0[6],
+        "w's event on the branch that had not removed w must be taken"
+    );
+    // The two halves in the opposite order, and every other arrival order tried at random.
+    let opposite = replay(&[0, 4, 5, 6, 1, 2, 3, 7, 8]);
+    assert_eq!(first, opposite);
+    let mut rng = Rng(0x5eed);
+    for _ in 0..200 {
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        rng.shuffle(&mut order);
+        assert_eq!(replay(&order), first, "arrival order {order:?}");
+    }
+}

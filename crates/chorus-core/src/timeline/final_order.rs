@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Rank, TENTATIVE, Timeline};
+use super::{AdminKey, Rank, TENTATIVE, Timeline};
 use ipld_core::ipld::Ipld;
 
 use crate::{
@@ -86,8 +86,9 @@ pub(super) struct FinalState {
     final_removals: BTreeMap<u32, Vec<(u64, u64)>>,
     /// Every indexed removal event: event index → (removed author index, seen, admin sq).
     pub(super) removal_at: BTreeMap<u32, (u32, u64, u64)>,
-    /// The highest admin `sq` in the final prefix (the committee's membership).
-    final_admin_seen: u64,
+    /// The newest admin event by `(sq, id)` in the final prefix's pasts, and its membership
+    /// version: the committee's membership.
+    final_admin: Option<(AdminKey, u32)>,
     /// Every event index sorted by `(lc, id)`: what sync pages through.
     pub(super) lc_order: Vec<u32>,
     /// The committee's attestations, the newest certificate, conflicts.
@@ -107,18 +108,18 @@ pub(super) struct FinalState {
     vote_quorum: Option<usize>,
 }
 
-/// The committee: every member in the admin's membership at `admin_seen` (admin included, in
+/// The committee: every member in the admin's membership at `version` (admin included, in
 /// key order) but those the committee voted off — unless that leaves nobody (the admin's
 /// removals can take away every member the votes left), in which case the votes do not count
 /// and the membership is the committee: a committee is never empty, or nothing would ever be
 /// final again.
 fn committee_at(
     membership: &Membership,
-    admin_seen: u64,
+    version: u32,
     voted_off: &BTreeSet<AuthorId>,
 ) -> Vec<AuthorId> {
     let members: Vec<AuthorId> = membership
-        .members_at(admin_seen)
+        .members_at(version)
         .into_iter()
         .map(|(k, _)| k)
         .collect();
@@ -133,7 +134,7 @@ fn committee_at(
 impl FinalState {
     pub(super) fn new(genesis: &Genesis, membership: &Membership) -> Self {
         // The genesis is the admin's first event: its membership is the genesis's own.
-        let committee = committee_at(membership, 1, &BTreeSet::new());
+        let committee = committee_at(membership, 0, &BTreeSet::new());
         let n = committee.len();
         let params = genesis.finality_quorum();
         FinalState {
@@ -156,7 +157,7 @@ impl FinalState {
             forked: BTreeSet::new(),
             final_removals: BTreeMap::new(),
             removal_at: BTreeMap::new(),
-            final_admin_seen: 1,
+            final_admin: None,
             lc_order: vec![],
             attestations: Attestations::default(),
             certificate_quorum: None,
@@ -464,7 +465,8 @@ impl<M: Machine> Timeline<M> {
                     let block = f.event_at[b];
                     self.append_final_segment(block);
                     let f = self.fin.as_ref().expect("final/1");
-                    let next = committee_at(&self.membership, f.final_admin_seen, &f.voted_off);
+                    let version = f.final_admin.map_or(0, |(_, v)| v);
+                    let next = committee_at(&self.membership, version, &f.voted_off);
                     if next != f.committee {
                         new_epoch = Some((block, next));
                         break;
@@ -556,25 +558,29 @@ impl<M: Machine> Timeline<M> {
             .count();
 
         // Mark the segment final and decide its exclusions, in order.
-        let metas: Vec<(u32, u64, u64)> = seg
+        let metas: Vec<(u32, u64, AdminKey, u32)> = seg
             .iter()
             .map(|&x| {
                 let m = self.metas[x as usize];
-                (m.author, m.sq, m.admin_seen)
+                let tip = self.admin_key(m.admin_tip);
+                (m.author, m.sq, tip, m.version)
             })
             .collect();
         let keys: Vec<AuthorId> = metas
             .iter()
-            .map(|&(a, _, _)| self.authors[a as usize])
+            .map(|&(a, ..)| self.authors[a as usize])
             .collect();
         let f = self.fin_mut();
         let segment = f.segments;
-        for (k, (&x, &(author, sq, admin_seen))) in seg.iter().zip(&metas).enumerate() {
+        for (k, (&x, &(author, sq, tip, version))) in seg.iter().zip(&metas).enumerate() {
+            let admin_seen = tip.0;
             f.seg_of[x as usize] = segment;
             if f.is_work[x as usize] {
                 f.tentative_work -= 1;
             }
-            f.final_admin_seen = f.final_admin_seen.max(admin_seen);
+            if f.final_admin.is_none_or(|(t, _)| tip > t) {
+                f.final_admin = Some((tip, version));
+            }
             let repeats = f.final_sq.get(&author).is_some_and(|&h| sq <= h);
             if repeats {
                 f.forked.insert(author);
