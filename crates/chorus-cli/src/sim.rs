@@ -100,6 +100,8 @@ pub enum SabotageArg {
     TrustSyncClaims,
     /// Every key a member for the pending set (C4 must fail on the stranger flood).
     TrustStrangers,
+    /// Membership by arrival order (C1 must fail on the admin fork).
+    MembershipArrivalOrder,
 }
 
 /// `--order final/1`: the only rule a scenario can be switched to (absent: `lc-cid/1`).
@@ -310,6 +312,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::VoteAlone => Sabotage::VoteAlone,
                 SabotageArg::TrustSyncClaims => Sabotage::TrustSyncClaims,
                 SabotageArg::TrustStrangers => Sabotage::TrustStrangers,
+                SabotageArg::MembershipArrivalOrder => Sabotage::MembershipArrivalOrder,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
             };
             let r = chorus_sim::run(sc, seed, sabotage);

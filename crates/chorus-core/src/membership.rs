@@ -144,6 +144,8 @@ impl VoteOp {
 /// One membership version: the genesis (version 0) or one admin `member` event held.
 #[derive(Debug, Clone, Copy)]
 struct Version {
+    /// The admin `sq` of its member event (1 for the genesis).
+    sq: u64,
     /// The version before it on the admin chain this member event is on (0 for the genesis).
     prev: u32,
     /// Whether a later version names this one as its `prev` (two that do: the admin forked).
@@ -174,6 +176,9 @@ pub struct Membership {
     /// The admin event held with the highest `(sq, id)` and its version: the membership
     /// reported as "now". Deterministic for a given set of events, whatever their order.
     latest: Option<(u64, EventId, u32)>,
+    /// A sabotage run's old rule (the simulator's oracle only): an event's membership is every
+    /// change up to its admin `sq`, the last to arrive winning.
+    arrival_order: bool,
 }
 
 impl Membership {
@@ -188,12 +193,14 @@ impl Membership {
         Membership {
             admin: g.admin,
             versions: vec![Version {
+                sq: 1,
                 prev: 0,
                 has_next: false,
             }],
             changes,
             forked: false,
             latest: None,
+            arrival_order: false,
         }
     }
 
@@ -207,9 +214,10 @@ impl Membership {
         *who == self.admin || self.changes.contains_key(who)
     }
 
-    /// Records an admin `member` event whose own chain's membership was `prev` (the version
-    /// of the admin's previous event): returns the new version, the event's own.
-    pub fn record(&mut self, prev: u32, op: &MemberOp) -> u32 {
+    /// Records an admin `member` event at admin sequence `sq` whose own chain's membership was
+    /// `prev` (the version of the admin's previous event): returns the new version, the
+    /// event's own.
+    pub fn record(&mut self, prev: u32, sq: u64, op: &MemberOp) -> u32 {
         let (who, role) = match op {
             MemberOp::Add(k, r) => (*k, Some(*r)),
             MemberOp::Remove(k) => (*k, None),
@@ -219,6 +227,7 @@ impl Membership {
         self.forked |= before.has_next;
         before.has_next = true;
         self.versions.push(Version {
+            sq,
             prev,
             has_next: false,
         });
@@ -251,12 +260,27 @@ impl Membership {
             return Some(Role::Admin);
         }
         let list = self.changes.get(who)?;
+        if self.arrival_order {
+            let sq = self.versions[version as usize].sq;
+            return list
+                .iter()
+                .rev()
+                .find(|(v, _)| self.versions[*v as usize].sq <= sq)
+                .and_then(|(_, r)| *r);
+        }
         let n = list.partition_point(|(v, _)| *v <= version);
         list[..n]
             .iter()
             .rev()
             .find(|(v, _)| self.precedes(*v, version))
             .and_then(|(_, r)| *r)
+    }
+
+    /// Sabotage (the simulator's oracle only): decide membership by arrival order, the rule
+    /// before versions (an admin fork splits the replicas).
+    #[doc(hidden)]
+    pub fn sabotage_arrival_order(&mut self) {
+        self.arrival_order = true;
     }
 
     /// The role of `who` in the newest membership held (see `note_admin_event`).

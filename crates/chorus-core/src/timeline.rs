@@ -441,6 +441,13 @@ impl<M: Machine> Timeline<M> {
         self.trust_strangers = true;
     }
 
+    /// Sabotage (the simulator's oracle only): membership by arrival order, as before
+    /// membership versions — an admin that equivocates splits the replicas.
+    #[doc(hidden)]
+    pub fn sabotage_membership_arrival_order(&mut self) {
+        self.membership.sabotage_arrival_order();
+    }
+
     /// Missing parents of pending events, but those only strangers' events wait for (their
     /// parents may be made up: asking peers for them is work an attacker chose).
     pub fn wanted(&self) -> Vec<EventId> {
@@ -976,7 +983,7 @@ impl<M: Machine> Timeline<M> {
             .then(|| MemberOp::parse(&ev.body).ok())
             .flatten();
         let version = match &member_op {
-            Some(op) => self.membership.record(past.version, op),
+            Some(op) => self.membership.record(past.version, ev.seq, op),
             None => past.version,
         };
         if is_admin {

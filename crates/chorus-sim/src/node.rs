@@ -173,6 +173,9 @@ pub enum Sabotage {
     /// made-up parents are held without a quota and forwarded (C4 must fail on the
     /// `stranger_flood` attack).
     TrustStrangers,
+    /// Every node decides membership by arrival order (the rule before membership versions):
+    /// the adversary's `admin_fork` splits the replicas (C1 must fail).
+    MembershipArrivalOrder,
 }
 
 pub struct SimNode {

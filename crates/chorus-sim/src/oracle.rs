@@ -389,6 +389,10 @@ pub fn judge(w: &mut World) -> Findings {
             .map(|n| n.key.author())
             .collect();
         for &a in &b.attacks {
+            // The admin fork runs under lc-cid/1 only (see `World::run_attack`).
+            if a == Attack::AdminFork && w.sc.order.is_some() {
+                continue;
+            }
             let sent = w.stats.attacks_sent.get(&a).copied().unwrap_or(0);
             let outcomes: BTreeMap<Outcome, u64> = w
                 .stats
@@ -438,6 +442,17 @@ pub fn judge(w: &mut World) -> Findings {
                 ],
                 // A valid heartbeat: taken in; what it claims is judged by C9's certificates.
                 // A valid vote: taken in; what it does is judged by C9's committee check.
+                // The admin's fork and the newcomer's event are valid: taken in (or held,
+                // from a key the receiver has not seen named yet). Whether every replica
+                // decides them alike is C1's.
+                Attack::AdminFork => &[
+                    Outcome::Accepted,
+                    Outcome::Held,
+                    Outcome::Busy,
+                    Outcome::Duplicate,
+                    Outcome::DroppedSeen,
+                    Outcome::DroppedBanned,
+                ],
                 Attack::FalseAttestation | Attack::VoteOff => &[
                     Outcome::Accepted,
                     Outcome::Busy,
@@ -675,6 +690,7 @@ fn is_heartbeat(n: &SimNode, id: &EventId) -> bool {
         .is_ok_and(|e| e.kind == chorus_core::event::kind::HEARTBEAT)
 }
 
+/// A key of an adversary: its own, or one it let in with an admin fork.
 fn byz_author(w: &World, a: &AuthorId) -> bool {
-    w.nodes.iter().any(|n| n.byzantine && n.key.author() == *a)
+    w.newcomers.contains(a) || w.nodes.iter().any(|n| n.byzantine && n.key.author() == *a)
 }

@@ -182,10 +182,15 @@ pub enum Attack {
     /// Events of a fresh non-member key with made-up parents, gossiped (held within the
     /// stranger quota, never forwarded, never charged to the honest).
     StrangerFlood,
+    /// The admin key in the adversary's hands (a scenario with this attack makes the first
+    /// adversary the admin): two `member` events at one admin `sq`, one adding a fresh key and
+    /// one removing it, to different peers; then an event of the new key. Every replica must
+    /// decide each event by its own past, whatever order the halves arrive in.
+    AdminFork,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 11] = [
+    pub const ALL: [Attack; 12] = [
         Attack::BitFlip,
         Attack::ForgedAuthor,
         Attack::Equivocate,
@@ -197,6 +202,7 @@ impl Attack {
         Attack::FalseAttestation,
         Attack::VoteOff,
         Attack::StrangerFlood,
+        Attack::AdminFork,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -211,6 +217,7 @@ impl Attack {
             Attack::FalseAttestation => "false_attestation",
             Attack::VoteOff => "vote_off",
             Attack::StrangerFlood => "stranger_flood",
+            Attack::AdminFork => "admin_fork",
         }
     }
 }

@@ -14,6 +14,7 @@ use chorus_core::{
     ids::AuthorId,
     limits::DEFAULT_CHECKPOINT_INTERVAL,
     local::Local,
+    membership::{MemberOp, Role},
     proto::{
         WriteError, WriteId,
         node::{Config, Input, NodeSabotage, NodeState, Output, Verdict},
@@ -190,6 +191,10 @@ pub struct World {
     /// The gossip of the turn being worked off: what `Output::Validated`'s id points at
     /// (block, sender, attack), to relay it and to account for the attack.
     turn_gossip: Vec<(Arc<[u8]>, NodeIx, Option<Attack>)>,
+    /// `admin_fork` attacks run so far (each lets in a newcomer key of its own).
+    admin_forks: u64,
+    /// The keys the adversary let in with an admin fork (adversaries' keys, for C5).
+    pub newcomers: BTreeSet<AuthorId>,
     trace: Sha256,
     steps: u64,
     pub deadline: u64,
@@ -235,12 +240,20 @@ impl World {
         // The admin is a member too. In the scenarios with heartbeats it is node 0's key (as
         // with `chorus init`): a member with no node would hold the settled frontier forever.
         // The others keep a key of its own, so their traces stay as they were.
-        let admin = if sc.heartbeat_ms.is_some() {
+        let byzantine = |i: usize| i >= last_class_start && i < last_class_start + byz_count;
+        // A stolen admin key (the `admin_fork` attack) is the first adversary's own.
+        let admin_stolen = byz_count > 0
+            && sc
+                .byzantine
+                .as_ref()
+                .is_some_and(|b| b.attacks.contains(&Attack::AdminFork));
+        let admin = if admin_stolen {
+            keys[last_class_start].clone()
+        } else if sc.heartbeat_ms.is_some() {
             keys[0].clone()
         } else {
             key_for(seed, "admin")
         };
-        let byzantine = |i: usize| i >= last_class_start && i < last_class_start + byz_count;
         let writer = |i: usize| sc.classes[classes[i]].writes || byzantine(i);
         let light = |i: usize| sc.classes[classes[i]].light;
         let writer_keys: Vec<Keypair> = (0..n)
@@ -354,6 +367,8 @@ impl World {
             stats: RunStats::default(),
             decoded: BTreeMap::new(),
             turn_gossip: vec![],
+            admin_forks: 0,
+            newcomers: BTreeSet::new(),
             trace: Sha256::new(),
             steps: 0,
             deadline: u64::MAX,
@@ -1562,6 +1577,58 @@ impl World {
                     self.gossip_attack(node, &peers, b, a);
                 }
             }
+            Attack::AdminFork => {
+                // Under final/1 every member added sits on the finality committee: a stolen
+                // admin key that adds silent members is a liveness attack the committee's
+                // votes answer (docs/design/finality.md), not this one, and the final/1
+                // reference model keeps the genesis committee. The fork's determinism is
+                // judged under lc-cid/1.
+                if self.sc.order.is_some() {
+                    return;
+                }
+                let n = &mut self.nodes[node];
+                if n.key.author() != n.tl().membership().admin() {
+                    return; // only the adversary that holds the admin key
+                }
+                self.admin_forks += 1;
+                let newcomer = key_for(
+                    self.seed,
+                    &format!("admin-fork newcomer {}", self.admin_forks),
+                );
+                self.newcomers.insert(newcomer.author());
+                let n = &mut self.nodes[node];
+                let member = |op: MemberOp| {
+                    n.tl()
+                        .prepare(n.key.author(), kind::MEMBER, op.to_body())
+                        .sign(&n.key)
+                };
+                let add = member(MemberOp::Add(newcomer.author(), Role::Writer));
+                let remove = member(MemberOp::Remove(newcomer.author()));
+                // The adversary keeps the addition itself, bypassing its own node's checks,
+                // and writes as the newcomer on top of it.
+                let _ = n.node.local_mut().ingest(vec![add.clone()]);
+                let newcomers = n
+                    .tl()
+                    .prepare(
+                        newcomer.author(),
+                        kind::STIMULUS,
+                        text_body(vec![("text", Ipld::String("let in by a fork".into()))]),
+                    )
+                    .sign(&newcomer);
+                let _ = n.node.local_mut().ingest(vec![newcomers.clone()]);
+                for (k, &p) in peers.iter().enumerate() {
+                    let first = if k % 2 == 0 { &add } else { &remove };
+                    self.send(
+                        node,
+                        p,
+                        Msg::Gossip {
+                            block: first.bytes_arc(),
+                        },
+                        Some(a),
+                    );
+                }
+                self.gossip_attack(node, &peers, newcomers.bytes_arc(), a);
+            }
             Attack::Replay => {
                 for _ in 0..REPLAY_BLOCKS.min(held.len()) {
                     let b = held[self.byz_rng.below(held.len() as u64) as usize].clone();
@@ -1628,6 +1695,9 @@ fn fresh_timeline(genesis: &SignedEvent, sabotage: Sabotage) -> Timeline<SimMach
     }
     if sabotage == Sabotage::TrustStrangers {
         tl.sabotage_trust_strangers();
+    }
+    if sabotage == Sabotage::MembershipArrivalOrder {
+        tl.sabotage_membership_arrival_order();
     }
     tl
 }

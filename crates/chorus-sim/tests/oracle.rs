@@ -263,3 +263,23 @@ fn a_strangers_flood_is_held_within_its_quota_and_never_forwarded_unless_trusted
         "{failed:?}"
     );
 }
+
+/// Issue 15: the adversary holds the admin key and forks the admin chain at one `sq` (one half
+/// adds a fresh key, the other removes it, to different peers), then writes as the new key.
+/// Every replica decides each event by its own past and they converge; with membership by
+/// arrival order (`membership-arrival-order`, the rule before membership versions) the
+/// replicas that saw the removal last refuse the new key's events and the mesh splits.
+#[test]
+fn an_admin_fork_splits_no_replica_unless_membership_follows_arrival_order() {
+    let mut sc = Suite::builtin()
+        .get("byzantine")
+        .expect("byzantine scenario")
+        .clone();
+    sc.byzantine.as_mut().expect("an adversary").attacks = vec![Attack::AdminFork];
+    let (r, w) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    assert!(!w.newcomers.is_empty(), "the attack let nobody in");
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::MembershipArrivalOrder);
+    let failed = failed_checks(&r);
+    assert!(failed.contains(&"C1 convergence"), "{failed:?}");
+}
