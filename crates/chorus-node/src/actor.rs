@@ -668,6 +668,7 @@ impl<M: Describe> Actor<M> {
             machine: tl.machine().id().to_string(),
             events: tl.len(),
             pending: tl.pending_len(),
+            stranger_pending: tl.stranger_pending(),
             heads: text(&tl.heads()),
             state_hash: hex::encode(state_hash),
             folding: self.snapshot.as_ref().map(|s| Folding {
@@ -725,6 +726,8 @@ impl<M: Describe> Actor<M> {
                 requests_refused: s.requests_refused,
                 requests_served: c.requests_served,
                 bans: s.bans,
+                streams_cut: s.streams_cut,
+                own_claims_capped: s.own_claims_capped,
             },
             received: Received {
                 gossip: c.gossip_received,

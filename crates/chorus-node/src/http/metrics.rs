@@ -115,6 +115,25 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "Sync requests served.",
         one(st.sync.requests_served as f64),
     );
+    metric(
+        "sync_streams_cut_total",
+        "counter",
+        "Catch-up streams cut because their pages brought nothing new (a peer that pages \
+         nowhere; another peer was asked).",
+        one(st.sync.streams_cut as f64),
+    );
+    metric(
+        "sync_own_claims_capped_total",
+        "counter",
+        "Claims of this node's own chain that a peer could not back with its events.",
+        one(st.sync.own_claims_capped as f64),
+    );
+    metric(
+        "stranger_pending",
+        "gauge",
+        "Pending events of keys no membership change names, held within a small quota.",
+        one(st.stranger_pending as f64),
+    );
     // A `{code: count}` map of the status as one labelled series per code.
     let by_code = |counts: &BTreeMap<String, u64>| -> Vec<(String, f64)> {
         counts

@@ -35,6 +35,9 @@ pub struct NodeStatus {
     pub events: usize,
     /// Events waiting for their parents.
     pub pending: usize,
+    /// Of those, events of keys no membership change held here names (strangers), kept
+    /// within a small quota and never forwarded.
+    pub stranger_pending: usize,
     pub heads: Vec<String>,
     /// The state hash of the last complete fold, hex.
     pub state_hash: String,
@@ -122,6 +125,11 @@ pub struct SyncStatus {
     pub requests_refused: u64,
     pub requests_served: u64,
     pub bans: u64,
+    /// Catch-up streams cut because their pages brought nothing new (another peer asked).
+    pub streams_cut: u64,
+    /// Claims of this node's own chain a peer could not back, capped (the write gate did not
+    /// wait for them).
+    pub own_claims_capped: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
