@@ -1,5 +1,6 @@
 //! Every local input path the HTTP API offers — `POST /v1/events` (kinds, texts, JSON bodies,
-//! `count`), the gateway's `/v1/swarm/intent` and the OpenAI-compatible `/v1/chat/completions`
+//! `count`), `POST /v1/members` (ops, keys, roles), the gateway's `/v1/swarm/intent` and the
+//! OpenAI-compatible `/v1/chat/completions`
 //! — with random inputs around the event bounds, in ASCII and multi-byte UTF-8, against one
 //! real node: an input the node takes ends up as events that a peer's decoder accepts, and an
 //! input it refuses (4xx) leaves the timeline exactly as it was. (The CLI's offline path,
@@ -134,6 +135,24 @@ enum Input {
         system: (usize, usize),
         user: (usize, usize),
     },
+    /// `/v1/members`: an op (good, for another order rule, or made up), a key (32 bytes of hex,
+    /// or a wrong length, non-hex, multi-byte text) and a role or none.
+    Member {
+        op: String,
+        key: String,
+        role: Option<String>,
+    },
+}
+
+fn member_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[0-9a-f]{64}",
+        1 => "[0-9a-f]{62}",
+        1 => "[0-9a-f]{66}",
+        1 => "[0-9a-zA-Z]{64}",
+        1 => Just("é".repeat(32)),
+        1 => Just(String::new()),
+    ]
 }
 
 fn input() -> impl Strategy<Value = Input> {
@@ -147,6 +166,23 @@ fn input() -> impl Strategy<Value = Input> {
             .prop_map(|(kind, text, count)| Input::Events { kind, text, count }),
         [field(), field(), field(), field()].prop_map(|fields| Input::Intent { fields }),
         (field(), field()).prop_map(|(system, user)| Input::Chat { system, user }),
+        (
+            prop_oneof![
+                Just("add".to_string()),
+                Just("remove".to_string()),
+                Just("vote-remove".to_string()),
+                Just("vote-restore".to_string()),
+                "[a-zé-]{0,12}",
+            ],
+            member_key(),
+            proptest::option::of(prop_oneof![
+                Just("writer".to_string()),
+                Just("anchor".to_string()),
+                Just("admin".to_string()),
+                Just("Writer".to_string()),
+            ]),
+        )
+            .prop_map(|(op, key, role)| Input::Member { op, key, role }),
     ]
 }
 
@@ -174,6 +210,13 @@ fn request(i: &Input) -> (&'static str, Value) {
                 "/v1/swarm/intent",
                 json!({"npc_name": a, "role": b, "backstory": c, "context": d, "timeout_ms": 1}),
             )
+        }
+        Input::Member { op, key, role } => {
+            let mut body = json!({"op": op, "key": key});
+            if let Some(r) = role {
+                body["role"] = json!(r);
+            }
+            ("/v1/members", body)
         }
         Input::Chat { system, user } => (
             "/v1/chat/completions",
@@ -206,7 +249,8 @@ fn what_the_api_stores_a_peer_accepts_and_what_it_refuses_changes_nothing() {
             let after = node.timeline();
             // The gateway's requests ask for a 1 ms election: 504 means the stimulus was
             // stored and no emissary answered (there are none).
-            let stored = status == 200 || (status == 504 && path != "/v1/events");
+            let stored =
+                status == 200 || (status == 504 && !matches!(path, "/v1/events" | "/v1/members"));
             prop_assert!(
                 stored || (400..500).contains(&status),
                 "{path}: unexpected {status}: {answer}"
@@ -234,7 +278,7 @@ fn what_the_api_stores_a_peer_accepts_and_what_it_refuses_changes_nothing() {
     node.stop();
     let outcomes = outcomes.into_inner();
     // Not vacuous: both sides of the bounds were met.
-    for code in [200, 413, 422, 504] {
+    for code in [200, 400, 413, 422, 504] {
         assert!(outcomes.contains(&code), "no {code} in {outcomes:?}");
     }
 
