@@ -13,12 +13,18 @@ export RUSTC_BOOTSTRAP=1
 # CHORUS_FUZZ_TARGET_DIR: where the fuzz builds go (CI keeps them across runs); default fuzz/target.
 dir=()
 [[ -n ${CHORUS_FUZZ_TARGET_DIR:-} ]] && dir=(--target-dir "$CHORUS_FUZZ_TARGET_DIR")
+# The seed maker (chorus-core with the `fuzzing` feature) builds in a directory of its own: in
+# the workspace's it would rebuild chorus-core with other features, and hold the workspace's
+# build lock while CI's foreground builds.
+seeds_dir=${CHORUS_FUZZ_TARGET_DIR:-fuzz/target}/seeds
+seeds=(cargo run -q --target-dir "$seeds_dir" -p chorus-core --features fuzzing --example fuzz_seeds)
 if [[ $secs == build ]]; then
+  cargo build -q --target-dir "$seeds_dir" -p chorus-core --features fuzzing --example fuzz_seeds
   cd fuzz
   for t in "${targets[@]}"; do cargo fuzz build "${dir[@]}" "$t"; done
   exit 0
 fi
-cargo run -q -p chorus-core --features fuzzing --example fuzz_seeds -- fuzz/corpus
+"${seeds[@]}" -- fuzz/corpus
 cd fuzz
 for t in "${targets[@]}"; do
   echo "== fuzz $t for ${secs}s =="

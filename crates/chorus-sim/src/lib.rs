@@ -24,7 +24,7 @@ use std::time::Instant;
 pub use node::Sabotage;
 pub use scenario::{Scenario, Suite};
 
-use crate::{oracle::Findings, world::World};
+use crate::{node::NodeIx, oracle::Findings, world::World};
 
 /// Everything a run reports (one row of the suite's table).
 #[derive(Debug, Clone)]
@@ -124,10 +124,15 @@ pub fn simulate(sc: &Scenario, seed: u64, sabotage: Sabotage) -> (Report, World)
     (r, w)
 }
 
-/// A full scenario run: the simulation, its replay with the same seed (C6), and the
-/// scenario's own comparisons (the disparity baseline).
+/// A full scenario run: the simulation, its replay with the same seed (C6) unless the scenario
+/// leaves it out, and the scenario's own comparisons (the disparity baseline).
 pub fn run(sc: &Scenario, seed: u64, sabotage: Sabotage) -> Report {
-    run_with(sc, seed, sabotage, true)
+    let mut r = run_with(sc, seed, sabotage, sc.replay);
+    if !sc.replay {
+        r.notes
+            .push("C6 not checked: the scenario sets `replay = false`".into());
+    }
+    r
 }
 
 /// [`run`], with the replay (C6) only when `replay` is set: a sweep over many seeds on every
@@ -156,6 +161,9 @@ pub fn run_with(sc: &Scenario, seed: u64, sabotage: Sabotage, replay: bool) -> R
     } else {
         simulate(sc, seed, sabotage)
     };
+    if sc.compare_without_adversary {
+        adversary_cost(sc, seed, &w, &mut r);
+    }
     if let Some(slow) = &sc.baseline_without {
         disparity(sc, seed, slow, &w, &mut r);
     }
@@ -225,6 +233,74 @@ fn disparity(sc: &Scenario, seed: u64, slow: &str, with: &World, r: &mut Report)
     }
     r.extra.push(oracle::Verdict {
         check: "disparity",
+        failure: (!fails.is_empty()).then(|| fails.join("; ")),
+    });
+}
+
+/// What the adversaries cost the honest nodes (`compare_without_adversary`): the same seed
+/// without them must show an honest append rate at most 10 % higher and a convergence time at
+/// most twice as short (or one check interval, the measure's grain), and no honest node may
+/// have banned another.
+fn adversary_cost(sc: &Scenario, seed: u64, with: &World, r: &mut Report) {
+    let (base_report, without) = simulate(&sc.without_adversary(), seed, Sabotage::None);
+    r.wall_s += base_report.wall_s;
+    let honest_acks = |w: &World| -> Vec<u64> {
+        let mut t: Vec<u64> = w
+            .acked
+            .values()
+            .filter(|(n, _)| !w.nodes[*n].byzantine)
+            .map(|(_, t)| *t)
+            .collect();
+        t.sort();
+        t
+    };
+    let (a, b) = (honest_acks(with), honest_acks(&without));
+    // The common writing window: until the earlier run's last acknowledged write.
+    let window = a
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .min(b.last().copied().unwrap_or(0));
+    let rate = |t: &[u64]| t.iter().filter(|x| **x <= window).count() as f64 / window.max(1) as f64;
+    let ratio = rate(&a) / rate(&b).max(f64::MIN_POSITIVE);
+    let mut fails = vec![];
+    if ratio < 0.90 {
+        fails.push(format!("honest append rate ratio {ratio:.3} < 0.90"));
+    }
+    let grain = world::CHECK_MS as f64 / 1000.0;
+    match (r.converge_s, base_report.converge_s) {
+        (Some(c), Some(base)) => {
+            r.notes.push(format!(
+                "with/without the adversaries: honest append rate {:.2}/{:.2} events/s = \
+                 {ratio:.3}; convergence {c:.1}/{base:.1} s",
+                rate(&a) * 1000.0,
+                rate(&b) * 1000.0
+            ));
+            if c > (2.0 * base).max(base + grain) {
+                fails.push(format!(
+                    "convergence {c:.1} s > 2 × {base:.1} s without the adversaries"
+                ));
+            }
+        }
+        (None, _) => fails.push("no convergence with the adversaries".into()),
+        (_, None) => fails.push("no convergence without the adversaries".into()),
+    }
+    if !base_report.passed() {
+        fails.push("the run without the adversaries failed its own checks".into());
+    }
+    let honest: Vec<NodeIx> = with.honest().map(|n| n.ix).collect();
+    for n in with.honest().filter(|n| n.live()) {
+        let banned: Vec<NodeIx> = honest
+            .iter()
+            .copied()
+            .filter(|p| *p != n.ix && n.syncer().is_banned(p))
+            .collect();
+        if !banned.is_empty() {
+            fails.push(format!("node {} banned honest {banned:?}", n.ix));
+        }
+    }
+    r.extra.push(oracle::Verdict {
+        check: "adversary cost",
         failure: (!fails.is_empty()).then(|| fails.join("; ")),
     });
 }

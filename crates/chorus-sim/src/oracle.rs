@@ -267,6 +267,12 @@ pub fn judge(w: &mut World) -> Findings {
     let reference = live.iter().find(|n| !n.light).unwrap_or(&live[0]);
     let ref_hash = reported_hash(w, reference);
     let ref_order = order_digest(reference);
+    for n in &live {
+        let undrained = w.undrained_pending(n);
+        if undrained > 0 {
+            c1.push(format!("node {} holds {undrained} events pending", n.ix));
+        }
+    }
     for n in live.iter().filter(|n| n.ix != reference.ix) {
         if n.heads() != reference.heads() {
             c1.push(format!(
@@ -692,5 +698,5 @@ fn is_heartbeat(n: &SimNode, id: &EventId) -> bool {
 
 /// A key of an adversary: its own, or one it let in with an admin fork.
 fn byz_author(w: &World, a: &AuthorId) -> bool {
-    w.newcomers.contains(a) || w.nodes.iter().any(|n| n.byzantine && n.key.author() == *a)
+    w.adversary_key(a)
 }

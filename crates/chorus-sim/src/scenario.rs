@@ -235,6 +235,10 @@ pub struct Byzantine {
     /// end, ranges and wants answered with nothing.
     #[serde(default)]
     pub lies: bool,
+    /// Of the adversaries, the last this many run no attack and only lie (with `lies`): a
+    /// second identity the attacker keeps clean, so no ban ever silences its lies.
+    #[serde(default)]
+    pub quiet_liars: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -294,6 +298,16 @@ pub struct Scenario {
     /// certificates are the point.
     #[serde(default)]
     pub fold: bool,
+    /// Replay the run with the same seed and compare (C6) in `run` and `suite`. Only the
+    /// 100-node `posterity` leaves it out: its replay is CI's single most expensive check, and
+    /// every code path it runs is replayed by the smaller scenarios.
+    #[serde(default = "d_true")]
+    pub replay: bool,
+    /// Also run without the adversaries (their nodes left out, the rest as it is) and bound
+    /// what they cost the honest: append rate ≥ 90 % and convergence time ≤ 2× of the run
+    /// without them, and no honest node banned by another.
+    #[serde(default)]
+    pub compare_without_adversary: bool,
 }
 /// Heartbeat interval given to a scenario that had none when it is run on `final/1`
 /// (`chorus swarm` uses the same).
@@ -375,6 +389,19 @@ impl Scenario {
         s
     }
     /// The same scenario without one class (the disparity baseline).
+    /// The same scenario without its adversaries: the byzantine nodes (the first of the last
+    /// class) left out, every honest node where it was.
+    pub fn without_adversary(&self) -> Scenario {
+        let mut s = self.clone();
+        let byz = s.byzantine.take().map_or(0, |b| b.nodes);
+        if let Some(last) = s.classes.last_mut() {
+            last.count = last.count.saturating_sub(byz);
+        }
+        s.classes.retain(|c| c.count > 0);
+        s.compare_without_adversary = false;
+        s
+    }
+
     pub fn without(&self, class: &str) -> Scenario {
         let mut s = self.clone();
         s.classes.retain(|c| c.name != class);

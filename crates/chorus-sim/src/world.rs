@@ -458,7 +458,9 @@ impl World {
         }
         if let Some(b) = &sc.byzantine {
             let byz: Vec<NodeIx> = (0..n).filter(|&i| self.nodes[i].byzantine).collect();
-            for node in byz {
+            // The last `quiet_liars` adversaries run no attack: they only lie in sync.
+            let attackers = byz.len().saturating_sub(b.quiet_liars);
+            for node in byz.into_iter().take(attackers) {
                 self.at(b.every_s * 1000, Ev::Attack { node, round: 0 });
             }
         }
@@ -607,6 +609,30 @@ impl World {
         self.acked_honest
     }
 
+    /// Whether `a` is an adversary's key: its own, or one it let in with an admin fork.
+    pub fn adversary_key(&self, a: &AuthorId) -> bool {
+        self.newcomers.contains(a)
+            || self
+                .nodes
+                .iter()
+                .any(|n| n.byzantine && n.key.author() == *a)
+    }
+
+    /// Events pending at `n` that must drain before the replicas agree. Not counted:
+    /// strangers' events, which wait for parents that never come (held within their quota,
+    /// no part of what replicas must agree on); and, where the adversaries lie in sync, their
+    /// own events, whose parents they may have gossiped to nobody and withhold from every
+    /// answer. (An honest node never builds on a pending event, so no honest event waits for
+    /// a withheld one.)
+    pub fn undrained_pending(&self, n: &SimNode) -> usize {
+        let withholding = self.sc.byzantine.as_ref().is_some_and(|b| b.lies);
+        n.tl()
+            .pending()
+            .filter(|e| !n.tl().is_stranger(&e.author))
+            .filter(|e| !(withholding && self.adversary_key(&e.author)))
+            .count()
+    }
+
     /// The watch: once quiet, every live honest replica must hold the same heads.
     fn check(&mut self) -> bool {
         let live: Vec<&SimNode> = self.honest().filter(|n| n.live()).collect();
@@ -615,10 +641,8 @@ impl World {
         // end before the last round of heartbeats, which C8 waits for).
         let heartbeats = heartbeat_of(&self.sc, self.sabotage).is_some();
         let agree = live.iter().all(|n| {
-            // Strangers' events wait for parents that never come: held within their quota,
-            // they are no part of what replicas must agree on.
             n.heads() == first
-                && n.tl().pending_len() == n.tl().stranger_pending()
+                && self.undrained_pending(n) == 0
                 && !(heartbeats && !n.light && n.tl().owes_heartbeat(&n.key.author()))
         });
         if !agree {

@@ -283,3 +283,26 @@ fn an_admin_fork_splits_no_replica_unless_membership_follows_arrival_order() {
     let failed = failed_checks(&r);
     assert!(failed.contains(&"C1 convergence"), "{failed:?}");
 }
+
+/// Issue 15's `hostile` scenario: every attack at once against 12 honest nodes, two of them
+/// wiped. The honest append rate and convergence time are bounded against the same seed
+/// without the adversaries ("adversary cost"); taking the peers' word in sync
+/// (`trust-sync-claims`) lets the attacker's clean liar keep the wiped nodes' writes closed,
+/// and both C10 and the adversary cost fail.
+#[test]
+fn every_attack_at_once_costs_the_honest_little_unless_a_defence_is_off() {
+    let sc = Suite::builtin()
+        .get("hostile")
+        .expect("hostile scenario")
+        .clone();
+    let r = chorus_sim::run(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    assert!(
+        r.extra.iter().any(|v| v.check == "adversary cost"),
+        "the cost was not measured"
+    );
+    let r = chorus_sim::run(&sc, sc.seed, Sabotage::TrustSyncClaims);
+    let failed = failed_checks(&r);
+    assert!(failed.contains(&"C10 writes reopen"), "{failed:?}");
+    assert!(failed.contains(&"adversary cost"), "{failed:?}");
+}
