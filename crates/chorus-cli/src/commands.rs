@@ -172,8 +172,23 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
         MachineArg::Kairos1 => KairosMachine.id(),
         MachineArg::Counter => CounterMachine.id(),
     };
+    let readers = a
+        .readers
+        .iter()
+        .map(|k| {
+            k.parse::<AuthorId>()
+                .map(|k| serde_bytes::ByteBuf::from(k.0.to_vec()))
+                .map_err(|e| anyhow::anyhow!("--reader {k}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let body = |k: &chorus_core::crypto::Keypair| {
         let mut b = Genesis::new_body(&a.name, k.author(), machine_id);
+        if a.private {
+            b.access = Some(chorus_core::genesis::AccessParams {
+                rule: chorus_core::genesis::ACCESS_MEMBERS_1.into(),
+                readers: readers.clone(),
+            });
+        }
         b.checkpoint_interval = a.checkpoint_interval;
         if matches!(a.order, OrderArg::Final) {
             b.order = Some(chorus_core::genesis::ORDER_FINAL_1.into());
@@ -201,8 +216,13 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
         OrderArg::Final => chorus_core::genesis::ORDER_FINAL_1,
         OrderArg::LcCid => chorus_core::genesis::ORDER_LC_CID_1,
     };
+    let access = if a.private {
+        "private: members only"
+    } else {
+        "public"
+    };
     eprintln!(
-        "created timeline {:?} in {} (machine {machine_id}, order {order}); admin and anchor: {key}",
+        "created timeline {:?} in {} (machine {machine_id}, order {order}, {access}); admin and anchor: {key}",
         a.name,
         dir.display()
     );

@@ -35,11 +35,26 @@ fn read(mut resp: ureq::http::Response<ureq::Body>, what: &str) -> Result<Value>
     Ok(v)
 }
 
+/// The environment variable whose value the client sends as its bearer token (the token a
+/// node was given with `--api-token-env`): needed for writes to a node that has a token, and
+/// for reads too when its timeline is private.
+pub const TOKEN_ENV: &str = "CHORUS_API_TOKEN";
+
+fn bearer() -> Option<String> {
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Bearer {t}"))
+}
+
 /// `GET http://{addr}{path}` as JSON.
 pub fn get(addr: &str, path: &str) -> Result<Value> {
     let url = format!("http://{addr}{path}");
-    let resp = agent()
-        .get(&url)
+    let mut rq = agent().get(&url);
+    if let Some(b) = bearer() {
+        rq = rq.header("authorization", b);
+    }
+    let resp = rq
         .call()
         .with_context(|| format!("cannot reach the node API at {addr}"))?;
     read(resp, &url)
@@ -48,9 +63,13 @@ pub fn get(addr: &str, path: &str) -> Result<Value> {
 /// `POST http://{addr}{path}` with a JSON body.
 pub fn post(addr: &str, path: &str, body: &Value) -> Result<Value> {
     let url = format!("http://{addr}{path}");
-    let resp = agent()
+    let mut rq = agent()
         .post(&url)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(b) = bearer() {
+        rq = rq.header("authorization", b);
+    }
+    let resp = rq
         .send(body.to_string())
         .with_context(|| format!("cannot reach the node API at {addr}"))?;
     read(resp, &url)

@@ -131,6 +131,10 @@ struct NodeArgs {
     /// API is not on loopback). The token itself is never put on a command line or in a file.
     #[arg(long)]
     api_token_env: Option<String>,
+    /// Serve an API that is not on loopback without a write token (anyone who reaches it can
+    /// write): only on a network you close yourself.
+    #[arg(long)]
+    api_open: bool,
     /// TOML file of `[[emissary]]` tables (name, role, backstory, backend = {kind = …}) to run
     /// beside the node; see docs/emissaries.md.
     #[arg(long)]
@@ -189,6 +193,15 @@ struct InitArgs {
     /// but never lie, and lets the majority side of a partition finalize.
     #[arg(long, default_value = "2/3", value_parser = parse_fraction)]
     quorum: [u64; 2],
+    /// A private timeline (access members/1): nodes connect to and serve only peers whose
+    /// identity is a current member's key or a --reader key; strangers get nothing, not even
+    /// the timeline's summary. Default: public (anyone may replicate, only members write).
+    #[arg(long)]
+    private: bool,
+    /// With --private: a read-only key (hex, as `chorus key` prints it) that may connect and
+    /// replicate but never write. Repeat for more.
+    #[arg(long = "reader", requires = "private")]
+    readers: Vec<String>,
 }
 
 fn parse_fraction(s: &str) -> Result<[u64; 2], String> {

@@ -105,6 +105,7 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
             ),
             None => None,
         },
+        api_open: a.api_open,
         emissaries: emissaries_of(&a)?,
         heartbeat_ms: (a.heartbeat_ms > 0).then_some(a.heartbeat_ms),
     };

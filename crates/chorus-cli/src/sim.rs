@@ -102,6 +102,8 @@ pub enum SabotageArg {
     TrustStrangers,
     /// Membership by arrival order (C1 must fail on the admin fork).
     MembershipArrivalOrder,
+    /// Order by event id alone, Lamport clocks ignored (C3 must fail).
+    OrderWithoutLamport,
 }
 
 /// `--order final/1`: the only rule a scenario can be switched to (absent: `lc-cid/1`).
@@ -314,6 +316,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::TrustStrangers => Sabotage::TrustStrangers,
                 SabotageArg::MembershipArrivalOrder => Sabotage::MembershipArrivalOrder,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
+                SabotageArg::OrderWithoutLamport => Sabotage::OrderWithoutLamport,
             };
             let r = chorus_sim::run(sc, seed, sabotage);
             println!("{}", table_header());

@@ -94,6 +94,7 @@ fn byzantine_peer_is_banned_and_honest_nodes_converge() {
                 .collect(),
             genesis: Some(genesis),
             replica: true,
+            members_only: None,
         })
         .unwrap()
     });

@@ -205,6 +205,66 @@ fn tampered_imports_reject_exactly_the_tampered_events() {
     assert!(ok(&d, &["verify"]).starts_with("verify OK"));
 }
 
+/// Where each section (header first) of a CARv1 file starts.
+fn car_sections(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = vec![];
+    let mut at = 0;
+    while at < bytes.len() {
+        starts.push(at);
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = bytes[at];
+            at += 1;
+            len |= ((b & 0x7f) as usize) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        at += len;
+    }
+    starts
+}
+
+/// A CAR cut short (a copy that died, a disk that filled) fails the import with an error that
+/// says so, and every block before the cut is imported: cut inside the last block's length
+/// prefix (this once imported with exit 0 and said nothing) and inside the last block (this
+/// once dropped every block of the unfinished chunk, 2 505 valid events in a live run).
+#[test]
+fn a_cut_archive_fails_loudly_and_keeps_every_block_before_the_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = two_writer_timeline(tmp.path());
+    let total = state(&a)["events"].as_u64().unwrap();
+    let car = tmp.path().join("all.car");
+    ok(&a, &["export", "--car", car.to_str().unwrap()]);
+    let bytes = std::fs::read(&car).unwrap();
+    let last = *car_sections(&bytes).last().unwrap();
+    assert!(
+        bytes[last] & 0x80 != 0,
+        "the last block's prefix is 2+ bytes"
+    );
+    for (what, cut) in [
+        ("inside a length prefix", last + 1),
+        ("inside a block", last + 20),
+    ] {
+        let short = tmp.path().join(format!("cut-{cut}.car"));
+        std::fs::write(&short, &bytes[..cut]).unwrap();
+        let d = tmp.path().join(format!("d-{cut}"));
+        let out = chorus(&d, &["import", short.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "a CAR cut {what} imported with success: {err}"
+        );
+        assert!(err.contains("cut short"), "cut {what}: {err}");
+        assert_eq!(
+            state(&d)["events"].as_u64(),
+            Some(total - 1),
+            "cut {what}: every block before the cut is imported"
+        );
+    }
+}
+
 #[test]
 fn sigkill_during_appends_loses_no_acknowledged_event() {
     let tmp = tempfile::tempdir().unwrap();

@@ -68,6 +68,7 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
             bootstrap: [&n0, &n1].iter().map(|n| n.addr.parse().unwrap()).collect(),
             genesis: Some(genesis),
             replica: true,
+            members_only: None,
         })
         .unwrap()
     });

@@ -43,7 +43,30 @@ pub struct GenesisBody {
     /// `final/1` only: its parameters (absent: a quorum of more than two thirds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finality: Option<FinalityParams>,
+    /// Who the nodes talk to: absent for a public timeline (anyone may connect and sync, only
+    /// members write), [`ACCESS_MEMBERS_1`] for a private one. Not part of what the timeline
+    /// computes (no state depends on it); absent keys are not encoded, so every genesis made
+    /// before the field existed keeps its bytes and its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessParams>,
 }
+
+/// A private timeline's access rule, fixed in the genesis (docs/design/network.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessParams {
+    /// [`ACCESS_MEMBERS_1`]: a node connects to (and serves sync and gossip to) only peers
+    /// whose libp2p identity is a current member's key or one of `readers`.
+    pub rule: String,
+    /// Read-only keys the admin named: they may connect and replicate, never write.
+    pub readers: Vec<ByteBuf>,
+}
+
+/// The members-only access rule.
+pub const ACCESS_MEMBERS_1: &str = "members/1";
+
+/// Most read-only keys a genesis may name (each is a libp2p identity nodes keep in memory).
+pub const MAX_READERS: usize = 1024;
 
 /// `final/1`'s parameters, fixed in the genesis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +103,8 @@ pub struct Genesis {
     pub admin: AuthorId,
     pub anchors: Vec<AuthorId>,
     pub writers: Vec<AuthorId>,
+    /// A private timeline's read-only keys (empty when public).
+    pub readers: Vec<AuthorId>,
 }
 
 fn key(b: &ByteBuf, what: &str) -> Result<AuthorId, EventError> {
@@ -107,6 +132,7 @@ impl Genesis {
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
             order: None,
             finality: None,
+            access: None,
         }
     }
 
@@ -120,6 +146,11 @@ impl Genesis {
     /// Whether the timeline orders by `final/1` (else `lc-cid/1`).
     pub fn is_final_order(&self) -> bool {
         self.body.order.as_deref() == Some(ORDER_FINAL_1)
+    }
+
+    /// Whether only members (and the named readers) may connect (`members/1`).
+    pub fn is_private(&self) -> bool {
+        self.body.access.is_some()
     }
 
     /// The body as IPLD, ready to put in an event.
@@ -182,11 +213,32 @@ impl Genesis {
             .iter()
             .map(|k| key(k, "writer"))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut readers = vec![];
+        if let Some(a) = &body.access {
+            if a.rule != ACCESS_MEMBERS_1 {
+                return Err(bad(format!(
+                    "access rule {:?} unknown (this build knows {ACCESS_MEMBERS_1:?})",
+                    a.rule
+                )));
+            }
+            if a.readers.len() > MAX_READERS {
+                return Err(bad(format!(
+                    "{} readers: at most {MAX_READERS}",
+                    a.readers.len()
+                )));
+            }
+            readers = a
+                .readers
+                .iter()
+                .map(|k| key(k, "reader"))
+                .collect::<Result<Vec<_>, _>>()?;
+        }
         Ok(Genesis {
             body,
             admin,
             anchors,
             writers,
+            readers,
         })
     }
 }

@@ -250,12 +250,19 @@ pub fn serve<M: Machine>(
             from_sq,
             to_sq,
         } => {
-            // Scans the order once; ranges are for small repairs, bulk uses `Since`.
-            let found = tl
-                .scan_after(None)
-                .filter(|(_, a, sq)| a == author && (*from_sq..=*to_sq).contains(sq))
-                .filter_map(|(key, _, _)| tl.block(&key.1, src));
-            for b in found {
+            // Through the author's chain: a request costs what it returns (at most a page),
+            // not a scan of the whole order. An author that forked is scanned for (rare, and
+            // every block of the fork is wanted).
+            let ids: Box<dyn Iterator<Item = EventId> + '_> =
+                match tl.chain_span(author, *from_sq, *to_sq) {
+                    Some(ids) => Box::new(ids),
+                    None => Box::new(
+                        tl.scan_after(None)
+                            .filter(|(_, a, sq)| a == author && (*from_sq..=*to_sq).contains(sq))
+                            .map(|(key, _, _)| key.1),
+                    ),
+                };
+            for b in ids.filter_map(|id| tl.block(&id, src)) {
                 if !page.push(&b) {
                     break;
                 }

@@ -238,6 +238,8 @@ pub struct Timeline<M: Machine> {
     /// **Sabotage, for the simulator's oracle only**: treat every key as a member for the
     /// pending set (no stranger quota).
     trust_strangers: bool,
+    /// Sabotage: the order ignores Lamport clocks (by id alone).
+    order_without_lamport: bool,
     /// The key of the node holding this replica: never a stranger here.
     local_author: Option<AuthorId>,
     /// Pending events that failed validation when their parents arrived (for the store to
@@ -327,6 +329,7 @@ impl<M: Machine> Timeline<M> {
             stranger_pending_total: 0,
             stranger_ids: BTreeSet::new(),
             trust_strangers: false,
+            order_without_lamport: false,
             local_author: None,
             dropped_pending: vec![],
             waiting: BTreeMap::new(),
@@ -441,6 +444,14 @@ impl<M: Machine> Timeline<M> {
         self.trust_strangers = true;
     }
 
+    /// **Sabotage, for the simulator's oracle only** (before any event is inserted): the total
+    /// order by event id alone, Lamport clocks ignored. Every replica with it agrees on the
+    /// order, but an event may come before its parents.
+    #[doc(hidden)]
+    pub fn sabotage_order_without_lamport(&mut self) {
+        self.order_without_lamport = true;
+    }
+
     /// Sabotage (the simulator's oracle only): membership by arrival order, as before
     /// membership versions — an admin that equivocates splits the replicas.
     #[doc(hidden)]
@@ -547,6 +558,31 @@ impl<M: Machine> Timeline<M> {
             let m = &self.metas[i as usize];
             (self.key(i), self.authors[m.author as usize], m.sq)
         })
+    }
+    /// One author's indexed events with `from..=to` as their sq, ascending — found through
+    /// the author's chain, without scanning the order. `None` when the author forked (two
+    /// events at one sq: the chain holds only the first of each, so the caller scans).
+    pub fn chain_span(
+        &self,
+        author: &AuthorId,
+        from: u64,
+        to: u64,
+    ) -> Option<impl Iterator<Item = EventId> + '_> {
+        let (chain, forked) = match self.author_index.get(author) {
+            Some(&a) => (&self.chains[a as usize][..], self.forks.contains_key(&a)),
+            None => (&[][..], false),
+        };
+        if forked {
+            return None;
+        }
+        let lo = from.max(1);
+        let hi = to.min(chain.len() as u64);
+        let span = if lo > hi {
+            &[][..]
+        } else {
+            &chain[(lo - 1) as usize..hi as usize]
+        };
+        Some(span.iter().map(|&i| self.ids[i as usize]))
     }
     /// Drains the checkpoint changes since the last call, for the store to persist.
     pub fn take_checkpoint_changes(&mut self) -> Vec<CheckpointChange> {
@@ -903,7 +939,12 @@ impl<M: Machine> Timeline<M> {
 
     fn rank(&self, idx: u32) -> Rank {
         let tier = self.fin.as_ref().map_or(0, |f| f.tier(idx));
-        (tier, self.metas[idx as usize].lc, self.ids[idx as usize])
+        let lc = if self.order_without_lamport {
+            0
+        } else {
+            self.metas[idx as usize].lc
+        };
+        (tier, lc, self.ids[idx as usize])
     }
 
     fn lower_bound(&self, rank: &Rank) -> usize {

@@ -871,3 +871,29 @@ fn heartbeats_attest_final_checkpoints_and_a_quorum_certifies_them() {
         assert_ne!(a.certificate().unwrap().att.state, [0xee; 32]);
     }
 }
+
+/// Peer ids are free: the per-peer list of invalid blocks keeps only the most charged peers
+/// within its bound, and the total counts every peer's.
+#[test]
+fn the_invalid_peer_list_keeps_the_most_charged_within_its_bound() {
+    use chorus_core::proto::node::{MAX_INVALID_PEERS_LISTED, NodeStats};
+    let mut s = NodeStats::default();
+    let mut total = 0;
+    for i in 0..1000u64 {
+        let n = 1 + i % 7;
+        total += n;
+        s.charge_invalid(format!("peer {i}"), n);
+    }
+    assert_eq!(s.invalid_by_peer.len(), MAX_INVALID_PEERS_LISTED);
+    assert_eq!(s.invalid_total, total);
+    for i in (0..1000u64).filter(|i| i % 7 == 6) {
+        assert_eq!(
+            s.invalid_by_peer.get(&format!("peer {i}")),
+            Some(&7),
+            "peer {i}"
+        );
+    }
+    // A known peer's count grows whatever the bound.
+    s.charge_invalid("peer 6".into(), 3);
+    assert_eq!(s.invalid_by_peer["peer 6"], 10);
+}

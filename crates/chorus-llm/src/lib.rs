@@ -324,6 +324,58 @@ pub(crate) fn http_client() -> reqwest::Client {
         .clone()
 }
 
+/// `url` without what may carry a secret (a user name and password, the query, the fragment):
+/// the form a URL takes in names, errors, logs and the failure events a node replicates.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "(a URL that does not parse)".into(),
+    }
+}
+
+/// Most bytes read of a model server's answer. A chat completion is a few KiB; a server that
+/// streams without end (or a hostile one) is cut here rather than filling the node's memory.
+pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
+
+/// Reads a response body, refusing one longer than [`MAX_RESPONSE_BYTES`] as soon as it
+/// passes the bound (without waiting for the rest).
+async fn read_capped(
+    backend: &str,
+    url: &str,
+    mut resp: reqwest::Response,
+) -> Result<String, LlmError> {
+    let too_long = || LlmError::Protocol {
+        backend: backend.into(),
+        why: format!("the answer is longer than {MAX_RESPONSE_BYTES} bytes"),
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    loop {
+        let chunk = resp.chunk().await.map_err(|e| LlmError::Connect {
+            backend: backend.into(),
+            url: redact_url(url),
+            why: e.without_url().to_string(),
+        })?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
 /// One JSON POST with the backend's timeout; maps transport and status failures to
 /// [`LlmError`].
 pub(crate) async fn post_json(
@@ -340,15 +392,11 @@ pub(crate) async fn post_json(
     let call = async {
         let resp = rq.send().await.map_err(|e| LlmError::Connect {
             backend: backend.into(),
-            url: url.into(),
-            why: e.to_string(),
+            url: redact_url(url),
+            why: e.without_url().to_string(),
         })?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| LlmError::Connect {
-            backend: backend.into(),
-            url: url.into(),
-            why: e.to_string(),
-        })?;
+        let text = read_capped(backend, url, resp).await?;
         if !status.is_success() {
             return Err(LlmError::Status {
                 backend: backend.into(),

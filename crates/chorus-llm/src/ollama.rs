@@ -67,7 +67,7 @@ impl Ollama {
 
 impl Backend for Ollama {
     fn name(&self) -> String {
-        format!("ollama:{}@{}", self.model, self.url)
+        format!("ollama:{}@{}", self.model, crate::redact_url(&self.url))
     }
 
     fn complete<'a>(&'a self, req: &'a ChatRequest) -> BoxFuture<'a, Result<Completion, LlmError>> {

@@ -9,7 +9,9 @@
 //! because events carry their own signatures, so gossip messages are anonymous rather than
 //! signed twice; peer scoring on); request-response with a CBOR codec for anti-entropy;
 //! Kademlia (server mode on full nodes) with a provider record under the genesis CID saying
-//! "I replicate this timeline"; a block list for banned peers.
+//! "I replicate this timeline"; a block list for banned peers; connection limits; and, for a
+//! private timeline, an allow list of the members' identities (connections from anyone else
+//! are denied during the handshake, before any protocol runs).
 //!
 //! The swarm runs in its own tokio task ([`spawn`]); the node talks to it through two bounded
 //! channels ([`NET_COMMAND_QUEUE`], [`NET_EVENT_QUEUE`]). A full event channel back-pressures
@@ -24,11 +26,12 @@ use chorus_core::{
 };
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, identity, kad,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub,
+    identify, identity, kad,
     multiaddr::Protocol,
     noise,
     request_response::{self, OutboundRequestId, ResponseChannel},
-    swarm::{NetworkBehaviour, SwarmEvent, dial_opts::DialOpts},
+    swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts},
     tcp, yamux,
 };
 use tokio::sync::mpsc;
@@ -54,6 +57,16 @@ pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
 pub const TARGET_PEERS: usize = 12;
 /// An idle connection (no stream for this long) is closed.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Most inbound connections established at once (peer ids are free: without a bound, one host
+/// could hold a task and buffers per made-up identity).
+pub const MAX_INCOMING_CONNECTIONS: u32 = 256;
+/// Most inbound connections in their handshake at once.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Most connections to one peer (two nodes dialling each other at once make two).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+/// Most listen addresses taken into Kademlia from one peer's identify message.
+pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
 pub const SYNC_PROTOCOL: &str = "/chorus/sync/1";
 pub const KAD_PROTOCOL: &str = "/chorus/kad/1";
@@ -104,6 +117,9 @@ pub enum NetCommand {
     Unban(PeerId),
     Disconnect(PeerId),
     Dial(Multiaddr),
+    /// A private timeline's members changed: connect to these identities only (existing
+    /// connections to anyone else are closed). Ignored by a public timeline's swarm.
+    AllowOnly(Vec<PeerId>),
     /// Stop the swarm task.
     Shutdown,
 }
@@ -148,6 +164,9 @@ pub struct NetConfig {
     /// Full node: Kademlia server mode and a provider record. Light nodes and clients are
     /// Kademlia clients and never advertise themselves as replicas.
     pub replica: bool,
+    /// A private timeline: the only identities allowed to connect (see
+    /// [`NetCommand::AllowOnly`]). `None`: anyone may connect.
+    pub members_only: Option<Vec<PeerId>>,
 }
 
 /// Errors setting up the swarm.
@@ -169,6 +188,8 @@ pub struct NetHandle {
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    limits: connection_limits::Behaviour,
+    members: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     identify: identify::Behaviour,
     gossip: gossipsub::Behaviour,
@@ -179,6 +200,13 @@ struct Behaviour {
 /// The libp2p peer id of a node key.
 pub fn peer_id_of(seed: [u8; 32]) -> PeerId {
     keypair_of(seed).public().to_peer_id()
+}
+
+/// The libp2p peer id of a member's public key (an event author): the identity a node with
+/// that key has. `None` for bytes that are not an Ed25519 point.
+pub fn peer_id_of_author(author: &[u8; 32]) -> Option<PeerId> {
+    let key = identity::ed25519::PublicKey::try_from_bytes(author).ok()?;
+    Some(identity::PublicKey::from(key).to_peer_id())
 }
 
 fn keypair_of(seed: [u8; 32]) -> identity::Keypair {
@@ -222,6 +250,7 @@ fn score_params(topic: Option<&gossipsub::IdentTopic>) -> gossipsub::PeerScorePa
 fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let replica = cfg.replica;
+    let members_only = cfg.members_only.clone();
     let topic = cfg.genesis.as_ref().map(topic_of);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair_of(cfg.seed))
         .with_tokio()
@@ -273,7 +302,23 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("chorus/{}", env!("CARGO_PKG_VERSION"))),
             );
+            let limits = connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS))
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                    .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER)),
+            );
+            let members = members_only.map(|allowed| {
+                let mut list =
+                    allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                for p in allowed {
+                    list.allow_peer(p);
+                }
+                list
+            });
             Ok(Behaviour {
+                limits,
+                members: Toggle::from(members),
                 blocked: Default::default(),
                 identify,
                 gossip,
@@ -454,6 +499,24 @@ impl Driver {
                     tracing::warn!(%addr, "dial: {e}");
                 }
             }
+            NetCommand::AllowOnly(peers) => {
+                if let Some(list) = b.members.as_mut() {
+                    let now: std::collections::HashSet<PeerId> = peers.into_iter().collect();
+                    let gone: Vec<PeerId> = list
+                        .allowed_peers()
+                        .iter()
+                        .filter(|p| !now.contains(p))
+                        .copied()
+                        .collect();
+                    for p in gone {
+                        // Closes its connections too.
+                        list.disallow_peer(p);
+                    }
+                    for p in now {
+                        list.allow_peer(p);
+                    }
+                }
+            }
             NetCommand::Shutdown => {}
         }
     }
@@ -490,9 +553,14 @@ impl Driver {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 // Let Kademlia route to the peer's listen addresses (not loopback-only
                 // observed ones): this is how a node that knows one bootstrap address learns
-                // the rest of the mesh.
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                // the rest of the mesh. Only from a peer that speaks our Kademlia protocol (a
+                // Chorus node; anyone else's addresses are not worth dialling), and a few
+                // addresses each: the routing table is no store for whatever a peer claims.
+                let kad = StreamProtocol::new(KAD_PROTOCOL);
+                if info.protocols.contains(&kad) {
+                    for addr in info.listen_addrs.into_iter().take(MAX_IDENTIFY_ADDRS) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    }
                 }
             }
             BehaviourEvent::Gossip(gossipsub::Event::Message {

@@ -142,6 +142,8 @@ pub struct Actor<M: Describe> {
     published: Published,
     /// The timeline grew since the last complete fold.
     grew: bool,
+    /// A private timeline: the membership version whose members the swarm allows.
+    access_version: Option<u32>,
 }
 
 impl<M: Describe> Actor<M> {
@@ -152,6 +154,11 @@ impl<M: Describe> Actor<M> {
         light: bool,
         heartbeat_ms: Option<u64>,
     ) -> Self {
+        let access_version = replica
+            .timeline()
+            .genesis()
+            .is_private()
+            .then(|| replica.timeline().membership().version_now());
         let (dir, local) = replica.into_local();
         // The actor folds itself, on its tick and before queries (in slices when long).
         let cfg = Config {
@@ -175,6 +182,7 @@ impl<M: Describe> Actor<M> {
             snapshot: None,
             published: Published::default(),
             grew: false,
+            access_version,
         }
     }
 
@@ -304,6 +312,7 @@ impl<M: Describe> Actor<M> {
         }
         self.node.end_turn(now, &mut |raw| decode_parallel(raw));
         self.carry_out();
+        self.follow_membership();
         // Elections are pushed after a fold: while anyone follows them, every turn that grew
         // the timeline folds (a new intent reaches the gateway in the turn it arrived).
         let push = self.grew && self.feed.following_elections();
@@ -368,6 +377,26 @@ impl<M: Describe> Actor<M> {
                 }
                 Output::StoreFailed(e) => tracing::error!("{e}"),
             }
+        }
+    }
+
+    /// A private timeline's membership changed: the swarm connects to the new members only.
+    fn follow_membership(&mut self) {
+        let Some(seen) = self.access_version else {
+            return;
+        };
+        let tl = self.node.local().timeline();
+        let now = tl.membership().version_now();
+        if now == seen {
+            return;
+        }
+        self.access_version = Some(now);
+        if let Some(peers) = crate::access::allowed(tl) {
+            tracing::info!(
+                members = peers.len(),
+                "membership changed: allowed peers updated"
+            );
+            self.send(NetCommand::AllowOnly(peers));
         }
     }
 
@@ -734,6 +763,7 @@ impl<M: Describe> Actor<M> {
                 sync_blocks: c.blocks_received,
                 oversize: c.oversize,
                 invalid_by_peer: c.invalid_by_peer.clone(),
+                invalid: c.invalid_total,
                 rejected_by_code: by_code(&c.rejected_by_code),
             },
             appended: c.appended,

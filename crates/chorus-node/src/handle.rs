@@ -45,6 +45,11 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeGone)
     }
 
+    /// Whether the actor still runs (its inbox is open): a stopped actor answers nothing.
+    pub fn is_alive(&self) -> bool {
+        !self.node.is_closed()
+    }
+
     /// The node's status at one instant, as the actor copied it out.
     pub async fn status(&self) -> Result<Arc<NodeStatus>, NodeGone> {
         self.ask(ApiRequest::Status).await

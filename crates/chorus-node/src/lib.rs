@@ -14,6 +14,7 @@
 //! Shutdown (SIGINT/SIGTERM, or the future given to [`run`]): the API stops taking requests,
 //! the actor finishes its turn (an in-flight commit completes), then the swarm stops.
 
+pub mod access;
 pub mod actor;
 pub mod describe;
 pub mod election;
@@ -50,8 +51,12 @@ pub struct NodeConfig {
     pub light: bool,
     /// Where to write the API's bound address while the node runs (removed at exit).
     pub api_addr_file: Option<std::path::PathBuf>,
-    /// Bearer token that API writes must carry. Required when the API is not on loopback.
+    /// Bearer token that API writes must carry. Required when the API is not on loopback,
+    /// unless `api_open`.
     pub api_token: Option<String>,
+    /// Serve an API that is not on loopback without a write token: anyone who reaches it can
+    /// write. Only for networks the operator closes itself (the tests' network namespaces).
+    pub api_open: bool,
     /// Emissaries to run beside the node.
     pub emissaries: Vec<emissary::EmissaryConfig>,
     /// Heartbeats while this node's member key has events to cover (see
@@ -73,12 +78,14 @@ pub async fn run<M: Describe>(
 ) -> Result<Replica<M>> {
     let genesis = replica.timeline().genesis_id();
     let final_order = replica.timeline().genesis().is_final_order();
+    let private = replica.timeline().genesis().is_private();
     let net = chorus_net::spawn(NetConfig {
         seed: replica.key().seed(),
         listen: cfg.listen.clone(),
         bootstrap: cfg.bootstrap.clone(),
         genesis: Some(genesis),
         replica: !cfg.light,
+        members_only: access::allowed(replica.timeline()),
     })?;
     println!("peer_id {}", net.peer_id);
     println!("timeline {genesis}");
@@ -109,10 +116,16 @@ pub async fn run<M: Describe>(
         && !addr.ip().is_loopback()
         && cfg.api_token.is_none()
     {
-        // Allowed (test meshes in network namespaces bind private addresses), but said loudly.
+        if !cfg.api_open {
+            bail!(
+                "the API on {addr} is not loopback and has no write token: anyone who reaches \
+                 it could write. Give a token with --api-token-env VAR, bind the API to \
+                 loopback, or, on a network you close yourself, pass --api-open"
+            );
+        }
         eprintln!(
-            "warning: the API on {addr} is not loopback and has no write token: anyone who \
-             reaches it can write (give one with --api-token-env)"
+            "warning: the API on {addr} is not loopback and has no write token (--api-open): \
+             anyone who reaches it can write"
         );
     }
     let feed = feed::Feed::default();
@@ -157,14 +170,13 @@ pub async fn run<M: Describe>(
                 status: Default::default(),
                 escalates: M::ESCALATES,
                 final_order,
+                loopback: bound.ip().is_loopback(),
+                private,
+                streams: http::stream_slots(),
             });
-            Some(tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = api_stop_rx.await;
-                    })
-                    .await;
-            }))
+            Some(tokio::spawn(http::serve::serve(listener, app, async {
+                let _ = api_stop_rx.await;
+            })))
         }
         None => None,
     };
@@ -214,6 +226,7 @@ pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEven
         bootstrap: vec![peer_addr.clone()],
         genesis: None,
         replica: false,
+        members_only: None,
     })?;
     let work = async {
         let mut wanted = None;

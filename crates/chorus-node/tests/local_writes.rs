@@ -38,6 +38,7 @@ impl Node {
             light: false,
             api_addr_file: Some(addr_file.clone()),
             api_token: None,
+            api_open: false,
             emissaries: vec![],
             heartbeat_ms: None,
         };

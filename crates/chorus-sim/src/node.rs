@@ -176,6 +176,9 @@ pub enum Sabotage {
     /// Every node decides membership by arrival order (the rule before membership versions):
     /// the adversary's `admin_fork` splits the replicas (C1 must fail).
     MembershipArrivalOrder,
+    /// Every node orders by event id alone, ignoring Lamport clocks: the replicas agree, but
+    /// events come before their parents (C3 must fail).
+    OrderWithoutLamport,
 }
 
 pub struct SimNode {

@@ -1723,6 +1723,9 @@ fn fresh_timeline(genesis: &SignedEvent, sabotage: Sabotage) -> Timeline<SimMach
     if sabotage == Sabotage::MembershipArrivalOrder {
         tl.sabotage_membership_arrival_order();
     }
+    if sabotage == Sabotage::OrderWithoutLamport {
+        tl.sabotage_order_without_lamport();
+    }
     tl
 }
 

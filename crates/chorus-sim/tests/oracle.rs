@@ -26,6 +26,16 @@ fn the_unbroken_small_scenario_passes() {
     );
 }
 
+/// C3 bites: ordering by event id alone (Lamport clocks ignored) is a rule every replica can
+/// agree on, yet it puts events before their parents. The unbroken run passes C3 (the test
+/// above).
+#[test]
+fn ordering_without_lamport_clocks_breaks_causal_order() {
+    let (r, _) = simulate(&small_wipe(), 11, Sabotage::OrderWithoutLamport);
+    let failed = failed_checks(&r);
+    assert!(failed.contains(&"C3 causal order"), "{failed:?}");
+}
+
 #[test]
 fn ordering_by_arrival_time_is_caught() {
     let (r, _) = simulate(&small_wipe(), 11, Sabotage::ArrivalOrder);

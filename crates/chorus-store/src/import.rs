@@ -53,7 +53,14 @@ pub fn import<M: Machine>(
                 tx.send(out).is_ok()
             };
             for item in blocks {
-                raw.push(item?);
+                match item {
+                    Ok(b) => raw.push(b),
+                    Err(e) => {
+                        // What came before the bad spot is imported; then the error.
+                        send(&mut raw);
+                        return Err(e);
+                    }
+                }
                 // The ingest stopped (it failed): nothing more to read.
                 if raw.len() == IMPORT_CHUNK && !send(&mut raw) {
                     return Ok(());

@@ -205,6 +205,10 @@ pub enum Output<T: Transport> {
     StoreFailed(String),
 }
 
+/// Most peers [`NodeStats::invalid_by_peer`] names: peer ids are free, so an attacker with
+/// many would otherwise grow it (and every status that lists it) without end.
+pub const MAX_INVALID_PEERS_LISTED: usize = 256;
+
 /// Counters, for status and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct NodeStats {
@@ -212,7 +216,10 @@ pub struct NodeStats {
     pub blocks_received: u64,
     /// Blocks over the size bound (refused on their length).
     pub oversize: u64,
+    /// Invalid blocks charged to each peer: the [`MAX_INVALID_PEERS_LISTED`] most charged
+    /// (a peer with fewer is forgotten to make room); `invalid_total` counts them all.
     pub invalid_by_peer: BTreeMap<String, u64>,
+    pub invalid_total: u64,
     pub rejected_by_code: BTreeMap<&'static str, u64>,
     /// Requests admitted (within the rate) and answered (the answer may still refuse one out
     /// of bounds); refusals for the rate are the syncer's `requests_refused`.
@@ -225,6 +232,34 @@ pub struct NodeStats {
     /// Heartbeats appended (see [`Config::heartbeat_ms`]), and those the store refused.
     pub heartbeats: u64,
     pub heartbeats_failed: u64,
+}
+
+impl NodeStats {
+    /// Charges `n` invalid blocks to `peer`, keeping the list within its bound.
+    pub fn charge_invalid(&mut self, peer: String, n: u64) {
+        self.invalid_total += n;
+        if let Some(c) = self.invalid_by_peer.get_mut(&peer) {
+            *c += n;
+            return;
+        }
+        if self.invalid_by_peer.len() >= MAX_INVALID_PEERS_LISTED {
+            // The least charged gives way (the first in key order among equals): one scan,
+            // only when a new peer is charged with the list full.
+            let least = self
+                .invalid_by_peer
+                .iter()
+                .min_by_key(|(_, c)| **c)
+                .map(|(p, c)| (p.clone(), *c));
+            match least {
+                Some((_, c)) if c > n => return,
+                Some((p, _)) => {
+                    self.invalid_by_peer.remove(&p);
+                }
+                None => {}
+            }
+        }
+        self.invalid_by_peer.insert(peer, n);
+    }
 }
 
 /// A switched-off defence, for the simulator's sabotage tests only.
@@ -817,11 +852,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             }
         }
         for (peer, n) in charged {
-            *self
-                .stats
-                .invalid_by_peer
-                .entry(peer.to_string())
-                .or_insert(0) += n as u64;
+            self.stats.charge_invalid(peer.to_string(), n as u64);
             let a = self.syncer.on_invalid(&peer, n, now);
             self.act(a);
         }

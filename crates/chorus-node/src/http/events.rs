@@ -141,8 +141,12 @@ pub async fn append(
 /// `GET /v1/events?stream=true`: every new event as one SSE `event` (JSON data); a lagging
 /// client gets an `event: lagged` with how many it missed (page `GET /v1/events` for them).
 fn event_stream(api: &Api) -> Response {
+    let slot = match api.stream_slot() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let rx = api.node.subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+    let stream = futures_util::stream::unfold((rx, slot), |(mut rx, slot)| async move {
         let ev = match rx.recv().await {
             Ok(ev) => SseEvent::default()
                 .event("event")
@@ -152,7 +156,7 @@ fn event_stream(api: &Api) -> Response {
                 .data(json!({"missed": n}).to_string()),
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok::<_, Infallible>(ev), rx))
+        Some((Ok::<_, Infallible>(ev), (rx, slot)))
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())

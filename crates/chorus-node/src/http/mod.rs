@@ -2,7 +2,7 @@
 //!
 //! Bound to 127.0.0.1 by default. Used by `chorus status`, `chorus append --api` and the tests.
 //!
-//! * `GET /health` → `ok`
+//! * `GET /health` → `ok` while the node's actor runs, else 503
 //! * `GET /v1/status` → peers, heads, event count, settled frontier, `state_hash`, sync lag,
 //!   rejection counters
 //! * `GET /v1/state` → the replicated state (as `chorus state --json`)
@@ -31,6 +31,7 @@ mod members;
 mod metrics;
 mod node;
 mod openai;
+pub mod serve;
 mod shared;
 mod swarm;
 
@@ -39,12 +40,13 @@ use axum::{
     extract::{Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 
 pub use shared::{
-    Api, GatewayStats, MAX_API_BODY_BYTES, MAX_APPEND_REQUEST_BYTES, error, json_body, write_error,
+    Api, GatewayStats, MAX_API_BODY_BYTES, MAX_APPEND_REQUEST_BYTES, MAX_STREAMS, error, json_body,
+    stream_slots, write_error,
 };
 pub use swarm::{
     DEFAULT_INTENT_TIMEOUT_MS, MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, MAX_INTENT_TIMEOUT_MS,
@@ -59,17 +61,34 @@ pub fn router(api: Api) -> Router {
         .route("/v1/swarm/intent", post(swarm::swarm_intent))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
-    Router::new()
-        .route("/health", get(|| async { "ok\n" }))
+    let reads = Router::new()
         .route("/v1/status", get(node::status))
         .route("/v1/state", get(node::state))
         .route("/v1/finality/certificate", get(node::certificate))
         .route("/v1/events", get(events::events))
         .route("/v1/swarm/elections", get(swarm::elections))
         .route("/metrics", get(metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authorize_reads));
+    Router::new()
+        .route("/health", get(health))
+        .merge(reads)
         .merge(writes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(api.clone(), loopback_host))
         .with_state(api)
+}
+
+/// `GET /health`: `ok` while the node's actor runs, 503 once it has stopped (the API would
+/// otherwise answer `ok` for a node that can no longer take, serve or sync anything).
+async fn health(State(api): State<Api>) -> Response {
+    if api.node.is_alive() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node's actor has stopped: this process serves nothing; restart it",
+        )
+    }
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -77,19 +96,179 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
-    if let Some(token) = &api.token {
-        let given = req
+/// Whether a `Host` header names a loopback address (`localhost`, `127.0.0.0/8`, `::1`), with
+/// or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// On a loopback API, requests must name a loopback host: a web page on another site whose
+/// name an attacker points at 127.0.0.1 (DNS rebinding) sends its own name as `Host` and is
+/// refused, so no page a user visits can read or write the node. (An API on another address
+/// is reached by name or address as its operator chose; it is guarded by its token.)
+async fn loopback_host(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if api.loopback {
+        let host = req
             .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+            .get(header::HOST)
+            .map(|v| v.to_str().unwrap_or("(not text)"));
+        if let Some(h) = host
+            && !is_loopback_host(h)
+        {
             return error(
-                StatusCode::UNAUTHORIZED,
-                "writes need an Authorization: Bearer token",
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host {h:?} is not a loopback name: this API listens on loopback only \
+                     (a page on another site may not reach it by a rebound DNS name)"
+                ),
             );
         }
     }
     next.run(req).await
+}
+
+/// Whether the request carries the API's token (true when there is none).
+fn carries_token(api: &Api, req: &Request) -> bool {
+    let Some(token) = &api.token else {
+        return true;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    given.is_some_and(|g| same(g.as_bytes(), token.as_bytes()))
+}
+
+async fn authorize(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if !carries_token(&api, &req) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "writes need an Authorization: Bearer token",
+        );
+    }
+    next.run(req).await
+}
+
+/// Reads of a public timeline are open (any peer may replicate the same events). A private
+/// timeline's reads need the token, when the node has one: its events are for members only.
+async fn authorize_reads(State(api): State<Api>, req: Request, next: Next) -> Response {
+    if api.private && !carries_token(&api, &req) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "this timeline is private: reads need an Authorization: Bearer token",
+        );
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{feed::Feed, handle::NodeHandle};
+
+    fn api(node: NodeHandle) -> Api {
+        Api {
+            node,
+            gateway: Default::default(),
+            emissaries: Default::default(),
+            token: None,
+            status: Default::default(),
+            escalates: false,
+            final_order: false,
+            loopback: true,
+            private: false,
+            streams: stream_slots(),
+        }
+    }
+
+    #[test]
+    fn loopback_hosts_are_told_apart_from_any_other_name() {
+        for h in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1",
+            "127.0.0.41:33415",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1:80",
+            "[2001:db8::1]:80",
+            "",
+        ] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+    }
+
+    #[tokio::test]
+    async fn health_is_ok_while_the_actor_runs_and_503_once_it_stopped() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let a = api(NodeHandle::new(tx, Feed::default()));
+        assert_eq!(health(State(a.clone())).await.status(), StatusCode::OK);
+        drop(rx); // the actor thread is gone
+        assert_eq!(
+            health(State(a)).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    /// A private timeline's reads need the token (a public one's do not); `/health` never.
+    #[tokio::test]
+    async fn a_private_timelines_reads_need_the_token() {
+        use tower::ServiceExt;
+        let get = |path: &str, token: Option<&str>| {
+            let mut rq = axum::http::Request::get(path).header(header::HOST, "127.0.0.1");
+            if let Some(t) = token {
+                rq = rq.header(header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            rq.body(axum::body::Body::empty()).unwrap()
+        };
+        // What answers past the gate does not matter here (the actor is gone: 503, or a stream
+        // that waits); only whether the gate let the request through.
+        let status = |app: Router, rq: Request| async move {
+            match tokio::time::timeout(std::time::Duration::from_secs(2), app.oneshot(rq)).await {
+                Ok(r) => r.unwrap().status(),
+                Err(_) => StatusCode::OK,
+            }
+        };
+        for private in [true, false] {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            drop(rx);
+            let mut a = api(NodeHandle::new(tx, Feed::default()));
+            a.token = Some("s3cret".into());
+            a.private = private;
+            let app = router(a);
+            for path in ["/v1/status", "/v1/state", "/v1/events", "/metrics"] {
+                let none = status(app.clone(), get(path, None)).await;
+                assert_eq!(
+                    none == StatusCode::UNAUTHORIZED,
+                    private,
+                    "{path} (private {private}): {none}"
+                );
+                let wrong = status(app.clone(), get(path, Some("guess"))).await;
+                assert_eq!(
+                    wrong == StatusCode::UNAUTHORIZED,
+                    private,
+                    "{path}: {wrong}"
+                );
+                let right = status(app.clone(), get(path, Some("s3cret"))).await;
+                assert_ne!(right, StatusCode::UNAUTHORIZED, "{path}");
+            }
+            let health = status(app.clone(), get("/health", None)).await;
+            assert_ne!(health, StatusCode::UNAUTHORIZED);
+        }
+    }
 }

@@ -10,7 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::{
     actor::ApiRequest, emissary::EmissaryInfo, handle::NodeHandle, status::StatusCache,
@@ -37,6 +37,22 @@ pub struct Api {
     pub escalates: bool,
     /// The timeline orders by `final/1`: its settled prefix is the final prefix.
     pub final_order: bool,
+    /// The API listens on a loopback address: requests must name a loopback host.
+    pub loopback: bool,
+    /// The timeline is private: with a token, reads need it too (but `/health`).
+    pub private: bool,
+    /// One permit per live SSE stream ([`MAX_STREAMS`]).
+    pub streams: Arc<Semaphore>,
+}
+
+/// Most SSE streams open at once (events and elections together). A client that never reads
+/// holds its stream's buffers: a live run of 1 000 such clients raised a node from 75 to
+/// 182 MB. Beyond the bound a new stream is refused (503) until one ends.
+pub const MAX_STREAMS: usize = 256;
+
+/// A fresh set of stream permits.
+pub fn stream_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(MAX_STREAMS))
 }
 
 /// Gateway counters.
@@ -73,6 +89,17 @@ pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 impl Api {
+    /// A permit for one more SSE stream, held as long as the stream lives; a 503 that says
+    /// why when [`MAX_STREAMS`] are open.
+    pub fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Box<Response>> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_STREAMS} streams are open on this node: try again once one ends"),
+            ))
+        })
+    }
+
     /// Asks the actor; a 503 when the node is shutting down.
     pub async fn ask<T>(
         &self,

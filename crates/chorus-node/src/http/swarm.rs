@@ -369,6 +369,10 @@ pub async fn elections(State(api): State<Api>, Query(q): Query<ElectionsQuery>) 
 /// `previous_winner` names the displaced one), `settled`, or `election`; a lagging client gets
 /// `lagged` (then `GET /v1/swarm/elections` has every election).
 async fn election_stream(api: &Api) -> Response {
+    let slot = match api.stream_slot() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let rx = api.node.subscribe_elections();
     // What the client could already know: elections that exist when it connects are not new
     // to it, and one first seen after this is (a `winner` if it has one).
@@ -377,8 +381,9 @@ async fn election_stream(api: &Api) -> Response {
         Ok(list) => list.elections.iter().for_each(|e| follower.remember(e)),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-    let stream =
-        futures_util::stream::unfold((rx, follower), |(mut rx, mut follower)| async move {
+    let stream = futures_util::stream::unfold(
+        (rx, follower, slot),
+        |(mut rx, mut follower, slot)| async move {
             let ev = match rx.recv().await {
                 Ok(e) => {
                     let kind = follower.classify(&e);
@@ -395,8 +400,9 @@ async fn election_stream(api: &Api) -> Response {
                     .data(json!({"missed": n}).to_string()),
                 Err(RecvError::Closed) => return None,
             };
-            Some((Ok::<_, Infallible>(ev), (rx, follower)))
-        });
+            Some((Ok::<_, Infallible>(ev), (rx, follower, slot)))
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()

@@ -137,6 +137,8 @@ pub struct Received {
     pub gossip: u64,
     pub sync_blocks: u64,
     pub oversize: u64,
+    /// The most charged peers (at most 256); `invalid` counts every peer's.
     pub invalid_by_peer: BTreeMap<String, u64>,
+    pub invalid: u64,
     pub rejected_by_code: BTreeMap<String, u64>,
 }
