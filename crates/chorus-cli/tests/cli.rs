@@ -205,6 +205,44 @@ fn tampered_imports_reject_exactly_the_tampered_events() {
     assert!(ok(&d, &["verify"]).starts_with("verify OK"));
 }
 
+/// A node whose API would listen beyond loopback without a write token refuses to start, and
+/// says how to fix it, before it listens or dials anything (0.0.0.0 is never bound here).
+#[test]
+fn a_non_loopback_api_without_a_token_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("n");
+    ok(&d, &["init"]);
+    let mut child = Command::new(BIN)
+        .args([
+            "--data-dir",
+            d.to_str().unwrap(),
+            "node",
+            "--api",
+            "0.0.0.0:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the node started and kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the node started: {err}");
+    assert!(
+        err.contains("not loopback and has no write token") && err.contains("--api-token-env"),
+        "{err}"
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("peer_id"), "the swarm started first: {said}");
+}
+
 /// Where each section (header first) of a CARv1 file starts.
 fn car_sections(bytes: &[u8]) -> Vec<usize> {
     let mut starts = vec![];

@@ -45,9 +45,11 @@ fn sse_lines(api: &str, path: &str) -> std::sync::mpsc::Receiver<String> {
     std::thread::spawn(move || {
         use std::io::{BufRead, BufReader, Write};
         let mut s = std::net::TcpStream::connect(&api).unwrap();
+        // The Host a client names for a loopback API: its address (a loopback API refuses
+        // any other name, against DNS rebinding).
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n\r\n"
         )
         .unwrap();
         for line in BufReader::new(s).lines().map_while(Result::ok) {

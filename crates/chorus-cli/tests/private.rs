@@ -61,8 +61,12 @@ fn a_private_timeline_gives_a_stranger_nothing_and_a_named_reader_everything() {
     // A member joins as any member does: it fetches the genesis from the bootstrap node.
     join(&member, &boot[0]);
     let mut n1 = Node::start("member", &member, "127.0.0.62", &boot);
-    let mut r = Node::start("reader", &reader, "127.0.0.63", &boot);
-    let s = Node::start("stranger", &stranger, "127.0.0.64", &boot);
+    // The reader and the stranger know the admin's genesis only, and bootstrap from the member
+    // added after it: the reader must still reach it (its own membership does not name it
+    // yet; the bootstrap peer is the operator's choice), the stranger must be refused by it.
+    let via_member = vec![n1.addr.clone()];
+    let mut r = Node::start("reader", &reader, "127.0.0.63", &via_member);
+    let s = Node::start("stranger", &stranger, "127.0.0.64", &via_member);
     n0.append("private {i}", WRITES).unwrap();
     n1.append("member {i}", WRITES).unwrap();
     // genesis + the member's add + both writers' events

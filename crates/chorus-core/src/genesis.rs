@@ -51,7 +51,8 @@ pub struct GenesisBody {
     pub access: Option<AccessParams>,
 }
 
-/// A private timeline's access rule, fixed in the genesis (docs/design/network.md).
+/// A private timeline's access rule, fixed in the genesis (docs/design/sync.md, "Private
+/// timelines").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessParams {
@@ -59,6 +60,7 @@ pub struct AccessParams {
     /// whose libp2p identity is a current member's key or one of `readers`.
     pub rule: String,
     /// Read-only keys the admin named: they may connect and replicate, never write.
+    #[serde(default)]
     pub readers: Vec<ByteBuf>,
 }
 

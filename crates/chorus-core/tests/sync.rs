@@ -657,9 +657,8 @@ fn range_answers_exactly_the_authors_span() {
                 .map(|e| e.seq)
                 .collect();
             want.sort();
-            want.truncate(got.len().max(1).min(want.len()));
+            // A page holds far more than an author's ~100 small events here: all of them.
             assert_eq!(got, want, "{author} {from_sq}..={to_sq}");
-            assert!(!got.is_empty() || want.is_empty());
         }
     }
 }

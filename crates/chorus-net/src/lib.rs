@@ -165,7 +165,8 @@ pub struct NetConfig {
     /// Kademlia clients and never advertise themselves as replicas.
     pub replica: bool,
     /// A private timeline: the only identities allowed to connect (see
-    /// [`NetCommand::AllowOnly`]). `None`: anyone may connect.
+    /// [`NetCommand::AllowOnly`]), besides the peers the bootstrap addresses name. `None`:
+    /// anyone may connect.
     pub members_only: Option<Vec<PeerId>>,
 }
 
@@ -200,6 +201,17 @@ struct Behaviour {
 /// The libp2p peer id of a node key.
 pub fn peer_id_of(seed: [u8; 32]) -> PeerId {
     keypair_of(seed).public().to_peer_id()
+}
+
+/// The peer ids that bootstrap addresses end with (`…/p2p/<id>`).
+fn bootstrap_peers(addrs: &[Multiaddr]) -> Vec<PeerId> {
+    addrs
+        .iter()
+        .filter_map(|a| match a.iter().last() {
+            Some(Protocol::P2p(p)) => Some(p),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The libp2p peer id of a member's public key (an event author): the identity a node with
@@ -250,7 +262,14 @@ fn score_params(topic: Option<&gossipsub::IdentTopic>) -> gossipsub::PeerScorePa
 fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let replica = cfg.replica;
-    let members_only = cfg.members_only.clone();
+    // The bootstrap peers are always allowed: the operator named them, and a node whose own
+    // membership is behind (a light node starts with the genesis only; a wiped or new member
+    // too) would otherwise refuse a member it has not learned of yet, and so never learn it.
+    let members_only = cfg.members_only.clone().map(|m| {
+        m.into_iter()
+            .chain(bootstrap_peers(&cfg.bootstrap))
+            .collect::<Vec<_>>()
+    });
     let topic = cfg.genesis.as_ref().map(topic_of);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair_of(cfg.seed))
         .with_tokio()
@@ -501,7 +520,10 @@ impl Driver {
             }
             NetCommand::AllowOnly(peers) => {
                 if let Some(list) = b.members.as_mut() {
-                    let now: std::collections::HashSet<PeerId> = peers.into_iter().collect();
+                    let now: std::collections::HashSet<PeerId> = peers
+                        .into_iter()
+                        .chain(bootstrap_peers(&self.bootstrap))
+                        .collect();
                     let gone: Vec<PeerId> = list
                         .allowed_peers()
                         .iter()

@@ -390,13 +390,18 @@ impl<M: Describe> Actor<M> {
         if now == seen {
             return;
         }
-        self.access_version = Some(now);
-        if let Some(peers) = crate::access::allowed(tl) {
-            tracing::info!(
-                members = peers.len(),
-                "membership changed: allowed peers updated"
-            );
-            self.send(NetCommand::AllowOnly(peers));
+        let Some(peers) = crate::access::allowed(tl) else {
+            return;
+        };
+        let n = peers.len();
+        // Only a command the swarm took counts: a full queue (catch-up, when membership
+        // events arrive) leaves the version unseen, and the next turn sends it again.
+        match self.net.try_send(NetCommand::AllowOnly(peers)) {
+            Ok(()) => {
+                self.access_version = Some(now);
+                tracing::info!(members = n, "membership changed: allowed peers updated");
+            }
+            Err(_) => self.net_commands_dropped += 1,
         }
     }
 

@@ -76,6 +76,23 @@ pub async fn run<M: Describe>(
     cfg: NodeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Replica<M>> {
+    // Before anything listens or dials: a refused configuration touches no network.
+    if let Some(addr) = cfg.api
+        && !addr.ip().is_loopback()
+        && cfg.api_token.is_none()
+    {
+        if !cfg.api_open {
+            bail!(
+                "the API on {addr} is not loopback and has no write token: anyone who reaches \
+                 it could write. Give a token with --api-token-env VAR, bind the API to \
+                 loopback, or, on a network you close yourself, pass --api-open"
+            );
+        }
+        eprintln!(
+            "warning: the API on {addr} is not loopback and has no write token (--api-open): \
+             anyone who reaches it can write"
+        );
+    }
     let genesis = replica.timeline().genesis_id();
     let final_order = replica.timeline().genesis().is_final_order();
     let private = replica.timeline().genesis().is_private();
@@ -112,22 +129,6 @@ pub async fn run<M: Describe>(
         }
     });
 
-    if let Some(addr) = cfg.api
-        && !addr.ip().is_loopback()
-        && cfg.api_token.is_none()
-    {
-        if !cfg.api_open {
-            bail!(
-                "the API on {addr} is not loopback and has no write token: anyone who reaches \
-                 it could write. Give a token with --api-token-env VAR, bind the API to \
-                 loopback, or, on a network you close yourself, pass --api-open"
-            );
-        }
-        eprintln!(
-            "warning: the API on {addr} is not loopback and has no write token (--api-open): \
-             anyone who reaches it can write"
-        );
-    }
     let feed = feed::Feed::default();
     let node = handle::NodeHandle::new(node_tx.clone(), feed.clone());
     let mut emissaries = vec![];

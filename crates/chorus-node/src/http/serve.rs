@@ -23,8 +23,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight (a stream never ends by itself).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serves `app` on `listener` until `stop` resolves, then lets requests in flight finish (for
-/// at most [`SHUTDOWN_GRACE`]).
+/// Serves `app` on `listener` until `stop` resolves, then waits for the requests in flight (for
+/// at most [`SHUTDOWN_GRACE`]; the process exits soon after, ending any still running).
 pub async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output = ()>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let graceful = GracefulShutdown::new();
