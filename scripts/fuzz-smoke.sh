@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # `scripts/fuzz-smoke.sh build` only installs cargo-fuzz and builds the targets (in fuzz/target,
 # apart from the workspace's build directory): CI does that early, in the background.
 secs=${1:-20}
-targets=(event_decode wire_request sync_receiver)
+targets=(event_decode wire_request sync_receiver archive_read)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked -q
 # The stable toolchain takes cargo-fuzz's -Z flags (sanitizer) with this; no nightly here.
 export RUSTC_BOOTSTRAP=1

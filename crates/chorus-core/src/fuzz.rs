@@ -170,6 +170,38 @@ pub fn sync_receiver(data: &[u8]) {
     });
 }
 
+/// The archive readers (`chorus import`): the bytes as a CARv1 file, then as JSONL. Neither
+/// panics; every block a CAR yields is within its section bound; each reader's stream ends at
+/// its first error (nothing is read past a refused spot); whatever a block is, its check gives
+/// a verdict (never a panic).
+pub fn archive_read(data: &[u8]) {
+    use crate::archive::{CarReader, MAX_CAR_SECTION, read_jsonl};
+    if let Ok(r) = CarReader::new(data) {
+        let mut failed = false;
+        for item in r {
+            assert!(!failed, "the CAR reader went on after an error");
+            match item {
+                Ok(b) => {
+                    let n = b.bytes.as_ref().map_or(0, Vec::len);
+                    assert!(n <= MAX_CAR_SECTION, "a CAR block of {n} bytes");
+                    let _ = b.check();
+                }
+                Err(_) => failed = true,
+            }
+        }
+    }
+    let mut failed = false;
+    for item in read_jsonl(data) {
+        assert!(!failed, "the JSONL reader went on after an error");
+        match item {
+            Ok(b) => {
+                let _ = b.check();
+            }
+            Err(_) => failed = true,
+        }
+    }
+}
+
 /// Valid inputs to start the fuzzers from (`cargo fuzz` corpus seeds): a real event block, a
 /// request of each kind and a page of real blocks.
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -188,6 +220,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                 after: None,
             },
         ];
+        let mut car = crate::archive::CarWriter::new(Vec::new(), &[fx.genesis.id()])
+            .expect("writes to memory");
+        let mut jsonl = Vec::new();
+        for e in std::iter::once(&fx.genesis).chain(fx.events.iter().take(5)) {
+            car.write(e).expect("writes to memory");
+            crate::archive::write_jsonl_line(&mut jsonl, e).expect("writes to memory");
+        }
+        out.push(("archive_read", car.finish().expect("writes to memory")));
+        out.push(("archive_read", jsonl));
         for r in &reqs {
             out.push((
                 "wire_request",

@@ -10,6 +10,7 @@ fn target(name: &str) -> fn(&[u8]) {
         "event_decode" => fuzz::event_decode,
         "wire_request" => fuzz::wire_request,
         "sync_receiver" => fuzz::sync_receiver,
+        "archive_read" => fuzz::archive_read,
         other => panic!("fuzz/regressions/{other}: no such target"),
     }
 }
