@@ -188,18 +188,11 @@ fn disparity(sc: &Scenario, seed: u64, slow: &str, with: &World, r: &mut Report)
     };
     let a = fast_acks(with, slow_class);
     let b = fast_acks(&without, None);
-    // The common writing window: until the earlier run's last acknowledged write.
-    let window = a
-        .last()
-        .copied()
-        .unwrap_or(0)
-        .min(b.last().copied().unwrap_or(0));
-    let rate = |t: &[u64]| t.iter().filter(|x| **x <= window).count() as f64 / window.max(1) as f64;
-    let ratio = rate(&a) / rate(&b).max(f64::MIN_POSITIVE);
+    let (rate_a, rate_b, ratio) = append_rates(&a, &b);
     r.notes.push(format!(
         "fast writers' append rate with/without {slow}: {:.2}/{:.2} events/s = {ratio:.3}",
-        rate(&a) * 1000.0,
-        rate(&b) * 1000.0
+        rate_a * 1000.0,
+        rate_b * 1000.0
     ));
     let mut fails = vec![];
     if ratio < 0.95 {
@@ -255,14 +248,7 @@ fn adversary_cost(sc: &Scenario, seed: u64, with: &World, r: &mut Report) {
         t
     };
     let (a, b) = (honest_acks(with), honest_acks(&without));
-    // The common writing window: until the earlier run's last acknowledged write.
-    let window = a
-        .last()
-        .copied()
-        .unwrap_or(0)
-        .min(b.last().copied().unwrap_or(0));
-    let rate = |t: &[u64]| t.iter().filter(|x| **x <= window).count() as f64 / window.max(1) as f64;
-    let ratio = rate(&a) / rate(&b).max(f64::MIN_POSITIVE);
+    let (rate_a, rate_b, ratio) = append_rates(&a, &b);
     let mut fails = vec![];
     if ratio < 0.90 {
         fails.push(format!("honest append rate ratio {ratio:.3} < 0.90"));
@@ -273,8 +259,8 @@ fn adversary_cost(sc: &Scenario, seed: u64, with: &World, r: &mut Report) {
             r.notes.push(format!(
                 "with/without the adversaries: honest append rate {:.2}/{:.2} events/s = \
                  {ratio:.3}; convergence {c:.1}/{base:.1} s",
-                rate(&a) * 1000.0,
-                rate(&b) * 1000.0
+                rate_a * 1000.0,
+                rate_b * 1000.0
             ));
             if c > (2.0 * base).max(base + grain) {
                 fails.push(format!(
@@ -345,4 +331,18 @@ pub fn table_row(r: &Report) -> String {
         r.wall_s,
         result
     )
+}
+
+/// Two runs' append rates (events per simulated ms) over their common writing window — until
+/// the earlier run's last acknowledged write — and the first's ratio to the second's. `a` and
+/// `b` are sorted acknowledgment times.
+fn append_rates(a: &[u64], b: &[u64]) -> (f64, f64, f64) {
+    let window = a
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .min(b.last().copied().unwrap_or(0));
+    let rate = |t: &[u64]| t.iter().filter(|x| **x <= window).count() as f64 / window.max(1) as f64;
+    let (ra, rb) = (rate(a), rate(b));
+    (ra, rb, ra / rb.max(f64::MIN_POSITIVE))
 }
