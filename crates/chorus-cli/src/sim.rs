@@ -40,8 +40,13 @@ pub enum SimCmd {
         only: Vec<String>,
         /// Run on this order rule instead of the scenario's own (`final/1`: finality safety
         /// C9 and liveness C8 are checked too; heartbeats every 500 ms where none were set).
-        #[arg(long, value_parser = parse_order)]
-        order: Option<FinalOrder>,
+        /// Give it twice (`--order lc-cid/1 --order final/1`) to run the suite on both.
+        #[arg(long, value_parser = parse_suite_order)]
+        order: Vec<SuiteOrder>,
+        /// Runs at once (each run is single-threaded; CI gives one per core). Each run's report
+        /// is printed whole as it ends, the table in suite order at the end.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
         #[arg(long)]
         file: Option<PathBuf>,
     },
@@ -117,6 +122,28 @@ fn parse_order(s: &str) -> Result<FinalOrder, String> {
             "order {s:?}: only {} (scenarios are lc-cid/1 unless they say otherwise)",
             chorus_core::genesis::ORDER_FINAL_1
         )),
+    }
+}
+
+/// An order a suite runs on: the scenarios' own (`lc-cid/1`) or switched to `final/1`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SuiteOrder {
+    Own,
+    Final,
+}
+
+fn parse_suite_order(s: &str) -> Result<SuiteOrder, String> {
+    match s {
+        chorus_core::genesis::ORDER_LC_CID_1 | "lc-cid" => Ok(SuiteOrder::Own),
+        _ => parse_order(s)
+            .map(|FinalOrder| SuiteOrder::Final)
+            .map_err(|_| {
+                format!(
+                    "order {s:?}: {} or {}",
+                    chorus_core::genesis::ORDER_LC_CID_1,
+                    chorus_core::genesis::ORDER_FINAL_1
+                )
+            }),
     }
 }
 
@@ -414,50 +441,144 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             seeds,
             only,
             order,
+            jobs,
             file,
         } => {
-            let suite = load_on(file, order)?;
-            let mut runs: Vec<(&Scenario, u64)> = vec![];
-            for sc in &suite.scenarios {
-                if only.is_empty() || only.contains(&sc.name) {
-                    runs.extend((0..seeds.max(1)).map(|k| (sc, sc.seed + k)));
-                }
+            let mut orders = order;
+            if orders.is_empty() {
+                orders.push(SuiteOrder::Own);
             }
-            for reg in &suite.regressions {
-                let Some(sc) = suite.get(&reg.scenario) else {
-                    bail!("regression names no scenario {:?}", reg.scenario);
-                };
-                if (only.is_empty() || only.contains(&sc.name))
-                    && !runs
-                        .iter()
-                        .any(|(s, seed)| s.name == sc.name && *seed == reg.seed)
-                {
-                    runs.push((sc, reg.seed));
-                }
+            orders.dedup();
+            let mut suites = vec![];
+            for o in orders {
+                let on = (o == SuiteOrder::Final).then_some(FinalOrder);
+                suites.push((on, load_on(file.clone(), on)?));
+            }
+            let mut runs: Vec<SuiteRun> = vec![];
+            for (on, suite) in &suites {
+                runs.extend(suite_runs(suite, seeds, &only, *on)?);
             }
             let t0 = std::time::Instant::now();
-            let mut reports = vec![];
-            for (sc, seed) in runs {
-                announce(sc, seed, order);
-                let r = chorus_sim::run(sc, seed, Sabotage::None);
-                println!("{}", table_row(&r));
-                print_details(&r);
-                reports.push(r);
-            }
-            println!();
-            println!("{}", table_header());
-            for r in &reports {
-                println!("{}", table_row(r));
+            let reports = run_suite(&runs, jobs);
+            for (on, _) in &suites {
+                println!();
+                if suites.len() > 1 {
+                    println!("-- on {}", order_name(*on));
+                }
+                println!("{}", table_header());
+                for (run, r) in runs.iter().zip(&reports) {
+                    if run.order.is_some() == on.is_some() {
+                        println!("{}", table_row(r));
+                    }
+                }
             }
             let failed = reports.iter().filter(|r| !r.passed()).count();
             println!(
-                "{} runs, {failed} failed, {:.0} s wall",
+                "{} runs, {failed} failed, {:.0} s wall ({} at once)",
                 reports.len(),
-                t0.elapsed().as_secs_f64()
+                t0.elapsed().as_secs_f64(),
+                jobs.max(1)
             );
             Ok(if failed == 0 { 0 } else { 1 })
         }
     }
+}
+
+/// One run of `chorus sim suite`: a scenario, a seed, the order it runs on.
+struct SuiteRun<'a> {
+    scenario: &'a Scenario,
+    seed: u64,
+    order: Option<FinalOrder>,
+}
+
+fn order_name(order: Option<FinalOrder>) -> &'static str {
+    match order {
+        Some(FinalOrder) => chorus_core::genesis::ORDER_FINAL_1,
+        None => chorus_core::genesis::ORDER_LC_CID_1,
+    }
+}
+
+/// The suite's runs on one order: every scenario (or `only` those) on `seeds` seeds from its
+/// committed one, then each committed regression seed not already among them.
+fn suite_runs<'a>(
+    suite: &'a Suite,
+    seeds: u64,
+    only: &[String],
+    order: Option<FinalOrder>,
+) -> Result<Vec<SuiteRun<'a>>> {
+    let picked = |name: &String| only.is_empty() || only.contains(name);
+    let mut runs: Vec<SuiteRun> = vec![];
+    for sc in suite.scenarios.iter().filter(|sc| picked(&sc.name)) {
+        runs.extend((0..seeds.max(1)).map(|k| SuiteRun {
+            scenario: sc,
+            seed: sc.seed + k,
+            order,
+        }));
+    }
+    for reg in &suite.regressions {
+        let Some(sc) = suite.get(&reg.scenario) else {
+            bail!("regression names no scenario {:?}", reg.scenario);
+        };
+        if picked(&sc.name)
+            && !runs
+                .iter()
+                .any(|r| r.scenario.name == sc.name && r.seed == reg.seed)
+        {
+            runs.push(SuiteRun {
+                scenario: sc,
+                seed: reg.seed,
+                order,
+            });
+        }
+    }
+    Ok(runs)
+}
+
+/// Runs the suite on `jobs` threads. The largest scenarios (nodes × events) start first, so
+/// the longest run does not begin last and leave the other threads idle at the end. With more
+/// than one job each run's announcement and report are printed together when it ends; the
+/// reports come back in the runs' order.
+fn run_suite(runs: &[SuiteRun], jobs: usize) -> Vec<Report> {
+    use std::sync::{Mutex, atomic::AtomicUsize, atomic::Ordering};
+    let mut by_size: Vec<usize> = (0..runs.len()).collect();
+    if jobs > 1 {
+        // Ties: final/1 first, the slower of the two orders.
+        by_size.sort_by_key(|&i| {
+            let sc = runs[i].scenario;
+            (
+                std::cmp::Reverse(sc.nodes() as u64 * sc.events),
+                runs[i].order.is_none(),
+            )
+        });
+    }
+    let next = AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<Report>>> = Mutex::new(runs.iter().map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1) {
+            s.spawn(|| {
+                while let Some(&i) = by_size.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let run = &runs[i];
+                    // One at a time: announced before it runs (a run that hangs is named).
+                    if jobs <= 1 {
+                        announce(run.scenario, run.seed, run.order);
+                    }
+                    let r = chorus_sim::run(run.scenario, run.seed, Sabotage::None);
+                    let mut done = done.lock().expect("no worker panics while holding it");
+                    if jobs > 1 {
+                        announce(run.scenario, run.seed, run.order);
+                    }
+                    println!("{}", table_row(&r));
+                    print_details(&r);
+                    done[i] = Some(r);
+                }
+            });
+        }
+    });
+    done.into_inner()
+        .expect("the workers are done")
+        .into_iter()
+        .map(|r| r.expect("every run ran"))
+        .collect()
 }
 
 #[cfg(test)]

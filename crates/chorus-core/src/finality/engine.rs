@@ -33,7 +33,10 @@
 //! members); a timeline of millions of events will keep them only for events above the final
 //! prefix (a later step of docs/design/finality.md's plan).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet},
+};
 
 use super::{Decision, Node};
 
@@ -57,6 +60,14 @@ pub struct Engine {
     decided: Vec<Decision>,
     in_final: Vec<bool>,
     order: Vec<usize>,
+    /// Memo of [`Engine::vote`], by (round, witness), and of [`Engine::certifies`], by
+    /// (round, certifier, leader block). Both read only the past of the voting or certifying
+    /// block, which is fixed when it is inserted (parents come first), so an answer never goes
+    /// stale. Without it every `advance` recomputed them for every undecided round: while no
+    /// quorum is connected (a partition) that is all rounds since the last decision, walked
+    /// again at every heartbeat tick. Entries below the decided run are dropped.
+    votes: RefCell<BTreeMap<(u32, usize), Option<usize>>>,
+    certificates: RefCell<BTreeMap<(u32, usize, usize), bool>>,
 }
 
 impl Engine {
@@ -73,6 +84,8 @@ impl Engine {
             decided: vec![],
             in_final: vec![],
             order: vec![],
+            votes: RefCell::default(),
+            certificates: RefCell::default(),
         }
     }
 
@@ -169,6 +182,15 @@ impl Engine {
 
     /// The leader's round-`r` block that witness `v` votes for, or `None` (a blame).
     fn vote(&self, v: usize, r: u32) -> Option<usize> {
+        if let Some(&vote) = self.votes.borrow().get(&(r, v)) {
+            return vote;
+        }
+        let vote = self.compute_vote(v, r);
+        self.votes.borrow_mut().insert((r, v), vote);
+        vote
+    }
+
+    fn compute_vote(&self, v: usize, r: u32) -> Option<usize> {
         let mut seen = self
             .witnesses_of(r, self.leader(r))
             .iter()
@@ -181,6 +203,15 @@ impl Engine {
     }
 
     fn certifies(&self, c: usize, b: usize, r: u32) -> bool {
+        if let Some(&certifies) = self.certificates.borrow().get(&(r, c, b)) {
+            return certifies;
+        }
+        let certifies = self.compute_certifies(c, b, r);
+        self.certificates.borrow_mut().insert((r, c, b), certifies);
+        certifies
+    }
+
+    fn compute_certifies(&self, c: usize, b: usize, r: u32) -> bool {
         let voters: BTreeSet<usize> = self
             .all_witnesses(r + 1)
             .filter(|&(_, v)| self.sees(c, v) && self.vote(v, r) == Some(b))
@@ -253,6 +284,12 @@ impl Engine {
             }
             self.decided.push(dec);
         }
+        // Slots up to the decided run are never asked about again.
+        let first = self.decided.len() as u32 + 1;
+        let keep = self.votes.borrow_mut().split_off(&(first, 0));
+        *self.votes.borrow_mut() = keep;
+        let keep = self.certificates.borrow_mut().split_off(&(first, 0, 0));
+        *self.certificates.borrow_mut() = keep;
         self.order.len() - before
     }
 

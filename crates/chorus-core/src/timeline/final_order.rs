@@ -394,12 +394,14 @@ impl<M: Machine> Timeline<M> {
 
     fn attestation_of(&self, rank: &Rank) -> Option<Attestation> {
         let ck = self.checkpoints.get(rank)?;
-        let state = match (&ck.live, &ck.bytes) {
-            (Some(live), _) => self.machine.state_hash(live),
-            (None, Some(bytes)) => self
-                .machine
-                .state_hash(&self.machine.decode_state(bytes).ok()?),
-            (None, None) => return None,
+        let state = match (ck.hash.get(), &ck.live, &ck.bytes) {
+            (_, None, None) => return None,
+            (Some(hash), ..) => *hash,
+            (None, Some(live), _) => *ck.hash.get_or_init(|| self.machine.state_hash(live)),
+            (None, None, Some(bytes)) => {
+                let state = self.machine.decode_state(bytes).ok()?;
+                *ck.hash.get_or_init(|| self.machine.state_hash(&state))
+            }
         };
         let pos = self.lower_bound(rank);
         Some(Attestation {
