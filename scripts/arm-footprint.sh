@@ -15,7 +15,7 @@ cross_setup "$t"
 cross_cargo "$t" build --release -p chorus-cli -p chorus-bench
 cargo build --release -p chorus-cli -p chorus-bench
 mkdir -p "dist/$t"
-arm-linux-gnueabihf-strip -o "dist/$t/chorus" "target/$t/release/chorus"
+arm-linux-gnueabihf-strip -o "dist/$t/chorus" "$(cross_target_dir "$t")/$t/release/chorus"
 qemu=(qemu-arm -cpu arm1176)
 
 echo "== binary =="
@@ -24,7 +24,7 @@ printf 'ROW|stripped chorus binary, %s|%.1f|MB|≤ 20|%s bytes\n' "$t" \
 
 echo "== KAIROS tokens/s: native x86-64, then ARMv6 under qemu =="
 target/release/chorus-bench kairos-tokens | grep '^ROW' | sed 's/^ROW|/ROW|x86-64 native: /'
-"${qemu[@]}" "target/$t/release/chorus-bench" kairos-tokens | grep '^ROW' | sed 's/^ROW|/ROW|ARMv6 under qemu arm1176: /'
+"${qemu[@]}" "$(cross_target_dir "$t")/$t/release/chorus-bench" kairos-tokens | grep '^ROW' | sed 's/^ROW|/ROW|ARMv6 under qemu arm1176: /'
 
 echo "== light node holding $events events: native, then ARMv6 under qemu =="
 target/release/mesh-bench light "$events"

@@ -21,7 +21,7 @@ for t in "${targets[@]}"; do
   mkdir -p "dist/$t"
   strip=arm-linux-gnueabihf-strip
   [[ $t == aarch64-* ]] && strip=aarch64-linux-gnu-strip
-  "$strip" -o "dist/$t/chorus" "target/$t/release/chorus"
+  "$strip" -o "dist/$t/chorus" "$(cross_target_dir "$t")/$t/release/chorus"
   printf '%s: %s bytes stripped (%s unstripped)\n' "$t" \
-    "$(stat -c %s "dist/$t/chorus")" "$(stat -c %s "target/$t/release/chorus")"
+    "$(stat -c %s "dist/$t/chorus")" "$(stat -c %s "$(cross_target_dir "$t")/$t/release/chorus")"
 done

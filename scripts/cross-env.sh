@@ -6,6 +6,8 @@
 #                        for arm-unknown-linux-musleabihf also zig (PyPI `ziglang`), whose
 #                        musl is compiled for the ARM1176 (see scripts/zig-cc-armv6).
 # cross_cargo TARGET ARGS...  runs cargo for TARGET, adding -Zbuild-std where needed.
+# cross_target_dir TARGET  the build directory cross_cargo uses for TARGET (artifacts are in
+#                        its TARGET/ subdirectory).
 # cross_runner TARGET    prints the qemu runner configured for TARGET.
 
 ZIGLANG_VERSION=0.17.1
@@ -39,13 +41,30 @@ cross_setup() {
   done
 }
 
+# A target whose std is built from source needs RUSTC_BOOTSTRAP=1, and build scripts that
+# probe the compiler (proc-macro2's) fingerprint that variable: in a build directory shared
+# with the other targets, every host proc-macro (syn, serde_derive, thiserror-impl…) was
+# rebuilt at each switch between the two kinds, ~90 s a time, several times a CI run. Such
+# targets get a build directory of their own.
+cross_target_dir() {
+  local base=${CARGO_TARGET_DIR:-target}
+  if [[ -n ${CROSS_BUILD_STD[$1]:-} ]]; then
+    echo "$base/build-std"
+  else
+    echo "$base"
+  fi
+}
+
 cross_cargo() {
   local t=$1 sub=$2
   shift 2
+  local dir
+  dir=$(cross_target_dir "$t")
   if [[ -n ${CROSS_BUILD_STD[$t]:-} ]]; then
-    RUSTC_BOOTSTRAP=1 cargo "$sub" --target "$t" -Zbuild-std=std,panic_abort,panic_unwind "$@"
+    CARGO_TARGET_DIR=$dir RUSTC_BOOTSTRAP=1 cargo "$sub" --target "$t" \
+      -Zbuild-std=std,panic_abort,panic_unwind "$@"
   else
-    cargo "$sub" --target "$t" "$@"
+    CARGO_TARGET_DIR=$dir cargo "$sub" --target "$t" "$@"
   fi
 }
 
