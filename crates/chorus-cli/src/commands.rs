@@ -17,7 +17,7 @@ use chorus_core::{
     membership::{MemberOp, Role, VoteOp},
 };
 use chorus_kairos::{
-    Kairos2Machine, KairosMachine,
+    Kairos2Machine, Kairos3Machine, KairosMachine,
     body::{Intent, Stimulus},
 };
 use chorus_store::{Replica, Store, replica::STORE_FILE};
@@ -168,7 +168,8 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
 
 fn init(dir: &Path, a: InitArgs) -> Result<i32> {
     let machine_id = match a.machine {
-        MachineArg::Kairos => Kairos2Machine.id(),
+        MachineArg::Kairos => Kairos3Machine.id(),
+        MachineArg::Kairos2 => Kairos2Machine.id(),
         MachineArg::Kairos1 => KairosMachine.id(),
         MachineArg::Counter => CounterMachine.id(),
     };
@@ -200,6 +201,10 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
     };
     let (id, key) = match a.machine {
         MachineArg::Kairos => {
+            let r = Replica::init(dir, body, Kairos3Machine)?;
+            (r.timeline().genesis_id(), r.key().author())
+        }
+        MachineArg::Kairos2 => {
             let r = Replica::init(dir, body, Kairos2Machine)?;
             (r.timeline().genesis_id(), r.key().author())
         }

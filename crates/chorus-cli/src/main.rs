@@ -221,8 +221,12 @@ enum OrderArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum MachineArg {
-    /// The KAIROS phase engine with the council of elections that cannot stall (kairos/2).
+    /// The KAIROS phase engine with the council of elections that cannot stall, guarded
+    /// against a hostile writer (kairos/3).
     Kairos,
+    /// The council without the guards of kairos/3 (kairos/2).
+    #[value(name = "kairos2")]
+    Kairos2,
     /// The KAIROS phase engine of the first version (kairos/1: top-N by weight).
     #[value(name = "kairos1")]
     Kairos1,

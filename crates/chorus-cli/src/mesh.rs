@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chorus_core::{Machine, genesis::Genesis, membership::Role};
-use chorus_kairos::Kairos2Machine;
+use chorus_kairos::Kairos3Machine;
 use chorus_llm::BackendConfig;
 use chorus_net::Addr;
 use chorus_node::{
@@ -605,14 +605,14 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     let genesis = Replica::init(
         &dirs[0],
         |admin| {
-            let mut b = Genesis::new_body("swarm", admin.author(), Kairos2Machine.id());
+            let mut b = Genesis::new_body("swarm", admin.author(), Kairos3Machine.id());
             b.writers = writers;
             // Finality by quorum: a winner is final once more than two thirds of the nodes
             // have built on it, whoever is slow or gone.
             b.order = Some(chorus_core::genesis::ORDER_FINAL_1.into());
             b
         },
-        Kairos2Machine,
+        Kairos3Machine,
     )?
     .timeline()
     .genesis_id();
@@ -724,7 +724,7 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
     let mut last_print = Instant::now();
     let mut posted = 0u64;
     let mut elected: Vec<(String, String)> = vec![];
-    // Which emissaries won, and how often: under kairos/2 the council changes per stimulus.
+    // Which emissaries won, and how often: under kairos/2 and later the council changes per stimulus.
     let mut winners_by: std::collections::BTreeMap<String, usize> = Default::default();
     for r in 0..a.rounds {
         if stop.load(Ordering::SeqCst) {

@@ -107,6 +107,9 @@ pub enum SabotageArg {
     TrustStrangers,
     /// Membership by arrival order (C1 must fail on the admin fork).
     MembershipArrivalOrder,
+    /// kairos/3 without its guards against a hostile writer (C11 must fail on the unasked
+    /// answers, the slot fill and the token bombs).
+    UnguardedMachine,
     /// Order by event id alone, Lamport clocks ignored (C3 must fail).
     OrderWithoutLamport,
 }
@@ -342,6 +345,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::TrustSyncClaims => Sabotage::TrustSyncClaims,
                 SabotageArg::TrustStrangers => Sabotage::TrustStrangers,
                 SabotageArg::MembershipArrivalOrder => Sabotage::MembershipArrivalOrder,
+                SabotageArg::UnguardedMachine => Sabotage::UnguardedMachine,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
                 SabotageArg::OrderWithoutLamport => Sabotage::OrderWithoutLamport,
             };

@@ -1,6 +1,7 @@
 //! Issue 15, the HTTP findings, against a real node process: connections that never send a
 //! request are closed after the header timeout and cannot crowd out a client; SSE streams are
-//! capped; on loopback a request naming another host (DNS rebinding) is refused.
+//! capped; on loopback a request naming another host (DNS rebinding) is refused; a write whose
+//! body trickles in is answered 408 at its deadline.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chorus_node::http::{MAX_STREAMS, serve::HEADER_TIMEOUT, serve::MAX_CONNECTIONS};
+use chorus_node::http::{BODY_TIMEOUT, MAX_STREAMS, serve::HEADER_TIMEOUT, serve::MAX_CONNECTIONS};
 use common::*;
 
 /// One HTTP/1.1 request on a fresh connection with `host` as its Host; the status code and
@@ -118,4 +119,64 @@ fn silent_connections_time_out_streams_are_capped_and_foreign_hosts_refused() {
         let (code, answer) = request(&addr, &host, "/v1/status");
         assert_eq!(code, 200, "{host}: {answer}");
     }
+}
+
+/// A client that sends a write's headers, then its body a byte now and then, held its
+/// connection for as long as it liked: now the body must arrive whole within
+/// [`BODY_TIMEOUT`], and the answer says so (408); nothing is written.
+#[test]
+fn a_trickled_body_is_refused_at_its_deadline() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 1, 1);
+    let n0 = Node::start("n0", &dirs[0], "127.0.0.52", &[]);
+    let addr = n0.api.trim_start_matches("http://").to_string();
+    let events_before = n0.status().unwrap()["events"].clone();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
+    let body = r#"{"kind": "stimulus", "text": "slowly"}"#;
+    write!(
+        s,
+        "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut answer = Vec::new();
+    // One byte a second, never the whole body before the deadline.
+    for b in body.bytes().take(body.len() - 1) {
+        if s.write_all(&[b]).is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 512];
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => {
+                answer.extend_from_slice(&chunk[..k]);
+                break;
+            }
+            Err(_) => {}
+        }
+        assert!(
+            t0.elapsed() < BODY_TIMEOUT * 3,
+            "the trickle went on unbounded"
+        );
+    }
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut answer);
+    let took = t0.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive whole"), "{answer}");
+    assert!(
+        took >= BODY_TIMEOUT && took < BODY_TIMEOUT + Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    assert_eq!(
+        n0.status().unwrap()["events"],
+        events_before,
+        "nothing is written"
+    );
+    eprintln!("a trickled body: 408 after {took:?}");
 }

@@ -10,10 +10,11 @@ pub mod body;
 pub mod council;
 pub mod encoder;
 pub mod engine;
+pub mod guard;
 pub mod machine;
 pub mod noise;
 pub mod state;
 pub mod state_codec;
 pub mod ward;
 
-pub use machine::{Kairos2Machine, KairosMachine, KairosState};
+pub use machine::{Kairos2Machine, Kairos3Machine, KairosMachine, KairosState};

@@ -2,10 +2,11 @@
 //! (coherence across outputs, dopamine), emissary weights, dynamic N and the election.
 //! The canonical state serialisation is specified in `docs/design/kairos.md`.
 //!
-//! Two versions, each a machine id a genesis names: [`KairosMachine`] (`kairos/1`, top-N by
-//! weight, kept so its timelines replay bit for bit) and [`Kairos2Machine`] (`kairos/2`, the
-//! council of [`crate::council`]: rendezvous selection, leases, escalation, a moving ledger).
-//! They share everything else.
+//! Three versions, each a machine id a genesis names: [`KairosMachine`] (`kairos/1`, top-N by
+//! weight), [`Kairos2Machine`] (`kairos/2`, the council of [`crate::council`]: rendezvous
+//! selection, leases, escalation, a moving ledger) and [`Kairos3Machine`] (`kairos/3`, the
+//! council with the rules of [`crate::guard`] against a hostile writer). They share everything
+//! else; the older ones are kept so their timelines replay bit for bit.
 
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use crate::{
     council,
     encoder::{PhaseEncoder, Sha256Encoder},
     engine::{Engine, Entry, NoiseKey, Profile},
-    ward,
+    guard, ward,
 };
 use chorus_core::{
     EventId,
@@ -37,13 +38,42 @@ pub struct KairosMachine;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Kairos2Machine;
 
-/// The rules of one version (both machine types delegate here).
+/// The KAIROS machine with the SHA-256 encoder, the council and the rules of [`crate::guard`]
+/// (`kairos/3`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kairos3Machine;
+
+/// `kairos/3` for the simulator's sabotage runs only: with `unguarded` set it folds by the
+/// rules of `kairos/2` under the id and the state bytes of `kairos/3`, so a test can show that
+/// the oracle catches each attack the guards of [`crate::guard`] stop. No genesis names it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Kairos3Sabotage {
+    pub unguarded: bool,
+}
+
+/// The rules of one version (every machine type delegates here).
 #[derive(Debug, Clone, Copy)]
-struct Rules(Version);
+struct Rules(Version, Guards);
+
+/// Whether `kairos/3`'s guards hold (always, but in [`Kairos3Sabotage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guards {
+    On,
+    Off,
+}
 
 impl Rules {
     fn v2(&self) -> bool {
-        self.0 == Version::Kairos2
+        self.0.has_council()
+    }
+
+    fn guarded(&self) -> bool {
+        self.0.guarded() && self.1 == Guards::On
+    }
+
+    fn of(version: Version) -> Rules {
+        Rules(version, Guards::On)
     }
 
     fn encoder(&self) -> &'static dyn PhaseEncoder {
@@ -57,7 +87,12 @@ impl Rules {
 
     fn integrate(&self, s: &mut KairosState, id: &EventId, text: &str) -> Vec<f64> {
         let mut fired = vec![];
-        for (i, token) in text.split_whitespace().enumerate() {
+        let cap = if self.guarded() {
+            guard::MAX_TOKENS_PER_EVENT
+        } else {
+            usize::MAX
+        };
+        for (i, token) in text.split_whitespace().take(cap).enumerate() {
             let step = s.engine.temporalize(
                 self.entry(token),
                 NoiseKey {
@@ -99,6 +134,9 @@ impl Rules {
         let n = n_for(s.dopamine);
         let selected = if self.v2() {
             s.stimuli_applied += 1;
+            if self.guarded() {
+                guard::expire(s);
+            }
             let mut c = council::candidates(s, &ev.id, &[], n as usize);
             if let Some(p) = council::probe(s, &ev.id, &c) {
                 c.push(p);
@@ -202,19 +240,23 @@ impl Rules {
         }
         let Some(re) = intent.re else { return };
         let valid = ward::valid_commands(ev.body).is_some();
+        // kairos/3: only an emissary the election asked can win it or move the coherence
+        // across outputs (an election no longer tracked asked nobody we know of).
+        let mut counts = !self.guarded();
         if let Some(rec) = s.stimuli.iter_mut().find(|r| r.id == re) {
             rec.intents += 1;
+            let asked = rec.selected.iter().position(|e| *e == emissary);
+            counts |= asked.is_some();
             let mut won = false;
             if valid {
                 rec.valid += 1;
-                if rec.winner.is_none() {
+                if rec.winner.is_none() && counts {
                     rec.winner = Some(ev.id);
                     won = true;
                 }
             }
             // kairos/2's ledger: the first answer of each asked emissary pays its debt and
             // moves its weight.
-            let asked = rec.selected.iter().position(|e| *e == emissary);
             if self.v2()
                 && let Some(i) = asked.filter(|&i| rec.answered & (1 << i) == 0)
             {
@@ -229,7 +271,10 @@ impl Rules {
                 }
             }
         }
-        if valid && let Some(open) = s.open.as_mut().filter(|o| o.id == re) {
+        if valid
+            && counts
+            && let Some(open) = s.open.as_mut().filter(|o| o.id == re)
+        {
             let theta = self.entry(text).mean_phase();
             open.sum.0 += libm::cos(theta);
             open.sum.1 += libm::sin(theta);
@@ -241,10 +286,15 @@ impl Rules {
         let Some(name) = Registration::name(ev.body) else {
             return;
         };
+        let id = (ev.author, name.to_string());
+        if self.guarded()
+            && !s.emissaries.contains_key(&id)
+            && guard::registrations_of(s, &ev.author) >= guard::MAX_EMISSARIES_PER_AUTHOR
+        {
+            return;
+        }
         if s.emissaries.len() < MAX_EMISSARIES {
-            s.emissaries
-                .entry((ev.author, name.to_string()))
-                .or_insert(INITIAL_WEIGHT);
+            s.emissaries.entry(id).or_insert(INITIAL_WEIGHT);
         }
     }
 }
@@ -254,6 +304,7 @@ impl Rules {
         match self.0 {
             Version::Kairos1 => "kairos/1",
             Version::Kairos2 => "kairos/2",
+            Version::Kairos3 => "kairos/3",
         }
     }
 
@@ -308,25 +359,60 @@ macro_rules! kairos_machine {
             type State = KairosState;
 
             fn id(&self) -> &'static str {
-                Rules($version).id()
+                Rules::of($version).id()
             }
             fn check_genesis(&self, genesis: &Genesis) -> Result<(), String> {
-                Rules($version).check_genesis(genesis)
+                Rules::of($version).check_genesis(genesis)
             }
             fn init(&self, genesis: &Genesis) -> KairosState {
-                Rules($version).init(genesis)
+                Rules::of($version).init(genesis)
             }
             fn apply(&self, state: &mut KairosState, ev: &Applied<'_>) {
-                Rules($version).apply(state, ev)
+                Rules::of($version).apply(state, ev)
             }
             fn encode_state(&self, s: &KairosState) -> Vec<u8> {
-                Rules($version).encode_state(s)
+                Rules::of($version).encode_state(s)
             }
             fn decode_state(&self, bytes: &[u8]) -> Result<KairosState, StateDecodeError> {
-                Rules($version).decode_state(bytes)
+                Rules::of($version).decode_state(bytes)
             }
         }
     };
 }
 kairos_machine!(KairosMachine, Version::Kairos1);
 kairos_machine!(Kairos2Machine, Version::Kairos2);
+kairos_machine!(Kairos3Machine, Version::Kairos3);
+
+impl Kairos3Sabotage {
+    fn rules(&self) -> Rules {
+        let guards = if self.unguarded {
+            Guards::Off
+        } else {
+            Guards::On
+        };
+        Rules(Version::Kairos3, guards)
+    }
+}
+
+impl Machine for Kairos3Sabotage {
+    type State = KairosState;
+
+    fn id(&self) -> &'static str {
+        self.rules().id()
+    }
+    fn check_genesis(&self, genesis: &Genesis) -> Result<(), String> {
+        self.rules().check_genesis(genesis)
+    }
+    fn init(&self, genesis: &Genesis) -> KairosState {
+        self.rules().init(genesis)
+    }
+    fn apply(&self, state: &mut KairosState, ev: &Applied<'_>) {
+        self.rules().apply(state, ev)
+    }
+    fn encode_state(&self, s: &KairosState) -> Vec<u8> {
+        self.rules().encode_state(s)
+    }
+    fn decode_state(&self, bytes: &[u8]) -> Result<KairosState, StateDecodeError> {
+        self.rules().decode_state(bytes)
+    }
+}

@@ -28,6 +28,20 @@ pub enum Version {
     Kairos1,
     /// `kairos/2`: the council of [`crate::council`].
     Kairos2,
+    /// `kairos/3`: the council of `kairos/2` with the rules against a hostile writer of
+    /// [`crate::council`] (winners only from the asked, per-author slots, expiry, a token cap).
+    Kairos3,
+}
+
+impl Version {
+    /// Whether the council of [`crate::council`] chooses who answers (`kairos/2` and later).
+    pub fn has_council(self) -> bool {
+        self != Version::Kairos1
+    }
+    /// Whether the rules against a hostile writer hold (`kairos/3`).
+    pub fn guarded(self) -> bool {
+        self == Version::Kairos3
+    }
 }
 
 /// An emissary: the key that signs its intents and its name.

@@ -1,7 +1,8 @@
 //! Canonical serialisation of [`KairosState`] (the bytes `state_hash` hashes and checkpoints
 //! store), one layout per machine version. Layout in `docs/design/kairos.md`: `kairos/2`
 //! writes the bytes of `kairos/1` under its own magic, with three fields more in each election
-//! and the council's clock and leases at the end. All integers little-endian; every f64 is written
+//! and the council's clock and leases at the end; `kairos/3` writes the layout of `kairos/2`
+//! under its own magic. All integers little-endian; every f64 is written
 //! as its IEEE-754 bits after canonicalisation: any NaN becomes `0x7FF8_0000_0000_0000` and
 //! `-0.0` becomes `+0.0`, because NaN signs and zero signs differ between x86-64 and ARM.
 
@@ -23,6 +24,16 @@ use crate::{
 pub const MAGIC: &[u8; 16] = b"chorus/kairos/1\0";
 /// First bytes of every encoded `kairos/2` state.
 pub const MAGIC_2: &[u8; 16] = b"chorus/kairos/2\0";
+/// First bytes of every encoded `kairos/3` state (the layout of `kairos/2`).
+pub const MAGIC_3: &[u8; 16] = b"chorus/kairos/3\0";
+
+fn magic(version: Version) -> &'static [u8; 16] {
+    match version {
+        Version::Kairos1 => MAGIC,
+        Version::Kairos2 => MAGIC_2,
+        Version::Kairos3 => MAGIC_3,
+    }
+}
 
 /// The canonical bits of an f64.
 pub fn canonical_bits(x: f64) -> u64 {
@@ -63,9 +74,9 @@ impl W {
 }
 
 pub fn encode(s: &KairosState, version: Version) -> Vec<u8> {
-    let v2 = version == Version::Kairos2;
+    let v2 = version.has_council();
     let mut w = W(Vec::with_capacity(512 + 32 * s.engine.window.len()));
-    w.0.extend_from_slice(if v2 { MAGIC_2 } else { MAGIC });
+    w.0.extend_from_slice(magic(version));
     let e = &s.engine;
     w.str(e.profile.name);
     w.u64(e.steps);
@@ -171,9 +182,9 @@ pub fn decode(
     encoder: &dyn PhaseEncoder,
     version: Version,
 ) -> Result<KairosState, String> {
-    let v2 = version == Version::Kairos2;
+    let v2 = version.has_council();
     let mut r = R(bytes);
-    if r.take(16)? != if v2 { MAGIC_2 } else { MAGIC } {
+    if r.take(16)? != magic(version) {
         return Err("bad magic".into());
     }
     let profile_name = r.str()?;

@@ -9,7 +9,6 @@ use chorus_core::{
     AuthorId, EventId, Machine, Timeline,
     crypto::Keypair,
     event::kind,
-    genesis::Genesis,
     machine::Applied,
     testkit::{self, Rng},
     timeline::NoBlocks,
@@ -18,92 +17,12 @@ use chorus_kairos::{
     Kairos2Machine, KairosMachine, KairosState,
     body::{Escalation, Failure, Intent, Registration, Stimulus},
     council::{self, LEASE_STIMULI, MAX_ESCALATIONS, MAX_OWED, MIN_WEIGHT},
-    machine::{EmissaryId, StimulusRecord},
+    machine::EmissaryId,
 };
 use ipld_core::ipld::Ipld;
 
-/// A machine folding hand-made events in the order given (the timeline is not needed to test
-/// what one event does to the state).
-struct Fold<M: Machine<State = KairosState>> {
-    m: M,
-    s: KairosState,
-    made: u64,
-}
-
-impl<M: Machine<State = KairosState>> Fold<M> {
-    fn new(m: M, machine_id: &str) -> Self {
-        let admin = Keypair::from_seed([1; 32]);
-        let g = testkit::genesis(&admin, &[], machine_id, 16);
-        let s = m.init(&Genesis::from_event(&g).unwrap());
-        Fold { m, s, made: 0 }
-    }
-
-    fn event(&mut self, author: AuthorId, kind: &str, body: Ipld) -> EventId {
-        self.made += 1;
-        let id = EventId::of_block(&self.made.to_le_bytes());
-        self.m.apply(
-            &mut self.s,
-            &Applied {
-                id,
-                author,
-                seq: self.made,
-                lamport: self.made,
-                kind,
-                body: &body,
-            },
-        );
-        id
-    }
-
-    fn register(&mut self, e: &EmissaryId) {
-        self.event(e.0, kind::EMISSARY, Registration::named(&e.1).to_ipld());
-    }
-
-    fn stimulus(&mut self) -> EventId {
-        let t = format!("stimulus {}", self.made);
-        self.event(
-            AuthorId([0; 32]),
-            kind::STIMULUS,
-            Stimulus::text(t).to_ipld(),
-        )
-    }
-
-    fn answer(&mut self, e: &EmissaryId, re: EventId, valid: bool) {
-        let mut i = Intent {
-            re: Some(re),
-            emissary: e.1.clone(),
-            ..Default::default()
-        };
-        if valid {
-            i.commands = Some(vec!["say hello".into()]);
-        } else {
-            i.failure = Some(Failure {
-                code: "timeout".into(),
-                error: "the model did not answer".into(),
-            });
-        }
-        self.event(e.0, kind::INTENT, i.to_ipld());
-    }
-
-    fn heartbeat(&mut self, author: AuthorId) {
-        self.event(author, kind::HEARTBEAT, Ipld::Map(BTreeMap::new()));
-    }
-
-    fn escalate(&mut self, re: EventId, round: u8) {
-        let body = Escalation { re, round }.to_ipld();
-        self.event(AuthorId([0; 32]), kind::ESCALATE, body);
-    }
-
-    fn record(&self, id: &EventId) -> &StimulusRecord {
-        self.s.stimulus(id).expect("tracked")
-    }
-}
-
-fn emissaries(k: u8) -> Vec<EmissaryId> {
-    (0..k)
-        .map(|i| (AuthorId([10 + i; 32]), format!("em{i}")))
-        .collect()
-}
+mod common;
+use common::{Fold, emissaries};
 
 /// Runs `stimuli` stimuli where every selected emissary in `live` answers at once (valid) and
 /// every live author heartbeats after each stimulus; an election left without a valid answer is

@@ -8,12 +8,15 @@
 //! A second golden timeline (issue 16, `golden_final_timeline.*`) holds the newer versions:
 //! `kairos/2` ordered by `final/1`, 1 500 events with heartbeats, the same membership change
 //! (an epoch of the committee), late writer and equivocation; its marks also record the final
-//! prefix, segments and epoch. Both run under qemu on ARM (`scripts/cross-test.sh`).
+//! prefix, segments and epoch. A third (issue 15, `golden_guarded_timeline.*`) holds
+//! `kairos/3` on `final/1` with a token bomb, answers nobody asked for, one author's 50
+//! registrations and a removed member's expiry. All run under qemu on ARM
+//! (`scripts/cross-test.sh`).
 //!
 //! Regenerate (only when the event format or a machine changes on purpose, and then with a new
 //! version id: old timelines must keep replaying):
-//! `CHORUS_REGENERATE_GOLDEN=1 cargo test -p chorus-kairos --test golden -- --ignored` (both),
-//! or `=final` for the second only.
+//! `CHORUS_REGENERATE_GOLDEN=1 cargo test -p chorus-kairos --test golden -- --ignored` (all),
+//! `=final` for the second only, `=guarded` for the third only.
 
 use std::{collections::BTreeMap, io::BufReader, path::PathBuf};
 
@@ -27,7 +30,9 @@ use chorus_core::{
     testkit::{NullMachine, Rng},
     timeline::BlockSource,
 };
-use chorus_kairos::{Kairos2Machine, KairosMachine};
+use chorus_kairos::{
+    Kairos2Machine, Kairos3Machine, KairosMachine, guard::MAX_EMISSARIES_PER_AUTHOR,
+};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 
@@ -81,6 +86,8 @@ struct Variant {
     /// Prefixes of the file at which the state is recorded.
     prefixes: &'static [usize],
     stem: &'static str,
+    /// A token bomb (a stimulus of 2 000 tokens) at the middle of the file.
+    bomb: bool,
 }
 
 /// The first golden timeline: `kairos/1`, `lc-cid/1` (unchanged since issue 6).
@@ -91,6 +98,7 @@ const V1: Variant = Variant {
     late_events: LATE_EVENTS,
     prefixes: PREFIXES,
     stem: "golden_timeline",
+    bomb: false,
 };
 
 /// The versions of issue 16: `kairos/2` (leases, rendezvous council) ordered by `final/1`.
@@ -104,6 +112,21 @@ const V2_FINAL: Variant = Variant {
     late_events: 100,
     prefixes: &[300, 700, 1_100],
     stem: "golden_final_timeline",
+    bomb: false,
+};
+
+/// `kairos/3` (issue 15: the guards against a hostile writer) ordered by `final/1`: the
+/// writers answer stimuli whether asked or not (only the asked can win), the late writer's 50
+/// registrations meet the per-author cap, the removed member's registrations expire, and a
+/// token bomb meets the token cap.
+const V3_GUARDED: Variant = Variant {
+    machine: "kairos/3",
+    order: Some("final/1"),
+    events: 1_000,
+    late_events: 100,
+    prefixes: &[250, 500, 750],
+    stem: "golden_guarded_timeline",
+    bomb: true,
 };
 
 /// Builds the golden event list (deterministic: fixed keys and seeds).
@@ -219,6 +242,19 @@ fn generate(v: &Variant) -> Vec<SignedEvent> {
             }
             continue;
         }
+        if v.bomb && made == events / 2 {
+            let ev = reps[w]
+                .prepare(
+                    keys[w].author(),
+                    kind::STIMULUS,
+                    text(&sentence(&mut rng, 2_000)),
+                )
+                .sign(keys[w]);
+            reps[w].insert_deferred(ev.clone()).unwrap();
+            last_stimulus = Some(ev.id());
+            all.push(ev);
+            continue;
+        }
         // Under final/1 the members also heartbeat (a null body: the generating replicas do
         // not fold, so they attest nothing).
         if v.order.is_some() && rng.below(10) < 3 {
@@ -293,6 +329,7 @@ fn replay(v: &Variant, events: &[SignedEvent]) -> Value {
     match v.machine {
         "kairos/1" => replay_on(v, events, KairosMachine),
         "kairos/2" => replay_on(v, events, Kairos2Machine),
+        "kairos/3" => replay_on(v, events, Kairos3Machine),
         m => panic!("no golden machine {m}"),
     }
 }
@@ -332,13 +369,40 @@ where
         }
         marks.push(mark);
     }
-    json!({
+    let mut out = json!({
         "events_in_file": events.len(),
         "excluded": events.iter().filter(|e| tl.is_excluded(&e.id())).count(),
         "equivocations": tl.equivocations().len(),
         "rewinds": tl.stats().rewinds,
         "marks": marks,
-    })
+    });
+    if v.machine == "kairos/3" {
+        // What the guards met: the late writer's registrations capped, the removed member's
+        // expired, answers from emissaries the elections did not ask (or asked before).
+        use chorus_kairos::guard::registrations_of;
+        let s = tl.state();
+        let late = Keypair::from_seed([5; 32]).author();
+        let removed = Keypair::from_seed([3; 32]).author();
+        let unasked: u64 = s
+            .stimuli
+            .iter()
+            .map(|r| u64::from(r.intents - r.answered.count_ones()))
+            .sum();
+        let registered = |a: AuthorId| {
+            events
+                .iter()
+                .filter(|e| e.author == a && e.kind == kind::EMISSARY)
+                .count()
+        };
+        out["guard"] = json!({
+            "registrations_of_the_removed_member": registered(removed),
+            "registrations_of_the_late_writer": registered(late),
+            "capped_author": registrations_of(s, &late) == MAX_EMISSARIES_PER_AUTHOR,
+            "expired_removed_member": registrations_of(s, &removed) == 0,
+            "unasked_answers": unasked,
+        });
+    }
+    out
 }
 
 fn hex(b: [u8; 32]) -> String {
@@ -416,16 +480,43 @@ fn golden_final_timeline_replays_bit_for_bit() {
     );
 }
 
+/// `kairos/3` on `final/1`, bit for bit (issue 15): the guards against a hostile writer, on
+/// every platform.
 #[test]
-#[ignore = "regenerates the fixtures; run with CHORUS_REGENERATE_GOLDEN=1 (both) or =final"]
+fn golden_guarded_timeline_replays_bit_for_bit() {
+    let events = load_fixture(&V3_GUARDED);
+    let got = replay(&V3_GUARDED, &events);
+    assert_eq!(
+        got,
+        expected(&V3_GUARDED),
+        "the kairos/3 golden timeline's state differs on this platform ({}): determinism is \
+         broken",
+        std::env::consts::ARCH
+    );
+    assert_eq!(got["equivocations"], 1);
+    assert!(got["guard"]["capped_author"].as_bool().unwrap(), "{got}");
+    assert!(
+        got["guard"]["expired_removed_member"].as_bool().unwrap(),
+        "{got}"
+    );
+    assert!(
+        got["guard"]["unasked_answers"].as_u64().unwrap() > 0,
+        "{got}"
+    );
+}
+
+#[test]
+#[ignore = "regenerates the fixtures; run with CHORUS_REGENERATE_GOLDEN=1 (all), =final or =guarded"]
 fn regenerate_golden_timeline() {
     let Some(which) = std::env::var_os("CHORUS_REGENERATE_GOLDEN") else {
         return;
     };
     let variants: &[&Variant] = if which == "final" {
         &[&V2_FINAL]
+    } else if which == "guarded" {
+        &[&V3_GUARDED]
     } else {
-        &[&V1, &V2_FINAL]
+        &[&V1, &V2_FINAL, &V3_GUARDED]
     };
     for v in variants {
         let events = generate(v);

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use chorus_core::{AuthorId, EventId, Machine, SignedEvent, Timeline, machine::CounterMachine};
-use chorus_kairos::{Kairos2Machine, KairosMachine, KairosState};
+use chorus_kairos::{Kairos2Machine, Kairos3Machine, KairosMachine, KairosState};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 
@@ -17,6 +17,8 @@ pub trait Describe: Machine + Copy + Default + Send + 'static {
     }
     /// Whether an `escalate` event widens an election (the gateway writes one only then).
     const ESCALATES: bool = false;
+    /// Emissaries the machine registers for one author (`None`: no bound of its own).
+    const EMISSARIES_PER_AUTHOR: Option<usize> = None;
 }
 
 /// One stimulus's election as the replicated state has it.
@@ -84,21 +86,38 @@ impl Describe for KairosMachine {
     }
 }
 
+/// The council's view (`kairos/2` and later): its clock and who holds a lease.
+fn describe_council(s: &KairosState) -> Value {
+    let mut v = describe_kairos(s);
+    v["stimuli_applied"] = json!(s.stimuli_applied);
+    v["leases"] = json!(
+        s.last_active
+            .keys()
+            .map(|a| json!({
+                "author": a.to_string(),
+                "leased": chorus_kairos::council::leased(s, a),
+            }))
+            .collect::<Vec<_>>()
+    );
+    v
+}
+
 impl Describe for Kairos2Machine {
     const ESCALATES: bool = true;
     fn describe(s: &Self::State) -> Value {
-        let mut v = describe_kairos(s);
-        v["stimuli_applied"] = json!(s.stimuli_applied);
-        v["leases"] = json!(
-            s.last_active
-                .keys()
-                .map(|a| json!({
-                    "author": a.to_string(),
-                    "leased": chorus_kairos::council::leased(s, a),
-                }))
-                .collect::<Vec<_>>()
-        );
-        v
+        describe_council(s)
+    }
+    fn elections(s: &Self::State) -> Vec<ElectionView> {
+        kairos_elections(s)
+    }
+}
+
+impl Describe for Kairos3Machine {
+    const ESCALATES: bool = true;
+    const EMISSARIES_PER_AUTHOR: Option<usize> =
+        Some(chorus_kairos::guard::MAX_EMISSARIES_PER_AUTHOR);
+    fn describe(s: &Self::State) -> Value {
+        describe_council(s)
     }
     fn elections(s: &Self::State) -> Vec<ElectionView> {
         kairos_elections(s)

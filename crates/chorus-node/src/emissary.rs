@@ -45,6 +45,10 @@ pub const MAX_WAITING: usize = 256;
 pub const RESELECT_WINDOW: Duration = Duration::from_secs(60);
 /// Registration retries while the node's writes are still held (write gate).
 const REGISTER_ATTEMPTS: u32 = 20;
+/// Stimuli seen between two checks that the registration is still in the state (`kairos/3`
+/// expires the registrations of an author silent for 64 stimuli; a node that was away, or a
+/// light node never asked, registers again within this many stimuli of noticing).
+pub const REGISTRATION_CHECK_EVERY: u64 = 16;
 /// Characters of a backend's model name or error message kept in an intent.
 pub const MAX_NOTE_CHARS: usize = 512;
 
@@ -93,6 +97,8 @@ pub struct EmissaryStats {
     pub busy: AtomicU64,
     pub lagged: AtomicU64,
     pub model_ms_total: AtomicU64,
+    /// Registrations written after the first (the machine had expired it).
+    pub registered_again: AtomicU64,
 }
 
 /// A running emissary as the rest of the node sees it.
@@ -113,6 +119,7 @@ impl EmissaryInfo {
             "in_flight": l(&s.in_flight), "intents": l(&s.intents), "failures": l(&s.failures),
             "refused_commands": l(&s.refused_commands), "busy": l(&s.busy), "lagged": l(&s.lagged),
             "model_ms_total": l(&s.model_ms_total),
+            "registered_again": l(&s.registered_again),
         })
     }
 }
@@ -277,6 +284,7 @@ async fn run(
         .parse()
         .map_err(|e| anyhow::anyhow!("the node's author key {author_text:?}: {e}"))?;
     register(&cfg, &node, &author_text).await?;
+    let author_text = Arc::new(author_text);
     tracing::info!(emissary = %cfg.name, backend = %backend.name(), "emissary ready");
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let cfg = Arc::new(cfg);
@@ -288,8 +296,11 @@ async fn run(
             biased;
             r = feed.recv() => match r {
                 Ok(ev) if ev.kind == kind::STIMULUS => {
-                    stats.stimuli_seen.fetch_add(1, Ordering::Relaxed);
+                    let seen = stats.stimuli_seen.fetch_add(1, Ordering::Relaxed) + 1;
                     waiting.add(ev, Instant::now());
+                    if seen.is_multiple_of(REGISTRATION_CHECK_EVERY) {
+                        register_again(&cfg, &node, &stats, &author_text);
+                    }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
@@ -384,8 +395,30 @@ fn start_answer(
     }
 }
 
-/// Registers the emissary (an `emissary` event) unless the state already lists it.
-async fn register(cfg: &EmissaryConfig, node: &NodeHandle, author: &str) -> anyhow::Result<()> {
+/// Checks in a task of its own that the state still lists the emissary, and registers it
+/// again if the machine expired it.
+fn register_again(
+    cfg: &Arc<EmissaryConfig>,
+    node: &NodeHandle,
+    stats: &Arc<EmissaryStats>,
+    author: &Arc<String>,
+) {
+    let (cfg, node, stats, author) = (cfg.clone(), node.clone(), stats.clone(), author.clone());
+    tokio::spawn(async move {
+        match register(&cfg, &node, &author).await {
+            Ok(true) => {
+                stats.registered_again.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(emissary = %cfg.name, "registered again: the timeline had expired the registration");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(emissary = %cfg.name, "registration check: {e}"),
+        }
+    });
+}
+
+/// Registers the emissary (an `emissary` event) unless the state already lists it; whether it
+/// wrote one.
+async fn register(cfg: &EmissaryConfig, node: &NodeHandle, author: &str) -> anyhow::Result<bool> {
     let listed = |state: &Value| {
         state["state"]["emissaries"].as_array().is_some_and(|l| {
             l.iter()
@@ -394,7 +427,7 @@ async fn register(cfg: &EmissaryConfig, node: &NodeHandle, author: &str) -> anyh
     };
     for attempt in 0..REGISTER_ATTEMPTS {
         if listed(&node.state().await?) {
-            return Ok(());
+            return Ok(false);
         }
         let registration = Registration {
             name: cfg.name.clone(),
@@ -405,7 +438,7 @@ async fn register(cfg: &EmissaryConfig, node: &NodeHandle, author: &str) -> anyh
             .append(vec![(kind::EMISSARY.into(), registration.to_ipld())])
             .await?
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(e @ WriteError::Refused { .. }) => {
                 anyhow::bail!("emissary {:?} cannot register: {e}", cfg.name)
             }

@@ -93,6 +93,16 @@ pub async fn run<M: Describe>(
              anyone who reaches it can write"
         );
     }
+    if let Some(most) = M::EMISSARIES_PER_AUTHOR
+        && cfg.emissaries.len() > most
+    {
+        bail!(
+            "{} emissaries configured, and the timeline's machine ({}) registers at most {most} \
+             for one node key: run the others on another node",
+            cfg.emissaries.len(),
+            M::default().id()
+        );
+    }
     let genesis = replica.timeline().genesis_id();
     let final_order = replica.timeline().genesis().is_final_order();
     let private = replica.timeline().genesis().is_private();

@@ -1,4 +1,4 @@
-//! The machines this build runs, by the id a genesis names (`kairos/2`, `kairos/1`, `counter/1`), and the
+//! The machines this build runs, by the id a genesis names (`kairos/3`, `kairos/2`, `kairos/1`, `counter/1`), and the
 //! one place that turns such an id into a type: a replica is generic over its machine, and
 //! whatever opens one (the CLI's subcommands, `join`, import) asks [`dispatch`] to run it with
 //! the right type. Adding a machine is one line here.
@@ -7,14 +7,14 @@ use std::path::Path;
 
 use anyhow::Result;
 use chorus_core::{SignedEvent, genesis::Genesis, machine::CounterMachine};
-use chorus_kairos::{Kairos2Machine, KairosMachine};
+use chorus_kairos::{Kairos2Machine, Kairos3Machine, KairosMachine};
 use chorus_net::Addr;
 use chorus_store::Replica;
 
 use crate::describe::Describe;
 
 /// The machine ids this build knows.
-pub const MACHINES: &[&str] = &["kairos/2", "kairos/1", "counter/1"];
+pub const MACHINES: &[&str] = &["kairos/3", "kairos/2", "kairos/1", "counter/1"];
 
 /// A genesis names a machine this build does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +30,7 @@ pub trait WithMachine {
 /// Runs `task` with the machine type of `id`.
 pub fn dispatch<T: WithMachine>(id: &str, task: T) -> Result<T::Output, UnknownMachine> {
     match id {
+        "kairos/3" => Ok(task.run::<Kairos3Machine>()),
         "kairos/2" => Ok(task.run::<Kairos2Machine>()),
         "kairos/1" => Ok(task.run::<KairosMachine>()),
         "counter/1" => Ok(task.run::<CounterMachine>()),

@@ -15,13 +15,21 @@ use chorus_core::{
     storage::MemStore,
     sync::{SyncRequest, SyncResponse, Syncer},
 };
-use chorus_kairos::machine::Kairos2Machine;
+use chorus_kairos::machine::Kairos3Sabotage;
 
 /// The machine every simulated node runs: the one `chorus init` and `chorus swarm` make
-/// timelines with (`kairos/2`), so the simulator checks the elections the node ships.
-pub type SimMachine = Kairos2Machine;
+/// timelines with (`kairos/3`), so the simulator checks the elections the node ships. Its
+/// guards are on but in a run with [`Sabotage::UnguardedMachine`] ([`sim_machine`]).
+pub type SimMachine = Kairos3Sabotage;
+
+/// The machine of a run with `sabotage`.
+pub fn sim_machine(sabotage: Sabotage) -> SimMachine {
+    Kairos3Sabotage {
+        unguarded: sabotage == Sabotage::UnguardedMachine,
+    }
+}
 /// Its id, as the simulated genesis names it.
-pub const SIM_MACHINE_ID: &str = "kairos/2";
+pub const SIM_MACHINE_ID: &str = "kairos/3";
 
 use crate::scenario::Attack;
 
@@ -173,6 +181,10 @@ pub enum Sabotage {
     /// made-up parents are held without a quota and forwarded (C4 must fail on the
     /// `stranger_flood` attack).
     TrustStrangers,
+    /// Every node (and the oracle's reference model) folds `kairos/3` without its guards
+    /// against a hostile writer (the rules of `kairos/2`): the adversary's unasked answers win,
+    /// its dummies fill the council, its token bombs feed the engine (C11 must fail).
+    UnguardedMachine,
     /// Every node decides membership by arrival order (the rule before membership versions):
     /// the adversary's `admin_fork` splits the replicas (C1 must fail).
     MembershipArrivalOrder,

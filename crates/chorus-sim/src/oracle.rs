@@ -32,6 +32,9 @@
 //!   ones) — every live honest writer up for [`WRITES_REOPEN_WITHIN_MS`] at the end can write:
 //!   a node that came back empty (or a light node) opened its write gate once its peers
 //!   confirmed its own chain, whatever an adversary claimed about that chain.
+//! * **C11 guarded machine** — what `kairos/3` promises against a hostile writer, read from
+//!   the folded state and the events: every election won by an emissary it asked, no author
+//!   with more than four registrations, the engine fed at most 256 tokens of each event.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,7 +42,7 @@ use chorus_core::{AuthorId, EventId, Machine, SignedEvent, genesis::Genesis, mac
 use sha2::{Digest, Sha256};
 
 use crate::{
-    node::{Outcome, Sabotage, SimNode},
+    node::{Outcome, Sabotage, SimMachine, SimNode},
     scenario::Attack,
     world::World,
 };
@@ -101,14 +104,13 @@ fn reported_hash(w: &World, n: &SimNode) -> [u8; 32] {
             .iter()
             .filter_map(|id| n.tl().load(id, n.store()).ok())
             .collect();
-        return fold(&w.genesis, &evs);
+        return fold(&w.genesis, &evs, crate::node::sim_machine(w.sabotage));
     }
     n.tl().state_hash()
 }
 
 /// Folds `evs` in the given order from the genesis state.
-fn fold(genesis: &SignedEvent, evs: &[SignedEvent]) -> [u8; 32] {
-    let m = crate::node::SimMachine::default();
+fn fold(genesis: &SignedEvent, evs: &[SignedEvent], m: SimMachine) -> [u8; 32] {
     let g = Genesis::from_event(genesis).expect("the sim's genesis");
     let mut state = m.init(&g);
     for e in evs {
@@ -127,8 +129,79 @@ fn fold(genesis: &SignedEvent, evs: &[SignedEvent]) -> [u8; 32] {
     m.state_hash(&state)
 }
 
+/// C11, what `kairos/3` guarantees against a hostile writer, read from the folded state and
+/// the events themselves: every election's winner is an intent of an emissary the election
+/// asked; no author holds more registrations than [`MAX_EMISSARIES_PER_AUTHOR`]; the engine
+/// took exactly `min(tokens, MAX_TOKENS_PER_EVENT)` steps for each stimulus and intent folded.
+fn guarded_machine(reference: &SimNode) -> Vec<String> {
+    use chorus_core::event::{body_text, kind};
+    use chorus_kairos::{
+        body::Intent,
+        guard::{MAX_EMISSARIES_PER_AUTHOR, MAX_TOKENS_PER_EVENT},
+    };
+    let (tl, store) = (reference.tl(), reference.store());
+    let s = tl.state();
+    // One line per rule (the verdict shows three).
+    let mut c11 = vec![];
+    let mut unasked = vec![];
+    for r in &s.stimuli {
+        let Some(win) = r.winner else { continue };
+        match tl.load(&win, store) {
+            Ok(e) => {
+                let by = (
+                    e.author,
+                    Intent::view(&e.body).emissary.unwrap_or("").to_string(),
+                );
+                if !r.selected.contains(&by) {
+                    unasked.push(format!("{} by {}/{}", r.id, by.0.fmt_short(), by.1));
+                }
+            }
+            Err(e) => unasked.push(format!("winner {win} unreadable: {e}")),
+        }
+    }
+    if let Some(first) = unasked.first() {
+        c11.push(format!(
+            "{} elections won by an emissary whom its election did not ask (first: {first})",
+            unasked.len()
+        ));
+    }
+    let mut per_author: BTreeMap<AuthorId, usize> = BTreeMap::new();
+    for (a, _) in s.emissaries.keys() {
+        *per_author.entry(*a).or_default() += 1;
+    }
+    if let Some((a, k)) = per_author.iter().max_by_key(|(_, k)| **k)
+        && *k > MAX_EMISSARIES_PER_AUTHOR
+    {
+        c11.push(format!(
+            "{} holds {k} emissary registrations (most {MAX_EMISSARIES_PER_AUTHOR})",
+            a.fmt_short()
+        ));
+    }
+    let mut steps = 0u64;
+    for id in tl.order() {
+        if tl.is_excluded(&id) {
+            continue;
+        }
+        let Ok(e) = tl.load(&id, store) else { continue };
+        let text = match e.kind.as_str() {
+            kind::STIMULUS => body_text(&e.body),
+            kind::INTENT => Intent::view(&e.body).text,
+            _ => continue,
+        };
+        let tokens = text.unwrap_or("").split_whitespace().count();
+        steps += tokens.min(MAX_TOKENS_PER_EVENT) as u64;
+    }
+    if s.engine.steps != steps {
+        c11.push(format!(
+            "the engine took {} steps; the events folded allow {steps}",
+            s.engine.steps
+        ));
+    }
+    c11
+}
+
 /// The reference model (C5): order by `(lc, id)`, exclude forks, fold.
-pub fn reference_hash(genesis: &SignedEvent, events: &[SignedEvent]) -> [u8; 32] {
+pub fn reference_hash(genesis: &SignedEvent, events: &[SignedEvent], m: SimMachine) -> [u8; 32] {
     let mut by_seq: BTreeMap<(AuthorId, u64), BTreeSet<EventId>> = BTreeMap::new();
     for e in events {
         by_seq.entry((e.author, e.seq)).or_default().insert(e.id());
@@ -146,7 +219,7 @@ pub fn reference_hash(genesis: &SignedEvent, events: &[SignedEvent]) -> [u8; 32]
         .cloned()
         .collect();
     kept.sort_by_key(|e| (e.lamport, e.id()));
-    fold(genesis, &kept)
+    fold(genesis, &kept, m)
 }
 
 /// The reference model (C5) of a `final/1` timeline, written apart from the timeline's own
@@ -155,7 +228,11 @@ pub fn reference_hash(genesis: &SignedEvent, events: &[SignedEvent]) -> [u8; 32]
 /// excluded once its author repeated a final `sq`; the rest follow by `(lc, id)`, an
 /// equivocating author's events excluded from its fork on. The committee is the genesis's
 /// members (the simulator makes no membership changes).
-pub fn reference_hash_final(genesis: &SignedEvent, events: &[SignedEvent]) -> [u8; 32] {
+pub fn reference_hash_final(
+    genesis: &SignedEvent,
+    events: &[SignedEvent],
+    m: SimMachine,
+) -> [u8; 32] {
     use chorus_core::finality::{Finality, Node, quorum};
     let g = Genesis::from_event(genesis).expect("the sim's genesis");
     let mut committee: Vec<AuthorId> = g.writers.clone();
@@ -216,7 +293,7 @@ pub fn reference_hash_final(genesis: &SignedEvent, events: &[SignedEvent]) -> [u
     }
     // `fold` starts from the genesis state: the genesis itself is not applied by it.
     kept.retain(|e| e.id() != genesis.id());
-    fold(genesis, &kept)
+    fold(genesis, &kept, m)
 }
 
 /// Folds every live replica's state (two threads) and runs C1–C5.
@@ -320,7 +397,7 @@ pub fn judge(w: &mut World) -> Findings {
         }
     }
     let mut honest_seqs: BTreeMap<(AuthorId, u64), u32> = BTreeMap::new();
-    // The heartbeats the honest nodes wrote: part of the state under kairos/2 (they renew the
+    // The heartbeats the honest nodes wrote: part of the state under kairos/2 and kairos/3 (they renew the
     // leases of their authors' emissaries), so part of C5's model.
     let mut heartbeat_ids: Vec<EventId> = vec![];
     for id in &order {
@@ -428,6 +505,18 @@ pub fn judge(w: &mut World) -> Findings {
                     Outcome::DroppedBanned,
                     Outcome::DroppedSeen,
                 ],
+                // A low-Lamport event is signed by its member author but breaks `lc =
+                // max(parents) + 1`: refused where its parents are held; where they are not it
+                // waits in the pending set like any member's event (and is forwarded) until
+                // they come, and is refused then. Never in a replica: the forged-block check.
+                Attack::LowLamport => &[
+                    Outcome::Rejected,
+                    Outcome::Accepted,
+                    Outcome::Busy,
+                    Outcome::Duplicate,
+                    Outcome::DroppedSeen,
+                    Outcome::DroppedBanned,
+                ],
                 // A valid fork whose parents a full pending set cannot hold yet is back-
                 // pressure (not taken, not charged), as for any valid block.
                 Attack::Equivocate => &[
@@ -459,7 +548,13 @@ pub fn judge(w: &mut World) -> Findings {
                     Outcome::DroppedSeen,
                     Outcome::DroppedBanned,
                 ],
-                Attack::FalseAttestation | Attack::VoteOff => &[
+                // Valid member events (an unasked answer, a registration, a token bomb): taken
+                // in; what they do to the state is judged by C11.
+                Attack::FalseAttestation
+                | Attack::VoteOff
+                | Attack::UnaskedAnswer
+                | Attack::SlotFill
+                | Attack::TokenBomb => &[
                     Outcome::Accepted,
                     Outcome::Busy,
                     Outcome::Duplicate,
@@ -473,7 +568,9 @@ pub fn judge(w: &mut World) -> Findings {
                 ],
                 Attack::OversizedMessage => &[Outcome::RefusedUnread, Outcome::DroppedBanned],
                 Attack::BadRequest => &[Outcome::Refused, Outcome::DroppedBanned],
-                Attack::Flood => &[Outcome::Refused, Outcome::Served, Outcome::DroppedBanned],
+                Attack::Flood | Attack::RangeScan => {
+                    &[Outcome::Refused, Outcome::Served, Outcome::DroppedBanned]
+                }
             };
             for (o, c) in &outcomes {
                 if *o != Outcome::Lost && !allowed.contains(o) {
@@ -482,6 +579,9 @@ pub fn judge(w: &mut World) -> Findings {
             }
             if a == Attack::Flood && outcomes.get(&Outcome::Refused).copied().unwrap_or(0) == 0 {
                 c4.push("flood: nothing refused".into());
+            }
+            if a == Attack::LowLamport && !outcomes.contains_key(&Outcome::Rejected) {
+                c4.push("low_lamport: never refused".into());
             }
             if a == Attack::Equivocate && outcomes.contains_key(&Outcome::Accepted) {
                 for n in &live {
@@ -541,9 +641,17 @@ pub fn judge(w: &mut World) -> Findings {
         }
     }
     let model = if w.sc.order.is_some() {
-        reference_hash_final(&w.genesis, &reference_set)
+        reference_hash_final(
+            &w.genesis,
+            &reference_set,
+            crate::node::sim_machine(w.sabotage),
+        )
     } else {
-        reference_hash(&w.genesis, &reference_set)
+        reference_hash(
+            &w.genesis,
+            &reference_set,
+            crate::node::sim_machine(w.sabotage),
+        )
     };
     for n in &live {
         let h = reported_hash(w, n);
@@ -557,6 +665,10 @@ pub fn judge(w: &mut World) -> Findings {
         }
     }
     f.verdicts.push(verdict("C5 reference model", c5));
+
+    // C11
+    let c11 = guarded_machine(reference);
+    f.verdicts.push(verdict("C11 guarded machine", c11));
 
     // C8: with heartbeats, every acknowledged write ends up behind the settled frontier of
     // every live honest full node (idle members cover it with a heartbeat). Under lc-cid/1

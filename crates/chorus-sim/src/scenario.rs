@@ -187,10 +187,25 @@ pub enum Attack {
     /// one removing it, to different peers; then an event of the new key. Every replica must
     /// decide each event by its own past, whatever order the halves arrive in.
     AdminFork,
+    /// The adversary's emissary answers the newest stimulus it holds at once, with a valid
+    /// intent, asked or not (`kairos/3`: only an emissary the election asked can win).
+    UnaskedAnswer,
+    /// Eight more emissary registrations under the adversary's key each time (`kairos/3`: an
+    /// author holds at most four).
+    SlotFill,
+    /// A stimulus of 4 000 tokens (`kairos/3`: the first 256 feed the engine).
+    TokenBomb,
+    /// An event with a Lamport clock far below its parents' (it would sort before nearly
+    /// everything and force every replica to fold again from the start): refused by the
+    /// decoder's rule `lc = max(parents) + 1`.
+    LowLamport,
+    /// `Range` requests for the whole chain of a random honest author (answered through the
+    /// author's chain: the cost is what the answer holds, within the wire limit and the rate).
+    RangeScan,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 12] = [
+    pub const ALL: [Attack; 17] = [
         Attack::BitFlip,
         Attack::ForgedAuthor,
         Attack::Equivocate,
@@ -203,6 +218,11 @@ impl Attack {
         Attack::VoteOff,
         Attack::StrangerFlood,
         Attack::AdminFork,
+        Attack::UnaskedAnswer,
+        Attack::SlotFill,
+        Attack::TokenBomb,
+        Attack::LowLamport,
+        Attack::RangeScan,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -218,6 +238,11 @@ impl Attack {
             Attack::VoteOff => "vote_off",
             Attack::StrangerFlood => "stranger_flood",
             Attack::AdminFork => "admin_fork",
+            Attack::UnaskedAnswer => "unasked_answer",
+            Attack::SlotFill => "slot_fill",
+            Attack::TokenBomb => "token_bomb",
+            Attack::LowLamport => "low_lamport",
+            Attack::RangeScan => "range_scan",
         }
     }
 }

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     node::{
         Envelope, Msg, Node, NodeIx, Outcome, SIM_MACHINE_ID, Sabotage, SimMachine, SimNode,
-        SimRequest, Status,
+        SimRequest, Status, sim_machine,
     },
     rng::Rng,
     scenario::{Attack, PartitionKind, Scenario},
@@ -55,6 +55,12 @@ pub const MAX_SIM_MS: u64 = 6 * 3_600_000;
 pub const FLOOD_REQUESTS: usize = 1_000;
 /// Blocks an adversary replays at once.
 pub const REPLAY_BLOCKS: usize = 20;
+/// Whole-chain `Range` requests one `range_scan` attack sends.
+pub const RANGE_SCANS: usize = 4;
+/// Registrations one `slot_fill` attack writes.
+pub const SLOT_FILL_REGISTRATIONS: usize = 8;
+/// Tokens of one `token_bomb` stimulus.
+pub const TOKEN_BOMB_TOKENS: usize = 4_000;
 /// Events of one fresh non-member key an adversary floods at once (more than the per-key
 /// stranger quota, `MAX_PENDING_PER_STRANGER`).
 pub const STRANGER_FLOOD_EVENTS: u64 = 100;
@@ -162,6 +168,10 @@ pub struct World {
     net_rng: Rng,
     fault_rng: Rng,
     byz_rng: Rng,
+    /// Adversaries whose `unasked_answer` emissary is registered.
+    byz_registered: BTreeSet<NodeIx>,
+    /// Dummy emissaries the `slot_fill` attacks registered.
+    byz_dummies: u64,
     writer_rngs: Vec<Rng>,
     next_rid: u64,
     /// Acknowledged writes: id → (author node, ack time).
@@ -353,6 +363,8 @@ impl World {
             net_rng: Rng::stream(seed, "network"),
             fault_rng: Rng::stream(seed, "faults"),
             byz_rng: Rng::stream(seed, "byzantine"),
+            byz_registered: BTreeSet::new(),
+            byz_dummies: 0,
             writer_rngs,
             next_rid: 0,
             acked: BTreeMap::new(),
@@ -1310,7 +1322,7 @@ impl World {
             // the node held in memory is gone with the crash anyway.
             let n = &mut self.nodes[i];
             let blank = Local::new(
-                Timeline::new(self.genesis.clone(), SimMachine::default())
+                Timeline::new(self.genesis.clone(), sim_machine(self.sabotage))
                     .expect("the sim's genesis"),
                 MemStore::new(&self.genesis),
                 n.key.clone(),
@@ -1427,6 +1439,22 @@ impl World {
                 },
             );
         }
+    }
+
+    /// An adversary writes a valid event of its own (kept by its own node, which takes it as
+    /// an honest one would) and gossips it to each of `peers`.
+    fn adversary_write(
+        &mut self,
+        node: NodeIx,
+        peers: &[NodeIx],
+        kind: &str,
+        body: Ipld,
+        a: Attack,
+    ) {
+        let n = &mut self.nodes[node];
+        let ev = n.tl().prepare(n.key.author(), kind, body).sign(&n.key);
+        let _ = n.node.local_mut().ingest(vec![ev.clone()]);
+        self.gossip_attack(node, peers, ev.bytes_arc(), a);
     }
 
     /// An adversary gossips `block` to each of `peers` (every send accounted to `a`).
@@ -1653,6 +1681,56 @@ impl World {
                 }
                 self.gossip_attack(node, &peers, newcomers.bytes_arc(), a);
             }
+            Attack::UnaskedAnswer => {
+                // Its emissary first (registered once), then an answer to the newest stimulus.
+                let name = "byz-answer";
+                if self.byz_registered.insert(node) {
+                    let body = Registration::named(name).to_ipld();
+                    self.adversary_write(node, &peers, kind::EMISSARY, body, a);
+                }
+                let Some((_, re)) = self.nodes[node].last_stimulus else {
+                    return;
+                };
+                let body = Intent {
+                    re: Some(re),
+                    emissary: name.into(),
+                    text: Some("first valid answer".into()),
+                    commands: Some(vec!["say mine".into()]),
+                    ..Default::default()
+                }
+                .to_ipld();
+                self.adversary_write(node, &peers, kind::INTENT, body, a);
+            }
+            Attack::SlotFill => {
+                for _ in 0..SLOT_FILL_REGISTRATIONS {
+                    let k = self.byz_dummies;
+                    self.byz_dummies += 1;
+                    let body = Registration::named(format!("dummy-{k}")).to_ipld();
+                    self.adversary_write(node, &peers, kind::EMISSARY, body, a);
+                }
+            }
+            Attack::TokenBomb => {
+                let text = vec![WORDS[0]; TOKEN_BOMB_TOKENS].join(" ");
+                let body = Stimulus::text(text).to_ipld();
+                self.adversary_write(node, &peers, kind::STIMULUS, body, a);
+            }
+            Attack::LowLamport => {
+                let n = &self.nodes[node];
+                let mut ev = n.tl().prepare(
+                    n.key.author(),
+                    kind::STIMULUS,
+                    Stimulus::text("from the distant past").to_ipld(),
+                );
+                // `lc = 1` is right for an event on the genesis alone: only a clock below
+                // what the parents demand is an attack.
+                if ev.lamport < 2 {
+                    return;
+                }
+                ev.lamport = 1;
+                let signed = ev.sign(&n.key);
+                self.stats.forged_ids.insert(signed.id());
+                self.gossip_attack(node, &peers, signed.bytes_arc(), a);
+            }
             Attack::Replay => {
                 for _ in 0..REPLAY_BLOCKS.min(held.len()) {
                     let b = held[self.byz_rng.below(held.len() as u64) as usize].clone();
@@ -1690,6 +1768,25 @@ impl World {
                     Some(a),
                 );
             }
+            Attack::RangeScan => {
+                let victims: Vec<AuthorId> = self
+                    .honest()
+                    .filter(|n| n.writer)
+                    .map(|n| n.key.author())
+                    .collect();
+                if victims.is_empty() {
+                    return;
+                }
+                for _ in 0..RANGE_SCANS {
+                    let author = victims[self.byz_rng.below(victims.len() as u64) as usize];
+                    let req = SyncRequest::Range {
+                        author,
+                        from_sq: 1,
+                        to_sq: u64::MAX,
+                    };
+                    self.request(node, target, req, Some(a));
+                }
+            }
             Attack::Flood => {
                 for _ in 0..FLOOD_REQUESTS {
                     self.request(node, target, SyncRequest::Summary, Some(a));
@@ -1707,7 +1804,7 @@ impl World {
 
 /// A replica holding only the genesis, with the run's sabotage of the finality quorum.
 fn fresh_timeline(genesis: &SignedEvent, sabotage: Sabotage) -> Timeline<SimMachine> {
-    let mut tl = Timeline::new(genesis.clone(), SimMachine::default()).expect("the sim's genesis");
+    let mut tl = Timeline::new(genesis.clone(), sim_machine(sabotage)).expect("the sim's genesis");
     if sabotage == Sabotage::QuorumHalf {
         tl.sabotage_finality_quorum(|n| (n / 2).max(1));
     }

@@ -294,6 +294,42 @@ fn an_admin_fork_splits_no_replica_unless_membership_follows_arrival_order() {
     assert!(failed.contains(&"C1 convergence"), "{failed:?}");
 }
 
+/// Issue 15: a member writes what `kairos/3` guards against — answers nobody asked for,
+/// eight emissary registrations at a time, 4 000-token stimuli — and events with a Lamport
+/// clock far below their parents'. The guards hold (C11) and the low-Lamport events are
+/// refused (C4); folding without the guards (`unguarded-machine`, the rules of `kairos/2`)
+/// fails C11 on each of the three, and nothing else.
+#[test]
+fn a_hostile_writer_meets_the_machines_guards_unless_they_are_switched_off() {
+    let mut sc = Suite::builtin()
+        .get("byzantine")
+        .expect("byzantine scenario")
+        .clone();
+    sc.byzantine.as_mut().expect("an adversary").attacks = vec![
+        Attack::UnaskedAnswer,
+        Attack::SlotFill,
+        Attack::TokenBomb,
+        Attack::LowLamport,
+    ];
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::UnguardedMachine);
+    assert_eq!(failed_checks(&r), vec!["C11 guarded machine"]);
+    let why = r
+        .failures()
+        .map(|f| format!("{f:?}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!("unguarded: {why}");
+    for sign in [
+        "whom its election did not ask",
+        "emissary registrations",
+        "steps",
+    ] {
+        assert!(why.contains(sign), "C11 did not report {sign:?}: {why}");
+    }
+}
+
 /// Issue 15's `hostile` scenario: every attack at once against 12 honest nodes, two of them
 /// wiped. The honest append rate and convergence time are bounded against the same seed
 /// without the adversaries ("adversary cost"); taking the peers' word in sync

@@ -60,6 +60,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/members", post(members::change))
         .route("/v1/swarm/intent", post(swarm::swarm_intent))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route_layer(middleware::from_fn(body_within_deadline))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     let reads = Router::new()
         .route("/v1/status", get(node::status))
@@ -76,6 +77,44 @@ pub fn router(api: Api) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), loopback_host))
         .with_state(api)
+}
+
+/// How long a write's request body may take to arrive whole (after its headers, which
+/// [`serve::HEADER_TIMEOUT`] bounds). A client that trickles a body a byte at a time would
+/// otherwise hold its connection, and one of [`serve::MAX_CONNECTIONS`], for as long as it likes.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads a write's body whole within [`BODY_TIMEOUT`] and [`MAX_API_BODY_BYTES`] before the
+/// handler runs (408 or 413 otherwise, saying which bound). Runs after the token check, so an
+/// unauthorised client is refused before anything of its body is read.
+async fn body_within_deadline(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, MAX_API_BODY_BYTES);
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, bytes.into())).await,
+        Ok(Err(e)) => {
+            let too_long = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_long {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is over {MAX_API_BODY_BYTES} bytes"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            }
+        }
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive whole within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ),
+    }
 }
 
 /// `GET /health`: `ok` while the node's actor runs, 503 once it has stopped (the API would
