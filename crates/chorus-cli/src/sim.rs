@@ -110,6 +110,8 @@ pub enum SabotageArg {
     /// kairos/3 without its guards against a hostile writer (C11 must fail on the unasked
     /// answers, the slot fill and the token bombs).
     UnguardedMachine,
+    /// No Lamport clock check (C4 must fail on the low-Lamport events).
+    AnyLamport,
     /// Order by event id alone, Lamport clocks ignored (C3 must fail).
     OrderWithoutLamport,
 }
@@ -346,6 +348,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::TrustStrangers => Sabotage::TrustStrangers,
                 SabotageArg::MembershipArrivalOrder => Sabotage::MembershipArrivalOrder,
                 SabotageArg::UnguardedMachine => Sabotage::UnguardedMachine,
+                SabotageArg::AnyLamport => Sabotage::AnyLamport,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
                 SabotageArg::OrderWithoutLamport => Sabotage::OrderWithoutLamport,
             };

@@ -81,6 +81,14 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
     });
     let lies_told = Arc::new(AtomicU64::new(0));
     let lies = lies_told.clone();
+    // Lies told to n2 itself (its peer id is its key's: the same after the wipe).
+    let n2_peer: chorus_net::Peer = n2.status().unwrap()["peer_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let lies_to_n2 = Arc::new(AtomicU64::new(0));
+    let lies_n2 = lies_to_n2.clone();
     let every_author: Vec<chorus_core::ids::AuthorId> = [&n0, &n1, &n2]
         .iter()
         .map(|n| {
@@ -118,8 +126,11 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
                         }
                     }
                 }
-                NetEvent::Request { id, req, .. } => {
+                NetEvent::Request { id, req, peer } => {
                     lies.fetch_add(1, Ordering::Relaxed);
+                    if peer == n2_peer {
+                        lies_n2.fetch_add(1, Ordering::Relaxed);
+                    }
                     let resp = match req {
                         // Far ahead of everyone, the asker's own chain included.
                         SyncRequest::Summary => SyncResponse::Summary(Summary {
@@ -182,9 +193,28 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The wiped node may have caught up from n1 before it first asked the liar (which peer
+    // answers first is a race on a loaded machine): it must then still ask the liar — it does
+    // ask every peer — and stay caught up with its writes open after the lies.
+    let asked_by = Instant::now() + Duration::from_secs(30);
+    while lies_to_n2.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < asked_by,
+            "the wiped node never asked the liar: the test proves nothing ({} lies to others)",
+            lies_told.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let s = n2.status().unwrap();
     assert!(
-        lies_told.load(Ordering::Relaxed) > 0,
-        "the liar was never asked: the test proves nothing"
+        s["writes_open"].as_bool().unwrap(),
+        "the lies closed its writes: {s:#}"
+    );
+    eprintln!(
+        "lies told to the wiped node: {} (to everyone: {})",
+        lies_to_n2.load(Ordering::Relaxed),
+        lies_told.load(Ordering::Relaxed)
     );
     // The wiped node writes, and the write reaches everyone.
     let ids = n2.append("n2 after the wipe {i}", 5).unwrap();

@@ -75,6 +75,21 @@ impl Api {
         )
     }
 
+    /// `POST path` with any bytes as its body (declared `content_type`), any status.
+    pub fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Answer, String> {
+        Answer::of(
+            self.agent
+                .post(self.url(path))
+                .header("content-type", content_type)
+                .send(body),
+        )
+    }
+
     /// `GET path` as JSON; `Err` unless the answer is a success.
     pub fn get(&self, path: &str) -> Result<Value, String> {
         self.get_answer(path)?.success()

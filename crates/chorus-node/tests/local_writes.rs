@@ -5,6 +5,8 @@
 //! real node: an input the node takes ends up as events that a peer's decoder accepts, and an
 //! input it refuses (4xx) leaves the timeline exactly as it was. (The CLI's offline path,
 //! `Replica::append_batch`, has the same property in `chorus-store/tests/local_writes.rs`.)
+//! A second test fuzzes the same four routes' JSON bodies as bytes: valid bodies mutated
+//! (bytes flipped, cut, spliced, nested deep, numbers huge, types swapped) and random bytes.
 
 use std::{path::Path, time::Duration};
 
@@ -295,4 +297,171 @@ fn what_the_api_stores_a_peer_accepts_and_what_it_refuses_changes_nothing() {
     assert!(n > 1);
     drop(store);
     Replica::open(dir.path(), KairosMachine).expect("the store reopens");
+}
+
+/// A body as bytes: a valid request of [`input`] mutated, or random bytes.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// The body as it is (so that some cases are taken, and the check below is not vacuous).
+    Keep,
+    /// One byte replaced.
+    Flip { at: usize, byte: u8 },
+    /// Cut after `at` bytes.
+    Cut { at: usize },
+    /// `bytes` spliced in at `at`.
+    Splice { at: usize, bytes: Vec<u8> },
+    /// The body wrapped in `depth` arrays.
+    Nest { depth: usize },
+    /// A field's value replaced by another JSON type or a huge number.
+    Swap { field: usize, with: usize },
+    /// Random bytes instead of the body.
+    Random { bytes: Vec<u8> },
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => Just(Mutation::Keep),
+        2 => (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Flip { at, byte }),
+        2 => any::<usize>().prop_map(|at| Mutation::Cut { at }),
+        2 => (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Mutation::Splice { at, bytes }),
+        2 => prop_oneof![Just(1usize), Just(127), Just(129), Just(10_000)]
+            .prop_map(|depth| Mutation::Nest { depth }),
+        2 => (any::<usize>(), 0usize..7).prop_map(|(field, with)| Mutation::Swap { field, with }),
+        2 => proptest::collection::vec(any::<u8>(), 0..512)
+            .prop_map(|bytes| Mutation::Random { bytes }),
+    ]
+}
+
+fn mutate(body: &Value, m: &Mutation) -> Vec<u8> {
+    let bytes = body.to_string().into_bytes();
+    let at = |i: usize| if bytes.is_empty() { 0 } else { i % bytes.len() };
+    match m {
+        Mutation::Keep => bytes,
+        Mutation::Flip { at: i, byte } => {
+            let mut b = bytes.clone();
+            if !b.is_empty() {
+                let i = at(*i);
+                b[i] = *byte;
+            }
+            b
+        }
+        Mutation::Cut { at: i } => bytes[..at(*i)].to_vec(),
+        Mutation::Splice {
+            at: i,
+            bytes: extra,
+        } => {
+            let i = at(*i);
+            [&bytes[..i], extra, &bytes[i..]].concat()
+        }
+        Mutation::Nest { depth } => {
+            let mut b = "[".repeat(*depth).into_bytes();
+            b.extend_from_slice(&bytes);
+            b.extend_from_slice("]".repeat(*depth).as_bytes());
+            b
+        }
+        Mutation::Swap { field, with } => {
+            let mut v = body.clone();
+            if let Some(o) = v.as_object_mut()
+                && !o.is_empty()
+            {
+                let k = o.keys().nth(field % o.len()).unwrap().clone();
+                o[&k] = [
+                    Value::Null,
+                    json!(true),
+                    json!(-1),
+                    json!(1e308),
+                    json!(u64::MAX),
+                    json!([1, "x"]),
+                    json!({"nested": {}}),
+                ][*with]
+                    .clone();
+            }
+            v.to_string().into_bytes()
+        }
+        Mutation::Random { bytes } => bytes.clone(),
+    }
+}
+
+/// A gateway request that still parses, with its `timeout_ms` made long or taken out by the
+/// mutation, would rightly wait that long for an election nobody answers (up to 600 s): such
+/// a body gets `timeout_ms: 1` back, so each case is answered at once.
+fn short_wait(path: &str, bytes: Vec<u8>) -> Vec<u8> {
+    if matches!(path, "/v1/events" | "/v1/members") {
+        return bytes;
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(mut o)) => {
+            let long = match o.get("timeout_ms") {
+                None | Some(Value::Null) => true,
+                Some(Value::Number(n)) => n.as_u64().is_none_or(|t| t > 50),
+                // Another type: refused (400) without a wait.
+                Some(_) => false,
+            };
+            if !long {
+                return bytes;
+            }
+            o.insert("timeout_ms".into(), json!(1));
+            Value::Object(o).to_string().into_bytes()
+        }
+        _ => bytes,
+    }
+}
+
+#[test]
+fn the_apis_json_bodies_fuzzed_as_bytes_are_answered_and_refusals_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let outcomes = std::cell::RefCell::new(std::collections::BTreeMap::<u16, usize>::new());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 200,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&(input(), mutation()), |(i, m)| {
+            let before = node.timeline();
+            let (path, body) = request(&i);
+            let bytes = short_wait(path, mutate(&body, &m));
+            let a = node
+                .api
+                .post_bytes(path, "application/json", &bytes)
+                .map_err(|e| TestCaseError::fail(format!("{path}: no answer: {e}")))?;
+            let after = node.timeline();
+            let stored = a.status == 200
+                || (a.status == 504 && !matches!(path, "/v1/events" | "/v1/members"));
+            prop_assert!(
+                stored || (400..500).contains(&a.status),
+                "{path}: unexpected {}: {}",
+                a.status,
+                a.body
+            );
+            if !stored {
+                prop_assert_eq!(
+                    &after,
+                    &before,
+                    "{}: refused but the timeline changed",
+                    path
+                );
+                let why = a.body["error"].as_str().unwrap_or_default();
+                prop_assert!(!why.is_empty(), "a refusal says why, as JSON: {}", a.body);
+            }
+            *outcomes.borrow_mut().entry(a.status).or_default() += 1;
+            Ok(())
+        })
+        .unwrap();
+    let health = node.api.get_answer("/health").expect("the node answers");
+    assert_eq!(health.status, 200, "the node is alive after the fuzzing");
+    node.stop();
+    let outcomes = outcomes.into_inner();
+    eprintln!("fuzzed JSON bodies, answers by status: {outcomes:?}");
+    // Not vacuous: most mutations are refused, and some are still taken.
+    assert!(
+        outcomes.get(&400).copied().unwrap_or(0) > 10,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.keys().any(|&c| c == 200 || c == 504),
+        "{outcomes:?}"
+    );
 }

@@ -185,6 +185,9 @@ pub enum Sabotage {
     /// against a hostile writer (the rules of `kairos/2`): the adversary's unasked answers win,
     /// its dummies fill the council, its token bombs feed the engine (C11 must fail).
     UnguardedMachine,
+    /// Every node takes an event's Lamport clock as it comes (no `lc = max(parents) + 1`
+    /// check): the adversary's `low_lamport` events are held (C4 must fail).
+    AnyLamport,
     /// Every node decides membership by arrival order (the rule before membership versions):
     /// the adversary's `admin_fork` splits the replicas (C1 must fail).
     MembershipArrivalOrder,

@@ -1823,6 +1823,9 @@ fn fresh_timeline(genesis: &SignedEvent, sabotage: Sabotage) -> Timeline<SimMach
     if sabotage == Sabotage::OrderWithoutLamport {
         tl.sabotage_order_without_lamport();
     }
+    if sabotage == Sabotage::AnyLamport {
+        tl.sabotage_any_lamport();
+    }
     tl
 }
 

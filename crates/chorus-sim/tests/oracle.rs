@@ -298,7 +298,8 @@ fn an_admin_fork_splits_no_replica_unless_membership_follows_arrival_order() {
 /// eight emissary registrations at a time, 4 000-token stimuli — and events with a Lamport
 /// clock far below their parents'. The guards hold (C11) and the low-Lamport events are
 /// refused (C4); folding without the guards (`unguarded-machine`, the rules of `kairos/2`)
-/// fails C11 on each of the three, and nothing else.
+/// fails C11 on each of the three, and nothing else; without the Lamport clock check
+/// (`any-lamport`) the low-clock events are held and C4 fails.
 #[test]
 fn a_hostile_writer_meets_the_machines_guards_unless_they_are_switched_off() {
     let mut sc = Suite::builtin()
@@ -321,6 +322,14 @@ fn a_hostile_writer_meets_the_machines_guards_unless_they_are_switched_off() {
         .collect::<Vec<_>>()
         .join(" ");
     println!("unguarded: {why}");
+    // The Lamport clock check switched off: the adversary's low-clock events are held.
+    sc.byzantine.as_mut().expect("an adversary").attacks = vec![Attack::LowLamport];
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::AnyLamport);
+    let failed = failed_checks(&r);
+    assert!(
+        failed.contains(&"C4 adversarial input rejected"),
+        "{failed:?}"
+    );
     for sign in [
         "whom its election did not ask",
         "emissary registrations",

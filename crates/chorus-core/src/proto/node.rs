@@ -535,7 +535,8 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 if let Some(first) = sent.first().map(|b| EventId::of_block(b)) {
                     match resp {
                         SyncResponse::Stored { ids } => {
-                            if let Some((w, r)) = self.outbox.on_stored(&peer, &first, &ids) {
+                            let done = self.outbox.on_stored(&peer, &first, &ids, &self.full_peers);
+                            if let Some((w, r)) = done {
                                 self.out.push_back(Output::WriteDone {
                                     write: w,
                                     result: r,
@@ -664,7 +665,8 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             self.act(a);
             if self.cfg.light {
                 self.prune();
-                for (write, result) in self.outbox.expire(now) {
+                let settled = self.outbox.settle(&self.full_peers);
+                for (write, result) in settled.into_iter().chain(self.outbox.expire(now)) {
                     self.out.push_back(Output::WriteDone { write, result });
                 }
             }

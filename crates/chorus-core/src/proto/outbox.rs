@@ -2,14 +2,17 @@
 //!
 //! A light node keeps only the recent past in memory, so its own events are not durable until
 //! a full node holds them. A local append is therefore signed, applied and gossiped at once,
-//! but **acknowledged** only when a full node answers the `Submit` of those blocks with
-//! `Stored` (it answers after its durable commit). Until then the submission sits here and is
-//! retried against the next full peer; a write that waited [`SUBMIT_TIMEOUT_MS`] is answered
-//! with an error saying so, and the retries go on (the events exist, and must reach a full
-//! node) until one stores them.
+//! but **acknowledged** only when [`WRITE_THROUGH_COPIES`] full nodes (or every full node the
+//! light node knows, if fewer) answered the `Submit` of those blocks with `Stored` (each
+//! answers after its durable commit): one lying full node alone cannot acknowledge a write it
+//! then drops (issue 15). Until then the submission sits here and is retried against the next
+//! full peers; a write that waited [`SUBMIT_TIMEOUT_MS`] is answered with an error saying so,
+//! and the retries go on (the events exist, and must reach the full nodes) until enough store
+//! them.
 //!
 //! Sans-IO: the caller passes the time and the set of full peers, sends what [`Outbox::dispatch`]
-//! returns, and delivers the outcomes that [`Outbox::on_stored`] and [`Outbox::expire`] return.
+//! returns, and delivers the outcomes that [`Outbox::on_stored`], [`Outbox::settle`] and
+//! [`Outbox::expire`] return.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -18,6 +21,17 @@ use crate::{
     EventId,
     sync::{MAX_PAGE_BYTES, MAX_SUBMIT_BLOCKS},
 };
+
+/// Full nodes that must store a light write before it is acknowledged, when the light node
+/// knows that many (with one full peer known, that one is enough: a write never waits for a
+/// full node that does not exist).
+pub const WRITE_THROUGH_COPIES: usize = 2;
+
+/// Copies a submission needs, given the full peers known now and those that stored it already.
+fn copies_wanted<P: Ord>(full_peers: &BTreeSet<P>, stored_by: &BTreeSet<P>) -> usize {
+    let known = full_peers.union(stored_by).count();
+    WRITE_THROUGH_COPIES.min(known.max(1))
+}
 
 /// Most submissions waiting for a full node; appends beyond it are refused (back-pressure).
 pub const MAX_OUTBOX: usize = 64;
@@ -39,6 +53,8 @@ struct Submission<P> {
     in_flight: BTreeSet<P>,
     last_sent: u64,
     tried: BTreeSet<P>,
+    /// Full peers that answered `Stored` for every event.
+    stored_by: BTreeSet<P>,
 }
 
 /// The pending writes of a light node, keyed by the peer type of the transport.
@@ -95,6 +111,7 @@ impl<P: Ord + Clone + std::fmt::Display> Outbox<P> {
             in_flight: BTreeSet::new(),
             last_sent: 0,
             tried: BTreeSet::new(),
+            stored_by: BTreeSet::new(),
         });
     }
 
@@ -109,32 +126,46 @@ impl<P: Ord + Clone + std::fmt::Display> Outbox<P> {
             in_flight: BTreeSet::new(),
             last_sent: 0,
             tried: BTreeSet::new(),
+            stored_by: BTreeSet::new(),
         });
     }
 
-    /// Submissions to send now: each one that waits for no answer, or has waited
-    /// [`SUBMIT_RETRY_MS`], goes to a full peer it has not tried yet (all tried: start over,
-    /// never to a peer still asked). Returns (peer, blocks).
+    /// Submissions to send now: each goes to as many full peers it has not tried yet as it
+    /// still needs copies, less those asked already; one asked for [`SUBMIT_RETRY_MS`] without
+    /// an answer also goes to one more (all tried: start over, never to a peer still asked or
+    /// that stored it). Returns (peer, blocks).
     pub fn dispatch(&mut self, full_peers: &BTreeSet<P>, now: u64) -> Vec<(P, Vec<Vec<u8>>)> {
         let mut out = vec![];
         if full_peers.is_empty() {
             return out;
         }
         for s in self.queue.iter_mut() {
-            if !s.in_flight.is_empty() && now < s.last_sent + SUBMIT_RETRY_MS {
+            let missing = copies_wanted(full_peers, &s.stored_by).saturating_sub(s.stored_by.len());
+            let mut send = missing.saturating_sub(s.in_flight.len());
+            if !s.in_flight.is_empty() && now >= s.last_sent + SUBMIT_RETRY_MS {
+                send = send.max(1);
+            }
+            if send == 0 {
                 continue;
             }
-            let fresh = |s: &Submission<P>, p: &P| !s.tried.contains(p) && !s.in_flight.contains(p);
-            if !full_peers.iter().any(|p| fresh(s, p)) {
+            let fresh = |s: &Submission<P>, p: &P| {
+                !s.tried.contains(p) && !s.in_flight.contains(p) && !s.stored_by.contains(p)
+            };
+            if full_peers.iter().filter(|p| fresh(s, p)).count() < send {
                 s.tried.clear();
             }
-            let Some(p) = full_peers.iter().find(|p| fresh(s, p)).cloned() else {
-                continue;
-            };
-            s.in_flight.insert(p.clone());
-            s.tried.insert(p.clone());
-            s.last_sent = now;
-            out.push((p, s.blocks.clone()));
+            let to: Vec<P> = full_peers
+                .iter()
+                .filter(|p| fresh(s, p))
+                .take(send)
+                .cloned()
+                .collect();
+            for p in to {
+                s.in_flight.insert(p.clone());
+                s.tried.insert(p.clone());
+                s.last_sent = now;
+                out.push((p, s.blocks.clone()));
+            }
         }
         out
     }
@@ -145,33 +176,66 @@ impl<P: Ord + Clone + std::fmt::Display> Outbox<P> {
             .position(|s| s.in_flight.contains(peer) && s.ids.first() == Some(first))
     }
 
-    /// `peer` stored `ids` of the submission starting with `first`. The submission is done;
-    /// its write's outcome is returned unless it was already answered (late). A full node
-    /// that did not store every event refused some: the write fails, naming them.
+    /// `peer` stored `ids` of the submission starting with `first`. Once enough full nodes
+    /// did (see [`WRITE_THROUGH_COPIES`]; `full_peers` are those known now) the submission is
+    /// done, and its write's outcome is returned unless it was already answered (late). A full
+    /// node that did not store every event refused some: the write fails, naming them.
     pub fn on_stored(
         &mut self,
         peer: &P,
         first: &EventId,
         ids: &[EventId],
+        full_peers: &BTreeSet<P>,
     ) -> Option<(WriteId, WriteResult)> {
         let i = self.find(peer, first)?;
-        let s = self.queue.remove(i)?;
         let held: BTreeSet<&EventId> = ids.iter().collect();
-        let missing: Vec<String> = s
+        let missing: Vec<String> = self.queue[i]
             .ids
             .iter()
             .filter(|id| !held.contains(id))
             .map(|id| id.to_string())
             .collect();
-        let result = if missing.is_empty() {
-            self.stored += 1;
-            Ok(s.ids)
-        } else {
-            Err(WriteError::Failed(format!(
-                "full node {peer} rejected events {missing:?}"
-            )))
-        };
-        Some((s.write?, result))
+        if !missing.is_empty() {
+            let s = self.queue.remove(i)?;
+            return Some((
+                s.write?,
+                Err(WriteError::Failed(format!(
+                    "full node {peer} rejected events {missing:?}"
+                ))),
+            ));
+        }
+        let s = &mut self.queue[i];
+        s.in_flight.remove(peer);
+        s.stored_by.insert(peer.clone());
+        if s.stored_by.len() < copies_wanted(full_peers, &s.stored_by) {
+            return None;
+        }
+        self.done(i)
+    }
+
+    /// Removes the stored submission at `i`; its write's outcome unless answered already.
+    fn done(&mut self, i: usize) -> Option<(WriteId, WriteResult)> {
+        let s = self.queue.remove(i)?;
+        self.stored += 1;
+        Some((s.write?, Ok(s.ids)))
+    }
+
+    /// The submissions that have all the copies they need now that `full_peers` are the full
+    /// nodes known (fewer than before: a write stored by the only full node left is done).
+    pub fn settle(&mut self, full_peers: &BTreeSet<P>) -> Vec<(WriteId, WriteResult)> {
+        let mut out = vec![];
+        let mut i = 0;
+        while i < self.queue.len() {
+            let s = &self.queue[i];
+            if !s.stored_by.is_empty()
+                && s.stored_by.len() >= copies_wanted(full_peers, &s.stored_by)
+            {
+                out.extend(self.done(i));
+            } else {
+                i += 1;
+            }
+        }
+        out
     }
 
     /// The submission starting with `first` sent to `peer` failed (refused, timed out, peer
@@ -235,13 +299,14 @@ mod tests {
         assert!(sent.iter().all(|(p, _)| *p == 1));
         assert!(o.dispatch(&peers(&[1]), 0).is_empty(), "nothing sent twice");
         // The wrong peer or the wrong first id changes nothing.
-        assert_eq!(o.on_stored(&2, &id(1), &[id(1), id(2)]), None);
-        assert_eq!(o.on_stored(&1, &id(2), &[id(1), id(2)]), None);
+        let full = peers(&[1]);
+        assert_eq!(o.on_stored(&2, &id(1), &[id(1), id(2)], &full), None);
+        assert_eq!(o.on_stored(&1, &id(2), &[id(1), id(2)], &full), None);
         assert_eq!(
-            o.on_stored(&1, &id(1), &[id(1), id(2)]),
+            o.on_stored(&1, &id(1), &[id(1), id(2)], &full),
             Some((WriteId(7), Ok(vec![id(1), id(2)])))
         );
-        match o.on_stored(&1, &id(3), &[]) {
+        match o.on_stored(&1, &id(3), &[], &full) {
             Some((WriteId(8), Err(WriteError::Failed(m)))) => {
                 assert!(m.contains(&id(3).to_string()), "{m}")
             }
@@ -255,33 +320,72 @@ mod tests {
     fn a_failure_retries_the_next_full_peer_then_starts_over() {
         let mut o: Outbox<u8> = Outbox::default();
         o.push(vec![id(1)], vec![vec![1]], WriteId(0), 0);
-        let full = peers(&[1, 2]);
-        assert_eq!(o.dispatch(&full, 0)[0].0, 1);
+        let full = peers(&[1, 2, 3]);
+        let to =
+            |sent: Vec<(u8, Vec<Vec<u8>>)>| sent.into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+        assert_eq!(to(o.dispatch(&full, 0)), vec![1, 2], "two copies at once");
         o.on_failed(&1, &id(1));
-        assert_eq!(o.dispatch(&full, 0)[0].0, 2);
+        assert_eq!(to(o.dispatch(&full, 0)), vec![3]);
         o.peer_down(&2);
-        assert_eq!(o.dispatch(&full, 0)[0].0, 1, "every peer tried: start over");
+        assert_eq!(
+            to(o.dispatch(&full, 0)),
+            vec![1],
+            "every peer tried: start over"
+        );
         assert!(o.dispatch(&BTreeSet::new(), 0).is_empty());
     }
 
     #[test]
-    fn an_unanswered_submission_also_goes_to_the_next_peer_and_any_answer_counts() {
+    fn an_unanswered_submission_also_goes_to_the_next_peer_and_any_answers_count() {
         let mut o: Outbox<u8> = Outbox::default();
         o.push(vec![id(1)], vec![vec![1]], WriteId(4), 0);
-        let full = peers(&[1, 2]);
-        assert_eq!(o.dispatch(&full, 0)[0].0, 1);
+        let full = peers(&[1, 2, 3]);
+        assert_eq!(o.dispatch(&full, 0).len(), 2);
         assert!(o.dispatch(&full, SUBMIT_RETRY_MS - 1).is_empty());
         let again = o.dispatch(&full, SUBMIT_RETRY_MS);
         assert_eq!(again.len(), 1);
-        assert_eq!(again[0].0, 2, "the next peer, while peer 1 is still asked");
-        // Both asked, both silent: nothing more to send until one answers or fails.
-        assert!(o.dispatch(&full, 2 * SUBMIT_RETRY_MS).is_empty());
-        // The first peer's late answer still acknowledges the write.
         assert_eq!(
-            o.on_stored(&1, &id(1), &[id(1)]),
+            again[0].0, 3,
+            "the next peer, while peers 1 and 2 are still asked"
+        );
+        // All asked, all silent: nothing more to send until one answers or fails.
+        assert!(o.dispatch(&full, 2 * SUBMIT_RETRY_MS).is_empty());
+        // Late answers still count: the first and the last peer make two copies.
+        assert_eq!(o.on_stored(&1, &id(1), &[id(1)], &full), None);
+        assert_eq!(
+            o.on_stored(&3, &id(1), &[id(1)], &full),
             Some((WriteId(4), Ok(vec![id(1)])))
         );
         assert!(o.is_empty());
+    }
+
+    /// Issue 15: one full node's word no longer acknowledges a light write when another full
+    /// node is known; with only one known, its copy is enough; and a write one full node
+    /// stored is done once it is the only full node left.
+    #[test]
+    fn one_full_nodes_stored_acknowledges_only_when_it_is_the_only_one() {
+        let mut o: Outbox<u8> = Outbox::default();
+        o.push(vec![id(1)], vec![vec![1]], WriteId(1), 0);
+        let two = peers(&[1, 2]);
+        assert_eq!(o.dispatch(&two, 0).len(), 2);
+        assert_eq!(
+            o.on_stored(&1, &id(1), &[id(1)], &two),
+            None,
+            "one copy of two"
+        );
+        assert!(o.settle(&two).is_empty());
+        // Peer 2 is gone: peer 1's copy is all there can be.
+        o.peer_down(&2);
+        assert_eq!(o.settle(&peers(&[1])), vec![(WriteId(1), Ok(vec![id(1)]))]);
+        // With one full peer known from the start, one copy acknowledges.
+        o.push(vec![id(2)], vec![vec![2]], WriteId(2), 0);
+        let one = peers(&[1]);
+        assert_eq!(o.dispatch(&one, 0).len(), 1);
+        assert_eq!(
+            o.on_stored(&1, &id(2), &[id(2)], &one),
+            Some((WriteId(2), Ok(vec![id(2)])))
+        );
+        assert_eq!(o.stored, 2);
     }
 
     #[test]
@@ -298,7 +402,7 @@ mod tests {
         assert_eq!((o.len(), o.late), (1, 1));
         // Still retried; a late store is counted but answers no one.
         let _ = o.dispatch(&peers(&[1]), 0);
-        assert_eq!(o.on_stored(&1, &id(1), &[id(1)]), None);
+        assert_eq!(o.on_stored(&1, &id(1), &[id(1)], &peers(&[1])), None);
         assert_eq!((o.len(), o.stored), (0, 1));
     }
 
