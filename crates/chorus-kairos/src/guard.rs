@@ -21,6 +21,8 @@
 //!   registrations (and its lease entry); a node that comes back registers again (the emissary
 //!   task checks its registration as stimuli come, `chorus-node` `emissary.rs`).
 
+use std::collections::BTreeSet;
+
 use chorus_core::AuthorId;
 
 use crate::{council::LEASE_STIMULI, state::KairosState};
@@ -44,7 +46,7 @@ pub fn registrations_of(s: &KairosState, author: &AuthorId) -> usize {
 /// [`EXPIRE_STIMULI`] stimuli. Returns how many authors expired.
 pub fn expire(s: &mut KairosState) -> usize {
     let now = s.stimuli_applied;
-    let stale: Vec<AuthorId> = s
+    let stale: BTreeSet<AuthorId> = s
         .last_active
         .iter()
         .filter(|&(_, &at)| now.saturating_sub(at) > EXPIRE_STIMULI)

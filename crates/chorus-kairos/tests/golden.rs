@@ -429,16 +429,26 @@ fn expected(v: &Variant) -> Value {
     .unwrap()
 }
 
-#[test]
-fn golden_timeline_replays_bit_for_bit() {
-    let events = load_fixture(&V1);
-    let got = replay(&V1, &events);
+/// Replays the fixture of `v` and checks it against the recorded values, bit for bit; the
+/// events and what the replay gave, for the scenario's own checks.
+fn replays_as_recorded(v: &Variant) -> (Vec<SignedEvent>, Value) {
+    let events = load_fixture(v);
+    let got = replay(v, &events);
     assert_eq!(
         got,
-        expected(&V1),
-        "the golden timeline's state differs on this platform ({}): determinism is broken",
+        expected(v),
+        "the golden timeline {} ({} on {}) differs on this platform ({}): determinism is broken",
+        v.stem,
+        v.machine,
+        v.order.unwrap_or("lc-cid/1"),
         std::env::consts::ARCH
     );
+    (events, got)
+}
+
+#[test]
+fn golden_timeline_replays_bit_for_bit() {
+    let (events, got) = replays_as_recorded(&V1);
     // The scenario is what it claims to be.
     assert_eq!(got["equivocations"], 1);
     assert!(got["excluded"].as_u64().unwrap() >= 2);
@@ -450,15 +460,7 @@ fn golden_timeline_replays_bit_for_bit() {
 /// exclusions and the new machine, on every platform.
 #[test]
 fn golden_final_timeline_replays_bit_for_bit() {
-    let events = load_fixture(&V2_FINAL);
-    let got = replay(&V2_FINAL, &events);
-    assert_eq!(
-        got,
-        expected(&V2_FINAL),
-        "the final/1 golden timeline's state differs on this platform ({}): determinism is \
-         broken",
-        std::env::consts::ARCH
-    );
+    let (events, got) = replays_as_recorded(&V2_FINAL);
     // The scenario is what it claims to be: most of it final, the committee changed, the
     // equivocation and the removal excluded events, the late writer's events moved the order.
     let marks = got["marks"].as_array().unwrap();
@@ -484,15 +486,7 @@ fn golden_final_timeline_replays_bit_for_bit() {
 /// every platform.
 #[test]
 fn golden_guarded_timeline_replays_bit_for_bit() {
-    let events = load_fixture(&V3_GUARDED);
-    let got = replay(&V3_GUARDED, &events);
-    assert_eq!(
-        got,
-        expected(&V3_GUARDED),
-        "the kairos/3 golden timeline's state differs on this platform ({}): determinism is \
-         broken",
-        std::env::consts::ARCH
-    );
+    let (_, got) = replays_as_recorded(&V3_GUARDED);
     assert_eq!(got["equivocations"], 1);
     assert!(got["guard"]["capped_author"].as_bool().unwrap(), "{got}");
     assert!(

@@ -1441,6 +1441,14 @@ impl World {
         }
     }
 
+    /// The keys of the honest writers (the adversary's victims).
+    fn honest_writers(&self) -> Vec<AuthorId> {
+        self.honest()
+            .filter(|n| n.writer)
+            .map(|n| n.key.author())
+            .collect()
+    }
+
     /// An adversary writes a valid event of its own (kept by its own node, which takes it as
     /// an honest one would) and gossips it to each of `peers`.
     fn adversary_write(
@@ -1577,11 +1585,7 @@ impl World {
                 self.gossip_attack(node, &peers, ev.bytes_arc(), a);
             }
             Attack::VoteOff => {
-                let victims: Vec<AuthorId> = self
-                    .honest()
-                    .filter(|n| n.writer)
-                    .map(|n| n.key.author())
-                    .collect();
+                let victims = self.honest_writers();
                 if victims.is_empty() {
                     return;
                 }
@@ -1769,11 +1773,7 @@ impl World {
                 );
             }
             Attack::RangeScan => {
-                let victims: Vec<AuthorId> = self
-                    .honest()
-                    .filter(|n| n.writer)
-                    .map(|n| n.key.author())
-                    .collect();
+                let victims = self.honest_writers();
                 if victims.is_empty() {
                     return;
                 }
