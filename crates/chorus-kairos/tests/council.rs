@@ -16,13 +16,13 @@ use chorus_core::{
 use chorus_kairos::{
     Kairos2Machine, KairosMachine, KairosState,
     body::{Escalation, Failure, Intent, Registration, Stimulus},
-    council::{self, LEASE_STIMULI, MAX_ESCALATIONS, MAX_OWED, MIN_WEIGHT},
+    council::{self, LEASE_STIMULI, MAX_OWED, MIN_WEIGHT},
     machine::EmissaryId,
 };
 use ipld_core::ipld::Ipld;
 
 mod common;
-use common::{Fold, emissaries};
+use common::{Fold, elect, emissaries};
 
 /// Runs `stimuli` stimuli where every selected emissary in `live` answers at once (valid) and
 /// every live author heartbeats after each stimulus; an election left without a valid answer is
@@ -38,25 +38,11 @@ fn run<M: Machine<State = KairosState>>(
     let mut escalations = 0;
     for k in 0..stimuli {
         let s = f.stimulus();
-        let mut answered = 0;
-        for round in 0..=MAX_ESCALATIONS {
-            let r = f.record(&s).clone();
-            if r.winner.is_some() || r.exhausted {
-                break;
-            }
-            if round > 0 {
-                f.escalate(s, round);
-                escalations += 1;
-            }
-            let r = f.record(&s).clone();
-            for e in r.selected.iter().skip(answered) {
-                *asked.get_mut(e).unwrap() += 1;
-                if live(k, e) {
-                    f.answer(e, s, true);
-                }
-            }
-            answered = r.selected.len();
+        let (asked_now, escalated) = elect(f, s, &|e| live(k, e));
+        for e in &asked_now {
+            *asked.get_mut(e).unwrap() += 1;
         }
+        escalations += escalated;
         assert!(
             f.record(&s).winner.is_some(),
             "stimulus {k} got no winner: {:?}",

@@ -6,14 +6,14 @@
 use chorus_core::{AuthorId, EventId, Machine, event::kind};
 use chorus_kairos::{
     Kairos2Machine, Kairos3Machine, KairosState,
-    body::{Escalation, Intent, Stimulus},
-    council::{self, MAX_ESCALATIONS},
+    body::{Intent, Stimulus},
+    council,
     guard::{self, EXPIRE_STIMULI, MAX_EMISSARIES_PER_AUTHOR, MAX_TOKENS_PER_EVENT},
     machine::EmissaryId,
 };
 
 mod common;
-use common::{Fold, emissaries};
+use common::{Fold, elect, emissaries};
 
 fn words(n: usize) -> String {
     (0..n)
@@ -134,24 +134,7 @@ fn dummies_against_the_honest<M: Machine<State = KairosState>>(
     let mut won = 0;
     for k in 0..stimuli {
         let s = f.stimulus();
-        let mut answered = 0;
-        for round in 0..=MAX_ESCALATIONS {
-            let r = f.record(&s).clone();
-            if r.winner.is_some() || r.exhausted {
-                break;
-            }
-            if round > 0 {
-                let body = Escalation { re: s, round }.to_ipld();
-                f.event(AuthorId([0; 32]), kind::ESCALATE, body);
-            }
-            let r = f.record(&s).clone();
-            for e in r.selected.iter().skip(answered) {
-                if honest.contains(e) {
-                    f.answer(e, s, true);
-                }
-            }
-            answered = r.selected.len();
-        }
+        elect(&mut f, s, &|e| honest.contains(e));
         if k >= stimuli / 2 && f.record(&s).winner.is_some() {
             won += 1;
         }

@@ -96,3 +96,33 @@ pub fn emissaries(k: u8) -> Vec<EmissaryId> {
         .map(|i| (AuthorId([10 + i; 32]), format!("em{i}")))
         .collect()
 }
+
+/// Decides the election of `s` as a gateway would: the asked emissaries for which `answers`
+/// holds answer at once (valid); while it has no winner it is escalated, round after round.
+/// Returns every emissary asked, in order, and the escalations written.
+pub fn elect<M: Machine<State = KairosState>>(
+    f: &mut Fold<M>,
+    s: EventId,
+    answers: &dyn Fn(&EmissaryId) -> bool,
+) -> (Vec<EmissaryId>, usize) {
+    let mut asked: Vec<EmissaryId> = vec![];
+    let mut escalations = 0;
+    for round in 0..=chorus_kairos::council::MAX_ESCALATIONS {
+        let r = f.record(&s).clone();
+        if r.winner.is_some() || r.exhausted {
+            break;
+        }
+        if round > 0 {
+            f.escalate(s, round);
+            escalations += 1;
+        }
+        let r = f.record(&s).clone();
+        for e in r.selected.iter().skip(asked.len()) {
+            asked.push(e.clone());
+            if answers(e) {
+                f.answer(e, s, true);
+            }
+        }
+    }
+    (asked, escalations)
+}
