@@ -193,6 +193,16 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Its history came in pages from the honest nodes, read off their actor threads.
+    let pages: u64 = [&n0, &n1]
+        .iter()
+        .map(|n| {
+            n.status().unwrap()["sync"]["pages_served"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(pages > 0, "no page was read by a page reader");
     // The wiped node may have caught up from n1 before it first asked the liar (which peer
     // answers first is a race on a loaded machine): it must then still ask the liar — it does
     // ask every peer — and stay caught up with its writes open after the lies.

@@ -28,7 +28,7 @@
 //! * Inbound requests pass a per-peer token bucket; invalid blocks are counted per peer and a
 //!   peer with [`MAX_INVALID_PER_PEER`] of them is banned for [`BAN_MS`].
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -222,29 +222,65 @@ pub fn summarize<M: Machine>(tl: &Timeline<M>) -> Summary {
 }
 
 /// Answers one request from the timeline and its block source. Pure: the same timeline and
-/// request give the same response.
+/// request give the same response. [`plan`] then [`pack`], in one go.
 pub fn serve<M: Machine>(
     tl: &Timeline<M>,
     src: &dyn BlockSource,
     req: &SyncRequest,
 ) -> SyncResponse {
-    if let Err(reason) = req.check() {
-        return SyncResponse::Refused { reason };
+    match plan(tl, req) {
+        Planned::Answer(resp) => resp,
+        Planned::Page(p) => pack(&p, &|id: &EventId| tl.block(id, src)),
     }
-    let mut page = Page::default();
-    match req {
-        SyncRequest::Summary => return SyncResponse::Summary(summarize(tl)),
-        SyncRequest::Want { ids } => {
-            let found = ids
-                .iter()
-                .filter(|id| tl.contains(id))
-                .filter_map(|id| tl.block(id, src));
-            for b in found {
-                if !page.push(&b) {
-                    break;
-                }
-            }
+}
+
+/// What a page of blocks will hold, decided from the in-memory order alone (no block is
+/// read): the events to send, in order, and where the page's cursor goes. Reading the blocks
+/// is [`pack`]'s, which the node may run off its actor thread against a read snapshot of the
+/// store (every planned event is committed: the node plans between turns, after the commit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PagePlan {
+    /// A `Since` page: each event with the cursor of the position scanned just before it
+    /// (where the next page starts if this event does not fit), and the cursor of a page that
+    /// takes every event (`None`: the scan reached the end of the order).
+    Since {
+        events: Vec<(Option<OrderKey>, OrderKey, EventId)>,
+        then: Option<OrderKey>,
+    },
+    /// A `Want` or `Range` page: as many of these as fit, in order; no cursor.
+    Ids(Vec<EventId>),
+}
+
+impl PagePlan {
+    /// Events the page may hold.
+    pub fn len(&self) -> usize {
+        match self {
+            PagePlan::Since { events, .. } => events.len(),
+            PagePlan::Ids(ids) => ids.len(),
         }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request answered at once, or a page to pack.
+#[derive(Debug)]
+pub enum Planned {
+    Answer(SyncResponse),
+    Page(PagePlan),
+}
+
+/// Decides the answer to one request from the timeline's in-memory indexes. Costs what the
+/// page holds (at most [`MAX_PAGE_EVENTS`]), plus at most [`MAX_SCAN_PER_PAGE`] positions of
+/// the order for a `Since`.
+pub fn plan<M: Machine>(tl: &Timeline<M>, req: &SyncRequest) -> Planned {
+    if let Err(reason) = req.check() {
+        return Planned::Answer(SyncResponse::Refused { reason });
+    }
+    let ids: Vec<EventId> = match req {
+        SyncRequest::Summary => return Planned::Answer(SyncResponse::Summary(summarize(tl))),
+        SyncRequest::Want { ids } => ids.iter().filter(|id| tl.contains(id)).copied().collect(),
         SyncRequest::Range {
             author,
             from_sq,
@@ -262,14 +298,11 @@ pub fn serve<M: Machine>(
                             .map(|(key, _, _)| key.1),
                     ),
                 };
-            for b in ids.filter_map(|id| tl.block(&id, src)) {
-                if !page.push(&b) {
-                    break;
-                }
-            }
+            ids.take(MAX_PAGE_EVENTS).collect()
         }
         SyncRequest::Since { have, after } => {
             let have: BTreeMap<AuthorId, u64> = have.iter().copied().collect();
+            let mut events = vec![];
             let mut last: Option<OrderKey> = None;
             let mut scanned = 0usize;
             let mut iter = tl.scan_after(*after).peekable();
@@ -277,42 +310,72 @@ pub fn serve<M: Machine>(
                 scanned += 1;
                 let covered = have.get(&author).is_some_and(|h| sq <= *h);
                 if !covered {
-                    let Some(b) = tl.block(&key.1, src) else {
-                        continue;
-                    };
-                    if !page.push(&b) {
-                        // Did not fit: the next page starts at this event.
-                        return SyncResponse::Blocks(Blocks {
-                            blocks: page.blocks,
-                            next: last,
-                        });
-                    }
+                    events.push((last, key, key.1));
                 }
                 last = Some(key);
-                if (page.full() || scanned >= MAX_SCAN_PER_PAGE) && iter.peek().is_some() {
-                    return SyncResponse::Blocks(Blocks {
-                        blocks: page.blocks,
-                        next: last,
-                    });
+                if (events.len() >= MAX_PAGE_EVENTS || scanned >= MAX_SCAN_PER_PAGE)
+                    && iter.peek().is_some()
+                {
+                    return Planned::Page(PagePlan::Since { events, then: last });
                 }
             }
-            return SyncResponse::Blocks(Blocks {
-                blocks: page.blocks,
-                next: None,
-            });
+            return Planned::Page(PagePlan::Since { events, then: None });
         }
         // Storing needs the node's store and a commit: the node runtime answers it after
         // ingesting the blocks, never this read-only function.
         SyncRequest::Submit { .. } => {
-            return SyncResponse::Refused {
+            return Planned::Answer(SyncResponse::Refused {
                 reason: "submit is answered by the node after its commit".into(),
-            };
+            });
+        }
+    };
+    Planned::Page(PagePlan::Ids(ids))
+}
+
+/// Reads a planned page's blocks through `block` and packs them within [`MAX_PAGE_BYTES`] and
+/// [`MAX_PAGE_EVENTS`]. A `Since` page that fills up ends at the last block it took (its
+/// `next` names it); a block that does not fit starts the next page. A block `block` cannot
+/// find is left out (the planner only names indexed, committed events).
+pub fn pack(plan: &PagePlan, block: &dyn Fn(&EventId) -> Option<Arc<[u8]>>) -> SyncResponse {
+    let mut page = Page::default();
+    match plan {
+        PagePlan::Ids(ids) => {
+            for b in ids.iter().filter_map(block) {
+                if !page.push(&b) {
+                    break;
+                }
+            }
+            SyncResponse::Blocks(Blocks {
+                blocks: page.blocks,
+                next: None,
+            })
+        }
+        PagePlan::Since { events, then } => {
+            for (i, (before, key, id)) in events.iter().enumerate() {
+                let Some(b) = block(id) else {
+                    continue;
+                };
+                if !page.push(&b) {
+                    // Did not fit: the next page starts at this event.
+                    return SyncResponse::Blocks(Blocks {
+                        blocks: page.blocks,
+                        next: *before,
+                    });
+                }
+                let more = i + 1 < events.len() || then.is_some();
+                if page.full() && more {
+                    return SyncResponse::Blocks(Blocks {
+                        blocks: page.blocks,
+                        next: Some(*key),
+                    });
+                }
+            }
+            SyncResponse::Blocks(Blocks {
+                blocks: page.blocks,
+                next: *then,
+            })
         }
     }
-    SyncResponse::Blocks(Blocks {
-        blocks: page.blocks,
-        next: None,
-    })
 }
 
 #[derive(Default)]

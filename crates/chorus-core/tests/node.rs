@@ -169,6 +169,7 @@ impl Mesh {
             Output::InSync { peer, .. } => self.in_sync.push((me, peer)),
             Output::Diverged { peer } => panic!("{me} diverged from {peer}"),
             Output::StoreFailed(e) => panic!("{e}"),
+            Output::ServePage { .. } => panic!("pages are read here: `pages_outside` is off"),
             Output::Unban(_)
             | Output::Disconnect(_)
             | Output::Indexed(_)

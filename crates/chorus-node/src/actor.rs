@@ -26,6 +26,7 @@ use chorus_core::{
         WriteError, WriteId, WriteResult,
         node::{Config, Input, NodeState, Output, Transport},
     },
+    sync,
 };
 use chorus_kairos::body::Intent;
 use chorus_net::{Acceptance, GossipId, InboundId, NetCommand, NetEvent, Peer};
@@ -38,6 +39,7 @@ use crate::{
     describe::{Describe, ElectionView, event_json, state_json},
     election::{Election, ElectionList, Published, Selected},
     feed::Feed,
+    pages::PageReader,
     status::{FinalityView, Folding, LightNodeStatus, NodeStatus, Received, SyncStatus},
     write::Reply,
 };
@@ -144,6 +146,9 @@ pub struct Actor<M: Describe> {
     grew: bool,
     /// A private timeline: the membership version whose members the swarm allows.
     access_version: Option<u32>,
+    /// Reads sync pages off this thread (`None`: its thread could not start; pages are then
+    /// read here).
+    pages: Option<PageReader>,
 }
 
 impl<M: Describe> Actor<M> {
@@ -160,12 +165,22 @@ impl<M: Describe> Actor<M> {
             .is_private()
             .then(|| replica.timeline().membership().version_now());
         let (dir, local) = replica.into_local();
+        let pages = match PageReader::spawn(local.store().reader(), net.clone()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(
+                    "page reader thread not started ({e}): pages are read on the actor thread"
+                );
+                None
+            }
+        };
         // The actor folds itself, on its tick and before queries (in slices when long).
         let cfg = Config {
             light,
             fold_on_tick: false,
             sliced_fold: true,
             heartbeat_ms,
+            pages_outside: pages.is_some(),
         };
         Actor {
             dir,
@@ -183,6 +198,7 @@ impl<M: Describe> Actor<M> {
             published: Published::default(),
             grew: false,
             access_version,
+            pages,
         }
     }
 
@@ -256,6 +272,11 @@ impl<M: Describe> Actor<M> {
         self.node.fold();
         self.carry_out();
         self.folded();
+        // Answers the queued pages and lets go of the database before the replica is handed
+        // back (it may be opened again at once).
+        if let Some(mut p) = self.pages.take() {
+            p.stop();
+        }
         Replica::from_local(self.dir, self.node.into_local())
     }
 
@@ -340,6 +361,18 @@ impl<M: Describe> Actor<M> {
             match o {
                 Output::Send { peer, req } => self.send(NetCommand::Request { peer, req }),
                 Output::Respond { id, resp } => self.send(NetCommand::Respond { id, resp }),
+                Output::ServePage { id, plan } => match &self.pages {
+                    Some(p) => {
+                        if let Err((id, resp)) = p.serve(id, plan) {
+                            self.send(NetCommand::Respond { id, resp });
+                        }
+                    }
+                    None => {
+                        let (tl, store) = (self.node.local().timeline(), self.node.local().store());
+                        let resp = sync::pack(&plan, &|id: &EventId| tl.block(id, store));
+                        self.send(NetCommand::Respond { id, resp });
+                    }
+                },
                 Output::Validated { id, verdict, .. } => self.send(NetCommand::Validated {
                     id,
                     verdict: if verdict.forward() {
@@ -762,6 +795,12 @@ impl<M: Describe> Actor<M> {
                 bans: s.bans,
                 streams_cut: s.streams_cut,
                 own_claims_capped: s.own_claims_capped,
+                pages_served: self.pages.as_ref().map_or(0, |p| {
+                    p.stats.served.load(std::sync::atomic::Ordering::Relaxed)
+                }),
+                pages_busy: self.pages.as_ref().map_or(0, |p| {
+                    p.stats.busy.load(std::sync::atomic::Ordering::Relaxed)
+                }),
             },
             received: Received {
                 gossip: c.gossip_received,

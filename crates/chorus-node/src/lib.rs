@@ -23,6 +23,7 @@ pub mod feed;
 pub mod handle;
 pub mod http;
 pub mod machines;
+pub mod pages;
 pub mod status;
 pub mod write;
 

@@ -21,7 +21,7 @@ use chorus_core::{
     },
     storage::MemStore,
     sync::{
-        ANTI_ENTROPY_INTERVAL_MS, MAX_SYNC_MESSAGE_BYTES, MAX_WANT_IDS, REQUEST_TIMEOUT_MS,
+        self, ANTI_ENTROPY_INTERVAL_MS, MAX_SYNC_MESSAGE_BYTES, MAX_WANT_IDS, REQUEST_TIMEOUT_MS,
         SyncRequest, SyncResponse,
     },
     testkit,
@@ -884,26 +884,35 @@ impl World {
         self.carry_out(node);
     }
 
+    /// Sends `node`'s answer to a request (a lie when it is a lying adversary).
+    fn respond(&mut self, node: NodeIx, id: SimRequest, mut resp: SyncResponse) {
+        if self.nodes[node].byzantine && self.sc.byzantine.as_ref().is_some_and(|b| b.lies) {
+            resp = self.lie(resp);
+        }
+        if let SyncResponse::Refused { .. } = resp {
+            self.nodes[node].refused_requests += 1;
+            self.outcome(id.attack, Outcome::Refused);
+        } else {
+            self.outcome(id.attack, Outcome::Served);
+        }
+        self.send(node, id.from, Msg::Response { rid: id.rid, resp }, None);
+    }
+
     /// Carries out what `node` asked for: the shell's half of the node, as the actor's
     /// `carry_out` does it with libp2p.
     fn carry_out(&mut self, node: NodeIx) {
         while let Some(o) = self.nodes[node].node.poll_output() {
             match o {
                 Output::Send { peer, req } => self.request(node, peer, req, None),
-                Output::Respond { id, mut resp } => {
-                    if self.nodes[node].byzantine
-                        && self.sc.byzantine.as_ref().is_some_and(|b| b.lies)
-                    {
-                        resp = self.lie(resp);
-                    }
-                    if let SyncResponse::Refused { .. } = resp {
-                        self.nodes[node].refused_requests += 1;
-                        self.outcome(id.attack, Outcome::Refused);
-                    } else {
-                        self.outcome(id.attack, Outcome::Served);
-                    }
-                    self.send(node, id.from, Msg::Response { rid: id.rid, resp }, None);
+                // A page is read from the store alone, as the actor's page reader does it.
+                Output::ServePage { id, plan } => {
+                    let store = self.nodes[node].node.local().store();
+                    let resp = sync::pack(&plan, &|id: &EventId| {
+                        chorus_core::timeline::BlockSource::get_block(store, id)
+                    });
+                    self.respond(node, id, resp);
                 }
+                Output::Respond { id, resp } => self.respond(node, id, resp),
                 Output::Validated { id, from, verdict } => {
                     let (block, _, attack) = self.turn_gossip[id].clone();
                     let o = match verdict {
@@ -1851,6 +1860,7 @@ fn node_over(
         fold_on_tick: light || fold,
         sliced_fold: false,
         heartbeat_ms,
+        pages_outside: true,
     };
     let mut node = NodeState::new(local, cfg);
     match sabotage {

@@ -58,7 +58,8 @@ pub struct IntegrityReport {
 
 /// One replica's redb file.
 pub struct Store {
-    pub(crate) db: Database,
+    /// Shared with [`StoreReader`]s: redb serves read transactions beside the one writer.
+    pub(crate) db: Arc<Database>,
     genesis: EventId,
     machine: String,
     /// `meta-v1` `genesis-signed-here`: made by `chorus init` (see
@@ -131,7 +132,7 @@ impl Store {
         }
         txn.commit().map_err(dberr)?;
         let store = Store {
-            db,
+            db: Arc::new(db),
             genesis: genesis.id(),
             machine: machine.to_string(),
             own_chain_complete: false,
@@ -194,7 +195,7 @@ impl Store {
         drop(meta);
         drop(txn);
         Ok(Store {
-            db,
+            db: Arc::new(db),
             genesis,
             machine,
             own_chain_complete,
@@ -649,5 +650,42 @@ impl BlockSource for Store {
         let events = txn.open_table(EVENTS).ok()?;
         let v = events.get(order_key(lc, &id.0).as_slice()).ok()??;
         Some(v.value().into())
+    }
+}
+
+/// Reads a store's committed blocks from another thread (the node's page reader): each
+/// [`StoreReader::read`] is one read transaction, a consistent snapshot of what was committed
+/// when it began, beside the node's writes.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// A reader of this store's committed blocks, for another thread.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            db: self.db.clone(),
+        }
+    }
+}
+
+impl StoreReader {
+    /// Calls `f` with a block lookup over one read snapshot (two B-tree reads a block, no
+    /// transaction per block).
+    pub fn read<R>(
+        &self,
+        f: impl FnOnce(&dyn Fn(&EventId) -> Option<Arc<[u8]>>) -> R,
+    ) -> Result<R, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let ids = txn.open_table(IDS).map_err(dberr)?;
+        let events = txn.open_table(EVENTS).map_err(dberr)?;
+        let block = |id: &EventId| -> Option<Arc<[u8]>> {
+            let lc = ids.get(id.0.as_slice()).ok()??;
+            let lc = u64::from_be_bytes(lc.value().try_into().ok()?);
+            let v = events.get(order_key(lc, &id.0).as_slice()).ok()??;
+            Some(v.value().into())
+        };
+        Ok(f(&block))
     }
 }

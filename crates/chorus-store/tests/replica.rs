@@ -382,3 +382,48 @@ fn checkpoints_behind_a_late_event_are_invalidated_in_the_same_commit() {
 fn hex(b: [u8; 32]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[test]
+fn a_page_read_by_another_thread_is_the_page_read_in_place_while_the_owner_writes() {
+    use chorus_core::sync::{self, Planned, SyncRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = init(dir.path(), 16);
+    let batch = |i: usize| -> Vec<_> {
+        (0..50)
+            .map(|j| {
+                (
+                    kind::STIMULUS.to_string(),
+                    testkit::text(&format!("batch {i} event {j} speaks")),
+                )
+            })
+            .collect()
+    };
+    for i in 0..4 {
+        r.append_batch(batch(i)).unwrap();
+    }
+    let req = SyncRequest::Since {
+        have: vec![],
+        after: None,
+    };
+    let in_place = sync::serve(r.timeline(), r.store(), &req);
+    let Planned::Page(plan) = sync::plan(r.timeline(), &req) else {
+        panic!("a Since is a page");
+    };
+    assert_eq!(plan.len(), 201);
+    let reader = r.store().reader();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        // Waits until the owner has committed more: the snapshot is newer than the plan.
+        rx.recv().unwrap();
+        reader.read(|block| sync::pack(&plan, block)).unwrap()
+    });
+    r.append_batch(batch(9)).unwrap();
+    tx.send(()).unwrap();
+    let off_thread = t.join().unwrap();
+    assert_eq!(off_thread, in_place);
+    let sync::SyncResponse::Blocks(b) = off_thread else {
+        panic!("blocks");
+    };
+    assert_eq!(b.blocks.len(), 201);
+    assert_eq!(b.next, None);
+}

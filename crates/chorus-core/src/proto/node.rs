@@ -39,7 +39,7 @@ use crate::{
     AuthorId, EventError, EventId, Machine, SignedEvent,
     local::{Local, LocalError},
     storage::Storage,
-    sync::{self, Action, Cursor, SyncRequest, SyncResponse, Syncer},
+    sync::{self, Action, Cursor, Planned, SyncRequest, SyncResponse, Syncer},
     timeline::OrderKey,
 };
 
@@ -75,6 +75,11 @@ pub struct Config {
     /// settled frontier moves while members are idle
     /// ([`Timeline::owes_heartbeat`](crate::Timeline::owes_heartbeat)). `None`: never.
     pub heartbeat_ms: Option<u64>,
+    /// Pages of blocks are read by the shell: a request for blocks is answered by an
+    /// [`Output::ServePage`] (planned from the in-memory order here, its blocks read and
+    /// packed by the shell with [`sync::pack`], e.g. off the actor thread) instead of an
+    /// [`Output::Respond`] read here.
+    pub pages_outside: bool,
 }
 
 /// What arrives at a node.
@@ -162,6 +167,12 @@ pub enum Output<T: Transport> {
     Respond {
         id: T::RequestId,
         resp: SyncResponse,
+    },
+    /// Answer an inbound request with a page of blocks: read them (every one is committed)
+    /// and pack them with [`sync::pack`], then respond. Only with [`Config::pages_outside`].
+    ServePage {
+        id: T::RequestId,
+        plan: sync::PagePlan,
     },
     /// The verdict on a gossiped block.
     Validated {
@@ -654,8 +665,16 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             self.append(now, write, items);
         }
         for (peer, id, req) in turn.requests {
-            let resp = self.serve(&peer, now, &req);
-            self.out.push_back(Output::Respond { id, resp });
+            let out = match self.serve(&peer, now, &req) {
+                Planned::Answer(resp) => Output::Respond { id, resp },
+                Planned::Page(plan) if self.cfg.pages_outside => Output::ServePage { id, plan },
+                Planned::Page(plan) => {
+                    let (tl, store) = (self.local.timeline(), self.local.store());
+                    let resp = sync::pack(&plan, &|id: &EventId| tl.block(id, store));
+                    Output::Respond { id, resp }
+                }
+            };
+            self.out.push_back(out);
         }
         if turn.tick {
             if self.cfg.fold_on_tick {
@@ -899,24 +918,24 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         self.turn.submits.push((peer, id, ids));
     }
 
-    fn serve(&mut self, peer: &T::Peer, now: u64, req: &SyncRequest) -> SyncResponse {
+    fn serve(&mut self, peer: &T::Peer, now: u64, req: &SyncRequest) -> Planned {
         if !self.syncer.admit_request(peer, now) {
-            return SyncResponse::Refused {
+            return Planned::Answer(SyncResponse::Refused {
                 reason: "rate limited".into(),
-            };
+            });
         }
         if self.cfg.light && !matches!(req, SyncRequest::Summary) {
-            return SyncResponse::Refused {
+            return Planned::Answer(SyncResponse::Refused {
                 reason: "light node: not a replica".into(),
-            };
+            });
         }
         self.stats.requests_served += 1;
-        let mut resp = sync::serve(self.local.timeline(), self.local.store(), req);
-        if let SyncResponse::Summary(s) = &mut resp {
+        let mut planned = sync::plan(self.local.timeline(), req);
+        if let Planned::Answer(SyncResponse::Summary(s)) = &mut planned {
             s.light = self.cfg.light;
             s.recovering = !self.writes_open;
         }
-        resp
+        planned
     }
 
     /// Light nodes: forget the blocks behind the settled horizon.

@@ -123,6 +123,18 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         one(st.sync.streams_cut as f64),
     );
     metric(
+        "sync_pages_served_total",
+        "counter",
+        "Pages of blocks read and answered off the actor thread.",
+        one(st.sync.pages_served as f64),
+    );
+    metric(
+        "sync_pages_busy_total",
+        "counter",
+        "Page requests refused at once because the page reader's queue was full.",
+        one(st.sync.pages_busy as f64),
+    );
+    metric(
         "sync_own_claims_capped_total",
         "counter",
         "Claims of this node's own chain that a peer could not back with its events.",
