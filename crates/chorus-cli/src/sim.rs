@@ -112,6 +112,8 @@ pub enum SabotageArg {
     UnguardedMachine,
     /// No Lamport clock check (C4 must fail on the low-Lamport events).
     AnyLamport,
+    /// Strangers' requests without their shared budget (C4 must fail on the sybil requests).
+    NoStrangerBudget,
     /// Order by event id alone, Lamport clocks ignored (C3 must fail).
     OrderWithoutLamport,
 }
@@ -351,6 +353,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::AnyLamport => Sabotage::AnyLamport,
                 SabotageArg::NoHeartbeats => Sabotage::NoHeartbeats,
                 SabotageArg::OrderWithoutLamport => Sabotage::OrderWithoutLamport,
+                SabotageArg::NoStrangerBudget => Sabotage::NoStrangerBudget,
             };
             let r = chorus_sim::run(sc, seed, sabotage);
             println!("{}", table_header());

@@ -90,6 +90,13 @@ pub const BAN_MS: u64 = 60_000;
 pub const REQUESTS_PER_SEC: u64 = 200;
 /// …and the bucket's depth (a burst).
 pub const REQUEST_BURST: u64 = 400;
+/// Inbound requests per second all *strangers* together may make — peers whose key is no
+/// current member's nor a reader's the genesis names, or unknown — on top of each one's own
+/// bucket. Peer ids are free: without this, a thousand made-up identities get a thousand
+/// buckets. Members never draw from it, so strangers cannot crowd them out.
+pub const STRANGER_REQUESTS_PER_SEC: u64 = REQUESTS_PER_SEC;
+/// …and that shared bucket's depth.
+pub const STRANGER_REQUEST_BURST: u64 = REQUEST_BURST;
 /// Most blocks in one `Submit` (a light node's write, relayed to a full node).
 pub const MAX_SUBMIT_BLOCKS: usize = 256;
 /// Most peers tracked at once.
@@ -515,6 +522,9 @@ pub struct SyncStats {
     pub streams_cut: u64,
     /// Claims of our own chain capped because the peer could not back them.
     pub own_claims_capped: u64,
+    /// Requests of strangers refused because their shared bucket was empty (also counted in
+    /// `requests_refused`).
+    pub stranger_requests_refused: u64,
 }
 
 /// The per-node sync decision maker. `P` is the caller's peer id type.
@@ -541,6 +551,40 @@ pub struct Syncer<P: Ord + Clone> {
     trust_claims: bool,
     /// Our writes are open (see [`Syncer::own_chain_settled`]).
     own_settled: bool,
+    /// The bucket every stranger's request draws from ([`STRANGER_REQUESTS_PER_SEC`]).
+    strangers: Bucket,
+    /// **Sabotage, for the simulator's oracle only**: strangers draw only from their own
+    /// buckets (made-up identities each get a full one).
+    no_stranger_budget: bool,
+}
+
+/// A token bucket: `tokens` at `at` (ms), refilled at a rate up to a depth.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: u64,
+    at: u64,
+}
+
+impl Bucket {
+    fn full(depth: u64, now: u64) -> Self {
+        Bucket {
+            tokens: depth,
+            at: now,
+        }
+    }
+    /// Takes a token if there is one, after refilling.
+    fn take(&mut self, now: u64, per_sec: u64, depth: u64) -> bool {
+        let refill = now.saturating_sub(self.at) * per_sec / 1000;
+        if refill > 0 {
+            self.tokens = (self.tokens + refill).min(depth);
+            self.at = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 impl<P: Ord + Clone> Default for Syncer<P> {
@@ -557,6 +601,8 @@ impl<P: Ord + Clone> Default for Syncer<P> {
             last_stream_peer: None,
             next_resume: 0,
             trust_claims: false,
+            strangers: Bucket::full(STRANGER_REQUEST_BURST, 0),
+            no_stranger_budget: false,
             own_settled: false,
         }
     }
@@ -571,6 +617,11 @@ fn vv_ahead(remote: &[(AuthorId, u64)], local: &BTreeMap<AuthorId, u64>) -> bool
 impl<P: Ord + Clone> Syncer<P> {
     /// **Sabotage, for the simulator's oracle only**: see `trust_claims`.
     #[doc(hidden)]
+    pub fn sabotage_no_stranger_budget(&mut self) {
+        self.no_stranger_budget = true;
+    }
+
+    /// **Sabotage, for the simulator's oracle only**: see `trust_claims`.
     pub fn sabotage_trust_claims(&mut self) {
         self.trust_claims = true;
     }
@@ -1071,35 +1122,41 @@ impl<P: Ord + Clone> Syncer<P> {
         vec![]
     }
 
-    /// Whether to serve an inbound request from `p` now (token bucket per peer).
-    pub fn admit_request(&mut self, p: &P, now: u64) -> bool {
-        let Some(st) = self.peers.get_mut(p) else {
-            // A request can race the connection notice; admit it against a fresh bucket.
-            self.peers.insert(
-                p.clone(),
-                PeerState {
-                    tokens: REQUEST_BURST - 1,
-                    tokens_at: now,
-                    ..PeerState::default()
-                },
-            );
-            return true;
+    /// Whether to serve an inbound request from `p` now: a token bucket per peer and, for a
+    /// `stranger`, also the one all strangers share ([`STRANGER_REQUESTS_PER_SEC`]). A request
+    /// from a peer not tracked (it raced its connection notice, or the shell has no connection
+    /// for it) has no bucket of its own and is served only from the strangers' one: nothing is
+    /// stored for it, so made-up peer ids cost no memory.
+    pub fn admit_request(&mut self, p: &P, now: u64, stranger: bool) -> bool {
+        let admitted = match self.peers.get_mut(p) {
+            None => {
+                self.no_stranger_budget
+                    || self
+                        .strangers
+                        .take(now, STRANGER_REQUESTS_PER_SEC, STRANGER_REQUEST_BURST)
+            }
+            Some(st) if st.banned_until.is_some() => false,
+            Some(st) => {
+                let mut own = Bucket {
+                    tokens: st.tokens,
+                    at: st.tokens_at,
+                };
+                let ok = own.take(now, REQUESTS_PER_SEC, REQUEST_BURST);
+                (st.tokens, st.tokens_at) = (own.tokens, own.at);
+                ok && (!stranger
+                    || self.no_stranger_budget
+                    || self
+                        .strangers
+                        .take(now, STRANGER_REQUESTS_PER_SEC, STRANGER_REQUEST_BURST))
+            }
         };
-        if st.banned_until.is_some() {
+        if !admitted {
             self.stats.requests_refused += 1;
-            return false;
+            if stranger {
+                self.stats.stranger_requests_refused += 1;
+            }
         }
-        let refill = now.saturating_sub(st.tokens_at) * REQUESTS_PER_SEC / 1000;
-        if refill > 0 {
-            st.tokens = (st.tokens + refill).min(REQUEST_BURST);
-            st.tokens_at = now;
-        }
-        if st.tokens == 0 {
-            self.stats.requests_refused += 1;
-            return false;
-        }
-        st.tokens -= 1;
-        true
+        admitted
     }
 
     /// Periodic work: lift expired bans, drop a stalled stream, forget old wants, and compare

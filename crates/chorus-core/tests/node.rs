@@ -75,7 +75,8 @@ impl Mesh {
         for a in 0..n as u8 {
             for b in 0..n as u8 {
                 if a != b {
-                    m.inbox[a as usize].push_back(Input::PeerUp(b));
+                    let key = Some(m.nodes[b as usize].local().key().author());
+                    m.inbox[a as usize].push_back(Input::PeerUp { peer: b, key });
                 }
             }
         }
@@ -373,7 +374,8 @@ fn a_wiped_writer_holds_its_writes_until_the_peers_confirm_its_chain() {
     m.heal();
     for p in [0, 2] {
         m.inbox[1].push_back(Input::PeerDown(p));
-        m.inbox[1].push_back(Input::PeerUp(p));
+        let key = Some(m.nodes[p as usize].local().key().author());
+        m.inbox[1].push_back(Input::PeerUp { peer: p, key });
     }
     m.append(1, 500, "after");
     m.settle(10);
@@ -470,7 +472,8 @@ fn a_wiped_writer_is_not_confirmed_by_peers_that_are_recovering_too() {
         for q in 0..4u8 {
             if p != q {
                 m.inbox[p as usize].push_back(Input::PeerDown(q));
-                m.inbox[p as usize].push_back(Input::PeerUp(q));
+                let key = Some(m.nodes[q as usize].local().key().author());
+                m.inbox[p as usize].push_back(Input::PeerUp { peer: q, key });
             }
         }
     }

@@ -228,10 +228,36 @@ fn invalid_blocks_ban_the_peer_then_the_ban_expires() {
         }]
     );
     assert!(s.is_banned(&3));
-    assert!(!s.admit_request(&3, 6));
+    assert!(!s.admit_request(&3, 6, false));
     assert_eq!(s.peer_up(3, 7), vec![Action::Disconnect(3)]);
     assert!(s.tick(5 + BAN_MS, &blank).contains(&Action::Unban(3)));
     assert!(!s.is_banned(&3));
+}
+
+/// Peer ids are free: strangers (connected or not) share one bucket beside their own, and a
+/// member's requests never draw from it. An untracked peer leaves no state behind.
+#[test]
+fn strangers_share_one_budget_and_members_keep_theirs() {
+    use chorus_core::sync::STRANGER_REQUEST_BURST;
+    let mut s: Syncer<u32> = Syncer::default();
+    s.peer_up(1, 0);
+    // A thousand made-up ids, a request each, untracked: the shared burst and no more.
+    let admitted = (1_000..2_000u32)
+        .filter(|p| s.admit_request(p, 0, true))
+        .count() as u64;
+    assert_eq!(admitted, STRANGER_REQUEST_BURST);
+    assert_eq!(s.peers().count(), 1, "made-up ids left state behind");
+    // A connected stranger has its own bucket, but the shared one is empty.
+    s.peer_up(2, 0);
+    assert!(!s.admit_request(&2, 0, true));
+    // A member is served from its own bucket alone.
+    assert!(s.admit_request(&1, 0, false));
+    assert_eq!(
+        s.stats().stranger_requests_refused,
+        1_000 - STRANGER_REQUEST_BURST + 1
+    );
+    // A second later the shared bucket has refilled at its rate.
+    assert!(s.admit_request(&2, 1_000, true));
 }
 
 #[test]
@@ -239,11 +265,11 @@ fn request_flood_is_rate_limited_and_refills() {
     let mut s: Syncer<u8> = Syncer::default();
     s.peer_up(4, 0);
     let admitted = (0..2 * REQUEST_BURST)
-        .filter(|_| s.admit_request(&4, 0))
+        .filter(|_| s.admit_request(&4, 0, false))
         .count() as u64;
     assert_eq!(admitted, REQUEST_BURST);
-    assert!(!s.admit_request(&4, 1));
-    assert!(s.admit_request(&4, 1_000));
+    assert!(!s.admit_request(&4, 1, false));
+    assert!(s.admit_request(&4, 1_000, false));
     assert_eq!(s.stats().requests_refused, REQUEST_BURST + 1);
 }
 

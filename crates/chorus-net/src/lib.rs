@@ -221,6 +221,18 @@ pub fn peer_id_of_author(author: &[u8; 32]) -> Option<PeerId> {
     Some(identity::PublicKey::from(key).to_peer_id())
 }
 
+/// The member key a peer id proves (the inverse of [`peer_id_of_author`]): `None` for an id
+/// that is no inlined Ed25519 key.
+pub fn author_of_peer(peer: &PeerId) -> Option<[u8; 32]> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    // Ed25519 ids inline their public key (multihash code 0, "identity").
+    if mh.code() != 0 {
+        return None;
+    }
+    let key = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
+}
+
 fn keypair_of(seed: [u8; 32]) -> identity::Keypair {
     identity::Keypair::ed25519_from_bytes(seed).expect("32-byte seed is a valid ed25519 secret")
 }

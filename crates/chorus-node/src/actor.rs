@@ -20,7 +20,7 @@ use std::{
 };
 
 use chorus_core::{
-    EventId, SignedEvent,
+    AuthorId, EventId, SignedEvent,
     membership::VoteOp,
     proto::{
         WriteError, WriteId, WriteResult,
@@ -314,7 +314,8 @@ impl<M: Describe> Actor<M> {
                     }
                     NetEvent::PeerUp(p) => {
                         tracing::info!(peer = %p, "peer connected");
-                        Input::PeerUp(p)
+                        let key = chorus_net::author_of_peer(&p).map(AuthorId);
+                        Input::PeerUp { peer: p, key }
                     }
                     NetEvent::PeerDown(p) => {
                         tracing::info!(peer = %p, "peer disconnected");
@@ -795,6 +796,7 @@ impl<M: Describe> Actor<M> {
                 bans: s.bans,
                 streams_cut: s.streams_cut,
                 own_claims_capped: s.own_claims_capped,
+                stranger_requests_refused: s.stranger_requests_refused,
                 pages_served: self.pages.as_ref().map_or(0, |p| {
                     p.stats.served.load(std::sync::atomic::Ordering::Relaxed)
                 }),

@@ -66,6 +66,9 @@ pub enum Msg {
     Request {
         rid: u64,
         req: SyncRequest,
+        /// The peer id the receiver sees: a made-up one (the `sybil` attack), or `None` for
+        /// the sender's own. Answers go back to the sender either way.
+        as_peer: Option<NodeIx>,
     },
     Response {
         rid: u64,
@@ -191,6 +194,9 @@ pub enum Sabotage {
     /// Every node decides membership by arrival order (the rule before membership versions):
     /// the adversary's `admin_fork` splits the replicas (C1 must fail).
     MembershipArrivalOrder,
+    /// Every node serves strangers from their own per-peer buckets alone, none shared: the
+    /// adversary's `sybil` requests under made-up peer ids are all served (C4 must fail).
+    NoStrangerBudget,
     /// Every node orders by event id alone, ignoring Lamport clocks: the replicas agree, but
     /// events come before their parents (C3 must fail).
     OrderWithoutLamport,

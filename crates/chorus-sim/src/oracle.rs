@@ -38,13 +38,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chorus_core::{AuthorId, EventId, Machine, SignedEvent, genesis::Genesis, machine::Applied};
+use chorus_core::{
+    AuthorId, EventId, Machine, SignedEvent,
+    genesis::Genesis,
+    machine::Applied,
+    sync::{STRANGER_REQUEST_BURST, STRANGER_REQUESTS_PER_SEC},
+};
 use sha2::{Digest, Sha256};
 
 use crate::{
     node::{Outcome, Sabotage, SimMachine, SimNode},
     scenario::Attack,
-    world::World,
+    world::{SYBIL_REQUESTS, World},
 };
 
 /// One check's verdict.
@@ -568,7 +573,7 @@ pub fn judge(w: &mut World) -> Findings {
                 ],
                 Attack::OversizedMessage => &[Outcome::RefusedUnread, Outcome::DroppedBanned],
                 Attack::BadRequest => &[Outcome::Refused, Outcome::DroppedBanned],
-                Attack::Flood | Attack::RangeScan => {
+                Attack::Flood | Attack::RangeScan | Attack::Sybil => {
                     &[Outcome::Refused, Outcome::Served, Outcome::DroppedBanned]
                 }
             };
@@ -579,6 +584,23 @@ pub fn judge(w: &mut World) -> Findings {
             }
             if a == Attack::Flood && outcomes.get(&Outcome::Refused).copied().unwrap_or(0) == 0 {
                 c4.push("flood: nothing refused".into());
+            }
+            if a == Attack::Sybil {
+                // Each attack hits one node at once: that node serves at most the strangers'
+                // burst plus a second of their rate, whatever the number of made-up ids.
+                let sent = w.stats.attacks_sent.get(&a).copied().unwrap_or(0);
+                let attacks = sent.div_ceil(SYBIL_REQUESTS as u64);
+                let bound = attacks * (STRANGER_REQUEST_BURST + STRANGER_REQUESTS_PER_SEC);
+                let served = outcomes.get(&Outcome::Served).copied().unwrap_or(0);
+                if served > bound {
+                    c4.push(format!(
+                        "sybil: {served} requests of made-up peer ids served in {attacks} \
+                         attacks (strangers' budget allows {bound})"
+                    ));
+                }
+                if !outcomes.contains_key(&Outcome::Refused) {
+                    c4.push("sybil: nothing refused".into());
+                }
             }
             if a == Attack::LowLamport && !outcomes.contains_key(&Outcome::Rejected) {
                 c4.push("low_lamport: never refused".into());

@@ -202,10 +202,14 @@ pub enum Attack {
     /// `Range` requests for the whole chain of a random honest author (answered through the
     /// author's chain: the cost is what the answer holds, within the wire limit and the rate).
     RangeScan,
+    /// A thousand `Summary` requests at once, each under a fresh made-up peer id (peer ids
+    /// are free): every stranger's request draws from one shared budget besides its own
+    /// bucket, so at most that budget is served, and members are never refused for it.
+    Sybil,
 }
 
 impl Attack {
-    pub const ALL: [Attack; 17] = [
+    pub const ALL: [Attack; 18] = [
         Attack::BitFlip,
         Attack::ForgedAuthor,
         Attack::Equivocate,
@@ -223,6 +227,7 @@ impl Attack {
         Attack::TokenBomb,
         Attack::LowLamport,
         Attack::RangeScan,
+        Attack::Sybil,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -243,6 +248,7 @@ impl Attack {
             Attack::TokenBomb => "token_bomb",
             Attack::LowLamport => "low_lamport",
             Attack::RangeScan => "range_scan",
+            Attack::Sybil => "sybil",
         }
     }
 }

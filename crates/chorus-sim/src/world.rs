@@ -57,6 +57,10 @@ pub const FLOOD_REQUESTS: usize = 1_000;
 pub const REPLAY_BLOCKS: usize = 20;
 /// Whole-chain `Range` requests one `range_scan` attack sends.
 pub const RANGE_SCANS: usize = 4;
+/// Requests one `sybil` attack sends, each under a fresh made-up peer id.
+pub const SYBIL_REQUESTS: usize = 1_000;
+/// Made-up peer ids start here (far above any node's index).
+pub const SYBIL_BASE: NodeIx = 1 << 40;
 /// Registrations one `slot_fill` attack writes.
 pub const SLOT_FILL_REGISTRATIONS: usize = 8;
 /// Tokens of one `token_bomb` stimulus.
@@ -172,6 +176,8 @@ pub struct World {
     byz_registered: BTreeSet<NodeIx>,
     /// Dummy emissaries the `slot_fill` attacks registered.
     byz_dummies: u64,
+    /// Made-up peer ids used so far (`sybil`).
+    sybil_ids: usize,
     writer_rngs: Vec<Rng>,
     next_rid: u64,
     /// Acknowledged writes: id → (author node, ack time).
@@ -365,6 +371,7 @@ impl World {
             byz_rng: Rng::stream(seed, "byzantine"),
             byz_registered: BTreeSet::new(),
             byz_dummies: 0,
+            sybil_ids: 0,
             writer_rngs,
             next_rid: 0,
             acked: BTreeMap::new(),
@@ -768,8 +775,11 @@ impl World {
         }
         self.adjacent[a].insert(b);
         self.adjacent[b].insert(a);
-        self.input(a, Input::PeerUp(b));
-        self.input(b, Input::PeerUp(a));
+        // A connection proves each side's key (libp2p: the identity is the member key).
+        for (x, y) in [(a, b), (b, a)] {
+            let key = Some(self.nodes[y].key.author());
+            self.input(x, Input::PeerUp { peer: y, key });
+        }
     }
 
     fn disconnect(&mut self, a: NodeIx, b: NodeIx) {
@@ -1018,7 +1028,12 @@ impl World {
                 Ev::ReqTimeout { node, epoch, rid },
             );
         }
-        self.send(node, peer, Msg::Request { rid, req }, attack);
+        let msg = Msg::Request {
+            rid,
+            req,
+            as_peer: None,
+        };
+        self.send(node, peer, msg, attack);
     }
 
     // ------------------------------------------------------------------ node behaviour
@@ -1143,8 +1158,8 @@ impl World {
                     self.outcome(env.attack, Outcome::RefusedUnread);
                     continue;
                 }
-                Msg::Request { rid, req } => Input::Request {
-                    peer: from,
+                Msg::Request { rid, req, as_peer } => Input::Request {
+                    peer: as_peer.unwrap_or(from),
                     id: SimRequest {
                         rid,
                         from,
@@ -1796,6 +1811,20 @@ impl World {
                     self.request(node, target, req, Some(a));
                 }
             }
+            Attack::Sybil => {
+                for _ in 0..SYBIL_REQUESTS {
+                    let alias = SYBIL_BASE + self.sybil_ids;
+                    self.sybil_ids += 1;
+                    let rid = self.next_rid;
+                    self.next_rid += 1;
+                    let msg = Msg::Request {
+                        rid,
+                        req: SyncRequest::Summary,
+                        as_peer: Some(alias),
+                    };
+                    self.send(node, target, msg, Some(a));
+                }
+            }
             Attack::Flood => {
                 for _ in 0..FLOOD_REQUESTS {
                     self.request(node, target, SyncRequest::Summary, Some(a));
@@ -1867,6 +1896,7 @@ fn node_over(
         Sabotage::NoWriteGate => node.sabotage(NodeSabotage::NoWriteGate),
         Sabotage::LightAckAtOnce => node.sabotage(NodeSabotage::AckBeforeStored),
         Sabotage::TrustSyncClaims => node.sabotage(NodeSabotage::TrustSyncClaims),
+        Sabotage::NoStrangerBudget => node.sabotage(NodeSabotage::NoStrangerBudget),
         _ => {}
     }
     node

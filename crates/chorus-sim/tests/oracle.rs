@@ -274,6 +274,44 @@ fn a_strangers_flood_is_held_within_its_quota_and_never_forwarded_unless_trusted
     );
 }
 
+/// Issue 15: peer ids are free. The adversary sends a thousand requests at once, each under a
+/// fresh made-up peer id; every stranger draws from one shared budget besides its own bucket,
+/// so a node serves at most that budget, and no member is ever refused for it (every
+/// strangers' refusal is one of the made-up ids'). With the shared budget switched off
+/// (`no-stranger-budget`) each made-up id is served in full and C4 fails, and nothing else.
+#[test]
+fn made_up_peer_ids_share_one_budget_unless_it_is_switched_off() {
+    let mut sc = Suite::builtin()
+        .get("byzantine")
+        .expect("byzantine scenario")
+        .clone();
+    sc.byzantine.as_mut().expect("an adversary").attacks = vec![Attack::Sybil];
+    let (r, w) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    let refused = w
+        .stats
+        .attack_outcomes
+        .get(&(Attack::Sybil, chorus_sim::node::Outcome::Refused))
+        .copied()
+        .unwrap_or(0);
+    let stranger_refusals: u64 = w
+        .nodes
+        .iter()
+        .filter(|n| !n.byzantine)
+        .map(|n| n.syncer().stats().stranger_requests_refused)
+        .sum();
+    assert!(
+        refused > 0,
+        "the attack was never refused: it proves nothing"
+    );
+    assert_eq!(
+        stranger_refusals, refused,
+        "a member's request was refused as a stranger's"
+    );
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::NoStrangerBudget);
+    assert_eq!(failed_checks(&r), vec!["C4 adversarial input rejected"]);
+}
+
 /// Issue 15: the adversary holds the admin key and forks the admin chain at one `sq` (one half
 /// adds a fresh key, the other removes it, to different peers), then writes as the new key.
 /// Every replica decides each event by its own past and they converge; with membership by

@@ -85,7 +85,13 @@ pub struct Config {
 /// What arrives at a node.
 #[derive(Debug)]
 pub enum Input<T: Transport> {
-    PeerUp(T::Peer),
+    /// A connection, and the signing key its identity proves when the shell knows one
+    /// (libp2p: a node's identity is its member key). A peer whose key is no current member's
+    /// nor a genesis reader's is a stranger: its requests share one budget.
+    PeerUp {
+        peer: T::Peer,
+        key: Option<AuthorId>,
+    },
     PeerDown(T::Peer),
     /// A gossiped event block; answered by an [`Output::Validated`] with the same `id`.
     Gossip {
@@ -286,6 +292,8 @@ pub enum NodeSabotage {
     /// Take every peer's word in sync: no catch-up stream is cut for paging nowhere, no claim
     /// of our own chain is checked.
     TrustSyncClaims,
+    /// Strangers' requests draw only on their own per-peer buckets, none shared.
+    NoStrangerBudget,
 }
 
 /// Where an ingested block came from: who to charge if it is invalid.
@@ -356,6 +364,9 @@ type Ingested = (
 pub struct NodeState<M: Machine, S: Storage, T: Transport> {
     local: Local<M, S>,
     cfg: Config,
+    /// The signing key each connected peer's identity proves (see [`Input::PeerUp`]); only
+    /// tracked peers, so bounded by the syncer's `MAX_PEERS`.
+    peer_keys: BTreeMap<T::Peer, AuthorId>,
     syncer: Syncer<T::Peer>,
     turn: Turn<T>,
     out: VecDeque<Output<T>>,
@@ -417,6 +428,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             local,
             cfg,
             syncer,
+            peer_keys: BTreeMap::new(),
             turn: Turn::default(),
             out: VecDeque::new(),
             stats: NodeStats::default(),
@@ -492,6 +504,9 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         if s == NodeSabotage::TrustSyncClaims {
             self.syncer.sabotage_trust_claims();
         }
+        if s == NodeSabotage::NoStrangerBudget {
+            self.syncer.sabotage_no_stranger_budget();
+        }
         self.sabotage = s;
     }
 
@@ -518,11 +533,17 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     /// worked off by [`end_turn`](Self::end_turn).
     pub fn handle(&mut self, now: u64, input: Input<T>) {
         match input {
-            Input::PeerUp(p) => {
-                let a = self.syncer.peer_up(p, now);
+            Input::PeerUp { peer, key } => {
+                let a = self.syncer.peer_up(peer.clone(), now);
+                if !a.contains(&Action::Disconnect(peer.clone()))
+                    && let Some(k) = key
+                {
+                    self.peer_keys.insert(peer, k);
+                }
                 self.act(a);
             }
             Input::PeerDown(p) => {
+                self.peer_keys.remove(&p);
                 self.syncer.peer_down(&p);
                 self.full_peers.remove(&p);
                 self.outbox.peer_down(&p);
@@ -893,7 +914,10 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     fn submit(&mut self, now: u64, peer: T::Peer, id: T::RequestId, req: SyncRequest) {
         let admitted = if self.cfg.light {
             Err("light node: writes go to full nodes".to_string())
-        } else if !self.syncer.admit_request(&peer, now) {
+        } else if !self
+            .syncer
+            .admit_request(&peer, now, self.is_stranger(&peer))
+        {
             Err("rate limited".to_string())
         } else {
             req.check()
@@ -919,7 +943,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     }
 
     fn serve(&mut self, peer: &T::Peer, now: u64, req: &SyncRequest) -> Planned {
-        if !self.syncer.admit_request(peer, now) {
+        if !self.syncer.admit_request(peer, now, self.is_stranger(peer)) {
             return Planned::Answer(SyncResponse::Refused {
                 reason: "rate limited".into(),
             });
@@ -936,6 +960,16 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             s.recovering = !self.writes_open;
         }
         planned
+    }
+
+    /// Whether `peer` is a stranger: its key unknown, or neither a current member's nor a
+    /// reader's the genesis names. Asked at each request, so a member added while connected
+    /// stops being one at once.
+    fn is_stranger(&self, peer: &T::Peer) -> bool {
+        let tl = self.local.timeline();
+        !self.peer_keys.get(peer).is_some_and(|k| {
+            tl.membership().role_now(k).is_some() || tl.genesis().readers.contains(k)
+        })
     }
 
     /// Light nodes: forget the blocks behind the settled horizon.

@@ -123,6 +123,13 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         one(st.sync.streams_cut as f64),
     );
     metric(
+        "sync_stranger_requests_refused_total",
+        "counter",
+        "Requests of peers that are no member refused because all strangers' shared budget \
+         was spent.",
+        one(st.sync.stranger_requests_refused as f64),
+    );
+    metric(
         "sync_pages_served_total",
         "counter",
         "Pages of blocks read and answered off the actor thread.",

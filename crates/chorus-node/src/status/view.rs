@@ -130,6 +130,9 @@ pub struct SyncStatus {
     /// Claims of this node's own chain a peer could not back, capped (the write gate did not
     /// wait for them).
     pub own_claims_capped: u64,
+    /// Requests of peers that are no member (or whose key is unknown) refused because all
+    /// strangers' shared budget was spent.
+    pub stranger_requests_refused: u64,
     /// Pages of blocks read and answered by the page reader (off the actor thread).
     pub pages_served: u64,
     /// Page requests refused because the page reader had a full queue.
