@@ -27,16 +27,14 @@ use chorus_core::{
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, gossipsub,
-    identify, identity, kad,
-    multiaddr::Protocol,
-    noise,
+    identify, identity, kad, noise,
     request_response::{self, OutboundRequestId, ResponseChannel},
     swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle, dial_opts::DialOpts},
     tcp, yamux,
 };
 use tokio::sync::mpsc;
 
-pub use libp2p::{Multiaddr as Addr, PeerId as Peer};
+pub use libp2p::{Multiaddr as Addr, PeerId as Peer, multiaddr::Protocol};
 
 /// Commands the node may queue before the swarm task blocks it.
 pub const NET_COMMAND_QUEUE: usize = 4_096;

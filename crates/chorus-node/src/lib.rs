@@ -231,7 +231,13 @@ pub async fn signal() {
 
 /// Fetches the genesis of the timeline a peer replicates (`chorus join`): asks the peer for
 /// its summary, then for the genesis block it names, and checks the block is that genesis.
+/// Only the peer the address names (`…/p2p/<id>`) is asked: any other the network meets on the
+/// way (Kademlia, identify) could name another timeline, or answer with nothing.
 pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEvent> {
+    let named = match peer_addr.iter().last() {
+        Some(chorus_net::Protocol::P2p(p)) => Some(p),
+        _ => None,
+    };
     let mut net = chorus_net::spawn(NetConfig {
         seed,
         listen: vec![],
@@ -244,7 +250,7 @@ pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEven
         let mut wanted = None;
         while let Some(ev) = net.events.recv().await {
             match ev {
-                NetEvent::PeerUp(peer) => {
+                NetEvent::PeerUp(peer) if named.is_none_or(|n| n == peer) => {
                     net.commands
                         .send(NetCommand::Request {
                             peer,
@@ -252,30 +258,34 @@ pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEven
                         })
                         .await?;
                 }
-                NetEvent::Response { peer, resp, .. } => match resp {
-                    SyncResponse::Summary(s) => {
-                        wanted = Some(s.genesis);
-                        net.commands
-                            .send(NetCommand::Request {
-                                peer,
-                                req: SyncRequest::Want {
-                                    ids: vec![s.genesis],
-                                },
-                            })
-                            .await?;
-                    }
-                    SyncResponse::Blocks(b) => {
-                        let block = b.blocks.first().context("the peer sent no genesis")?;
-                        let ev = SignedEvent::decode(block)?;
-                        if Some(ev.id()) != wanted || ev.kind != kind::GENESIS {
-                            bail!("the peer sent a block that is not the genesis it named");
+                NetEvent::Response { peer, resp, .. } if named.is_none_or(|n| n == peer) => {
+                    match resp {
+                        SyncResponse::Summary(s) => {
+                            wanted = Some(s.genesis);
+                            net.commands
+                                .send(NetCommand::Request {
+                                    peer,
+                                    req: SyncRequest::Want {
+                                        ids: vec![s.genesis],
+                                    },
+                                })
+                                .await?;
                         }
-                        return Ok(ev);
+                        SyncResponse::Blocks(b) => {
+                            let block = b.blocks.first().context("the peer sent no genesis")?;
+                            let ev = SignedEvent::decode(block)?;
+                            if Some(ev.id()) != wanted || ev.kind != kind::GENESIS {
+                                bail!("the peer sent a block that is not the genesis it named");
+                            }
+                            return Ok(ev);
+                        }
+                        SyncResponse::Refused { reason } => bail!("the peer refused: {reason}"),
+                        SyncResponse::Stored { .. } => bail!("the peer answered with Stored"),
                     }
-                    SyncResponse::Refused { reason } => bail!("the peer refused: {reason}"),
-                    SyncResponse::Stored { .. } => bail!("the peer answered with Stored"),
-                },
-                NetEvent::RequestFailed { error, .. } => bail!("request failed: {error}"),
+                }
+                NetEvent::RequestFailed { peer, error, .. } if named.is_none_or(|n| n == peer) => {
+                    bail!("request failed: {error}")
+                }
                 _ => {}
             }
         }
