@@ -168,6 +168,20 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
     n2.stop();
     std::fs::remove_file(dirs[2].join("chorus.redb")).unwrap();
     join(&dirs[2], &n1.addr);
+    // Alone, with no peer to confirm its own chain, it is alive but not ready.
+    let mut alone = Node::start("n2-alone", &dirs[2], "127.0.0.43", &[]);
+    let answer = api(&alone.api).get_answer("/ready").unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer.body["why"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("writes closed"),
+        "{}",
+        answer.body
+    );
+    get(&alone.api, "/health").expect("alive all the same");
+    alone.stop();
     let t0 = Instant::now();
     let mut n2 = Node::start("n2", &dirs[2], "127.0.0.43", &[rogue_addr, n1.addr.clone()]);
     // Its writes open once its own chain is confirmed by honest peers, and it holds all.
@@ -226,6 +240,9 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
         lies_to_n2.load(Ordering::Relaxed),
         lies_told.load(Ordering::Relaxed)
     );
+    // Caught up and confirmed: ready.
+    let r = get(&n2.api, "/ready").unwrap();
+    assert_eq!(r["ready"], true, "{r}");
     // The wiped node writes, and the write reaches everyone.
     let ids = n2.append("n2 after the wipe {i}", 5).unwrap();
     assert_eq!(ids.len(), 5);

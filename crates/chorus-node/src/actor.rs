@@ -148,7 +148,7 @@ pub struct Actor<M: Describe> {
     access_version: Option<u32>,
     /// Reads sync pages off this thread (`None`: its thread could not start; pages are then
     /// read here).
-    pages: Option<PageReader>,
+    pages: Option<PageReader<InboundId>>,
 }
 
 impl<M: Describe> Actor<M> {
@@ -165,7 +165,13 @@ impl<M: Describe> Actor<M> {
             .is_private()
             .then(|| replica.timeline().membership().version_now());
         let (dir, local) = replica.into_local();
-        let pages = match PageReader::spawn(local.store().reader(), net.clone()) {
+        let answers = net.clone();
+        let respond = move |id, resp| {
+            answers
+                .blocking_send(NetCommand::Respond { id, resp })
+                .is_ok()
+        };
+        let pages = match PageReader::spawn(local.store().reader(), respond) {
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::error!(
@@ -364,7 +370,8 @@ impl<M: Describe> Actor<M> {
                 Output::Respond { id, resp } => self.send(NetCommand::Respond { id, resp }),
                 Output::ServePage { id, plan } => match &self.pages {
                     Some(p) => {
-                        if let Err((id, resp)) = p.serve(id, plan) {
+                        if let Err(id) = p.serve(id, plan) {
+                            let resp = crate::pages::busy();
                             self.send(NetCommand::Respond { id, resp });
                         }
                     }

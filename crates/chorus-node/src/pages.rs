@@ -23,9 +23,7 @@ use std::{
 };
 
 use chorus_core::sync::{self, PagePlan, SyncResponse};
-use chorus_net::{InboundId, NetCommand};
 use chorus_store::StoreReader;
-use tokio::sync::mpsc as tokio_mpsc;
 
 /// Pages waiting for the reader at most.
 pub const PAGE_QUEUE: usize = 32;
@@ -41,17 +39,23 @@ pub struct PageStats {
     pub read_failed: AtomicU64,
 }
 
-/// The handle the actor keeps: queue pages, and stop (join) the thread at the end.
-pub struct PageReader {
-    tx: Option<SyncSender<(InboundId, PagePlan)>>,
+/// The handle the actor keeps: queue pages, and stop (join) the thread at the end. `Id` names
+/// the request a page answers (the swarm's inbound request id).
+pub struct PageReader<Id> {
+    tx: Option<SyncSender<(Id, PagePlan)>>,
     thread: Option<JoinHandle<()>>,
     pub stats: Arc<PageStats>,
 }
 
-impl PageReader {
-    /// Starts the reader thread over `store`, answering on `net`.
-    pub fn spawn(store: StoreReader, net: tokio_mpsc::Sender<NetCommand>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<(InboundId, PagePlan)>(PAGE_QUEUE);
+impl<Id: Send + 'static> PageReader<Id> {
+    /// Starts the reader thread over `store`. `respond` sends an answer (it may block: that
+    /// is backpressure on this thread, never on the actor) and says whether the swarm still
+    /// takes them.
+    pub fn spawn(
+        store: StoreReader,
+        mut respond: impl FnMut(Id, SyncResponse) -> bool + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<(Id, PagePlan)>(PAGE_QUEUE);
         let stats = Arc::new(PageStats::default());
         let counters = stats.clone();
         let thread = std::thread::Builder::new()
@@ -71,9 +75,7 @@ impl PageReader {
                             }
                         }
                     };
-                    // Waits while the swarm's queue is full (backpressure on this thread,
-                    // never on the actor); gone means the swarm stopped.
-                    if net.blocking_send(NetCommand::Respond { id, resp }).is_err() {
+                    if !respond(id, resp) {
                         break;
                     }
                 }
@@ -85,21 +87,23 @@ impl PageReader {
         })
     }
 
-    /// Queues a page, or gives back the answer to send at once when [`PAGE_QUEUE`] pages wait
-    /// (or the thread is gone).
-    pub fn serve(&self, id: InboundId, plan: PagePlan) -> Result<(), (InboundId, SyncResponse)> {
+    /// Queues a page, or gives the request back when [`PAGE_QUEUE`] pages wait (or the
+    /// thread is gone): answer it with [`busy`] at once.
+    pub fn serve(&self, id: Id, plan: PagePlan) -> Result<(), Id> {
         let Some(tx) = &self.tx else {
-            return Err((id, busy()));
+            return Err(id);
         };
         match tx.try_send((id, plan)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full((id, _)) | TrySendError::Disconnected((id, _))) => {
                 self.stats.busy.fetch_add(1, Ordering::Relaxed);
-                Err((id, busy()))
+                Err(id)
             }
         }
     }
+}
 
+impl<Id> PageReader<Id> {
     /// Answers what is queued, then ends the thread (it holds the database open).
     pub fn stop(&mut self) {
         self.tx = None;
@@ -109,14 +113,72 @@ impl PageReader {
     }
 }
 
-impl Drop for PageReader {
+impl<Id> Drop for PageReader<Id> {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-fn busy() -> SyncResponse {
+/// The refusal of a page request that found [`PAGE_QUEUE`] pages waiting.
+pub fn busy() -> SyncResponse {
     SyncResponse::Refused {
         reason: format!("busy: {PAGE_QUEUE} pages waiting to be read"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_core::{EventId, testkit};
+    use chorus_store::Store;
+
+    /// The queue is the bound: while the reader is stuck on one answer, [`PAGE_QUEUE`] more
+    /// pages wait, the next request is given back (answered "busy" by the actor), and every
+    /// queued page is still answered once the swarm takes answers again.
+    #[test]
+    fn a_full_queue_gives_the_request_back_and_nothing_queued_is_lost() {
+        let admin = chorus_core::crypto::Keypair::from_seed([1; 32]);
+        let genesis = testkit::genesis(&admin, &[], "counter/1", 64);
+        let store = Store::create_in_memory(&genesis, "counter/1").unwrap();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let answered = Arc::new(std::sync::Mutex::new(vec![]));
+        let log = answered.clone();
+        let mut reader = PageReader::spawn(store.reader(), move |id: u64, resp| {
+            gate_rx.recv().ok();
+            log.lock().unwrap().push((id, resp));
+            true
+        })
+        .unwrap();
+        let plan = || PagePlan::Ids(vec![genesis.id(), EventId([7; 32])]);
+        // The first is taken by the thread (stuck on its answer); then the queue fills.
+        reader.serve(0, plan()).unwrap();
+        let mut queued = 1;
+        let given_back = loop {
+            match reader.serve(queued, plan()) {
+                Ok(()) => queued += 1,
+                Err(id) => break id,
+            }
+            assert!(queued <= PAGE_QUEUE as u64 + 1, "the queue has no bound");
+        };
+        assert!(
+            queued >= PAGE_QUEUE as u64,
+            "refused before the queue was full"
+        );
+        assert_eq!(given_back, queued);
+        assert_eq!(reader.stats.busy.load(Ordering::Relaxed), 1);
+        for _ in 0..queued {
+            gate_tx.send(()).unwrap();
+        }
+        reader.stop();
+        let answered = answered.lock().unwrap();
+        assert_eq!(answered.len() as u64, queued);
+        for (i, (id, resp)) in answered.iter().enumerate() {
+            assert_eq!(*id, i as u64);
+            // The genesis is found in the store; the unknown id is left out.
+            let SyncResponse::Blocks(b) = resp else {
+                panic!("{resp:?}");
+            };
+            assert_eq!(b.blocks.len(), 1);
+        }
     }
 }

@@ -72,6 +72,7 @@ pub fn router(api: Api) -> Router {
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize_reads));
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .merge(reads)
         .merge(writes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
@@ -127,6 +128,39 @@ async fn health(State(api): State<Api>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "the node's actor has stopped: this process serves nothing; restart it",
         )
+    }
+}
+
+/// `GET /ready`: 200 once the node can do its work — its actor runs, its writes are open (its
+/// own chain confirmed by its peers, docs/design/sync.md) and it is not catching up — and 503
+/// with every reason it is not, otherwise. For a readiness probe or a load balancer; `/health`
+/// is the liveness one. Open like `/health` (it says nothing of the timeline's contents).
+async fn ready(State(api): State<Api>) -> Response {
+    let snap = match api.status.get(&api.node).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let st = &snap.status;
+    let mut not_ready = vec![];
+    if !st.writes_open {
+        not_ready.push(
+            "writes closed: no peer has confirmed this node's own chain yet (a node that \
+             restarted empty waits for its peers)"
+                .to_string(),
+        );
+    }
+    if st.sync.catching_up {
+        not_ready.push(format!(
+            "catching up: {} events behind its most advanced peer",
+            st.sync.lag_events
+        ));
+    }
+    if not_ready.is_empty() {
+        let body = serde_json::json!({ "ready": true, "events": st.events });
+        (StatusCode::OK, axum::Json(body)).into_response()
+    } else {
+        let body = serde_json::json!({ "ready": false, "why": not_ready });
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
     }
 }
 
