@@ -522,8 +522,8 @@ pub struct SyncStats {
     pub streams_cut: u64,
     /// Claims of our own chain capped because the peer could not back them.
     pub own_claims_capped: u64,
-    /// Requests of strangers refused because their shared bucket was empty (also counted in
-    /// `requests_refused`).
+    /// Requests refused because all strangers' shared bucket was empty (also counted in
+    /// `requests_refused`; a stranger's own bucket or a ban is counted there alone).
     pub stranger_requests_refused: u64,
 }
 
@@ -1128,13 +1128,10 @@ impl<P: Ord + Clone> Syncer<P> {
     /// for it) has no bucket of its own and is served only from the strangers' one: nothing is
     /// stored for it, so made-up peer ids cost no memory.
     pub fn admit_request(&mut self, p: &P, now: u64, stranger: bool) -> bool {
-        let admitted = match self.peers.get_mut(p) {
-            None => {
-                self.no_stranger_budget
-                    || self
-                        .strangers
-                        .take(now, STRANGER_REQUESTS_PER_SEC, STRANGER_REQUEST_BURST)
-            }
+        // Whether the peer's own bucket (none for an untracked peer) lets it through, then
+        // whether the strangers' shared one does.
+        let own = match self.peers.get_mut(p) {
+            None => true,
             Some(st) if st.banned_until.is_some() => false,
             Some(st) => {
                 let mut own = Bucket {
@@ -1143,18 +1140,22 @@ impl<P: Ord + Clone> Syncer<P> {
                 };
                 let ok = own.take(now, REQUESTS_PER_SEC, REQUEST_BURST);
                 (st.tokens, st.tokens_at) = (own.tokens, own.at);
-                ok && (!stranger
-                    || self.no_stranger_budget
-                    || self
-                        .strangers
-                        .take(now, STRANGER_REQUESTS_PER_SEC, STRANGER_REQUEST_BURST))
+                ok
             }
         };
+        let shared_from = stranger || !self.peers.contains_key(p);
+        let shared = !own
+            || !shared_from
+            || self.no_stranger_budget
+            || self
+                .strangers
+                .take(now, STRANGER_REQUESTS_PER_SEC, STRANGER_REQUEST_BURST);
+        let admitted = own && shared;
         if !admitted {
             self.stats.requests_refused += 1;
-            if stranger {
-                self.stats.stranger_requests_refused += 1;
-            }
+        }
+        if !shared {
+            self.stats.stranger_requests_refused += 1;
         }
         admitted
     }

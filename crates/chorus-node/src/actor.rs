@@ -166,10 +166,23 @@ impl<M: Describe> Actor<M> {
             .then(|| replica.timeline().membership().version_now());
         let (dir, local) = replica.into_local();
         let answers = net.clone();
-        let respond = move |id, resp| {
-            answers
-                .blocking_send(NetCommand::Respond { id, resp })
-                .is_ok()
+        // Waits while the swarm's queue is full, but gives up at shutdown: the swarm may be
+        // waiting for this thread's actor then, and would never drain it.
+        let respond = move |id, resp, stopping: &std::sync::atomic::AtomicBool| {
+            let mut cmd = NetCommand::Respond { id, resp };
+            loop {
+                match answers.try_send(cmd) {
+                    Ok(()) => return true,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                    Err(mpsc::error::TrySendError::Full(c)) => {
+                        if stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                            return false;
+                        }
+                        cmd = c;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
         };
         let pages = match PageReader::spawn(local.store().reader(), respond) {
             Ok(p) => Some(p),

@@ -232,7 +232,10 @@ pub async fn signal() {
 /// Fetches the genesis of the timeline a peer replicates (`chorus join`): asks the peer for
 /// its summary, then for the genesis block it names, and checks the block is that genesis.
 /// Only the peer the address names (`…/p2p/<id>`) is asked: any other the network meets on the
-/// way (Kademlia, identify) could name another timeline, or answer with nothing.
+/// way (Kademlia, identify) could name another timeline, or answer with nothing. An address
+/// without `/p2p/<id>` names no identity: then the first peer that answers is believed, as the
+/// user asked. (A joiner is no member yet, so a peer flooded by strangers may refuse it as
+/// "rate limited" for a moment: the join then fails and says so.)
 pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEvent> {
     let named = match peer_addr.iter().last() {
         Some(chorus_net::Protocol::P2p(p)) => Some(p),

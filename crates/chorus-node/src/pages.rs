@@ -16,7 +16,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, SyncSender, TrySendError},
     },
     thread::JoinHandle,
@@ -45,23 +45,31 @@ pub struct PageReader<Id> {
     tx: Option<SyncSender<(Id, PagePlan)>>,
     thread: Option<JoinHandle<()>>,
     pub stats: Arc<PageStats>,
+    /// Set by [`PageReader::stop`]: queued pages are dropped unanswered, and `respond` is told
+    /// to give up rather than wait for a swarm that may itself be waiting for the actor.
+    stopping: Arc<AtomicBool>,
 }
 
 impl<Id: Send + 'static> PageReader<Id> {
-    /// Starts the reader thread over `store`. `respond` sends an answer (it may block: that
-    /// is backpressure on this thread, never on the actor) and says whether the swarm still
-    /// takes them.
+    /// Starts the reader thread over `store`. `respond` sends an answer and says whether it
+    /// was taken; it may wait while the swarm's queue is full (backpressure on this thread,
+    /// never on the actor), but must give up once the flag it is handed is set (shutdown).
     pub fn spawn(
         store: StoreReader,
-        mut respond: impl FnMut(Id, SyncResponse) -> bool + Send + 'static,
+        mut respond: impl FnMut(Id, SyncResponse, &AtomicBool) -> bool + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::sync_channel::<(Id, PagePlan)>(PAGE_QUEUE);
         let stats = Arc::new(PageStats::default());
         let counters = stats.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
         let thread = std::thread::Builder::new()
             .name("chorus-pages".into())
             .spawn(move || {
                 for (id, plan) in rx {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let resp = match store.read(|block| sync::pack(&plan, block)) {
                         Ok(resp) => {
                             counters.served.fetch_add(1, Ordering::Relaxed);
@@ -75,7 +83,7 @@ impl<Id: Send + 'static> PageReader<Id> {
                             }
                         }
                     };
-                    if !respond(id, resp) {
+                    if !respond(id, resp, &stop) {
                         break;
                     }
                 }
@@ -84,6 +92,7 @@ impl<Id: Send + 'static> PageReader<Id> {
             tx: Some(tx),
             thread: Some(thread),
             stats,
+            stopping,
         })
     }
 
@@ -104,8 +113,11 @@ impl<Id: Send + 'static> PageReader<Id> {
 }
 
 impl<Id> PageReader<Id> {
-    /// Answers what is queued, then ends the thread (it holds the database open).
+    /// Ends the thread (it holds the database open): queued pages are dropped unanswered
+    /// (their askers' requests fail, as when a node stops), and an answer waiting for the
+    /// swarm is given up.
     pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -143,7 +155,7 @@ mod tests {
         let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
         let answered = Arc::new(std::sync::Mutex::new(vec![]));
         let log = answered.clone();
-        let mut reader = PageReader::spawn(store.reader(), move |id: u64, resp| {
+        let mut reader = PageReader::spawn(store.reader(), move |id: u64, resp, _: &AtomicBool| {
             gate_rx.recv().ok();
             log.lock().unwrap().push((id, resp));
             true
@@ -169,6 +181,14 @@ mod tests {
         for _ in 0..queued {
             gate_tx.send(()).unwrap();
         }
+        let t0 = std::time::Instant::now();
+        while (answered.lock().unwrap().len() as u64) < queued {
+            assert!(
+                t0.elapsed().as_secs() < 10,
+                "queued pages were not answered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         reader.stop();
         let answered = answered.lock().unwrap();
         assert_eq!(answered.len() as u64, queued);
@@ -180,5 +200,35 @@ mod tests {
             };
             assert_eq!(b.blocks.len(), 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod shutdown {
+    use super::*;
+    use chorus_core::testkit;
+    use chorus_store::Store;
+
+    /// A reader whose answer cannot be taken (the swarm's queue full, and the swarm itself
+    /// waiting) still stops when asked: `respond` sees the flag and gives up.
+    #[test]
+    fn stop_returns_while_an_answer_waits_for_a_full_queue() {
+        let admin = chorus_core::crypto::Keypair::from_seed([1; 32]);
+        let genesis = testkit::genesis(&admin, &[], "counter/1", 64);
+        let store = Store::create_in_memory(&genesis, "counter/1").unwrap();
+        let mut reader = PageReader::spawn(store.reader(), |_: u64, _, stop: &AtomicBool| {
+            // A queue that never drains.
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            false
+        })
+        .unwrap();
+        for i in 0..4 {
+            let _ = reader.serve(i, PagePlan::Ids(vec![genesis.id()]));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        reader.stop(); // returns: the test would hang otherwise
+        assert!(reader.stats.served.load(Ordering::Relaxed) >= 1);
     }
 }

@@ -131,9 +131,14 @@ async fn health(State(api): State<Api>) -> Response {
     }
 }
 
+/// Events a node may be behind its most advanced peer and still be ready: under write load a
+/// summary often overtakes gossip and opens a short catch-up stream, which is no reason to take
+/// the node out of a load balancer.
+pub const READY_LAG_EVENTS: u64 = 1_024;
+
 /// `GET /ready`: 200 once the node can do its work — its actor runs, its writes are open (its
-/// own chain confirmed by its peers, docs/design/sync.md) and it is not catching up — and 503
-/// with every reason it is not, otherwise. For a readiness probe or a load balancer; `/health`
+/// own chain confirmed by its peers, docs/design/sync.md) and it is not catching up more than
+/// [`READY_LAG_EVENTS`] behind — and 503 with every reason it is not, otherwise. For a readiness probe or a load balancer; `/health`
 /// is the liveness one. Open like `/health` (it says nothing of the timeline's contents).
 async fn ready(State(api): State<Api>) -> Response {
     let snap = match api.status.get(&api.node).await {
@@ -149,7 +154,7 @@ async fn ready(State(api): State<Api>) -> Response {
                 .to_string(),
         );
     }
-    if st.sync.catching_up {
+    if st.sync.catching_up && st.sync.lag_events > READY_LAG_EVENTS {
         not_ready.push(format!(
             "catching up: {} events behind its most advanced peer",
             st.sync.lag_events
