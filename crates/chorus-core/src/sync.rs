@@ -470,8 +470,8 @@ struct PeerState {
     in_flight: usize,
     invalid: u32,
     banned_until: Option<u64>,
-    tokens: u64,
-    tokens_at: u64,
+    /// Its own request bucket ([`REQUESTS_PER_SEC`]).
+    requests: Bucket,
     /// When a `Since` stream from this peer last ended without bringing anything new.
     idle_stream_at: Option<u64>,
     /// The highest contiguous sequence number of *our own* chain in this peer's last summary
@@ -559,7 +559,7 @@ pub struct Syncer<P: Ord + Clone> {
 }
 
 /// A token bucket: `tokens` at `at` (ms), refilled at a rate up to a depth.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
     tokens: u64,
     at: u64,
@@ -713,8 +713,7 @@ impl<P: Ord + Clone> Syncer<P> {
             return vec![Action::Disconnect(p)];
         }
         self.peers.entry(p.clone()).or_insert(PeerState {
-            tokens: REQUEST_BURST,
-            tokens_at: now,
+            requests: Bucket::full(REQUEST_BURST, now),
             own_retry_at: now + OWN_CHAIN_RETRY_MS,
             ..PeerState::default()
         });
@@ -1133,15 +1132,7 @@ impl<P: Ord + Clone> Syncer<P> {
         let own = match self.peers.get_mut(p) {
             None => true,
             Some(st) if st.banned_until.is_some() => false,
-            Some(st) => {
-                let mut own = Bucket {
-                    tokens: st.tokens,
-                    at: st.tokens_at,
-                };
-                let ok = own.take(now, REQUESTS_PER_SEC, REQUEST_BURST);
-                (st.tokens, st.tokens_at) = (own.tokens, own.at);
-                ok
-            }
+            Some(st) => st.requests.take(now, REQUESTS_PER_SEC, REQUEST_BURST),
         };
         let shared_from = stranger || !self.peers.contains_key(p);
         let shared = !own

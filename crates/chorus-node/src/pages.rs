@@ -141,17 +141,23 @@ pub fn busy() -> SyncResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_core::{EventId, testkit};
+    use chorus_core::{EventId, SignedEvent, testkit};
     use chorus_store::Store;
+
+    /// A store holding one block (the genesis), and that genesis.
+    fn store_of_one() -> (SignedEvent, Store) {
+        let admin = chorus_core::crypto::Keypair::from_seed([1; 32]);
+        let genesis = testkit::genesis(&admin, &[], "counter/1", 64);
+        let store = Store::create_in_memory(&genesis, "counter/1").unwrap();
+        (genesis, store)
+    }
 
     /// The queue is the bound: while the reader is stuck on one answer, [`PAGE_QUEUE`] more
     /// pages wait, the next request is given back (answered "busy" by the actor), and every
     /// queued page is still answered once the swarm takes answers again.
     #[test]
     fn a_full_queue_gives_the_request_back_and_nothing_queued_is_lost() {
-        let admin = chorus_core::crypto::Keypair::from_seed([1; 32]);
-        let genesis = testkit::genesis(&admin, &[], "counter/1", 64);
-        let store = Store::create_in_memory(&genesis, "counter/1").unwrap();
+        let (genesis, store) = store_of_one();
         let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
         let answered = Arc::new(std::sync::Mutex::new(vec![]));
         let log = answered.clone();
@@ -201,21 +207,12 @@ mod tests {
             assert_eq!(b.blocks.len(), 1);
         }
     }
-}
-
-#[cfg(test)]
-mod shutdown {
-    use super::*;
-    use chorus_core::testkit;
-    use chorus_store::Store;
 
     /// A reader whose answer cannot be taken (the swarm's queue full, and the swarm itself
     /// waiting) still stops when asked: `respond` sees the flag and gives up.
     #[test]
     fn stop_returns_while_an_answer_waits_for_a_full_queue() {
-        let admin = chorus_core::crypto::Keypair::from_seed([1; 32]);
-        let genesis = testkit::genesis(&admin, &[], "counter/1", 64);
-        let store = Store::create_in_memory(&genesis, "counter/1").unwrap();
+        let (genesis, store) = store_of_one();
         let mut reader = PageReader::spawn(store.reader(), |_: u64, _, stop: &AtomicBool| {
             // A queue that never drains.
             while !stop.load(Ordering::Relaxed) {
