@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use chorus_core::{
-    AuthorId, EventId, Machine, SignedEvent,
+    AuthorId, EventId, Machine,
     archive::{self, RawBlock},
     event::kind,
     genesis::Genesis,
@@ -25,7 +25,7 @@ use ipld_core::ipld::Ipld;
 use serde_json::Value;
 
 use chorus_node::{
-    describe::{Describe, event_json, json_to_ipld, state_json},
+    describe::{Describe, event_json, event_line, json_to_ipld, state_json},
     machines::{self, WithMachine},
 };
 
@@ -57,7 +57,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Member { op, api } if api.is_some() || crate::http::running_api(dir).is_some() => {
             member_remote(dir, op, api)
         }
-        other => on_store(dir, other),
+        other => match crate::http::running_api(dir) {
+            Some(api) => match crate::live::through_node(&api, &other) {
+                Some(Err(e)) if crate::live::unreachable(&e) => on_store(dir, other),
+                Some(r) => r,
+                None => on_store(dir, other),
+            },
+            None => on_store(dir, other),
+        },
     }
 }
 
@@ -338,43 +345,6 @@ fn append<M: Describe>(r: &mut Replica<M>, a: AppendArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn short_text(ev: &SignedEvent) -> String {
-    let t = if ev.kind == kind::GENESIS {
-        match Genesis::from_event(ev) {
-            Ok(g) => format!(
-                "{:?} machine {} admin {}",
-                g.body.name,
-                g.body.machine,
-                g.admin.fmt_short()
-            ),
-            Err(e) => format!("invalid genesis: {e}"),
-        }
-    } else if ev.kind == kind::MEMBER {
-        match MemberOp::parse(&ev.body) {
-            Ok(MemberOp::Add(k, r)) => format!("add {} {}", r.as_str(), k),
-            Ok(MemberOp::Remove(k)) => format!("remove {k}"),
-            Err(e) => e.to_string(),
-        }
-    } else {
-        match ev.text() {
-            Some(t) => t.to_string(),
-            None => match &ev.body {
-                Ipld::Null => String::new(),
-                b => format!("{b:?}"),
-            },
-        }
-    };
-    let one_line: String = t
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if one_line.chars().count() > 80 {
-        format!("{}…", one_line.chars().take(79).collect::<String>())
-    } else {
-        one_line
-    }
-}
-
 fn log<M: Describe>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
     let tl = r.timeline();
     let start = match &a.from {
@@ -404,7 +374,7 @@ fn log<M: Describe>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
                 ev.author.fmt_short(),
                 ev.kind,
                 if excluded { "[excluded] " } else { "" },
-                short_text(&ev)
+                event_line(&ev)
             )?;
         }
     }
@@ -412,12 +382,21 @@ fn log<M: Describe>(r: &Replica<M>, a: LogArgs) -> Result<i32> {
 }
 
 fn state<M: Describe>(r: &Replica<M>, as_json: bool) -> Result<i32> {
-    let v = state_json(r.timeline());
+    print_state(&state_json(r.timeline()), as_json)
+}
+
+/// `chorus state` from the state's JSON (the store's, or a running node's `GET /v1/state`).
+pub fn print_state(v: &Value, as_json: bool) -> Result<i32> {
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(v)?);
         return Ok(0);
     }
     let s = &v["state"];
+    if v["folding"] == true {
+        println!(
+            "folding      new events are being folded; below is the state of the last complete fold"
+        );
+    }
     println!(
         "timeline     {} ({})",
         v["timeline"].as_str().unwrap_or(""),

@@ -82,3 +82,48 @@ pub fn running_api(dir: &Path) -> Option<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
 }
+
+/// A streamed answer: its headers and a reader of its body.
+pub struct Stream {
+    pub headers: ureq::http::HeaderMap,
+    pub body: Box<dyn std::io::Read + Send>,
+}
+
+/// Longest silence while a streamed answer arrives (its whole length is not bounded: an
+/// export of a large timeline takes as long as it takes).
+pub const STREAM_STALL: Duration = Duration::from_secs(60);
+
+/// `GET http://{addr}{path}` as a stream (an export); an error answer is read as JSON and said.
+pub fn get_stream(addr: &str, path: &str) -> Result<Stream> {
+    let url = format!("http://{addr}{path}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_recv_response(Some(API_TIMEOUT))
+        .timeout_per_read(Some(STREAM_STALL))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    let mut rq = agent.get(&url);
+    if let Some(b) = bearer() {
+        rq = rq.header("authorization", b);
+    }
+    let resp = rq
+        .call()
+        .with_context(|| format!("cannot reach the node API at {addr}"))?;
+    if !resp.status().is_success() {
+        read(resp, &url)?;
+        bail!("{url}: an error without a message");
+    }
+    let (parts, body) = resp.into_parts();
+    Ok(Stream {
+        headers: parts.headers,
+        body: Box::new(body.into_reader()),
+    })
+}
+
+impl Stream {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}

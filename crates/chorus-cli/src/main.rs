@@ -2,6 +2,7 @@
 
 mod commands;
 mod http;
+mod live;
 mod mesh;
 mod progress;
 mod sim;
@@ -44,7 +45,8 @@ enum Command {
     },
     /// Sign and append an event; prints its CID once it is durable.
     Append(AppendArgs),
-    /// Print events in total order (lc, cid).
+    /// Print events in total order (lc, cid). Through the node's API when one runs on
+    /// --data-dir (its store is locked then), as are `state`, `verify` and `export`.
     Log(LogArgs),
     /// Print the replicated state: coherence, collapse, dopamine, frontier, state_hash.
     State {
@@ -52,7 +54,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-verify every hash and signature, replay from genesis, compare with the stored state.
+    /// Re-verify every hash and signature, replay from genesis, compare with the stored state
+    /// (with a node running: its export, replayed here, against the state hash it claims).
     Verify,
     /// Move the stored events that every peer refuses (signed by builds before the local
     /// format checks) and the events that depend on them to DATA_DIR/quarantine/, so the store
@@ -62,7 +65,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Export the timeline as a CAR file (IPFS) or JSONL.
+    /// Export the timeline as a CAR file (IPFS) or JSONL (with a node running: streamed from
+    /// one snapshot of its store, GET /v1/export).
     Export(ExportArgs),
     /// Import events from a CAR or JSONL file (validated, idempotent).
     Import(ImportArgs),
@@ -129,6 +133,8 @@ struct NodeArgs {
     no_api: bool,
     /// Environment variable holding the bearer token API writes must carry (required when the
     /// API is not on loopback). The token itself is never put on a command line or in a file.
+    /// Without this flag, CHORUS_API_TOKEN is the token when it is set (the variable the CLI
+    /// sends its token from).
     #[arg(long)]
     api_token_env: Option<String>,
     /// Serve an API that is not on loopback without a write token (anyone who reaches it can

@@ -103,7 +103,9 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
                     .filter(|t| !t.is_empty())
                     .with_context(|| format!("--api-token-env: {var} is not set"))?,
             ),
-            None => None,
+            None => std::env::var(http::TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty()),
         },
         api_open: a.api_open,
         emissaries: emissaries_of(&a)?,

@@ -30,7 +30,7 @@ use chorus_core::{
 };
 use chorus_kairos::body::Intent;
 use chorus_net::{Acceptance, GossipId, InboundId, NetCommand, NetEvent, Peer};
-use chorus_store::{Replica, Store, verify::decode_parallel};
+use chorus_store::{Replica, Store, StoreSnapshot, verify::decode_parallel};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
@@ -67,6 +67,9 @@ pub const FOLD_STEP_POSITIONS: usize = 8;
 /// A request from the HTTP API.
 pub enum ApiRequest {
     Status(oneshot::Sender<Arc<NodeStatus>>),
+    /// A read snapshot of the store for an export, with the state at it
+    /// (`Err`: this node cannot export, and why).
+    Export(oneshot::Sender<Result<ExportStart, String>>),
     /// The newest finality certificate (`final/1`), as JSON with its block.
     Certificate(oneshot::Sender<Option<Value>>),
     State(oneshot::Sender<Value>),
@@ -91,6 +94,17 @@ pub enum ApiRequest {
         id: EventId,
         reply: oneshot::Sender<Option<Arc<SignedEvent>>>,
     },
+}
+
+/// What an export streams: the store as committed at the end of a turn, and what the node's
+/// state is at it.
+pub struct ExportStart {
+    pub snapshot: StoreSnapshot,
+    pub machine: String,
+    pub genesis: EventId,
+    /// The state hash at the snapshot's heads; `None` while a fold runs in slices (the state is
+    /// then behind the store) — the export is whole, only this claim is missing.
+    pub state_hash: Option<[u8; 32]>,
 }
 
 /// Everything the actor reacts to.
@@ -605,6 +619,9 @@ impl<M: Describe> Actor<M> {
             ApiRequest::Events { from, limit, reply } => {
                 let _ = reply.send(self.events(from, limit));
             }
+            ApiRequest::Export(reply) => {
+                let _ = reply.send(self.export_start());
+            }
             ApiRequest::Election { stimulus, reply } => {
                 let tl = self.node.local().timeline();
                 let view = M::elections(tl.state())
@@ -680,6 +697,36 @@ impl<M: Describe> Actor<M> {
             text: intent.and_then(|i| i.text).map(str::to_string),
             settled: v.winner.is_some_and(|w| tl.is_settled(&w)),
         }
+    }
+
+    /// Opens the store snapshot an export streams from. Asked between turns, so the store holds
+    /// everything the timeline orders (each turn commits before queries are answered).
+    fn export_start(&self) -> Result<ExportStart, String> {
+        if self.light() {
+            return Err(
+                "a light node forgets history behind its horizon and has no whole \
+                        timeline to export: export from a full node"
+                    .into(),
+            );
+        }
+        let local = self.node.local();
+        let tl = local.timeline();
+        let snapshot = local
+            .store()
+            .reader()
+            .snapshot()
+            .map_err(|e| format!("opening a read snapshot of the store: {e}"))?;
+        let mut at = snapshot.heads().to_vec();
+        let mut heads = tl.heads();
+        at.sort();
+        heads.sort();
+        let state_hash = (self.snapshot.is_none() && at == heads).then(|| tl.state_hash());
+        Ok(ExportStart {
+            snapshot,
+            machine: local.store().machine_id().to_string(),
+            genesis: tl.genesis_id(),
+            state_hash,
+        })
     }
 
     fn events(&self, from: Option<EventId>, limit: usize) -> Result<Value, String> {

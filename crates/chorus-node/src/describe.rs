@@ -2,7 +2,10 @@
 //! machine, the replica summary, events; and JSON → IPLD for event bodies given as JSON.
 
 use anyhow::{Context, Result};
-use chorus_core::{AuthorId, EventId, Machine, SignedEvent, Timeline, machine::CounterMachine};
+use chorus_core::{
+    AuthorId, EventId, Machine, SignedEvent, Timeline, event::kind, genesis::Genesis,
+    machine::CounterMachine, membership::MemberOp,
+};
 use chorus_kairos::{Kairos2Machine, Kairos3Machine, KairosMachine, KairosState};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
@@ -232,6 +235,46 @@ pub fn event_json<M: Machine>(tl: &Timeline<M>, pos: usize, ev: &SignedEvent) ->
     json!({
         "pos": pos, "cid": id.to_string(), "lc": ev.lamport, "author": ev.author.to_string(),
         "sq": ev.seq, "kind": ev.kind, "text": ev.text(), "excluded": tl.is_excluded(&id),
-        "settled": tl.is_settled(&id),
+        "settled": tl.is_settled(&id), "line": event_line(ev),
     })
+}
+
+/// One line of text for an event (`chorus log`): a genesis's name, machine and admin, a
+/// membership change, the text of a text body, else the body's IPLD; control characters
+/// blanked, cut at 80 characters.
+pub fn event_line(ev: &SignedEvent) -> String {
+    let t = if ev.kind == kind::GENESIS {
+        match Genesis::from_event(ev) {
+            Ok(g) => format!(
+                "{:?} machine {} admin {}",
+                g.body.name,
+                g.body.machine,
+                g.admin.fmt_short()
+            ),
+            Err(e) => format!("invalid genesis: {e}"),
+        }
+    } else if ev.kind == kind::MEMBER {
+        match MemberOp::parse(&ev.body) {
+            Ok(MemberOp::Add(k, r)) => format!("add {} {}", r.as_str(), k),
+            Ok(MemberOp::Remove(k)) => format!("remove {k}"),
+            Err(e) => e.to_string(),
+        }
+    } else {
+        match ev.text() {
+            Some(t) => t.to_string(),
+            None => match &ev.body {
+                Ipld::Null => String::new(),
+                b => format!("{b:?}"),
+            },
+        }
+    };
+    let one_line: String = t
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.chars().count() > 80 {
+        format!("{}…", one_line.chars().take(79).collect::<String>())
+    } else {
+        one_line
+    }
 }

@@ -185,6 +185,7 @@ pub async fn run<M: Describe>(
                 loopback: bound.ip().is_loopback(),
                 private,
                 streams: http::stream_slots(),
+                exports: http::export_slots(),
             });
             Some(tokio::spawn(http::serve::serve(listener, app, async {
                 let _ = api_stop_rx.await;

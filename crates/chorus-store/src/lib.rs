@@ -14,7 +14,7 @@ pub mod store;
 pub mod tables;
 
 pub use replica::{IngestReport, Replica, ReplicaError};
-pub use store::{Batch, IntegrityReport, Pruned, Store, StoreError, StoreReader};
+pub use store::{Batch, IntegrityReport, Pruned, Store, StoreError, StoreReader, StoreSnapshot};
 
 pub mod verify;
 pub use verify::{check_raw_parallel, decode_parallel};

@@ -688,4 +688,65 @@ impl StoreReader {
         };
         Ok(f(&block))
     }
+
+    /// One read snapshot of the whole store for a long read beside the node's writes (an
+    /// export): the heads and the ordered blocks as committed when it was taken, however long
+    /// the reader takes. redb keeps the snapshot's pages until it is dropped, so a snapshot
+    /// held open costs the file the space of what was rewritten meanwhile.
+    pub fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let events = txn.open_table(EVENTS).map_err(dberr)?;
+        let heads_table = txn.open_table(HEADS).map_err(dberr)?;
+        let mut heads = vec![];
+        for item in heads_table.iter().map_err(dberr)? {
+            let (k, _) = item.map_err(dberr)?;
+            heads.push(EventId(k.value().try_into().map_err(|_| {
+                StoreError::Corrupt {
+                    block: None,
+                    why: "head key is not 32 bytes".into(),
+                }
+            })?));
+        }
+        let len = events.len().map_err(dberr)?;
+        Ok(StoreSnapshot { events, heads, len })
+    }
+}
+
+/// See [`StoreReader::snapshot`].
+pub struct StoreSnapshot {
+    events: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    heads: Vec<EventId>,
+    len: u64,
+}
+
+impl StoreSnapshot {
+    /// The heads at the snapshot.
+    pub fn heads(&self) -> &[EventId] {
+        &self.heads
+    }
+
+    /// Ordered events at the snapshot.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every ordered block (id, exact bytes) in (lc, id) order: parents before children.
+    pub fn ordered_blocks(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<(EventId, Vec<u8>), StoreError>> + use<>, StoreError>
+    {
+        let range = self.events.range::<&[u8]>(..).map_err(dberr)?;
+        Ok(range.map(|item| {
+            let (k, v) = item.map_err(dberr)?;
+            let (_, id) = split_order_key(k.value()).ok_or_else(|| StoreError::Corrupt {
+                block: None,
+                why: "events key is not 40 bytes".into(),
+            })?;
+            Ok((EventId(id), v.value().to_vec()))
+        }))
+    }
 }

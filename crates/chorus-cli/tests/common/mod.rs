@@ -26,6 +26,29 @@ pub fn chorus(dir: &Path, args: &[&str]) -> Output {
         .expect("run chorus")
 }
 
+/// As [`chorus`], with environment variables set.
+pub fn chorus_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run chorus")
+}
+
+/// As [`ok`], with environment variables set.
+pub fn ok_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = chorus_env(dir, args, env);
+    assert!(
+        out.status.success(),
+        "chorus {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn ok(dir: &Path, args: &[&str]) -> String {
     let out = chorus(dir, args);
     assert!(
@@ -103,6 +126,17 @@ impl Node {
         Self::launch(name, dir, ip, bootstrap, extra, prefix, 0)
     }
 
+    /// As [`Node::start`], with environment variables set for the node.
+    pub fn start_env(
+        name: &str,
+        dir: &Path,
+        ip: &str,
+        bootstrap: &[String],
+        env: &[(&str, &str)],
+    ) -> Node {
+        Self::launch_env(name, dir, ip, bootstrap, &[], None, 0, env)
+    }
+
     fn launch(
         name: &str,
         dir: &Path,
@@ -112,7 +146,25 @@ impl Node {
         prefix: Option<&[&str]>,
         heartbeat_ms: u64,
     ) -> Node {
-        let process = NodeCommand::new(BIN, dir, ip)
+        Self::launch_env(name, dir, ip, bootstrap, extra, prefix, heartbeat_ms, &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_env(
+        name: &str,
+        dir: &Path,
+        ip: &str,
+        bootstrap: &[String],
+        extra: &[&str],
+        prefix: Option<&[&str]>,
+        heartbeat_ms: u64,
+        env: &[(&str, &str)],
+    ) -> Node {
+        let mut cmd = NodeCommand::new(BIN, dir, ip);
+        for (k, v) in env {
+            cmd = cmd.env(k, v);
+        }
+        let process = cmd
             .heartbeat_ms(heartbeat_ms)
             .prefix(prefix.unwrap_or_default().iter().copied())
             .bootstrap(bootstrap)

@@ -14,6 +14,8 @@
 //!   body over [`MAX_APPEND_REQUEST_BYTES`]), 422 for a bad kind or body, with a message that
 //!   names the bound; 503 while the node's write gate is closed.
 //! * `GET /v1/events?stream=true` → an SSE stream of new events
+//! * `GET /v1/export?format=car|jsonl` → the whole timeline as a streamed archive from one
+//!   store snapshot, with the state hash at its heads ([`export`])
 //! * `POST /v1/members` with `{"op": "add"|"remove", "key": HEX, "role": "writer"|"anchor"}` →
 //!   `{"id": CID}`: a membership change through the running node (the admin's) ([`members`])
 //! * `POST /v1/swarm/intent`, `GET /v1/swarm/elections`: the swarm API ([`swarm`])
@@ -27,6 +29,7 @@
 //! (`chorus node --api-token-env VAR`); the token is only ever compared, never served.
 
 mod events;
+mod export;
 mod members;
 mod metrics;
 mod node;
@@ -44,9 +47,10 @@ use axum::{
     routing::{get, post},
 };
 
+pub use export::MAX_EXPORTS;
 pub use shared::{
-    Api, GatewayStats, MAX_API_BODY_BYTES, MAX_APPEND_REQUEST_BYTES, MAX_STREAMS, error, json_body,
-    stream_slots, write_error,
+    Api, GatewayStats, MAX_API_BODY_BYTES, MAX_APPEND_REQUEST_BYTES, MAX_STREAMS, error,
+    export_slots, json_body, stream_slots, write_error,
 };
 pub use swarm::{
     DEFAULT_INTENT_TIMEOUT_MS, MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, MAX_INTENT_TIMEOUT_MS,
@@ -67,6 +71,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/state", get(node::state))
         .route("/v1/finality/certificate", get(node::certificate))
         .route("/v1/events", get(events::events))
+        .route("/v1/export", get(export::export))
         .route("/v1/swarm/elections", get(swarm::elections))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize_reads));
@@ -264,6 +269,7 @@ mod tests {
             loopback: true,
             private: false,
             streams: stream_slots(),
+            exports: export_slots(),
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Api {
     pub private: bool,
     /// One permit per live SSE stream ([`MAX_STREAMS`]).
     pub streams: Arc<Semaphore>,
+    /// One permit per running export ([`super::MAX_EXPORTS`]).
+    pub exports: Arc<Semaphore>,
 }
 
 /// Most SSE streams open at once (events and elections together). A client that never reads
@@ -53,6 +55,11 @@ pub const MAX_STREAMS: usize = 256;
 /// A fresh set of stream permits.
 pub fn stream_slots() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(MAX_STREAMS))
+}
+
+/// A fresh set of export permits.
+pub fn export_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(super::export::MAX_EXPORTS))
 }
 
 /// Gateway counters.
