@@ -27,7 +27,7 @@ pub fn unreachable(e: &anyhow::Error) -> bool {
 /// `chorus state` through the node: `GET /v1/state`.
 pub fn state(api: &str, json: bool) -> Result<i32> {
     let v = http::get(api, "/v1/state")?;
-    crate::commands::print_state(&v, json)
+    crate::show::print_state(&v, json)
 }
 
 /// `chorus log` through the node: pages of `GET /v1/events` (each page starts at the last

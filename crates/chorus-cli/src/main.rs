@@ -5,6 +5,7 @@ mod http;
 mod live;
 mod mesh;
 mod progress;
+mod show;
 mod sim;
 
 use std::path::PathBuf;

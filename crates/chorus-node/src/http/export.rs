@@ -27,11 +27,9 @@ use chorus_core::{SignedEvent, archive};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::shared::{Api, error};
+use super::shared::{Api, MAX_EXPORTS, error};
 use crate::actor::{ApiRequest, ExportStart};
 
-/// Most exports streaming at once (each holds a thread and a store snapshot).
-pub const MAX_EXPORTS: usize = 2;
 /// Bytes per chunk handed to the connection.
 pub const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks written ahead of the client.

@@ -2,6 +2,8 @@
 //!
 //! Bound to 127.0.0.1 by default. Used by `chorus status`, `chorus append --api` and the tests.
 //!
+//! * `GET /` → the live dashboard (and `/assets/…`), fed by `GET /v1/dashboard/stream`
+//!   ([`dashboard`])
 //! * `GET /health` → `ok` while the node's actor runs, else 503
 //! * `GET /v1/status` → peers, heads, event count, settled frontier, `state_hash`, sync lag,
 //!   rejection counters
@@ -28,6 +30,7 @@
 //! Writes (every `POST`) need `Authorization: Bearer TOKEN` when the node has an API token
 //! (`chorus node --api-token-env VAR`); the token is only ever compared, never served.
 
+mod dashboard;
 mod events;
 mod export;
 mod members;
@@ -47,10 +50,9 @@ use axum::{
     routing::{get, post},
 };
 
-pub use export::MAX_EXPORTS;
 pub use shared::{
-    Api, GatewayStats, MAX_API_BODY_BYTES, MAX_APPEND_REQUEST_BYTES, MAX_STREAMS, error,
-    export_slots, json_body, stream_slots, write_error,
+    Api, GatewayStats, MAX_API_BODY_BYTES, MAX_APPEND_REQUEST_BYTES, MAX_EXPORTS, MAX_STREAMS,
+    error, export_slots, json_body, stream_slots, write_error,
 };
 pub use swarm::{
     DEFAULT_INTENT_TIMEOUT_MS, MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, MAX_INTENT_TIMEOUT_MS,
@@ -72,12 +74,15 @@ pub fn router(api: Api) -> Router {
         .route("/v1/finality/certificate", get(node::certificate))
         .route("/v1/events", get(events::events))
         .route("/v1/export", get(export::export))
+        .route("/v1/dashboard/stream", get(dashboard::stream))
         .route("/v1/swarm/elections", get(swarm::elections))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize_reads));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::asset))
         .merge(reads)
         .merge(writes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))

@@ -16,10 +16,15 @@ use crate::{actor::ApiRequest, emissary::EmissaryInfo, status::merge_objects};
 /// The node's status plus the original swarm's fields (`coherence`, `dopamine`, `mesh_size`,
 /// `active_emissaries`) and the emissaries' counters.
 pub async fn status(State(api): State<Api>) -> Response {
-    let snap = match api.status.get(&api.node).await {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
+    match status_json(&api).await {
+        Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The body of `GET /v1/status` (also the dashboard's feed).
+pub async fn status_json(api: &Api) -> Result<String, String> {
+    let snap = api.status.get(&api.node).await.map_err(|e| e.to_string())?;
     let live = json!({
         "mesh_size": snap.status.peers.len() + 1,
         "active_emissaries": api.emissaries
@@ -29,11 +34,7 @@ pub async fn status(State(api): State<Api>) -> Response {
             .collect::<Vec<_>>(),
         "emissaries": api.emissaries.iter().map(EmissaryInfo::json).collect::<Vec<_>>(),
     });
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        merge_objects(&snap.json, &live),
-    )
-        .into_response()
+    Ok(merge_objects(&snap.json, &live))
 }
 
 pub async fn state(State(api): State<Api>) -> Response {

@@ -43,7 +43,7 @@ pub struct Api {
     pub private: bool,
     /// One permit per live SSE stream ([`MAX_STREAMS`]).
     pub streams: Arc<Semaphore>,
-    /// One permit per running export ([`super::MAX_EXPORTS`]).
+    /// One permit per running export ([`MAX_EXPORTS`]).
     pub exports: Arc<Semaphore>,
 }
 
@@ -57,9 +57,13 @@ pub fn stream_slots() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(MAX_STREAMS))
 }
 
+/// Most exports streaming at once (`GET /v1/export`; each holds a thread and a store
+/// snapshot).
+pub const MAX_EXPORTS: usize = 2;
+
 /// A fresh set of export permits.
 pub fn export_slots() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(super::export::MAX_EXPORTS))
+    Arc::new(Semaphore::new(MAX_EXPORTS))
 }
 
 /// Gateway counters.

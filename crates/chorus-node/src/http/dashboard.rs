@@ -1,0 +1,216 @@
+//! The live dashboard every node serves at `/`: one HTML page, its script and style, and uPlot
+//! (a maintained plotting library, MIT, vendored in `assets/dashboard/` with its licence) —
+//! all compiled into the binary, nothing to build or fetch. The page is read-only: it opens
+//! `GET /v1/dashboard/stream` (SSE) and draws what each `tick` brings.
+//!
+//! A tick, every [`DASHBOARD_TICK`]: `{"at": unix ms, "status": GET /v1/status, "state": GET
+//! /v1/state, "elections": [... newest last, each with "answers"]}`. `answers` are the intents
+//! this stream saw answer the stimulus since it opened (emissary, model, model_ms, failure):
+//! the latencies per election (the replicated state keeps counts, not timings). At most
+//! [`ANSWERED_STIMULI`] stimuli × [`ANSWERS_PER_STIMULUS`] are kept per stream.
+//!
+//! The page and its assets are as open as `/health` (they hold no data); the stream is a read
+//! like `/v1/status` (a private timeline's token guards it). The page sends a
+//! Content-Security-Policy that allows only this origin's scripts and connections.
+
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Path, State},
+    http::{StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+};
+use chorus_core::{EventId, SignedEvent, event::kind};
+use ipld_core::ipld::Ipld;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::shared::{Api, error};
+use crate::actor::ApiRequest;
+
+/// How often the dashboard's stream sends a tick.
+pub const DASHBOARD_TICK: Duration = Duration::from_secs(1);
+/// Stimuli whose answers one stream remembers (the newest).
+pub const ANSWERED_STIMULI: usize = 64;
+/// Answers remembered per stimulus.
+pub const ANSWERS_PER_STIMULUS: usize = 32;
+/// Elections a tick carries (the newest).
+pub const TICK_ELECTIONS: usize = 20;
+
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/dashboard/dashboard.js"),
+    ),
+    (
+        "dashboard.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/dashboard/dashboard.css"),
+    ),
+    (
+        "uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/dashboard/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../../assets/dashboard/uPlot.min.css"),
+    ),
+];
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                   connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
+
+/// `GET /`: the page.
+pub async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+/// `GET /assets/{name}`: the page's script, style and uPlot.
+pub async fn asset(Path(name): Path<String>) -> Response {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, mime, body)) => (
+            [
+                (header::CONTENT_TYPE, *mime),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no asset {name:?}")),
+    }
+}
+
+/// One intent as the dashboard shows it under its election.
+fn answer_of(ev: &SignedEvent) -> Option<(EventId, Value)> {
+    if ev.kind != kind::INTENT {
+        return None;
+    }
+    let Ipld::Map(m) = &ev.body else { return None };
+    let re = match m.get("re") {
+        Some(Ipld::Link(c)) => EventId::from_cid(c).ok()?,
+        _ => return None,
+    };
+    let text = |k: &str| match m.get(k) {
+        Some(Ipld::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let model_ms = match m.get("model_ms") {
+        Some(Ipld::Integer(i)) => u64::try_from(*i).ok(),
+        _ => None,
+    };
+    // A failed answer carries its failure's code (and error) in place of a text.
+    let failure = text("code");
+    Some((
+        re,
+        json!({
+            "cid": ev.id().to_string(), "author": ev.author.to_string(),
+            "emissary": text("emissary"), "model": text("model"),
+            "model_ms": model_ms, "failure": failure,
+        }),
+    ))
+}
+
+/// What one stream remembers between ticks.
+struct Watch {
+    api: Api,
+    events: tokio::sync::broadcast::Receiver<Arc<SignedEvent>>,
+    answers: BTreeMap<EventId, Vec<Value>>,
+    /// Stimuli in the order their first answer came (to forget the oldest).
+    seen: std::collections::VecDeque<EventId>,
+    ticks: tokio::time::Interval,
+}
+
+impl Watch {
+    fn remember(&mut self, re: EventId, answer: Value) {
+        if !self.answers.contains_key(&re) {
+            if self.seen.len() == ANSWERED_STIMULI
+                && let Some(old) = self.seen.pop_front()
+            {
+                self.answers.remove(&old);
+            }
+            self.seen.push_back(re);
+        }
+        let list = self.answers.entry(re).or_default();
+        if list.len() < ANSWERS_PER_STIMULUS {
+            list.push(answer);
+        }
+    }
+
+    async fn tick(&self) -> Value {
+        let status = super::node::status_json(&self.api)
+            .await
+            .ok()
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+            .unwrap_or(Value::Null);
+        let state = self.api.ask(ApiRequest::State).await.unwrap_or(Value::Null);
+        let mut elections = vec![];
+        if let Ok(list) = self.api.node.elections().await {
+            let skip = list.elections.len().saturating_sub(TICK_ELECTIONS);
+            for e in list.elections.iter().skip(skip) {
+                let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+                v["answers"] = json!(self.answers.get(&e.stimulus).cloned().unwrap_or_default());
+                elections.push(v);
+            }
+        }
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        json!({ "at": at, "status": status, "state": state, "elections": elections })
+    }
+}
+
+/// `GET /v1/dashboard/stream`: a `tick` every [`DASHBOARD_TICK`] (see the module docs).
+pub async fn stream(State(api): State<Api>) -> Response {
+    let slot = match api.stream_slot() {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let mut ticks = tokio::time::interval(DASHBOARD_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watch = Watch {
+        events: api.node.subscribe(),
+        api,
+        answers: BTreeMap::new(),
+        seen: Default::default(),
+        ticks,
+    };
+    let stream = futures_util::stream::unfold((watch, slot), |(mut w, slot)| async move {
+        loop {
+            tokio::select! {
+                ev = w.events.recv() => match ev {
+                    Ok(ev) => {
+                        if let Some((re, a)) = answer_of(&ev) {
+                            w.remember(re, a);
+                        }
+                    }
+                    // Missed answers only leave latencies out; the counts come from the state.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = w.ticks.tick() => {
+                    let data = w.tick().await.to_string();
+                    let ev = SseEvent::default().event("tick").data(data);
+                    return Some((Ok::<_, Infallible>(ev), (w, slot)));
+                }
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
