@@ -3,14 +3,13 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::{BufRead, BufReader, BufWriter, Write},
+    io::{BufWriter, Write},
     path::Path,
 };
 
 use anyhow::{Context, Result, bail};
 use chorus_core::{
-    AuthorId, EventId, Machine,
-    archive::{self, RawBlock},
+    AuthorId, EventId, Machine, archive,
     event::kind,
     genesis::Genesis,
     machine::CounterMachine,
@@ -416,18 +415,6 @@ fn export<M: Describe>(r: &Replica<M>, a: ExportArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn open_archive(
-    path: &Path,
-) -> Result<Box<dyn Iterator<Item = Result<RawBlock, archive::ArchiveError>> + Send>> {
-    let mut f = BufReader::new(File::open(path).with_context(|| path.display().to_string())?);
-    let first = f.fill_buf()?.first().copied();
-    Ok(match first {
-        Some(b'{') => Box::new(archive::read_jsonl(f)),
-        Some(_) => Box::new(archive::CarReader::new(f)?),
-        None => bail!("{} is empty", path.display()),
-    })
-}
-
 fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
     let store_path = dir.join(STORE_FILE);
     let machine = if store_path.exists() {
@@ -435,7 +422,7 @@ fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
     } else {
         // A fresh directory takes the timeline from the file's genesis.
         let mut found = None;
-        for item in open_archive(&a.file)? {
+        for item in crate::archive_file::open(&a.file)? {
             if let Ok(ev) = item?.check()
                 && ev.kind == kind::GENESIS
             {
@@ -461,8 +448,11 @@ fn import(dir: &Path, a: ImportArgs) -> Result<i32> {
 
 fn import_into<M: Describe>(dir: &Path, a: ImportArgs) -> Result<i32> {
     let mut r = Replica::open(dir, M::default())?;
-    let total =
-        chorus_store::import::import(&mut r, open_archive(&a.file)?, &mut Stages::default())?;
+    let total = chorus_store::import::import(
+        &mut r,
+        crate::archive_file::open(&a.file)?,
+        &mut Stages::default(),
+    )?;
     println!(
         "new {} duplicate {} pending {} rejected {}",
         total.new,

@@ -1,6 +1,8 @@
 //! `chorus`: create, write, inspect, verify, export and import a Chorus timeline.
 
+mod archive_file;
 mod commands;
+mod config;
 mod http;
 mod live;
 mod mesh;
@@ -24,8 +26,39 @@ struct Cli {
         default_value = "./chorus-data"
     )]
     data_dir: PathBuf,
+    /// Log lines on stderr as text (coloured only on a terminal) or one JSON object per line.
+    /// The level comes from CHORUS_LOG (e.g. `debug`, `info,libp2p=warn`); default `info` for
+    /// `node` and `swarm`, `warn` for the other commands.
+    #[arg(long, global = true, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr as `cli` asks (see [`Cli::log_format`]).
+fn init_logs(cli: &Cli) {
+    use std::io::IsTerminal;
+    let default = match cli.command {
+        Command::Node(_) | Command::Swarm(_) => {
+            "info,libp2p=warn,hickory_proto=warn,hickory_resolver=warn"
+        }
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+        .unwrap_or_else(|_| default.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -110,49 +143,74 @@ enum ModelCmd {
     Path,
 }
 
+/// `chorus node`'s default peer-to-peer address: TCP 4710 on every interface.
+const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/4710";
+/// `chorus node`'s default API address: TCP 4711 on loopback.
+const DEFAULT_API: &str = "127.0.0.1:4711";
+
+/// `chorus node`'s options. Each can also come from an environment variable (its name is in
+/// `--help`) or a TOML config file (`--config`, keys = the long option names); an option on the
+/// command line wins over its variable, which wins over the file (see `config`).
 #[derive(Args)]
 struct NodeArgs {
-    /// Listen address(es).
-    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    /// TOML file of options (keys are the long option names: `listen = ["/ip4/0.0.0.0/tcp/4001"]`,
+    /// `api = "0.0.0.0:8080"`, `heartbeat-ms = 2000`, …); see docs/operations.md.
+    #[arg(long, env = "CHORUS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Peer-to-peer listen address(es). Default: every interface, TCP port 4710 (peers must
+    /// reach it; `/ip4/127.0.0.1/tcp/0` keeps a node on this machine with a free port).
+    #[arg(long, env = "CHORUS_LISTEN", value_delimiter = ',', default_value = DEFAULT_LISTEN)]
     listen: Vec<String>,
-    /// Peer(s) to join through; other replicas are found through Kademlia.
-    #[arg(long)]
+    /// Peer(s) to join through; other replicas are found through Kademlia. `/dns4/NAME/tcp/PORT`
+    /// addresses are resolved with the system's resolver; `/p2p/ID` at the end is optional.
+    #[arg(long, env = "CHORUS_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<String>,
+    /// Address(es) peers reach this node at, announced besides the listen addresses (NAT, a
+    /// container's published port, a Kubernetes Service), e.g. /dns4/chorus-0.chorus/tcp/4001.
+    #[arg(long, env = "CHORUS_EXTERNAL_ADDRESS", value_delimiter = ',')]
+    external_address: Vec<String>,
+    /// When the data directory holds no replica yet: create it from the genesis in this CAR or
+    /// JSONL file (`chorus export` of the timeline, or of its genesis alone) before starting.
+    /// A data directory that holds a replica of another timeline is refused.
+    #[arg(long, env = "CHORUS_GENESIS")]
+    genesis: Option<PathBuf>,
     /// This node is meant to be an anchor (warns if its key is not one).
-    #[arg(long)]
+    #[arg(long, env = "CHORUS_ANCHOR")]
     anchor: bool,
     /// Light node (Pi Zero class): holds the timeline in memory, catches up from full nodes at
     /// start, forgets blocks behind the settled horizon, acknowledges its writes only once a
     /// full node stored them; serves no blocks and announces no provider record.
-    #[arg(long)]
+    #[arg(long, env = "CHORUS_LIGHT")]
     light: bool,
-    /// Local HTTP API address (port 0 picks one; it is written to DATA_DIR/api.addr).
-    #[arg(long, default_value = "127.0.0.1:0")]
+    /// HTTP API address: the dashboard, the swarm API and the CLI's way in while the node runs.
+    /// Default loopback port 4711 (port 0 picks a free one; the bound address is written to
+    /// DATA_DIR/api.addr). Off loopback it needs a token (CHORUS_API_TOKEN).
+    #[arg(long, env = "CHORUS_API_LISTEN", default_value = DEFAULT_API)]
     api: String,
     /// Run without the HTTP API.
-    #[arg(long, conflicts_with = "api")]
+    #[arg(long, env = "CHORUS_NO_API", conflicts_with = "api")]
     no_api: bool,
     /// Environment variable holding the bearer token API writes must carry (required when the
     /// API is not on loopback). The token itself is never put on a command line or in a file.
-    /// Without this flag, CHORUS_API_TOKEN is the token when it is set (the variable the CLI
+    /// Without this option, CHORUS_API_TOKEN is the token when it is set (the variable the CLI
     /// sends its token from).
-    #[arg(long)]
+    #[arg(long, env = "CHORUS_API_TOKEN_ENV")]
     api_token_env: Option<String>,
     /// Serve an API that is not on loopback without a write token (anyone who reaches it can
     /// write): only on a network you close yourself.
-    #[arg(long)]
+    #[arg(long, env = "CHORUS_API_OPEN")]
     api_open: bool,
     /// TOML file of `[[emissary]]` tables (name, role, backstory, backend = {kind = …}) to run
-    /// beside the node; see docs/emissaries.md.
-    #[arg(long)]
+    /// beside the node; see docs/design/emissaries.md.
+    #[arg(long, env = "CHORUS_EMISSARIES")]
     emissaries: Option<PathBuf>,
     /// Run one emissary with this name on the embedded model (SmolLM2; `chorus model fetch`).
-    #[arg(long)]
+    #[arg(long, env = "CHORUS_EMISSARY", value_delimiter = ',')]
     emissary: Vec<String>,
     /// Heartbeat interval: while this node's member key has not yet covered others' events,
     /// it appends a small `heartbeat` event at most this often, so the settled frontier moves
     /// while it is idle (an idle mesh goes quiet after one round). 0: never.
-    #[arg(long, default_value_t = chorus_node::DEFAULT_HEARTBEAT_MS)]
+    #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = chorus_node::DEFAULT_HEARTBEAT_MS)]
     heartbeat_ms: u64,
 }
 
@@ -337,14 +395,15 @@ struct ImportArgs {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    let args = match config::with_config_file(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    init_logs(&cli);
     match commands::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

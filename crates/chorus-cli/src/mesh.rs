@@ -47,9 +47,34 @@ fn parse_addrs(v: &[String], what: &str) -> Result<Vec<Addr>> {
 /// `chorus node`.
 pub fn node(dir: &Path, a: NodeArgs) -> Result<i32> {
     let store_path = dir.join(STORE_FILE);
+    if let Some(file) = &a.genesis {
+        let genesis = crate::archive_file::genesis_of(file)
+            .with_context(|| format!("--genesis {}", file.display()))?;
+        if !store_path.exists() {
+            machines::create_from_genesis(dir, genesis.clone())?;
+            eprintln!(
+                "created a replica of timeline {} in {} from {}",
+                genesis.id(),
+                dir.display(),
+                file.display()
+            );
+        } else {
+            let held = Store::open(&store_path)?.genesis_id();
+            if held != genesis.id() {
+                bail!(
+                    "{} holds a replica of timeline {held}, and --genesis {} names timeline {}: \
+                     give this node another data directory",
+                    dir.display(),
+                    file.display(),
+                    genesis.id()
+                );
+            }
+        }
+    }
     if !store_path.exists() {
         bail!(
-            "{} holds no timeline: run `chorus init` or `chorus join MULTIADDR` first",
+            "{} holds no timeline: run `chorus init` or `chorus join MULTIADDR` first, or give \
+             `chorus node --genesis FILE`",
             dir.display()
         );
     }
@@ -93,6 +118,7 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
     let cfg = NodeConfig {
         listen: parse_addrs(&a.listen, "--listen")?,
         bootstrap: parse_addrs(&a.bootstrap, "--bootstrap")?,
+        external: parse_addrs(&a.external_address, "--external-address")?,
         api,
         light: a.light,
         api_addr_file: Some(dir.join(http::API_ADDR_FILE)),

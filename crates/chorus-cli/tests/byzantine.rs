@@ -95,6 +95,7 @@ fn byzantine_peer_is_banned_and_honest_nodes_converge() {
             genesis: Some(genesis),
             replica: true,
             members_only: None,
+            external: vec![],
         })
         .unwrap()
     });

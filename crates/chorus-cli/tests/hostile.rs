@@ -69,6 +69,7 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
             genesis: Some(genesis),
             replica: true,
             members_only: None,
+            external: vec![],
         })
         .unwrap()
     });

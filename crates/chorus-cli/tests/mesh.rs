@@ -553,3 +553,55 @@ fn store_commands_work_against_a_running_node_with_a_token() {
     let offline = ok(d, &["verify"]);
     assert!(offline.contains(&hash), "{offline}");
 }
+
+/// A node configured the way a container is: its bootstrap peer by DNS name and without a
+/// peer id (`CHORUS_BOOTSTRAP=/dns4/localhost/tcp/PORT`), the rest from a TOML file named by
+/// `CHORUS_CONFIG` (an external address, an emissary-free node), and its replica created from
+/// `--genesis FILE` on first start. It meshes with the node it named and catches up with it.
+#[test]
+fn a_node_configured_by_environment_and_file_finds_its_peer_by_dns_name() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 2, 1);
+    let mut n0 = Node::start("n0", &dirs[0], "127.0.0.1", &[]);
+    n0.append("before the second node", 5).unwrap();
+    let port = n0
+        .addr
+        .split("/tcp/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    // The timeline as an operator ships it (a ConfigMap): an export; only its genesis is used.
+    let genesis = root.path().join("genesis.car");
+    let out = std::process::Command::new(BIN)
+        .args(["--data-dir"])
+        .arg(&dirs[0])
+        .args(["export", "--car"])
+        .arg(&genesis)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = root.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "external-address = [\"/dns4/n1.chorus.test/tcp/4001\"]\nemissary = []\n",
+    )
+    .unwrap();
+    let env = [
+        ("CHORUS_BOOTSTRAP", format!("/dns4/localhost/tcp/{port}")),
+        ("CHORUS_CONFIG", config.display().to_string()),
+        ("CHORUS_GENESIS", genesis.display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert!(!dirs[1].join("store.redb").exists());
+    let mut n1 = Node::start_env("n1", &dirs[1], "127.0.0.1", &[], &env);
+    meshed(&[&n0, &n1], Duration::from_secs(60));
+    converge(&mut [&mut n0, &mut n1], 6, Duration::from_secs(60));
+    let log = std::fs::read_to_string(dirs[1].with_extension("log")).unwrap_or_default();
+    assert!(!log.contains("cannot dial bootstrap"), "{log}");
+}

@@ -166,6 +166,9 @@ pub struct NetConfig {
     /// [`NetCommand::AllowOnly`]), besides the peers the bootstrap addresses name. `None`:
     /// anyone may connect.
     pub members_only: Option<Vec<PeerId>>,
+    /// Addresses others reach this node at, announced besides its listen addresses (behind
+    /// NAT, a container's published port, a Kubernetes Service).
+    pub external: Vec<Multiaddr>,
 }
 
 /// Errors setting up the swarm.
@@ -173,7 +176,10 @@ pub struct NetConfig {
 pub enum NetError {
     #[error("libp2p setup: {0}")]
     Setup(String),
-    #[error("cannot listen on {addr}: {why}")]
+    #[error(
+        "cannot listen on {addr}: {why} (another node on this machine? give this one another \
+         port with --listen or CHORUS_LISTEN)"
+    )]
     Listen { addr: Multiaddr, why: String },
 }
 
@@ -289,6 +295,10 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
             yamux::Config::default,
         )
         .map_err(|e| setup(&e))?
+        // `/dns4/…`, `/dns6/…` and `/dns/…` addresses (a bootstrap peer named by a Kubernetes
+        // Service or a compose service), resolved with the system's resolver configuration.
+        .with_dns()
+        .map_err(|e| NetError::Setup(format!("DNS resolver (from /etc/resolv.conf): {e}")))?
         .with_behaviour(|key| {
             let peer_id = key.public().to_peer_id();
             let gossip_cfg = gossipsub::ConfigBuilder::default()
@@ -372,6 +382,9 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
                 addr: addr.clone(),
                 why: e.to_string(),
             })?;
+    }
+    for addr in &cfg.external {
+        swarm.add_external_address(addr.clone());
     }
     let topic = cfg.genesis.as_ref().map(topic_of);
     if let Some(t) = &topic {

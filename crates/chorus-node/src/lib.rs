@@ -45,6 +45,8 @@ use crate::{
 pub struct NodeConfig {
     pub listen: Vec<Addr>,
     pub bootstrap: Vec<Addr>,
+    /// Addresses announced to peers besides the listen addresses (`--external-address`).
+    pub external: Vec<Addr>,
     /// Where the local HTTP API listens (`None`: no API).
     pub api: Option<SocketAddr>,
     /// Light node: not a replica (no provider record, serves no blocks, writes through full
@@ -114,6 +116,7 @@ pub async fn run<M: Describe>(
         genesis: Some(genesis),
         replica: !cfg.light,
         members_only: access::allowed(replica.timeline()),
+        external: cfg.external.clone(),
     })?;
     println!("peer_id {}", net.peer_id);
     println!("timeline {genesis}");
@@ -165,9 +168,12 @@ pub async fn run<M: Describe>(
     let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let api_task = match cfg.api {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the API on {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "binding the API on {addr} (another node on this machine? give this one \
+                         another address with --api or CHORUS_API_LISTEN, port 0 for a free one)"
+                )
+            })?;
             let bound = listener.local_addr()?;
             println!("api http://{bound}");
             if let Some(f) = &cfg.api_addr_file {
@@ -249,6 +255,7 @@ pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEven
         genesis: None,
         replica: false,
         members_only: None,
+        external: vec![],
     })?;
     let work = async {
         let mut wanted = None;

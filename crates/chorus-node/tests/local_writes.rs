@@ -36,6 +36,7 @@ impl Node {
         let cfg = NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap: vec![],
+            external: vec![],
             api: Some("127.0.0.1:0".parse().unwrap()),
             light: false,
             api_addr_file: Some(addr_file.clone()),
