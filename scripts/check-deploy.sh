@@ -88,11 +88,12 @@ cp /etc/resolv.conf "$work/rootfs/etc/resolv.conf" # what a container runtime mo
 mapfile -t image_env < <(podman image inspect localhost/chorus:deploy-check \
   --format '{{range .Config.Env}}{{println .}}{{end}}' | grep .)
 as_image() {
-  env -i "${image_env[@]}" CHORUS_API_TOKEN=deploy-check-token \
+  # exec: the node is this subshell itself, so killing its pid stops it.
+  exec env -i "${image_env[@]}" CHORUS_API_TOKEN=deploy-check-token \
     CHORUS_LISTEN=/ip4/127.0.0.1/tcp/0 CHORUS_API_LISTEN=127.0.0.1:47311 \
     chroot --userspec=65532:65532 "$work/rootfs" /usr/local/bin/chorus "$@"
 }
-as_image init --name deploy-check >/dev/null
+(as_image init --name deploy-check >/dev/null)
 as_image node >"$work/node.log" 2>&1 &
 node_pid=$!
 for _ in $(seq 100); do
@@ -100,6 +101,8 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 curl -fsS http://127.0.0.1:47311/health || { cat "$work/node.log"; exit 1; }
+# The answer came from this node, not from one another run left behind.
+kill -0 "$node_pid" 2>/dev/null || { echo "the image's node exited:"; cat "$work/node.log"; exit 1; }
 # The HEALTHCHECK's command, as the image runs it.
-as_image status >/dev/null || { echo "the image's healthcheck command failed"; exit 1; }
+(as_image status >/dev/null) || { echo "the image's healthcheck command failed"; exit 1; }
 echo "deploy check: OK"

@@ -14,7 +14,15 @@ use clap::CommandFactory;
 
 /// The arguments with the config file's options inserted (unchanged without `node` or a file).
 pub fn with_config_file(mut args: Vec<OsString>) -> Result<Vec<OsString>> {
-    let Some(at) = node_position(&args) else {
+    let cli = crate::Cli::command();
+    // Global options that take a value (`--data-dir DIR`, `--log-format json`) may come before
+    // `node`: their values are not the subcommand.
+    let valued: Vec<String> = cli
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let Some(at) = node_position(&args, &valued) else {
         return Ok(args);
     };
     let rest: Vec<String> = args[at + 1..]
@@ -32,7 +40,6 @@ pub fn with_config_file(mut args: Vec<OsString>) -> Result<Vec<OsString>> {
         .with_context(|| format!("--config {path}: cannot read it"))?;
     let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("--config {path}: not a TOML table"))?;
-    let cli = crate::Cli::command();
     let node = cli
         .find_subcommand("node")
         .ok_or_else(|| anyhow!("no node subcommand"))?;
@@ -63,6 +70,8 @@ pub fn with_config_file(mut args: Vec<OsString>) -> Result<Vec<OsString>> {
             continue;
         }
         let flag = OsString::from(format!("--{long}"));
+        // `--name=value`: a value that starts with `-` stays a value.
+        let with = |v: String| OsString::from(format!("--{long}={v}"));
         let scalar = |v: &toml::Value| -> Result<String> {
             match v {
                 toml::Value::String(s) => Ok(s.clone()),
@@ -75,26 +84,23 @@ pub fn with_config_file(mut args: Vec<OsString>) -> Result<Vec<OsString>> {
             toml::Value::Boolean(false) => {}
             toml::Value::Array(items) => {
                 for item in items {
-                    extra.push(flag.clone());
-                    extra.push(scalar(item)?.into());
+                    extra.push(with(scalar(item)?));
                 }
             }
-            v => {
-                extra.push(flag);
-                extra.push(scalar(v)?.into());
-            }
+            v => extra.push(with(scalar(v)?)),
         }
     }
     args.splice(at + 1..at + 1, extra);
     Ok(args)
 }
 
-/// Where `node` is: the first word that is neither an option nor `--data-dir`'s value.
-fn node_position(args: &[OsString]) -> Option<usize> {
+/// Where `node` is: the first word that is neither an option nor the value of one of the
+/// `valued` options before it.
+fn node_position(args: &[OsString], valued: &[String]) -> Option<usize> {
     let mut i = 1;
     while i < args.len() {
         let a = args[i].to_string_lossy();
-        if a == "--data-dir" {
+        if valued.iter().any(|v| *v == a) {
             i += 2;
         } else if a.starts_with('-') {
             i += 1;
@@ -161,15 +167,13 @@ mod tests {
             "the command line wins: {out:?}"
         );
         assert!(!inserted.contains(&"--light".to_string()));
-        for pair in [
-            ["--listen", "/ip4/0.0.0.0/tcp/4001"],
-            ["--listen", "/ip6/::/tcp/4001"],
-            ["--heartbeat-ms", "500"],
+        assert_eq!(inserted.len(), 4, "{out:?}");
+        for arg in [
+            "--listen=/ip4/0.0.0.0/tcp/4001",
+            "--listen=/ip6/::/tcp/4001",
+            "--heartbeat-ms=500",
         ] {
-            assert!(
-                inserted.windows(2).any(|w| w == pair),
-                "{pair:?} in {out:?}"
-            );
+            assert!(inserted.contains(&arg.to_string()), "{arg} in {out:?}");
         }
         assert!(inserted.contains(&"--anchor".to_string()));
         // What clap makes of it.
@@ -192,5 +196,28 @@ mod tests {
 
         let untouched = args(&["chorus", "status"]);
         assert_eq!(with_config_file(untouched.clone()).unwrap(), untouched);
+    }
+
+    #[test]
+    fn a_global_option_with_a_value_before_node_hides_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "bootstrap = \"-odd-but-a-value\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let out = strings(
+            with_config_file(args(&[
+                "chorus",
+                "--log-format",
+                "json",
+                "node",
+                "--config",
+                f,
+            ]))
+            .unwrap(),
+        );
+        assert!(
+            out.contains(&"--bootstrap=-odd-but-a-value".to_string()),
+            "{out:?}"
+        );
     }
 }

@@ -75,12 +75,37 @@ pub fn post(addr: &str, path: &str, body: &Value) -> Result<Value> {
     read(resp, &url)
 }
 
-/// The API address of the node running on `dir`, if one wrote it.
+/// The API address of the node running on `dir`, if one wrote it and it is this directory's
+/// node. A node killed without cleaning up leaves its `api.addr`; with the fixed default port
+/// another node may answer there later: its key is compared with this directory's, and a
+/// stranger's address is not used (the store is opened instead). An address nobody answers at
+/// is returned: the command then finds it unreachable and opens the store.
 pub fn running_api(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(dir.join(API_ADDR_FILE))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    static CHECKED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CHECKED
+        .get_or_init(|| {
+            let addr = std::fs::read_to_string(dir.join(API_ADDR_FILE))
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())?;
+            let mine = chorus_store::replica::read_key(dir)
+                .ok()
+                .flatten()?
+                .author();
+            match get(&addr, "/v1/status") {
+                Ok(st) if st["author"].as_str() != Some(mine.to_string().as_str()) => {
+                    eprintln!(
+                        "note: {} names {addr}, where another node answers (key {}): a stale \
+                         file; using the data directory itself",
+                        dir.join(API_ADDR_FILE).display(),
+                        st["author"].as_str().unwrap_or("?")
+                    );
+                    None
+                }
+                _ => Some(addr),
+            }
+        })
+        .clone()
 }
 
 /// A streamed answer: its headers and a reader of its body.

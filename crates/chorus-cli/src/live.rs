@@ -43,7 +43,9 @@ pub fn log(api: &str, a: &LogArgs) -> Result<i32> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     while left > 0 {
-        let ask = left.saturating_add(u64::from(skip_first)).min(1_000);
+        // Pages of 200: a page of events with long texts stays far below the client's bound on
+        // an answer's size.
+        let ask = left.saturating_add(u64::from(skip_first)).min(200);
         let path = match &from {
             Some(c) => format!("/v1/events?from={c}&limit={ask}"),
             None => format!("/v1/events?limit={ask}"),
@@ -84,7 +86,11 @@ pub fn log(api: &str, a: &LogArgs) -> Result<i32> {
             .and_then(|e| e["cid"].as_str())
             .map(String::from);
         skip_first = true;
-        if (events.len() as u64) < ask {
+        // Done at the end of the order (a light node's page skips what it forgot, so a short
+        // page is no end).
+        let total = page["total"].as_u64().unwrap_or(0);
+        let last_pos = fresh.last().and_then(|e| e["pos"].as_u64()).unwrap_or(0);
+        if last_pos + 1 >= total {
             break;
         }
     }
@@ -121,12 +127,25 @@ pub fn export(api: &str, a: &ExportArgs) -> Result<i32> {
         (None, Some(p)) => (p.as_path(), "jsonl"),
         (None, None) => bail!("give --car FILE or --jsonl FILE"),
     };
-    let r = export_to(api, path, format);
-    if r.is_err() {
-        // An incomplete archive must not be mistaken for a backup.
-        let _ = std::fs::remove_file(path);
+    // Written beside the target and renamed over it once whole and synced: an export that
+    // fails leaves the file that was there (yesterday's backup) as it was.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    match export_to(api, &tmp, format) {
+        Ok(code) => {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(code)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    r
 }
 
 fn export_to(api: &str, path: &Path, format: &str) -> Result<i32> {
@@ -161,10 +180,7 @@ fn export_to(api: &str, path: &Path, format: &str) -> Result<i32> {
     }
     progress.finish();
     if n != total {
-        bail!(
-            "the node's export ended after {n} of {total} events; {} is incomplete",
-            path.display()
-        );
+        bail!("the node's export ended after {n} of {total} events: nothing written");
     }
     tee.w
         .into_inner()
@@ -186,7 +202,8 @@ pub fn verify(api: &str) -> Result<i32> {
         let s = http::get_stream(api, "/v1/export?format=car")?;
         let Some(claimed) = s.header("chorus-state-hash").map(String::from) else {
             eprintln!(
-                "the node is folding; asking again (attempt {})",
+                "the node's state is not folded over its stored events yet (a fold under way); \
+                 asking again (attempt {})",
                 attempt + 1
             );
             std::thread::sleep(std::time::Duration::from_secs(1));
@@ -241,7 +258,9 @@ pub fn verify(api: &str) -> Result<i32> {
             }
         });
     }
-    bail!("the node kept folding: no state hash to compare with; try again")
+    bail!(
+        "the node's state stayed behind its stored events: no state hash to compare with; try again"
+    )
 }
 
 /// Runs `cmd` through the node at `api` when it reads the data directory's store; `None`: not

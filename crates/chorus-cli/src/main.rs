@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Chorus: one signed, replicated, deterministic timeline for a swarm of language-model agents.
 #[derive(Parser)]
-#[command(name = "chorus", version, about, long_about = None)]
+#[command(name = "chorus", version, long_version = long_version(), about, long_about = None)]
 struct Cli {
     /// Data directory of this replica (node key + store).
     #[arg(
@@ -143,6 +143,25 @@ enum ModelCmd {
     Path,
 }
 
+/// `chorus --version`: the version, the commit, the build's features, and what it speaks.
+fn long_version() -> &'static str {
+    let features = if cfg!(feature = "embedded") {
+        "embedded model"
+    } else {
+        "no embedded model"
+    };
+    let text = format!(
+        "{} (commit {}, {features})\nprotocols: {}, {}, {}\nmachines: {}",
+        env!("CARGO_PKG_VERSION"),
+        chorus_node::COMMIT,
+        chorus_net::SYNC_PROTOCOL,
+        chorus_net::KAD_PROTOCOL,
+        chorus_net::IDENTIFY_PROTOCOL,
+        chorus_node::machines::MACHINES.join(", "),
+    );
+    Box::leak(text.into_boxed_str())
+}
+
 /// `chorus node`'s default peer-to-peer address: TCP 4710 on every interface.
 const DEFAULT_LISTEN: &str = "/ip4/0.0.0.0/tcp/4710";
 /// `chorus node`'s default API address: TCP 4711 on loopback.
@@ -187,8 +206,8 @@ struct NodeArgs {
     /// DATA_DIR/api.addr). Off loopback it needs a token (CHORUS_API_TOKEN).
     #[arg(long, env = "CHORUS_API_LISTEN", default_value = DEFAULT_API)]
     api: String,
-    /// Run without the HTTP API.
-    #[arg(long, env = "CHORUS_NO_API", conflicts_with = "api")]
+    /// Run without the HTTP API (whatever --api says).
+    #[arg(long, env = "CHORUS_NO_API")]
     no_api: bool,
     /// Environment variable holding the bearer token API writes must carry (required when the
     /// API is not on loopback). The token itself is never put on a command line or in a file.
@@ -196,6 +215,10 @@ struct NodeArgs {
     /// sends its token from).
     #[arg(long, env = "CHORUS_API_TOKEN_ENV")]
     api_token_env: Option<String>,
+    /// Origin(s) whose web pages may call the API from a browser (CORS), e.g.
+    /// `https://app.example`; `*` for any. None by default.
+    #[arg(long, env = "CHORUS_CORS_ORIGIN", value_delimiter = ',')]
+    cors_origin: Vec<String>,
     /// Serve an API that is not on loopback without a write token (anyone who reaches it can
     /// write): only on a network you close yourself.
     #[arg(long, env = "CHORUS_API_OPEN")]

@@ -119,6 +119,7 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
         listen: parse_addrs(&a.listen, "--listen")?,
         bootstrap: parse_addrs(&a.bootstrap, "--bootstrap")?,
         external: parse_addrs(&a.external_address, "--external-address")?,
+        cors_origins: a.cors_origin.clone(),
         api,
         light: a.light,
         api_addr_file: Some(dir.join(http::API_ADDR_FILE)),

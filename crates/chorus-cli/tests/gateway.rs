@@ -40,8 +40,13 @@ fn write_file(dir: &Path, name: &str, text: &str) -> String {
 
 /// The lines of an SSE stream at `path`, read by a thread of their own.
 fn sse_lines(api: &str, path: &str) -> std::sync::mpsc::Receiver<String> {
+    sse_lines_with(api, path, "")
+}
+
+/// As [`sse_lines`], with more request header lines (each ending in `\r\n`).
+fn sse_lines_with(api: &str, path: &str, headers: &str) -> std::sync::mpsc::Receiver<String> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let (api, path) = (api.to_string(), path.to_string());
+    let (api, path, headers) = (api.to_string(), path.to_string(), headers.to_string());
     std::thread::spawn(move || {
         use std::io::{BufRead, BufReader, Write};
         let mut s = std::net::TcpStream::connect(&api).unwrap();
@@ -49,7 +54,7 @@ fn sse_lines(api: &str, path: &str) -> std::sync::mpsc::Receiver<String> {
         // any other name, against DNS rebinding).
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n{headers}\r\n"
         )
         .unwrap();
         for line in BufReader::new(s).lines().map_while(Result::ok) {
@@ -794,4 +799,190 @@ fn status_under_load_still_shows_each_write_at_once() {
         polled > 40,
         "the pollers kept the snapshot warm ({polled} requests)"
     );
+}
+
+/// The OpenAI Python client retries a request that timed out (504) — by default, with the same
+/// `Idempotency-Key` on every attempt when the caller gives one. The node appends one stimulus
+/// for all the attempts and answers the retry with the first attempt's election; another
+/// request under the same key is refused (422); usage and `created` are filled in.
+#[test]
+fn an_sdk_retry_with_an_idempotency_key_appends_one_stimulus() {
+    let has_openai = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_openai {
+        assert!(
+            std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
+            "CHORUS_REQUIRE_OPENAI is set but python3 cannot import openai"
+        );
+        eprintln!("skipped: the openai Python package is not installed (pip install openai)");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let file = write_file(
+        root.path(),
+        "emissaries.toml",
+        &(scripted("slow-a", r#"["ring the bell"]"#, 1_200)
+            + &scripted("slow-b", r#"["open the door"]"#, 1_200)),
+    );
+    let (n0, _n1) = pair(root.path(), 91, &file);
+    registered(&n0, 2);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_retry.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/v1", n0.api))
+        .arg("bell-1")
+        .output()
+        .unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the openai client failed");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["retries"].as_u64().unwrap() >= 1, "the SDK retried: {r}");
+    assert_eq!(r["replayed"], "true", "{r}");
+    assert!(r["total_tokens"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["created"].as_u64().unwrap() > 1_700_000_000, "{r}");
+    let metrics = ureq::get(format!("http://{}/metrics", n0.api))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let attempts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chorus_gateway_chat_requests_total "))
+        .unwrap();
+    assert_eq!(
+        attempts.parse::<f64>().unwrap(),
+        1.0 + r["retries"].as_f64().unwrap()
+    );
+    // One stimulus for every attempt.
+    let stimuli: Vec<Value> = get(&n0.api, "/v1/events?limit=1000").unwrap()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "stimulus")
+        .cloned()
+        .collect();
+    assert_eq!(stimuli.len(), 1, "{stimuli:?}");
+    assert_eq!(stimuli[0]["cid"], r["stimulus"]);
+
+    // The same key with another request: refused, nothing appended.
+    let other = ureq::post(format!("http://{}/v1/chat/completions", n0.api))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "bell-1")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(json!({"messages": [{"role": "user", "content": "Something else."}]}).to_string())
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 422);
+    let after = get(&n0.api, "/v1/events?limit=1000").unwrap()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "stimulus")
+        .count();
+    assert_eq!(after, 1);
+}
+
+/// What API consumers need beside the swarm's answer: CORS for the origins the node names
+/// (a preflight from one is answered, from another it is not), `GET /v1/models`, and one
+/// election by its stimulus (404 for an id that is no stimulus here).
+#[test]
+fn cors_for_named_origins_the_model_list_and_one_election() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 1, 1);
+    let file = write_file(
+        root.path(),
+        "emissaries.toml",
+        &scripted("quick", r#"["nod"]"#, 50),
+    );
+    let n0 = Node::start_with(
+        "n0",
+        &dirs[0],
+        "127.0.0.93",
+        &[],
+        &["--emissaries", &file, "--cors-origin", "http://app.example"],
+        None,
+    );
+    registered(&n0, 1);
+    let preflight = |origin: &str| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .new_agent()
+            .options(format!("http://{}/v1/swarm/intent", n0.api))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type, idempotency-key",
+            )
+            .call()
+            .unwrap()
+    };
+    let allowed = preflight("http://app.example");
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    let refused = preflight("http://evil.example");
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none(),
+        "another origin gets no CORS grant"
+    );
+
+    let models = get(&n0.api, "/v1/models").unwrap();
+    assert_eq!(models["data"][0]["id"], "chorus");
+
+    let r = post(
+        &n0.api,
+        "/v1/swarm/intent",
+        &json!({"context": "A cat walks in.", "timeout_ms": 10_000}),
+    )
+    .unwrap();
+    let stimulus = r["stimulus"].as_str().unwrap();
+    let one = get(&n0.api, &format!("/v1/swarm/elections/{stimulus}")).unwrap();
+    assert_eq!(one["stimulus"], stimulus);
+    assert_eq!(one["emissary"], "quick");
+    let winner = r["winner"].as_str().unwrap();
+    let e = get(&n0.api, &format!("/v1/swarm/elections/{winner}")).unwrap_err();
+    assert!(e.starts_with("404"), "an intent is no election: {e}");
+}
+
+/// An event stream resumes where the client left it: every event carries its CID as SSE
+/// `id:`, and a reconnection with `Last-Event-ID` first replays the events after that one in
+/// the total order, then goes on live, none twice.
+#[test]
+fn the_event_stream_resumes_from_last_event_id() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 1, 1);
+    let n0 = Node::start("n0", &dirs[0], "127.0.0.95", &[]);
+    let ids = n0.append("before the reconnection {i}", 5).unwrap();
+    let rx = sse_lines_with(
+        &n0.api,
+        "/v1/events?stream=true",
+        &format!("Last-Event-ID: {}\r\n", ids[1]),
+    );
+    let next_id = || loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("an SSE line");
+        if let Some(id) = line.strip_prefix("id:") {
+            return id.trim().to_string();
+        }
+    };
+    let replayed: Vec<String> = (0..3).map(|_| next_id()).collect();
+    assert_eq!(
+        replayed,
+        ids[2..],
+        "the events after the last one seen, in order"
+    );
+    let live = n0.append("after the reconnection", 1).unwrap();
+    assert_eq!(next_id(), live[0], "then live, nothing replayed twice");
 }

@@ -89,6 +89,12 @@ pub enum ApiRequest {
     },
     /// Every tracked election, oldest first.
     Elections(oneshot::Sender<ElectionList>),
+    /// At most `limit` events after `id` in the total order (`None`: `id` is not in it).
+    After {
+        id: EventId,
+        limit: usize,
+        reply: oneshot::Sender<Option<Vec<Arc<SignedEvent>>>>,
+    },
     /// One event by id (`None`: not held here).
     Event {
         id: EventId,
@@ -146,6 +152,9 @@ pub struct Actor<M: Describe> {
     peer_id: Peer,
     listen: Vec<String>,
     net_commands_dropped: u64,
+    /// Peers' summaries with our heads and another state hash (`Output::Diverged`).
+    divergences: u64,
+    last_divergence: Option<Peer>,
     /// Who waits for each local write.
     waiting: BTreeMap<WriteId, Reply>,
     next_write: u64,
@@ -223,6 +232,8 @@ impl<M: Describe> Actor<M> {
             peer_id,
             listen: vec![],
             net_commands_dropped: 0,
+            divergences: 0,
+            last_divergence: None,
             waiting: BTreeMap::new(),
             next_write: 0,
             feed: Feed::new(1),
@@ -436,10 +447,15 @@ impl<M: Describe> Actor<M> {
                     "in sync with {peer}: {events} events, state_hash {}",
                     hex::encode(state_hash)
                 ),
-                Output::Diverged { peer } => tracing::error!(
-                    %peer,
-                    "same heads but a different state_hash: determinism violated"
-                ),
+                Output::Diverged { peer } => {
+                    self.divergences += 1;
+                    self.last_divergence = Some(peer);
+                    tracing::error!(
+                        %peer,
+                        "same heads but a different state_hash: determinism violated (or the \
+                         peer lies)"
+                    )
+                }
                 Output::WritesOpen { last_sq } => {
                     println!("own chain confirmed by peers (last sq {last_sq}): writes open")
                 }
@@ -622,6 +638,19 @@ impl<M: Describe> Actor<M> {
             ApiRequest::Export(reply) => {
                 let _ = reply.send(self.export_start());
             }
+            ApiRequest::After { id, limit, reply } => {
+                let local = self.node.local();
+                let tl = local.timeline();
+                let after = tl.position_of(&id).map(|pos| {
+                    tl.order()
+                        .skip(pos + 1)
+                        .take(limit)
+                        // Behind a light node's horizon: forgotten here.
+                        .filter_map(|id| tl.load(&id, local.store()).ok().map(Arc::new))
+                        .collect()
+                });
+                let _ = reply.send(after);
+            }
             ApiRequest::Election { stimulus, reply } => {
                 let tl = self.node.local().timeline();
                 let view = M::elections(tl.state())
@@ -720,7 +749,10 @@ impl<M: Describe> Actor<M> {
         let mut heads = tl.heads();
         at.sort();
         heads.sort();
-        let state_hash = (self.snapshot.is_none() && at == heads).then(|| tl.state_hash());
+        // Claimed only for a state folded over exactly the snapshot's events: not while a fold
+        // runs in slices, nor after one a store error cut short.
+        let state_hash = (self.snapshot.is_none() && at == heads && !tl.needs_catch_up())
+            .then(|| tl.state_hash());
         Ok(ExportStart {
             snapshot,
             machine: local.store().machine_id().to_string(),
@@ -882,6 +914,8 @@ impl<M: Describe> Actor<M> {
             appended: c.appended,
             refused_writes: by_code(&c.refused_writes),
             net_commands_dropped: self.net_commands_dropped,
+            state_divergences: self.divergences,
+            last_divergence_peer: self.last_divergence.map(|p| p.to_string()),
             uptime_ms: self.now(),
         }
     }

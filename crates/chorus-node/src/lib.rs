@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Addr>,
     /// Addresses announced to peers besides the listen addresses (`--external-address`).
     pub external: Vec<Addr>,
+    /// Origins whose web pages may call the API from a browser (`--cors-origin`; `*`: any).
+    pub cors_origins: Vec<String>,
     /// Where the local HTTP API listens (`None`: no API).
     pub api: Option<SocketAddr>,
     /// Light node: not a replica (no provider record, serves no blocks, writes through full
@@ -66,6 +68,9 @@ pub struct NodeConfig {
     /// `chorus_core::proto::node::Config::heartbeat_ms`); `None`: never.
     pub heartbeat_ms: Option<u64>,
 }
+
+/// The git commit this build comes from (`build.rs`; "unknown" outside a clone).
+pub const COMMIT: &str = env!("CHORUS_COMMIT");
 
 /// The default heartbeat interval of a node (`chorus node --heartbeat-ms`).
 pub const DEFAULT_HEARTBEAT_MS: u64 = 2_000;
@@ -192,7 +197,12 @@ pub async fn run<M: Describe>(
                 private,
                 streams: http::stream_slots(),
                 exports: http::export_slots(),
+                keys: Default::default(),
             });
+            let app = match http::cors::layer(&cfg.cors_origins)? {
+                Some(cors) => app.layer(cors),
+                None => app,
+            };
             Some(tokio::spawn(http::serve::serve(listener, app, async {
                 let _ = api_stop_rx.await;
             })))

@@ -37,6 +37,7 @@ impl Node {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             bootstrap: vec![],
             external: vec![],
+            cors_origins: vec![],
             api: Some("127.0.0.1:0".parse().unwrap()),
             light: false,
             api_addr_file: Some(addr_file.clone()),

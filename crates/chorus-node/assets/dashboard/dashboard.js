@@ -191,7 +191,9 @@ function onTick(msg) {
 const source = new EventSource("/v1/dashboard/stream");
 source.addEventListener("tick", onTick);
 source.onerror = () => {
-  $("live").textContent = "disconnected: retrying";
+  // EventSource retries on its own. A node whose reads need a token (a private timeline) can
+  // never be reached from here: the browser cannot send the token.
+  $("live").textContent = ticks > 0 ? "disconnected: retrying" : "cannot connect (a private timeline needs a token)";
   $("live").className = "badge off";
 };
 window.addEventListener("resize", () => {

@@ -10,8 +10,10 @@
 //! [`ANSWERED_STIMULI`] stimuli × [`ANSWERS_PER_STIMULUS`] are kept per stream.
 //!
 //! The page and its assets are as open as `/health` (they hold no data); the stream is a read
-//! like `/v1/status` (a private timeline's token guards it). The page sends a
-//! Content-Security-Policy that allows only this origin's scripts and connections.
+//! like `/v1/status`. On a private timeline with a token the stream needs the token, which a
+//! browser's EventSource cannot send: the page then says it cannot connect (use the CLI or
+//! the API there). The page sends a Content-Security-Policy that allows only this origin's
+//! scripts and connections.
 
 use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -37,6 +39,8 @@ pub const DASHBOARD_TICK: Duration = Duration::from_secs(1);
 pub const ANSWERED_STIMULI: usize = 64;
 /// Answers remembered per stimulus.
 pub const ANSWERS_PER_STIMULUS: usize = 32;
+/// Characters kept of an answer's emissary, model and failure code.
+pub const ANSWER_TEXT_CHARS: usize = 64;
 /// Elections a tick carries (the newest).
 pub const TICK_ELECTIONS: usize = 20;
 
@@ -105,8 +109,9 @@ fn answer_of(ev: &SignedEvent) -> Option<(EventId, Value)> {
         Some(Ipld::Link(c)) => EventId::from_cid(c).ok()?,
         _ => return None,
     };
+    // Cut: these come from any member's events, and a stream keeps many of them.
     let text = |k: &str| match m.get(k) {
-        Some(Ipld::String(s)) => Some(s.clone()),
+        Some(Ipld::String(s)) => Some(s.chars().take(ANSWER_TEXT_CHARS).collect::<String>()),
         _ => None,
     };
     let model_ms = match m.get("model_ms") {

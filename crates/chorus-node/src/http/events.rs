@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use axum::{
     Json,
     extract::{Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
@@ -33,9 +33,13 @@ pub struct EventsQuery {
     stream: bool,
 }
 
-pub async fn events(State(api): State<Api>, Query(q): Query<EventsQuery>) -> Response {
+pub async fn events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Response {
     if q.stream {
-        return event_stream(&api);
+        return event_stream(&api, &headers).await;
     }
     let from = match q.from.as_deref().map(str::parse::<EventId>) {
         None => None,
@@ -138,27 +142,95 @@ pub async fn append(
     }
 }
 
-/// `GET /v1/events?stream=true`: every new event as one SSE `event` (JSON data); a lagging
-/// client gets an `event: lagged` with how many it missed (page `GET /v1/events` for them).
-fn event_stream(api: &Api) -> Response {
+/// Events a resumed stream replays at most (`Last-Event-ID`); beyond, it says `lagged`.
+pub const MAX_RESUME_EVENTS: usize = 1_000;
+
+/// `GET /v1/events?stream=true`: every new event as one SSE `event` (JSON data) whose `id:` is
+/// its CID; a lagging client gets an `event: lagged` with how many it missed (page `GET
+/// /v1/events` for them). A client that reconnects with `Last-Event-ID: CID` (EventSource does
+/// on its own) first gets the events after that one in the total order (at most
+/// [`MAX_RESUME_EVENTS`], else `lagged`), then the live ones, none twice. An event that
+/// arrived late and sorts before the last one seen is not replayed: page `GET /v1/events` for a
+/// complete view.
+async fn event_stream(api: &Api, headers: &HeaderMap) -> Response {
     let slot = match api.stream_slot() {
         Ok(s) => s,
         Err(r) => return *r,
     };
+    // Subscribed before the backlog is read: nothing falls between the two.
     let rx = api.node.subscribe();
-    let stream = futures_util::stream::unfold((rx, slot), |(mut rx, slot)| async move {
-        let ev = match rx.recv().await {
-            Ok(ev) => SseEvent::default()
-                .event("event")
-                .data(crate::describe::feed_json(&ev).to_string()),
-            Err(RecvError::Lagged(n)) => SseEvent::default()
+    let mut first: Vec<SseEvent> = vec![];
+    let mut replayed = std::collections::BTreeSet::new();
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::parse::<EventId>);
+    match last_seen {
+        None => {}
+        Some(Err(_)) => first.push(
+            SseEvent::default()
                 .event("lagged")
-                .data(json!({"missed": n}).to_string()),
-            Err(RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, Infallible>(ev), (rx, slot)))
-    });
-    Sse::new(stream)
+                .data(json!({"resume": "Last-Event-ID is not a CID"}).to_string()),
+        ),
+        Some(Ok(id)) => {
+            let backlog = api
+                .ask(|reply| ApiRequest::After {
+                    id,
+                    limit: MAX_RESUME_EVENTS + 1,
+                    reply,
+                })
+                .await;
+            match backlog {
+                Err(r) => return r,
+                Ok(None) => first.push(SseEvent::default().event("lagged").data(
+                    json!({"resume": format!("{id} is not in this node's order")}).to_string(),
+                )),
+                Ok(Some(evs)) => {
+                    for ev in evs.iter().take(MAX_RESUME_EVENTS) {
+                        replayed.insert(ev.id());
+                        first.push(event_of(ev));
+                    }
+                    if evs.len() > MAX_RESUME_EVENTS {
+                        first.push(SseEvent::default().event("lagged").data(
+                            json!({"resume": format!(
+                                "more than {MAX_RESUME_EVENTS} events since {id}: page GET /v1/events"
+                            )})
+                            .to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let backlog = futures_util::stream::iter(first.into_iter().map(Ok::<_, Infallible>));
+    let live = futures_util::stream::unfold(
+        (rx, slot, replayed),
+        |(mut rx, slot, mut replayed)| async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => {
+                        if !replayed.is_empty() && replayed.remove(&ev.id()) {
+                            continue;
+                        }
+                        event_of(&ev)
+                    }
+                    Err(RecvError::Lagged(n)) => SseEvent::default()
+                        .event("lagged")
+                        .data(json!({"missed": n}).to_string()),
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok::<_, Infallible>(ev), (rx, slot, replayed)));
+            }
+        },
+    );
+    Sse::new(futures_util::StreamExt::chain(backlog, live))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+fn event_of(ev: &chorus_core::SignedEvent) -> SseEvent {
+    SseEvent::default()
+        .event("event")
+        .id(ev.id().to_string())
+        .data(crate::describe::feed_json(ev).to_string())
 }

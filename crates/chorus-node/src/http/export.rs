@@ -13,7 +13,9 @@
 //!
 //! The archive is written on a blocking thread into a channel of [`EXPORT_CHUNKS`] chunks of
 //! [`EXPORT_CHUNK_BYTES`]; a client that stops reading stalls the thread until the connection's
-//! write-stall bound closes it, which ends the export. At most [`MAX_EXPORTS`] run at once.
+//! write-stall bound closes it, which ends the export. At most [`MAX_EXPORTS`] run at once,
+//! and on a node with a token an export needs it even where reads are open: it holds a thread
+//! and a store snapshot as long as its client reads.
 
 use std::io::Write;
 
@@ -100,7 +102,11 @@ pub async fn export(State(api): State<Api>, Query(q): Query<ExportQuery>) -> Res
     }
     let started = std::thread::Builder::new()
         .name("chorus-export".into())
-        .spawn(move || write_archive(start, format, tx, permit));
+        .spawn(move || {
+            // A panic midway must abort the body like an error, never end it cleanly.
+            let _guard = AbortOnUnwind(tx.clone());
+            write_archive(start, format, tx, permit);
+        });
     if let Err(e) = started {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -122,6 +128,22 @@ pub async fn export(State(api): State<Api>, Query(q): Query<ExportQuery>) -> Res
         }
     }
     resp
+}
+
+/// Sends an error down the body when dropped by a panic; dropped normally, it only lets go of
+/// its sender (the body then ends once the writer's is gone too).
+struct AbortOnUnwind(mpsc::Sender<std::io::Result<Bytes>>);
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Waits for room like any chunk (a client that stopped reading is cut by the
+            // connection's write-stall bound, which ends this wait too).
+            let _ = self
+                .0
+                .blocking_send(Err(std::io::Error::other("the export thread failed")));
+        }
+    }
 }
 
 /// Hands what is written to the connection in chunks; fails once the connection is gone.

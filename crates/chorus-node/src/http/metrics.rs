@@ -184,6 +184,26 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "KAIROS dopamine.",
         one(n(&st.dopamine)),
     );
+    metric(
+        "build_info",
+        "gauge",
+        "The build: version and git commit (value 1).",
+        vec![(
+            format!(
+                "{{version=\"{}\",commit=\"{}\"}}",
+                label_value(env!("CARGO_PKG_VERSION")),
+                label_value(crate::COMMIT)
+            ),
+            1.0,
+        )],
+    );
+    metric(
+        "state_divergence_total",
+        "counter",
+        "Peer summaries with this node's heads and another state_hash: a determinism bug, or a \
+         peer that lies (alert on any increase; status names the last peer).",
+        one(st.state_divergences as f64),
+    );
     let g = &api.gateway;
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
     metric(
@@ -227,7 +247,7 @@ pub async fn metrics(State(api): State<Api>) -> Response {
             .iter()
             .map(|e| {
                 (
-                    format!("{{emissary=\"{}\"}}", e.name.replace('"', "'")),
+                    format!("{{emissary=\"{}\"}}", label_value(&e.name)),
                     l(f(&e.stats)),
                 )
             })
@@ -258,4 +278,32 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         per(|s| &s.model_ms_total),
     );
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// A label value in the text exposition format: backslash, double quote and line feed
+/// escaped (`\\`, `\"`, `\n`), everything else as it is (names come from other members).
+pub fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_value;
+
+    #[test]
+    fn label_values_escape_what_the_format_says() {
+        assert_eq!(label_value("mira"), "mira");
+        assert_eq!(label_value("a\"b"), "a\\\"b");
+        assert_eq!(label_value("back\\slash"), "back\\\\slash");
+        assert_eq!(label_value("two\nlines"), "two\\nlines");
+    }
 }

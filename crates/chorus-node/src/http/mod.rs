@@ -21,7 +21,10 @@
 //! * `POST /v1/members` with `{"op": "add"|"remove", "key": HEX, "role": "writer"|"anchor"}` →
 //!   `{"id": CID}`: a membership change through the running node (the admin's) ([`members`])
 //! * `POST /v1/swarm/intent`, `GET /v1/swarm/elections`: the swarm API ([`swarm`])
-//! * `POST /v1/chat/completions`: OpenAI-compatible ([`openai`])
+//! * `GET /v1/swarm/elections/{stimulus}`: one election; `GET /v1/models`: the model list an
+//!   OpenAI client asks for
+//! * `POST /v1/chat/completions`: OpenAI-compatible ([`openai`]); both take an
+//!   `Idempotency-Key` ([`idempotency`]): a retried request never appends a second stimulus
 //! * `GET /metrics`: Prometheus text ([`metrics`])
 //!
 //! One module per group of routes, each using only [`shared`] (and `openai` the swarm's
@@ -30,9 +33,11 @@
 //! Writes (every `POST`) need `Authorization: Bearer TOKEN` when the node has an API token
 //! (`chorus node --api-token-env VAR`); the token is only ever compared, never served.
 
+pub mod cors;
 mod dashboard;
 mod events;
 mod export;
+mod idempotency;
 mod members;
 mod metrics;
 mod node;
@@ -67,15 +72,18 @@ pub fn router(api: Api) -> Router {
         .route("/v1/swarm/intent", post(swarm::swarm_intent))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route_layer(middleware::from_fn(body_within_deadline))
+        // A whole-store read that holds a thread and a snapshot: guarded like a write.
+        .route("/v1/export", get(export::export))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     let reads = Router::new()
         .route("/v1/status", get(node::status))
         .route("/v1/state", get(node::state))
         .route("/v1/finality/certificate", get(node::certificate))
         .route("/v1/events", get(events::events))
-        .route("/v1/export", get(export::export))
         .route("/v1/dashboard/stream", get(dashboard::stream))
         .route("/v1/swarm/elections", get(swarm::elections))
+        .route("/v1/swarm/elections/{stimulus}", get(swarm::one_election))
+        .route("/v1/models", get(openai::models))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize_reads));
     Router::new()
@@ -275,6 +283,7 @@ mod tests {
             private: false,
             streams: stream_slots(),
             exports: export_slots(),
+            keys: Default::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use std::{convert::Infallible, sync::atomic::Ordering};
 use axum::{
     Json,
     extract::State,
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, Sse},
@@ -17,10 +17,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
+    idempotency::key_of,
     shared::{Api, error, json_body},
     swarm::{
         Consistency, MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, bounded, elect, escalate_after_of,
-        exists, stimulus_body, timeout_of,
+        exists, replayed_header, stimulus_body, timeout_of,
     },
 };
 
@@ -60,8 +61,19 @@ impl ChatMsg {
     }
 }
 
+/// `GET /v1/models`: what an OpenAI client lists. The swarm is one model, `chorus`: whichever
+/// emissary the election picks answers (the `model` of a request is echoed, never used).
+pub async fn models() -> Response {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": "chorus", "object": "model", "created": 0, "owned_by": "chorus"}],
+    }))
+    .into_response()
+}
+
 pub async fn chat_completions(
     State(api): State<Api>,
+    headers: HeaderMap,
     body: Result<Json<ChatBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let r = match json_body(body) {
@@ -71,6 +83,10 @@ pub async fn chat_completions(
     if r.messages.is_empty() {
         return error(StatusCode::BAD_REQUEST, "messages must not be empty");
     }
+    let key = match key_of(&headers) {
+        Ok(k) => k.map(|k| ("chat", k)),
+        Err(resp) => return *resp,
+    };
     api.gateway.chat_requests.fetch_add(1, Ordering::Relaxed);
     let system: Vec<String> = r
         .messages
@@ -104,12 +120,13 @@ pub async fn chat_completions(
         Err(resp) => return *resp,
     };
     let model = r.model.unwrap_or_else(|| "chorus".into());
-    let (e, ms) = match elect(
+    let (e, ms, replayed) = match elect(
         &api,
         body,
         timeout_of(r.timeout_ms),
         escalate_after_of(None),
         Consistency::Fast,
+        key,
     )
     .await
     {
@@ -126,29 +143,37 @@ pub async fn chat_completions(
         "stimulus": stimulus, "winner": e.winner.map(|w| w.to_string()), "emissary": e.emissary,
         "settled": e.settled, "commands": e.commands, "elapsed_ms": ms,
     });
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let prompt_tokens: usize = context.iter().map(|c| c.split_whitespace().count()).sum();
+    let completion_tokens = content.split_whitespace().count();
     if !r.stream {
-        return Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": 0,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": "stop",
-            }],
-            "usage": {
-                "prompt_tokens": context.iter().map(|c| c.split_whitespace().count()).sum::<usize>(),
-                "completion_tokens": content.split_whitespace().count(),
-                "total_tokens": 0,
-            },
-            "chorus": chorus,
-        }))
-        .into_response();
+        return replayed_header(
+            replayed,
+            Json(json!({
+                "id": id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }],
+                // Words, not model tokens: the swarm's answer comes from whichever emissary won.
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+                "chorus": chorus,
+            })),
+        );
     }
     let chunk = |delta: Value, finish: Value| {
         json!({
-            "id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         })
     };
@@ -172,5 +197,5 @@ pub async fn chat_completions(
             .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
             .chain(std::iter::once(Ok(SseEvent::default().data("[DONE]")))),
     );
-    Sse::new(stream).into_response()
+    replayed_header(replayed, Sse::new(stream))
 }

@@ -45,6 +45,8 @@ pub struct Api {
     pub streams: Arc<Semaphore>,
     /// One permit per running export ([`MAX_EXPORTS`]).
     pub exports: Arc<Semaphore>,
+    /// The gateway's idempotency keys (`super::idempotency`).
+    pub keys: Arc<tokio::sync::Mutex<super::idempotency::Keys>>,
 }
 
 /// Most SSE streams open at once (events and elections together). A client that never reads

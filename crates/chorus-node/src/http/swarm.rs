@@ -25,7 +25,7 @@ use std::{
 use axum::{
     Json,
     extract::{Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, KeepAlive, Sse},
@@ -41,7 +41,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::shared::{Api, GatewayStats, error, json_body, write_error};
+use super::{
+    idempotency::{Keyed, REPLAYED_HEADER, Seen, key_of},
+    shared::{Api, GatewayStats, error, json_body, write_error},
+};
 use crate::{
     election::{ChangeKind, Election, Follower},
     handle::NodeGone,
@@ -182,6 +185,8 @@ pub(super) fn stimulus_body(
 pub(super) enum Wait {
     Gone(NodeGone),
     Refused(WriteError),
+    /// The idempotency key came with another request.
+    KeyReused,
     Timeout {
         stimulus: EventId,
         last: Option<Arc<Election>>,
@@ -193,6 +198,10 @@ impl Wait {
         match self {
             Wait::Gone(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             Wait::Refused(e) => write_error(e),
+            Wait::KeyReused => error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "this Idempotency-Key came with another request: a key names one request",
+            ),
             Wait::Timeout { stimulus, last } => {
                 stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 (
@@ -214,28 +223,67 @@ impl Wait {
 /// own election (and once per other election's change), never on a timer — but for the
 /// escalation deadline: with no valid answer `escalate_after` after the stimulus (or after the
 /// last escalation) and candidates left, it appends an `escalate` for the next round.
+///
+/// With an idempotency key (`route` and the request's `Idempotency-Key`, see
+/// [`super::idempotency`]), a retry of a request already taken appends nothing and waits for the
+/// first request's stimulus instead; the returned flag says so.
 pub(super) async fn elect(
     api: &Api,
     body: Ipld,
     timeout: Duration,
     escalate_after: Duration,
     consistency: Consistency,
-) -> Result<(Arc<Election>, u64), Wait> {
+    key: Option<(&'static str, String)>,
+) -> Result<(Arc<Election>, u64, bool), Wait> {
     let t0 = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut escalate_at = tokio::time::Instant::now() + escalate_after;
     // Subscribe before appending: the election can change before the append's reply comes.
     let mut changes = api.node.subscribe_elections();
-    let stimulus = match api
-        .node
-        .append(vec![(kind::STIMULUS.into(), body)])
-        .await
-        .map_err(Wait::Gone)?
-    {
-        Ok(ids) => ids[0],
-        Err(e) => return Err(Wait::Refused(e)),
+    let append = |body: Ipld| async {
+        match api
+            .node
+            .append(vec![(kind::STIMULUS.into(), body)])
+            .await
+            .map_err(Wait::Gone)?
+        {
+            Ok(ids) => Ok(ids[0]),
+            Err(e) => Err(Wait::Refused(e)),
+        }
     };
     let mut last: Option<Arc<Election>> = None;
+    let mut replayed = false;
+    let stimulus = match key {
+        None => append(body).await?,
+        Some((route, key)) => {
+            let keyed = Keyed {
+                route,
+                key,
+                request: EventId::of_block(&chorus_core::codec::encode(&body)).0,
+            };
+            // Held across the append: a retry that overtakes the first request waits for it.
+            let mut keys = api.keys.lock().await;
+            match keys.seen(&keyed, Instant::now()) {
+                Seen::Conflict => return Err(Wait::KeyReused),
+                Seen::Retry(stimulus) => {
+                    drop(keys);
+                    replayed = true;
+                    last = api
+                        .node
+                        .election(stimulus)
+                        .await
+                        .map_err(Wait::Gone)?
+                        .map(Arc::new);
+                    stimulus
+                }
+                Seen::New => {
+                    let stimulus = append(body).await?;
+                    keys.remember(keyed, stimulus, Instant::now());
+                    stimulus
+                }
+            }
+        }
+    };
     loop {
         let done = |e: &&Arc<Election>| {
             e.winner.is_some() && (consistency == Consistency::Fast || e.settled)
@@ -244,7 +292,7 @@ pub(super) async fn elect(
             let ms = t0.elapsed().as_millis() as u64;
             api.gateway.elected.fetch_add(1, Ordering::Relaxed);
             api.gateway.wait_ms_total.fetch_add(ms, Ordering::Relaxed);
-            return Ok((e.clone(), ms));
+            return Ok((e.clone(), ms, replayed));
         }
         // Only an election without a winner is widened (a settled-consistency request may
         // wait on a tentative winner: nothing to escalate then).
@@ -304,10 +352,15 @@ pub(super) fn timeout_of(ms: Option<u64>) -> Duration {
 
 pub async fn swarm_intent(
     State(api): State<Api>,
+    headers: HeaderMap,
     body: Result<Json<IntentRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let r = match json_body(body) {
         Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    let key = match key_of(&headers) {
+        Ok(k) => k.map(|k| ("intent", k)),
         Err(resp) => return *resp,
     };
     api.gateway.intent_requests.fetch_add(1, Ordering::Relaxed);
@@ -326,25 +379,63 @@ pub async fn swarm_intent(
         timeout_of(r.timeout_ms),
         escalate_after,
         consistency,
+        key,
     )
     .await
     {
-        Ok((e, ms)) => Json(json!({
-            "commands": e.commands,
-            "winner": e.winner.map(|w| w.to_string()),
-            "stimulus": e.stimulus.to_string(),
-            "settled": e.settled,
-            // Final by quorum: only on a final/1 timeline, where settled means final.
-            "final": api.final_order && e.settled,
-            "emissary": e.emissary,
-            "model": e.model,
-            "n": e.n,
-            "intents": e.intents,
-            "round": e.round,
-            "elapsed_ms": ms,
-        }))
-        .into_response(),
+        Ok((e, ms, replayed)) => replayed_header(
+            replayed,
+            Json(json!({
+                "commands": e.commands,
+                "winner": e.winner.map(|w| w.to_string()),
+                "stimulus": e.stimulus.to_string(),
+                "settled": e.settled,
+                // Final by quorum: only on a final/1 timeline, where settled means final.
+                "final": api.final_order && e.settled,
+                "emissary": e.emissary,
+                "model": e.model,
+                "n": e.n,
+                "intents": e.intents,
+                "round": e.round,
+                "elapsed_ms": ms,
+            })),
+        ),
         Err(w) => w.response(&api.gateway),
+    }
+}
+
+/// The answer, marked `Idempotent-Replayed: true` when it answers a retry.
+pub(super) fn replayed_header(replayed: bool, answer: impl IntoResponse) -> Response {
+    let mut resp = answer.into_response();
+    if replayed {
+        resp.headers_mut().insert(
+            REPLAYED_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    resp
+}
+
+/// `GET /v1/swarm/elections/{stimulus}`: one election, or 404 when the stimulus is not one the
+/// state tracks (not here yet, not a stimulus, or older than the state keeps).
+pub async fn one_election(
+    State(api): State<Api>,
+    axum::extract::Path(stimulus): axum::extract::Path<String>,
+) -> Response {
+    let id = match stimulus.parse::<EventId>() {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{stimulus}: {e}")),
+    };
+    match api.node.election(id).await {
+        Ok(Some(e)) => Json(e).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "{id} is not an election this node tracks: not received yet, not a stimulus, or \
+                 older than the state keeps"
+            ),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

@@ -60,6 +60,10 @@ pub struct NodeStatus {
     pub refused_writes: BTreeMap<String, u64>,
     /// Network commands dropped on a full queue.
     pub net_commands_dropped: u64,
+    /// Times a peer's summary had this node's heads and another `state_hash` (a determinism
+    /// bug, or a peer that lies), and the last such peer.
+    pub state_divergences: u64,
+    pub last_divergence_peer: Option<String>,
     pub uptime_ms: u64,
 }
 
