@@ -24,7 +24,10 @@ bin=$(realpath "${1:?usage: scripts/check-deploy.sh PATH/TO/chorus}")
 work=$(mktemp -d)
 node_pid=
 cleanup() {
-  [[ -n $node_pid ]] && kill "$node_pid" 2>/dev/null || true
+  if [[ -n $node_pid ]]; then
+    kill "$node_pid" 2>/dev/null || true
+    wait "$node_pid" 2>/dev/null || true
+  fi
   podman rm -f chorus-deploy-check >/dev/null 2>&1 || true
   podman rmi -f localhost/chorus:deploy-check localhost/chorus-check-binary \
     localhost/chorus-check-runtime >/dev/null 2>&1 || true

@@ -3,25 +3,32 @@
 //! `git rev-parse`, else "unknown".
 use std::process::Command;
 
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 fn main() {
     println!("cargo:rerun-if-env-changed=CHORUS_COMMIT");
-    // A new commit or checkout changes these; cargo reruns this script then.
-    for p in [
-        "../../.git/HEAD",
-        "../../.git/refs/heads",
-        "../../.git/packed-refs",
-    ] {
-        println!("cargo:rerun-if-changed={p}");
+    // A new commit or checkout moves HEAD or the branch it names: rerun then. Only paths that
+    // exist are named (cargo reruns a script on every build while a named path is missing).
+    if let Some(head) = git(&["rev-parse", "--path-format=absolute", "--git-path", "HEAD"]) {
+        println!("cargo:rerun-if-changed={head}");
     }
-    let commit = std::env::var("CHORUS_COMMIT").ok().or_else(|| {
-        let out = Command::new("git")
-            .args(["rev-parse", "--short=12", "HEAD"])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    });
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        for name in [branch.as_str(), "packed-refs"] {
+            if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", name])
+                && std::path::Path::new(&path).exists()
+            {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
+    }
+    let commit = std::env::var("CHORUS_COMMIT")
+        .ok()
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]));
     println!(
         "cargo:rustc-env=CHORUS_COMMIT={}",
         commit.unwrap_or_else(|| "unknown".into())

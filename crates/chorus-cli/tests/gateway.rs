@@ -66,6 +66,23 @@ fn sse_lines_with(api: &str, path: &str, headers: &str) -> std::sync::mpsc::Rece
     rx
 }
 
+/// Whether python3 can import the official `openai` package; without it a test says it is
+/// skipped, which CI forbids (`CHORUS_REQUIRE_OPENAI`).
+fn openai_installed() -> bool {
+    let has_openai = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_openai {
+        assert!(
+            std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
+            "CHORUS_REQUIRE_OPENAI is set but python3 cannot import openai"
+        );
+        eprintln!("skipped: the openai Python package is not installed (pip install openai)");
+    }
+    has_openai
+}
+
 /// n0 (admin) and n1 (writer) on `ip0`/`ip1`; n0 runs the emissaries of `file`.
 fn pair(root: &Path, ip: u8, file: &str) -> (Node, Node) {
     let dirs = timeline(root, 2, 2);
@@ -653,16 +670,7 @@ fn an_election_nobody_valid_can_answer_ends_exhausted() {
 
 #[test]
 fn the_openai_python_client_talks_to_a_node() {
-    let has_openai = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_openai {
-        assert!(
-            std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
-            "CHORUS_REQUIRE_OPENAI is set but python3 cannot import openai"
-        );
-        eprintln!("skipped: the openai Python package is not installed (pip install openai)");
+    if !openai_installed() {
         return;
     }
     chorus_llm::model::ensure_default().expect("fetching the embedded model");
@@ -807,16 +815,7 @@ fn status_under_load_still_shows_each_write_at_once() {
 /// request under the same key is refused (422); usage and `created` are filled in.
 #[test]
 fn an_sdk_retry_with_an_idempotency_key_appends_one_stimulus() {
-    let has_openai = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_openai {
-        assert!(
-            std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
-            "CHORUS_REQUIRE_OPENAI is set but python3 cannot import openai"
-        );
-        eprintln!("skipped: the openai Python package is not installed (pip install openai)");
+    if !openai_installed() {
         return;
     }
     let root = tempfile::tempdir().unwrap();

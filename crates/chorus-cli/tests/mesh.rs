@@ -574,18 +574,7 @@ fn a_node_configured_by_environment_and_file_finds_its_peer_by_dns_name() {
         .unwrap();
     // The timeline as an operator ships it (a ConfigMap): an export; only its genesis is used.
     let genesis = root.path().join("genesis.car");
-    let out = std::process::Command::new(BIN)
-        .args(["--data-dir"])
-        .arg(&dirs[0])
-        .args(["export", "--car"])
-        .arg(&genesis)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&dirs[0], &["export", "--car", genesis.to_str().unwrap()]);
     let config = root.path().join("node.toml");
     std::fs::write(
         &config,

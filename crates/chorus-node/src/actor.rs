@@ -52,6 +52,9 @@ pub const NODE_QUEUE: usize = 8_192;
 pub const MAX_APPEND_PER_REQUEST: usize = 1_000;
 /// Most events one `GET /v1/events` returns.
 pub const MAX_EVENTS_PER_PAGE: usize = 1_000;
+/// Positions of the order one `GET /v1/events` page looks at, at most (a light node's forgotten
+/// past is skipped, not counted in the page).
+pub const MAX_SCANNED_PER_PAGE: usize = 65_536;
 /// How often the actor runs the sync timers and folds the state.
 pub const TICK: Duration = Duration::from_millis(200);
 /// A fold longer than this many positions of the order (a late event far back) runs in
@@ -771,15 +774,20 @@ impl<M: Describe> Actor<M> {
             None => 0,
         };
         let mut out = vec![];
+        let want = limit.min(MAX_EVENTS_PER_PAGE);
+        // A light node skips what it forgot (full nodes have it) without counting it: a page
+        // holds `limit` events it has, scanning at most MAX_SCANNED_PER_PAGE positions.
         for (pos, id) in tl
             .order()
             .enumerate()
             .skip(start)
-            .take(limit.min(MAX_EVENTS_PER_PAGE))
+            .take(MAX_SCANNED_PER_PAGE)
         {
+            if out.len() == want {
+                break;
+            }
             let ev = match tl.load(&id, local.store()) {
                 Ok(ev) => ev,
-                // Behind a light node's horizon: forgotten here, full nodes have it.
                 Err(_) if self.light() => continue,
                 Err(e) => return Err(e.to_string()),
             };

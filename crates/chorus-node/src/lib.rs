@@ -199,6 +199,13 @@ pub async fn run<M: Describe>(
                 exports: http::export_slots(),
                 keys: Default::default(),
             });
+            if cfg.cors_origins.iter().any(|o| o == "*") && cfg.api_token.is_none() {
+                anyhow::bail!(
+                    "--cors-origin '*' lets every web page a user opens call this API; without a \
+                     token (CHORUS_API_TOKEN) any page could write: give a token, or name the \
+                     origins"
+                );
+            }
             let app = match http::cors::layer(&cfg.cors_origins)? {
                 Some(cors) => app.layer(cors),
                 None => app,

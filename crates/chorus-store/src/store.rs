@@ -464,18 +464,7 @@ impl Store {
     /// Heads as stored.
     pub fn heads(&self) -> Result<Vec<EventId>, StoreError> {
         let txn = self.db.begin_read().map_err(dberr)?;
-        let t = txn.open_table(HEADS).map_err(dberr)?;
-        let mut out = vec![];
-        for item in t.iter().map_err(dberr)? {
-            let (k, _) = item.map_err(dberr)?;
-            out.push(EventId(k.value().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    block: None,
-                    why: "head key is not 32 bytes".into(),
-                }
-            })?));
-        }
-        Ok(out)
+        heads_in(&txn.open_table(HEADS).map_err(dberr)?)
     }
 
     /// Checks the store's invariants without trusting anything, by sequential scans: every
@@ -696,20 +685,25 @@ impl StoreReader {
     pub fn snapshot(&self) -> Result<StoreSnapshot, StoreError> {
         let txn = self.db.begin_read().map_err(dberr)?;
         let events = txn.open_table(EVENTS).map_err(dberr)?;
-        let heads_table = txn.open_table(HEADS).map_err(dberr)?;
-        let mut heads = vec![];
-        for item in heads_table.iter().map_err(dberr)? {
-            let (k, _) = item.map_err(dberr)?;
-            heads.push(EventId(k.value().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    block: None,
-                    why: "head key is not 32 bytes".into(),
-                }
-            })?));
-        }
+        let heads = heads_in(&txn.open_table(HEADS).map_err(dberr)?)?;
         let len = events.len().map_err(dberr)?;
         Ok(StoreSnapshot { events, heads, len })
     }
+}
+
+/// The heads in a read transaction's heads table.
+fn heads_in(t: &redb::ReadOnlyTable<&[u8], ()>) -> Result<Vec<EventId>, StoreError> {
+    let mut out = vec![];
+    for item in t.iter().map_err(dberr)? {
+        let (k, _) = item.map_err(dberr)?;
+        out.push(EventId(k.value().try_into().map_err(|_| {
+            StoreError::Corrupt {
+                block: None,
+                why: "head key is not 32 bytes".into(),
+            }
+        })?));
+    }
+    Ok(out)
 }
 
 /// See [`StoreReader::snapshot`].

@@ -18,12 +18,7 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_chorus");
 
 pub fn chorus(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run chorus")
+    chorus_env(dir, args, &[])
 }
 
 /// As [`chorus`], with environment variables set.
@@ -50,14 +45,7 @@ pub fn ok_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
 }
 
 pub fn ok(dir: &Path, args: &[&str]) -> String {
-    let out = chorus(dir, args);
-    assert!(
-        out.status.success(),
-        "chorus {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ok_env(dir, args, &[])
 }
 
 pub fn api(base: &str) -> Api {

@@ -1,7 +1,8 @@
 //! Cross-origin requests (`chorus node --cors-origin ORIGIN`): a web page served from one of the
 //! named origins may call the API from the browser (tower-http's CORS layer answers the
-//! preflights and adds the headers). None by default, so no other site's page can read a node;
-//! `*` allows every origin (the API's token still guards writes, and private reads).
+//! preflights and adds the headers). None by default, so no other site's page can read a node.
+//! A named origin's pages can do what the API allows without a token (on a tokenless loopback
+//! node: write); `*` allows every origin and is refused without a token (`crate::run`).
 
 use std::time::Duration;
 

@@ -143,15 +143,16 @@ pub async fn append(
 }
 
 /// Events a resumed stream replays at most (`Last-Event-ID`); beyond, it says `lagged`.
-pub const MAX_RESUME_EVENTS: usize = 1_000;
+pub const MAX_RESUME_EVENTS: usize = 256;
 
 /// `GET /v1/events?stream=true`: every new event as one SSE `event` (JSON data) whose `id:` is
 /// its CID; a lagging client gets an `event: lagged` with how many it missed (page `GET
 /// /v1/events` for them). A client that reconnects with `Last-Event-ID: CID` (EventSource does
 /// on its own) first gets the events after that one in the total order (at most
-/// [`MAX_RESUME_EVENTS`], else `lagged`), then the live ones, none twice. An event that
-/// arrived late and sorts before the last one seen is not replayed: page `GET /v1/events` for a
-/// complete view.
+/// [`MAX_RESUME_EVENTS`], else `lagged`), then the live ones. Delivery is at least once: an
+/// event seen before the last one but sorting after it comes again (deduplicate by CID), and
+/// one that arrived late and sorts before it is not replayed, nor what a light node forgot:
+/// page `GET /v1/events` for a complete view.
 async fn event_stream(api: &Api, headers: &HeaderMap) -> Response {
     let slot = match api.stream_slot() {
         Ok(s) => s,

@@ -187,6 +187,8 @@ pub(super) enum Wait {
     Refused(WriteError),
     /// The idempotency key came with another request.
     KeyReused,
+    /// A retry of a request whose stimulus the state no longer tracks (older than its bound).
+    Forgotten(EventId),
     Timeout {
         stimulus: EventId,
         last: Option<Arc<Election>>,
@@ -198,6 +200,13 @@ impl Wait {
         match self {
             Wait::Gone(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             Wait::Refused(e) => write_error(e),
+            Wait::Forgotten(stimulus) => error(
+                StatusCode::GONE,
+                format!(
+                    "this Idempotency-Key's request was taken as stimulus {stimulus}, whose \
+                     election is older than the state keeps: see GET /v1/events for its intents"
+                ),
+            ),
             Wait::KeyReused => error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "this Idempotency-Key came with another request: a key names one request",
@@ -268,12 +277,12 @@ pub(super) async fn elect(
                 Seen::Retry(stimulus) => {
                     drop(keys);
                     replayed = true;
-                    last = api
-                        .node
-                        .election(stimulus)
-                        .await
-                        .map_err(Wait::Gone)?
-                        .map(Arc::new);
+                    // Queries are answered after a fold: a stimulus taken here is tracked by now,
+                    // unless it is older than the state keeps — nothing would ever come then.
+                    match api.node.election(stimulus).await.map_err(Wait::Gone)? {
+                        Some(e) => last = Some(Arc::new(e)),
+                        None => return Err(Wait::Forgotten(stimulus)),
+                    }
                     stimulus
                 }
                 Seen::New => {
