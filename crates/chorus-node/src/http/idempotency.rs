@@ -11,10 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use chorus_core::EventId;
-
-use super::shared::error;
 
 /// The request header (case-insensitive, as every HTTP header).
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -110,17 +108,14 @@ impl Keys {
     }
 }
 
-/// The request's key, if it has one; a 400 when it is not a short printable token.
-pub fn key_of(headers: &HeaderMap) -> Result<Option<String>, Box<axum::response::Response>> {
+/// The request's key, if it has one; why not when it is not a short printable token (the
+/// caller answers 400 with it).
+pub fn key_of(headers: &HeaderMap) -> Result<Option<String>, String> {
     let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
         return Ok(None);
     };
-    let bad = || {
-        Box::new(error(
-            StatusCode::BAD_REQUEST,
-            format!("{IDEMPOTENCY_HEADER} must be 1..={MAX_KEY_BYTES} printable ASCII characters"),
-        ))
-    };
+    let bad =
+        || format!("{IDEMPOTENCY_HEADER} must be 1..={MAX_KEY_BYTES} printable ASCII characters");
     let s = v.to_str().map_err(|_| bad())?;
     if s.is_empty() || s.len() > MAX_KEY_BYTES || !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         return Err(bad());

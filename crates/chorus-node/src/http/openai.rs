@@ -85,7 +85,7 @@ pub async fn chat_completions(
     }
     let key = match key_of(&headers) {
         Ok(k) => k.map(|k| ("chat", k)),
-        Err(resp) => return *resp,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     api.gateway.chat_requests.fetch_add(1, Ordering::Relaxed);
     let system: Vec<String> = r

@@ -370,7 +370,7 @@ pub async fn swarm_intent(
     };
     let key = match key_of(&headers) {
         Ok(k) => k.map(|k| ("intent", k)),
-        Err(resp) => return *resp,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     api.gateway.intent_requests.fetch_add(1, Ordering::Relaxed);
     let body = match stimulus_body(&r.npc_name, &r.role, &r.backstory, &r.context) {
