@@ -86,7 +86,7 @@ impl Node {
         bootstrap: &[String],
         heartbeat_ms: u64,
     ) -> Node {
-        Self::launch(name, dir, ip, bootstrap, &[], None, heartbeat_ms)
+        Self::launch(name, dir, ip, bootstrap, &[], None, heartbeat_ms, &[])
     }
 
     /// As [`Node::start_heartbeating`], with extra node arguments.
@@ -98,7 +98,7 @@ impl Node {
         extra: &[&str],
         heartbeat_ms: u64,
     ) -> Node {
-        Self::launch(name, dir, ip, bootstrap, extra, None, heartbeat_ms)
+        Self::launch(name, dir, ip, bootstrap, extra, None, heartbeat_ms, &[])
     }
 
     /// As [`Node::start`], with extra node arguments and an optional command prefix (e.g.
@@ -111,7 +111,7 @@ impl Node {
         extra: &[&str],
         prefix: Option<&[&str]>,
     ) -> Node {
-        Self::launch(name, dir, ip, bootstrap, extra, prefix, 0)
+        Self::launch(name, dir, ip, bootstrap, extra, prefix, 0, &[])
     }
 
     /// As [`Node::start`], with environment variables set for the node.
@@ -122,23 +122,11 @@ impl Node {
         bootstrap: &[String],
         env: &[(&str, &str)],
     ) -> Node {
-        Self::launch_env(name, dir, ip, bootstrap, &[], None, 0, env)
-    }
-
-    fn launch(
-        name: &str,
-        dir: &Path,
-        ip: &str,
-        bootstrap: &[String],
-        extra: &[&str],
-        prefix: Option<&[&str]>,
-        heartbeat_ms: u64,
-    ) -> Node {
-        Self::launch_env(name, dir, ip, bootstrap, extra, prefix, heartbeat_ms, &[])
+        Self::launch(name, dir, ip, bootstrap, &[], None, 0, env)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn launch_env(
+    fn launch(
         name: &str,
         dir: &Path,
         ip: &str,

@@ -167,6 +167,7 @@ pub fn start_mesh_heartbeating(
             &[],
             Some(&["ip", "netns", "exec", &ns]),
             heartbeat_ms,
+            &[],
         )
     };
     let n0 = start(0, &[]);

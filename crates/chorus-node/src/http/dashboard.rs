@@ -156,12 +156,12 @@ impl Watch {
         }
     }
 
-    async fn tick(&self) -> Value {
+    /// The tick's JSON text. The status comes as the shared snapshot's serialized text (what
+    /// `GET /v1/status` sends) and goes in as it is, not parsed and serialized again.
+    async fn tick(&self) -> String {
         let status = super::node::status_json(&self.api)
             .await
-            .ok()
-            .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-            .unwrap_or(Value::Null);
+            .unwrap_or_else(|_| "null".into());
         let state = self.api.ask(ApiRequest::State).await.unwrap_or(Value::Null);
         let mut elections = vec![];
         if let Ok(list) = self.api.node.elections().await {
@@ -175,7 +175,10 @@ impl Watch {
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        json!({ "at": at, "status": status, "state": state, "elections": elections })
+        format!(
+            "{{\"at\":{at},\"status\":{status},\"state\":{state},\"elections\":{}}}",
+            Value::Array(elections)
+        )
     }
 }
 
@@ -208,7 +211,7 @@ pub async fn stream(State(api): State<Api>) -> Response {
                     Err(RecvError::Closed) => return None,
                 },
                 _ = w.ticks.tick() => {
-                    let data = w.tick().await.to_string();
+                    let data = w.tick().await;
                     let ev = SseEvent::default().event("tick").data(data);
                     return Some((Ok::<_, Infallible>(ev), (w, slot)));
                 }
