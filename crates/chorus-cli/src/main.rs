@@ -206,6 +206,10 @@ struct NodeArgs {
     /// DATA_DIR/api.addr). Off loopback it needs a token (CHORUS_API_TOKEN).
     #[arg(long, env = "CHORUS_API_LISTEN", default_value = DEFAULT_API)]
     api: String,
+    /// Serve /metrics (OpenMetrics text for Prometheus) alone on this address too, without a
+    /// token, e.g. 0.0.0.0:9711 for a scraper while the API stays on loopback.
+    #[arg(long, env = "CHORUS_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Run without the HTTP API (whatever --api says).
     #[arg(long, env = "CHORUS_NO_API")]
     no_api: bool,

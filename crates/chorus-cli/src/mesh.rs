@@ -121,6 +121,14 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
         external: parse_addrs(&a.external_address, "--external-address")?,
         cors_origins: a.cors_origin.clone(),
         api,
+        metrics: a
+            .metrics_listen
+            .as_deref()
+            .map(|m| {
+                m.parse()
+                    .with_context(|| format!("--metrics-listen {m:?} is not HOST:PORT"))
+            })
+            .transpose()?,
         light: a.light,
         api_addr_file: Some(dir.join(http::API_ADDR_FILE)),
         api_token: match &a.api_token_env {

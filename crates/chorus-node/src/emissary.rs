@@ -27,6 +27,7 @@ use chorus_core::{AuthorId, EventId, SignedEvent, event::kind};
 use chorus_kairos::body::{Failure, Intent, Registration, Stimulus};
 use chorus_llm::{Backend, BackendConfig, ChatMessage, ChatRequest, Role, commands};
 use ipld_core::ipld::Ipld;
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast::error::RecvError};
@@ -86,7 +87,7 @@ pub struct EmissaryFile {
 }
 
 /// Counters of one emissary (`/v1/status`, `/metrics`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EmissaryStats {
     pub stimuli_seen: AtomicU64,
     pub selected: AtomicU64,
@@ -99,6 +100,27 @@ pub struct EmissaryStats {
     pub model_ms_total: AtomicU64,
     /// Registrations written after the first (the machine had expired it).
     pub registered_again: AtomicU64,
+    /// Each model call's duration (`chorus_emissary_model_seconds`).
+    pub model_seconds: Histogram,
+}
+
+impl EmissaryStats {
+    pub fn new(model_seconds: Histogram) -> Self {
+        let zero = AtomicU64::default;
+        EmissaryStats {
+            stimuli_seen: zero(),
+            selected: zero(),
+            in_flight: zero(),
+            intents: zero(),
+            failures: zero(),
+            refused_commands: zero(),
+            busy: zero(),
+            lagged: zero(),
+            model_ms_total: zero(),
+            registered_again: zero(),
+            model_seconds,
+        }
+    }
 }
 
 /// A running emissary as the rest of the node sees it.
@@ -255,11 +277,17 @@ pub fn intent_of(
 }
 
 /// Starts an emissary on `node`; returns what the node reports about it.
-pub fn spawn(cfg: EmissaryConfig, backend: Arc<dyn Backend>, node: NodeHandle) -> EmissaryInfo {
+/// Starts one emissary; its model calls' durations go into `model_seconds`.
+pub fn spawn(
+    cfg: EmissaryConfig,
+    backend: Arc<dyn Backend>,
+    node: NodeHandle,
+    model_seconds: Histogram,
+) -> EmissaryInfo {
     let info = EmissaryInfo {
         name: cfg.name.clone(),
         backend: backend.name(),
-        stats: Arc::default(),
+        stats: Arc::new(EmissaryStats::new(model_seconds)),
     };
     let stats = info.stats.clone();
     tokio::spawn(async move {
@@ -466,8 +494,10 @@ async fn answer(
     req.seed = cfg.seed ^ u64::from_le_bytes(id[..8].try_into().unwrap_or_default());
     let t0 = Instant::now();
     let r = backend.complete(&req).await;
-    let ms = t0.elapsed().as_millis() as u64;
+    let took = t0.elapsed();
+    let ms = took.as_millis() as u64;
     stats.model_ms_total.fetch_add(ms, Ordering::Relaxed);
+    stats.model_seconds.observe(took.as_secs_f64());
     if let Err(e) = &r {
         tracing::warn!(emissary = %cfg.name, "model call failed: {e}");
     }

@@ -25,6 +25,7 @@ pub mod http;
 pub mod machines;
 pub mod pages;
 pub mod status;
+pub mod telemetry;
 pub mod write;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
@@ -51,6 +52,9 @@ pub struct NodeConfig {
     pub cors_origins: Vec<String>,
     /// Where the local HTTP API listens (`None`: no API).
     pub api: Option<SocketAddr>,
+    /// Where `/metrics` is served alone, without a token (`--metrics-listen`; `None`: only
+    /// on the API).
+    pub metrics: Option<SocketAddr>,
     /// Light node: not a replica (no provider record, serves no blocks, writes through full
     /// nodes, prunes behind the settled horizon). Give it a `Replica::in_memory`.
     pub light: bool,
@@ -150,12 +154,24 @@ pub async fn run<M: Describe>(
 
     let feed = feed::Feed::default();
     let node = handle::NodeHandle::new(node_tx.clone(), feed.clone());
+    let telemetry = telemetry::Telemetry::default();
+    telemetry::spawn_round_trips(
+        node.clone(),
+        replica.key().author(),
+        telemetry.propagation.clone(),
+    );
     let mut emissaries = vec![];
     for e in &cfg.emissaries {
         let backend = chorus_llm::build(&e.backend)
             .with_context(|| format!("emissary {:?}: backend", e.name))?;
         println!("emissary {} on {}", e.name, backend.name());
-        emissaries.push(emissary::spawn(e.clone(), backend, node.clone()));
+        let model_seconds = telemetry.model_of(&e.name);
+        emissaries.push(emissary::spawn(
+            e.clone(),
+            backend,
+            node.clone(),
+            model_seconds,
+        ));
     }
     let actor = Actor::new(
         replica,
@@ -170,57 +186,69 @@ pub async fn run<M: Describe>(
         .spawn(move || actor.run(node_rx))
         .context("starting the node actor")?;
 
-    let (api_stop_tx, api_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api_task = match cfg.api {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!(
-                    "binding the API on {addr} (another node on this machine? give this one \
-                         another address with --api or CHORUS_API_LISTEN, port 0 for a free one)"
-                )
-            })?;
-            let bound = listener.local_addr()?;
-            println!("api http://{bound}");
-            if let Some(f) = &cfg.api_addr_file {
-                std::fs::write(f, format!("{bound}\n"))
-                    .with_context(|| format!("writing {}", f.display()))?;
-            }
-            let app = http::router(http::Api {
-                node: node.clone(),
-                gateway: Default::default(),
-                emissaries: std::sync::Arc::new(emissaries),
-                token: cfg.api_token.as_deref().map(std::sync::Arc::from),
-                status: Default::default(),
-                escalates: M::ESCALATES,
-                final_order,
-                loopback: bound.ip().is_loopback(),
-                private,
-                streams: http::stream_slots(),
-                exports: http::export_slots(),
-                keys: Default::default(),
-            });
-            if cfg.cors_origins.iter().any(|o| o == "*") && cfg.api_token.is_none() {
-                anyhow::bail!(
-                    "--cors-origin '*' lets every web page a user opens call this API; without a \
-                     token (CHORUS_API_TOKEN) any page could write: give a token, or name the \
-                     origins"
-                );
-            }
-            let app = match http::cors::layer(&cfg.cors_origins)? {
-                Some(cors) => app.layer(cors),
-                None => app,
-            };
-            Some(tokio::spawn(http::serve::serve(listener, app, async {
-                let _ = api_stop_rx.await;
-            })))
+    // Both HTTP servers stop on one signal.
+    let (http_stop_tx, http_stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = http_stop_rx.clone();
+        async move {
+            let _ = rx.changed().await;
         }
+    };
+    let api_listener = match cfg.api {
+        Some(addr) => Some(bind(addr, "the API", "--api or CHORUS_API_LISTEN").await?),
         None => None,
     };
+    let api = http::Api {
+        node: node.clone(),
+        gateway: Default::default(),
+        telemetry: telemetry.clone(),
+        emissaries: std::sync::Arc::new(emissaries),
+        token: cfg.api_token.as_deref().map(std::sync::Arc::from),
+        status: Default::default(),
+        escalates: M::ESCALATES,
+        final_order,
+        loopback: match &api_listener {
+            Some(l) => l.local_addr()?.ip().is_loopback(),
+            None => true,
+        },
+        private,
+        streams: http::stream_slots(),
+        exports: http::export_slots(),
+        keys: Default::default(),
+    };
+    let mut http_tasks = vec![];
+    if let Some(addr) = cfg.metrics {
+        let listener = bind(addr, "the metrics", "--metrics-listen").await?;
+        println!("metrics http://{}/metrics", listener.local_addr()?);
+        let app = http::metrics::router(api.clone());
+        http_tasks.push(tokio::spawn(http::serve::serve(listener, app, stopped())));
+    }
+    if let Some(listener) = api_listener {
+        let bound = listener.local_addr()?;
+        println!("api http://{bound}");
+        if let Some(f) = &cfg.api_addr_file {
+            std::fs::write(f, format!("{bound}\n"))
+                .with_context(|| format!("writing {}", f.display()))?;
+        }
+        if cfg.cors_origins.iter().any(|o| o == "*") && cfg.api_token.is_none() {
+            anyhow::bail!(
+                "--cors-origin '*' lets every web page a user opens call this API; without a \
+                 token (CHORUS_API_TOKEN) any page could write: give a token, or name the \
+                 origins"
+            );
+        }
+        let app = http::router(api);
+        let app = match http::cors::layer(&cfg.cors_origins)? {
+            Some(cors) => app.layer(cors),
+            None => app,
+        };
+        http_tasks.push(tokio::spawn(http::serve::serve(listener, app, stopped())));
+    }
 
     shutdown.await;
     tracing::info!("shutting down");
-    let _ = api_stop_tx.send(());
-    if let Some(t) = api_task {
+    let _ = http_stop_tx.send(true);
+    for t in http_tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     let _ = node_tx.send(NodeMsg::Shutdown).await;
@@ -234,6 +262,16 @@ pub async fn run<M: Describe>(
         let _ = std::fs::remove_file(f);
     }
     Ok(replica)
+}
+
+/// A listener on `addr` for `what`, or an error that says how to choose another address.
+async fn bind(addr: SocketAddr, what: &str, option: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "binding {what} on {addr} (another node on this machine? give this one another \
+             address with {option}, port 0 for a free one)"
+        )
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

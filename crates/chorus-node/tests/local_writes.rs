@@ -41,6 +41,7 @@ impl Node {
             api: Some("127.0.0.1:0".parse().unwrap()),
             light: false,
             api_addr_file: Some(addr_file.clone()),
+            metrics: None,
             api_token: None,
             api_open: false,
             emissaries: vec![],

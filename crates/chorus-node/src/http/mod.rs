@@ -25,7 +25,8 @@
 //!   OpenAI client asks for
 //! * `POST /v1/chat/completions`: OpenAI-compatible ([`openai`]); both take an
 //!   `Idempotency-Key` ([`idempotency`]): a retried request never appends a second stimulus
-//! * `GET /metrics`: Prometheus text ([`metrics`])
+//! * `GET /metrics`: OpenMetrics text for Prometheus ([`metrics`]; also alone on
+//!   `--metrics-listen`)
 //!
 //! One module per group of routes, each using only [`shared`] (and `openai` the swarm's
 //! election wait); this module wires them into the router and holds the write token check.
@@ -39,7 +40,7 @@ mod events;
 mod export;
 mod idempotency;
 mod members;
-mod metrics;
+pub mod metrics;
 mod node;
 mod openai;
 pub mod serve;
@@ -274,6 +275,7 @@ mod tests {
         Api {
             node,
             gateway: Default::default(),
+            telemetry: Default::default(),
             emissaries: Default::default(),
             token: None,
             status: Default::default(),

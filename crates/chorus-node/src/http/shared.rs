@@ -28,6 +28,8 @@ pub const MAX_APPEND_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 pub struct Api {
     pub node: NodeHandle,
     pub gateway: Arc<GatewayStats>,
+    /// The latency histograms of `/metrics`.
+    pub telemetry: crate::telemetry::Telemetry,
     pub emissaries: Arc<Vec<EmissaryInfo>>,
     /// Bearer token that writes must carry (`None`: writes are open, loopback only).
     pub token: Option<Arc<str>>,
@@ -78,7 +80,8 @@ pub struct GatewayStats {
     /// `escalate` events this gateway wrote (an election without a valid answer by its
     /// deadline).
     pub escalations: AtomicU64,
-    pub wait_ms_total: AtomicU64,
+    /// Requests refused because their token's (or address's) rate was spent.
+    pub rate_limited: AtomicU64,
 }
 
 /// A JSON request body, or the 400 that says why it is not one.

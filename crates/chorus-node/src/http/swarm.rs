@@ -298,9 +298,10 @@ pub(super) async fn elect(
             e.winner.is_some() && (consistency == Consistency::Fast || e.settled)
         };
         if let Some(e) = last.as_ref().filter(done) {
-            let ms = t0.elapsed().as_millis() as u64;
+            let waited = t0.elapsed();
+            let ms = waited.as_millis() as u64;
             api.gateway.elected.fetch_add(1, Ordering::Relaxed);
-            api.gateway.wait_ms_total.fetch_add(ms, Ordering::Relaxed);
+            api.telemetry.gateway_wait.observe(waited.as_secs_f64());
             return Ok((e.clone(), ms, replayed));
         }
         // Only an election without a winner is widened (a settled-consistency request may
