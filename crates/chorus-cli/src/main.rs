@@ -206,6 +206,10 @@ struct NodeArgs {
     /// DATA_DIR/api.addr). Off loopback it needs a token (CHORUS_API_TOKEN).
     #[arg(long, env = "CHORUS_API_LISTEN", default_value = DEFAULT_API)]
     api: String,
+    /// Gateway requests (/v1/swarm/intent, /v1/chat/completions) a minute per client address,
+    /// in bursts of up to a quarter of it; beyond it a 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "CHORUS_GATEWAY_RATE", default_value_t = chorus_node::http::ratelimit::DEFAULT_GATEWAY_RATE)]
+    gateway_rate: u32,
     /// Serve /metrics (OpenMetrics text for Prometheus) alone on this address too, without a
     /// token, e.g. 0.0.0.0:9711 for a scraper while the API stays on loopback.
     #[arg(long, env = "CHORUS_METRICS_LISTEN")]

@@ -129,6 +129,7 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
                     .with_context(|| format!("--metrics-listen {m:?} is not HOST:PORT"))
             })
             .transpose()?,
+        gateway_rate: a.gateway_rate,
         light: a.light,
         api_addr_file: Some(dir.join(http::API_ADDR_FILE)),
         api_token: match &a.api_token_env {

@@ -1151,3 +1151,53 @@ fn metrics_parse_as_openmetrics_with_histograms_and_an_emissary_name_to_escape()
     );
     assert_eq!(divergence[0][2], 0.0);
 }
+
+#[test]
+fn the_gateway_limits_each_client_and_openai_routes_answer_openai_errors() {
+    if !openai_installed() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 1, 1);
+    // 4 a minute, bursts of 1: the second request in a row is refused.
+    let n0 = Node::start_with(
+        "n0",
+        &dirs[0],
+        "127.0.0.73",
+        &[],
+        &["--gateway-rate", "4"],
+        None,
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_errors.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/v1", n0.api))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the openai client failed");
+    assert!(stdout.contains("400 ok") && stdout.contains("429 ok"));
+    // The swarm API shares the bucket: refused before anything is appended.
+    let events = get(&n0.api, "/v1/status").unwrap()["events"].clone();
+    let e = post(
+        &n0.api,
+        "/v1/swarm/intent",
+        &json!({"npc_name": "Mira", "context": "A bell.", "timeout_ms": 1_000}),
+    )
+    .unwrap_err();
+    assert!(e.starts_with("429"), "{e}");
+    assert_eq!(get(&n0.api, "/v1/status").unwrap()["events"], events);
+    let metrics = ureq::get(format!("http://{}/metrics", n0.api))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "chorus_gateway_rate_limited_total 2"),
+        "{metrics}"
+    );
+}

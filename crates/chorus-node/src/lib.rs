@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub cors_origins: Vec<String>,
     /// Where the local HTTP API listens (`None`: no API).
     pub api: Option<SocketAddr>,
+    /// Gateway requests a minute per client address (0: no limit; `http::ratelimit`).
+    pub gateway_rate: u32,
     /// Where `/metrics` is served alone, without a token (`--metrics-listen`; `None`: only
     /// on the API).
     pub metrics: Option<SocketAddr>,
@@ -215,6 +217,7 @@ pub async fn run<M: Describe>(
         streams: http::stream_slots(),
         exports: http::export_slots(),
         keys: Default::default(),
+        rate: std::sync::Arc::new(http::ratelimit::GatewayRate::per_minute(cfg.gateway_rate)),
     };
     let mut http_tasks = vec![];
     if let Some(addr) = cfg.metrics {

@@ -42,6 +42,7 @@ impl Node {
             light: false,
             api_addr_file: Some(addr_file.clone()),
             metrics: None,
+            gateway_rate: 0,
             api_token: None,
             api_open: false,
             emissaries: vec![],
@@ -271,7 +272,7 @@ fn what_the_api_stores_a_peer_accepts_and_what_it_refuses_changes_nothing() {
                     path,
                     status
                 );
-                let why = answer["error"].as_str().unwrap_or_default();
+                let why = reason(&answer);
                 prop_assert!(!why.is_empty(), "a refusal says why: {answer}");
                 if status == 413 {
                     prop_assert!(why.contains("bytes"), "413 names the bound: {why}");
@@ -446,7 +447,7 @@ fn the_apis_json_bodies_fuzzed_as_bytes_are_answered_and_refusals_change_nothing
                     "{}: refused but the timeline changed",
                     path
                 );
-                let why = a.body["error"].as_str().unwrap_or_default();
+                let why = reason(&a.body);
                 prop_assert!(!why.is_empty(), "a refusal says why, as JSON: {}", a.body);
             }
             *outcomes.borrow_mut().entry(a.status).or_default() += 1;
@@ -467,4 +468,13 @@ fn the_apis_json_bodies_fuzzed_as_bytes_are_answered_and_refusals_change_nothing
         outcomes.keys().any(|&c| c == 200 || c == 504),
         "{outcomes:?}"
     );
+}
+
+/// Why a request was refused: `{"error": "…"}`, or on the OpenAI routes OpenAI's
+/// `{"error": {"message": "…", …}}`.
+fn reason(answer: &serde_json::Value) -> &str {
+    let e = &answer["error"];
+    e.as_str()
+        .or_else(|| e["message"].as_str())
+        .unwrap_or_default()
 }

@@ -43,6 +43,7 @@ mod members;
 pub mod metrics;
 mod node;
 mod openai;
+pub mod ratelimit;
 pub mod serve;
 mod shared;
 mod swarm;
@@ -67,12 +68,20 @@ pub use swarm::{
 
 /// The router.
 pub fn router(api: Api) -> Router {
-    let writes = Router::new()
-        .route("/v1/events", post(events::append))
-        .route("/v1/members", post(members::change))
+    // The rate limit refuses before the body is read; the token check before both.
+    let gateway = Router::new()
         .route("/v1/swarm/intent", post(swarm::swarm_intent))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route_layer(middleware::from_fn(body_within_deadline))
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            ratelimit::limit,
+        ));
+    let writes = Router::new()
+        .route("/v1/events", post(events::append))
+        .route("/v1/members", post(members::change))
+        .route_layer(middleware::from_fn(body_within_deadline))
+        .merge(gateway)
         // A whole-store read that holds a thread and a snapshot: guarded like a write.
         .route("/v1/export", get(export::export))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
@@ -96,6 +105,7 @@ pub fn router(api: Api) -> Router {
         .merge(writes)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .layer(middleware::from_fn_with_state(api.clone(), loopback_host))
+        .layer(middleware::from_fn(openai::error_shape))
         .with_state(api)
 }
 
@@ -286,6 +296,7 @@ mod tests {
             streams: stream_slots(),
             exports: export_slots(),
             keys: Default::default(),
+            rate: Default::default(),
         }
     }
 

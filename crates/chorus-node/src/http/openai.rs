@@ -1,13 +1,18 @@
 //! `POST /v1/chat/completions`: OpenAI-compatible (also `"stream": true`, SSE chunks and
 //! `data: [DONE]`). The conversation is a stimulus's context ([`super::swarm::elect`]), the
 //! elected answer the assistant message.
+//!
+//! Errors on the OpenAI routes (`/v1/chat/completions`, `/v1/models`), whoever refused the
+//! request (the token check, the rate limit, the handler), are OpenAI's error object
+//! ([`error_shape`]): `{"error": {"message", "type", "param", "code"}}`.
 
 use std::{convert::Infallible, sync::atomic::Ordering};
 
 use axum::{
     Json,
-    extract::State,
-    http::{HeaderMap, StatusCode},
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::Next,
     response::{
         IntoResponse, Response,
         sse::{Event as SseEvent, Sse},
@@ -24,6 +29,49 @@ use super::{
         exists, replayed_header, stimulus_body, timeout_of,
     },
 };
+
+/// The OpenAI routes, whose errors [`error_shape`] rewrites.
+const OPENAI_ROUTES: [&str; 2] = ["/v1/chat/completions", "/v1/models"];
+
+/// Rewrites an error answer of an OpenAI route (`{"error": "text"}`, or any body) as OpenAI's
+/// error object, with a `type` (and for some a `code`) by status: what an OpenAI SDK reads
+/// into its exception's message.
+pub async fn error_shape(req: Request, next: Next) -> Response {
+    let openai = OPENAI_ROUTES.contains(&req.uri().path());
+    let r = next.run(req).await;
+    let status = r.status();
+    if !openai || !(status.is_client_error() || status.is_server_error()) {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    // Error bodies are a line of text; anything longer is cut, never held whole.
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    let (kind, code) = match status.as_u16() {
+        401 => ("authentication_error", Some("invalid_api_key")),
+        403 => ("permission_error", None),
+        404 => ("not_found_error", None),
+        429 => ("rate_limit_error", Some("rate_limit_exceeded")),
+        503 => ("server_error", Some("unavailable")),
+        504 => ("server_error", Some("timeout")),
+        s if s >= 500 => ("server_error", None),
+        _ => ("invalid_request_error", None),
+    };
+    let body = json!({
+        "error": {"message": message, "type": kind, "param": null, "code": code},
+    });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body.to_string()))
+}
 
 /// Characters per streamed content chunk.
 const STREAM_CHUNK_CHARS: usize = 16;

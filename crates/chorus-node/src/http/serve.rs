@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use axum::Router;
+use axum::{Router, extract::ConnectInfo};
 use hyper::server::conn::http1;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
@@ -29,6 +29,7 @@ use tokio::{
     sync::Semaphore,
     time::Sleep,
 };
+use tower::ServiceExt;
 
 /// Most API connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -50,9 +51,9 @@ pub async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output 
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             () = &mut stop => break,
         };
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, as axum::serve does.
                     tracing::warn!(error = %e, "API: accepting a connection failed");
@@ -67,7 +68,13 @@ pub async fn serve(listener: TcpListener, app: Router, stop: impl Future<Output 
             .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(
                 TokioIo::new(StallGuard::new(stream, WRITE_STALL_TIMEOUT)),
-                TowerToHyperService::new(app.clone()),
+                // The client's address, for the handlers that ask (the gateway's rate limit).
+                TowerToHyperService::new(app.clone().map_request(
+                    move |mut r: axum::http::Request<hyper::body::Incoming>| {
+                        r.extensions_mut().insert(ConnectInfo(client));
+                        r
+                    },
+                )),
             );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -47,6 +47,8 @@ pub struct Api {
     pub streams: Arc<Semaphore>,
     /// One permit per running export ([`MAX_EXPORTS`]).
     pub exports: Arc<Semaphore>,
+    /// The gateway's buckets per client (`super::ratelimit`).
+    pub rate: Arc<super::ratelimit::GatewayRate>,
     /// The gateway's idempotency keys (`super::idempotency`).
     pub keys: Arc<tokio::sync::Mutex<super::idempotency::Keys>>,
 }
