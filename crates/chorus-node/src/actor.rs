@@ -158,6 +158,8 @@ pub struct Actor<M: Describe> {
     /// Peers' summaries with our heads and another state hash (`Output::Diverged`).
     divergences: u64,
     last_divergence: Option<Peer>,
+    /// A long catch-up's progress in the log.
+    catch_up: crate::catch_up::CatchUp,
     /// Who waits for each local write.
     waiting: BTreeMap<WriteId, Reply>,
     next_write: u64,
@@ -237,6 +239,7 @@ impl<M: Describe> Actor<M> {
             net_commands_dropped: 0,
             divergences: 0,
             last_divergence: None,
+            catch_up: Default::default(),
             waiting: BTreeMap::new(),
             next_write: 0,
             feed: Feed::new(1),
@@ -387,6 +390,13 @@ impl<M: Describe> Actor<M> {
         let push = self.grew && self.feed.following_elections();
         if tick || push || !queries.is_empty() {
             self.fold();
+        }
+        if tick {
+            let (events, lag) = (self.node.local().timeline().len() as u64, self.node.lag());
+            let catching_up = self.node.syncer().catching_up();
+            if let Some(line) = self.catch_up.tick(Instant::now(), events, lag, catching_up) {
+                tracing::info!("{line}");
+            }
         }
         // Every status asked in one turn sees the same state: build it once (a burst of a
         // thousand monitoring requests costs one fold and one snapshot, not a thousand).

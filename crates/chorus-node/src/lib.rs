@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod actor;
+pub mod catch_up;
 pub mod describe;
 pub mod election;
 pub mod emissary;
