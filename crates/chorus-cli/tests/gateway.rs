@@ -1201,3 +1201,82 @@ fn the_gateway_limits_each_client_and_openai_routes_answer_openai_errors() {
         "{metrics}"
     );
 }
+
+#[test]
+fn the_openapi_document_validates_and_describes_every_route_with_its_guard() {
+    // The validator's module, as pip installed it for this python3.
+    let validator = || {
+        let mut c = std::process::Command::new("python3");
+        c.args(["-m", "openapi_spec_validator"]);
+        c
+    };
+    let has_validator = validator()
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_validator {
+        assert!(
+            std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
+            "CHORUS_REQUIRE_OPENAI is set but openapi-spec-validator is not installed"
+        );
+        eprintln!("skipped: pip install openapi-spec-validator");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 1, 1);
+    let n0 = Node::start("n0", &dirs[0], "127.0.0.75", &[]);
+    let text = ureq::get(format!("http://{}/openapi.json", n0.api))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let file = root.path().join("openapi.json");
+    std::fs::write(&file, &text).unwrap();
+    let out = validator().arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the document is not valid OpenAPI: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    // The routes a client of the README uses, each documented (the router is built from the
+    // same annotations: a served route is a documented one).
+    for (path, method) in [
+        ("/v1/status", "get"),
+        ("/v1/events", "get"),
+        ("/v1/events", "post"),
+        ("/v1/members", "post"),
+        ("/v1/swarm/intent", "post"),
+        ("/v1/swarm/elections/{stimulus}", "get"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/models", "get"),
+        ("/v1/export", "get"),
+        ("/metrics", "get"),
+        ("/health", "get"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} not in the document"
+        );
+    }
+    // Writes name the bearer token; reads do not.
+    let secured = |path: &str, method: &str| paths[path][method]["security"].is_array();
+    assert!(secured("/v1/swarm/intent", "post") && secured("/v1/events", "post"));
+    assert!(secured("/v1/export", "get") && !secured("/v1/status", "get"));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["token"]["scheme"],
+        "bearer"
+    );
+    // Request bodies are the handlers' own types.
+    let intent = &doc["components"]["schemas"]["IntentRequest"]["properties"];
+    assert!(
+        intent["npc_name"].is_object() && intent["timeout_ms"].is_object(),
+        "{intent}"
+    );
+    let responses = &paths["/v1/swarm/intent"]["post"]["responses"];
+    assert!(responses["429"].is_object() && responses["504"].is_object());
+}

@@ -72,6 +72,9 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsa
                    connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'";
 
 /// `GET /`: the page.
+#[utoipa::path(get, path = "/", tag = "operators", responses(
+    (status = 200, description = "The live dashboard (HTML)", body = String, content_type = "text/html"),
+))]
 pub async fn index() -> Response {
     (
         [
@@ -85,6 +88,12 @@ pub async fn index() -> Response {
 }
 
 /// `GET /assets/{name}`: the page's script, style and uPlot.
+#[utoipa::path(get, path = "/assets/{name}", tag = "operators",
+    params(("name" = String, Path, description = "dashboard.js, dashboard.css, uPlot.iife.min.js or uPlot.min.css")),
+    responses(
+    (status = 200, description = "The dashboard's script, style or plotting library", body = String),
+    (status = 404, description = "No such asset", body = super::shared::ApiError),
+))]
 pub async fn asset(Path(name): Path<String>) -> Response {
     match ASSETS.iter().find(|(n, _, _)| *n == name) {
         Some((_, mime, body)) => (
@@ -183,6 +192,10 @@ impl Watch {
 }
 
 /// `GET /v1/dashboard/stream`: a `tick` every [`DASHBOARD_TICK`] (see the module docs).
+#[utoipa::path(get, path = "/v1/dashboard/stream", tag = "operators", responses(
+    (status = 200, description = "SSE: a `tick` a second with status, state and elections with their answers' latencies", body = String, content_type = "text/event-stream"),
+    (status = 503, description = "Too many streams are open", body = super::shared::ApiError),
+))]
 pub async fn stream(State(api): State<Api>) -> Response {
     let slot = match api.stream_slot() {
         Ok(s) => s,

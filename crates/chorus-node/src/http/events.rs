@@ -25,14 +25,23 @@ use crate::{
     write::WriteError,
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// The CID of the first event of the page (inclusive); the timeline's start without it.
     from: Option<String>,
+    /// Events per page (default 100).
     limit: Option<usize>,
+    /// An SSE stream of new events instead of a page.
     #[serde(default)]
     stream: bool,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "timeline", params(EventsQuery), responses(
+    (status = 200, description = "A page of events in total order (`{\"events\": [...], \"next\": CID}`); with `stream=true` an SSE stream (`text/event-stream`) of new events, each with its CID as `id:` (resume with `Last-Event-ID`)", body = serde_json::Value),
+    (status = 400, description = "`from` is no CID", body = super::shared::ApiError),
+    (status = 404, description = "`from` names no event this node holds", body = super::shared::ApiError),
+))]
 pub async fn events(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -57,12 +66,18 @@ pub async fn events(
     }
 }
 
-#[derive(Deserialize)]
+/// Events to sign and append: `{"kind": "stimulus", "text": "…"}` or `{"kind": …, "body":
+/// {…}}`, `count` times (`{i}` in the text is replaced by the index).
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AppendBody {
+    /// The event kind (default `stimulus`).
     #[serde(default = "default_kind")]
     kind: String,
+    /// The body `{"text": …}`.
     text: Option<String>,
+    /// A body of its own (JSON, stored as DAG-CBOR).
     body: Option<Value>,
+    /// How many events (default 1).
     #[serde(default = "one")]
     count: usize,
 }
@@ -88,6 +103,14 @@ fn body_of(a: &AppendBody, i: usize) -> Result<Ipld, String> {
     }
 }
 
+#[utoipa::path(post, path = "/v1/events", tag = "timeline", request_body = AppendBody, security(("token" = [])), responses(
+    (status = 200, description = "`{\"ids\": [CID, ...]}` once the events are durable", body = serde_json::Value),
+    (status = 400, description = "Not JSON, or neither/both of `text` and `body`", body = super::shared::ApiError),
+    (status = 401, description = "The node has a token and the request does not carry it", body = super::shared::ApiError),
+    (status = 413, description = "A size bound crossed (named in the message)", body = super::shared::ApiError),
+    (status = 422, description = "A kind or body every peer would refuse; nothing stored", body = super::shared::ApiError),
+    (status = 503, description = "The node's write gate is closed (its own chain not confirmed yet)", body = super::shared::ApiError),
+))]
 pub async fn append(
     State(api): State<Api>,
     body: Result<Json<AppendBody>, axum::extract::rejection::JsonRejection>,

@@ -37,8 +37,10 @@ pub const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks written ahead of the client.
 pub const EXPORT_CHUNKS: usize = 8;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
+    /// `car` (default) or `jsonl`.
     format: Option<String>,
 }
 
@@ -48,6 +50,12 @@ enum Format {
     Jsonl,
 }
 
+#[utoipa::path(get, path = "/v1/export", tag = "timeline", params(ExportQuery), security(("token" = [])), responses(
+    (status = 200, description = "The whole timeline from one store snapshot, streamed: a CAR (`application/vnd.ipld.car`) or JSON lines; headers `chorus-events`, `chorus-machine`, `chorus-timeline`, `chorus-state-hash` (when folded over exactly the snapshot's heads). A failure midway aborts the body", content_type = "application/vnd.ipld.car"),
+    (status = 400, description = "An unknown format", body = super::shared::ApiError),
+    (status = 401, description = "The node has a token and the request does not carry it", body = super::shared::ApiError),
+    (status = 503, description = "Two exports are running already", body = super::shared::ApiError),
+))]
 pub async fn export(State(api): State<Api>, Query(q): Query<ExportQuery>) -> Response {
     let format = match q.format.as_deref() {
         None | Some("car") => Format::Car,

@@ -31,11 +31,15 @@ use serde_json::json;
 
 use super::shared::{Api, error, json_body, write_error};
 
-#[derive(Debug, Deserialize)]
+/// A membership change through the running node (the admin's), or a committee vote.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberRequest {
+    /// `add`, `remove`, or a committee vote: `vote-remove`, `vote-restore`.
     op: String,
+    /// The member's public key, hex.
     key: String,
+    /// `writer` or `anchor` (for `add` only).
     role: Option<String>,
 }
 
@@ -76,6 +80,12 @@ fn parse(r: &MemberRequest) -> Result<Change, String> {
     }
 }
 
+#[utoipa::path(post, path = "/v1/members", tag = "timeline", request_body = MemberRequest, security(("token" = [])), responses(
+    (status = 200, description = "`{\"id\": CID}` of the membership event, once durable", body = serde_json::Value),
+    (status = 400, description = "A malformed request (the message says which field)", body = super::shared::ApiError),
+    (status = 401, description = "The node has a token and the request does not carry it", body = super::shared::ApiError),
+    (status = 403, description = "This node's key may not make the change (not the admin)", body = super::shared::ApiError),
+))]
 pub async fn change(
     State(api): State<Api>,
     body: Result<Json<MemberRequest>, axum::extract::rejection::JsonRejection>,

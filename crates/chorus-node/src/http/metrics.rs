@@ -41,6 +41,10 @@ pub fn router(api: Api) -> Router {
 }
 
 /// The node's metrics (see the module docs).
+#[utoipa::path(get, path = "/metrics", tag = "operators", responses(
+    (status = 200, description = "The node's metrics in the OpenMetrics text format", body = String, content_type = "application/openmetrics-text"),
+    (status = 503, description = "The node is shutting down", body = super::shared::ApiError),
+))]
 pub async fn metrics(State(api): State<Api>) -> Response {
     let snap = match api.status.get(&api.node).await {
         Ok(s) => s,

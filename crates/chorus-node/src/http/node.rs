@@ -15,6 +15,10 @@ use crate::{actor::ApiRequest, emissary::EmissaryInfo, status::merge_objects};
 
 /// The node's status plus the original swarm's fields (`coherence`, `dopamine`, `mesh_size`,
 /// `active_emissaries`) and the emissaries' counters.
+#[utoipa::path(get, path = "/v1/status", tag = "node", responses(
+    (status = 200, description = "Peers, heads, events, settled frontier, state_hash, sync, rejections, emissaries", body = serde_json::Value),
+    (status = 503, description = "The node is shutting down", body = super::shared::ApiError),
+))]
 pub async fn status(State(api): State<Api>) -> Response {
     match status_json(&api).await {
         Ok(v) => ([(header::CONTENT_TYPE, "application/json")], v).into_response(),
@@ -37,6 +41,10 @@ pub async fn status_json(api: &Api) -> Result<String, String> {
     Ok(merge_objects(&snap.json, &live))
 }
 
+#[utoipa::path(get, path = "/v1/state", tag = "node", responses(
+    (status = 200, description = "The replicated state (as `chorus state --json`)", body = serde_json::Value),
+    (status = 503, description = "The node is shutting down", body = super::shared::ApiError),
+))]
 pub async fn state(State(api): State<Api>) -> Response {
     match api.ask(ApiRequest::State).await {
         Ok(v) => Json(v).into_response(),
@@ -47,6 +55,10 @@ pub async fn state(State(api): State<Api>) -> Response {
 /// `GET /v1/finality/certificate`: the newest finality certificate this node holds (a quorum
 /// of the committee attested the state after `positions`), with its DAG-CBOR block; 404 when
 /// it holds none yet, or the timeline is not `final/1`.
+#[utoipa::path(get, path = "/v1/finality/certificate", tag = "node", responses(
+    (status = 200, description = "The newest finality certificate, with its DAG-CBOR block", body = serde_json::Value),
+    (status = 404, description = "None yet, or the timeline is not final/1", body = super::shared::ApiError),
+))]
 pub async fn certificate(State(api): State<Api>) -> Response {
     match api.ask(ApiRequest::Certificate).await {
         Ok(Some(v)) => Json(v).into_response(),

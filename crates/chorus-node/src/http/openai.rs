@@ -76,7 +76,8 @@ pub async fn error_shape(req: Request, next: Next) -> Response {
 /// Characters per streamed content chunk.
 const STREAM_CHUNK_CHARS: usize = 16;
 
-#[derive(Debug, Deserialize)]
+/// OpenAI's chat request: system messages are the backstory, the others the context.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatBody {
     messages: Vec<ChatMsg>,
     #[serde(default)]
@@ -87,9 +88,10 @@ pub struct ChatBody {
     timeout_ms: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatMsg {
     role: String,
+    /// A string, or an array of parts whose `text` fields are joined.
     #[serde(default)]
     content: Value,
 }
@@ -111,6 +113,9 @@ impl ChatMsg {
 
 /// `GET /v1/models`: what an OpenAI client lists. The swarm is one model, `chorus`: whichever
 /// emissary the election picks answers (the `model` of a request is echoed, never used).
+#[utoipa::path(get, path = "/v1/models", tag = "openai", responses(
+    (status = 200, description = "OpenAI's model list: the one model, `chorus`", body = serde_json::Value),
+))]
 pub async fn models() -> Response {
     Json(json!({
         "object": "list",
@@ -119,6 +124,13 @@ pub async fn models() -> Response {
     .into_response()
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai", request_body = ChatBody, security(("token" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key appends nothing and answers with the first request's election")),
+    responses(
+    (status = 200, description = "OpenAI's chat.completion (or with `stream: true` its SSE chunks and `data: [DONE]`), with a `chorus` object: winner, stimulus, emissary, settled", body = serde_json::Value),
+    (status = "4XX", description = "OpenAI's error object `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`", body = serde_json::Value),
+    (status = 504, description = "No winner in time, as OpenAI's error object (code `timeout`)", body = serde_json::Value),
+))]
 pub async fn chat_completions(
     State(api): State<Api>,
     headers: HeaderMap,

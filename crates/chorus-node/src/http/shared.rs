@@ -9,7 +9,6 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::{
@@ -102,8 +101,15 @@ pub fn write_error(e: WriteError) -> Response {
     error(code, e.to_string())
 }
 
+/// Every refusal's body (the OpenAI routes answer OpenAI's error object instead).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ApiError {
+    /// Why, in words: the bound crossed, the field that is wrong, what to do.
+    pub error: String,
+}
+
 pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(json!({ "error": msg.into() }))).into_response()
+    (code, Json(ApiError { error: msg.into() })).into_response()
 }
 
 impl Api {

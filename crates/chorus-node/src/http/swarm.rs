@@ -82,7 +82,8 @@ const _: () = assert!(
         <= chorus_core::limits::MAX_BODY_BYTES
 );
 
-#[derive(Debug, Deserialize)]
+/// A stimulus for the swarm: who speaks, and what happens (the original's request).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct IntentRequest {
     #[serde(default = "unknown_npc")]
     npc_name: String,
@@ -92,7 +93,9 @@ pub struct IntentRequest {
     backstory: String,
     #[serde(default)]
     context: String,
+    /// How long to wait for a winner (default and bound in the docs).
     timeout_ms: Option<u64>,
+    /// When to widen an election without a valid answer (`kairos/2` and later).
     escalate_after_ms: Option<u64>,
     /// `"fast"` (default): reply with the first valid answer, maybe tentative; `"settled"`:
     /// reply once the winner is settled (no event can sort before it any more).
@@ -360,6 +363,18 @@ pub(super) fn timeout_of(ms: Option<u64>) -> Duration {
     )
 }
 
+#[utoipa::path(post, path = "/v1/swarm/intent", tag = "swarm", request_body = IntentRequest, security(("token" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key appends nothing and answers with the first request's election")),
+    responses(
+    (status = 200, description = "The elected intent: winner, emissary, model, commands, text, settled, stimulus", body = serde_json::Value),
+    (status = 400, description = "Not JSON, a bad field, or a bad Idempotency-Key", body = super::shared::ApiError),
+    (status = 401, description = "The node has a token and the request does not carry it", body = super::shared::ApiError),
+    (status = 410, description = "A keyed retry whose election the state no longer tracks", body = super::shared::ApiError),
+    (status = 413, description = "A field over its bound", body = super::shared::ApiError),
+    (status = 422, description = "The Idempotency-Key was used for another request", body = super::shared::ApiError),
+    (status = 429, description = "This client's gateway rate is spent (Retry-After)", body = super::shared::ApiError),
+    (status = 504, description = "No winner within the timeout (the stimulus stays; its election goes on)", body = super::shared::ApiError),
+))]
 pub async fn swarm_intent(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -428,6 +443,13 @@ pub(super) fn replayed_header(replayed: bool, answer: impl IntoResponse) -> Resp
 
 /// `GET /v1/swarm/elections/{stimulus}`: one election, or 404 when the stimulus is not one the
 /// state tracks (not here yet, not a stimulus, or older than the state keeps).
+#[utoipa::path(get, path = "/v1/swarm/elections/{stimulus}", tag = "swarm",
+    params(("stimulus" = String, Path, description = "The stimulus's CID")),
+    responses(
+    (status = 200, description = "The election: selected, intents, winner, settled", body = serde_json::Value),
+    (status = 400, description = "Not a CID", body = super::shared::ApiError),
+    (status = 404, description = "No election this node tracks", body = super::shared::ApiError),
+))]
 pub async fn one_election(
     State(api): State<Api>,
     axum::extract::Path(stimulus): axum::extract::Path<String>,
@@ -449,12 +471,18 @@ pub async fn one_election(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ElectionsQuery {
+    /// An SSE stream of the elections' changes instead of the list.
     #[serde(default)]
     stream: bool,
 }
 
+#[utoipa::path(get, path = "/v1/swarm/elections", tag = "swarm", params(ElectionsQuery), responses(
+    (status = 200, description = "Every election the state tracks; with `stream=true` an SSE stream (`text/event-stream`) of their changes: `winner`, `replaced`, `settled`, `election`, `lagged`", body = serde_json::Value),
+    (status = 503, description = "The node is shutting down, or too many streams are open", body = super::shared::ApiError),
+))]
 pub async fn elections(State(api): State<Api>, Query(q): Query<ElectionsQuery>) -> Response {
     if q.stream {
         return election_stream(&api).await;
