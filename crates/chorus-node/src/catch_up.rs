@@ -1,7 +1,9 @@
 //! Progress of a node's catch-up in its log: a node far behind its peers (a new node, one back
 //! from a long partition) says every [`REPORT_EVERY`] how many events it holds, how far behind
 //! the most advanced peer it is, its rate and the time left, and once more when it has caught
-//! up. A node only a little behind (the everyday lag of live traffic) logs nothing.
+//! up (no longer catching up, or within half the bound: a lag that hovers around the bound
+//! does not start and end a report every tick). A node only a little behind (the everyday lag
+//! of live traffic) logs nothing.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +35,10 @@ impl CatchUp {
         lag: u64,
         catching_up: bool,
     ) -> Option<String> {
-        let behind = catching_up && lag > REPORT_ABOVE_LAG;
+        let behind = match self.under_way {
+            None => catching_up && lag > REPORT_ABOVE_LAG,
+            Some(_) => catching_up && lag > REPORT_ABOVE_LAG / 2,
+        };
         match (&mut self.under_way, behind) {
             (None, false) => None,
             (None, true) => {
@@ -100,5 +105,24 @@ mod tests {
             "{end}"
         );
         assert_eq!(c.tick(at(12), 100_010, 0, false), None);
+    }
+
+    #[test]
+    fn a_lag_hovering_around_the_bound_is_one_report_not_one_a_tick() {
+        let mut c = CatchUp::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert!(c.tick(t0, 0, 1_100, true).is_some(), "starts");
+        assert_eq!(
+            c.tick(at(1), 100, 1_000, true),
+            None,
+            "still within the report"
+        );
+        assert_eq!(c.tick(at(2), 200, 1_050, true), None);
+        assert!(
+            c.tick(at(3), 300, 400, true)
+                .unwrap()
+                .starts_with("caught up")
+        );
     }
 }

@@ -158,11 +158,7 @@ pub async fn run<M: Describe>(
     let feed = feed::Feed::default();
     let node = handle::NodeHandle::new(node_tx.clone(), feed.clone());
     let telemetry = telemetry::Telemetry::default();
-    telemetry::spawn_round_trips(
-        node.clone(),
-        replica.key().author(),
-        telemetry.propagation.clone(),
-    );
+    telemetry::spawn_round_trips(node.clone(), replica.key().author(), telemetry.clone());
     let mut emissaries = vec![];
     for e in &cfg.emissaries {
         let backend = chorus_llm::build(&e.backend)
@@ -224,7 +220,8 @@ pub async fn run<M: Describe>(
     if let Some(addr) = cfg.metrics {
         let listener = bind(addr, "the metrics", "--metrics-listen").await?;
         println!("metrics http://{}/metrics", listener.local_addr()?);
-        let app = http::metrics::router(api.clone());
+        let loopback = listener.local_addr()?.ip().is_loopback();
+        let app = http::metrics_router(api.clone(), loopback);
         http_tasks.push(tokio::spawn(http::serve::serve(listener, app, stopped())));
     }
     if let Some(listener) = api_listener {

@@ -4,17 +4,23 @@
 //!   from its arrival to the winner it returns.
 //! * `chorus_emissary_model_seconds{emissary}`: one model call of one of this node's
 //!   emissaries.
-//! * `chorus_propagation_round_trip_seconds`: a stimulus this node wrote, out to another
-//!   node's emissary and its answer back here, less the model's own time (the answer's
-//!   `model_ms`): two crossings of the mesh plus the other node's queueing, all on this node's
-//!   clock. One-way propagation is not measured: events carry no wall-clock time (the state
-//!   never depends on a clock), and two machines' clocks cannot be compared to a millisecond.
+//! * `chorus_propagation_round_trip_seconds`: a stimulus this node's gateway wrote, from its
+//!   append to the first answer of another node's emissary indexed here, less that answer's
+//!   model time (its `model_ms`): two crossings of the mesh plus what the other node does
+//!   around the model call (its selection of the emissary — longer when the answer comes from
+//!   an escalation round —, reading its state, publishing) and this node's indexing; one
+//!   sample per stimulus, all on this node's clock. One-way propagation is not measured:
+//!   events carry no wall-clock time (the state never depends on a clock), and two machines'
+//!   clocks cannot be compared to a millisecond. Only stimuli appended through this gateway
+//!   count: a stimulus of this key that comes back from peers (a node restarted empty) is not
+//!   timed.
 //!
 //! The counters and gauges of `/metrics` come from the node's status at each scrape
 //! (`http::metrics`); only what needs a distribution is kept here.
 
 use std::{
     collections::{BTreeMap, VecDeque},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -38,6 +44,8 @@ pub struct Telemetry {
     pub gateway_wait: Histogram,
     pub model: Family<EmissaryLabel, Histogram, HistogramOf>,
     pub propagation: Histogram,
+    /// The gateway's stimuli waiting for their first answer from another node.
+    trips: Arc<Mutex<RoundTrips>>,
 }
 
 /// 50 ms … 410 s: a GPU's 2 s answer and a Pi Zero's 45 s one land in different buckets.
@@ -56,6 +64,7 @@ impl Default for Telemetry {
             gateway_wait: answer_buckets(),
             model: Family::new_with_constructor(answer_buckets as HistogramOf),
             propagation: propagation_buckets(),
+            trips: Default::default(),
         }
     }
 }
@@ -66,6 +75,12 @@ impl Telemetry {
         self.model
             .get_or_create_owned(&vec![("emissary".to_owned(), name.to_owned())])
     }
+
+    /// The gateway appended `stimulus` just now: time its first answer from another node.
+    pub fn wrote_stimulus(&self, stimulus: EventId) {
+        let mut trips = self.trips.lock().unwrap_or_else(|e| e.into_inner());
+        trips.wrote(stimulus, Instant::now());
+    }
 }
 
 /// Stimuli of this node whose answers are timed (the newest; older ones are forgotten).
@@ -73,19 +88,24 @@ pub const TRACKED_STIMULI: usize = 1024;
 /// How long a stimulus's answers are timed after it was written.
 pub const TRACKED_FOR: Duration = Duration::from_secs(600);
 
-/// Times the round trips of this node's stimuli ([`Telemetry::propagation`]) from the node's
-/// feed of new events, until the node stops.
-pub fn spawn_round_trips(node: NodeHandle, me: AuthorId, into: Histogram) {
+/// Times the round trips of the gateway's stimuli ([`Telemetry::propagation`]) from the
+/// node's feed of new events, until the node stops. `me`: this node's key (its own
+/// emissaries' answers cross no network).
+pub fn spawn_round_trips(node: NodeHandle, me: AuthorId, telemetry: Telemetry) {
     let mut feed = node.subscribe();
     tokio::spawn(async move {
-        let mut trips = RoundTrips::new(me);
         loop {
             match feed.recv().await {
-                Ok(ev) => {
-                    if let Some(s) = trips.see(&ev, Instant::now()) {
-                        into.observe(s);
+                Ok(ev) if ev.author != me => {
+                    let trip = {
+                        let mut trips = telemetry.trips.lock().unwrap_or_else(|e| e.into_inner());
+                        trips.answered(&ev, Instant::now())
+                    };
+                    if let Some(s) = trip {
+                        telemetry.propagation.observe(s);
                     }
                 }
+                Ok(_) => {}
                 // Missed events only leave some round trips out.
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
@@ -94,47 +114,50 @@ pub fn spawn_round_trips(node: NodeHandle, me: AuthorId, into: Histogram) {
     });
 }
 
-/// This node's recent stimuli and when each was seen here.
+/// The gateway's recent stimuli without an answer from another node yet, and when each was
+/// appended (at most [`TRACKED_STIMULI`], none older than [`TRACKED_FOR`]).
+#[derive(Debug, Default)]
 struct RoundTrips {
-    me: AuthorId,
     written: BTreeMap<EventId, Instant>,
     order: VecDeque<EventId>,
 }
 
 impl RoundTrips {
-    fn new(me: AuthorId) -> Self {
-        RoundTrips {
-            me,
-            written: BTreeMap::new(),
-            order: VecDeque::new(),
+    fn wrote(&mut self, stimulus: EventId, now: Instant) {
+        self.forget_old(now);
+        if self.order.len() == TRACKED_STIMULI
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.written.remove(&oldest);
+        }
+        if self.written.insert(stimulus, now).is_none() {
+            self.order.push_back(stimulus);
         }
     }
 
-    /// Takes one new event; returns a round trip in seconds when it is another node's answer
-    /// to a tracked stimulus.
-    fn see(&mut self, ev: &SignedEvent, now: Instant) -> Option<f64> {
-        while let Some(old) = self.order.front() {
-            let stale = self
-                .written
-                .get(old)
-                .is_none_or(|t| now.duration_since(*t) > TRACKED_FOR);
-            if !stale && self.order.len() < TRACKED_STIMULI {
-                break;
-            }
-            self.written.remove(old);
-            self.order.pop_front();
-        }
-        if ev.author == self.me {
-            if ev.kind == kind::STIMULUS {
-                self.written.insert(ev.id(), now);
-                self.order.push_back(ev.id());
-            }
-            return None;
-        }
+    /// Takes another node's new event; the round trip in seconds when it is the first answer
+    /// to a tracked stimulus (which is tracked no more).
+    fn answered(&mut self, ev: &SignedEvent, now: Instant) -> Option<f64> {
+        self.forget_old(now);
         let (re, model_ms) = answer(ev)?;
-        let at = self.written.get(&re)?;
-        let trip = now.duration_since(*at).as_secs_f64() - model_ms as f64 / 1000.0;
+        let at = self.written.remove(&re)?;
+        self.order.retain(|s| *s != re);
+        let trip = now.duration_since(at).as_secs_f64() - model_ms as f64 / 1000.0;
+        // A model time longer than the whole trip (a clock step, rounding) is no negative
+        // latency.
         Some(trip.max(0.0))
+    }
+
+    fn forget_old(&mut self, now: Instant) {
+        while let Some(old) = self.order.front() {
+            match self.written.get(old) {
+                Some(t) if now.duration_since(*t) <= TRACKED_FOR => break,
+                _ => {
+                    self.written.remove(old);
+                    self.order.pop_front();
+                }
+            }
+        }
     }
 }
 
@@ -174,8 +197,12 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_of_another_node_times_the_round_trip_less_the_model() {
-        let (me, other) = (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32]));
+    fn the_first_answer_of_another_node_times_the_round_trip_less_the_model() {
+        let (me, other, third) = (
+            Keypair::from_seed([1; 32]),
+            Keypair::from_seed([2; 32]),
+            Keypair::from_seed([3; 32]),
+        );
         let stimulus = event(&me, kind::STIMULUS, Ipld::String("hi".into()));
         let answer_of = |by: &Keypair, ms: i128| {
             let mut m = BTreeMap::new();
@@ -183,27 +210,41 @@ mod tests {
             m.insert("model_ms".to_owned(), Ipld::Integer(ms));
             event(by, kind::INTENT, Ipld::Map(m))
         };
-        let mut trips = RoundTrips::new(me.author());
+        let mut trips = RoundTrips::default();
         let t0 = Instant::now();
-        assert_eq!(trips.see(&stimulus, t0), None);
+        // Not written through the gateway: not timed.
+        assert_eq!(trips.answered(&answer_of(&other, 0), t0), None);
+        trips.wrote(stimulus.id(), t0);
         let s = trips
-            .see(&answer_of(&other, 1_500), t0 + Duration::from_millis(1_750))
+            .answered(&answer_of(&other, 1_500), t0 + Duration::from_millis(1_750))
             .unwrap();
         assert!((s - 0.25).abs() < 1e-9, "{s}");
-        // This node's own emissary's answer crosses no network.
-        assert_eq!(trips.see(&answer_of(&me, 10), t0), None);
-        // A model time longer than the trip (clock steps, rounding) is no negative latency.
+        // One sample per stimulus: a second answer is not timed.
         assert_eq!(
-            trips.see(&answer_of(&other, 9_000), t0 + Duration::from_secs(1)),
+            trips.answered(&answer_of(&third, 10), t0 + Duration::from_secs(2)),
+            None
+        );
+        // A model time longer than the trip is no negative latency.
+        trips.wrote(stimulus.id(), t0);
+        assert_eq!(
+            trips.answered(&answer_of(&other, 9_000), t0 + Duration::from_secs(1)),
             Some(0.0)
         );
         // After TRACKED_FOR the stimulus is forgotten.
-        assert_eq!(
-            trips.see(
-                &answer_of(&other, 0),
-                t0 + TRACKED_FOR + Duration::from_secs(1)
-            ),
-            None
-        );
+        trips.wrote(stimulus.id(), t0);
+        let late = t0 + TRACKED_FOR + Duration::from_secs(1);
+        assert_eq!(trips.answered(&answer_of(&other, 0), late), None);
+        assert!(trips.written.is_empty() && trips.order.is_empty());
+    }
+
+    #[test]
+    fn at_most_tracked_stimuli_are_kept() {
+        let mut trips = RoundTrips::default();
+        let t0 = Instant::now();
+        for i in 0..TRACKED_STIMULI as u64 + 10 {
+            trips.wrote(EventId::of_block(&i.to_le_bytes()), t0);
+        }
+        assert_eq!(trips.written.len(), TRACKED_STIMULI);
+        assert_eq!(trips.order.len(), TRACKED_STIMULI);
     }
 }

@@ -5,16 +5,14 @@
 //! file, rejection codes from the node) are escaped by the encoder.
 //!
 //! The same exposition is served on a separate address of its own with `--metrics-listen`
-//! ([`router`]): a scraper there needs no API token and reaches nothing else.
+//! (`super::metrics_router`): a scraper there needs no API token and reaches nothing else.
 
 use std::{collections::BTreeMap, fmt::Debug, sync::atomic::Ordering};
 
 use axum::{
-    Router,
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use prometheus_client::{
     encoding::{EncodeGaugeValue, text::encode},
@@ -32,13 +30,6 @@ use super::shared::{Api, error};
 
 /// The media type of the OpenMetrics text format.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// A router serving only `GET /metrics` (`--metrics-listen`).
-pub fn router(api: Api) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .with_state(api)
-}
 
 /// The node's metrics (see the module docs).
 #[utoipa::path(get, path = "/metrics", tag = "operators", responses(
@@ -113,7 +104,7 @@ pub async fn metrics(State(api): State<Api>) -> Response {
     );
     counter(
         r,
-        "requests_served",
+        "sync_requests_served",
         "Sync requests served",
         st.sync.requests_served,
     );
@@ -227,7 +218,7 @@ pub async fn metrics(State(api): State<Api>) -> Response {
     counter(
         r,
         "gateway_rate_limited",
-        "Gateway requests refused (429) because their token's rate was spent",
+        "Gateway requests refused (429) because their client address's rate was spent",
         l(&g.rate_limited),
     );
     let t = &api.telemetry;

@@ -31,7 +31,9 @@
 //!   from the handlers' `#[utoipa::path]` annotations, from which the router itself is built
 //!
 //! One module per group of routes, each using only [`shared`] (and `openai` the swarm's
-//! election wait); this module wires them into the router and holds the write token check.
+//! election wait and the idempotency keys); [`ratelimit`] uses none of them (`shared` holds
+//! its buckets). This module wires them into the router and holds the guards: the token, the
+//! loopback host, the gateway's rate limit.
 //!
 //! Writes (every `POST`) need `Authorization: Bearer TOKEN` when the node has an API token
 //! (`chorus node --api-token-env VAR`); the token is only ever compared, never served.
@@ -71,8 +73,8 @@ pub use swarm::{
 };
 
 /// The router: every route below, plus `GET /openapi.json`, the OpenAPI 3.1 document that
-/// utoipa generates from the same handlers' annotations (a route cannot be served without
-/// being in it, nor documented without being served).
+/// utoipa generates from the same handlers' annotations (but for `/openapi.json` itself, a
+/// route cannot be served without being in it, nor documented without being served).
 pub fn router(api: Api) -> Router {
     let (routes, doc) = documented(&api).split_for_parts();
     let doc = axum::body::Bytes::from(match doc.to_pretty_json() {
@@ -135,10 +137,7 @@ fn documented(api: &Api) -> OpenApiRouter<Api> {
         .routes(routes!(swarm::swarm_intent))
         .routes(routes!(openai::chat_completions))
         .route_layer(middleware::from_fn(body_within_deadline))
-        .route_layer(middleware::from_fn_with_state(
-            api.clone(),
-            ratelimit::limit,
-        ));
+        .route_layer(middleware::from_fn_with_state(api.clone(), rate_limit));
     let writes = OpenApiRouter::new()
         .routes(routes!(events::append))
         .routes(routes!(members::change))
@@ -165,6 +164,44 @@ fn documented(api: &Api) -> OpenApiRouter<Api> {
         .routes(routes!(dashboard::asset))
         .merge(reads)
         .merge(writes)
+}
+
+/// The gateway's rate limit ([`ratelimit`]): a 429 with `Retry-After` once the client's
+/// bucket is empty, before its body is read.
+async fn rate_limit(State(api): State<Api>, req: Request, next: Next) -> Response {
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |c| c.0.ip());
+    match api.rate.take(client) {
+        Ok(()) => next.run(req).await,
+        Err(wait_s) => {
+            api.gateway
+                .rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%client, wait_s, "gateway request rate-limited");
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "this client's gateway rate is spent (--gateway-rate, per minute per client \
+                     address): retry in {wait_s} s"
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(wait_s));
+            r
+        }
+    }
+}
+
+/// `GET /metrics` alone, for `--metrics-listen` (no token, nothing else served); `loopback`:
+/// that address is a loopback one (then requests must name a loopback host, as on the API).
+pub fn metrics_router(api: Api, loopback: bool) -> Router {
+    let api = Api { loopback, ..api };
+    Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .layer(middleware::from_fn_with_state(api.clone(), loopback_host))
+        .with_state(api)
 }
 
 /// How long a write's request body may take to arrive whole (after its headers, which

@@ -30,12 +30,16 @@ use super::{
     },
 };
 
+/// Most bytes of an error body [`error_shape`] reads.
+const MAX_ERROR_BODY_BYTES: usize = super::MAX_API_BODY_BYTES * 4;
+
 /// The OpenAI routes, whose errors [`error_shape`] rewrites.
 const OPENAI_ROUTES: [&str; 2] = ["/v1/chat/completions", "/v1/models"];
 
-/// Rewrites an error answer of an OpenAI route (`{"error": "text"}`, or any body) as OpenAI's
-/// error object, with a `type` (and for some a `code`) by status: what an OpenAI SDK reads
-/// into its exception's message.
+/// Rewrites an error answer of an OpenAI route (`{"error": "text", …}`, or any body) as
+/// OpenAI's error object, with a `type` (and for some a `code`) by status: what an OpenAI SDK
+/// reads into its exception's message. The original's other fields (a 504's `stimulus` and
+/// `election`: the client can follow the election that goes on) stay, under `error.chorus`.
 pub async fn error_shape(req: Request, next: Next) -> Response {
     let openai = OPENAI_ROUTES.contains(&req.uri().path());
     let r = next.run(req).await;
@@ -44,14 +48,27 @@ pub async fn error_shape(req: Request, next: Next) -> Response {
         return r;
     }
     let (mut parts, body) = r.into_parts();
-    // Error bodies are a line of text; anything longer is cut, never held whole.
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
+    // The largest error body is a 504's election (its intents' texts are bounded).
+    let original = match axum::body::to_bytes(body, MAX_ERROR_BODY_BYTES).await {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
+            .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&bytes) })),
+        Err(_) => json!({
+            "error": format!("{} (the error's body was over {MAX_ERROR_BODY_BYTES} bytes)", status)
+        }),
+    };
+    let message = match &original["error"] {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        _ => status.to_string(),
+    };
+    let extra: serde_json::Map<String, Value> = original
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| *k != "error")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
     let (kind, code) = match status.as_u16() {
         401 => ("authentication_error", Some("invalid_api_key")),
         403 => ("permission_error", None),
@@ -62,9 +79,11 @@ pub async fn error_shape(req: Request, next: Next) -> Response {
         s if s >= 500 => ("server_error", None),
         _ => ("invalid_request_error", None),
     };
-    let body = json!({
-        "error": {"message": message, "type": kind, "param": null, "code": code},
-    });
+    let mut error = json!({"message": message, "type": kind, "param": null, "code": code});
+    if !extra.is_empty() {
+        error["chorus"] = Value::Object(extra);
+    }
+    let body = json!({ "error": error });
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,

@@ -1,33 +1,27 @@
 //! The gateway's rate limit: `POST /v1/swarm/intent` and `POST /v1/chat/completions` each
 //! append a stimulus that stays in the timeline for good and costs every selected emissary a
 //! model call, so each client gets [`GatewayRate`] requests a minute (GCRA, `governor`), in
-//! bursts of up to a quarter of that; beyond it a 429 with `Retry-After`. Refused requests
-//! append nothing and are counted (`chorus_gateway_rate_limited_total`).
+//! bursts of up to a quarter of that; beyond it a 429 with `Retry-After` (the middleware is
+//! `super::rate_limit`). Refused requests append nothing and are counted
+//! (`chorus_gateway_rate_limited_total`).
 //!
-//! A client is its address: a node has one API token (or none), so a bucket per token would be
-//! one bucket for every client of the node. Behind a proxy every client shares the proxy's
-//! address: raise the rate there, or set it to 0 (off) and limit at the proxy. At most
-//! [`MAX_CLIENTS`] clients are tracked; a client not seen for a full bucket's time is
-//! forgotten, and while all slots hold recent clients a new one is refused (429).
+//! A client is its address — an IPv4 address, or the /64 of an IPv6 one (one host holds a
+//! whole /64) —, not its token: a node has one API token (or none), so a bucket per token would
+//! be one bucket for every client of the node. Behind a proxy every client shares the proxy's
+//! address: raise the rate there, or set it to 0 (off) and limit at the proxy. Only clients
+//! the token check let in get here.
+//!
+//! At most [`MAX_CLIENTS`] buckets are kept (and the requests in flight beyond them): a bucket
+//! that has filled up again is forgotten when room is needed. While every bucket is still
+//! draining, the gateway refuses every request (429) until one fills up again — memory stays
+//! bounded, at the price of a lockout that only this many distinct recent clients can cause.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr},
     num::NonZeroU32,
-    sync::atomic::Ordering,
 };
 
-use axum::{
-    extract::{ConnectInfo, Request, State},
-    http::{StatusCode, header},
-    middleware::Next,
-    response::{IntoResponse, Response},
-};
-use governor::{
-    DefaultKeyedRateLimiter, Quota,
-    clock::{Clock, DefaultClock},
-};
-
-use super::shared::{Api, error};
+use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
 
 /// Requests per minute per client by default (`--gateway-rate`).
 pub const DEFAULT_GATEWAY_RATE: u32 = 120;
@@ -37,37 +31,42 @@ pub const MAX_CLIENTS: usize = 4096;
 /// The gateway's buckets, one per client address (`None`: no limit).
 pub struct GatewayRate {
     limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    clock: DefaultClock,
+    max_clients: usize,
 }
 
 impl GatewayRate {
     /// `per_minute` requests a minute per client, bursts of a quarter of it (at least 1);
     /// 0: unlimited.
     pub fn per_minute(per_minute: u32) -> Self {
+        Self::with_room(per_minute, MAX_CLIENTS)
+    }
+
+    fn with_room(per_minute: u32, max_clients: usize) -> Self {
         let limiter = NonZeroU32::new(per_minute).map(|n| {
             let burst = NonZeroU32::new(per_minute / 4).unwrap_or(NonZeroU32::MIN);
             DefaultKeyedRateLimiter::hashmap(Quota::per_minute(n).allow_burst(burst))
         });
         GatewayRate {
             limiter,
-            clock: DefaultClock::default(),
+            max_clients,
         }
     }
 
-    /// Takes one request of `client`; the seconds to wait when its bucket is empty.
-    fn take(&self, client: IpAddr) -> Result<(), u64> {
+    /// Takes one request of `client`; the whole seconds to wait (rounded up) when its bucket
+    /// is empty, or when every bucket is taken by a recent client.
+    pub fn take(&self, client: IpAddr) -> Result<(), u64> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        if limiter.len() >= MAX_CLIENTS {
+        if limiter.len() >= self.max_clients {
             limiter.retain_recent();
-            if limiter.len() >= MAX_CLIENTS {
+            if limiter.len() >= self.max_clients {
                 return Err(1);
             }
         }
         limiter
-            .check_key(&client)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()).as_secs() + 1)
+            .check_key(&client_of(client))
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()).as_secs() + 1)
     }
 }
 
@@ -77,30 +76,17 @@ impl Default for GatewayRate {
     }
 }
 
-/// Middleware of the gateway's routes: a 429 with `Retry-After` once the client's bucket is
-/// empty, before its body is read.
-pub async fn limit(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let client = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |c| c.0.ip());
-    match api.rate.take(client) {
-        Ok(()) => next.run(req).await,
-        Err(wait_s) => {
-            api.gateway.rate_limited.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%client, wait_s, "gateway request rate-limited");
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "this client's gateway rate is spent (--gateway-rate, per minute per client \
-                     address): retry in {wait_s} s"
-                ),
-            );
-            if let Ok(v) = wait_s.to_string().parse() {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
+/// The bucket's key of an address: IPv4 as it is (also when mapped into IPv6), IPv6 by its /64.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
             }
-            r.into_response()
-        }
+        },
     }
 }
 
@@ -121,5 +107,43 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(off.take(a), Ok(()));
         }
+    }
+
+    #[test]
+    fn one_ipv6_host_is_one_client_and_mapped_ipv4_is_ipv4() {
+        let rate = GatewayRate::per_minute(4);
+        let host: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(rate.take(host), Ok(()));
+        assert!(
+            rate.take(same_64).is_err(),
+            "another address of the same /64"
+        );
+        assert_eq!(rate.take("2001:db8:1:3::1".parse().unwrap()), Ok(()));
+        assert_eq!(rate.take("10.0.0.1".parse().unwrap()), Ok(()));
+        assert!(rate.take("::ffff:10.0.0.1".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn the_buckets_are_bounded_and_filled_ones_make_room() {
+        // 60 000 a minute: a bucket is full again a millisecond after its request.
+        let rate = GatewayRate::with_room(60_000, 8);
+        for i in 0..8u8 {
+            assert_eq!(rate.take([10, 0, 0, i].into()), Ok(()));
+        }
+        let limiter = rate.limiter.as_ref().unwrap();
+        assert_eq!(limiter.len(), 8);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // Room is made from the buckets that filled up: a ninth client gets in.
+        assert_eq!(rate.take([10, 0, 1, 0].into()), Ok(()));
+        assert!(limiter.len() <= 8, "{} buckets", limiter.len());
+
+        // Buckets still draining are kept: a new client waits (memory stays bounded).
+        let slow = GatewayRate::with_room(4, 4);
+        for i in 0..4u8 {
+            assert_eq!(slow.take([10, 0, 0, i].into()), Ok(()));
+        }
+        assert_eq!(slow.take([10, 0, 2, 0].into()), Err(1));
+        assert_eq!(slow.limiter.as_ref().unwrap().len(), 4);
     }
 }

@@ -81,7 +81,7 @@ pub struct GatewayStats {
     /// `escalate` events this gateway wrote (an election without a valid answer by its
     /// deadline).
     pub escalations: AtomicU64,
-    /// Requests refused because their token's (or address's) rate was spent.
+    /// Requests refused because their client address's rate was spent (`super::ratelimit`).
     pub rate_limited: AtomicU64,
 }
 

@@ -259,7 +259,10 @@ pub(super) async fn elect(
             .await
             .map_err(Wait::Gone)?
         {
-            Ok(ids) => Ok(ids[0]),
+            Ok(ids) => {
+                api.telemetry.wrote_stimulus(ids[0]);
+                Ok(ids[0])
+            }
             Err(e) => Err(Wait::Refused(e)),
         }
     };
