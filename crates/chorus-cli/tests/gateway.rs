@@ -66,21 +66,27 @@ fn sse_lines_with(api: &str, path: &str, headers: &str) -> std::sync::mpsc::Rece
     rx
 }
 
-/// Whether python3 can import the official `openai` package; without it a test says it is
-/// skipped, which CI forbids (`CHORUS_REQUIRE_OPENAI`).
-fn openai_installed() -> bool {
-    let has_openai = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
+/// Whether python3 can import `module` (of the PyPI package `package`); without it a test
+/// says it is skipped, which CI forbids (`CHORUS_REQUIRE_OPENAI` covers the Python packages
+/// the tests use).
+fn python_has(module: &str, package: &str) -> bool {
+    let has = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|s| s.success());
-    if !has_openai {
+    if !has {
         assert!(
             std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
-            "CHORUS_REQUIRE_OPENAI is set but python3 cannot import openai"
+            "CHORUS_REQUIRE_OPENAI is set but python3 cannot import {module}"
         );
-        eprintln!("skipped: the openai Python package is not installed (pip install openai)");
+        eprintln!("skipped: the Python package {package} is not installed (pip install {package})");
     }
-    has_openai
+    has
+}
+
+/// Whether python3 can import the official `openai` package.
+fn openai_installed() -> bool {
+    python_has("openai", "openai")
 }
 
 /// n0 (admin) and n1 (writer) on `ip0`/`ip1`; n0 runs the emissaries of `file`.
@@ -986,23 +992,6 @@ fn the_event_stream_resumes_from_last_event_id() {
     assert_eq!(next_id(), live[0], "then live, nothing replayed twice");
 }
 
-/// Whether python3 can import the official Prometheus client; without it the test says it is
-/// skipped, which CI forbids (`CHORUS_REQUIRE_OPENAI` covers the Python test packages).
-fn prometheus_client_installed() -> bool {
-    let has = std::process::Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has {
-        assert!(
-            std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
-            "CHORUS_REQUIRE_OPENAI is set but python3 cannot import prometheus_client"
-        );
-        eprintln!("skipped: pip install prometheus-client");
-    }
-    has
-}
-
 /// `/metrics` through the official Prometheus client's OpenMetrics parser.
 fn parsed_metrics(url: &str) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/parse_metrics.py");
@@ -1031,7 +1020,7 @@ fn samples<'a>(m: &'a Value, family: &str, sample: &str) -> Vec<&'a Value> {
 
 #[test]
 fn metrics_parse_as_openmetrics_with_histograms_and_an_emissary_name_to_escape() {
-    if !prometheus_client_installed() {
+    if !python_has("prometheus_client", "prometheus-client") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -1168,16 +1157,10 @@ fn the_gateway_limits_each_client_and_openai_routes_answer_openai_errors() {
         &["--gateway-rate", "4"],
         None,
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_errors.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("http://{}/v1", n0.api))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the openai client failed");
+    let (ok, stdout) = run_openai_errors(&n0);
+    assert!(ok, "the openai client failed");
     assert!(stdout.contains("400 ok") && stdout.contains("429 ok"));
+
     // The swarm API shares the bucket: refused before anything is appended.
     let events = get(&n0.api, "/v1/status").unwrap()["events"].clone();
     let e = post(
@@ -1204,22 +1187,7 @@ fn the_gateway_limits_each_client_and_openai_routes_answer_openai_errors() {
 
 #[test]
 fn the_openapi_document_validates_and_describes_every_route_with_its_guard() {
-    // The validator's module, as pip installed it for this python3.
-    let validator = || {
-        let mut c = std::process::Command::new("python3");
-        c.args(["-m", "openapi_spec_validator"]);
-        c
-    };
-    let has_validator = validator()
-        .arg("--help")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_validator {
-        assert!(
-            std::env::var("CHORUS_REQUIRE_OPENAI").is_err(),
-            "CHORUS_REQUIRE_OPENAI is set but openapi-spec-validator is not installed"
-        );
-        eprintln!("skipped: pip install openapi-spec-validator");
+    if !python_has("openapi_spec_validator", "openapi-spec-validator") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -1240,7 +1208,11 @@ fn the_openapi_document_validates_and_describes_every_route_with_its_guard() {
         .unwrap();
     let file = root.path().join("openapi.json");
     std::fs::write(&file, &text).unwrap();
-    let out = validator().arg(&file).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "the document is not valid OpenAPI: {}{}",
@@ -1330,4 +1302,17 @@ fn status_without_token(api: &str, method: &str, path: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("{method} {path}: no status line in {line:?}"))
+}
+
+/// `openai_errors.py` against `node`: whether it passed, and what it printed.
+fn run_openai_errors(node: &Node) -> (bool, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_errors.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{}/v1", node.api))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), stdout)
 }

@@ -161,16 +161,21 @@ impl RoundTrips {
     }
 }
 
-/// The stimulus an intent answers, and its model's time in ms.
-fn answer(ev: &SignedEvent) -> Option<(EventId, u64)> {
+/// An intent's body fields and the stimulus it answers (`re`); `None` for any other event.
+pub fn intent_of(ev: &SignedEvent) -> Option<(EventId, &BTreeMap<String, Ipld>)> {
     if ev.kind != kind::INTENT {
         return None;
     }
     let Ipld::Map(m) = &ev.body else { return None };
-    let re = match m.get("re") {
-        Some(Ipld::Link(c)) => EventId::from_cid(c).ok()?,
-        _ => return None,
-    };
+    match m.get("re") {
+        Some(Ipld::Link(c)) => Some((EventId::from_cid(c).ok()?, m)),
+        _ => None,
+    }
+}
+
+/// The stimulus an intent answers, and its model's time in ms.
+fn answer(ev: &SignedEvent) -> Option<(EventId, u64)> {
+    let (re, m) = intent_of(ev)?;
     let model_ms = match m.get("model_ms") {
         Some(Ipld::Integer(i)) => u64::try_from(*i).ok()?,
         _ => 0,

@@ -25,7 +25,7 @@ use axum::{
         sse::{Event as SseEvent, KeepAlive, Sse},
     },
 };
-use chorus_core::{EventId, SignedEvent, event::kind};
+use chorus_core::{EventId, SignedEvent};
 use ipld_core::ipld::Ipld;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -110,14 +110,7 @@ pub async fn asset(Path(name): Path<String>) -> Response {
 
 /// One intent as the dashboard shows it under its election.
 fn answer_of(ev: &SignedEvent) -> Option<(EventId, Value)> {
-    if ev.kind != kind::INTENT {
-        return None;
-    }
-    let Ipld::Map(m) = &ev.body else { return None };
-    let re = match m.get("re") {
-        Some(Ipld::Link(c)) => EventId::from_cid(c).ok()?,
-        _ => return None,
-    };
+    let (re, m) = crate::telemetry::intent_of(ev)?;
     // Cut: these come from any member's events, and a stream keeps many of them.
     let text = |k: &str| match m.get(k) {
         Some(Ipld::String(s)) => Some(s.chars().take(ANSWER_TEXT_CHARS).collect::<String>()),
