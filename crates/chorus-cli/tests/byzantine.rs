@@ -96,6 +96,7 @@ fn byzantine_peer_is_banned_and_honest_nodes_converge() {
             replica: true,
             members_only: None,
             external: vec![],
+            blocks: None,
         })
         .unwrap()
     });

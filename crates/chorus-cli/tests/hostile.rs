@@ -70,6 +70,7 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
             replica: true,
             members_only: None,
             external: vec![],
+            blocks: None,
         })
         .unwrap()
     });

@@ -17,7 +17,9 @@
 //! channels ([`NET_COMMAND_QUEUE`], [`NET_EVENT_QUEUE`]). A full event channel back-pressures
 //! the swarm (it stops reading sockets) rather than dropping anything.
 
-use std::{collections::HashMap, time::Duration};
+pub mod bitswap;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chorus_core::{
     EventId,
@@ -169,6 +171,9 @@ pub struct NetConfig {
     /// Addresses others reach this node at, announced besides its listen addresses (behind
     /// NAT, a container's published port, a Kubernetes Service).
     pub external: Vec<Multiaddr>,
+    /// The blocks served over Bitswap (the node's store). `None`: the node serves none (every
+    /// want is answered `DontHave`) and still fetches.
+    pub blocks: Option<Arc<dyn bitswap::BlockSource>>,
 }
 
 /// Errors setting up the swarm.
@@ -189,6 +194,8 @@ pub struct NetHandle {
     pub commands: mpsc::Sender<NetCommand>,
     pub events: mpsc::Receiver<NetEvent>,
     pub task: tokio::task::JoinHandle<()>,
+    /// Fetches blocks by CID from the connected peers (and serves the node's own).
+    pub bitswap: bitswap::Bitswap,
 }
 
 #[derive(NetworkBehaviour)]
@@ -200,6 +207,8 @@ struct Behaviour {
     gossip: gossipsub::Behaviour,
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Generic streams: Bitswap runs on them ([`bitswap`]).
+    streams: libp2p_stream::Behaviour,
 }
 
 /// The libp2p peer id of a node key.
@@ -363,6 +372,7 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
                 gossip,
                 sync,
                 kad,
+                streams: libp2p_stream::Behaviour::new(),
             })
         })
         .map_err(|e| setup(&e))?
@@ -403,6 +413,7 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
         }
     }
     let peer_id = *swarm.local_peer_id();
+    let bitswap = bitswap::Bitswap::start(&swarm.behaviour().streams, cfg.blocks.clone());
     let (cmd_tx, cmd_rx) = mpsc::channel(NET_COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(NET_EVENT_QUEUE);
     let provider_key = cfg.genesis.map(|g| kad::RecordKey::new(&g.0));
@@ -418,6 +429,7 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
             outbound: HashMap::new(),
             providing: false,
             bootstrap: cfg.bootstrap.clone(),
+            bitswap: bitswap.clone(),
         }
         .run(cmd_rx),
     );
@@ -426,6 +438,7 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
         commands: cmd_tx,
         events: ev_rx,
         task,
+        bitswap,
     })
 }
 
@@ -447,6 +460,8 @@ struct Driver {
     /// Dialled again whenever the node has no peer at all (every peer restarted or was
     /// unreachable for a while): the only addresses known without a routing table.
     bootstrap: Vec<Multiaddr>,
+    /// Told who is connected: its wants go to every connected peer.
+    bitswap: bitswap::Bitswap,
 }
 
 impl Driver {
@@ -580,13 +595,17 @@ impl Driver {
                 num_established,
                 ..
             } if num_established.get() == 1 => {
+                self.bitswap.peer_up(peer_id);
                 return emit(&self.events, NetEvent::PeerUp(peer_id)).await;
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
                 ..
-            } => return emit(&self.events, NetEvent::PeerDown(peer_id)).await,
+            } => {
+                self.bitswap.peer_down(peer_id);
+                return emit(&self.events, NetEvent::PeerDown(peer_id)).await;
+            }
             SwarmEvent::Behaviour(b) => return self.behaviour_event(b).await,
             _ => {}
         }

@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod actor;
+pub mod blocks;
 pub mod catch_up;
 pub mod describe;
 pub mod election;
@@ -121,6 +122,8 @@ pub async fn run<M: Describe>(
     let genesis = replica.timeline().genesis_id();
     let final_order = replica.timeline().genesis().is_final_order();
     let private = replica.timeline().genesis().is_private();
+    let blocks: std::sync::Arc<dyn chorus_net::bitswap::BlockSource> =
+        std::sync::Arc::new(blocks::StoreBlocks(replica.store().reader()));
     let net = chorus_net::spawn(NetConfig {
         seed: replica.key().seed(),
         listen: cfg.listen.clone(),
@@ -129,6 +132,7 @@ pub async fn run<M: Describe>(
         replica: !cfg.light,
         members_only: access::allowed(replica.timeline()),
         external: cfg.external.clone(),
+        blocks: Some(blocks.clone()),
     })?;
     println!("peer_id {}", net.peer_id);
     println!("timeline {genesis}");
@@ -215,6 +219,8 @@ pub async fn run<M: Describe>(
         exports: http::export_slots(),
         keys: Default::default(),
         rate: std::sync::Arc::new(http::ratelimit::GatewayRate::per_minute(cfg.gateway_rate)),
+        bitswap: net.bitswap.clone(),
+        blocks: Some(blocks),
     };
     let mut http_tasks = vec![];
     if let Some(addr) = cfg.metrics {
@@ -312,6 +318,7 @@ pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEven
         replica: false,
         members_only: None,
         external: vec![],
+        blocks: None,
     })?;
     let work = async {
         let mut wanted = None;

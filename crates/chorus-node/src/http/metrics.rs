@@ -221,6 +221,45 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "Gateway requests refused (429) because their client address's rate was spent",
         l(&g.rate_limited),
     );
+    let b = api.bitswap.stats();
+    counter(
+        r,
+        "bitswap_blocks_served",
+        "Blocks sent over Bitswap to peers that wanted them",
+        l(&b.blocks_served),
+    );
+    counter(
+        r,
+        "bitswap_served_bytes",
+        "Bytes of blocks sent over Bitswap",
+        l(&b.bytes_served),
+    );
+    counter(
+        r,
+        "bitswap_dont_have_sent",
+        "DontHave answers sent over Bitswap (wants of blocks this node does not hold)",
+        l(&b.dont_have_sent),
+    );
+    counter(
+        r,
+        "bitswap_blocks_fetched",
+        "Blocks fetched over Bitswap, each checked against its CID",
+        l(&b.blocks_fetched),
+    );
+    counter(
+        r,
+        "bitswap_blocks_unwanted",
+        "Blocks received over Bitswap and dropped: their bytes hash to no CID wanted here \
+         (forged, late, or a hash this node cannot check)",
+        l(&b.blocks_unwanted),
+    );
+    counter(
+        r,
+        "bitswap_refused",
+        "Bitswap messages or streams refused: malformed, too large, too many streams, or \
+         wants beyond the bound of one message",
+        l(&b.refused),
+    );
     let t = &api.telemetry;
     r.register_with_unit(
         "gateway_wait",

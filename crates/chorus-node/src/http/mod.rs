@@ -38,6 +38,7 @@
 //! Writes (every `POST`) need `Authorization: Bearer TOKEN` when the node has an API token
 //! (`chorus node --api-token-env VAR`); the token is only ever compared, never served.
 
+mod blocks;
 pub mod cors;
 mod dashboard;
 mod events;
@@ -156,6 +157,7 @@ fn documented(api: &Api) -> OpenApiRouter<Api> {
         .routes(routes!(swarm::one_election))
         .routes(routes!(openai::models))
         .routes(routes!(metrics::metrics))
+        .routes(routes!(blocks::block))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize_reads));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
@@ -400,6 +402,8 @@ mod tests {
             exports: export_slots(),
             keys: Default::default(),
             rate: Default::default(),
+            bitswap: chorus_net::bitswap::Bitswap::unconnected(),
+            blocks: None,
         }
     }
 

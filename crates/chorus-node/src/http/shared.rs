@@ -50,6 +50,10 @@ pub struct Api {
     pub rate: Arc<super::ratelimit::GatewayRate>,
     /// The gateway's idempotency keys (`super::idempotency`).
     pub keys: Arc<tokio::sync::Mutex<super::idempotency::Keys>>,
+    /// Blocks by CID from the connected peers (`GET /v1/blocks/{cid}`).
+    pub bitswap: chorus_net::bitswap::Bitswap,
+    /// The node's own blocks by CID (`None`: it keeps none to serve).
+    pub blocks: Option<Arc<dyn chorus_net::bitswap::BlockSource>>,
 }
 
 /// Most SSE streams open at once (events and elections together). A client that never reads

@@ -1,0 +1,124 @@
+//! Bitswap between real swarms on loopback, with a peer that lies: it answers every want with
+//! bytes of its own under the CID asked for. The fetcher computes each block's CID from its
+//! bytes, so the forgery is dropped (and counted), an honest peer's block is taken, and a block
+//! only the liar claims is never returned.
+
+use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
+
+use chorus_net::{
+    NetConfig, NetEvent, NetHandle,
+    bitswap::{BlockSource, FetchError},
+    spawn,
+};
+use cid::Cid;
+use sha2::{Digest, Sha256};
+
+fn raw_cid(data: &[u8]) -> Cid {
+    let mh = multihash::Multihash::<64>::wrap(0x12, &Sha256::digest(data)).unwrap();
+    Cid::new_v1(0x55, mh)
+}
+
+/// Holds one block.
+struct One(Vec<u8>);
+impl BlockSource for One {
+    fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
+        (*cid == raw_cid(&self.0)).then(|| self.0.clone())
+    }
+}
+
+/// Claims every block, with bytes of its own.
+struct Liar;
+impl BlockSource for Liar {
+    fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
+        Some(format!("forged for {cid}").into_bytes())
+    }
+}
+
+fn swarm(
+    seed: u8,
+    blocks: Option<Arc<dyn BlockSource>>,
+    bootstrap: Vec<chorus_net::Addr>,
+) -> NetHandle {
+    spawn(NetConfig {
+        seed: [seed; 32],
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap,
+        genesis: None,
+        replica: false,
+        members_only: None,
+        external: vec![],
+        blocks,
+    })
+    .unwrap()
+}
+
+async fn listening(h: &mut NetHandle) -> chorus_net::Addr {
+    loop {
+        if let Some(NetEvent::Listening(a)) = h.events.recv().await {
+            return a;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_block_is_never_returned_and_an_honest_one_is() {
+    let honest_bytes = b"the honest block".to_vec();
+    let wanted = raw_cid(&honest_bytes);
+    let mut honest = swarm(1, Some(Arc::new(One(honest_bytes.clone()))), vec![]);
+    let mut liar = swarm(2, Some(Arc::new(Liar)), vec![]);
+    let bootstrap = vec![listening(&mut honest).await, listening(&mut liar).await];
+    let mut fetcher = swarm(3, None, bootstrap);
+    let mut up = 0;
+    while up < 2 {
+        if let Some(NetEvent::PeerUp(_)) = fetcher.events.recv().await {
+            up += 1;
+        }
+    }
+    let bs = fetcher.bitswap.clone();
+
+    // Both peers answer; only the block whose bytes hash to the CID is taken.
+    let got = bs.fetch(wanted, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got, honest_bytes);
+    for _ in 0..100 {
+        if bs.stats().blocks_unwanted.load(Ordering::Relaxed) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        bs.stats().blocks_unwanted.load(Ordering::Relaxed) >= 1,
+        "the liar's forgery arrived and was dropped"
+    );
+
+    // A block only the liar claims: the honest peer says DontHave, the liar sends a forgery,
+    // and the fetch ends at its deadline with nothing.
+    let only_claimed = raw_cid(b"nobody holds this");
+    let t = std::time::Instant::now();
+    let r = bs.fetch(only_claimed, Duration::from_secs(2)).await;
+    assert!(matches!(r, Err(FetchError::Timeout { .. })), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_secs(2));
+    assert_eq!(bs.stats().blocks_fetched.load(Ordering::Relaxed), 1);
+
+    // Without the liar, a block nobody holds fails at once: every peer said DontHave.
+    liar.commands
+        .send(chorus_net::NetCommand::Shutdown)
+        .await
+        .unwrap();
+    let _ = liar.task.await;
+    let t = std::time::Instant::now();
+    loop {
+        let r = bs.fetch(only_claimed, Duration::from_secs(5)).await;
+        if let Err(FetchError::NotFound { asked: 1, .. }) = r {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{r:?}");
+    }
+    assert!(
+        honest
+            .bitswap
+            .stats()
+            .dont_have_sent
+            .load(Ordering::Relaxed)
+            >= 2
+    );
+}
