@@ -103,6 +103,9 @@ pub enum SabotageArg {
     VoteAlone,
     /// Take every peer's word in sync (C10 must fail against the `liar`).
     TrustSyncClaims,
+    /// Checks of a node's own chain wait for the two-minute request timeout (C10 must fail
+    /// against the `liar`, which never answers them).
+    NoOwnCheckStall,
     /// Every key a member for the pending set (C4 must fail on the stranger flood).
     TrustStrangers,
     /// Membership by arrival order (C1 must fail on the admin fork).
@@ -347,6 +350,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 SabotageArg::CertifyAlone => Sabotage::CertifyAlone,
                 SabotageArg::VoteAlone => Sabotage::VoteAlone,
                 SabotageArg::TrustSyncClaims => Sabotage::TrustSyncClaims,
+                SabotageArg::NoOwnCheckStall => Sabotage::NoOwnCheckStall,
                 SabotageArg::TrustStrangers => Sabotage::TrustStrangers,
                 SabotageArg::MembershipArrivalOrder => Sabotage::MembershipArrivalOrder,
                 SabotageArg::UnguardedMachine => Sabotage::UnguardedMachine,

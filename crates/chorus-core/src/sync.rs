@@ -115,6 +115,16 @@ pub const MAX_USELESS_PAGES: u32 = 4;
 pub const MAX_UNBACKED_OWN_CLAIMS: u32 = 3;
 /// Most of our own chain asked for in one check.
 pub const OWN_CHECK_SPAN: u64 = 1_024;
+/// A check of our own chain with no answer for this long counts as one that brought nothing
+/// (and the next is sent). Much shorter than [`REQUEST_TIMEOUT_MS`]: a peer that claims more of
+/// our chain and then never answers the check held a wiped writer's writes closed for
+/// [`MAX_UNBACKED_OWN_CLAIMS`] × two minutes (`chorus sim run --scenario hostile --seed
+/// 590636380`: one check to the quiet liar lost on the way, two minutes of a wiped writer's
+/// writes gone). A slow honest peer loses nothing by it: an answer that comes late still
+/// backs the claim (an answer is judged by the events it carries, whichever check it answers),
+/// so a peer whose round trip is below [`MAX_UNBACKED_OWN_CLAIMS`] × this is never capped
+/// for being slow (the 45 s link of `disparity` among them).
+pub const OWN_CHECK_STALL_MS: u64 = 20_000;
 
 /// A position in the total order, `(lc, id)` (the [`OrderKey`] on the wire).
 pub type Cursor = (u64, EventId);
@@ -495,6 +505,9 @@ struct PeerState {
     /// Its claim was capped at what we hold (it could not back it): until it backs a claim,
     /// its summaries count for what we hold, never more.
     own_capped: bool,
+    /// When the check out to it (`own_check_from`) counts as failed: [`OWN_CHECK_STALL_MS`]
+    /// after the first tick that saw it out.
+    own_check_deadline: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -522,6 +535,9 @@ pub struct SyncStats {
     pub streams_cut: u64,
     /// Claims of our own chain capped because the peer could not back them.
     pub own_claims_capped: u64,
+    /// Checks of our own chain that went unanswered for [`OWN_CHECK_STALL_MS`] (counted as
+    /// failed checks).
+    pub own_checks_stalled: u64,
     /// Requests refused because all strangers' shared bucket was empty (also counted in
     /// `requests_refused`; a stranger's own bucket or a ban is counted there alone).
     pub stranger_requests_refused: u64,
@@ -556,6 +572,8 @@ pub struct Syncer<P: Ord + Clone> {
     /// **Sabotage, for the simulator's oracle only**: strangers draw only from their own
     /// buckets (made-up identities each get a full one).
     no_stranger_budget: bool,
+    /// Sabotage: checks of our own chain wait for their request's own timeout.
+    no_own_check_stall: bool,
 }
 
 /// A token bucket: `tokens` at `at` (ms), refilled at a rate up to a depth.
@@ -603,6 +621,7 @@ impl<P: Ord + Clone> Default for Syncer<P> {
             trust_claims: false,
             strangers: Bucket::full(STRANGER_REQUEST_BURST, 0),
             no_stranger_budget: false,
+            no_own_check_stall: false,
             own_settled: false,
         }
     }
@@ -619,6 +638,14 @@ impl<P: Ord + Clone> Syncer<P> {
     #[doc(hidden)]
     pub fn sabotage_no_stranger_budget(&mut self) {
         self.no_stranger_budget = true;
+    }
+
+    /// **Sabotage, for the simulator's oracle only**: a check of our own chain counts as
+    /// failed only at its request's timeout ([`REQUEST_TIMEOUT_MS`]), not after
+    /// [`OWN_CHECK_STALL_MS`].
+    #[doc(hidden)]
+    pub fn sabotage_no_own_check_stall(&mut self) {
+        self.no_own_check_stall = true;
     }
 
     /// **Sabotage, for the simulator's oracle only**: see `trust_claims`.
@@ -1047,6 +1074,7 @@ impl<P: Ord + Clone> Syncer<P> {
         let Some(from) = st.own_check_from.take() else {
             return out;
         };
+        st.own_check_deadline = None;
         let backed = sent.is_some_and(|s| s.iter().any(|&(a, sq)| a == me && sq > from));
         if backed {
             st.own_unbacked = 0;
@@ -1196,6 +1224,28 @@ impl<P: Ord + Clone> Syncer<P> {
                 .collect();
             for p in silent {
                 self.send(&mut out, &p, SyncRequest::Summary);
+            }
+            // Checks of our chain unanswered too long count as failed (the request itself
+            // stays out until its own timeout; its slot is freed here so the next check can go).
+            let stalled: Vec<P> = self
+                .peers
+                .iter_mut()
+                .filter(|(_, s)| s.own_check_from.is_some() && !self.no_own_check_stall)
+                .filter_map(|(p, s)| match s.own_check_deadline {
+                    None => {
+                        s.own_check_deadline = Some(now + OWN_CHECK_STALL_MS);
+                        None
+                    }
+                    Some(d) if now >= d => {
+                        s.in_flight = s.in_flight.saturating_sub(1);
+                        Some(p.clone())
+                    }
+                    Some(_) => None,
+                })
+                .collect();
+            for p in stalled {
+                self.stats.own_checks_stalled += 1;
+                out.extend(self.on_own_check(&p, None));
             }
         }
         if now >= self.next_round {

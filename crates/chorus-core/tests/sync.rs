@@ -637,6 +637,99 @@ fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_close
     );
 }
 
+/// A peer that claims more of our chain and then never answers the checks: each check counts
+/// as failed once it has been out for `OWN_CHECK_STALL_MS` (not the two-minute request
+/// timeout), so the claim is capped within a minute; an answer that then comes late and backs
+/// the claim still counts.
+#[test]
+fn a_peer_that_never_answers_the_check_of_our_chain_is_capped_within_a_minute() {
+    use chorus_core::sync::{MAX_UNBACKED_OWN_CLAIMS, OWN_CHECK_STALL_MS, REQUEST_TIMEOUT_MS};
+    let ks = keys(3);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
+    let hist = testkit::history(&g, "counter/1", &ks, 90, 3, |_, _| {
+        (kind::STIMULUS, testkit::text("x"))
+    });
+    let me = ks[1].author();
+    let full = timeline(&g, &hist);
+    let mine = full.version_vector()[&me];
+    let store = blocks_of(&hist);
+    let mut wiped = timeline(&g, &[]);
+    for r in wiped.insert_batch(hist.iter().cloned(), &store).unwrap() {
+        r.unwrap();
+    }
+    let mut lie = summary_of(&full);
+    for (a, sq) in &mut lie.version_vector {
+        if *a == me {
+            *sq += 1_000;
+        }
+    }
+    let mut s: Syncer<u8> = Syncer::default();
+    s.watch_own_chain(me);
+    s.peer_up(1, 0);
+    s.peer_up(2, 0);
+    let _ = s.on_summary(&2, &summary_of(&full), &wiped, 0);
+    let out = s.on_summary(&1, &lie, &wiped, 0);
+    let checks_in = |out: &[Action<u8>]| {
+        out.iter()
+            .filter(|a| matches!(a, Action::Send(1, SyncRequest::Range { author, .. }) if *author == me))
+            .count()
+    };
+    let mut sent = checks_in(&out);
+    assert_eq!(sent, 1);
+    // Nothing ever comes back; the node ticks every second.
+    let mut now = 0;
+    while s.own_chain_confirmed(&wiped).is_none() {
+        now += 1_000;
+        assert!(now < REQUEST_TIMEOUT_MS, "still closed after {now} ms");
+        sent += checks_in(&s.tick(now, &wiped));
+    }
+    assert!(
+        now <= (u64::from(MAX_UNBACKED_OWN_CLAIMS) + 1) * OWN_CHECK_STALL_MS,
+        "{now} ms"
+    );
+    assert_eq!(
+        sent, MAX_UNBACKED_OWN_CLAIMS as usize,
+        "one check per failure, no more"
+    );
+    assert_eq!(
+        s.stats().own_checks_stalled,
+        u64::from(MAX_UNBACKED_OWN_CLAIMS)
+    );
+    assert_eq!(s.stats().own_claims_capped, 1);
+    assert_eq!(s.own_chain_confirmed(&wiped), Some(mine));
+
+    // A slow honest peer: its answer to the first check comes after two stalls, with genuine
+    // events of our chain beyond what we hold; the claim is backed, never capped.
+    let partial: Vec<SignedEvent> = hist
+        .iter()
+        .filter(|e| e.author != me || e.seq < mine)
+        .cloned()
+        .collect();
+    let behind = timeline(&g, &partial[..partial.len() / 2]);
+    let known = behind.version_vector().get(&me).copied().unwrap_or(0);
+    let mut t: Syncer<u8> = Syncer::default();
+    t.watch_own_chain(me);
+    t.peer_up(1, 0);
+    let _ = t.on_summary(&1, &summary_of(&full), &behind, 0);
+    let mut now = 0;
+    while t.stats().own_checks_stalled < 2 {
+        now += 1_000;
+        let _ = t.tick(now, &behind);
+    }
+    t.on_blocks(&1);
+    let _ = t.on_own_check(&1, Some(&[(me, known + 1)]));
+    for _ in 0..200 {
+        now += 1_000;
+        let _ = t.tick(now, &behind);
+    }
+    assert_eq!(t.stats().own_claims_capped, 0);
+    assert_eq!(
+        t.own_chain_confirmed(&behind),
+        None,
+        "we lack our own events"
+    );
+}
+
 /// `Range` is answered through the author's chain (no scan of the order): every span gives
 /// exactly the author's events with sq in it, ascending, as a brute-force filter finds them.
 #[test]

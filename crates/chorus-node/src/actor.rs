@@ -913,6 +913,7 @@ impl<M: Describe> Actor<M> {
                 bans: s.bans,
                 streams_cut: s.streams_cut,
                 own_claims_capped: s.own_claims_capped,
+                own_checks_stalled: s.own_checks_stalled,
                 stranger_requests_refused: s.stranger_requests_refused,
                 pages_served: self.pages.as_ref().map_or(0, |p| {
                     p.stats.served.load(std::sync::atomic::Ordering::Relaxed)

@@ -46,6 +46,9 @@ pub struct SimRequest {
     pub from: NodeIx,
     /// The attack it carries (the oracle's bookkeeping; the node never looks).
     pub attack: Option<Attack>,
+    /// It checks the asker's own chain (a `Range` of the asker's author): what a liar with
+    /// `stall_own_checks` never answers.
+    pub own_check: bool,
 }
 
 impl Transport for SimNet {
@@ -180,6 +183,10 @@ pub enum Sabotage {
     /// cut, a claim of a node's own chain is never checked. The `liar` keeps the wiped nodes'
     /// writes closed (C10 must fail).
     TrustSyncClaims,
+    /// A check of a node's own chain counts as failed only at its request's two-minute
+    /// timeout: the `liar` that never answers such checks keeps the wiped nodes' writes
+    /// closed for six minutes (C10 must fail).
+    NoOwnCheckStall,
     /// Every node treats every key as a member for its pending set: a stranger's events with
     /// made-up parents are held without a quota and forwarded (C4 must fail on the
     /// `stranger_flood` attack).

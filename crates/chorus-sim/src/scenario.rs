@@ -270,6 +270,10 @@ pub struct Byzantine {
     /// second identity the attacker keeps clean, so no ban ever silences its lies.
     #[serde(default)]
     pub quiet_liars: usize,
+    /// Liars also never answer a check of the asker's own chain (a `Range` of its author):
+    /// the check fails only by the asker's deadline.
+    #[serde(default)]
+    pub stall_own_checks: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

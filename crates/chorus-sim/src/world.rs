@@ -896,7 +896,14 @@ impl World {
 
     /// Sends `node`'s answer to a request (a lie when it is a lying adversary).
     fn respond(&mut self, node: NodeIx, id: SimRequest, mut resp: SyncResponse) {
-        if self.nodes[node].byzantine && self.sc.byzantine.as_ref().is_some_and(|b| b.lies) {
+        let liar = self.nodes[node]
+            .byzantine
+            .then_some(())
+            .and(self.sc.byzantine.as_ref());
+        if liar.is_some_and(|b| b.lies && b.stall_own_checks) && id.own_check {
+            return; // never answered: the asker's deadline must end the check
+        }
+        if liar.is_some_and(|b| b.lies) {
             resp = self.lie(resp);
         }
         if let SyncResponse::Refused { .. } = resp {
@@ -1164,6 +1171,8 @@ impl World {
                         rid,
                         from,
                         attack: env.attack,
+                        own_check: matches!(&req, SyncRequest::Range { author, .. }
+                            if *author == self.nodes[from].key.author()),
                     },
                     req,
                 },
@@ -1897,6 +1906,7 @@ fn node_over(
         Sabotage::LightAckAtOnce => node.sabotage(NodeSabotage::AckBeforeStored),
         Sabotage::TrustSyncClaims => node.sabotage(NodeSabotage::TrustSyncClaims),
         Sabotage::NoStrangerBudget => node.sabotage(NodeSabotage::NoStrangerBudget),
+        Sabotage::NoOwnCheckStall => node.sabotage(NodeSabotage::NoOwnCheckStall),
         _ => {}
     }
     node

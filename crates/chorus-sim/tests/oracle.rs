@@ -252,6 +252,21 @@ fn a_lying_peer_neither_stalls_a_catch_up_nor_keeps_writes_closed_unless_believe
     assert!(failed.contains(&"C10 writes reopen"), "{failed:?}");
 }
 
+/// A liar that also never answers a check of the asker's own chain: each check fails by the
+/// asker's own deadline (`OWN_CHECK_STALL_MS`), so the wiped nodes write again within a minute;
+/// when a check fails only by the two-minute request timeout (`no-own-check-stall`), their
+/// writes are still closed when the run ends and C10 fails.
+#[test]
+fn a_liar_that_never_answers_the_check_of_a_nodes_chain_holds_its_writes_a_minute_at_most() {
+    let sc = Suite::builtin().get("liar").expect("liar scenario").clone();
+    assert!(sc.byzantine.as_ref().is_some_and(|b| b.stall_own_checks));
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::None);
+    assert!(r.passed(), "{:?}", r.failures().collect::<Vec<_>>());
+    let (r, _) = simulate(&sc, sc.seed, Sabotage::NoOwnCheckStall);
+    let failed = failed_checks(&r);
+    assert!(failed.contains(&"C10 writes reopen"), "{failed:?}");
+}
+
 /// Issue 15: a non-member floods events with made-up parents (a fresh key each time, more
 /// events than a stranger's quota). Honest nodes hold them within the quota and never forward
 /// them (C4's `held`, `busy`); when every key is treated as a member

@@ -294,6 +294,8 @@ pub enum NodeSabotage {
     TrustSyncClaims,
     /// Strangers' requests draw only on their own per-peer buckets, none shared.
     NoStrangerBudget,
+    /// A check of our own chain fails only at its request's two-minute timeout.
+    NoOwnCheckStall,
 }
 
 /// Where an ingested block came from: who to charge if it is invalid.
@@ -506,6 +508,9 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         }
         if s == NodeSabotage::NoStrangerBudget {
             self.syncer.sabotage_no_stranger_budget();
+        }
+        if s == NodeSabotage::NoOwnCheckStall {
+            self.syncer.sabotage_no_own_check_stall();
         }
         self.sabotage = s;
     }

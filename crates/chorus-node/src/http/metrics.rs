@@ -140,6 +140,13 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "Claims of this node's own chain that a peer could not back with its events",
         st.sync.own_claims_capped,
     );
+    counter(
+        r,
+        "sync_own_checks_stalled",
+        "Checks of a peer's claim of this node's own chain that went unanswered for 20 s \
+         (counted as failed checks)",
+        st.sync.own_checks_stalled,
+    );
     gauge(
         r,
         "stranger_pending",

@@ -134,6 +134,8 @@ pub struct SyncStatus {
     /// Claims of this node's own chain a peer could not back, capped (the write gate did not
     /// wait for them).
     pub own_claims_capped: u64,
+    /// Checks of those claims that went unanswered for 20 s (counted as failed checks).
+    pub own_checks_stalled: u64,
     /// Requests of peers that are no member (or whose key is unknown) refused because all
     /// strangers' shared budget was spent.
     pub stranger_requests_refused: u64,
