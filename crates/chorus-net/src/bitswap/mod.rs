@@ -9,10 +9,11 @@
 //! (generic streams of the same libp2p release): ~400 lines, the wire format in [`wire`].
 //!
 //! How it behaves:
-//! * **Streams**: every message goes out on a stream of its own, opened, written and closed
-//!   (as the spec allows; go-bitswap and Helia read every message of every inbound stream).
-//!   Inbound streams are read message after message until the peer closes them or is idle
-//!   for [`IDLE_STREAM`].
+//! * **Streams**: messages to a peer go out in order on one long-lived stream (reopened after
+//!   an error), from a bounded queue per peer, as go-bitswap does; inbound streams are read
+//!   message after message until the peer closes them or is idle for [`IDLE_STREAM`]. One
+//!   stream per peer matters: `libp2p-stream` hands inbound streams over one at a time and
+//!   drops those that arrive while the last is still being taken.
 //! * **Serving** is stateless: a want is answered at once from the [`BlockSource`] (the block,
 //!   `Have`, or, when asked for, `DontHave`) and not remembered, so a peer that wants a block
 //!   this node does not have yet must ask again (Helia and go-bitswap do, on a timer). This
@@ -20,20 +21,26 @@
 //! * **Fetching** ([`Bitswap::fetch`]) sends `want-block` with `send-dont-have` to every
 //!   connected peer (and to peers that connect while the want is open) and takes the first
 //!   block whose bytes hash to the CID asked for; the block's sender names no CID (its CID is
-//!   computed here, [`wire::cid_of`]), so no peer can pass one block off as another. When every
-//!   peer asked said `DontHave` the fetch fails at once with [`FetchError::NotFound`];
-//!   otherwise at its deadline. Only sha2-256 CIDs are fetched (what this node can check).
-//! * **Bounds**: [`MAX_MESSAGE_BYTES`] a message, [`MAX_WANTS_PER_MESSAGE`] wants answered a
-//!   message, [`MAX_INBOUND_STREAMS`] inbound streams read at once ([`MAX_STREAMS_PER_PEER`] a
-//!   peer), [`MAX_OPEN_FETCHES`] CIDs being fetched, answers of at most
-//!   [`MAX_ANSWER_BYTES`] each.
+//!   computed here, [`wire::cid_of`]), so no peer can pass one block off as another. The want
+//!   is sent again every [`WANT_RESEND`] to the peers that have not answered (a message lost
+//!   on the way costs one interval, not the fetch). When every peer asked said `DontHave` the
+//!   fetch fails at once with [`FetchError::NotFound`]; otherwise at its deadline. However it
+//!   ends (the block, `DontHave` everywhere, the deadline, the caller gone), the want is
+//!   cancelled at every peer asked. Only sha2-256 CIDs are fetched (what this node can check).
+//! * **Bounds**: [`MAX_MESSAGE_BYTES`] a message, and [`READ_BUDGET_BYTES`] of messages read
+//!   and decoded at once, all peers together; [`MAX_WANTS_PER_MESSAGE`] distinct wants
+//!   answered a message; answers of at most [`MAX_ANSWER_BYTES`] each, built one at a time,
+//!   [`ANSWER_BUDGET_BYTES`] of them waiting to be written at once, all peers together;
+//!   [`PEER_QUEUE`] messages queued for one peer; [`MAX_INBOUND_STREAMS`] inbound streams read at
+//!   once ([`MAX_STREAMS_PER_PEER`] a peer; a peer's first stream is always taken, so the
+//!   connection limits bound those); [`MAX_OPEN_FETCHES`] CIDs being fetched.
 
 pub mod wire;
 
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -42,7 +49,8 @@ use std::{
 use cid::Cid;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
-use tokio::sync::{Semaphore, oneshot};
+use libp2p_stream::OpenStreamError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use wire::{Block, BlockPresence, Entry, Message, PresenceType, WantType, Wantlist};
 
@@ -66,6 +74,16 @@ pub const IDLE_STREAM: Duration = Duration::from_secs(60);
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// CIDs being fetched at once.
 pub const MAX_OPEN_FETCHES: usize = 256;
+/// An open want is sent again this often to the peers that have not answered it.
+pub const WANT_RESEND: Duration = Duration::from_secs(2);
+/// Messages queued for one peer; a message beyond is dropped (and counted): wants are sent
+/// again, answers asked for again.
+pub const PEER_QUEUE: usize = 8;
+/// Bytes of inbound messages read and decoded at once, all peers together (a decoded wantlist
+/// takes some 20 times its wire size).
+pub const READ_BUDGET_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of answers built and not yet written, all peers together.
+pub const ANSWER_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 
 /// Where served blocks come from: the node's store.
 pub trait BlockSource: Send + Sync + 'static {
@@ -118,16 +136,72 @@ struct Inner {
     source: Option<Arc<dyn BlockSource>>,
     wants: Mutex<HashMap<Cid, Want>>,
     peers: Mutex<BTreeSet<PeerId>>,
+    /// The queue of each connected peer's writer task.
+    outbound: Mutex<HashMap<PeerId, mpsc::Sender<Outgoing>>>,
     streams: Arc<Semaphore>,
     streams_of: Mutex<HashMap<PeerId, usize>>,
+    /// [`READ_BUDGET_BYTES`] and [`ANSWER_BUDGET_BYTES`], one permit a KiB.
+    read_budget: Arc<Semaphore>,
+    answer_budget: Arc<Semaphore>,
     stats: BitswapStats,
 }
+
+/// A message for a peer's writer, with the answer budget it holds until written.
+type Outgoing = (Message, Option<OwnedSemaphorePermit>);
 
 /// One CID being fetched.
 struct Want {
     waiters: Vec<oneshot::Sender<Option<Vec<u8>>>>,
     asked: BTreeSet<PeerId>,
     dont_have: BTreeSet<PeerId>,
+}
+
+/// Ends a fetch however its future ends (an answer, the deadline, or the caller dropping it):
+/// forgets its waiter, and with the last waiter the want, cancelled at every peer asked.
+struct FetchGuard<'a> {
+    bitswap: &'a Bitswap,
+    cid: Cid,
+}
+
+impl Drop for FetchGuard<'_> {
+    fn drop(&mut self) {
+        let asked = {
+            let mut wants = self.bitswap.inner.wants.lock().unwrap();
+            match wants.get_mut(&self.cid) {
+                Some(w) => {
+                    w.waiters.retain(|tx| !tx.is_closed());
+                    if w.waiters.is_empty() {
+                        wants.remove(&self.cid).map(|w| w.asked)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        for peer in asked.into_iter().flatten() {
+            self.bitswap.queue(peer, cancel_of(self.cid));
+        }
+    }
+}
+
+/// Takes a peer's stream slot back when its reading task ends, however it ends.
+struct StreamSlot {
+    inner: Arc<Inner>,
+    peer: PeerId,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut per = self.inner.streams_of.lock().unwrap();
+        if let Some(n) = per.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Bitswap {
@@ -142,35 +216,36 @@ impl Bitswap {
         let incoming = control
             .accept(BITSWAP_PROTOCOL)
             .expect("the Bitswap protocol is registered once, here");
-        let me = Bitswap {
+        let me = Bitswap::with(control, source);
+        // The accepting task holds the engine weakly: when the node drops its last handle the
+        // engine (and its control of the swarm's streams) goes, and with the swarm gone too the
+        // incoming streams end and so does the task.
+        tokio::spawn(accept(Arc::downgrade(&me.inner), incoming));
+        tokio::spawn(resend_wants(Arc::downgrade(&me.inner)));
+        me
+    }
+
+    fn with(control: libp2p_stream::Control, source: Option<Arc<dyn BlockSource>>) -> Bitswap {
+        Bitswap {
             inner: Arc::new(Inner {
                 control: Mutex::new(control),
                 source,
                 wants: Default::default(),
                 peers: Default::default(),
+                outbound: Default::default(),
                 streams: Arc::new(Semaphore::new(MAX_INBOUND_STREAMS)),
                 streams_of: Default::default(),
+                read_budget: Arc::new(Semaphore::new(READ_BUDGET_BYTES / 1024)),
+                answer_budget: Arc::new(Semaphore::new(ANSWER_BUDGET_BYTES / 1024)),
                 stats: Default::default(),
             }),
-        };
-        tokio::spawn(me.clone().accept(incoming));
-        me
+        }
     }
 
     /// An engine on no swarm: no peer ever connects, so it serves nothing and every fetch
     /// fails with [`FetchError::NoPeers`] (an API without a network, in tests).
     pub fn unconnected() -> Bitswap {
-        Bitswap {
-            inner: Arc::new(Inner {
-                control: Mutex::new(libp2p_stream::Behaviour::new().new_control()),
-                source: None,
-                wants: Default::default(),
-                peers: Default::default(),
-                streams: Arc::new(Semaphore::new(MAX_INBOUND_STREAMS)),
-                streams_of: Default::default(),
-                stats: Default::default(),
-            }),
-        }
+        Bitswap::with(libp2p_stream::Behaviour::new().new_control(), None)
     }
 
     pub fn stats(&self) -> &BitswapStats {
@@ -188,13 +263,15 @@ impl Bitswap {
                 .collect()
         };
         if !open.is_empty() {
-            self.send_in_background(peer, want_blocks(&open));
+            self.queue(peer, want_blocks(&open));
         }
     }
 
     /// A peer disconnected: a want it was the last hope of fails now.
     pub fn peer_down(&self, peer: PeerId) {
         self.inner.peers.lock().unwrap().remove(&peer);
+        // Its writer task ends with its queue.
+        self.inner.outbound.lock().unwrap().remove(&peer);
         let mut wants = self.inner.wants.lock().unwrap();
         let cids: Vec<Cid> = wants.keys().copied().collect();
         for cid in cids {
@@ -246,76 +323,27 @@ impl Bitswap {
             }
         };
         for peer in ask {
-            self.send_in_background(peer, want_blocks(&[cid]));
+            self.queue(peer, want_blocks(&[cid]));
         }
+        let _guard = FetchGuard { bitswap: self, cid };
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Some(block))) => Ok(block),
             Ok(Ok(None)) | Ok(Err(_)) => Err(FetchError::NotFound { cid, asked }),
-            Err(_) => {
-                // Forget this waiter; the last one gone cancels the want at every peer asked.
-                let cancel = {
-                    let mut wants = self.inner.wants.lock().unwrap();
-                    match wants.get_mut(&cid) {
-                        Some(w) => {
-                            w.waiters.retain(|tx| !tx.is_closed());
-                            if w.waiters.is_empty() {
-                                wants.remove(&cid).map(|w| w.asked)
-                            } else {
-                                None
-                            }
-                        }
-                        None => None,
-                    }
-                };
-                for peer in cancel.into_iter().flatten() {
-                    self.send_in_background(peer, cancel_of(cid));
-                }
-                Err(FetchError::Timeout {
-                    cid,
-                    after: timeout,
-                })
-            }
-        }
-    }
-
-    async fn accept(self, mut incoming: libp2p_stream::IncomingStreams) {
-        while let Some((peer, stream)) = incoming.next().await {
-            let Ok(permit) = self.inner.streams.clone().try_acquire_owned() else {
-                self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, "Bitswap stream refused: {MAX_INBOUND_STREAMS} open");
-                continue;
-            };
-            {
-                let mut per = self.inner.streams_of.lock().unwrap();
-                let n = per.entry(peer).or_default();
-                if *n >= MAX_STREAMS_PER_PEER {
-                    self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "Bitswap stream refused: {MAX_STREAMS_PER_PEER} open");
-                    continue;
-                }
-                *n += 1;
-            }
-            let me = self.clone();
-            tokio::spawn(async move {
-                me.read_stream(peer, stream).await;
-                let mut per = me.inner.streams_of.lock().unwrap();
-                if let Some(n) = per.get_mut(&peer) {
-                    *n -= 1;
-                    if *n == 0 {
-                        per.remove(&peer);
-                    }
-                }
-                drop(permit);
-            });
+            Err(_) => Err(FetchError::Timeout {
+                cid,
+                after: timeout,
+            }),
         }
     }
 
     async fn read_stream(&self, peer: PeerId, mut stream: Stream) {
         loop {
-            match tokio::time::timeout(IDLE_STREAM, wire::read(&mut stream, MAX_MESSAGE_BYTES))
-                .await
-            {
-                Ok(Ok(Some(msg))) => self.on_message(peer, msg).await,
+            let read = wire::read(&mut stream, MAX_MESSAGE_BYTES, &self.inner.read_budget);
+            match tokio::time::timeout(IDLE_STREAM, read).await {
+                Ok(Ok(Some((msg, permit)))) => {
+                    self.on_message(peer, msg).await;
+                    drop(permit);
+                }
                 Ok(Ok(None)) | Err(_) => break,
                 Ok(Err(e)) => {
                     self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -329,7 +357,7 @@ impl Bitswap {
     async fn on_message(&self, peer: PeerId, msg: Message) {
         let stats = &self.inner.stats;
         for block in msg.payload {
-            self.take_block(block);
+            self.take_block(peer, block);
         }
         if !msg.blocks.is_empty() {
             // Bitswap 1.0.0 blocks (CIDv0, dag-pb): never asked for by this node.
@@ -345,44 +373,61 @@ impl Bitswap {
             }
         }
         let Some(list) = msg.wantlist else { return };
-        let mut wants: Vec<Entry> = list.entries.into_iter().filter(|e| !e.cancel).collect();
+        let mut seen = BTreeSet::new();
+        let mut wants: Vec<Entry> = list
+            .entries
+            .into_iter()
+            .filter(|e| !e.cancel && seen.insert(e.block.clone()))
+            .collect();
+        drop(seen);
         if wants.len() > MAX_WANTS_PER_MESSAGE {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             wants.truncate(MAX_WANTS_PER_MESSAGE);
         }
-        if wants.is_empty() {
-            return;
-        }
-        let source = self.inner.source.clone();
-        let Ok(answers) =
-            tokio::task::spawn_blocking(move || answer(source.as_deref(), wants)).await
-        else {
-            return;
-        };
-        for msg in answers {
-            for b in &msg.payload {
-                stats.blocks_served.fetch_add(1, Ordering::Relaxed);
+        // One answer at a time: read up to MAX_ANSWER_BYTES of blocks, queue it, go on. The
+        // answer budget is taken before the blocks are read and given back once written.
+        let mut rest: std::collections::VecDeque<Entry> = wants.into();
+        while !rest.is_empty() {
+            let Ok(permit) = self
+                .inner
+                .answer_budget
+                .clone()
+                .acquire_many_owned((MAX_ANSWER_BYTES.max(MAX_BLOCK_BYTES) / 1024) as u32)
+                .await
+            else {
+                return;
+            };
+            let source = self.inner.source.clone();
+            let Ok((msg, left)) =
+                tokio::task::spawn_blocking(move || answer(source.as_deref(), rest)).await
+            else {
+                return;
+            };
+            rest = left;
+            if let Some(msg) = msg {
+                for b in &msg.payload {
+                    stats.blocks_served.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .bytes_served
+                        .fetch_add(b.data.len() as u64, Ordering::Relaxed);
+                }
+                let dont = msg
+                    .block_presences
+                    .iter()
+                    .filter(|p| p.r#type == PresenceType::DontHave as i32)
+                    .count();
                 stats
-                    .bytes_served
-                    .fetch_add(b.data.len() as u64, Ordering::Relaxed);
-            }
-            let dont = msg
-                .block_presences
-                .iter()
-                .filter(|p| p.r#type == PresenceType::DontHave as i32)
-                .count();
-            stats
-                .dont_have_sent
-                .fetch_add(dont as u64, Ordering::Relaxed);
-            if let Err(e) = self.send(peer, &msg).await {
-                tracing::debug!(%peer, "Bitswap answer not sent: {e}");
-                break;
+                    .dont_have_sent
+                    .fetch_add(dont as u64, Ordering::Relaxed);
+                if !self.queue_waiting(peer, msg, permit).await {
+                    return;
+                }
             }
         }
     }
 
     /// A received block: handed to whoever wants the CID its bytes hash to, or dropped.
-    fn take_block(&self, block: Block) {
+    fn take_block(&self, from: PeerId, block: Block) {
         let stats = &self.inner.stats;
         let cid = (block.data.len() <= MAX_BLOCK_BYTES)
             .then(|| wire::cid_of(&block))
@@ -396,6 +441,11 @@ impl Bitswap {
         for tx in want.waiters {
             let _ = tx.send(Some(block.data.clone()));
         }
+        // The others asked may still hold the want in their ledger: cancel it there.
+        let cid = cid.expect("a want was found under it");
+        for peer in want.asked.into_iter().filter(|p| *p != from) {
+            self.queue(peer, cancel_of(cid));
+        }
     }
 
     fn dont_have(&self, peer: PeerId, cid: Cid) {
@@ -405,65 +455,201 @@ impl Bitswap {
             w.dont_have.insert(peer);
         }
         if w.dont_have.len() == w.asked.len() {
-            for tx in wants.remove(&cid).expect("looked up above").waiters {
+            let w = wants.remove(&cid).expect("looked up above");
+            drop(wants);
+            for tx in w.waiters {
                 let _ = tx.send(None);
+            }
+            for peer in w.asked {
+                self.queue(peer, cancel_of(cid));
             }
         }
     }
 
-    fn send_in_background(&self, peer: PeerId, msg: Message) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me.send(peer, &msg).await {
-                tracing::debug!(%peer, "Bitswap message not sent: {e}");
-                // A peer that cannot take the want cannot answer it either.
-                for e in msg.wantlist.iter().flat_map(|l| &l.entries) {
-                    if let Ok(cid) = Cid::try_from(e.block.as_slice()) {
-                        me.dont_have(peer, cid);
-                    }
-                }
-            }
-        });
+    /// Queues `msg` for `peer` without waiting; dropped (and counted) when its queue is full.
+    fn queue(&self, peer: PeerId, msg: Message) {
+        let tx = self.writer(peer);
+        if tx.try_send((msg, None)).is_err() {
+            self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "Bitswap message dropped: the peer's queue is full");
+        }
     }
 
-    /// One message on a stream of its own.
-    async fn send(&self, peer: PeerId, msg: &Message) -> std::io::Result<()> {
-        let mut control = self.inner.control.lock().unwrap().clone();
-        let io = async {
-            let mut stream = control
-                .open_stream(peer, BITSWAP_PROTOCOL)
-                .await
-                .map_err(std::io::Error::other)?;
-            wire::write(&mut stream, msg).await?;
-            stream.close().await
-        };
-        tokio::time::timeout(SEND_TIMEOUT, io)
-            .await
-            .map_err(|_| std::io::Error::other("timed out"))?
+    /// Queues `msg` for `peer`, waiting for room (backpressure on the peer's own reading
+    /// task); false when the peer is gone.
+    async fn queue_waiting(
+        &self,
+        peer: PeerId,
+        msg: Message,
+        budget: OwnedSemaphorePermit,
+    ) -> bool {
+        let tx = self.writer(peer);
+        tx.send((msg, Some(budget))).await.is_ok()
+    }
+
+    /// The queue of `peer`'s writer task, started on first use.
+    fn writer(&self, peer: PeerId) -> mpsc::Sender<Outgoing> {
+        let mut out = self.inner.outbound.lock().unwrap();
+        if let Some(tx) = out.get(&peer).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        out.insert(peer, tx.clone());
+        let control = self.inner.control.lock().unwrap().clone();
+        tokio::spawn(write_to(Arc::downgrade(&self.inner), peer, control, rx));
+        tx
+    }
+
+    /// `peer` cannot take `msg` (it speaks no Bitswap): the wants in it are answered for it.
+    fn undeliverable(&self, peer: PeerId, msg: &Message) {
+        for e in msg.wantlist.iter().flat_map(|l| &l.entries) {
+            if !e.cancel
+                && let Ok(cid) = Cid::try_from(e.block.as_slice())
+            {
+                self.dont_have(peer, cid);
+            }
+        }
     }
 }
 
-/// The answers to a peer's wants, from `source`, in messages of at most [`MAX_ANSWER_BYTES`]
-/// of blocks (a larger block goes alone).
-fn answer(source: Option<&dyn BlockSource>, wants: Vec<Entry>) -> Vec<Message> {
-    let mut out = vec![Message::default()];
+/// Takes the inbound Bitswap streams of every peer and reads each in a task of its own.
+async fn accept(inner: Weak<Inner>, mut incoming: libp2p_stream::IncomingStreams) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let first = {
+            let mut per = inner.streams_of.lock().unwrap();
+            let n = per.entry(peer).or_default();
+            if *n >= MAX_STREAMS_PER_PEER {
+                None
+            } else {
+                *n += 1;
+                Some(*n == 1)
+            }
+        };
+        let Some(first) = first else {
+            inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "Bitswap stream refused: {MAX_STREAMS_PER_PEER} open");
+            continue;
+        };
+        // A peer's first stream is always read (the connection limits bound how many peers
+        // there are); further ones share MAX_INBOUND_STREAMS.
+        let permit = match inner.streams.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) if first => None,
+            Err(_) => {
+                let _slot = StreamSlot {
+                    inner: inner.clone(),
+                    peer,
+                    _permit: None,
+                };
+                inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "Bitswap stream refused: {MAX_INBOUND_STREAMS} open");
+                continue;
+            }
+        };
+        let slot = StreamSlot {
+            inner: inner.clone(),
+            peer,
+            _permit: permit,
+        };
+        let me = Bitswap { inner };
+        tokio::spawn(async move {
+            let _slot = slot;
+            me.read_stream(peer, stream).await;
+        });
+    }
+}
+
+/// A peer's writer: its messages in order on one stream, reopened after an error. Ends with
+/// its queue (the peer disconnected) or the engine.
+async fn write_to(
+    inner: Weak<Inner>,
+    peer: PeerId,
+    mut control: libp2p_stream::Control,
+    mut queue: mpsc::Receiver<Outgoing>,
+) {
+    let mut stream: Option<Stream> = None;
+    // The budget an answer holds is given back once it is written (or given up).
+    while let Some((msg, _budget)) = queue.recv().await {
+        let Some(engine) = inner.upgrade().map(|inner| Bitswap { inner }) else {
+            return;
+        };
+        let written = tokio::time::timeout(SEND_TIMEOUT, async {
+            if stream.is_none() {
+                stream = Some(control.open_stream(peer, BITSWAP_PROTOCOL).await?);
+            }
+            let s = stream.as_mut().expect("opened above");
+            wire::write(s, &msg).await.map_err(OpenStreamError::Io)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(OpenStreamError::UnsupportedProtocol(_))) => {
+                tracing::debug!(%peer, "the peer speaks no Bitswap");
+                engine.undeliverable(peer, &msg);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "Bitswap message not sent: {e}");
+                stream = None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "Bitswap message not sent within {SEND_TIMEOUT:?}");
+                stream = None;
+            }
+        }
+    }
+    if let Some(mut s) = stream {
+        let _ = s.close().await;
+    }
+}
+
+/// Sends every open want again, every [`WANT_RESEND`], to the peers asked that have not said
+/// `DontHave` (a want or its answer lost on the way costs one interval).
+async fn resend_wants(inner: Weak<Inner>) {
+    let mut every = tokio::time::interval(WANT_RESEND);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(engine) = inner.upgrade().map(|inner| Bitswap { inner }) else {
+            return;
+        };
+        let mut per_peer: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+        for (cid, w) in engine.inner.wants.lock().unwrap().iter() {
+            for p in w.asked.difference(&w.dont_have) {
+                per_peer.entry(*p).or_default().push(*cid);
+            }
+        }
+        for (peer, cids) in per_peer {
+            engine.queue(peer, want_blocks(&cids));
+        }
+    }
+}
+
+/// The next answer to a peer's wants, from `source`: wants are taken from the front of `wants`
+/// until the blocks in the answer reach [`MAX_ANSWER_BYTES`] (a larger block goes alone); the
+/// wants left are handed back. `None` when nothing in the wants taken calls for an answer.
+fn answer(
+    source: Option<&dyn BlockSource>,
+    mut wants: std::collections::VecDeque<Entry>,
+) -> (Option<Message>, std::collections::VecDeque<Entry>) {
+    let mut msg = Message::default();
     let mut bytes = 0;
-    for e in wants {
+    while let Some(e) = wants.pop_front() {
         let Ok(cid) = Cid::try_from(e.block.as_slice()) else {
             continue;
         };
         let held = source
             .and_then(|s| s.get(&cid))
             .filter(|b| b.len() <= MAX_BLOCK_BYTES);
-        let msg = out.last_mut().expect("never empty");
         match held {
             Some(data) if e.want_type == WantType::Block as i32 => {
                 if bytes > 0 && bytes + data.len() > MAX_ANSWER_BYTES {
-                    out.push(Message::default());
-                    bytes = 0;
+                    wants.push_front(e);
+                    break;
                 }
                 bytes += data.len();
-                out.last_mut().expect("never empty").payload.push(Block {
+                msg.payload.push(Block {
                     prefix: wire::prefix_of(&cid),
                     data,
                 });
@@ -479,8 +665,8 @@ fn answer(source: Option<&dyn BlockSource>, wants: Vec<Entry>) -> Vec<Message> {
             None => {}
         }
     }
-    out.retain(|m| !m.payload.is_empty() || !m.block_presences.is_empty());
-    out
+    let any = !msg.payload.is_empty() || !msg.block_presences.is_empty();
+    (any.then_some(msg), wants)
 }
 
 fn want_blocks(cids: &[Cid]) -> Message {
@@ -513,5 +699,70 @@ fn cancel_of(cid: Cid) -> Message {
             full: false,
         }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    fn raw_cid(data: &[u8]) -> Cid {
+        let mh = multihash::Multihash::<64>::wrap(wire::SHA2_256, &Sha256::digest(data)).unwrap();
+        Cid::new_v1(0x55, mh)
+    }
+
+    struct Held(Vec<Vec<u8>>);
+    impl BlockSource for Held {
+        fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
+            self.0.iter().find(|b| raw_cid(b) == *cid).cloned()
+        }
+    }
+
+    fn entry(cid: &Cid, want_type: WantType, send_dont_have: bool) -> Entry {
+        Entry {
+            block: cid.to_bytes(),
+            want_type: want_type as i32,
+            send_dont_have,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn answers_are_packed_one_bounded_message_at_a_time() {
+        let blocks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 600 * 1024]).collect();
+        let source = Held(blocks.clone());
+        let missing = raw_cid(b"not here");
+        let mut wants: std::collections::VecDeque<Entry> = blocks
+            .iter()
+            .map(|b| entry(&raw_cid(b), WantType::Block, true))
+            .collect();
+        wants.push_front(entry(&missing, WantType::Block, true));
+        wants.push_front(entry(&raw_cid(&blocks[2]), WantType::Have, false));
+        wants.push_back(entry(&missing, WantType::Have, false));
+
+        let mut messages = vec![];
+        while !wants.is_empty() {
+            let (msg, rest) = answer(Some(&source), wants);
+            wants = rest;
+            messages.extend(msg);
+        }
+        // 600 KiB blocks: one a message (two would pass MAX_ANSWER_BYTES).
+        assert_eq!(messages.len(), 3);
+        for (m, b) in messages.iter().zip(&blocks) {
+            assert_eq!(m.payload.len(), 1);
+            assert_eq!(m.payload[0].data, *b);
+            assert_eq!(wire::cid_of(&m.payload[0]), Some(raw_cid(b)));
+        }
+        // The presences ride with the first answer: Have for the want-have of a held block,
+        // DontHave only where it was asked for.
+        let p = &messages[0].block_presences;
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].r#type, PresenceType::Have as i32);
+        assert_eq!(p[1].r#type, PresenceType::DontHave as i32);
+        assert_eq!(p[1].cid, missing.to_bytes());
+        // Without a source: DontHave where asked, nothing else.
+        let (msg, rest) = answer(None, [entry(&missing, WantType::Block, false)].into());
+        assert!(msg.is_none() && rest.is_empty());
     }
 }

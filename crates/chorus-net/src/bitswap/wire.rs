@@ -32,10 +32,13 @@
 //! A block carries no CID: the receiver computes it from `prefix` and the hash of `data`, so a
 //! peer cannot make a block pass for another.
 
+use std::sync::Arc;
+
 use cid::Cid;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use prost::Message as _;
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The multihash code of sha2-256: the only hash this node computes to check a block.
 pub const SHA2_256: u64 = 0x12;
@@ -117,11 +120,15 @@ pub enum FrameError {
     Decode(#[from] prost::DecodeError),
 }
 
-/// Reads one frame; `None` at a clean end of the stream (between frames).
+/// Reads one frame; `None` at a clean end of the stream (between frames). Before its body is
+/// read, the frame takes its size (a permit a KiB) from `budget`, shared by every reader, and
+/// hands the permit back with the message: the caller holds it while it works on the message
+/// (a decoded message can take many times its size).
 pub async fn read<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
-) -> Result<Option<Message>, FrameError> {
+    budget: &Arc<Semaphore>,
+) -> Result<Option<(Message, OwnedSemaphorePermit)>, FrameError> {
     let len = match unsigned_varint::aio::read_usize(&mut *r).await {
         Ok(n) => n,
         Err(unsigned_varint::io::ReadError::Io(e))
@@ -135,9 +142,18 @@ pub async fn read<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { got: len, max });
     }
-    let mut buf = vec![0; len];
-    r.read_exact(&mut buf).await?;
-    Ok(Some(Message::decode(buf.as_slice())?))
+    let permit = budget
+        .clone()
+        .acquire_many_owned(len.div_ceil(1024).max(1) as u32)
+        .await
+        .map_err(|_| std::io::Error::other("the read budget is closed"))?;
+    // Grows with what arrives, not with what the prefix announced.
+    let mut buf = Vec::new();
+    r.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(Some((Message::decode(buf.as_slice())?, permit)))
 }
 
 /// Writes one frame.
@@ -243,14 +259,29 @@ mod tests {
             let mut buf = vec![];
             write(&mut buf, &msg).await.unwrap();
             write(&mut buf, &msg).await.unwrap();
+            let budget = Arc::new(Semaphore::new(4));
             let mut r = futures::io::Cursor::new(buf.clone());
-            assert_eq!(read(&mut r, 1 << 20).await.unwrap(), Some(msg.clone()));
-            assert_eq!(read(&mut r, 1 << 20).await.unwrap(), Some(msg));
-            assert!(read(&mut r, 1 << 20).await.unwrap().is_none());
-            let mut r = futures::io::Cursor::new(buf);
+            let (one, held) = read(&mut r, 1 << 20, &budget).await.unwrap().unwrap();
+            assert_eq!(one, msg);
+            assert_eq!(
+                budget.available_permits(),
+                3,
+                "held while the message is worked on"
+            );
+            drop(held);
+            let (two, _) = read(&mut r, 1 << 20, &budget).await.unwrap().unwrap();
+            assert_eq!(two, msg);
+            assert!(read(&mut r, 1 << 20, &budget).await.unwrap().is_none());
+            let mut r = futures::io::Cursor::new(buf.clone());
             assert!(matches!(
-                read(&mut r, 4).await,
+                read(&mut r, 4, &budget).await,
                 Err(FrameError::TooLarge { max: 4, .. })
+            ));
+            // A frame cut short is an error, not a message.
+            let mut r = futures::io::Cursor::new(buf[..buf.len() / 2 - 1].to_vec());
+            assert!(matches!(
+                read(&mut r, 1 << 20, &budget).await,
+                Err(FrameError::Io(_))
             ));
         });
     }
