@@ -1183,6 +1183,25 @@ fn the_gateway_limits_each_client_and_openai_routes_answer_openai_errors() {
             .any(|l| l == "chorus_gateway_rate_limited_total 2"),
         "{metrics}"
     );
+
+    // The check bites: the same client against a node without the limit (`--gateway-rate 0`)
+    // gets its second request through (a 504: no emissary answers), and the script fails.
+    let open_root = tempfile::tempdir().unwrap();
+    let open_dirs = timeline(open_root.path(), 1, 1);
+    let n1 = Node::start_with(
+        "n1",
+        &open_dirs[0],
+        "127.0.0.77",
+        &[],
+        &["--gateway-rate", "0"],
+        None,
+    );
+    let (ok, stdout) = run_openai_errors(&n1);
+    assert!(!ok, "without the limit the 429 check must fail: {stdout}");
+    assert!(
+        stdout.contains("400 ok") && !stdout.contains("429 ok"),
+        "{stdout}"
+    );
 }
 
 #[test]

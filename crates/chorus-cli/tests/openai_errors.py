@@ -25,7 +25,12 @@ except openai.BadRequestError as e:
     print("400 ok:", e.message)
 
 try:
-    client.chat.completions.create(model="chorus", messages=[{"role": "user", "content": "hi"}])
+    # A short election deadline: a node without the limit answers 504 in a second, not 30 s.
+    client.chat.completions.create(
+        model="chorus",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_body={"timeout_ms": 1000},
+    )
     sys.exit("a request beyond the gateway's rate was accepted")
 except openai.RateLimitError as e:
     assert e.status_code == 429, e
