@@ -546,13 +546,20 @@ fn a_peer_that_pages_nowhere_loses_the_stream_and_an_honest_one_catches_us_up() 
     assert_eq!(wiped.state_hash(), full.state_hash());
 }
 
-/// Issue 15, "a single lying peer keeps a wiped node's writes closed": its summary claims more
-/// of our own chain than exists. The claim is now checked (a `Range` of our chain); a peer
-/// that cannot back it in a few answers is capped at what we hold, and the gate opens on the
-/// honest peers' word.
-#[test]
-fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_closed() {
-    use chorus_core::sync::MAX_UNBACKED_OWN_CLAIMS;
+/// A timeline of three writers, the replica of writer 1 (`me`) that holds all of it (`wiped`:
+/// it came back empty and caught up), and a summary that claims 1 000 more of `me`'s chain
+/// than exists (`lie`).
+struct OwnChainLie {
+    g: SignedEvent,
+    hist: Vec<SignedEvent>,
+    me: chorus_core::AuthorId,
+    full: Timeline<CounterMachine>,
+    mine: u64,
+    wiped: Timeline<CounterMachine>,
+    lie: chorus_core::sync::Summary,
+}
+
+fn own_chain_lie() -> OwnChainLie {
     let ks = keys(3);
     let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
     let hist = testkit::history(&g, "counter/1", &ks, 90, 3, |_, _| {
@@ -572,6 +579,33 @@ fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_close
             *sq += 1_000;
         }
     }
+    OwnChainLie {
+        g,
+        hist,
+        me,
+        full,
+        mine,
+        wiped,
+        lie,
+    }
+}
+
+/// Issue 15, "a single lying peer keeps a wiped node's writes closed": its summary claims more
+/// of our own chain than exists. The claim is now checked (a `Range` of our chain); a peer
+/// that cannot back it in a few answers is capped at what we hold, and the gate opens on the
+/// honest peers' word.
+#[test]
+fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_closed() {
+    use chorus_core::sync::MAX_UNBACKED_OWN_CLAIMS;
+    let OwnChainLie {
+        g,
+        hist,
+        me,
+        full,
+        mine,
+        wiped,
+        lie,
+    } = own_chain_lie();
     let mut s: Syncer<u8> = Syncer::default();
     s.watch_own_chain(me);
     s.peer_up(1, 0);
@@ -644,25 +678,15 @@ fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_close
 #[test]
 fn a_peer_that_never_answers_the_check_of_our_chain_is_capped_within_a_minute() {
     use chorus_core::sync::{MAX_UNBACKED_OWN_CLAIMS, OWN_CHECK_STALL_MS, REQUEST_TIMEOUT_MS};
-    let ks = keys(3);
-    let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
-    let hist = testkit::history(&g, "counter/1", &ks, 90, 3, |_, _| {
-        (kind::STIMULUS, testkit::text("x"))
-    });
-    let me = ks[1].author();
-    let full = timeline(&g, &hist);
-    let mine = full.version_vector()[&me];
-    let store = blocks_of(&hist);
-    let mut wiped = timeline(&g, &[]);
-    for r in wiped.insert_batch(hist.iter().cloned(), &store).unwrap() {
-        r.unwrap();
-    }
-    let mut lie = summary_of(&full);
-    for (a, sq) in &mut lie.version_vector {
-        if *a == me {
-            *sq += 1_000;
-        }
-    }
+    let OwnChainLie {
+        g,
+        hist,
+        me,
+        full,
+        mine,
+        wiped,
+        lie,
+    } = own_chain_lie();
     let mut s: Syncer<u8> = Syncer::default();
     s.watch_own_chain(me);
     s.peer_up(1, 0);
