@@ -115,15 +115,16 @@ pub const MAX_USELESS_PAGES: u32 = 4;
 pub const MAX_UNBACKED_OWN_CLAIMS: u32 = 3;
 /// Most of our own chain asked for in one check.
 pub const OWN_CHECK_SPAN: u64 = 1_024;
-/// A check of our own chain with no answer for this long counts as one that brought nothing
-/// (and the next is sent). Much shorter than [`REQUEST_TIMEOUT_MS`]: a peer that claims more of
-/// our chain and then never answers the check held a wiped writer's writes closed for
+/// A check of our own chain with no answer for this long — or for twice the slowest summary
+/// round trip seen from that peer, if longer — counts as one that brought nothing (and the
+/// next is sent). Much shorter than [`REQUEST_TIMEOUT_MS`]: a peer that claims more of our
+/// chain and then never answers the check held a wiped writer's writes closed for
 /// [`MAX_UNBACKED_OWN_CLAIMS`] × two minutes (`chorus sim run --scenario hostile --seed
 /// 590636380`: one check to the quiet liar lost on the way, two minutes of a wiped writer's
-/// writes gone). A slow honest peer loses nothing by it: an answer that comes late still
-/// backs the claim (an answer is judged by the events it carries, whichever check it answers),
-/// so a peer whose round trip is below [`MAX_UNBACKED_OWN_CLAIMS`] × this is never capped
-/// for being slow (the 45 s link of `disparity` among them).
+/// writes gone). A slow honest peer is not capped for being slow: its deadline follows its
+/// own round trip (the 45 s link of `disparity`: 90 s), and an answer that comes late still
+/// backs the claim, even after a cap (judged by the events it carries, whichever check it
+/// answers).
 pub const OWN_CHECK_STALL_MS: u64 = 20_000;
 
 /// A position in the total order, `(lc, id)` (the [`OrderKey`] on the wire).
@@ -506,8 +507,17 @@ struct PeerState {
     /// its summaries count for what we hold, never more.
     own_capped: bool,
     /// When the check out to it (`own_check_from`) counts as failed: [`OWN_CHECK_STALL_MS`]
-    /// after the first tick that saw it out.
+    /// (or twice `round_trip_ms`) after the first tick that saw it out.
     own_check_deadline: Option<u64>,
+    /// Checks given up on at their deadline whose request is still out: their answer or
+    /// failure, when it comes, was counted already (unless it backs the claim).
+    own_checks_abandoned: u32,
+    /// `from` of the last check sent: what a late answer is judged against.
+    own_check_last_from: u64,
+    /// When the oldest summary request still out to it was sent.
+    summary_sent_at: Option<u64>,
+    /// The slowest summary round trip seen from it.
+    round_trip_ms: u64,
 }
 
 #[derive(Debug)]
@@ -691,6 +701,17 @@ impl<P: Ord + Clone> Syncer<P> {
         out.push(Action::Send(p.clone(), req));
     }
 
+    /// A summary request, timed: its answer gives the peer's round trip.
+    fn send_summary(&mut self, out: &mut Vec<Action<P>>, p: &P, now: u64) {
+        let before = out.len();
+        self.send(out, p, SyncRequest::Summary);
+        if out.len() > before
+            && let Some(st) = self.peers.get_mut(p)
+        {
+            st.summary_sent_at.get_or_insert(now);
+        }
+    }
+
     /// Track how far peers have seen `me`'s own chain (a writer calls this once).
     pub fn watch_own_chain(&mut self, me: AuthorId) {
         self.me = Some(me);
@@ -745,7 +766,7 @@ impl<P: Ord + Clone> Syncer<P> {
             ..PeerState::default()
         });
         let mut out = vec![];
-        self.send(&mut out, &p, SyncRequest::Summary);
+        self.send_summary(&mut out, &p, now);
         out
     }
 
@@ -868,6 +889,9 @@ impl<P: Ord + Clone> Syncer<P> {
         let ahead = !s.light && vv_ahead(&s.version_vector, &vv);
         let mut check_own = None;
         if let Some(st) = self.peers.get_mut(p) {
+            if let Some(t) = st.summary_sent_at.take() {
+                st.round_trip_ms = st.round_trip_ms.max(now.saturating_sub(t));
+            }
             st.light = s.light;
             st.recovering = s.recovering;
             st.ahead = ahead;
@@ -1014,7 +1038,7 @@ impl<P: Ord + Clone> Syncer<P> {
                 if let Some(st) = self.peers.get_mut(p) {
                     st.idle_stream_at = idle.then_some(now);
                 }
-                self.send(&mut out, p, SyncRequest::Summary);
+                self.send_summary(&mut out, p, now);
             }
         }
         out
@@ -1044,10 +1068,12 @@ impl<P: Ord + Clone> Syncer<P> {
                 to_sq,
             },
         );
-        if out.len() == before
-            && let Some(st) = self.peers.get_mut(p)
-        {
-            st.own_check_from = None; // not sent (in-flight bound): the next summary asks
+        if let Some(st) = self.peers.get_mut(p) {
+            if out.len() == before {
+                st.own_check_from = None; // not sent (in-flight bound): the next summary asks
+            } else {
+                st.own_check_last_from = known;
+            }
         }
     }
 
@@ -1064,18 +1090,45 @@ impl<P: Ord + Clone> Syncer<P> {
     /// asked for only by the next summary. [`MAX_UNBACKED_OWN_CLAIMS`] answers in a row
     /// without one cap the claim at what we held.
     pub fn on_own_check(&mut self, p: &P, sent: Option<&[(AuthorId, u64)]>) -> Vec<Action<P>> {
-        let mut out = vec![];
+        let out = vec![];
         let Some(me) = self.me else {
             return out;
         };
         let Some(st) = self.peers.get_mut(p) else {
             return out;
         };
+        let backs = |from: u64| sent.is_some_and(|s| s.iter().any(|&(a, sq)| a == me && sq > from));
         let Some(from) = st.own_check_from.take() else {
+            // No check out: the late answer of one given up on. Counted already as failed,
+            // but one that brings our events still backs the claim (and lifts a cap).
+            st.own_checks_abandoned = st.own_checks_abandoned.saturating_sub(1);
+            if backs(st.own_check_last_from) && !self.own_settled {
+                st.own_unbacked = 0;
+                st.own_capped = false;
+                st.own_sq = Some(st.own_claim);
+            }
+            return out;
+        };
+        let backed = backs(from);
+        if !backed && st.own_checks_abandoned > 0 {
+            // Most likely the answer (or the timeout) of a check given up on, which was
+            // counted when it was: the current check is still out.
+            st.own_checks_abandoned -= 1;
+            st.own_check_from = Some(from);
+            return out;
+        }
+        self.judge_own_check(p, me, from, backed)
+    }
+
+    /// The end of the check of our chain sent from `from` to `p`: backed, or one more that
+    /// brought nothing (the claim capped after [`MAX_UNBACKED_OWN_CLAIMS`] in a row; otherwise
+    /// the next check is sent).
+    fn judge_own_check(&mut self, p: &P, me: AuthorId, from: u64, backed: bool) -> Vec<Action<P>> {
+        let mut out = vec![];
+        let Some(st) = self.peers.get_mut(p) else {
             return out;
         };
         st.own_check_deadline = None;
-        let backed = sent.is_some_and(|s| s.iter().any(|&(a, sq)| a == me && sq > from));
         if backed {
             st.own_unbacked = 0;
             st.own_capped = false;
@@ -1223,29 +1276,35 @@ impl<P: Ord + Clone> Syncer<P> {
                 })
                 .collect();
             for p in silent {
-                self.send(&mut out, &p, SyncRequest::Summary);
+                self.send_summary(&mut out, &p, now);
             }
-            // Checks of our chain unanswered too long count as failed (the request itself
-            // stays out until its own timeout; its slot is freed here so the next check can go).
+            // Checks of our chain unanswered too long count as failed. The request itself
+            // stays out (and holds its in-flight slot) until it is answered or times out; that
+            // completion is then not counted again (`own_checks_abandoned`).
             let stalled: Vec<P> = self
                 .peers
                 .iter_mut()
                 .filter(|(_, s)| s.own_check_from.is_some() && !self.no_own_check_stall)
                 .filter_map(|(p, s)| match s.own_check_deadline {
                     None => {
-                        s.own_check_deadline = Some(now + OWN_CHECK_STALL_MS);
+                        let wait = OWN_CHECK_STALL_MS.max(2 * s.round_trip_ms);
+                        s.own_check_deadline = Some(now + wait.min(REQUEST_TIMEOUT_MS));
                         None
                     }
-                    Some(d) if now >= d => {
-                        s.in_flight = s.in_flight.saturating_sub(1);
-                        Some(p.clone())
-                    }
+                    Some(d) if now >= d => Some(p.clone()),
                     Some(_) => None,
                 })
                 .collect();
+            let me = self.me.expect("checked above");
             for p in stalled {
                 self.stats.own_checks_stalled += 1;
-                out.extend(self.on_own_check(&p, None));
+                let Some(from) = self.peers.get_mut(&p).and_then(|st| {
+                    st.own_checks_abandoned += 1;
+                    st.own_check_from.take()
+                }) else {
+                    continue;
+                };
+                out.extend(self.judge_own_check(&p, me, from, false));
             }
         }
         if now >= self.next_round {
@@ -1256,7 +1315,7 @@ impl<P: Ord + Clone> Syncer<P> {
                 let p = live[self.round_robin].clone();
                 let busy = self.peers.get(&p).is_some_and(|s| s.in_flight > 0);
                 if !busy {
-                    self.send(&mut out, &p, SyncRequest::Summary);
+                    self.send_summary(&mut out, &p, now);
                 }
             }
         }

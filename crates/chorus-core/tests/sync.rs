@@ -738,6 +738,7 @@ fn a_peer_that_never_answers_the_check_of_our_chain_is_capped_within_a_minute() 
     let mut now = 0;
     while t.stats().own_checks_stalled < 2 {
         now += 1_000;
+        assert!(now < REQUEST_TIMEOUT_MS);
         let _ = t.tick(now, &behind);
     }
     t.on_blocks(&1);
@@ -751,6 +752,36 @@ fn a_peer_that_never_answers_the_check_of_our_chain_is_capped_within_a_minute() 
         t.own_chain_confirmed(&behind),
         None,
         "we lack our own events"
+    );
+
+    // A peer whose summaries take 45 s to come back gets 90 s a check, not 20 s; and an answer
+    // that comes after its claim was capped still backs it (the cap is lifted).
+    let mut u: Syncer<u8> = Syncer::default();
+    u.watch_own_chain(me);
+    u.peer_up(1, 0);
+    let _ = u.on_summary(&1, &summary_of(&full), &behind, 45_000);
+    let mut now = 45_000;
+    while u.stats().own_checks_stalled == 0 {
+        now += 1_000;
+        assert!(now < 45_000 + REQUEST_TIMEOUT_MS, "never stalled");
+        let _ = u.tick(now, &behind);
+    }
+    assert!(now >= 45_000 + 90_000, "stalled after {} ms", now - 45_000);
+    while u.stats().own_claims_capped == 0 {
+        now += 1_000;
+        assert!(now < 10 * REQUEST_TIMEOUT_MS, "never capped");
+        let _ = u.tick(now, &behind);
+    }
+    assert!(
+        u.own_chain_confirmed(&behind).is_some(),
+        "capped: the gate would open"
+    );
+    u.on_blocks(&1);
+    let _ = u.on_own_check(&1, Some(&[(me, known + 1)]));
+    assert_eq!(
+        u.own_chain_confirmed(&behind),
+        None,
+        "the late answer lifted the cap"
     );
 }
 
