@@ -28,7 +28,7 @@
 //!   ends (the block, `DontHave` everywhere, the deadline, the caller gone), the want is
 //!   cancelled at every peer asked. Only sha2-256 CIDs are fetched (what this node can check).
 //! * **Bounds**: [`MAX_MESSAGE_BYTES`] a message, and [`READ_BUDGET_BYTES`] of messages read
-//!   and decoded at once, all peers together; [`MAX_WANTS_PER_MESSAGE`] distinct wants
+//!   and decoded at once, all peers together (taken as the bytes arrive, [`wire::read`]); [`MAX_WANTS_PER_MESSAGE`] distinct wants
 //!   answered a message; answers of at most [`MAX_ANSWER_BYTES`] each, built one at a time,
 //!   [`ANSWER_BUDGET_BYTES`] of them waiting to be written at once, all peers together;
 //!   [`PEER_QUEUE`] messages queued for one peer; [`MAX_INBOUND_STREAMS`] inbound streams read at
@@ -254,7 +254,10 @@ impl Bitswap {
 
     /// A peer connected: it is asked for every open want too.
     pub fn peer_up(&self, peer: PeerId) {
-        self.inner.peers.lock().unwrap().insert(peer);
+        {
+            let _out = self.inner.outbound.lock().unwrap();
+            self.inner.peers.lock().unwrap().insert(peer);
+        }
         let open: Vec<Cid> = {
             let mut wants = self.inner.wants.lock().unwrap();
             wants
@@ -269,9 +272,13 @@ impl Bitswap {
 
     /// A peer disconnected: a want it was the last hope of fails now.
     pub fn peer_down(&self, peer: PeerId) {
-        self.inner.peers.lock().unwrap().remove(&peer);
-        // Its writer task ends with its queue.
-        self.inner.outbound.lock().unwrap().remove(&peer);
+        // Under the writers' lock, as `writer` reads both: no writer is made for it after this.
+        {
+            let mut out = self.inner.outbound.lock().unwrap();
+            self.inner.peers.lock().unwrap().remove(&peer);
+            // Its writer task ends with its queue.
+            out.remove(&peer);
+        }
         let mut wants = self.inner.wants.lock().unwrap();
         let cids: Vec<Cid> = wants.keys().copied().collect();
         for cid in cids {
@@ -340,10 +347,7 @@ impl Bitswap {
         loop {
             let read = wire::read(&mut stream, MAX_MESSAGE_BYTES, &self.inner.read_budget);
             match tokio::time::timeout(IDLE_STREAM, read).await {
-                Ok(Ok(Some((msg, permit)))) => {
-                    self.on_message(peer, msg).await;
-                    drop(permit);
-                }
+                Ok(Ok(Some((msg, permit)))) => self.on_message(peer, msg, permit).await,
                 Ok(Ok(None)) | Err(_) => break,
                 Ok(Err(e)) => {
                     self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -354,7 +358,9 @@ impl Bitswap {
         }
     }
 
-    async fn on_message(&self, peer: PeerId, msg: Message) {
+    /// One message from `peer`; `read` is its share of the read budget, given back once the
+    /// message is sorted (before any answer waits for room).
+    async fn on_message(&self, peer: PeerId, msg: Message, read: OwnedSemaphorePermit) {
         let stats = &self.inner.stats;
         for block in msg.payload {
             self.take_block(peer, block);
@@ -384,11 +390,12 @@ impl Bitswap {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             wants.truncate(MAX_WANTS_PER_MESSAGE);
         }
+        drop(read);
         // One answer at a time: read up to MAX_ANSWER_BYTES of blocks, queue it, go on. The
         // answer budget is taken before the blocks are read and given back once written.
         let mut rest: std::collections::VecDeque<Entry> = wants.into();
         while !rest.is_empty() {
-            let Ok(permit) = self
+            let Ok(mut permit) = self
                 .inner
                 .answer_budget
                 .clone()
@@ -404,6 +411,10 @@ impl Bitswap {
                 return;
             };
             rest = left;
+            // Keep only the budget the answer takes.
+            let size = msg.as_ref().map_or(0, prost::Message::encoded_len);
+            let keep = size.div_ceil(1024).max(1);
+            drop(permit.split(permit.num_permits().saturating_sub(keep)));
             if let Some(msg) = msg {
                 for b in &msg.payload {
                     stats.blocks_served.fetch_add(1, Ordering::Relaxed);
@@ -468,7 +479,9 @@ impl Bitswap {
 
     /// Queues `msg` for `peer` without waiting; dropped (and counted) when its queue is full.
     fn queue(&self, peer: PeerId, msg: Message) {
-        let tx = self.writer(peer);
+        let Some(tx) = self.writer(peer) else {
+            return; // disconnected: nothing to say to it
+        };
         if tx.try_send((msg, None)).is_err() {
             self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "Bitswap message dropped: the peer's queue is full");
@@ -483,21 +496,27 @@ impl Bitswap {
         msg: Message,
         budget: OwnedSemaphorePermit,
     ) -> bool {
-        let tx = self.writer(peer);
+        let Some(tx) = self.writer(peer) else {
+            return false;
+        };
         tx.send((msg, Some(budget))).await.is_ok()
     }
 
-    /// The queue of `peer`'s writer task, started on first use.
-    fn writer(&self, peer: PeerId) -> mpsc::Sender<Outgoing> {
+    /// The queue of `peer`'s writer task, started on first use; `None` for a peer that is not
+    /// connected (a writer then would dial it, and outlive `peer_down`, which ends writers).
+    fn writer(&self, peer: PeerId) -> Option<mpsc::Sender<Outgoing>> {
         let mut out = self.inner.outbound.lock().unwrap();
         if let Some(tx) = out.get(&peer).filter(|tx| !tx.is_closed()) {
-            return tx.clone();
+            return Some(tx.clone());
+        }
+        if !self.inner.peers.lock().unwrap().contains(&peer) {
+            return None;
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
         out.insert(peer, tx.clone());
         let control = self.inner.control.lock().unwrap().clone();
         tokio::spawn(write_to(Arc::downgrade(&self.inner), peer, control, rx));
-        tx
+        Some(tx)
     }
 
     /// `peer` cannot take `msg` (it speaks no Bitswap): the wants in it are answered for it.

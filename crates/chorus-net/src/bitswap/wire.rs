@@ -120,10 +120,12 @@ pub enum FrameError {
     Decode(#[from] prost::DecodeError),
 }
 
-/// Reads one frame; `None` at a clean end of the stream (between frames). Before its body is
-/// read, the frame takes its size (a permit a KiB) from `budget`, shared by every reader, and
-/// hands the permit back with the message: the caller holds it while it works on the message
-/// (a decoded message can take many times its size).
+/// Reads one frame; `None` at a clean end of the stream (between frames). The body is read in
+/// chunks of [`READ_CHUNK`], each taking its size (a permit a KiB) from `budget`, shared by
+/// every reader, before it is read — so a peer that announces a large frame and sends nothing
+/// holds one chunk of the budget, not the frame's size — and the body must arrive within
+/// [`BODY_TIMEOUT`]. The permits come back with the message: the caller holds them while it
+/// decodes and sorts the message (a decoded message can take many times its size).
 pub async fn read<R: AsyncRead + Unpin>(
     r: &mut R,
     max: usize,
@@ -142,19 +144,41 @@ pub async fn read<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { got: len, max });
     }
-    let permit = budget
-        .clone()
-        .acquire_many_owned(len.div_ceil(1024).max(1) as u32)
+    let closed = |_| std::io::Error::other("the read budget is closed");
+    let body = async {
+        let mut permit = budget.clone().acquire_many_owned(1).await.map_err(closed)?;
+        // Grows with what arrives, not with what the prefix announced.
+        let mut buf = Vec::new();
+        while buf.len() < len {
+            let chunk = (len - buf.len()).min(READ_CHUNK);
+            let need = (buf.len() + chunk).div_ceil(1024).max(1);
+            if need > permit.num_permits() {
+                let more = (need - permit.num_permits()) as u32;
+                permit.merge(
+                    budget
+                        .clone()
+                        .acquire_many_owned(more)
+                        .await
+                        .map_err(closed)?,
+                );
+            }
+            let n = (&mut *r).take(chunk as u64).read_to_end(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        Ok((buf, permit))
+    };
+    let (buf, permit) = tokio::time::timeout(BODY_TIMEOUT, body)
         .await
-        .map_err(|_| std::io::Error::other("the read budget is closed"))?;
-    // Grows with what arrives, not with what the prefix announced.
-    let mut buf = Vec::new();
-    r.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-    }
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     Ok(Some((Message::decode(buf.as_slice())?, permit)))
 }
+
+/// A frame's body is read and budgeted this much at a time.
+pub const READ_CHUNK: usize = 64 * 1024;
+/// A frame's body must arrive within this, once its length has.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Writes one frame.
 pub async fn write<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> std::io::Result<()> {
@@ -241,9 +265,9 @@ mod tests {
         assert_eq!(cid_of(&trailing), None);
     }
 
-    #[test]
-    fn frames_round_trip_and_are_bounded() {
-        futures::executor::block_on(async {
+    #[tokio::test]
+    async fn frames_round_trip_and_are_bounded() {
+        {
             let msg = Message {
                 wantlist: Some(Wantlist {
                     entries: vec![Entry {
@@ -283,6 +307,6 @@ mod tests {
                 read(&mut r, 1 << 20, &budget).await,
                 Err(FrameError::Io(_))
             ));
-        });
+        }
     }
 }
