@@ -9,9 +9,10 @@
 //! because events carry their own signatures, so gossip messages are anonymous rather than
 //! signed twice; peer scoring on); request-response with a CBOR codec for anti-entropy;
 //! Kademlia (server mode on full nodes) with a provider record under the genesis CID saying
-//! "I replicate this timeline"; a block list for banned peers; connection limits; and, for a
+//! "I replicate this timeline"; a block list for banned peers; connection limits; for a
 //! private timeline, an allow list of the members' identities (connections from anyone else
-//! are denied during the handshake, before any protocol runs).
+//! are denied during the handshake, before any protocol runs); and Bitswap 1.2.0 on generic
+//! streams ([`bitswap`]: blocks by CID, to and from any IPFS peer that may connect).
 //!
 //! The swarm runs in its own tokio task ([`spawn`]); the node talks to it through two bounded
 //! channels ([`NET_COMMAND_QUEUE`], [`NET_EVENT_QUEUE`]). A full event channel back-pressures
