@@ -559,6 +559,23 @@ struct OwnChainLie {
     lie: chorus_core::sync::Summary,
 }
 
+/// A replica that holds half the timeline, and of `me`'s chain less than all (`known`).
+fn own_chain_lie_behind(
+    g: &SignedEvent,
+    hist: &[SignedEvent],
+    me: chorus_core::AuthorId,
+    mine: u64,
+) -> (Timeline<CounterMachine>, u64) {
+    let partial: Vec<SignedEvent> = hist
+        .iter()
+        .filter(|e| e.author != me || e.seq < mine)
+        .cloned()
+        .collect();
+    let behind = timeline(g, &partial[..partial.len() / 2]);
+    let known = behind.version_vector().get(&me).copied().unwrap_or(0);
+    (behind, known)
+}
+
 fn own_chain_lie() -> OwnChainLie {
     let ks = keys(3);
     let g = testkit::genesis(&ks[0], &ks, "counter/1", 64);
@@ -639,13 +656,7 @@ fn a_peer_that_cannot_back_its_claim_of_our_chain_does_not_keep_our_writes_close
     // An honest peer that holds more of our chain than we do sends genuine events of it: the
     // claim is backed for good, even if this node could not take them in (its pending bounds),
     // and the gate waits until we hold them.
-    let partial: Vec<SignedEvent> = hist
-        .iter()
-        .filter(|e| e.author != me || e.seq < mine)
-        .cloned()
-        .collect();
-    let behind = timeline(&g, &partial[..partial.len() / 2]);
-    let known = behind.version_vector().get(&me).copied().unwrap_or(0);
+    let (behind, known) = own_chain_lie_behind(&g, &hist, me, mine);
     assert!(known < mine);
     let mut t: Syncer<u8> = Syncer::default();
     t.watch_own_chain(me);
@@ -724,13 +735,7 @@ fn a_peer_that_never_answers_the_check_of_our_chain_is_capped_within_a_minute() 
 
     // A slow honest peer: its answer to the first check comes after two stalls, with genuine
     // events of our chain beyond what we hold; the claim is backed, never capped.
-    let partial: Vec<SignedEvent> = hist
-        .iter()
-        .filter(|e| e.author != me || e.seq < mine)
-        .cloned()
-        .collect();
-    let behind = timeline(&g, &partial[..partial.len() / 2]);
-    let known = behind.version_vector().get(&me).copied().unwrap_or(0);
+    let (behind, known) = own_chain_lie_behind(&g, &hist, me, mine);
     let mut t: Syncer<u8> = Syncer::default();
     t.watch_own_chain(me);
     t.peer_up(1, 0);

@@ -11,17 +11,12 @@ use chorus_net::bitswap::BlockSource;
 use chorus_store::StoreReader;
 use cid::Cid;
 
-/// The DAG-CBOR codec: the only one a Chorus event is stored under.
-const DAG_CBOR: u64 = 0x71;
-
 /// The store's event blocks, by CID.
 pub struct StoreBlocks(pub StoreReader);
 
 impl BlockSource for StoreBlocks {
     fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
-        if cid.codec() != DAG_CBOR {
-            return None;
-        }
+        // Any CID but an event's (v1, DAG-CBOR, sha2-256) names nothing here.
         let id = EventId::from_cid(cid).ok()?;
         match self.0.read(|block| block(&id).map(|b| b.to_vec())) {
             Ok(b) => b,
