@@ -79,24 +79,20 @@ async fn a_forged_block_is_never_returned_and_an_honest_one_is() {
     // Both peers answer; only the block whose bytes hash to the CID is taken.
     let got = bs.fetch(wanted, Duration::from_secs(10)).await.unwrap();
     assert_eq!(got, honest_bytes);
-    for _ in 0..100 {
-        if bs.stats().blocks_unwanted.load(Ordering::Relaxed) >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+
+    // A block only the liar claims: the honest peer says DontHave, the liar sends forgeries
+    // (the want goes out again every 2 s), and the fetch ends at its deadline with nothing.
+    // libp2p-stream may drop a stream that arrives while another is being taken, so one
+    // answer can be lost under load; over 5 s the liar answers at least twice.
+    let only_claimed = raw_cid(b"nobody holds this");
+    let t = std::time::Instant::now();
+    let r = bs.fetch(only_claimed, Duration::from_secs(5)).await;
+    assert!(matches!(r, Err(FetchError::Timeout { .. })), "{r:?}");
+    assert!(t.elapsed() >= Duration::from_secs(5));
     assert!(
         bs.stats().blocks_unwanted.load(Ordering::Relaxed) >= 1,
         "the liar's forgery arrived and was dropped"
     );
-
-    // A block only the liar claims: the honest peer says DontHave, the liar sends a forgery,
-    // and the fetch ends at its deadline with nothing.
-    let only_claimed = raw_cid(b"nobody holds this");
-    let t = std::time::Instant::now();
-    let r = bs.fetch(only_claimed, Duration::from_secs(2)).await;
-    assert!(matches!(r, Err(FetchError::Timeout { .. })), "{r:?}");
-    assert!(t.elapsed() >= Duration::from_secs(2));
     assert_eq!(bs.stats().blocks_fetched.load(Ordering::Relaxed), 1);
 
     // Without the liar, a block nobody holds fails at once: every peer said DontHave.

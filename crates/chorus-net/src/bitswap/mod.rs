@@ -479,7 +479,7 @@ impl Bitswap {
 
     /// Queues `msg` for `peer` without waiting; dropped (and counted) when its queue is full.
     fn queue(&self, peer: PeerId, msg: Message) {
-        let Some(tx) = self.writer(peer) else {
+        let Some(tx) = self.writer(peer, true) else {
             return; // disconnected: nothing to say to it
         };
         if tx.try_send((msg, None)).is_err() {
@@ -496,20 +496,24 @@ impl Bitswap {
         msg: Message,
         budget: OwnedSemaphorePermit,
     ) -> bool {
-        let Some(tx) = self.writer(peer) else {
+        // The peer just sent us the message this answers: connected, even if the swarm's
+        // event saying so has not reached `peer_up` yet (streams come on the connection's own
+        // task, and can come first).
+        let Some(tx) = self.writer(peer, false) else {
             return false;
         };
         tx.send((msg, Some(budget))).await.is_ok()
     }
 
-    /// The queue of `peer`'s writer task, started on first use; `None` for a peer that is not
-    /// connected (a writer then would dial it, and outlive `peer_down`, which ends writers).
-    fn writer(&self, peer: PeerId) -> Option<mpsc::Sender<Outgoing>> {
+    /// The queue of `peer`'s writer task, started on first use. With `connected`, `None` for a
+    /// peer `peer_up` has not named (a writer then would dial it, and could outlive
+    /// `peer_down`, which ends writers); answers skip that check (see `queue_waiting`).
+    fn writer(&self, peer: PeerId, connected: bool) -> Option<mpsc::Sender<Outgoing>> {
         let mut out = self.inner.outbound.lock().unwrap();
         if let Some(tx) = out.get(&peer).filter(|tx| !tx.is_closed()) {
             return Some(tx.clone());
         }
-        if !self.inner.peers.lock().unwrap().contains(&peer) {
+        if connected && !self.inner.peers.lock().unwrap().contains(&peer) {
             return None;
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
