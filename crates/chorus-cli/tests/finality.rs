@@ -175,6 +175,21 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
     for n in nodes.iter().take(4) {
         assert_eq!(finality(n).unwrap()["conflicts"], 0);
     }
+    // The certificate is a block like any other: every live node serves it by CID (over
+    // Bitswap and `GET /v1/blocks`), the bytes the CID names.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for n in nodes.iter().take(4) {
+        loop {
+            let (status, source, body) = get_block(&n.api, c["cid"].as_str().unwrap(), 1_000);
+            if status == 200 {
+                assert_eq!(source, "store");
+                assert_eq!(body, block);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: {status}", n.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     // The four live members vote n4 off the committee through their running nodes (`chorus
     // member vote-remove`, the CLI over the node's API): once the votes are final, the

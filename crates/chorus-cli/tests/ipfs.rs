@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Node, ok};
+use common::{Node, get_block, ok};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -61,29 +61,6 @@ fn next_line(lines: &mpsc::Receiver<String>, within: Duration, what: &str) -> Va
     let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
     assert!(v.get("error").is_none(), "the Helia script failed: {v}");
     v
-}
-
-/// `GET /v1/blocks/{cid}`: status, the `chorus-block-source` header, the body.
-fn get_block(api: &str, cid: &str, timeout_ms: u64) -> (u16, String, Vec<u8>) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .new_agent();
-    let base = api.trim_start_matches("http://");
-    let mut r = agent
-        .get(format!(
-            "http://{base}/v1/blocks/{cid}?timeout_ms={timeout_ms}"
-        ))
-        .call()
-        .expect("GET /v1/blocks");
-    let source = r
-        .headers()
-        .get("chorus-block-source")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = r.body_mut().read_to_vec().unwrap();
-    (r.status().as_u16(), source, body)
 }
 
 fn metric(api: &str, name: &str) -> f64 {
@@ -192,7 +169,7 @@ fn helia_fetches_the_timeline_over_bitswap_and_chorus_fetches_a_block_only_helia
         body["error"]
             .as_str()
             .unwrap()
-            .contains("none of the 1 connected peers"),
+            .contains("none of the 1 peers asked"),
         "{body}"
     );
     let blake3 = "bafkr4ihkr4ld3m4gqkjf4reryxsy2s5tkbxprqkow6fin2iiyvreuzzab4";

@@ -19,8 +19,13 @@
 //! the swarm (it stops reading sockets) rather than dropping anything.
 
 pub mod bitswap;
+pub mod providers;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use chorus_core::{
     EventId,
@@ -71,6 +76,17 @@ pub const MAX_IDENTIFY_ADDRS: usize = 8;
 
 pub const SYNC_PROTOCOL: &str = "/chorus/sync/1";
 pub const KAD_PROTOCOL: &str = "/chorus/kad/1";
+/// Most block CIDs a node advertises as their provider at once ([`NetCommand::Provide`]).
+pub const MAX_PROVIDED_BLOCKS: usize = 32;
+/// A provider record lives this long in others' stores unless republished…
+pub const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(30 * 60);
+/// …and a node republishes its own this often. Shorter than libp2p's defaults (48 h, 12 h):
+/// Chorus advertises heads, which change, and a stale record should not outlive its use long.
+pub const PROVIDER_REPUBLISH: Duration = Duration::from_secs(10 * 60);
+/// Providers one fetch's lookup dials.
+pub const MAX_PROVIDERS_DIALLED: usize = 8;
+/// A Kademlia query (a lookup, an advertisement) gives up after this long.
+pub const KAD_QUERY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const IDENTIFY_PROTOCOL: &str = "/chorus/id/1";
 
 /// Names an inbound request until the node answers it.
@@ -118,6 +134,10 @@ pub enum NetCommand {
     Unban(PeerId),
     Disconnect(PeerId),
     Dial(Multiaddr),
+    /// Advertise this node as a provider of exactly these blocks (besides the timeline's own
+    /// record): new CIDs are announced to the DHT, CIDs left out are no longer republished.
+    /// At most [`MAX_PROVIDED_BLOCKS`] (the rest ignored); only full nodes advertise.
+    Provide(Vec<cid::Cid>),
     /// A private timeline's members changed: connect to these identities only (existing
     /// connections to anyone else are closed). Ignored by a public timeline's swarm.
     AllowOnly(Vec<PeerId>),
@@ -207,7 +227,7 @@ struct Behaviour {
     identify: identify::Behaviour,
     gossip: gossipsub::Behaviour,
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    kad: kad::Behaviour<providers::ProviderStore>,
     /// Generic streams: Bitswap runs on them ([`bitswap`]).
     streams: libp2p_stream::Behaviour,
 }
@@ -337,10 +357,15 @@ fn build_swarm(cfg: &NetConfig) -> Result<Swarm<Behaviour>, NetError> {
                     .with_request_timeout(REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS),
             );
+            let mut kad_cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+            kad_cfg
+                .set_provider_record_ttl(Some(PROVIDER_RECORD_TTL))
+                .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
+                .set_query_timeout(KAD_QUERY_TIMEOUT);
             let mut kad = kad::Behaviour::with_config(
                 peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+                providers::ProviderStore::new(peer_id),
+                kad_cfg,
             );
             kad.set_mode(Some(if replica {
                 kad::Mode::Server
@@ -414,7 +439,12 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
         }
     }
     let peer_id = *swarm.local_peer_id();
-    let bitswap = bitswap::Bitswap::start(&swarm.behaviour().streams, cfg.blocks.clone());
+    let (lookup_tx, lookup_rx) = mpsc::channel(bitswap::MAX_LOOKUPS);
+    let bitswap = bitswap::Bitswap::start(
+        &swarm.behaviour().streams,
+        cfg.blocks.clone(),
+        Some(lookup_tx),
+    );
     let (cmd_tx, cmd_rx) = mpsc::channel(NET_COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(NET_EVENT_QUEUE);
     let provider_key = cfg.genesis.map(|g| kad::RecordKey::new(&g.0));
@@ -431,8 +461,10 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
             providing: false,
             bootstrap: cfg.bootstrap.clone(),
             bitswap: bitswap.clone(),
+            provided: Default::default(),
+            lookups: HashMap::new(),
         }
-        .run(cmd_rx),
+        .run(cmd_rx, lookup_rx),
     );
     Ok(NetHandle {
         peer_id,
@@ -463,10 +495,33 @@ struct Driver {
     bootstrap: Vec<Multiaddr>,
     /// Told who is connected: its wants go to every connected peer.
     bitswap: bitswap::Bitswap,
+    /// The block CIDs advertised now ([`NetCommand::Provide`]).
+    provided: std::collections::HashSet<kad::RecordKey>,
+    /// Bitswap's DHT lookups in flight.
+    lookups: HashMap<kad::QueryId, Lookup>,
+}
+
+/// One fetch's DHT lookup: answered once the query has ended and every provider dialled has
+/// connected or failed.
+struct Lookup {
+    done: tokio::sync::oneshot::Sender<()>,
+    key: kad::RecordKey,
+    query_over: bool,
+    dialling: BTreeSet<PeerId>,
+    dialled: usize,
+}
+
+/// The DHT key a block's providers are filed under: its multihash, as in IPFS.
+pub fn provider_key(cid: &cid::Cid) -> kad::RecordKey {
+    kad::RecordKey::new(&cid.hash().to_bytes())
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::Receiver<NetCommand>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<NetCommand>,
+        mut lookups: mpsc::Receiver<bitswap::Lookup>,
+    ) {
         let mut discovery = tokio::time::interval(DISCOVERY_INTERVAL_FEW_PEERS);
         let mut last_slow_discovery = tokio::time::Instant::now();
         loop {
@@ -475,6 +530,7 @@ impl Driver {
                     None | Some(NetCommand::Shutdown) => break,
                     Some(cmd) => self.command(cmd),
                 },
+                Some(l) = lookups.recv() => self.look_up(l),
                 ev = self.swarm.select_next_some() => {
                     if !self.swarm_event(ev).await {
                         break;
@@ -512,6 +568,80 @@ impl Driver {
         }
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
         self.swarm.behaviour_mut().kad.get_providers(key);
+    }
+
+    /// Starts a fetch's DHT lookup (or drops it, which the fetch takes as "nothing found",
+    /// when [`bitswap::MAX_LOOKUPS`] are running already).
+    fn look_up(&mut self, l: bitswap::Lookup) {
+        self.lookups.retain(|_, w| !w.done.is_closed());
+        if self.lookups.len() >= bitswap::MAX_LOOKUPS {
+            return;
+        }
+        let key = provider_key(&l.cid);
+        let id = self.swarm.behaviour_mut().kad.get_providers(key.clone());
+        self.lookups.insert(
+            id,
+            Lookup {
+                done: l.done,
+                key,
+                query_over: false,
+                dialling: BTreeSet::new(),
+                dialled: 0,
+            },
+        );
+    }
+
+    /// Providers a lookup found: dialled (while the query still holds their addresses), up to
+    /// [`MAX_PROVIDERS_DIALLED`]; connected ones were asked when they connected.
+    fn dial_providers(&mut self, id: kad::QueryId, providers: impl IntoIterator<Item = PeerId>) {
+        let me = *self.swarm.local_peer_id();
+        for p in providers {
+            let Some(l) = self.lookups.get(&id) else {
+                return;
+            };
+            if p == me || self.swarm.is_connected(&p) || l.dialled >= MAX_PROVIDERS_DIALLED {
+                continue;
+            }
+            // Addresses from our own store's record too, for providers it held before the query.
+            let addrs: Vec<Multiaddr> = {
+                use kad::store::RecordStore;
+                let key = l.key.clone();
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                kad.store_mut()
+                    .providers(&key)
+                    .into_iter()
+                    .filter(|r| r.provider == p)
+                    .flat_map(|r| r.addresses)
+                    .take(MAX_IDENTIFY_ADDRS)
+                    .collect()
+            };
+            let dial = DialOpts::peer_id(p).addresses(addrs).build();
+            let l = self.lookups.get_mut(&id).expect("looked up above");
+            l.dialled += 1;
+            match self.swarm.dial(dial) {
+                Ok(()) => {
+                    l.dialling.insert(p);
+                }
+                Err(e) => tracing::debug!(peer = %p, "cannot dial a provider: {e}"),
+            }
+        }
+    }
+
+    /// A peer connected or could not be reached: lookups waiting on it may be over.
+    fn dial_ended(&mut self, peer: &PeerId) {
+        let over: Vec<kad::QueryId> = self
+            .lookups
+            .iter_mut()
+            .filter_map(|(id, l)| {
+                l.dialling.remove(peer);
+                (l.query_over && l.dialling.is_empty()).then_some(*id)
+            })
+            .collect();
+        for id in over {
+            if let Some(l) = self.lookups.remove(&id) {
+                let _ = l.done.send(());
+            }
+        }
     }
 
     fn command(&mut self, cmd: NetCommand) {
@@ -578,8 +708,31 @@ impl Driver {
                     }
                 }
             }
+            NetCommand::Provide(cids) => self.provide(cids),
             NetCommand::Shutdown => {}
         }
+    }
+
+    /// Makes the advertised blocks exactly `cids` (full nodes only).
+    fn provide(&mut self, cids: Vec<cid::Cid>) {
+        if !self.replica {
+            return;
+        }
+        let now: std::collections::HashSet<kad::RecordKey> = cids
+            .iter()
+            .take(MAX_PROVIDED_BLOCKS)
+            .map(provider_key)
+            .collect();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for gone in self.provided.difference(&now) {
+            kad.stop_providing(gone);
+        }
+        for new in now.difference(&self.provided) {
+            if let Err(e) = kad.start_providing(new.clone()) {
+                tracing::warn!("cannot advertise a block: {e}");
+            }
+        }
+        self.provided = now;
     }
 
     /// Handles one swarm event; false when the node has gone away.
@@ -595,10 +748,19 @@ impl Driver {
                 peer_id,
                 num_established,
                 ..
-            } if num_established.get() == 1 => {
-                self.bitswap.peer_up(peer_id);
-                return emit(&self.events, NetEvent::PeerUp(peer_id)).await;
+            } => {
+                if num_established.get() == 1 {
+                    // Before any lookup waiting on this peer ends: its fetch asks it first.
+                    self.bitswap.peer_up(peer_id);
+                    self.dial_ended(&peer_id);
+                    return emit(&self.events, NetEvent::PeerUp(peer_id)).await;
+                }
+                self.dial_ended(&peer_id);
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                ..
+            } => self.dial_ended(&peer),
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established: 0,
@@ -705,6 +867,32 @@ impl Driver {
                 tracing::debug!(%peer, "inbound sync request failed: {error}");
                 // Responses that never went out leave their channel dropped; forget stale ids.
                 self.inbound.retain(|_, ch| ch.is_open());
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            }) if self.lookups.contains_key(&id) => {
+                if self.lookups[&id].done.is_closed() {
+                    // The fetch ended (block, deadline, caller gone): stop asking.
+                    self.lookups.remove(&id);
+                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        q.finish();
+                    }
+                    return true;
+                }
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                    self.dial_providers(id, providers);
+                }
+                if step.last {
+                    let l = self.lookups.get_mut(&id).expect("checked above");
+                    l.query_over = true;
+                    if l.dialling.is_empty() {
+                        let l = self.lookups.remove(&id).expect("checked above");
+                        let _ = l.done.send(());
+                    }
+                }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 result:

@@ -177,6 +177,10 @@ pub struct Actor<M: Describe> {
     /// Reads sync pages off this thread (`None`: its thread could not start; pages are then
     /// read here).
     pages: Option<PageReader<InboundId>>,
+    /// A full node advertises its heads and certificate in the DHT (`crate::advertise`).
+    advertiser: Option<crate::advertise::Advertiser>,
+    /// The certificate blocks served by CID.
+    certificates: crate::blocks::Certificates,
 }
 
 impl<M: Describe> Actor<M> {
@@ -249,6 +253,38 @@ impl<M: Describe> Actor<M> {
             grew: false,
             access_version,
             pages,
+            advertiser: (!light).then(Default::default),
+            certificates: Default::default(),
+        }
+    }
+
+    /// Keeps the newest finality certificates in `certificates`, to be served by CID.
+    pub fn with_certificates(mut self, certificates: crate::blocks::Certificates) -> Self {
+        self.certificates = certificates;
+        self
+    }
+
+    /// On a tick: the newest certificate kept for serving, and the advertised set handed to
+    /// the swarm when due.
+    fn advertise(&mut self) {
+        let tl = self.node.local().timeline();
+        if let Some(c) = tl.attestations().and_then(|a| a.certificate()) {
+            let cid = c.cid();
+            if self.certificates.newest() != Some(cid) {
+                self.certificates.keep(cid, c.to_block());
+            }
+        }
+        let Some(adv) = self.advertiser.as_mut() else {
+            return;
+        };
+        let set = adv.due(
+            Instant::now(),
+            tl.genesis_id(),
+            &tl.heads(),
+            self.certificates.newest(),
+        );
+        if let Some(set) = set {
+            self.send(NetCommand::Provide(set));
         }
     }
 
@@ -392,6 +428,7 @@ impl<M: Describe> Actor<M> {
             self.fold();
         }
         if tick {
+            self.advertise();
             let (events, lag) = (self.node.local().timeline().len() as u64, self.node.lag());
             let catching_up = self.node.syncer().catching_up();
             if let Some(line) = self.catch_up.tick(Instant::now(), events, lag, catching_up) {

@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod actor;
+pub mod advertise;
 pub mod blocks;
 pub mod catch_up;
 pub mod describe;
@@ -122,8 +123,12 @@ pub async fn run<M: Describe>(
     let genesis = replica.timeline().genesis_id();
     let final_order = replica.timeline().genesis().is_final_order();
     let private = replica.timeline().genesis().is_private();
+    let certificates = blocks::Certificates::default();
     let blocks: std::sync::Arc<dyn chorus_net::bitswap::BlockSource> =
-        std::sync::Arc::new(blocks::StoreBlocks(replica.store().reader()));
+        std::sync::Arc::new(blocks::StoreBlocks {
+            store: replica.store().reader(),
+            certificates: certificates.clone(),
+        });
     let net = chorus_net::spawn(NetConfig {
         seed: replica.key().seed(),
         listen: cfg.listen.clone(),
@@ -183,7 +188,8 @@ pub async fn run<M: Describe>(
         cfg.light,
         cfg.heartbeat_ms,
     )
-    .with_feed(feed);
+    .with_feed(feed)
+    .with_certificates(certificates);
     let actor = std::thread::Builder::new()
         .name("chorus-node".into())
         .spawn(move || actor.run(node_rx))

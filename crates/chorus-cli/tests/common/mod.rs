@@ -57,6 +57,29 @@ pub fn get(base: &str, path: &str) -> Result<Value, String> {
     api(base).get(path)
 }
 
+/// `GET /v1/blocks/{cid}`: status, the `chorus-block-source` header, the body.
+pub fn get_block(api: &str, cid: &str, timeout_ms: u64) -> (u16, String, Vec<u8>) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .new_agent();
+    let base = api.trim_start_matches("http://");
+    let mut r = agent
+        .get(format!(
+            "http://{base}/v1/blocks/{cid}?timeout_ms={timeout_ms}"
+        ))
+        .call()
+        .expect("GET /v1/blocks");
+    let source = r
+        .headers()
+        .get("chorus-block-source")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = r.body_mut().read_to_vec().unwrap();
+    (r.status().as_u16(), source, body)
+}
+
 pub fn post(base: &str, path: &str, body: &Value) -> Result<Value, String> {
     api(base).post(path, body)
 }

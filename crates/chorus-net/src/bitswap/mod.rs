@@ -24,7 +24,10 @@
 //!   computed here, [`wire::cid_of`]), so no peer can pass one block off as another. The want
 //!   is sent again every [`WANT_RESEND`] to the peers that have not answered (a message lost
 //!   on the way costs one interval, not the fetch). When every peer asked said `DontHave` the
-//!   fetch fails at once with [`FetchError::NotFound`]; otherwise at its deadline. However it
+//!   fetch fails at once with [`FetchError::NotFound`]; otherwise at its deadline. A fetch also
+//!   asks the DHT who provides the CID ([`Lookup`], run by the swarm's driver), which dials
+//!   the providers found; each is asked as it connects, and `DontHave` from everyone counts
+//!   only once the lookup and its dials are over. However it
 //!   ends (the block, `DontHave` everywhere, the deadline, the caller gone), the want is
 //!   cancelled at every peer asked. Only sha2-256 CIDs are fetched (what this node can check).
 //! * **Bounds**: [`MAX_MESSAGE_BYTES`] a message, and [`READ_BUDGET_BYTES`] of messages read
@@ -110,14 +113,28 @@ pub struct BitswapStats {
     pub refused: AtomicU64,
 }
 
+/// Most CIDs looked up in the DHT at once; a fetch beyond them asks its connected peers only.
+pub const MAX_LOOKUPS: usize = 64;
+
+/// A request to the swarm's driver: find the providers of `cid` in the DHT and dial them;
+/// `done` is answered (or dropped) once the lookup has ended and every provider it dialled has
+/// connected (and so been asked, by [`Bitswap::peer_up`]) or failed.
+#[derive(Debug)]
+pub struct Lookup {
+    pub cid: Cid,
+    pub done: oneshot::Sender<()>,
+}
+
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FetchError {
     #[error("{0}: only sha2-256 CIDs can be checked, so only those are fetched")]
     UncheckableHash(Cid),
-    #[error("no peer is connected to ask for {0}")]
+    #[error("no peer to ask for {0}: none is connected, and the DHT named no provider")]
     NoPeers(Cid),
-    #[error("none of the {asked} connected peers has {cid}")]
+    #[error(
+        "none of the {asked} peers asked has {cid} (the connected ones, and the providers the DHT named)"
+    )]
     NotFound { cid: Cid, asked: usize },
     #[error("no peer sent {cid} within {after:?}")]
     Timeout { cid: Cid, after: Duration },
@@ -134,6 +151,8 @@ pub struct Bitswap {
 struct Inner {
     control: Mutex<libp2p_stream::Control>,
     source: Option<Arc<dyn BlockSource>>,
+    /// Where fetches ask for DHT lookups (`None`: connected peers only).
+    lookups: Option<mpsc::Sender<Lookup>>,
     wants: Mutex<HashMap<Cid, Want>>,
     peers: Mutex<BTreeSet<PeerId>>,
     /// The queue of each connected peer's writer task.
@@ -151,9 +170,21 @@ type Outgoing = (Message, Option<OwnedSemaphorePermit>);
 
 /// One CID being fetched.
 struct Want {
-    waiters: Vec<oneshot::Sender<Option<Vec<u8>>>>,
+    /// Each gets the block, or how many peers were asked when none had it.
+    waiters: Vec<oneshot::Sender<Result<Vec<u8>, usize>>>,
     asked: BTreeSet<PeerId>,
     dont_have: BTreeSet<PeerId>,
+    /// A DHT lookup for the CID is running: `DontHave` from everyone asked so far is not the
+    /// end yet.
+    looking_up: bool,
+}
+
+impl Want {
+    /// Nobody can send the block any more: every peer asked said `DontHave` (or is gone) and
+    /// no lookup can bring another.
+    fn hopeless(&self) -> bool {
+        !self.looking_up && self.dont_have.len() == self.asked.len()
+    }
 }
 
 /// Ends a fetch however its future ends (an answer, the deadline, or the caller dropping it):
@@ -208,15 +239,17 @@ impl Bitswap {
     /// Starts serving `/ipfs/bitswap/1.2.0` on `streams` (the swarm's stream behaviour) from
     /// `source` (`None`: answer every want with `DontHave`, still fetch). Needs a tokio
     /// runtime.
+    /// Fetches send their DHT lookups to `lookups` (`None`: connected peers only).
     pub fn start(
         streams: &libp2p_stream::Behaviour,
         source: Option<Arc<dyn BlockSource>>,
+        lookups: Option<mpsc::Sender<Lookup>>,
     ) -> Bitswap {
         let mut control = streams.new_control();
         let incoming = control
             .accept(BITSWAP_PROTOCOL)
             .expect("the Bitswap protocol is registered once, here");
-        let me = Bitswap::with(control, source);
+        let me = Bitswap::with(control, source, lookups);
         // The accepting task holds the engine weakly: when the node drops its last handle the
         // engine (and its control of the swarm's streams) goes, and with the swarm gone too the
         // incoming streams end and so does the task.
@@ -225,11 +258,16 @@ impl Bitswap {
         me
     }
 
-    fn with(control: libp2p_stream::Control, source: Option<Arc<dyn BlockSource>>) -> Bitswap {
+    fn with(
+        control: libp2p_stream::Control,
+        source: Option<Arc<dyn BlockSource>>,
+        lookups: Option<mpsc::Sender<Lookup>>,
+    ) -> Bitswap {
         Bitswap {
             inner: Arc::new(Inner {
                 control: Mutex::new(control),
                 source,
+                lookups,
                 wants: Default::default(),
                 peers: Default::default(),
                 outbound: Default::default(),
@@ -245,7 +283,7 @@ impl Bitswap {
     /// An engine on no swarm: no peer ever connects, so it serves nothing and every fetch
     /// fails with [`FetchError::NoPeers`] (an API without a network, in tests).
     pub fn unconnected() -> Bitswap {
-        Bitswap::with(libp2p_stream::Behaviour::new().new_control(), None)
+        Bitswap::with(libp2p_stream::Behaviour::new().new_control(), None, None)
     }
 
     pub fn stats(&self) -> &BitswapStats {
@@ -285,35 +323,56 @@ impl Bitswap {
             let w = wants.get_mut(&cid).expect("listed above");
             if w.asked.remove(&peer) {
                 w.dont_have.remove(&peer);
-                if w.dont_have.len() == w.asked.len() {
-                    for tx in wants.remove(&cid).expect("listed above").waiters {
-                        let _ = tx.send(None);
+                if w.hopeless() {
+                    let w = wants.remove(&cid).expect("listed above");
+                    for tx in w.waiters {
+                        let _ = tx.send(Err(w.asked.len()));
                     }
                 }
             }
         }
     }
 
-    /// Fetches the block `cid` from the connected peers: the first block whose bytes hash to
-    /// `cid`, within `timeout`.
+    /// Fetches the block `cid`: the first block whose bytes hash to `cid`, within `timeout`,
+    /// from the connected peers and the providers a DHT lookup finds.
     pub async fn fetch(&self, cid: Cid, timeout: Duration) -> Result<Vec<u8>, FetchError> {
+        self.fetch_with(cid, timeout, true).await
+    }
+
+    /// [`Bitswap::fetch`] from the peers connected now (and those that connect while it runs),
+    /// without asking the DHT.
+    pub async fn fetch_from_connected(
+        &self,
+        cid: Cid,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, FetchError> {
+        self.fetch_with(cid, timeout, false).await
+    }
+
+    async fn fetch_with(
+        &self,
+        cid: Cid,
+        timeout: Duration,
+        route: bool,
+    ) -> Result<Vec<u8>, FetchError> {
         if !wire::checkable(&cid) {
             return Err(FetchError::UncheckableHash(cid));
         }
         let (tx, rx) = oneshot::channel();
-        let (ask, asked) = {
+        let ask = {
             let mut wants = self.inner.wants.lock().unwrap();
             match wants.get_mut(&cid) {
                 Some(w) => {
                     w.waiters.push(tx);
-                    (vec![], w.asked.len())
+                    vec![]
                 }
                 None => {
                     if wants.len() >= MAX_OPEN_FETCHES {
                         return Err(FetchError::Busy(MAX_OPEN_FETCHES));
                     }
+                    let lookup = route.then(|| self.look_up(cid)).flatten();
                     let peers = self.inner.peers.lock().unwrap().clone();
-                    if peers.is_empty() {
+                    if peers.is_empty() && lookup.is_none() {
                         return Err(FetchError::NoPeers(cid));
                     }
                     wants.insert(
@@ -322,10 +381,13 @@ impl Bitswap {
                             waiters: vec![tx],
                             asked: peers.clone(),
                             dont_have: BTreeSet::new(),
+                            looking_up: lookup.is_some(),
                         },
                     );
-                    let n = peers.len();
-                    (peers.into_iter().collect::<Vec<_>>(), n)
+                    if let Some(done) = lookup {
+                        tokio::spawn(lookup_ended(Arc::downgrade(&self.inner), cid, done));
+                    }
+                    peers.into_iter().collect::<Vec<_>>()
                 }
             }
         };
@@ -334,13 +396,23 @@ impl Bitswap {
         }
         let _guard = FetchGuard { bitswap: self, cid };
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Some(block))) => Ok(block),
-            Ok(Ok(None)) | Ok(Err(_)) => Err(FetchError::NotFound { cid, asked }),
+            Ok(Ok(Ok(block))) => Ok(block),
+            Ok(Ok(Err(0))) | Ok(Err(_)) => Err(FetchError::NoPeers(cid)),
+            Ok(Ok(Err(asked))) => Err(FetchError::NotFound { cid, asked }),
             Err(_) => Err(FetchError::Timeout {
                 cid,
                 after: timeout,
             }),
         }
+    }
+
+    /// Asks the swarm's driver to look `cid` up in the DHT; `None` when there is no DHT or
+    /// [`MAX_LOOKUPS`] are running.
+    fn look_up(&self, cid: Cid) -> Option<oneshot::Receiver<()>> {
+        let lookups = self.inner.lookups.as_ref()?;
+        let (done, ended) = oneshot::channel();
+        lookups.try_send(Lookup { cid, done }).ok()?;
+        Some(ended)
     }
 
     async fn read_stream(&self, peer: PeerId, mut stream: Stream) {
@@ -450,7 +522,7 @@ impl Bitswap {
         };
         stats.blocks_fetched.fetch_add(1, Ordering::Relaxed);
         for tx in want.waiters {
-            let _ = tx.send(Some(block.data.clone()));
+            let _ = tx.send(Ok(block.data.clone()));
         }
         // The others asked may still hold the want in their ledger: cancel it there.
         let cid = cid.expect("a want was found under it");
@@ -465,11 +537,11 @@ impl Bitswap {
         if w.asked.contains(&peer) {
             w.dont_have.insert(peer);
         }
-        if w.dont_have.len() == w.asked.len() {
+        if w.hopeless() {
             let w = wants.remove(&cid).expect("looked up above");
             drop(wants);
             for tx in w.waiters {
-                let _ = tx.send(None);
+                let _ = tx.send(Err(w.asked.len()));
             }
             for peer in w.asked {
                 self.queue(peer, cancel_of(cid));
@@ -531,6 +603,27 @@ impl Bitswap {
             {
                 self.dont_have(peer, cid);
             }
+        }
+    }
+}
+
+/// A fetch's DHT lookup ended (its providers dialled, and asked if they connected): from now
+/// on `DontHave` from everyone asked ends the fetch.
+async fn lookup_ended(inner: Weak<Inner>, cid: Cid, ended: oneshot::Receiver<()>) {
+    let _ = ended.await;
+    let Some(inner) = inner.upgrade() else { return };
+    let me = Bitswap { inner };
+    let mut wants = me.inner.wants.lock().unwrap();
+    let Some(w) = wants.get_mut(&cid) else { return };
+    w.looking_up = false;
+    if w.hopeless() {
+        let w = wants.remove(&cid).expect("looked up above");
+        drop(wants);
+        for tx in w.waiters {
+            let _ = tx.send(Err(w.asked.len()));
+        }
+        for peer in w.asked {
+            me.queue(peer, cancel_of(cid));
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `GET /v1/blocks/{cid}`: one IPFS block by CID — from this node's store when it holds it,
-//! otherwise fetched over Bitswap from the connected peers (`chorus_net::bitswap`), checked
-//! against the CID (only sha2-256 CIDs are fetched: what can be checked here).
+//! otherwise fetched over Bitswap from the connected peers and the providers a DHT lookup
+//! names (`chorus_net::bitswap`), checked against the CID (only sha2-256 CIDs are fetched: what
+//! can be checked here).
 //!
 //! The body is the block's bytes (`application/vnd.ipld.raw`, as an IPFS gateway answers
 //! `?format=raw`); the header `chorus-block-source` says `store` or `network`. A fetched block
@@ -35,7 +36,7 @@ pub struct BlockQuery {
     (status = 200, description = "The block's bytes; header `chorus-block-source`: `store` or `network`", content_type = "application/vnd.ipld.raw"),
     (status = 400, description = "Not a CID, or a hash other than sha2-256", body = super::shared::ApiError),
     (status = 401, description = "A private timeline's node with a token, and the request does not carry it", body = super::shared::ApiError),
-    (status = 404, description = "Not held here, and every connected peer answered that it does not have it (or none is connected)", body = super::shared::ApiError),
+    (status = 404, description = "Not held here, and every peer asked (the connected ones, and the providers the DHT named) answered that it does not have it (or there was nobody to ask)", body = super::shared::ApiError),
     (status = 503, description = "Too many fetches open", body = super::shared::ApiError),
     (status = 504, description = "No peer sent it within the timeout", body = super::shared::ApiError),
 ))]
