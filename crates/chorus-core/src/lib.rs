@@ -43,6 +43,7 @@ pub mod local;
 pub mod machine;
 pub mod membership;
 pub mod proto;
+pub mod snapshot;
 pub mod storage;
 pub mod sync;
 #[cfg(feature = "testkit")]

@@ -202,7 +202,14 @@ impl Mesh {
 }
 
 fn keys(n: u8) -> Vec<Keypair> {
-    (1..=n).map(|i| Keypair::from_seed([i; 32])).collect()
+    keys_from(n, 1)
+}
+
+/// `n` keys from seeds `first`, `first + 1`, … (distinct from [`keys`] when `first > n`).
+fn keys_from(n: u8, first: u8) -> Vec<Keypair> {
+    (first..first + n)
+        .map(|i| Keypair::from_seed([i; 32]))
+        .collect()
 }
 
 /// A new node: its key was made with its store, which holds all the key will sign (a light
@@ -874,6 +881,176 @@ fn heartbeats_attest_final_checkpoints_and_a_quorum_certifies_them() {
         assert_eq!(a.last_conflict().unwrap().by, ks[3].author());
         assert_ne!(a.certificate().unwrap().att.state, [0xee; 32]);
     }
+}
+
+/// A certified snapshot (`snapshot/1`): built from the certified final checkpoint, checked by
+/// a stranger that fetches every block by CID and knows only the genesis and the epoch's
+/// committee; refused with a typed error when its certificate lacks a quorum, is signed by
+/// non-members, or its state bytes do not hash to the certified value.
+#[test]
+fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() {
+    use chorus_core::{
+        AuthorId,
+        finality::certificate::{Certificate, CertificateError},
+        snapshot::{self, Snapshot, SnapshotError},
+    };
+    let ks = keys(4);
+    let g = testkit::genesis_ordered(&ks[0], &ks, "counter/1", 4, Some("final/1"));
+    let cfg = Config {
+        heartbeat_ms: Some(1_000),
+        fold_on_tick: true,
+        ..Config::default()
+    };
+    let mut m = Mesh::new(ks.iter().map(|k| node(&g, k, cfg)).collect());
+    m.settle(2);
+    for i in 0..10u64 {
+        m.append((i % 4) as u8, i, &format!("w{i}"));
+        m.settle(1);
+    }
+    m.settle(20);
+    let n0 = m.nodes[0].local();
+    let tl = n0.timeline();
+    let cert = tl.attestations().unwrap().certificate().cloned().unwrap();
+    let state = tl
+        .final_checkpoint_state(cert.att.positions, n0.store())
+        .expect("the certified checkpoint's state is held");
+    let snap = Snapshot::build(&cert, &state);
+
+    // What a stranger can fetch by CID: the snapshot's blocks and the timeline's events.
+    let mut blocks: BTreeMap<cid::Cid, Vec<u8>> = BTreeMap::new();
+    let put = |blocks: &mut BTreeMap<cid::Cid, Vec<u8>>, s: &Snapshot| {
+        blocks.insert(s.root_cid, s.root.clone());
+        blocks.insert(s.certificate.cid(), s.certificate.to_block());
+        for (c, b) in &s.chunks {
+            blocks.insert(*c, b.clone());
+        }
+    };
+    put(&mut blocks, &snap);
+    for id in tl.order() {
+        let ev = tl.load(&id, n0.store()).unwrap();
+        blocks.insert(id.to_cid(), ev.bytes().to_vec());
+    }
+    // The stranger knows the genesis committee (epoch 0, the four members here).
+    let members: Vec<AuthorId> = ks.iter().map(|k| k.author()).collect();
+    let epoch0 = |e: u32| (e == 0).then(|| members.clone());
+    let machine = CounterMachine;
+    let check = |blocks: &BTreeMap<cid::Cid, Vec<u8>>, root: cid::Cid| {
+        snapshot::verify(
+            &machine,
+            g.id(),
+            tl.genesis(),
+            root,
+            |c| blocks.get(c).cloned(),
+            epoch0,
+        )
+    };
+    let ok = check(&blocks, snap.root_cid)
+        .map_err(|e| e.to_string())
+        .unwrap();
+    assert_eq!(ok.certificate, cert);
+    assert_eq!(ok.state_bytes, *state);
+    assert_eq!(
+        chorus_core::Machine::state_hash(&machine, &ok.state),
+        cert.att.state
+    );
+
+    // Lacks a quorum: two of four heartbeats.
+    let mut short = cert.clone();
+    short.by.truncate(2);
+    let s = Snapshot::build(&short, &state);
+    put(&mut blocks, &s);
+    assert!(matches!(
+        check(&blocks, s.root_cid),
+        Err(SnapshotError::Certificate(CertificateError::NoQuorum {
+            have: 2,
+            need: 3,
+            ..
+        }))
+    ));
+
+    // Signed by non-members: four outsiders' heartbeats attest the values, under a committee
+    // of their own, then under the real committee's name.
+    let outsiders = keys_from(4, 100);
+    let mut by: Vec<EventId> = vec![];
+    for k in &outsiders {
+        let hb = UnsignedEvent {
+            timeline: Some(g.id()),
+            author: k.author(),
+            seq: 1,
+            lamport: 1,
+            parents: vec![g.id()],
+            kind: kind::HEARTBEAT.into(),
+            body: cert.att.to_body(),
+        }
+        .sign(k);
+        blocks.insert(hb.id().to_cid(), hb.bytes().to_vec());
+        by.push(hb.id());
+    }
+    by.sort();
+    let mut committee: Vec<AuthorId> = outsiders.iter().map(|k| k.author()).collect();
+    committee.sort();
+    let forged = Certificate {
+        committee,
+        by: by.clone(),
+        ..cert.clone()
+    };
+    // Sabotage: the certificate's own check trusts the committee it names, and passes.
+    let hb = |id: &EventId| {
+        blocks
+            .get(&id.to_cid())
+            .and_then(|b| SignedEvent::decode(b).ok())
+    };
+    assert!(
+        forged
+            .verify(g.id(), tl.genesis().finality_quorum(), hb)
+            .is_ok()
+    );
+    let s = Snapshot::build(&forged, &state);
+    put(&mut blocks, &s);
+    assert!(matches!(
+        check(&blocks, s.root_cid),
+        Err(SnapshotError::NotTheCommittee { epoch: 0 })
+    ));
+    let posing = Certificate { by, ..cert.clone() };
+    let s = Snapshot::build(&posing, &state);
+    put(&mut blocks, &s);
+    assert!(matches!(
+        check(&blocks, s.root_cid),
+        Err(SnapshotError::Certificate(CertificateError::Outsider(_)))
+    ));
+
+    // State bytes that do not hash to the certified value.
+    let mut other = state.to_vec();
+    other[0] ^= 1;
+    let s = Snapshot::build(&cert, &other);
+    put(&mut blocks, &s);
+    assert!(matches!(
+        check(&blocks, s.root_cid),
+        Err(SnapshotError::StateMismatch { .. })
+    ));
+
+    // A block swapped on the way, one missing, an epoch the stranger cannot place.
+    let mut swapped = blocks.clone();
+    swapped.insert(snap.chunks[0].0, other.clone());
+    assert_eq!(
+        check(&swapped, snap.root_cid).err(),
+        Some(SnapshotError::BlockMismatch(snap.chunks[0].0))
+    );
+    let mut missing = blocks.clone();
+    missing.remove(&cert.by[0].to_cid());
+    assert_eq!(
+        check(&missing, snap.root_cid).err(),
+        Some(SnapshotError::Missing(cert.by[0].to_cid()))
+    );
+    let nobody = snapshot::verify(
+        &machine,
+        g.id(),
+        tl.genesis(),
+        snap.root_cid,
+        |c| blocks.get(c).cloned(),
+        |_| None,
+    );
+    assert!(matches!(nobody, Err(SnapshotError::UnknownEpoch(0))));
 }
 
 /// Peer ids are free: the per-peer list of invalid blocks keeps only the most charged peers

@@ -26,7 +26,10 @@
 //! Cost: the engine keeps `n` rounds per event of the current epoch (see [`Engine`]); each
 //! segment walks its own events and re-sorts the tentative ones.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{AdminKey, Rank, TENTATIVE, Timeline};
 use ipld_core::ipld::Ipld;
@@ -390,6 +393,29 @@ impl<M: Machine> Timeline<M> {
         let idx = *self.order.get(pos)?;
         let rank = self.rank(idx);
         (rank.0 != TENTATIVE).then(|| self.attestation_of(&rank))?
+    }
+
+    /// `final/1`: the state bytes of the final checkpoint that ends at exactly `positions`
+    /// events (what a certificate of those positions attests): from memory, or read back from
+    /// `src` (the store persists final checkpoints). `None` when no such checkpoint is held.
+    pub fn final_checkpoint_state(
+        &self,
+        positions: u64,
+        src: &impl super::BlockSource,
+    ) -> Option<Arc<Vec<u8>>> {
+        self.fin.as_ref()?;
+        let pos = usize::try_from(positions.checked_sub(1)?).ok()?;
+        let idx = *self.order.get(pos)?;
+        let rank = self.rank(idx);
+        if rank.0 == TENTATIVE {
+            return None;
+        }
+        let ck = self.checkpoints.get(&rank)?;
+        match (&ck.bytes, &ck.live) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(live)) => Some(Arc::new(self.machine.encode_state(live))),
+            (None, None) => src.get_checkpoint(&super::order_key(&rank)),
+        }
     }
 
     fn attestation_of(&self, rank: &Rank) -> Option<Attestation> {

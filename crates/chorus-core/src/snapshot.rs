@@ -1,0 +1,277 @@
+//! Certified snapshots (`snapshot/1`): the machine state at a certified final checkpoint, as
+//! IPFS blocks, and the check a node makes before it trusts one (docs/design/ipfs.md,
+//! "Certified snapshots").
+//!
+//! A snapshot is a root block naming a finality certificate (`finality::certificate`) and the
+//! state bytes the certificate attests, cut into raw blocks:
+//!
+//! ```text
+//! root:   { "v": 1, "tl": link(genesis), "cert": link(certificate),
+//!           "size": uint, "chunks": [link(raw chunk), …] }   (DAG-CBOR, canonical)
+//! chunk:  raw bytes (codec 0x55, sha2-256), each SNAPSHOT_CHUNK_BYTES but the last;
+//!         their concatenation is the machine's canonical state serialisation
+//! ```
+//!
+//! Everything a stranger needs is fetched by CID (the root, the certificate, the heartbeats it
+//! names, the chunks) and checked here against the genesis and the committee the stranger
+//! knows for the certificate's epoch: the heartbeats carry the members' signatures, a quorum
+//! of them must attest the same (positions, last event, state hash), and the state bytes must
+//! hash to that state hash and decode to a state that serialises back to the same bytes. The
+//! snapshot holds no signature of its own and needs none: every byte of it is pinned by a
+//! hash a quorum signed.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    AuthorId, EventId, SignedEvent, codec,
+    finality::certificate::{Certificate, CertificateError},
+    genesis::Genesis,
+    ids::DAG_CBOR,
+    machine::Machine,
+};
+
+/// Bytes per state chunk (half of Bitswap's largest block, so any IPFS node passes it on).
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// The largest state a snapshot may carry (KAIROS states are hundreds of KiB).
+pub const MAX_SNAPSHOT_BYTES: u64 = 256 * 1024 * 1024;
+/// The multicodec of a chunk: raw bytes.
+pub const RAW: u64 = 0x55;
+
+#[derive(Serialize, Deserialize)]
+struct RootWire {
+    v: u64,
+    tl: cid::Cid,
+    cert: cid::Cid,
+    size: u64,
+    chunks: Vec<cid::Cid>,
+}
+
+/// A snapshot as blocks, ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub root_cid: cid::Cid,
+    pub root: Vec<u8>,
+    pub certificate: Certificate,
+    /// The state chunks, in order, with their CIDs.
+    pub chunks: Vec<(cid::Cid, Vec<u8>)>,
+}
+
+/// Why a snapshot is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("block {0} could not be had")]
+    Missing(cid::Cid),
+    #[error("block {0}: its bytes do not hash to its CID")]
+    BlockMismatch(cid::Cid),
+    #[error("snapshot root block: {0}")]
+    Decode(String),
+    #[error("snapshot of another timeline ({0})")]
+    OtherTimeline(EventId),
+    #[error("heartbeat {id}: {why}")]
+    BadHeartbeat { id: EventId, why: String },
+    #[error(
+        "the certificate is of epoch {0}, whose committee is not known here (this node knows \
+         the genesis committee and the epochs its own timeline has reached)"
+    )]
+    UnknownEpoch(u32),
+    #[error("the certificate names a committee for epoch {epoch} that is not that epoch's members")]
+    NotTheCommittee { epoch: u32 },
+    #[error("certificate: {0}")]
+    Certificate(#[from] CertificateError),
+    #[error("state of {size} bytes: at most {MAX_SNAPSHOT_BYTES} are taken")]
+    TooLarge { size: u64 },
+    #[error("the chunks hold {got} bytes, the root says {size}")]
+    SizeMismatch { size: u64, got: u64 },
+    #[error("the state bytes hash to {got}, the certificate attests {certified}")]
+    StateMismatch { certified: String, got: String },
+    #[error("the machine refuses the state bytes: {0}")]
+    State(String),
+    #[error("the state bytes are not the machine's canonical serialisation")]
+    NotCanonical,
+}
+
+/// The CID of a raw chunk.
+pub fn chunk_cid(bytes: &[u8]) -> cid::Cid {
+    let mh = multihash::Multihash::<64>::wrap(0x12, &Sha256::digest(bytes))
+        .expect("32-byte digest fits");
+    cid::Cid::new_v1(RAW, mh)
+}
+
+fn dag_cbor_cid(bytes: &[u8]) -> cid::Cid {
+    let id = EventId::of_block(bytes);
+    let cid = id.to_cid();
+    debug_assert_eq!(cid.codec(), DAG_CBOR);
+    cid
+}
+
+impl Snapshot {
+    /// The snapshot of `state` (the canonical bytes the certificate attests).
+    pub fn build(certificate: &Certificate, state: &[u8]) -> Snapshot {
+        let chunks: Vec<(cid::Cid, Vec<u8>)> = state
+            .chunks(SNAPSHOT_CHUNK_BYTES)
+            .map(|c| (chunk_cid(c), c.to_vec()))
+            .collect();
+        let root = codec::encode(&RootWire {
+            v: 1,
+            tl: certificate.timeline.to_cid(),
+            cert: certificate.cid(),
+            size: state.len() as u64,
+            chunks: chunks.iter().map(|(c, _)| *c).collect(),
+        });
+        Snapshot {
+            root_cid: dag_cbor_cid(&root),
+            root,
+            certificate: certificate.clone(),
+            chunks,
+        }
+    }
+}
+
+/// A snapshot that passed every check: the certificate and the state it certifies.
+pub struct Verified<S> {
+    pub certificate: Certificate,
+    pub state_bytes: Vec<u8>,
+    pub state: S,
+}
+
+/// Checks the snapshot `root` names, fetching every block by CID through `get` (which may
+/// return anything: each block is checked against its CID here), against the timeline's
+/// `genesis` and `committee_of` (the members this node knows for an epoch: `None` when it
+/// cannot tell). Nothing is trusted that a quorum of the epoch's committee did not sign.
+pub fn verify<M: Machine>(
+    machine: &M,
+    genesis_id: EventId,
+    genesis: &Genesis,
+    root: cid::Cid,
+    get: impl Fn(&cid::Cid) -> Option<Vec<u8>>,
+    committee_of: impl Fn(u32) -> Option<Vec<AuthorId>>,
+) -> Result<Verified<M::State>, SnapshotError> {
+    let fetch = |cid: &cid::Cid| -> Result<Vec<u8>, SnapshotError> {
+        let bytes = get(cid).ok_or(SnapshotError::Missing(*cid))?;
+        let computed = match cid.codec() {
+            RAW => chunk_cid(&bytes),
+            _ => dag_cbor_cid(&bytes),
+        };
+        if computed != *cid {
+            return Err(SnapshotError::BlockMismatch(*cid));
+        }
+        Ok(bytes)
+    };
+    let w: RootWire = codec::decode_canonical(&fetch(&root)?)
+        .map_err(|e| SnapshotError::Decode(format!("{e:?}")))?;
+    if w.v != 1 {
+        return Err(SnapshotError::Decode(format!("version {} is not 1", w.v)));
+    }
+    let tl = EventId::from_cid(&w.tl).map_err(|e| SnapshotError::Decode(e.to_string()))?;
+    if tl != genesis_id {
+        return Err(SnapshotError::OtherTimeline(tl));
+    }
+    let certificate = Certificate::from_block(&fetch(&w.cert)?)?;
+    // The committee first: a certificate checked only against the committee it names itself
+    // would take any keys' word.
+    let known =
+        committee_of(certificate.epoch).ok_or(SnapshotError::UnknownEpoch(certificate.epoch))?;
+    let mut known = known;
+    known.sort();
+    if known != certificate.committee {
+        return Err(SnapshotError::NotTheCommittee {
+            epoch: certificate.epoch,
+        });
+    }
+    let mut heartbeats = std::collections::BTreeMap::new();
+    for id in &certificate.by {
+        let bytes = fetch(&id.to_cid())?;
+        let ev = SignedEvent::decode(&bytes).map_err(|e| SnapshotError::BadHeartbeat {
+            id: *id,
+            why: e.to_string(),
+        })?;
+        heartbeats.insert(*id, ev);
+    }
+    certificate.verify(genesis_id, genesis.finality_quorum(), |id| {
+        heartbeats.get(id).cloned()
+    })?;
+    if w.size > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotError::TooLarge { size: w.size });
+    }
+    let mut state_bytes = Vec::with_capacity(w.size as usize);
+    for c in &w.chunks {
+        if c.codec() != RAW {
+            return Err(SnapshotError::Decode(format!(
+                "chunk {c} is not a raw block"
+            )));
+        }
+        state_bytes.extend_from_slice(&fetch(c)?);
+        if state_bytes.len() as u64 > w.size {
+            break;
+        }
+    }
+    if state_bytes.len() as u64 != w.size {
+        return Err(SnapshotError::SizeMismatch {
+            size: w.size,
+            got: state_bytes.len() as u64,
+        });
+    }
+    let got: [u8; 32] = Sha256::digest(&state_bytes).into();
+    if got != certificate.att.state {
+        return Err(SnapshotError::StateMismatch {
+            certified: hex::encode(certificate.att.state),
+            got: hex::encode(got),
+        });
+    }
+    let state = machine
+        .decode_state(&state_bytes)
+        .map_err(|e| SnapshotError::State(e.to_string()))?;
+    if machine.encode_state(&state) != state_bytes {
+        return Err(SnapshotError::NotCanonical);
+    }
+    Ok(Verified {
+        certificate,
+        state_bytes,
+        state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finality::certificate::Attestation;
+
+    #[test]
+    fn state_bytes_are_cut_into_bounded_raw_chunks_in_order() {
+        let cert = Certificate {
+            timeline: EventId([1; 32]),
+            att: Attestation {
+                positions: 4,
+                last: EventId([2; 32]),
+                state: [3; 32],
+            },
+            epoch: 0,
+            committee: vec![],
+            by: vec![],
+        };
+        let state: Vec<u8> = (0..SNAPSHOT_CHUNK_BYTES * 5 / 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let s = Snapshot::build(&cert, &state);
+        let sizes: Vec<usize> = s.chunks.iter().map(|(_, b)| b.len()).collect();
+        assert_eq!(
+            sizes,
+            vec![
+                SNAPSHOT_CHUNK_BYTES,
+                SNAPSHOT_CHUNK_BYTES,
+                SNAPSHOT_CHUNK_BYTES / 2
+            ]
+        );
+        let joined: Vec<u8> = s.chunks.iter().flat_map(|(_, b)| b.clone()).collect();
+        assert_eq!(joined, state);
+        for (c, b) in &s.chunks {
+            assert_eq!(c.codec(), RAW);
+            assert_eq!(*c, chunk_cid(b));
+        }
+        let w: RootWire = codec::decode_canonical(&s.root).unwrap();
+        assert_eq!(w.size, state.len() as u64);
+        assert_eq!(w.cert, cert.cid());
+        assert_eq!(s.root_cid, dag_cbor_cid(&s.root));
+    }
+}
