@@ -47,6 +47,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Node(a) => crate::mesh::node(dir, a),
         Command::Join { multiaddr } => crate::mesh::join(dir, &multiaddr),
         Command::Status { api, json } => crate::mesh::status(dir, api, json),
+        Command::Snapshot { cmd, api } => match cmd {
+            crate::SnapshotCmd::Show => crate::snapshot::show(dir, api),
+            crate::SnapshotCmd::Verify { root } => crate::snapshot::verify(dir, root, api),
+        },
         Command::Swarm(a) => crate::mesh::swarm(a),
         Command::Sim { cmd } => crate::sim::run(cmd),
         Command::Model { cmd } => model(cmd),
@@ -166,6 +170,7 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
         | Command::Node(_)
         | Command::Join { .. }
         | Command::Status { .. }
+        | Command::Snapshot { .. }
         | Command::Swarm(_)
         | Command::Sim { .. }
         | Command::Model { .. } => unreachable!("dispatched in run"),

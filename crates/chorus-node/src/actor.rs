@@ -179,8 +179,8 @@ pub struct Actor<M: Describe> {
     pages: Option<PageReader<InboundId>>,
     /// A full node advertises its heads and certificate in the DHT (`crate::advertise`).
     advertiser: Option<crate::advertise::Advertiser>,
-    /// The certificate blocks served by CID.
-    certificates: crate::blocks::Certificates,
+    /// The certificates and snapshots served by CID.
+    certified: crate::blocks::Certified,
 }
 
 impl<M: Describe> Actor<M> {
@@ -254,34 +254,56 @@ impl<M: Describe> Actor<M> {
             access_version,
             pages,
             advertiser: (!light).then(Default::default),
-            certificates: Default::default(),
+            certified: Default::default(),
         }
     }
 
-    /// Keeps the newest finality certificates in `certificates`, to be served by CID.
-    pub fn with_certificates(mut self, certificates: crate::blocks::Certificates) -> Self {
-        self.certificates = certificates;
+    /// Keeps the newest finality certificates and their snapshots in `certified`, to be
+    /// served by CID.
+    pub fn with_certified(mut self, certified: crate::blocks::Certified) -> Self {
+        self.certified = certified;
         self
     }
 
-    /// On a tick: the newest certificate kept for serving, and the advertised set handed to
-    /// the swarm when due.
+    /// On a tick: a new certificate is kept for serving with its snapshot (the certified
+    /// checkpoint's state, from memory or the store), and the advertised set is handed to the
+    /// swarm when due.
     fn advertise(&mut self) {
-        let tl = self.node.local().timeline();
+        let local = self.node.local();
+        let tl = local.timeline();
         if let Some(c) = tl.attestations().and_then(|a| a.certificate()) {
-            let cid = c.cid();
-            if self.certificates.newest() != Some(cid) {
-                self.certificates.keep(cid, c.to_block());
+            let newest = self.certified.newest();
+            if newest.is_none_or(|n| n.certificate != *c) {
+                let snapshot = tl
+                    .final_checkpoint_state(c.att.positions, local.store())
+                    .map(|state| chorus_core::snapshot::Snapshot::build(c, &state));
+                if snapshot.is_none() {
+                    tracing::debug!(
+                        positions = c.att.positions,
+                        "no snapshot of the new certificate: its checkpoint's state is not held here"
+                    );
+                }
+                self.certified.keep(crate::blocks::CertifiedBlocks {
+                    cid: c.cid(),
+                    block: c.to_block(),
+                    certificate: c.clone(),
+                    snapshot,
+                });
             }
         }
         let Some(adv) = self.advertiser.as_mut() else {
             return;
         };
+        let newest = self.certified.newest();
         let set = adv.due(
             Instant::now(),
             tl.genesis_id(),
             &tl.heads(),
-            self.certificates.newest(),
+            newest.as_ref().map(|c| c.cid),
+            newest
+                .as_ref()
+                .and_then(|c| c.snapshot.as_ref())
+                .map(|s| s.root_cid),
         );
         if let Some(set) = set {
             self.send(NetCommand::Provide(set));

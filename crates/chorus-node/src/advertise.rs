@@ -4,7 +4,7 @@
 //! Besides the timeline's own record (the genesis digest: "I replicate this timeline",
 //! `chorus_net`), a full node provides, by their multihash as IPFS does: the genesis block, its
 //! current heads (the first [`MAX_HEADS_ADVERTISED`] by id: a stranger walks the DAG from any
-//! of them) and its newest finality certificate. The set is looked at every
+//! of them), its newest finality certificate and that certificate's snapshot root. The set is looked at every
 //! [`ADVERTISE_INTERVAL`] and handed to the swarm when it changed; the swarm announces what is
 //! new and stops republishing what left (records already in others' stores expire after
 //! `chorus_net::PROVIDER_RECORD_TTL`, and what they name stays here: events are never
@@ -34,6 +34,7 @@ impl Advertiser {
         genesis: EventId,
         heads: &[EventId],
         certificate: Option<Cid>,
+        snapshot: Option<Cid>,
     ) -> Option<Vec<Cid>> {
         if self
             .last
@@ -47,6 +48,7 @@ impl Advertiser {
         let set: Vec<Cid> = std::iter::once(genesis.to_cid())
             .chain(heads.iter().take(MAX_HEADS_ADVERTISED).map(EventId::to_cid))
             .chain(certificate)
+            .chain(snapshot)
             .collect();
         if set == self.set {
             return None;
@@ -69,23 +71,29 @@ mod tests {
         let mut a = Advertiser::default();
         let t = Instant::now();
         let heads: Vec<EventId> = (1..=20).rev().map(id).collect();
-        let first = a.due(t, id(0), &heads, None).unwrap();
+        let first = a.due(t, id(0), &heads, None, None).unwrap();
         // Genesis, then the 8 lowest heads in order.
         assert_eq!(first.len(), 1 + MAX_HEADS_ADVERTISED);
         assert_eq!(first[0], id(0).to_cid());
         assert_eq!(first[1], id(1).to_cid());
         // Changed, but within the interval: nothing.
         assert_eq!(
-            a.due(t + Duration::from_secs(1), id(0), &[id(30)], None),
+            a.due(t + Duration::from_secs(1), id(0), &[id(30)], None, None),
             None
         );
         // Unchanged after the interval: nothing either.
         let later = t + ADVERTISE_INTERVAL;
-        assert_eq!(a.due(later, id(0), &heads, None), None);
-        let cert = id(99).to_cid();
+        assert_eq!(a.due(later, id(0), &heads, None, None), None);
+        let (cert, root) = (id(99).to_cid(), id(98).to_cid());
         let next = a
-            .due(later + ADVERTISE_INTERVAL, id(0), &[id(30)], Some(cert))
+            .due(
+                later + ADVERTISE_INTERVAL,
+                id(0),
+                &[id(30)],
+                Some(cert),
+                Some(root),
+            )
             .unwrap();
-        assert_eq!(next, vec![id(0).to_cid(), id(30).to_cid(), cert]);
+        assert_eq!(next, vec![id(0).to_cid(), id(30).to_cid(), cert, root]);
     }
 }

@@ -3,66 +3,84 @@
 //!
 //! A node holds two kinds of block: the events of its timeline (the genesis among them),
 //! DAG-CBOR blocks under CIDv1 with a sha2-256 digest, kept in the store by that digest (an
-//! [`EventId`]); and its newest finality certificates ([`Certificates`], in memory: a
-//! certificate is rebuilt from the heartbeats after a restart). Any other CID names nothing
-//! here. Store reads go through a [`StoreReader`], one read transaction a block, beside the
-//! actor's writes.
+//! [`EventId`]); and, under `final/1`, its newest finality certificates with the certified
+//! snapshot of each (`chorus_core::snapshot`: a root block and the state's raw chunks), held
+//! in memory by [`Certified`] (both are rebuilt from the store after a restart). Any other CID
+//! names nothing here. Store reads go through a [`StoreReader`], one read transaction a
+//! block, beside the actor's writes.
 
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
 };
 
-use chorus_core::EventId;
+use chorus_core::{EventId, finality::certificate::Certificate, snapshot::Snapshot};
 use chorus_net::bitswap::BlockSource;
 use chorus_store::StoreReader;
 use cid::Cid;
 
-/// Certificate blocks kept for serving: the newest few (a stranger may have learned of one a
-/// little older than the newest).
-pub const CERTIFICATES_KEPT: usize = 4;
+/// Certificates (with their snapshots) kept for serving: the newest few, as a stranger may
+/// have learned of one a little older than the newest.
+pub const CERTIFICATES_KEPT: usize = 2;
 
-/// The node's newest finality certificate blocks, by CID; the actor adds, Bitswap reads.
+/// One certificate as blocks: its own, and its snapshot's when this node held the certified
+/// checkpoint's state.
+pub struct CertifiedBlocks {
+    pub cid: Cid,
+    pub block: Vec<u8>,
+    pub certificate: Certificate,
+    pub snapshot: Option<Snapshot>,
+}
+
+/// The node's newest certificates and snapshots, by CID; the actor adds, Bitswap and the
+/// API read.
 #[derive(Clone, Default)]
-pub struct Certificates(Arc<Mutex<VecDeque<Held>>>);
+pub struct Certified(Arc<Mutex<VecDeque<Arc<CertifiedBlocks>>>>);
 
-/// A certificate block under its CID.
-type Held = (Cid, Arc<Vec<u8>>);
-
-impl Certificates {
-    /// Keeps `block` under `cid` (the newest; the oldest beyond [`CERTIFICATES_KEPT`] goes).
-    pub fn keep(&self, cid: Cid, block: Vec<u8>) {
+impl Certified {
+    /// Keeps `c` as the newest (the oldest beyond [`CERTIFICATES_KEPT`] goes).
+    pub fn keep(&self, c: CertifiedBlocks) {
         let mut held = self.0.lock().unwrap();
-        if held.iter().any(|(c, _)| *c == cid) {
+        if held.iter().any(|h| h.cid == c.cid) {
             return;
         }
-        held.push_back((cid, Arc::new(block)));
+        held.push_back(Arc::new(c));
         while held.len() > CERTIFICATES_KEPT {
             held.pop_front();
         }
     }
 
-    pub fn newest(&self) -> Option<Cid> {
-        self.0.lock().unwrap().back().map(|(c, _)| *c)
+    pub fn newest(&self) -> Option<Arc<CertifiedBlocks>> {
+        self.0.lock().unwrap().back().cloned()
     }
 
     fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
         let held = self.0.lock().unwrap();
-        held.iter()
-            .find(|(c, _)| c == cid)
-            .map(|(_, b)| b.as_ref().clone())
+        held.iter().rev().find_map(|h| {
+            if h.cid == *cid {
+                return Some(h.block.clone());
+            }
+            let s = h.snapshot.as_ref()?;
+            if s.root_cid == *cid {
+                return Some(s.root.clone());
+            }
+            s.chunks
+                .iter()
+                .find(|(c, _)| c == cid)
+                .map(|(_, b)| b.clone())
+        })
     }
 }
 
-/// The node's blocks, by CID: its store's events and its newest certificates.
+/// The node's blocks, by CID: its store's events and its newest certificates and snapshots.
 pub struct StoreBlocks {
     pub store: StoreReader,
-    pub certificates: Certificates,
+    pub certified: Certified,
 }
 
 impl BlockSource for StoreBlocks {
     fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
-        if let Some(b) = self.certificates.get(cid) {
+        if let Some(b) = self.certified.get(cid) {
             return Some(b);
         }
         // Any CID but an event's (v1, DAG-CBOR, sha2-256) names nothing here.

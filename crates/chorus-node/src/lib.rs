@@ -123,11 +123,11 @@ pub async fn run<M: Describe>(
     let genesis = replica.timeline().genesis_id();
     let final_order = replica.timeline().genesis().is_final_order();
     let private = replica.timeline().genesis().is_private();
-    let certificates = blocks::Certificates::default();
+    let certified = blocks::Certified::default();
     let blocks: std::sync::Arc<dyn chorus_net::bitswap::BlockSource> =
         std::sync::Arc::new(blocks::StoreBlocks {
             store: replica.store().reader(),
-            certificates: certificates.clone(),
+            certified: certified.clone(),
         });
     let net = chorus_net::spawn(NetConfig {
         seed: replica.key().seed(),
@@ -189,7 +189,7 @@ pub async fn run<M: Describe>(
         cfg.heartbeat_ms,
     )
     .with_feed(feed)
-    .with_certificates(certificates);
+    .with_certified(certified.clone());
     let actor = std::thread::Builder::new()
         .name("chorus-node".into())
         .spawn(move || actor.run(node_rx))
@@ -227,6 +227,7 @@ pub async fn run<M: Describe>(
         rate: std::sync::Arc::new(http::ratelimit::GatewayRate::per_minute(cfg.gateway_rate)),
         bitswap: net.bitswap.clone(),
         blocks: Some(blocks),
+        certified,
     };
     let mut http_tasks = vec![];
     if let Some(addr) = cfg.metrics {

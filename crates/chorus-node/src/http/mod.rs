@@ -151,6 +151,7 @@ fn documented(api: &Api) -> OpenApiRouter<Api> {
         .routes(routes!(node::status))
         .routes(routes!(node::state))
         .routes(routes!(node::certificate))
+        .routes(routes!(node::snapshot))
         .routes(routes!(events::events))
         .routes(routes!(dashboard::stream))
         .routes(routes!(swarm::elections))
@@ -404,6 +405,7 @@ mod tests {
             rate: Default::default(),
             bitswap: chorus_net::bitswap::Bitswap::unconnected(),
             blocks: None,
+            certified: Default::default(),
         }
     }
 

@@ -52,6 +52,38 @@ pub async fn state(State(api): State<Api>) -> Response {
     }
 }
 
+/// `GET /v1/snapshot`: the newest certified snapshot this node serves (`snapshot/1`,
+/// docs/design/ipfs.md): its root CID, which any IPFS node or `chorus snapshot verify` fetches
+/// and checks, with what its certificate says. 404 when the node holds none.
+#[utoipa::path(get, path = "/v1/snapshot", tag = "ipfs", responses(
+    (status = 200, description = "The newest certified snapshot: its root CID and what it certifies", body = serde_json::Value),
+    (status = 404, description = "None: the timeline is not final/1, no certificate yet, or the certified checkpoint's state is not held here", body = super::shared::ApiError),
+))]
+pub async fn snapshot(State(api): State<Api>) -> Response {
+    let newest = api.certified.newest();
+    let Some((c, s)) = newest
+        .as_ref()
+        .and_then(|c| c.snapshot.as_ref().map(|s| (c, s)))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no certified snapshot here: the timeline is not final/1, no quorum has certified \
+             a checkpoint yet, or this node does not hold the certified checkpoint's state",
+        );
+    };
+    Json(serde_json::json!({
+        "root": s.root_cid.to_string(),
+        "certificate": c.cid.to_string(),
+        "positions": c.certificate.att.positions,
+        "last": c.certificate.att.last.to_string(),
+        "state_hash": hex::encode(c.certificate.att.state),
+        "epoch": c.certificate.epoch,
+        "size": s.chunks.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+        "chunks": s.chunks.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
 /// `GET /v1/finality/certificate`: the newest finality certificate this node holds (a quorum
 /// of the committee attested the state after `positions`), with its DAG-CBOR block; 404 when
 /// it holds none yet, or the timeline is not `final/1`.

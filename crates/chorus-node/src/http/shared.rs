@@ -54,6 +54,8 @@ pub struct Api {
     pub bitswap: chorus_net::bitswap::Bitswap,
     /// The node's own blocks by CID (`None`: it keeps none to serve).
     pub blocks: Option<Arc<dyn chorus_net::bitswap::BlockSource>>,
+    /// The newest certificates and snapshots (`GET /v1/snapshot`).
+    pub certified: crate::blocks::Certified,
 }
 
 /// Most SSE streams open at once (events and elections together). A client that never reads
