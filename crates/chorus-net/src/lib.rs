@@ -77,7 +77,7 @@ pub const MAX_IDENTIFY_ADDRS: usize = 8;
 pub const SYNC_PROTOCOL: &str = "/chorus/sync/1";
 pub const KAD_PROTOCOL: &str = "/chorus/kad/1";
 /// Most block CIDs a node advertises as their provider at once ([`NetCommand::Provide`]).
-pub const MAX_PROVIDED_BLOCKS: usize = 32;
+pub const MAX_PROVIDED_BLOCKS: usize = 31;
 /// A provider record lives this long in others' stores unless republished…
 pub const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(30 * 60);
 /// …and a node republishes its own this often. Shorter than libp2p's defaults (48 h, 12 h):
@@ -461,6 +461,7 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
             providing: false,
             bootstrap: cfg.bootstrap.clone(),
             bitswap: bitswap.clone(),
+            wanted: Default::default(),
             provided: Default::default(),
             lookups: HashMap::new(),
         }
@@ -495,7 +496,9 @@ struct Driver {
     bootstrap: Vec<Multiaddr>,
     /// Told who is connected: its wants go to every connected peer.
     bitswap: bitswap::Bitswap,
-    /// The block CIDs advertised now ([`NetCommand::Provide`]).
+    /// The block CIDs to advertise ([`NetCommand::Provide`])…
+    wanted: std::collections::HashSet<kad::RecordKey>,
+    /// …and those announced so far (once a peer is connected to announce them to).
     provided: std::collections::HashSet<kad::RecordKey>,
     /// Bitswap's DHT lookups in flight.
     lookups: HashMap<kad::QueryId, Lookup>,
@@ -566,6 +569,7 @@ impl Driver {
                 Err(e) => tracing::warn!("cannot advertise the timeline: {e}"),
             }
         }
+        self.sync_provided();
         let _ = self.swarm.behaviour_mut().kad.bootstrap();
         self.swarm.behaviour_mut().kad.get_providers(key);
     }
@@ -573,7 +577,15 @@ impl Driver {
     /// Starts a fetch's DHT lookup (or drops it, which the fetch takes as "nothing found",
     /// when [`bitswap::MAX_LOOKUPS`] are running already).
     fn look_up(&mut self, l: bitswap::Lookup) {
-        self.lookups.retain(|_, w| !w.done.is_closed());
+        let gone: Vec<kad::QueryId> = self
+            .lookups
+            .iter()
+            .filter(|(_, w)| w.done.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.stop_lookup(id);
+        }
         if self.lookups.len() >= bitswap::MAX_LOOKUPS {
             return;
         }
@@ -589,6 +601,14 @@ impl Driver {
                 dialled: 0,
             },
         );
+    }
+
+    /// Forgets a lookup whose fetch ended and stops its query.
+    fn stop_lookup(&mut self, id: kad::QueryId) {
+        self.lookups.remove(&id);
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            q.finish();
+        }
     }
 
     /// Providers a lookup found: dialled (while the query still holds their addresses), up to
@@ -619,7 +639,9 @@ impl Driver {
             let l = self.lookups.get_mut(&id).expect("looked up above");
             l.dialled += 1;
             match self.swarm.dial(dial) {
-                Ok(()) => {
+                // Already being dialled (by Kademlia's own query, or discovery): that dial's
+                // end is awaited all the same.
+                Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
                     l.dialling.insert(p);
                 }
                 Err(e) => tracing::debug!(peer = %p, "cannot dial a provider: {e}"),
@@ -713,26 +735,40 @@ impl Driver {
         }
     }
 
-    /// Makes the advertised blocks exactly `cids` (full nodes only).
+    /// Makes the advertised blocks exactly `cids` (full nodes only): announced now if a peer
+    /// is connected, else at the next discovery round that finds one (an announcement into an
+    /// empty routing table would reach nobody until the republication, 10 min later).
     fn provide(&mut self, cids: Vec<cid::Cid>) {
         if !self.replica {
             return;
         }
-        let now: std::collections::HashSet<kad::RecordKey> = cids
+        self.wanted = cids
             .iter()
             .take(MAX_PROVIDED_BLOCKS)
             .map(provider_key)
             .collect();
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        for gone in self.provided.difference(&now) {
-            kad.stop_providing(gone);
+        if self.swarm.connected_peers().next().is_some() {
+            self.sync_provided();
         }
-        for new in now.difference(&self.provided) {
-            if let Err(e) = kad.start_providing(new.clone()) {
-                tracing::warn!("cannot advertise a block: {e}");
+    }
+
+    /// Announces the wanted keys not announced yet, and stops republishing the others.
+    fn sync_provided(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let gone: Vec<kad::RecordKey> = self.provided.difference(&self.wanted).cloned().collect();
+        for key in gone {
+            kad.stop_providing(&key);
+            self.provided.remove(&key);
+        }
+        let new: Vec<kad::RecordKey> = self.wanted.difference(&self.provided).cloned().collect();
+        for key in new {
+            match kad.start_providing(key.clone()) {
+                Ok(_) => {
+                    self.provided.insert(key);
+                }
+                Err(e) => tracing::warn!("cannot advertise a block: {e}"),
             }
         }
-        self.provided = now;
     }
 
     /// Handles one swarm event; false when the node has gone away.
@@ -876,10 +912,7 @@ impl Driver {
             }) if self.lookups.contains_key(&id) => {
                 if self.lookups[&id].done.is_closed() {
                     // The fetch ended (block, deadline, caller gone): stop asking.
-                    self.lookups.remove(&id);
-                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                        q.finish();
-                    }
+                    self.stop_lookup(id);
                     return true;
                 }
                 if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
@@ -897,11 +930,12 @@ impl Driver {
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 result:
                     kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        key,
                         providers,
-                        ..
                     })),
                 ..
-            }) => {
+            }) if Some(&key) == self.provider_key.as_ref() => {
+                // Replicas of the timeline (a stopped block lookup's late results are not).
                 let me = *self.swarm.local_peer_id();
                 for p in providers {
                     let connected = self.swarm.is_connected(&p);

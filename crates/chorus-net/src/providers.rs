@@ -34,8 +34,9 @@ use libp2p::{
 pub const MAX_OWN_KEYS: usize = 1_024;
 /// Keys other peers provide, kept for lookups.
 pub const MAX_REMOTE_KEYS: usize = 8_192;
-/// Keys one other peer may provide here.
-pub const MAX_KEYS_PER_PROVIDER: usize = 512;
+/// Keys one other peer may provide here: twice what a Chorus node ever advertises (the
+/// timeline and `MAX_PROVIDED_BLOCKS` blocks).
+pub const MAX_KEYS_PER_PROVIDER: usize = 64;
 
 pub struct ProviderStore {
     local: PeerId,
@@ -97,7 +98,9 @@ impl ProviderStore {
             return;
         }
         while self.others.len() >= MAX_REMOTE_KEYS {
-            self.evict_stalest();
+            if !self.evict_stalest() {
+                break;
+            }
         }
         *self.keys_of.entry(record.provider).or_default() += 1;
         let freshness = record.expires;
@@ -111,11 +114,12 @@ impl ProviderStore {
         );
     }
 
-    /// Drops the key refreshed longest ago. Records without an expiry (none are made here:
-    /// the behaviour gives every record one) sort first and so go first.
-    fn evict_stalest(&mut self) {
+    /// Drops the key refreshed longest ago (false: nothing to drop). Records without an
+    /// expiry (none are made here: the behaviour gives every record one) sort first and so go
+    /// first.
+    fn evict_stalest(&mut self) -> bool {
         let Some((_, key)) = self.by_freshness.pop_first() else {
-            return;
+            return false;
         };
         let key = RecordKey::from(key);
         if let Some(r) = self.others.remove(&key) {
@@ -123,6 +127,7 @@ impl ProviderStore {
                 self.forget_provider(&p.provider);
             }
         }
+        true
     }
 
     fn forget_provider(&mut self, provider: &PeerId) {
@@ -235,8 +240,8 @@ mod tests {
         let me = PeerId::random();
         let mut store = ProviderStore::new(me);
         let t0 = Instant::now();
-        let peers: Vec<PeerId> = (0..40).map(|_| PeerId::random()).collect();
-        // Twice the bound of keys, from 40 ids, each refreshed later than the one before.
+        let peers: Vec<PeerId> = (0..300).map(|_| PeerId::random()).collect();
+        // Twice the bound of keys, from 300 ids, each refreshed later than the one before.
         for k in 0..(2 * MAX_REMOTE_KEYS) as u32 {
             let p = peers[k as usize % peers.len()];
             let at = t0 + Duration::from_millis(u64::from(k));

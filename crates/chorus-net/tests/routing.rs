@@ -127,12 +127,18 @@ async fn a_stranger_that_knows_one_peer_finds_the_provider_of_a_cid_and_fetches_
 
     // With the DHT: the holder's record (sent to the relay when it advertised; that is
     // asynchronous, so a first lookup may come before it) names the holder, which is dialled
-    // and asked.
+    // (by the lookup's query, which contacts the providers it learns of, or by the driver)
+    // and asked. A fetch may fail only while the record has not arrived: one that fails after
+    // its lookup connected the holder answered too early, and fails the test.
     let t = std::time::Instant::now();
     let got = loop {
         match bs.fetch(cid, Duration::from_secs(10)).await {
             Ok(got) => break got,
             Err(e) => {
+                assert!(
+                    !connected_after_draining(&mut stranger, holder.peer_id, false),
+                    "the fetch ended ({e}) although its lookup had connected the holder"
+                );
                 assert!(t.elapsed() < Duration::from_secs(30), "never found: {e}");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

@@ -291,12 +291,15 @@ impl<M: Describe> Actor<M> {
                 });
             }
         }
-        let Some(adv) = self.advertiser.as_mut() else {
+        if !self
+            .advertiser
+            .as_mut()
+            .is_some_and(|a| a.due(Instant::now()))
+        {
             return;
-        };
+        }
         let newest = self.certified.newest();
-        let set = adv.due(
-            Instant::now(),
+        let set = crate::advertise::advertised(
             tl.genesis_id(),
             &tl.heads(),
             newest.as_ref().map(|c| c.cid),
@@ -305,9 +308,7 @@ impl<M: Describe> Actor<M> {
                 .and_then(|c| c.snapshot.as_ref())
                 .map(|s| s.root_cid),
         );
-        if let Some(set) = set {
-            self.send(NetCommand::Provide(set));
-        }
+        self.send(NetCommand::Provide(set));
     }
 
     /// Folds every rewind in one go, however long, blocking appends and queries meanwhile

@@ -154,6 +154,8 @@ struct Inner {
     /// Where fetches ask for DHT lookups (`None`: connected peers only).
     lookups: Option<mpsc::Sender<Lookup>>,
     wants: Mutex<HashMap<Cid, Want>>,
+    /// Numbers the lookups ([`LookupTask::generation`]).
+    lookups_started: AtomicU64,
     peers: Mutex<BTreeSet<PeerId>>,
     /// The queue of each connected peer's writer task.
     outbound: Mutex<HashMap<PeerId, mpsc::Sender<Outgoing>>>,
@@ -174,16 +176,34 @@ struct Want {
     waiters: Vec<oneshot::Sender<Result<Vec<u8>, usize>>>,
     asked: BTreeSet<PeerId>,
     dont_have: BTreeSet<PeerId>,
-    /// A DHT lookup for the CID is running: `DontHave` from everyone asked so far is not the
-    /// end yet.
-    looking_up: bool,
+    /// The DHT lookup for the CID while it runs: `DontHave` from everyone asked so far is
+    /// not the end yet. Dropped with the want, which stops the lookup.
+    lookup: Option<LookupTask>,
 }
 
 impl Want {
     /// Nobody can send the block any more: every peer asked said `DontHave` (or is gone) and
     /// no lookup can bring another.
     fn hopeless(&self) -> bool {
-        !self.looking_up && self.dont_have.len() == self.asked.len()
+        self.lookup.is_none() && self.dont_have.len() == self.asked.len()
+    }
+}
+
+/// The task waiting for a want's lookup to end. However the want goes (its block, `DontHave`
+/// from everyone, its last waiter gone) the task is aborted with it, which drops its end of
+/// the lookup's channel: the driver sees that and stops the Kademlia query.
+struct LookupTask {
+    /// Tells this lookup apart from a later one for the same CID (a want ended and a new fetch
+    /// of the CID started while the first lookup still ran).
+    generation: u64,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for LookupTask {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
 
@@ -269,6 +289,7 @@ impl Bitswap {
                 source,
                 lookups,
                 wants: Default::default(),
+                lookups_started: AtomicU64::new(0),
                 peers: Default::default(),
                 outbound: Default::default(),
                 streams: Arc::new(Semaphore::new(MAX_INBOUND_STREAMS)),
@@ -364,6 +385,10 @@ impl Bitswap {
             match wants.get_mut(&cid) {
                 Some(w) => {
                     w.waiters.push(tx);
+                    // A routed fetch joining a want that asks its connected peers only.
+                    if route && w.lookup.is_none() {
+                        w.lookup = self.look_up(cid);
+                    }
                     vec![]
                 }
                 None => {
@@ -381,12 +406,9 @@ impl Bitswap {
                             waiters: vec![tx],
                             asked: peers.clone(),
                             dont_have: BTreeSet::new(),
-                            looking_up: lookup.is_some(),
+                            lookup,
                         },
                     );
-                    if let Some(done) = lookup {
-                        tokio::spawn(lookup_ended(Arc::downgrade(&self.inner), cid, done));
-                    }
                     peers.into_iter().collect::<Vec<_>>()
                 }
             }
@@ -406,13 +428,24 @@ impl Bitswap {
         }
     }
 
-    /// Asks the swarm's driver to look `cid` up in the DHT; `None` when there is no DHT or
-    /// [`MAX_LOOKUPS`] are running.
-    fn look_up(&self, cid: Cid) -> Option<oneshot::Receiver<()>> {
+    /// Asks the swarm's driver to look `cid` up in the DHT, and starts the task that marks
+    /// the end of that lookup on the want; `None` when there is no DHT or [`MAX_LOOKUPS`] are
+    /// queued.
+    fn look_up(&self, cid: Cid) -> Option<LookupTask> {
         let lookups = self.inner.lookups.as_ref()?;
         let (done, ended) = oneshot::channel();
         lookups.try_send(Lookup { cid, done }).ok()?;
-        Some(ended)
+        let generation = self.inner.lookups_started.fetch_add(1, Ordering::Relaxed);
+        let task = tokio::spawn(lookup_ended(
+            Arc::downgrade(&self.inner),
+            cid,
+            generation,
+            ended,
+        ));
+        Some(LookupTask {
+            generation,
+            task: Some(task.abort_handle()),
+        })
     }
 
     async fn read_stream(&self, peer: PeerId, mut stream: Stream) {
@@ -609,13 +642,21 @@ impl Bitswap {
 
 /// A fetch's DHT lookup ended (its providers dialled, and asked if they connected): from now
 /// on `DontHave` from everyone asked ends the fetch.
-async fn lookup_ended(inner: Weak<Inner>, cid: Cid, ended: oneshot::Receiver<()>) {
+async fn lookup_ended(inner: Weak<Inner>, cid: Cid, generation: u64, ended: oneshot::Receiver<()>) {
     let _ = ended.await;
     let Some(inner) = inner.upgrade() else { return };
     let me = Bitswap { inner };
     let mut wants = me.inner.wants.lock().unwrap();
     let Some(w) = wants.get_mut(&cid) else { return };
-    w.looking_up = false;
+    match &mut w.lookup {
+        Some(l) if l.generation == generation => {
+            // This task is ending: nothing to abort.
+            l.task = None;
+            w.lookup = None;
+        }
+        // Another fetch's lookup (or none): not this one's to end.
+        _ => return,
+    }
     if w.hopeless() {
         let w = wants.remove(&cid).expect("looked up above");
         drop(wants);
@@ -833,6 +874,51 @@ mod tests {
         fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
             self.0.iter().find(|b| raw_cid(b) == *cid).cloned()
         }
+    }
+
+    /// A fetch's lookup lives as long as the fetch: when the fetch ends (here at its
+    /// deadline) the lookup's channel closes, which is how the driver knows to stop the query;
+    /// a lookup that ends while no fetch waits changes nothing; a later fetch of the same CID
+    /// gets a lookup of its own, and `DontHave` from everyone waits for that lookup's end.
+    #[tokio::test]
+    async fn a_lookup_ends_with_its_fetch_and_holds_back_not_found_until_it_ends() {
+        let (tx, mut rx) = mpsc::channel(MAX_LOOKUPS);
+        let bs = Bitswap::with(
+            libp2p_stream::Behaviour::new().new_control(),
+            None,
+            Some(tx),
+        );
+        let cid = raw_cid(b"x");
+        let r = bs.fetch(cid, Duration::from_millis(50)).await;
+        assert!(matches!(r, Err(FetchError::Timeout { .. })), "{r:?}");
+        let mut first = rx.try_recv().expect("the fetch asked for a lookup");
+        tokio::time::timeout(Duration::from_secs(5), first.done.closed())
+            .await
+            .expect("the ended fetch let go of its lookup");
+
+        // A second fetch, one peer: its DontHave does not end the fetch while the lookup runs.
+        let peer = PeerId::random();
+        bs.inner.peers.lock().unwrap().insert(peer);
+        let fetch = tokio::spawn({
+            let bs = bs.clone();
+            async move { bs.fetch(cid, Duration::from_secs(10)).await }
+        });
+        let second = loop {
+            if let Ok(l) = rx.try_recv() {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        bs.dont_have(peer, cid);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!fetch.is_finished(), "NotFound before the lookup ended");
+        // The lookup ends having found no one else: now the fetch fails at once.
+        second.done.send(()).unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), fetch)
+            .await
+            .expect("ends once the lookup did")
+            .unwrap();
+        assert_eq!(r, Err(FetchError::NotFound { cid, asked: 1 }));
     }
 
     fn entry(cid: &Cid, want_type: WantType, send_dont_have: bool) -> Entry {
