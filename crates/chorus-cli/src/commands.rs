@@ -49,7 +49,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Status { api, json } => crate::mesh::status(dir, api, json),
         Command::Snapshot { cmd, api } => match cmd {
             crate::SnapshotCmd::Show => crate::snapshot::show(dir, api),
-            crate::SnapshotCmd::Verify { root } => crate::snapshot::verify(dir, root, api),
+            crate::SnapshotCmd::Verify { root, timeline } => {
+                crate::snapshot::verify(dir, root, timeline, api)
+            }
         },
         Command::Swarm(a) => crate::mesh::swarm(a),
         Command::Sim { cmd } => crate::sim::run(cmd),

@@ -150,9 +150,15 @@ enum SnapshotCmd {
     Show,
     /// Fetch a snapshot's blocks by CID through the node (its own, or from the network) and
     /// check them here: the committee's quorum of signatures, the state hash, the bytes.
+    /// Through your own node (the one running on --data-dir) its timeline and its current
+    /// committee are trusted; through another (--api) only --timeline and the genesis
+    /// committee are.
     Verify {
         /// The snapshot's root CID (default: the node's newest).
         root: Option<String>,
+        /// The timeline (its genesis CID) the snapshot must be of; required with --api.
+        #[arg(long)]
+        timeline: Option<String>,
     },
 }
 

@@ -1,13 +1,18 @@
 //! `chorus snapshot`: show and check certified snapshots (`snapshot/1`,
 //! docs/design/ipfs.md "Certified snapshots") through a running node.
 //!
-//! `verify` fetches every block of a snapshot by CID through the node's `GET /v1/blocks/{cid}`
+//! `verify` fetches every block of a snapshot by CID through a node's `GET /v1/blocks/{cid}`
 //! (the node's own blocks, or Bitswap from its peers and the providers the DHT names) and runs
-//! `chorus_core::snapshot::verify` here, in this process: the genesis is fetched by the
-//! timeline's CID (its bytes checked against it), the committee of the certificate's epoch is
-//! the genesis's for epoch 0 and, for a later epoch, the one the node's own newest certificate
-//! names when it is of that epoch (your own node's view, derived from its own replay). What the
-//! serving peers say about any of it is checked, never taken.
+//! `chorus_core::snapshot::verify` here, in this process. Every block is checked against its
+//! CID, every signature against the committee; what is trusted is the timeline and the
+//! committee:
+//! * through **your own node** (the one running on `--data-dir`, recognised by its key): its
+//!   timeline, and the committee of its newest certificate's epoch (from its own replay); the
+//!   genesis committee only while that epoch is 0;
+//! * through **another node** (`--api`): the timeline you name (`--timeline`), and the genesis
+//!   committee alone (a certificate of a later epoch is refused as unknown). A quorum of the
+//!   genesis members could sign an epoch-0 certificate even after they left the committee:
+//!   check through a node you run to rule that out.
 
 use std::{cell::Cell, path::Path, time::Instant};
 
@@ -34,7 +39,19 @@ pub fn show(dir: &Path, api: Option<String>) -> Result<i32> {
 }
 
 /// `chorus snapshot verify [ROOT]`: checks the snapshot `root` (default: the node's newest).
-pub fn verify(dir: &Path, root: Option<String>, api: Option<String>) -> Result<i32> {
+pub fn verify(
+    dir: &Path,
+    root: Option<String>,
+    timeline: Option<String>,
+    api: Option<String>,
+) -> Result<i32> {
+    let own = api.is_none();
+    if !own && timeline.is_none() {
+        bail!(
+            "through another node (--api), name the timeline the snapshot must be of with \
+             --timeline CID: that node's word for it is not taken"
+        );
+    }
     let api = crate::mesh::api_of(dir, api)?;
     let root: Cid = match root {
         Some(r) => r.parse().with_context(|| format!("{r:?} is not a CID"))?,
@@ -44,37 +61,56 @@ pub fn verify(dir: &Path, root: Option<String>, api: Option<String>) -> Result<i
             .parse()?,
     };
     let status = http::get(&api, "/v1/status")?;
-    let timeline: EventId = status["timeline"]
+    let served = status["timeline"]
         .as_str()
-        .context("the node's status names no timeline")?
+        .context("the node's status names no timeline")?;
+    let timeline: EventId = timeline
+        .as_deref()
+        .unwrap_or(served)
         .parse::<Cid>()
-        .map_err(|e| anyhow!("the node's timeline id: {e}"))
-        .and_then(|c| EventId::from_cid(&c).map_err(|e| anyhow!("{e}")))?;
+        .map_err(|e| anyhow!("the timeline id: {e}"))
+        .and_then(|c| EventId::from_cid(&c).map_err(|e| anyhow!("the timeline id: {e}")))?;
+    if served != timeline.to_string() {
+        bail!("the node at {api} replicates {served}, not {timeline}");
+    }
     let genesis_block = http::get_bytes(&api, &format!("/v1/blocks/{}", timeline.to_cid()))?;
     if EventId::of_block(&genesis_block) != timeline {
         bail!("the genesis block the node sent does not hash to the timeline's CID");
     }
     let genesis_ev = SignedEvent::decode(&genesis_block).context("the genesis block")?;
     let genesis = Genesis::from_event(&genesis_ev).context("the genesis block")?;
-    // The node's own view of its newest certificate's epoch: its committee, from its replay.
-    let own = http::get(&api, "/v1/finality/certificate")
-        .ok()
-        .and_then(|c| {
-            let epoch = u32::try_from(c["epoch"].as_u64()?).ok()?;
-            let keys = c["committee"]
-                .as_array()?
-                .iter()
-                .map(|k| k.as_str()?.parse::<AuthorId>().ok())
-                .collect::<Option<Vec<_>>>()?;
-            Some((epoch, keys))
-        });
+    // Your own node's view (never another's): its current epoch, and that epoch's committee
+    // when its newest certificate is of it (built from its own replay).
+    let known = if own {
+        let now = status["finality"]["epoch"]
+            .as_u64()
+            .and_then(|e| u32::try_from(e).ok());
+        let committee = http::get(&api, "/v1/finality/certificate")
+            .ok()
+            .and_then(|c| {
+                let epoch = u32::try_from(c["epoch"].as_u64()?).ok()?;
+                let keys = c["committee"]
+                    .as_array()?
+                    .iter()
+                    .map(|k| k.as_str()?.parse::<AuthorId>().ok())
+                    .collect::<Option<Vec<_>>>()?;
+                Some((epoch, keys))
+            });
+        match (now, committee) {
+            (Some(now), Some((e, keys))) if e == now => Known::Committee(e, keys),
+            (Some(now), _) => Known::Epoch(now),
+            (None, _) => Known::Genesis,
+        }
+    } else {
+        Known::Genesis
+    };
     let task = Check {
         api: &api,
         root,
         timeline,
         genesis_ev,
         genesis,
-        own,
+        known,
     };
     machines::dispatch(&task.genesis.body.machine.clone(), task)?
 }
@@ -85,7 +121,18 @@ struct Check<'a> {
     timeline: EventId,
     genesis_ev: SignedEvent,
     genesis: Genesis,
-    own: Option<(u32, Vec<AuthorId>)>,
+    known: Known,
+}
+
+/// What the checker knows of the committees.
+enum Known {
+    /// Nothing beyond the genesis: epoch 0's committee is trusted.
+    Genesis,
+    /// The timeline is at this epoch, whose committee is not known here: only epoch 0's, and
+    /// only while it is 0.
+    Epoch(u32),
+    /// The timeline is at this epoch, and this is its committee.
+    Committee(u32, Vec<AuthorId>),
 }
 
 impl WithMachine for Check<'_> {
@@ -96,10 +143,12 @@ impl WithMachine for Check<'_> {
         let fresh = Timeline::new(self.genesis_ev.clone(), M::default())
             .map_err(|e| anyhow!("the genesis: {e}"))?;
         let epoch0 = fresh.finality().map(|f| f.committee);
+        // Only the epoch known to be in force: the own node's current one, or the genesis's
+        // while no later one is known.
         let committee_of = |e: u32| -> Option<Vec<AuthorId>> {
-            match (&self.own, e) {
-                (_, 0) => epoch0.clone(),
-                (Some((own, keys)), e) if *own == e => Some(keys.clone()),
+            match &self.known {
+                Known::Committee(now, keys) if *now == e => Some(keys.clone()),
+                Known::Genesis | Known::Epoch(0) if e == 0 => epoch0.clone(),
                 _ => None,
             }
         };

@@ -81,7 +81,9 @@ pub enum SnapshotError {
     Certificate(#[from] CertificateError),
     #[error("state of {size} bytes: at most {MAX_SNAPSHOT_BYTES} are taken")]
     TooLarge { size: u64 },
-    #[error("the chunks hold {got} bytes, the root says {size}")]
+    #[error(
+        "the chunks do not cut {size} bytes into {SNAPSHOT_CHUNK_BYTES}-byte pieces (at {got} bytes)"
+    )]
     SizeMismatch { size: u64, got: u64 },
     #[error("the state bytes hash to {got}, the certificate attests {certified}")]
     StateMismatch { certified: String, got: String },
@@ -135,10 +137,26 @@ pub struct Verified<S> {
     pub state: S,
 }
 
+impl<S> std::fmt::Debug for Verified<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verified")
+            .field("certificate", &self.certificate)
+            .field("state_bytes", &self.state_bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Checks the snapshot `root` names, fetching every block by CID through `get` (which may
 /// return anything: each block is checked against its CID here), against the timeline's
-/// `genesis` and `committee_of` (the members this node knows for an epoch: `None` when it
+/// `genesis` and `committee_of` (the members the caller knows for an epoch: `None` when it
 /// cannot tell). Nothing is trusted that a quorum of the epoch's committee did not sign.
+///
+/// What the caller must know: `committee_of` answers for the epoch it trusts to be in force
+/// at the certified positions, and for no other. The certificate's epoch is the signers'
+/// claim, and heartbeats can be signed off the timeline (they need not be in its DAG to
+/// verify): a quorum of a committee that has since been replaced (removed members, leaked
+/// keys) could sign a certificate for any positions and state under their old epoch. A node
+/// that knows the timeline has moved past an epoch must not answer for it.
 pub fn verify<M: Machine>(
     machine: &M,
     genesis_id: EventId,
@@ -158,10 +176,33 @@ pub fn verify<M: Machine>(
         }
         Ok(bytes)
     };
+    if root.codec() != DAG_CBOR {
+        return Err(SnapshotError::Decode(format!(
+            "{root} is not a DAG-CBOR block"
+        )));
+    }
     let w: RootWire = codec::decode_canonical(&fetch(&root)?)
         .map_err(|e| SnapshotError::Decode(format!("{e:?}")))?;
     if w.v != 1 {
         return Err(SnapshotError::Decode(format!("version {} is not 1", w.v)));
+    }
+    // The layout before any chunk is fetched or any byte reserved: the root is unsigned, so
+    // its size and chunk list bound the work only once they are the one layout `build` makes
+    // (which also makes the root the only one for a given certificate and state).
+    if w.size > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotError::TooLarge { size: w.size });
+    }
+    if w.chunks.len() as u64 != w.size.div_ceil(SNAPSHOT_CHUNK_BYTES as u64) {
+        return Err(SnapshotError::Decode(format!(
+            "{} chunks for {} bytes: not {SNAPSHOT_CHUNK_BYTES}-byte chunks",
+            w.chunks.len(),
+            w.size
+        )));
+    }
+    if let Some(c) = w.chunks.iter().find(|c| c.codec() != RAW) {
+        return Err(SnapshotError::Decode(format!(
+            "chunk {c} is not a raw block"
+        )));
     }
     let tl = EventId::from_cid(&w.tl).map_err(|e| SnapshotError::Decode(e.to_string()))?;
     if tl != genesis_id {
@@ -179,6 +220,18 @@ pub fn verify<M: Machine>(
             epoch: certificate.epoch,
         });
     }
+    // At most one heartbeat a member, sorted (no repeats): what is fetched is bounded by the
+    // committee, not by the unsigned list's length.
+    if certificate.by.len() > certificate.committee.len()
+        || certificate.by.windows(2).any(|w| w[0] >= w[1])
+    {
+        return Err(SnapshotError::Decode(format!(
+            "the certificate names {} heartbeats, not at most one for each of its {} members in \
+             order",
+            certificate.by.len(),
+            certificate.committee.len()
+        )));
+    }
     let mut heartbeats = std::collections::BTreeMap::new();
     for id in &certificate.by {
         let bytes = fetch(&id.to_cid())?;
@@ -191,28 +244,26 @@ pub fn verify<M: Machine>(
     certificate.verify(genesis_id, genesis.finality_quorum(), |id| {
         heartbeats.get(id).cloned()
     })?;
-    if w.size > MAX_SNAPSHOT_BYTES {
-        return Err(SnapshotError::TooLarge { size: w.size });
-    }
+    // The size is bounded and the certificate holds: now the bytes are worth reserving.
     let mut state_bytes = Vec::with_capacity(w.size as usize);
-    for c in &w.chunks {
-        if c.codec() != RAW {
-            return Err(SnapshotError::Decode(format!(
-                "chunk {c} is not a raw block"
-            )));
+    let mut hash = Sha256::new();
+    for (i, c) in w.chunks.iter().enumerate() {
+        let chunk = fetch(c)?;
+        let expected = if i + 1 < w.chunks.len() {
+            SNAPSHOT_CHUNK_BYTES as u64
+        } else {
+            w.size - (i as u64) * SNAPSHOT_CHUNK_BYTES as u64
+        };
+        if chunk.len() as u64 != expected {
+            return Err(SnapshotError::SizeMismatch {
+                size: w.size,
+                got: state_bytes.len() as u64 + chunk.len() as u64,
+            });
         }
-        state_bytes.extend_from_slice(&fetch(c)?);
-        if state_bytes.len() as u64 > w.size {
-            break;
-        }
+        hash.update(&chunk);
+        state_bytes.extend_from_slice(&chunk);
     }
-    if state_bytes.len() as u64 != w.size {
-        return Err(SnapshotError::SizeMismatch {
-            size: w.size,
-            got: state_bytes.len() as u64,
-        });
-    }
-    let got: [u8; 32] = Sha256::digest(&state_bytes).into();
+    let got: [u8; 32] = hash.finalize().into();
     if got != certificate.att.state {
         return Err(SnapshotError::StateMismatch {
             certified: hex::encode(certificate.att.state),

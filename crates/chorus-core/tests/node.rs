@@ -912,7 +912,7 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
     let tl = n0.timeline();
     let cert = tl.attestations().unwrap().certificate().cloned().unwrap();
     let state = tl
-        .final_checkpoint_state(cert.att.positions, n0.store())
+        .final_checkpoint_state(cert.att.positions, cert.att.last, n0.store())
         .expect("the certified checkpoint's state is held");
     let snap = Snapshot::build(&cert, &state);
 
@@ -1051,6 +1051,152 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
         |_| None,
     );
     assert!(matches!(nobody, Err(SnapshotError::UnknownEpoch(0))));
+
+    // Another timeline's snapshot; a root that is no DAG-CBOR block.
+    let other = snapshot::verify(
+        &machine,
+        EventId([9; 32]),
+        tl.genesis(),
+        snap.root_cid,
+        |c| blocks.get(c).cloned(),
+        epoch0,
+    );
+    assert!(
+        matches!(other, Err(SnapshotError::OtherTimeline(_))),
+        "{other:?}"
+    );
+    let raw_root = snapshot::chunk_cid(&snap.root);
+    blocks.insert(raw_root, snap.root.clone());
+    assert!(matches!(
+        check(&blocks, raw_root),
+        Err(SnapshotError::Decode(_))
+    ));
+
+    // Roots made by hand (the root is unsigned: anyone can wrap a real certificate): a size
+    // over the bound, and chunks that are not the one layout, refused before any chunk is
+    // fetched or any byte reserved.
+    let hand_root = |blocks: &mut BTreeMap<cid::Cid, Vec<u8>>, size: u64, chunks: Vec<cid::Cid>| {
+        let root = chorus_core::codec::encode(&ipld_core::ipld::Ipld::Map(BTreeMap::from([
+            ("v".to_string(), ipld_core::ipld::Ipld::Integer(1)),
+            (
+                "tl".to_string(),
+                ipld_core::ipld::Ipld::Link(g.id().to_cid()),
+            ),
+            ("cert".to_string(), ipld_core::ipld::Ipld::Link(cert.cid())),
+            (
+                "size".to_string(),
+                ipld_core::ipld::Ipld::Integer(size.into()),
+            ),
+            (
+                "chunks".to_string(),
+                ipld_core::ipld::Ipld::List(
+                    chunks
+                        .into_iter()
+                        .map(ipld_core::ipld::Ipld::Link)
+                        .collect(),
+                ),
+            ),
+        ])));
+        let cid = EventId::of_block(&root).to_cid();
+        blocks.insert(cid, root);
+        cid
+    };
+    let huge = hand_root(&mut blocks, snapshot::MAX_SNAPSHOT_BYTES + 1, vec![]);
+    assert!(matches!(
+        check(&blocks, huge),
+        Err(SnapshotError::TooLarge { .. })
+    ));
+    let empty_chunk = snapshot::chunk_cid(b"");
+    blocks.insert(empty_chunk, vec![]);
+    let padded = hand_root(
+        &mut blocks,
+        state.len() as u64,
+        vec![snap.chunks[0].0, empty_chunk, empty_chunk],
+    );
+    assert!(matches!(
+        check(&blocks, padded),
+        Err(SnapshotError::Decode(_))
+    ));
+    let short_chunk = snapshot::chunk_cid(&state[..state.len() - 1]);
+    blocks.insert(short_chunk, state[..state.len() - 1].to_vec());
+    let cut = hand_root(&mut blocks, state.len() as u64, vec![short_chunk]);
+    assert!(matches!(
+        check(&blocks, cut),
+        Err(SnapshotError::SizeMismatch { .. })
+    ));
+
+    // A heartbeat listed twice, and one whose signature does not hold.
+    let mut twice = cert.clone();
+    twice.by = vec![cert.by[0], cert.by[0], cert.by[1], cert.by[2]];
+    let s = Snapshot::build(&twice, &state);
+    put(&mut blocks, &s);
+    assert!(matches!(
+        check(&blocks, s.root_cid),
+        Err(SnapshotError::Decode(_))
+    ));
+    let hb0 = blocks[&cert.by[0].to_cid()].clone();
+    let mut forged_sig = hb0.clone();
+    let n = forged_sig.len();
+    forged_sig[n - 3] ^= 1;
+    let forged_id = EventId::of_block(&forged_sig);
+    blocks.insert(forged_id.to_cid(), forged_sig);
+    let mut bad = cert.clone();
+    bad.by[0] = forged_id;
+    bad.by.sort();
+    let s = Snapshot::build(&bad, &state);
+    put(&mut blocks, &s);
+    let r = check(&blocks, s.root_cid);
+    assert!(
+        matches!(r, Err(SnapshotError::BadHeartbeat { .. })),
+        "{r:?}"
+    );
+
+    // A quorum of the real members certifying bytes the machine refuses, or bytes it reads
+    // but would not write (two kinds out of order): the signatures hold, the state does not.
+    let certify = |blocks: &mut BTreeMap<cid::Cid, Vec<u8>>, bytes: &[u8], seq: u64| {
+        let att = chorus_core::finality::certificate::Attestation {
+            state: EventId::of_block(bytes).0,
+            ..cert.att
+        };
+        let mut by: Vec<EventId> = ks[..3]
+            .iter()
+            .map(|k| {
+                let hb = UnsignedEvent {
+                    timeline: Some(g.id()),
+                    author: k.author(),
+                    seq,
+                    lamport: seq,
+                    parents: vec![g.id()],
+                    kind: kind::HEARTBEAT.into(),
+                    body: att.to_body(),
+                }
+                .sign(k);
+                blocks.insert(hb.id().to_cid(), hb.bytes().to_vec());
+                hb.id()
+            })
+            .collect();
+        by.sort();
+        let c = Certificate {
+            att,
+            by,
+            ..cert.clone()
+        };
+        let s = Snapshot::build(&c, bytes);
+        put(blocks, &s);
+        s.root_cid
+    };
+    let garbage = certify(&mut blocks, b"not a counter state", 1_000);
+    let r = check(&blocks, garbage);
+    assert!(matches!(r, Err(SnapshotError::State(_))), "{r:?}");
+    let mut unordered = 2u64.to_le_bytes().to_vec();
+    for k in ["b", "a"] {
+        unordered.extend_from_slice(&1u16.to_le_bytes());
+        unordered.extend_from_slice(k.as_bytes());
+        unordered.extend_from_slice(&1u64.to_le_bytes());
+    }
+    let unordered = certify(&mut blocks, &unordered, 1_001);
+    let r = check(&blocks, unordered);
+    assert!(matches!(r, Err(SnapshotError::NotCanonical)), "{r:?}");
 }
 
 /// Peer ids are free: the per-peer list of invalid blocks keeps only the most charged peers

@@ -266,29 +266,41 @@ impl<M: Describe> Actor<M> {
     }
 
     /// On a tick: a new certificate is kept for serving with its snapshot (the certified
-    /// checkpoint's state, from memory or the store), and the advertised set is handed to the
-    /// swarm when due.
+    /// checkpoint's state, from memory or the store; tried again on later ticks while not
+    /// held), and the advertised set is handed to the swarm when due.
     fn advertise(&mut self) {
         let local = self.node.local();
         let tl = local.timeline();
         if let Some(c) = tl.attestations().and_then(|a| a.certificate()) {
             let newest = self.certified.newest();
-            if newest.is_none_or(|n| n.certificate != *c) {
-                let snapshot = tl
-                    .final_checkpoint_state(c.att.positions, local.store())
-                    .map(|state| chorus_core::snapshot::Snapshot::build(c, &state));
-                if snapshot.is_none() {
-                    tracing::debug!(
-                        positions = c.att.positions,
-                        "no snapshot of the new certificate: its checkpoint's state is not held here"
-                    );
+            let fresh = newest.as_ref().is_none_or(|n| n.certificate != *c);
+            if fresh || newest.as_ref().is_some_and(|n| n.snapshot.is_none()) {
+                let state = tl.final_checkpoint_state(c.att.positions, c.att.last, local.store());
+                let snapshot = match state {
+                    // sha2-256 of the bytes, as the state hash is.
+                    Some(state) if EventId::of_block(&state).0 == c.att.state => {
+                        Some(chorus_core::snapshot::Snapshot::build(c, &state))
+                    }
+                    Some(_) => {
+                        // Our own state there is not the one a quorum certified: serve none.
+                        tracing::error!(
+                            positions = c.att.positions,
+                            "this node's state at the certified checkpoint differs from the \
+                             certified state: no snapshot served (determinism broken here?)"
+                        );
+                        None
+                    }
+                    None => None,
+                };
+                if fresh || snapshot.is_some() {
+                    self.certified
+                        .replace_newest(crate::blocks::CertifiedBlocks {
+                            cid: c.cid(),
+                            block: c.to_block(),
+                            certificate: c.clone(),
+                            snapshot,
+                        });
                 }
-                self.certified.keep(crate::blocks::CertifiedBlocks {
-                    cid: c.cid(),
-                    block: c.to_block(),
-                    certificate: c.clone(),
-                    snapshot,
-                });
             }
         }
         if !self

@@ -50,6 +50,18 @@ impl Certified {
         }
     }
 
+    /// Keeps `c` as the newest, in place of a newest of the same certificate (its snapshot
+    /// found since).
+    pub fn replace_newest(&self, c: CertifiedBlocks) {
+        {
+            let mut held = self.0.lock().unwrap();
+            if held.back().is_some_and(|h| h.cid == c.cid) {
+                held.pop_back();
+            }
+        }
+        self.keep(c);
+    }
+
     pub fn newest(&self) -> Option<Arc<CertifiedBlocks>> {
         self.0.lock().unwrap().back().cloned()
     }

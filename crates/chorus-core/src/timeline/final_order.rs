@@ -396,16 +396,21 @@ impl<M: Machine> Timeline<M> {
     }
 
     /// `final/1`: the state bytes of the final checkpoint that ends at exactly `positions`
-    /// events (what a certificate of those positions attests): from memory, or read back from
-    /// `src` (the store persists final checkpoints). `None` when no such checkpoint is held.
+    /// events with the event `last` (what a certificate of those positions attests): from
+    /// memory, or read back from `src` (the store persists final checkpoints). `None` when no
+    /// such checkpoint is held, or this replica's event at that position is another.
     pub fn final_checkpoint_state(
         &self,
         positions: u64,
+        last: EventId,
         src: &impl super::BlockSource,
     ) -> Option<Arc<Vec<u8>>> {
         self.fin.as_ref()?;
         let pos = usize::try_from(positions.checked_sub(1)?).ok()?;
         let idx = *self.order.get(pos)?;
+        if self.ids[idx as usize] != last {
+            return None;
+        }
         let rank = self.rank(idx);
         if rank.0 == TENTATIVE {
             return None;
