@@ -97,6 +97,7 @@ fn byzantine_peer_is_banned_and_honest_nodes_converge() {
             members_only: None,
             external: vec![],
             blocks: None,
+            bitswap: Default::default(),
         })
         .unwrap()
     });

@@ -71,6 +71,7 @@ fn a_wiped_node_catches_up_and_writes_beside_a_flooding_lying_peer() {
             members_only: None,
             external: vec![],
             blocks: None,
+            bitswap: Default::default(),
         })
         .unwrap()
     });

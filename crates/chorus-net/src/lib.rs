@@ -195,6 +195,8 @@ pub struct NetConfig {
     /// The blocks served over Bitswap (the node's store). `None`: the node serves none (every
     /// want is answered `DontHave`) and still fetches.
     pub blocks: Option<Arc<dyn bitswap::BlockSource>>,
+    /// Bitswap's per-peer limits (the defaults suit every deployment; tests switch them off).
+    pub bitswap: bitswap::Limits,
 }
 
 /// Errors setting up the swarm.
@@ -444,6 +446,7 @@ pub fn spawn(cfg: NetConfig) -> Result<NetHandle, NetError> {
         &swarm.behaviour().streams,
         cfg.blocks.clone(),
         Some(lookup_tx),
+        cfg.bitswap,
     );
     let (cmd_tx, cmd_rx) = mpsc::channel(NET_COMMAND_QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(NET_EVENT_QUEUE);

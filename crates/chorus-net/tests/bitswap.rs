@@ -48,6 +48,7 @@ fn swarm(
         members_only: None,
         external: vec![],
         blocks,
+        bitswap: Default::default(),
     })
     .unwrap()
 }

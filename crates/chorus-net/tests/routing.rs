@@ -45,6 +45,7 @@ fn swarm(
         members_only: None,
         external: vec![],
         blocks,
+        bitswap: Default::default(),
     })
     .unwrap()
 }

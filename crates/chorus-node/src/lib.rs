@@ -138,6 +138,7 @@ pub async fn run<M: Describe>(
         members_only: access::allowed(replica.timeline()),
         external: cfg.external.clone(),
         blocks: Some(blocks.clone()),
+        bitswap: Default::default(),
     })?;
     println!("peer_id {}", net.peer_id);
     println!("timeline {genesis}");
@@ -326,6 +327,7 @@ pub async fn fetch_genesis(peer_addr: Addr, seed: [u8; 32]) -> Result<SignedEven
         members_only: None,
         external: vec![],
         blocks: None,
+        bitswap: Default::default(),
     })?;
     let work = async {
         let mut wanted = None;

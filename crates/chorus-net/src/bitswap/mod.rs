@@ -113,6 +113,40 @@ pub struct BitswapStats {
     pub refused: AtomicU64,
 }
 
+/// How much of the shared answer budget one peer may hold, and for how long a peer that does
+/// not read its answers is not answered. A peer that never reads would otherwise keep its
+/// queue full of answers, each holding budget until its write times out, and a few such peers
+/// would hold all of [`ANSWER_BUDGET_BYTES`], so that no one else got an answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Answer bytes built and not yet written for one peer (default 4 MiB: two answers being
+    /// built, or many small ones queued).
+    pub answer_bytes_per_peer: usize,
+    /// A peer whose answer could not be written within [`SEND_TIMEOUT`] has its queued
+    /// answers dropped and its wants ignored for this long (default 60 s).
+    pub stalled_peer_pause: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            answer_bytes_per_peer: 4 * 1024 * 1024,
+            stalled_peer_pause: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    /// No per-peer share and no pause: the engine before these defences (for the test that
+    /// shows what they stop).
+    pub fn unguarded() -> Limits {
+        Limits {
+            answer_bytes_per_peer: ANSWER_BUDGET_BYTES,
+            stalled_peer_pause: Duration::ZERO,
+        }
+    }
+}
+
 /// Most CIDs looked up in the DHT at once; a fetch beyond them asks its connected peers only.
 pub const MAX_LOOKUPS: usize = 64;
 
@@ -164,11 +198,23 @@ struct Inner {
     /// [`READ_BUDGET_BYTES`] and [`ANSWER_BUDGET_BYTES`], one permit a KiB.
     read_budget: Arc<Semaphore>,
     answer_budget: Arc<Semaphore>,
+    /// Each peer's share of the answer budget ([`Limits::answer_bytes_per_peer`]), one permit a
+    /// KiB; dropped when the peer disconnects.
+    answer_shares: Mutex<HashMap<PeerId, Arc<Semaphore>>>,
+    /// Peers not answered until then: their answers could not be written.
+    paused: Mutex<HashMap<PeerId, std::time::Instant>>,
+    limits: Limits,
     stats: BitswapStats,
 }
 
 /// A message for a peer's writer, with the answer budget it holds until written.
-type Outgoing = (Message, Option<OwnedSemaphorePermit>);
+type Outgoing = (Message, Option<AnswerBudget>);
+
+/// The budget an answer holds until it is written: its share of the peer's and of everyone's.
+struct AnswerBudget {
+    _shared: OwnedSemaphorePermit,
+    _peer: OwnedSemaphorePermit,
+}
 
 /// One CID being fetched.
 struct Want {
@@ -257,19 +303,20 @@ impl Drop for StreamSlot {
 
 impl Bitswap {
     /// Starts serving `/ipfs/bitswap/1.2.0` on `streams` (the swarm's stream behaviour) from
-    /// `source` (`None`: answer every want with `DontHave`, still fetch). Needs a tokio
-    /// runtime.
-    /// Fetches send their DHT lookups to `lookups` (`None`: connected peers only).
+    /// `source` (`None`: answer every want with `DontHave`, still fetch), within `limits`.
+    /// Fetches send their DHT lookups to `lookups` (`None`: connected peers only). Needs a
+    /// tokio runtime.
     pub fn start(
         streams: &libp2p_stream::Behaviour,
         source: Option<Arc<dyn BlockSource>>,
         lookups: Option<mpsc::Sender<Lookup>>,
+        limits: Limits,
     ) -> Bitswap {
         let mut control = streams.new_control();
         let incoming = control
             .accept(BITSWAP_PROTOCOL)
             .expect("the Bitswap protocol is registered once, here");
-        let me = Bitswap::with(control, source, lookups);
+        let me = Bitswap::with(control, source, lookups, limits);
         // The accepting task holds the engine weakly: when the node drops its last handle the
         // engine (and its control of the swarm's streams) goes, and with the swarm gone too the
         // incoming streams end and so does the task.
@@ -282,6 +329,7 @@ impl Bitswap {
         control: libp2p_stream::Control,
         source: Option<Arc<dyn BlockSource>>,
         lookups: Option<mpsc::Sender<Lookup>>,
+        limits: Limits,
     ) -> Bitswap {
         Bitswap {
             inner: Arc::new(Inner {
@@ -296,6 +344,9 @@ impl Bitswap {
                 streams_of: Default::default(),
                 read_budget: Arc::new(Semaphore::new(READ_BUDGET_BYTES / 1024)),
                 answer_budget: Arc::new(Semaphore::new(ANSWER_BUDGET_BYTES / 1024)),
+                answer_shares: Default::default(),
+                paused: Default::default(),
+                limits,
                 stats: Default::default(),
             }),
         }
@@ -304,7 +355,12 @@ impl Bitswap {
     /// An engine on no swarm: no peer ever connects, so it serves nothing and every fetch
     /// fails with [`FetchError::NoPeers`] (an API without a network, in tests).
     pub fn unconnected() -> Bitswap {
-        Bitswap::with(libp2p_stream::Behaviour::new().new_control(), None, None)
+        Bitswap::with(
+            libp2p_stream::Behaviour::new().new_control(),
+            None,
+            None,
+            Limits::default(),
+        )
     }
 
     pub fn stats(&self) -> &BitswapStats {
@@ -338,6 +394,8 @@ impl Bitswap {
             // Its writer task ends with its queue.
             out.remove(&peer);
         }
+        self.inner.answer_shares.lock().unwrap().remove(&peer);
+        self.inner.paused.lock().unwrap().remove(&peer);
         let mut wants = self.inner.wants.lock().unwrap();
         let cids: Vec<Cid> = wants.keys().copied().collect();
         for cid in cids {
@@ -484,6 +542,10 @@ impl Bitswap {
             }
         }
         let Some(list) = msg.wantlist else { return };
+        if self.is_paused(peer) {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let mut seen = BTreeSet::new();
         let mut wants: Vec<Entry> = list
             .entries
@@ -499,16 +561,26 @@ impl Bitswap {
         // One answer at a time: read up to MAX_ANSWER_BYTES of blocks, queue it, go on. The
         // answer budget is taken before the blocks are read and given back once written.
         let mut rest: std::collections::VecDeque<Entry> = wants.into();
+        let reserve = (MAX_ANSWER_BYTES.max(MAX_BLOCK_BYTES) / 1024) as u32;
+        let share = self.share_of(peer);
         while !rest.is_empty() {
+            // The peer's own share first: a peer that does not read waits on its own share,
+            // and holds at most that much of everyone's.
+            let Ok(mut mine) = share.clone().acquire_many_owned(reserve).await else {
+                return;
+            };
             let Ok(mut permit) = self
                 .inner
                 .answer_budget
                 .clone()
-                .acquire_many_owned((MAX_ANSWER_BYTES.max(MAX_BLOCK_BYTES) / 1024) as u32)
+                .acquire_many_owned(reserve)
                 .await
             else {
                 return;
             };
+            if self.is_paused(peer) {
+                return;
+            }
             let source = self.inner.source.clone();
             let Ok((msg, left)) =
                 tokio::task::spawn_blocking(move || answer(source.as_deref(), rest)).await
@@ -520,6 +592,11 @@ impl Bitswap {
             let size = msg.as_ref().map_or(0, prost::Message::encoded_len);
             let keep = size.div_ceil(1024).max(1);
             drop(permit.split(permit.num_permits().saturating_sub(keep)));
+            drop(mine.split(mine.num_permits().saturating_sub(keep)));
+            let budget = AnswerBudget {
+                _shared: permit,
+                _peer: mine,
+            };
             if let Some(msg) = msg {
                 for b in &msg.payload {
                     stats.blocks_served.fetch_add(1, Ordering::Relaxed);
@@ -535,11 +612,54 @@ impl Bitswap {
                 stats
                     .dont_have_sent
                     .fetch_add(dont as u64, Ordering::Relaxed);
-                if !self.queue_waiting(peer, msg, permit).await {
+                if !self.queue_waiting(peer, msg, budget).await {
                     return;
                 }
             }
         }
+    }
+
+    /// `peer`'s share of the answer budget (made on first use; the share is at least one
+    /// answer's reserve, or no answer could ever be built).
+    fn share_of(&self, peer: PeerId) -> Arc<Semaphore> {
+        let reserve = MAX_ANSWER_BYTES.max(MAX_BLOCK_BYTES);
+        let kib = self.inner.limits.answer_bytes_per_peer.max(reserve) / 1024;
+        self.inner
+            .answer_shares
+            .lock()
+            .unwrap()
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(kib)))
+            .clone()
+    }
+
+    /// Whether `peer`'s wants are being ignored (its answers could not be written).
+    fn is_paused(&self, peer: PeerId) -> bool {
+        let mut paused = self.inner.paused.lock().unwrap();
+        match paused.get(&peer) {
+            Some(until) if std::time::Instant::now() < *until => true,
+            Some(_) => {
+                paused.remove(&peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `peer` did not take an answer within [`SEND_TIMEOUT`]: its wants are ignored for
+    /// [`Limits::stalled_peer_pause`].
+    fn pause(&self, peer: PeerId) {
+        let pause = self.inner.limits.stalled_peer_pause;
+        if pause.is_zero() {
+            return;
+        }
+        self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, "Bitswap peer does not read its answers: ignored for {pause:?}");
+        self.inner
+            .paused
+            .lock()
+            .unwrap()
+            .insert(peer, std::time::Instant::now() + pause);
     }
 
     /// A received block: handed to whoever wants the CID its bytes hash to, or dropped.
@@ -595,12 +715,7 @@ impl Bitswap {
 
     /// Queues `msg` for `peer`, waiting for room (backpressure on the peer's own reading
     /// task); false when the peer is gone.
-    async fn queue_waiting(
-        &self,
-        peer: PeerId,
-        msg: Message,
-        budget: OwnedSemaphorePermit,
-    ) -> bool {
+    async fn queue_waiting(&self, peer: PeerId, msg: Message, budget: AnswerBudget) -> bool {
         // The peer just sent us the message this answers: connected, even if the swarm's
         // event saying so has not reached `peer_up` yet (streams come on the connection's own
         // task, and can come first).
@@ -731,6 +846,10 @@ async fn write_to(
         let Some(engine) = inner.upgrade().map(|inner| Bitswap { inner }) else {
             return;
         };
+        if engine.is_paused(peer) {
+            // Queued before the pause (an answer that waited for room): dropped unwritten.
+            continue;
+        }
         let written = tokio::time::timeout(SEND_TIMEOUT, async {
             if stream.is_none() {
                 stream = Some(control.open_stream(peer, BITSWAP_PROTOCOL).await?);
@@ -752,6 +871,13 @@ async fn write_to(
             Err(_) => {
                 tracing::debug!(%peer, "Bitswap message not sent within {SEND_TIMEOUT:?}");
                 stream = None;
+                // A peer that does not read: what waits for it is dropped (its budget given
+                // back at once), and its wants are ignored for a while (ours to it are sent
+                // again by the resend timer).
+                if !engine.inner.limits.stalled_peer_pause.is_zero() {
+                    engine.pause(peer);
+                    while queue.try_recv().is_ok() {}
+                }
             }
         }
     }
@@ -887,6 +1013,7 @@ mod tests {
             libp2p_stream::Behaviour::new().new_control(),
             None,
             Some(tx),
+            Limits::default(),
         );
         let cid = raw_cid(b"x");
         let r = bs.fetch(cid, Duration::from_millis(50)).await;
