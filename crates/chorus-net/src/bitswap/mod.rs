@@ -109,8 +109,12 @@ pub struct BitswapStats {
     /// late block), or their hash cannot be checked here.
     pub blocks_unwanted: AtomicU64,
     /// Messages or streams refused: malformed, too large, too many streams, wants beyond
-    /// [`MAX_WANTS_PER_MESSAGE`].
+    /// [`MAX_WANTS_PER_MESSAGE`], wants of a paused peer.
     pub refused: AtomicU64,
+    /// Messages not written to a peer within [`SEND_TIMEOUT`].
+    pub send_timeouts: AtomicU64,
+    /// Peers paused for not taking an answer within [`SEND_TIMEOUT`] ([`Limits`]).
+    pub peers_paused: AtomicU64,
 }
 
 /// How much of the shared answer budget one peer may hold, and for how long a peer that does
@@ -394,8 +398,13 @@ impl Bitswap {
             // Its writer task ends with its queue.
             out.remove(&peer);
         }
-        self.inner.answer_shares.lock().unwrap().remove(&peer);
-        self.inner.paused.lock().unwrap().remove(&peer);
+        // Its share goes once no answer holds it; a pause outlives the connection (or a
+        // reconnect would lift it), and goes when it expires.
+        self.inner
+            .answer_shares
+            .lock()
+            .unwrap()
+            .retain(|p, s| *p != peer || Arc::strong_count(s) > 1);
         let mut wants = self.inner.wants.lock().unwrap();
         let cids: Vec<Cid> = wants.keys().copied().collect();
         for cid in cids {
@@ -622,7 +631,8 @@ impl Bitswap {
     /// `peer`'s share of the answer budget (made on first use; the share is at least one
     /// answer's reserve, or no answer could ever be built).
     fn share_of(&self, peer: PeerId) -> Arc<Semaphore> {
-        let reserve = MAX_ANSWER_BYTES.max(MAX_BLOCK_BYTES);
+        // A reserve, plus the framing a block's answer adds to it.
+        let reserve = MAX_ANSWER_BYTES.max(MAX_BLOCK_BYTES) + 64 * 1024;
         let kib = self.inner.limits.answer_bytes_per_peer.max(reserve) / 1024;
         self.inner
             .answer_shares
@@ -653,13 +663,17 @@ impl Bitswap {
         if pause.is_zero() {
             return;
         }
-        self.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%peer, "Bitswap peer does not read its answers: ignored for {pause:?}");
         self.inner
-            .paused
-            .lock()
-            .unwrap()
-            .insert(peer, std::time::Instant::now() + pause);
+            .stats
+            .peers_paused
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, "Bitswap peer does not read its answers: ignored for {pause:?}");
+        let now = std::time::Instant::now();
+        let mut paused = self.inner.paused.lock().unwrap();
+        // Expired pauses go here (peers that never come back): the map holds only live ones,
+        // at most one a peer that stalled within the last pause.
+        paused.retain(|_, until| *until > now);
+        paused.insert(peer, now + pause);
     }
 
     /// A received block: handed to whoever wants the CID its bytes hash to, or dropped.
@@ -842,12 +856,14 @@ async fn write_to(
 ) {
     let mut stream: Option<Stream> = None;
     // The budget an answer holds is given back once it is written (or given up).
-    while let Some((msg, _budget)) = queue.recv().await {
+    while let Some((msg, budget)) = queue.recv().await {
         let Some(engine) = inner.upgrade().map(|inner| Bitswap { inner }) else {
             return;
         };
-        if engine.is_paused(peer) {
-            // Queued before the pause (an answer that waited for room): dropped unwritten.
+        let answer = budget.is_some();
+        if answer && engine.is_paused(peer) {
+            // An answer queued before the pause (it waited for room): dropped unwritten. Our
+            // own wants and cancels still go.
             continue;
         }
         let written = tokio::time::timeout(SEND_TIMEOUT, async {
@@ -870,13 +886,28 @@ async fn write_to(
             }
             Err(_) => {
                 tracing::debug!(%peer, "Bitswap message not sent within {SEND_TIMEOUT:?}");
+                engine
+                    .inner
+                    .stats
+                    .send_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
                 stream = None;
-                // A peer that does not read: what waits for it is dropped (its budget given
-                // back at once), and its wants are ignored for a while (ours to it are sent
-                // again by the resend timer).
-                if !engine.inner.limits.stalled_peer_pause.is_zero() {
+                // A peer that does not take an answer: the answers waiting for it are dropped
+                // (their budget given back at once), and its wants are ignored for a while.
+                // Our own wants and cancels in the queue stay.
+                if answer && !engine.inner.limits.stalled_peer_pause.is_zero() {
                     engine.pause(peer);
-                    while queue.try_recv().is_ok() {}
+                    let mut kept = vec![];
+                    while let Ok(m) = queue.try_recv() {
+                        if m.1.is_none() {
+                            kept.push(m);
+                        }
+                    }
+                    for m in kept {
+                        if let Some(tx) = engine.inner.outbound.lock().unwrap().get(&peer) {
+                            let _ = tx.try_send(m);
+                        }
+                    }
                 }
             }
         }
