@@ -780,13 +780,9 @@ fn without_heartbeats_idle_members_hold_the_settled_frontier() {
     }
 }
 
-/// `final/1`: the members' heartbeats attest the newest checkpoint inside their final prefix;
-/// once a quorum attested the same values every node holds a certificate, which a stranger
-/// checks with nothing but the genesis, the committee and the named heartbeats. A member that
-/// attests a false state is a conflict, and certifies nothing on its own.
-#[test]
-fn heartbeats_attest_final_checkpoints_and_a_quorum_certifies_them() {
-    use chorus_core::finality::certificate::{Attestation, Certificate, CertificateError};
+/// Four members of a `final/1` counter timeline (checkpoints every 4 positions) that wrote ten
+/// events and heartbeat until all were final: every node holds a certificate.
+fn certified_mesh() -> (Vec<Keypair>, SignedEvent, Mesh) {
     let ks = keys(4);
     let g = testkit::genesis_ordered(&ks[0], &ks, "counter/1", 4, Some("final/1"));
     let cfg = Config {
@@ -801,6 +797,17 @@ fn heartbeats_attest_final_checkpoints_and_a_quorum_certifies_them() {
         m.settle(1);
     }
     m.settle(20);
+    (ks, g, m)
+}
+
+/// `final/1`: the members' heartbeats attest the newest checkpoint inside their final prefix;
+/// once a quorum attested the same values every node holds a certificate, which a stranger
+/// checks with nothing but the genesis, the committee and the named heartbeats. A member that
+/// attests a false state is a conflict, and certifies nothing on its own.
+#[test]
+fn heartbeats_attest_final_checkpoints_and_a_quorum_certifies_them() {
+    use chorus_core::finality::certificate::{Attestation, Certificate, CertificateError};
+    let (ks, g, mut m) = certified_mesh();
     let certs: Vec<Certificate> = m
         .nodes
         .iter()
@@ -894,20 +901,7 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
         finality::certificate::{Certificate, CertificateError},
         snapshot::{self, Snapshot, SnapshotError},
     };
-    let ks = keys(4);
-    let g = testkit::genesis_ordered(&ks[0], &ks, "counter/1", 4, Some("final/1"));
-    let cfg = Config {
-        heartbeat_ms: Some(1_000),
-        fold_on_tick: true,
-        ..Config::default()
-    };
-    let mut m = Mesh::new(ks.iter().map(|k| node(&g, k, cfg)).collect());
-    m.settle(2);
-    for i in 0..10u64 {
-        m.append((i % 4) as u8, i, &format!("w{i}"));
-        m.settle(1);
-    }
-    m.settle(20);
+    let (ks, g, m) = certified_mesh();
     let n0 = m.nodes[0].local();
     let tl = n0.timeline();
     let cert = tl.attestations().unwrap().certificate().cloned().unwrap();

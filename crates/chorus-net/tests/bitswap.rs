@@ -3,28 +3,16 @@
 //! bytes, so the forgery is dropped (and counted), an honest peer's block is taken, and a block
 //! only the liar claims is never returned.
 
+mod common;
+
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use chorus_net::{
-    NetConfig, NetEvent, NetHandle,
+    NetEvent, NetHandle,
     bitswap::{BlockSource, FetchError},
-    spawn,
 };
 use cid::Cid;
-use sha2::{Digest, Sha256};
-
-fn raw_cid(data: &[u8]) -> Cid {
-    let mh = multihash::Multihash::<64>::wrap(0x12, &Sha256::digest(data)).unwrap();
-    Cid::new_v1(0x55, mh)
-}
-
-/// Holds one block.
-struct One(Vec<u8>);
-impl BlockSource for One {
-    fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
-        (*cid == raw_cid(&self.0)).then(|| self.0.clone())
-    }
-}
+use common::{One, listening, node, raw_cid};
 
 /// Claims every block, with bytes of its own.
 struct Liar;
@@ -39,26 +27,7 @@ fn swarm(
     blocks: Option<Arc<dyn BlockSource>>,
     bootstrap: Vec<chorus_net::Addr>,
 ) -> NetHandle {
-    spawn(NetConfig {
-        seed: [seed; 32],
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        genesis: None,
-        replica: false,
-        members_only: None,
-        external: vec![],
-        blocks,
-        bitswap: Default::default(),
-    })
-    .unwrap()
-}
-
-async fn listening(h: &mut NetHandle) -> chorus_net::Addr {
-    loop {
-        if let Some(NetEvent::Listening(a)) = h.events.recv().await {
-            return a;
-        }
-    }
+    node(seed, None, blocks, bootstrap, Default::default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

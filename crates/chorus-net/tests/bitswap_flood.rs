@@ -11,31 +11,27 @@
 //! (`Limits::unguarded`) the same fetch misses it. A control run without attackers is quick. Real swarms
 //! on loopback; the attackers are bare libp2p swarms speaking Bitswap's wire format.
 
+mod common;
+
 use std::{
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use chorus_net::{
-    Addr, NetConfig, NetEvent, NetHandle, Peer,
+    Addr, NetEvent, NetHandle, Peer,
     bitswap::{
         BITSWAP_PROTOCOL, BlockSource, FetchError, Limits,
         wire::{self, Entry, Message, WantType, Wantlist},
     },
-    spawn,
 };
 use cid::Cid;
+use common::{listening, raw_cid};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
 const BLOCKS: usize = 48;
 const BLOCK_BYTES: usize = 512 * 1024;
 const ATTACKERS: usize = 32;
-
-fn raw_cid(data: &[u8]) -> Cid {
-    let mh = multihash::Multihash::<64>::wrap(0x12, &Sha256::digest(data)).unwrap();
-    Cid::new_v1(0x55, mh)
-}
 
 /// Holds [`BLOCKS`] blocks of 512 KiB.
 struct Held(Vec<(Cid, Vec<u8>)>);
@@ -54,32 +50,7 @@ fn node(
     bootstrap: Vec<Addr>,
     limits: Limits,
 ) -> NetHandle {
-    spawn(NetConfig {
-        seed: [seed; 32],
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        genesis: None,
-        replica: false,
-        members_only: None,
-        external: vec![],
-        blocks,
-        bitswap: limits,
-    })
-    .unwrap()
-}
-
-async fn listening(h: &mut NetHandle) -> Addr {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match h.events.recv().await {
-                Some(NetEvent::Listening(a)) => return a,
-                Some(_) => {}
-                None => panic!("the swarm stopped"),
-            }
-        }
-    })
-    .await
-    .expect("listening within 20 s")
+    common::node(seed, None, blocks, bootstrap, limits)
 }
 
 /// Waits until `n` peers have connected to `h`.

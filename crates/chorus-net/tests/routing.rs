@@ -7,55 +7,22 @@
 //! stranger gets `NotFound` (the relay said `DontHave`); the full fetch asks the DHT, which
 //! names the holder, dials it and takes the block.
 
+mod common;
+
 use std::{sync::Arc, time::Duration};
 
 use chorus_core::EventId;
-use chorus_net::{
-    NetCommand, NetConfig, NetEvent, NetHandle, Peer,
-    bitswap::{BlockSource, FetchError},
-    spawn,
-};
-use cid::Cid;
+use chorus_net::{NetCommand, NetEvent, NetHandle, Peer, bitswap::FetchError};
+use common::{One, listening, raw_cid};
 use sha2::{Digest, Sha256};
-
-fn raw_cid(data: &[u8]) -> Cid {
-    let mh = multihash::Multihash::<64>::wrap(0x12, &Sha256::digest(data)).unwrap();
-    Cid::new_v1(0x55, mh)
-}
-
-struct One(Vec<u8>);
-impl BlockSource for One {
-    fn get(&self, cid: &Cid) -> Option<Vec<u8>> {
-        (*cid == raw_cid(&self.0)).then(|| self.0.clone())
-    }
-}
 
 fn swarm(
     seed: u8,
     genesis: Option<EventId>,
-    blocks: Option<Arc<dyn BlockSource>>,
+    blocks: Option<Arc<dyn chorus_net::bitswap::BlockSource>>,
     bootstrap: Vec<chorus_net::Addr>,
 ) -> NetHandle {
-    spawn(NetConfig {
-        seed: [seed; 32],
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap,
-        genesis,
-        replica: genesis.is_some(),
-        members_only: None,
-        external: vec![],
-        blocks,
-        bitswap: Default::default(),
-    })
-    .unwrap()
-}
-
-async fn listening(h: &mut NetHandle) -> chorus_net::Addr {
-    loop {
-        if let Some(NetEvent::Listening(a)) = h.events.recv().await {
-            return a;
-        }
-    }
+    common::node(seed, genesis, blocks, bootstrap, Default::default())
 }
 
 /// Waits for `peer` to connect (true) or disconnect (false).

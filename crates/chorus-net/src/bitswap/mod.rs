@@ -698,6 +698,17 @@ impl Bitswap {
         }
     }
 
+    /// Ends a hopeless want (taken out of the map): its fetches fail with how many peers were
+    /// asked, and the want is cancelled at each of them.
+    fn give_up(&self, cid: Cid, w: Want) {
+        for tx in w.waiters {
+            let _ = tx.send(Err(w.asked.len()));
+        }
+        for peer in w.asked {
+            self.queue(peer, cancel_of(cid));
+        }
+    }
+
     fn dont_have(&self, peer: PeerId, cid: Cid) {
         let mut wants = self.inner.wants.lock().unwrap();
         let Some(w) = wants.get_mut(&cid) else { return };
@@ -707,12 +718,7 @@ impl Bitswap {
         if w.hopeless() {
             let w = wants.remove(&cid).expect("looked up above");
             drop(wants);
-            for tx in w.waiters {
-                let _ = tx.send(Err(w.asked.len()));
-            }
-            for peer in w.asked {
-                self.queue(peer, cancel_of(cid));
-            }
+            self.give_up(cid, w);
         }
     }
 
@@ -789,12 +795,7 @@ async fn lookup_ended(inner: Weak<Inner>, cid: Cid, generation: u64, ended: ones
     if w.hopeless() {
         let w = wants.remove(&cid).expect("looked up above");
         drop(wants);
-        for tx in w.waiters {
-            let _ = tx.send(Err(w.asked.len()));
-        }
-        for peer in w.asked {
-            me.queue(peer, cancel_of(cid));
-        }
+        me.give_up(cid, w);
     }
 }
 
