@@ -181,6 +181,9 @@ pub struct Actor<M: Describe> {
     advertiser: Option<crate::advertise::Advertiser>,
     /// The certificates and snapshots served by CID.
     certified: crate::blocks::Certified,
+    /// A certificate whose checkpoint this node holds with another state: not tried again
+    /// (nor logged again) on every tick.
+    refused_snapshot: Option<chorus_core::finality::certificate::Certificate>,
 }
 
 impl<M: Describe> Actor<M> {
@@ -255,6 +258,7 @@ impl<M: Describe> Actor<M> {
             pages,
             advertiser: (!light).then(Default::default),
             certified: Default::default(),
+            refused_snapshot: None,
         }
     }
 
@@ -274,7 +278,9 @@ impl<M: Describe> Actor<M> {
         if let Some(c) = tl.attestations().and_then(|a| a.certificate()) {
             let newest = self.certified.newest();
             let fresh = newest.as_ref().is_none_or(|n| n.certificate != *c);
-            if fresh || newest.as_ref().is_some_and(|n| n.snapshot.is_none()) {
+            let retry = newest.as_ref().is_some_and(|n| n.snapshot.is_none())
+                && self.refused_snapshot.as_ref() != Some(c);
+            if fresh || retry {
                 let state = tl.final_checkpoint_state(c.att.positions, c.att.last, local.store());
                 let snapshot = match state {
                     // sha2-256 of the bytes, as the state hash is.
@@ -283,6 +289,7 @@ impl<M: Describe> Actor<M> {
                     }
                     Some(_) => {
                         // Our own state there is not the one a quorum certified: serve none.
+                        self.refused_snapshot = Some(c.clone());
                         tracing::error!(
                             positions = c.att.positions,
                             "this node's state at the certified checkpoint differs from the \
