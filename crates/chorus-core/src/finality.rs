@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub mod certificate;
 pub mod engine;
+pub mod handover;
 pub use engine::{Engine, OUTSIDER};
 
 /// One event of the abstract DAG.

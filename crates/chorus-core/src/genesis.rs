@@ -97,6 +97,11 @@ pub const ORDER_LC_CID_1: &str = "lc-cid/1";
 /// Finality by quorum: final segments first, each sorted by `(lc, cid)`, then the tentative
 /// events by `(lc, cid)` (docs/design/finality.md).
 pub const ORDER_FINAL_1: &str = "final/1";
+/// `final/1`'s order, and heartbeats that also attest each committee change (handovers,
+/// `finality::handover`), so that a node holding only the genesis can trust a certificate
+/// of any later epoch. The order and the state are `final/1`'s, bit for bit; only what
+/// heartbeats carry differs.
+pub const ORDER_FINAL_2: &str = "final/2";
 
 /// A validated genesis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,9 +150,17 @@ impl Genesis {
         })
     }
 
-    /// Whether the timeline orders by `final/1` (else `lc-cid/1`).
+    /// Whether the timeline orders by finality (`final/1` or `final/2`; else `lc-cid/1`).
     pub fn is_final_order(&self) -> bool {
-        self.body.order.as_deref() == Some(ORDER_FINAL_1)
+        matches!(
+            self.body.order.as_deref(),
+            Some(ORDER_FINAL_1 | ORDER_FINAL_2)
+        )
+    }
+
+    /// Whether the committee attests its own changes (`final/2`).
+    pub fn has_handovers(&self) -> bool {
+        self.body.order.as_deref() == Some(ORDER_FINAL_2)
     }
 
     /// Whether only members (and the named readers) may connect (`members/1`).
@@ -184,17 +197,19 @@ impl Genesis {
             )));
         }
         match body.order.as_deref() {
-            None | Some(ORDER_LC_CID_1) | Some(ORDER_FINAL_1) => {}
+            None | Some(ORDER_LC_CID_1 | ORDER_FINAL_1 | ORDER_FINAL_2) => {}
             Some(other) => {
                 return Err(bad(format!(
-                    "order {other:?} unknown (this build knows {ORDER_LC_CID_1:?} and {ORDER_FINAL_1:?})"
+                    "order {other:?} unknown (this build knows {ORDER_LC_CID_1:?}, {ORDER_FINAL_1:?} and {ORDER_FINAL_2:?})"
                 )));
             }
         }
         if let Some(f) = &body.finality {
             let [num, den] = f.quorum;
-            if body.order.as_deref() != Some(ORDER_FINAL_1) {
-                return Err(bad("finality parameters need order final/1".into()));
+            if !matches!(body.order.as_deref(), Some(ORDER_FINAL_1 | ORDER_FINAL_2)) {
+                return Err(bad(
+                    "finality parameters need order final/1 or final/2".into()
+                ));
             }
             if den == 0 || den > 1000 || num >= den || 2 * num < den {
                 return Err(bad(format!(

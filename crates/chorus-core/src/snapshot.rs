@@ -8,6 +8,8 @@
 //! ```text
 //! root:   { "v": 1, "tl": link(genesis), "cert": link(certificate),
 //!           "size": uint, "chunks": [link(raw chunk), …] }   (DAG-CBOR, canonical)
+//! root under final/2 (v 2): the same keys and "hand": [link(handover), …], the handovers
+//!         of epochs 1 … the certificate's epoch, in order (finality::handover)
 //! chunk:  raw bytes (codec 0x55, sha2-256), each SNAPSHOT_CHUNK_BYTES but the last;
 //!         their concatenation is the machine's canonical state serialisation
 //! ```
@@ -18,14 +20,19 @@
 //! of them must attest the same (positions, last event, state hash), and the state bytes must
 //! hash to that state hash and decode to a state that serialises back to the same bytes. The
 //! snapshot holds no signature of its own and needs none: every byte of it is pinned by a
-//! hash a quorum signed.
+//! hash a quorum signed. Under `final/2` the committee need not be known: the root carries the
+//! chain of handovers from the genesis committee to the certificate's (each checked against the
+//! committee the walk reached), so the genesis is all a stranger needs.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
     AuthorId, EventId, SignedEvent, codec,
-    finality::certificate::{Certificate, CertificateError},
+    finality::{
+        certificate::{Certificate, CertificateError},
+        handover::{self, Handover},
+    },
     genesis::Genesis,
     ids::DAG_CBOR,
     machine::Machine,
@@ -45,6 +52,9 @@ struct RootWire {
     cert: cid::Cid,
     size: u64,
     chunks: Vec<cid::Cid>,
+    /// `v: 2` only: the handovers of epochs `1..=cert.epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hand: Option<Vec<cid::Cid>>,
 }
 
 /// A snapshot as blocks, ready to serve.
@@ -55,6 +65,8 @@ pub struct Snapshot {
     pub certificate: Certificate,
     /// The state chunks, in order, with their CIDs.
     pub chunks: Vec<(cid::Cid, Vec<u8>)>,
+    /// `final/2`: the handover blocks of epochs `1..=` the certificate's, with their CIDs.
+    pub handovers: Vec<(cid::Cid, Vec<u8>)>,
 }
 
 /// Why a snapshot is refused.
@@ -79,6 +91,8 @@ pub enum SnapshotError {
     NotTheCommittee { epoch: u32 },
     #[error("certificate: {0}")]
     Certificate(#[from] CertificateError),
+    #[error("the handover to epoch {epoch}: {why}")]
+    Handover { epoch: u32, why: CertificateError },
     #[error("state of {size} bytes: at most {MAX_SNAPSHOT_BYTES} are taken")]
     TooLarge { size: u64 },
     #[error(
@@ -108,24 +122,32 @@ fn dag_cbor_cid(bytes: &[u8]) -> cid::Cid {
 }
 
 impl Snapshot {
-    /// The snapshot of `state` (the canonical bytes the certificate attests).
-    pub fn build(certificate: &Certificate, state: &[u8]) -> Snapshot {
+    /// The snapshot of `state` (the canonical bytes the certificate attests); `chain` under
+    /// `final/2`: the handovers of epochs `1..=certificate.epoch` (a `v: 2` root).
+    pub fn build(certificate: &Certificate, chain: Option<&[&Handover]>, state: &[u8]) -> Snapshot {
+        let handovers: Vec<(cid::Cid, Vec<u8>)> = chain
+            .unwrap_or_default()
+            .iter()
+            .map(|h| (h.cid(), h.to_block()))
+            .collect();
         let chunks: Vec<(cid::Cid, Vec<u8>)> = state
             .chunks(SNAPSHOT_CHUNK_BYTES)
             .map(|c| (chunk_cid(c), c.to_vec()))
             .collect();
         let root = codec::encode(&RootWire {
-            v: 1,
+            v: if chain.is_some() { 2 } else { 1 },
             tl: certificate.timeline.to_cid(),
             cert: certificate.cid(),
             size: state.len() as u64,
             chunks: chunks.iter().map(|(c, _)| *c).collect(),
+            hand: chain.map(|_| handovers.iter().map(|(c, _)| *c).collect()),
         });
         Snapshot {
             root_cid: dag_cbor_cid(&root),
             root,
             certificate: certificate.clone(),
             chunks,
+            handovers,
         }
     }
 }
@@ -150,6 +172,9 @@ impl<S> std::fmt::Debug for Verified<S> {
 /// return anything: each block is checked against its CID here), against the timeline's
 /// `genesis` and `committee_of` (the members the caller knows for an epoch: `None` when it
 /// cannot tell). Nothing is trusted that a quorum of the epoch's committee did not sign.
+///
+/// A `v: 2` root (`final/2`) carries its own trust: the handovers from the genesis committee to
+/// the certificate's epoch are walked, and `committee_of` is not asked.
 ///
 /// What the caller must know: `committee_of` answers for the epoch it trusts to be in force
 /// at the certified positions, and for no other. The certificate's epoch is the signers'
@@ -183,8 +208,20 @@ pub fn verify<M: Machine>(
     }
     let w: RootWire = codec::decode_canonical(&fetch(&root)?)
         .map_err(|e| SnapshotError::Decode(format!("{e:?}")))?;
-    if w.v != 1 {
-        return Err(SnapshotError::Decode(format!("version {} is not 1", w.v)));
+    match (w.v, &w.hand) {
+        (1, None) => {}
+        (2, Some(_)) if genesis.has_handovers() => {}
+        (2, Some(_)) => {
+            return Err(SnapshotError::Decode(
+                "a version 2 root (handovers) of a timeline whose order has none".into(),
+            ));
+        }
+        (v, _) => {
+            return Err(SnapshotError::Decode(format!(
+                "version {v} with{} handovers",
+                if w.hand.is_some() { "" } else { "out" }
+            )));
+        }
     }
     // The layout before any chunk is fetched or any byte reserved: the root is unsigned, so
     // its size and chunk list bound the work only once they are the one layout `build` makes
@@ -211,9 +248,12 @@ pub fn verify<M: Machine>(
     let certificate = Certificate::from_block(&fetch(&w.cert)?)?;
     // The committee first: a certificate checked only against the committee it names itself
     // would take any keys' word.
-    let known =
-        committee_of(certificate.epoch).ok_or(SnapshotError::UnknownEpoch(certificate.epoch))?;
-    let mut known = known;
+    let mut known = match &w.hand {
+        Some(chain) => walk_handovers(genesis_id, genesis, certificate.epoch, chain, &fetch)?,
+        None => {
+            committee_of(certificate.epoch).ok_or(SnapshotError::UnknownEpoch(certificate.epoch))?
+        }
+    };
     known.sort();
     if known != certificate.committee {
         return Err(SnapshotError::NotTheCommittee {
@@ -283,6 +323,61 @@ pub fn verify<M: Machine>(
     })
 }
 
+/// The committee of `epoch`, reached by walking `chain` (handovers `1..=epoch`) from the
+/// genesis committee; each handover and its heartbeats fetched by CID and checked against the
+/// committee reached so far, before the next is fetched (a forged link stops the walk there).
+fn walk_handovers(
+    genesis_id: EventId,
+    genesis: &Genesis,
+    epoch: u32,
+    chain: &[cid::Cid],
+    fetch: &impl Fn(&cid::Cid) -> Result<Vec<u8>, SnapshotError>,
+) -> Result<Vec<AuthorId>, SnapshotError> {
+    if chain.len() as u64 != u64::from(epoch) {
+        return Err(SnapshotError::Decode(format!(
+            "{} handovers for a certificate of epoch {epoch}",
+            chain.len()
+        )));
+    }
+    let mut committee: Vec<AuthorId> = crate::membership::Membership::from_genesis(genesis)
+        .members_at(0)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for (i, link) in chain.iter().enumerate() {
+        let epoch = i as u32 + 1;
+        let at = |why| SnapshotError::Handover { epoch, why };
+        let h = Handover::from_block(&fetch(link)?).map_err(at)?;
+        // Heartbeats fetched only up to one a member of the committee reached, in order.
+        if h.by.len() > committee.len() || h.by.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(at(CertificateError::Decode(format!(
+                "{} heartbeats named, not at most one for each of {} members in order",
+                h.by.len(),
+                committee.len()
+            ))));
+        }
+        let mut heartbeats = std::collections::BTreeMap::new();
+        for id in &h.by {
+            let bytes = fetch(&id.to_cid())?;
+            let ev = SignedEvent::decode(&bytes).map_err(|e| SnapshotError::BadHeartbeat {
+                id: *id,
+                why: e.to_string(),
+            })?;
+            heartbeats.insert(*id, ev);
+        }
+        committee = handover::walk_one(
+            genesis_id,
+            genesis.finality_quorum(),
+            epoch,
+            &committee,
+            &h,
+            |id| heartbeats.get(id).cloned(),
+        )
+        .map_err(at)?;
+    }
+    Ok(committee)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,7 +399,7 @@ mod tests {
         let state: Vec<u8> = (0..SNAPSHOT_CHUNK_BYTES * 5 / 2)
             .map(|i| (i % 251) as u8)
             .collect();
-        let s = Snapshot::build(&cert, &state);
+        let s = Snapshot::build(&cert, None, &state);
         let sizes: Vec<usize> = s.chunks.iter().map(|(_, b)| b.len()).collect();
         assert_eq!(
             sizes,

@@ -362,6 +362,7 @@ impl<M: Machine> Timeline<M> {
         };
         if tl.genesis.is_final_order() {
             tl.fin = Some(Box::new(final_order::FinalState::new(
+                tl.genesis_id,
                 &tl.genesis,
                 &tl.membership,
             )));

@@ -908,7 +908,7 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
     let state = tl
         .final_checkpoint_state(cert.att.positions, cert.att.last, n0.store())
         .expect("the certified checkpoint's state is held");
-    let snap = Snapshot::build(&cert, &state);
+    let snap = Snapshot::build(&cert, None, &state);
 
     // What a stranger can fetch by CID: the snapshot's blocks and the timeline's events.
     let mut blocks: BTreeMap<cid::Cid, Vec<u8>> = BTreeMap::new();
@@ -951,7 +951,7 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
     // Lacks a quorum: two of four heartbeats.
     let mut short = cert.clone();
     short.by.truncate(2);
-    let s = Snapshot::build(&short, &state);
+    let s = Snapshot::build(&short, None, &state);
     put(&mut blocks, &s);
     assert!(matches!(
         check(&blocks, s.root_cid),
@@ -999,14 +999,14 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
             .verify(g.id(), tl.genesis().finality_quorum(), hb)
             .is_ok()
     );
-    let s = Snapshot::build(&forged, &state);
+    let s = Snapshot::build(&forged, None, &state);
     put(&mut blocks, &s);
     assert!(matches!(
         check(&blocks, s.root_cid),
         Err(SnapshotError::NotTheCommittee { epoch: 0 })
     ));
     let posing = Certificate { by, ..cert.clone() };
-    let s = Snapshot::build(&posing, &state);
+    let s = Snapshot::build(&posing, None, &state);
     put(&mut blocks, &s);
     assert!(matches!(
         check(&blocks, s.root_cid),
@@ -1016,7 +1016,7 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
     // State bytes that do not hash to the certified value.
     let mut other = state.to_vec();
     other[0] ^= 1;
-    let s = Snapshot::build(&cert, &other);
+    let s = Snapshot::build(&cert, None, &other);
     put(&mut blocks, &s);
     assert!(matches!(
         check(&blocks, s.root_cid),
@@ -1122,7 +1122,7 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
     // A heartbeat listed twice, and one whose signature does not hold.
     let mut twice = cert.clone();
     twice.by = vec![cert.by[0], cert.by[0], cert.by[1], cert.by[2]];
-    let s = Snapshot::build(&twice, &state);
+    let s = Snapshot::build(&twice, None, &state);
     put(&mut blocks, &s);
     assert!(matches!(
         check(&blocks, s.root_cid),
@@ -1137,7 +1137,7 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
     let mut bad = cert.clone();
     bad.by[0] = forged_id;
     bad.by.sort();
-    let s = Snapshot::build(&bad, &state);
+    let s = Snapshot::build(&bad, None, &state);
     put(&mut blocks, &s);
     let r = check(&blocks, s.root_cid);
     assert!(
@@ -1175,7 +1175,7 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
             by,
             ..cert.clone()
         };
-        let s = Snapshot::build(&c, bytes);
+        let s = Snapshot::build(&c, None, bytes);
         put(blocks, &s);
         s.root_cid
     };
@@ -1191,6 +1191,285 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
     let unordered = certify(&mut blocks, &unordered, 1_001);
     let r = check(&blocks, unordered);
     assert!(matches!(r, Err(SnapshotError::NotCanonical)), "{r:?}");
+}
+
+/// A `final/2` timeline started as `chorus init` starts one (the admin alone), then joined by
+/// three writers, one committee change (epoch) each; the four write until everything is final.
+fn handover_mesh() -> (Vec<Keypair>, SignedEvent, Mesh) {
+    use chorus_core::membership::{MemberOp, Role};
+    let ks = keys(4);
+    let g = testkit::genesis_ordered(&ks[0], &[], "counter/1", 4, Some("final/2"));
+    let cfg = Config {
+        heartbeat_ms: Some(1_000),
+        fold_on_tick: true,
+        ..Config::default()
+    };
+    let mut m = Mesh::new(ks.iter().map(|k| node(&g, k, cfg)).collect());
+    m.settle(2);
+    for (i, k) in ks.iter().enumerate().skip(1) {
+        m.inbox[0].push_back(Input::Append {
+            write: WriteId(100 + i as u64),
+            items: vec![(
+                kind::MEMBER.to_string(),
+                MemberOp::Add(k.author(), Role::Writer).to_body(),
+            )],
+        });
+        m.settle(10);
+    }
+    for i in 0..10u64 {
+        m.append((i % 4) as u8, i, &format!("w{i}"));
+        m.settle(1);
+    }
+    m.settle(20);
+    (ks, g, m)
+}
+
+/// `final/2`: after each committee change the old committee's heartbeats attest it (a
+/// handover), every node certifies the same chain, and a stranger holding only the genesis
+/// walks it to the committee of the newest epoch and trusts a snapshot certified there —
+/// which under `final/1` it could not (the committee of epoch 3 is not the genesis's). A
+/// forged step (outsiders handing the committee to themselves) stops the walk.
+#[test]
+fn final_2_handovers_let_a_stranger_with_only_the_genesis_trust_a_later_epoch() {
+    use chorus_core::{
+        AuthorId,
+        finality::{
+            certificate::CertificateError,
+            handover::{self, Handover, HandoverClaim, committee_hash, heartbeat_body},
+        },
+        snapshot::{self, Snapshot, SnapshotError},
+    };
+    let (ks, g, m) = handover_mesh();
+    let mut members: Vec<AuthorId> = ks.iter().map(|k| k.author()).collect();
+    members.sort();
+    let chains: Vec<Vec<Handover>> = m
+        .nodes
+        .iter()
+        .map(|n| {
+            let tl = n.local().timeline();
+            let f = tl.finality().unwrap();
+            assert_eq!(f.epoch, 3, "one epoch per member added");
+            assert_eq!(f.committee, members);
+            let h = tl.handovers().unwrap();
+            assert_eq!(h.conflicts(), 0);
+            h.chain_to(3)
+                .expect("every handover certified")
+                .into_iter()
+                .cloned()
+                .collect()
+        })
+        .collect();
+    // Every node certified the same claims (the signers may differ).
+    for c in &chains[1..] {
+        let claims = |c: &[Handover]| c.iter().map(|h| h.claim).collect::<Vec<_>>();
+        assert_eq!(claims(c), claims(&chains[0]));
+    }
+    // The committees grow one member an epoch, from the admin alone.
+    let sizes: Vec<usize> = chains[0].iter().map(|h| h.next.len()).collect();
+    assert_eq!(sizes, vec![2, 3, 4]);
+    assert_eq!(chains[0][0].committee, vec![ks[0].author()]);
+
+    let n0 = m.nodes[0].local();
+    let tl = n0.timeline();
+    let cert = tl.attestations().unwrap().certificate().cloned().unwrap();
+    assert_eq!(cert.epoch, 3);
+    let state = tl
+        .final_checkpoint_state(cert.att.positions, cert.att.last, n0.store())
+        .expect("the certified checkpoint's state is held");
+    let chain: Vec<&Handover> = chains[0].iter().collect();
+    let snap = Snapshot::build(&cert, Some(&chain), &state);
+    assert_eq!(snap.handovers.len(), 3);
+
+    let mut blocks: BTreeMap<cid::Cid, Vec<u8>> = BTreeMap::new();
+    let put = |blocks: &mut BTreeMap<cid::Cid, Vec<u8>>, s: &Snapshot| {
+        blocks.insert(s.root_cid, s.root.clone());
+        blocks.insert(s.certificate.cid(), s.certificate.to_block());
+        for (c, b) in s.chunks.iter().chain(&s.handovers) {
+            blocks.insert(*c, b.clone());
+        }
+    };
+    put(&mut blocks, &snap);
+    for id in tl.order() {
+        let ev = tl.load(&id, n0.store()).unwrap();
+        blocks.insert(id.to_cid(), ev.bytes().to_vec());
+    }
+    let machine = CounterMachine;
+    // The stranger knows nothing but the genesis: `committee_of` answers for no epoch.
+    let check = |blocks: &BTreeMap<cid::Cid, Vec<u8>>, root: cid::Cid| {
+        snapshot::verify(
+            &machine,
+            g.id(),
+            tl.genesis(),
+            root,
+            |c| blocks.get(c).cloned(),
+            |_| None,
+        )
+    };
+    let ok = check(&blocks, snap.root_cid)
+        .map_err(|e| e.to_string())
+        .unwrap();
+    assert_eq!(ok.certificate, cert);
+    assert_eq!(ok.state_bytes, *state);
+    // Without the chain (a v1 root) the same stranger cannot place epoch 3.
+    let v1 = Snapshot::build(&cert, None, &state);
+    put(&mut blocks, &v1);
+    assert!(matches!(
+        check(&blocks, v1.root_cid),
+        Err(SnapshotError::UnknownEpoch(3))
+    ));
+
+    // A forged first step: four outsiders claim the admin handed the committee to them, and
+    // certify the state under their own committee.
+    let outsiders = keys_from(4, 100);
+    let mut theirs: Vec<AuthorId> = outsiders.iter().map(|k| k.author()).collect();
+    theirs.sort();
+    let claim = HandoverClaim {
+        next: committee_hash(&theirs),
+        ..chains[0][0].claim
+    };
+    let mut by: Vec<EventId> = outsiders
+        .iter()
+        .map(|k| {
+            let hb = UnsignedEvent {
+                timeline: Some(g.id()),
+                author: k.author(),
+                seq: 1,
+                lamport: 1,
+                parents: vec![g.id()],
+                kind: kind::HEARTBEAT.into(),
+                body: heartbeat_body(None, Some(&claim)),
+            }
+            .sign(k);
+            blocks.insert(hb.id().to_cid(), hb.bytes().to_vec());
+            hb.id()
+        })
+        .collect();
+    by.sort();
+    let forged = Handover {
+        timeline: g.id(),
+        claim,
+        committee: theirs.clone(),
+        next: theirs.clone(),
+        by: by.clone(),
+    };
+    let hb = |id: &EventId| {
+        blocks
+            .get(&id.to_cid())
+            .and_then(|b| SignedEvent::decode(b).ok())
+    };
+    let params = tl.genesis().finality_quorum();
+    // Sabotage: checked against the committee it names itself, the forged step passes.
+    assert!(forged.verify(g.id(), params, &theirs, hb).is_ok());
+    // Walked from the genesis committee (the admin alone), it does not.
+    let genesis_committee = vec![ks[0].author()];
+    let r = handover::walk(
+        g.id(),
+        params,
+        genesis_committee.clone(),
+        std::slice::from_ref(&forged),
+        hb,
+    );
+    assert!(matches!(r, Err((1, CertificateError::Decode(_)))), "{r:?}");
+    // Under the admin's name, the outsiders' heartbeats are outsiders'.
+    let posing = Handover {
+        committee: genesis_committee.clone(),
+        ..forged.clone()
+    };
+    let r = handover::walk(
+        g.id(),
+        params,
+        genesis_committee.clone(),
+        std::slice::from_ref(&posing),
+        hb,
+    );
+    assert!(
+        matches!(r, Err((1, CertificateError::Outsider(_)))),
+        "{r:?}"
+    );
+    // The honest chain walks to the committee of epoch 3.
+    let real = handover::walk(g.id(), params, genesis_committee, &chains[0], hb).unwrap();
+    assert_eq!(real, members);
+
+    // As a snapshot: the outsiders' certificate of the state behind the forged step.
+    let att_by: Vec<EventId> = {
+        let mut v: Vec<EventId> = outsiders
+            .iter()
+            .map(|k| {
+                let hb = UnsignedEvent {
+                    timeline: Some(g.id()),
+                    author: k.author(),
+                    seq: 2,
+                    lamport: 2,
+                    parents: vec![g.id()],
+                    kind: kind::HEARTBEAT.into(),
+                    body: heartbeat_body(Some(&cert.att), None),
+                }
+                .sign(k);
+                blocks.insert(hb.id().to_cid(), hb.bytes().to_vec());
+                hb.id()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let their_cert = chorus_core::finality::certificate::Certificate {
+        epoch: 1,
+        committee: theirs.clone(),
+        by: att_by,
+        ..cert.clone()
+    };
+    let s = Snapshot::build(&their_cert, Some(&[&posing]), &state);
+    put(&mut blocks, &s);
+    // Four heartbeats named for a committee of one: refused before any is fetched.
+    let r = check(&blocks, s.root_cid);
+    assert!(
+        matches!(
+            r,
+            Err(SnapshotError::Handover {
+                epoch: 1,
+                why: CertificateError::Decode(_)
+            })
+        ),
+        "{r:?}"
+    );
+    // One: fetched, and an outsider's.
+    let posing_one = Handover {
+        by: vec![posing.by[0]],
+        ..posing.clone()
+    };
+    let s = Snapshot::build(&their_cert, Some(&[&posing_one]), &state);
+    put(&mut blocks, &s);
+    let r = check(&blocks, s.root_cid);
+    assert!(
+        matches!(
+            r,
+            Err(SnapshotError::Handover {
+                epoch: 1,
+                why: CertificateError::Outsider(_)
+            })
+        ),
+        "{r:?}"
+    );
+    // A chain one short of the certificate's epoch, and a v2 root on a final/1 timeline.
+    let short = Snapshot::build(&cert, Some(&chain[..2]), &state);
+    put(&mut blocks, &short);
+    let r = check(&blocks, short.root_cid);
+    assert!(matches!(r, Err(SnapshotError::Decode(_))), "{r:?}");
+    let (_, g1, m1) = certified_mesh();
+    let tl1 = m1.nodes[0].local().timeline();
+    let cert1 = tl1.attestations().unwrap().certificate().cloned().unwrap();
+    let s = Snapshot::build(&cert1, Some(&[]), &state);
+    let mut b1 = BTreeMap::new();
+    put(&mut b1, &s);
+    let r = snapshot::verify(
+        &machine,
+        g1.id(),
+        tl1.genesis(),
+        s.root_cid,
+        |c| b1.get(c).cloned(),
+        |_| None,
+    );
+    assert!(matches!(r, Err(SnapshotError::Decode(_))), "{r:?}");
 }
 
 /// Peer ids are free: the per-peer list of invalid blocks keeps only the most charged peers

@@ -282,11 +282,16 @@ impl<M: Describe> Actor<M> {
                 && self.refused_snapshot.as_ref() != Some(c);
             if fresh || retry {
                 let state = tl.final_checkpoint_state(c.att.positions, c.att.last, local.store());
+                // Under final/2 the snapshot carries the handovers up to the certificate's
+                // epoch: none is built (tried again on later ticks) until all are certified.
+                let chain = match tl.handovers() {
+                    None => Some(None),
+                    Some(h) => h.chain_to(c.epoch).map(Some),
+                };
                 let snapshot = match state {
                     // sha2-256 of the bytes, as the state hash is.
-                    Some(state) if EventId::of_block(&state).0 == c.att.state => {
-                        Some(chorus_core::snapshot::Snapshot::build(c, &state))
-                    }
+                    Some(state) if EventId::of_block(&state).0 == c.att.state => chain
+                        .map(|ch| chorus_core::snapshot::Snapshot::build(c, ch.as_deref(), &state)),
                     Some(_) => {
                         // Our own state there is not the one a quorum certified: serve none.
                         self.refused_snapshot = Some(c.clone());

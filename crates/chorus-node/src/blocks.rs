@@ -4,7 +4,8 @@
 //! A node holds two kinds of block: the events of its timeline (the genesis among them),
 //! DAG-CBOR blocks under CIDv1 with a sha2-256 digest, kept in the store by that digest (an
 //! [`EventId`]); and, under `final/1`, its newest finality certificates with the certified
-//! snapshot of each (`chorus_core::snapshot`: a root block and the state's raw chunks), held
+//! snapshot of each (`chorus_core::snapshot`: a root block, the state's raw chunks and, under
+//! `final/2`, the chain of handovers from the genesis committee), held
 //! in memory by [`Certified`] (both are rebuilt from the store after a restart). Any other CID
 //! names nothing here. Store reads go through a [`StoreReader`], one read transaction a
 //! block, beside the actor's writes.
@@ -78,6 +79,7 @@ impl Certified {
             }
             s.chunks
                 .iter()
+                .chain(&s.handovers)
                 .find(|(c, _)| c == cid)
                 .map(|(_, b)| b.clone())
         })

@@ -210,40 +210,54 @@ impl Certificate {
         if self.timeline != genesis {
             return Err(CertificateError::OtherTimeline(self.timeline));
         }
-        let committee: BTreeSet<AuthorId> = self.committee.iter().copied().collect();
-        let mut authors = BTreeSet::new();
-        for id in &self.by {
-            let ev = get(id).ok_or(CertificateError::Missing(*id))?;
-            if ev.id() != *id || ev.kind != kind::HEARTBEAT || ev.timeline != Some(genesis) {
-                return Err(CertificateError::NotAHeartbeat(*id));
-            }
+        check_signers(genesis, params, &self.committee, &self.by, get, |ev| {
             match Attestation::from_body(&ev.body) {
-                Some(Ok(a)) if a == self.att => {}
-                other => {
-                    return Err(CertificateError::OtherValues {
-                        id: *id,
-                        got: format!("{other:?}"),
-                    });
-                }
+                Some(Ok(a)) if a == self.att => Ok(()),
+                other => Err(format!("{other:?}")),
             }
-            if !committee.contains(&ev.author) {
-                return Err(CertificateError::Outsider(*id));
-            }
-            if !authors.insert(ev.author) {
-                return Err(CertificateError::SameAuthor(ev.author));
-            }
-        }
-        let n = committee.len();
-        let need = params.quorum(n);
-        if authors.len() < need {
-            return Err(CertificateError::NoQuorum {
-                have: authors.len(),
-                need,
-                n,
-            });
-        }
-        Ok(())
+        })
     }
+}
+
+/// The check a certificate and a handover share: every heartbeat in `by` is given (by `get`,
+/// which must return signature-checked events), is a heartbeat of this timeline whose body
+/// `claims` accepts, is by a distinct member of `committee`; and there are at least a quorum
+/// (`params`) of them.
+pub(crate) fn check_signers(
+    genesis: EventId,
+    params: FinalityParams,
+    committee: &[AuthorId],
+    by: &[EventId],
+    get: impl Fn(&EventId) -> Option<SignedEvent>,
+    claims: impl Fn(&SignedEvent) -> Result<(), String>,
+) -> Result<(), CertificateError> {
+    let members: BTreeSet<AuthorId> = committee.iter().copied().collect();
+    let mut authors = BTreeSet::new();
+    for id in by {
+        let ev = get(id).ok_or(CertificateError::Missing(*id))?;
+        if ev.id() != *id || ev.kind != kind::HEARTBEAT || ev.timeline != Some(genesis) {
+            return Err(CertificateError::NotAHeartbeat(*id));
+        }
+        if let Err(got) = claims(&ev) {
+            return Err(CertificateError::OtherValues { id: *id, got });
+        }
+        if !members.contains(&ev.author) {
+            return Err(CertificateError::Outsider(*id));
+        }
+        if !authors.insert(ev.author) {
+            return Err(CertificateError::SameAuthor(ev.author));
+        }
+    }
+    let n = members.len();
+    let need = params.quorum(n);
+    if authors.len() < need {
+        return Err(CertificateError::NoQuorum {
+            have: authors.len(),
+            need,
+            n,
+        });
+    }
+    Ok(())
 }
 
 /// Attestations kept per committee author above the newest certificate (its lowest one goes

@@ -396,6 +396,8 @@ pub struct NodeState<M: Machine, S: Storage, T: Transport> {
     next_heartbeat: u64,
     /// Under final/1: the positions of the newest attestation this node's heartbeats made.
     attested: u64,
+    /// `final/2`: the newest epoch whose handover this node's heartbeats claimed.
+    handed: u32,
     sabotage: NodeSabotage,
 }
 
@@ -445,6 +447,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             gated: vec![],
             next_heartbeat: 0,
             attested: 0,
+            handed: 0,
             sabotage: NodeSabotage::None,
         }
     }
@@ -1142,17 +1145,24 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             && tl
                 .finality()
                 .is_some_and(|f| f.committee.binary_search(&me).is_ok());
-        if !tl.owes_heartbeat(&me) && !owes_attestation {
+        // Under final/2 a member of a committee that changed owes the new one's handover
+        // (finality/handover.rs) once: it is carried until certified, like the attestation.
+        let hand = tl.handover_owed(&me);
+        let owes_handover = hand.is_some_and(|h| h.epoch > self.handed);
+        if !tl.owes_heartbeat(&me) && !owes_attestation && !owes_handover {
             return;
         }
         self.next_heartbeat = now + every;
-        let body = att.map_or(Ipld::Null, |a| a.to_body());
+        let body = crate::finality::handover::heartbeat_body(att.as_ref(), hand.as_ref());
         let items = vec![(crate::event::kind::HEARTBEAT.to_string(), body)];
         match self.local.append_batch(items) {
             Ok(evs) => {
                 self.stats.heartbeats += 1;
                 if let Some(a) = att {
                     self.attested = a.positions;
+                }
+                if let Some(h) = hand {
+                    self.handed = self.handed.max(h.epoch);
                 }
                 self.stats.grew += 1;
                 let ids: Vec<EventId> = evs.iter().map(|e| e.id()).collect();

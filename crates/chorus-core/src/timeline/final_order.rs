@@ -40,6 +40,7 @@ use crate::{
     finality::{
         Decision, Engine, Node, OUTSIDER,
         certificate::{Attestation, Attestations},
+        handover::{HandoverClaim, Handovers},
     },
     genesis::{FinalityParams, Genesis},
     ids::AuthorId,
@@ -98,6 +99,8 @@ pub(super) struct FinalState {
     attestations: Attestations,
     /// A sabotage run's certificate quorum (the simulator's oracle only).
     certificate_quorum: Option<usize>,
+    /// `final/2`: the committee's attestations of its own changes.
+    handovers: Option<Handovers>,
     /// Every indexed `vote` event: event index → the vote.
     pub(super) vote_at: BTreeMap<u32, VoteOp>,
     /// Every indexed admin `member` event: event index → the member it is about.
@@ -135,11 +138,14 @@ fn committee_at(
 }
 
 impl FinalState {
-    pub(super) fn new(genesis: &Genesis, membership: &Membership) -> Self {
+    pub(super) fn new(genesis_id: EventId, genesis: &Genesis, membership: &Membership) -> Self {
         // The genesis is the admin's first event: its membership is the genesis's own.
         let committee = committee_at(membership, 0, &BTreeSet::new());
         let n = committee.len();
         let params = genesis.finality_quorum();
+        let handovers = genesis
+            .has_handovers()
+            .then(|| Handovers::new(genesis_id, committee.clone()));
         FinalState {
             engine: Engine::new(n, params.quorum(n)),
             params,
@@ -164,6 +170,7 @@ impl FinalState {
             lc_order: vec![],
             attestations: Attestations::default(),
             certificate_quorum: None,
+            handovers,
             vote_at: BTreeMap::new(),
             member_event_at: BTreeMap::new(),
             votes: BTreeMap::new(),
@@ -337,11 +344,16 @@ impl<M: Machine> Timeline<M> {
     /// A heartbeat's attestation, counted if its author is on the current committee (a
     /// malformed one is not counted, and the heartbeat stays valid: its body is not checked).
     pub(super) fn note_attestation(&mut self, heartbeat: EventId, author: AuthorId, body: &Ipld) {
+        let timeline = self.genesis_id;
+        let f = self.fin_mut();
+        if let Some(h) = &mut f.handovers
+            && let Some(Ok(claim)) = HandoverClaim::from_body(body)
+        {
+            h.note(timeline, f.params, author, heartbeat, claim);
+        }
         let Some(Ok(att)) = Attestation::from_body(body) else {
             return;
         };
-        let timeline = self.genesis_id;
-        let f = self.fin_mut();
         let quorum = f
             .certificate_quorum
             .unwrap_or_else(|| f.quorum(f.committee.len()));
@@ -465,6 +477,30 @@ impl<M: Machine> Timeline<M> {
         horizon
     }
 
+    /// `final/2`: the handover claim `member`'s next heartbeat carries: the lowest committee
+    /// change this replica reached whose handover it does not hold certified, if `member` was
+    /// on the committee before it. `None` otherwise (and under `lc-cid/1` and `final/1`).
+    pub fn handover_owed(&self, member: &AuthorId) -> Option<HandoverClaim> {
+        self.fin.as_ref()?.handovers.as_ref()?.owed(member)
+    }
+
+    /// `final/2`: the handovers this replica gathered (`None` under other orders).
+    pub fn handovers(&self) -> Option<&Handovers> {
+        self.fin.as_ref()?.handovers.as_ref()
+    }
+
+    /// **Sabotage, for the simulator's oracle only**: certify a handover claim once `quorum`
+    /// members of the old committee made it, true or not. `false` unless `final/2`.
+    pub fn sabotage_handover_quorum(&mut self, quorum: usize) -> bool {
+        match self.fin.as_mut().and_then(|f| f.handovers.as_mut()) {
+            Some(h) => {
+                h.sabotage(quorum);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// `final/1`: the attestations this replica's heartbeats hold, its newest certificate and
     /// the conflicts seen (`None` under `lc-cid/1`).
     pub fn attestations(&self) -> Option<&Attestations> {
@@ -528,6 +564,7 @@ impl<M: Machine> Timeline<M> {
                 )
             })
             .collect();
+        let (timeline, block_id) = (self.genesis_id, self.ids[block as usize]);
         let f = self.fin_mut();
         f.epoch += 1;
         // Open tallies keep only the votes of the new committee's members.
@@ -535,6 +572,9 @@ impl<M: Machine> Timeline<M> {
             tally.retain(|v| committee.binary_search(v).is_ok());
         }
         f.votes.retain(|_, tally| !tally.is_empty());
+        if let Some(h) = &mut f.handovers {
+            h.epoch_started(timeline, f.params, block_id, committee.clone());
+        }
         f.committee = committee;
         f.engine = Engine::new(n, f.quorum(n));
         f.consumed = 0;
