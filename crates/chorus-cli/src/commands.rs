@@ -205,7 +205,7 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
         }
         b.checkpoint_interval = a.checkpoint_interval;
         if matches!(a.order, OrderArg::Final) {
-            b.order = Some(chorus_core::genesis::ORDER_FINAL_1.into());
+            b.order = Some(chorus_core::genesis::ORDER_FINAL_2.into());
             if a.quorum != chorus_core::genesis::QUORUM_TWO_THIRDS {
                 b.finality = Some(chorus_core::genesis::FinalityParams { quorum: a.quorum });
             }
@@ -231,7 +231,7 @@ fn init(dir: &Path, a: InitArgs) -> Result<i32> {
         }
     };
     let order = match a.order {
-        OrderArg::Final => chorus_core::genesis::ORDER_FINAL_1,
+        OrderArg::Final => chorus_core::genesis::ORDER_FINAL_2,
         OrderArg::LcCid => chorus_core::genesis::ORDER_LC_CID_1,
     };
     let access = if a.private {
@@ -278,7 +278,7 @@ fn member<M: Describe>(r: &mut Replica<M>, op: MemberCmd) -> Result<i32> {
 fn vote<M: Describe>(r: &mut Replica<M>, vote: VoteOp) -> Result<i32> {
     if !r.timeline().genesis().is_final_order() {
         bail!(
-            "committee votes need a final/1 timeline (this one orders by lc-cid/1, where only the admin changes membership)"
+            "committee votes need a final/1 or final/2 timeline (this one orders by lc-cid/1, where only the admin changes membership)"
         );
     }
     let ev = r.append(kind::VOTE, vote.to_body())?;

@@ -307,7 +307,7 @@ struct InitArgs {
     /// Ordered events between machine checkpoints.
     #[arg(long, default_value_t = chorus_core::limits::DEFAULT_CHECKPOINT_INTERVAL)]
     checkpoint_interval: u64,
-    /// Order rule: `final` (final/1) finalizes by a quorum of more than two thirds of the
+    /// Order rule: `final` (final/2) finalizes by a quorum of more than two thirds of the
     /// members, so a dead or partitioned member holds nothing back; `lc-cid` (lc-cid/1)
     /// settles an event only once every member has seen it.
     #[arg(long, value_enum, default_value_t = OrderArg::LcCid)]
@@ -337,7 +337,8 @@ fn parse_fraction(s: &str) -> Result<[u64; 2], String> {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum OrderArg {
-    /// final/1: finality by quorum (docs/design/finality.md).
+    /// final/2: finality by quorum, the committee attesting its own changes
+    /// (docs/design/finality.md).
     Final,
     /// lc-cid/1: ascending (lc, cid); settled once every member has seen an event.
     LcCid,

@@ -647,7 +647,7 @@ pub fn swarm(a: SwarmArgs) -> Result<i32> {
             b.writers = writers;
             // Finality by quorum: a winner is final once more than two thirds of the nodes
             // have built on it, whoever is slow or gone.
-            b.order = Some(chorus_core::genesis::ORDER_FINAL_1.into());
+            b.order = Some(chorus_core::genesis::ORDER_FINAL_2.into());
             b
         },
         Kairos3Machine,

@@ -18,11 +18,11 @@ pub enum SimCmd {
         /// Break a rule on purpose, to see the oracle catch it.
         #[arg(long, value_enum, default_value = "none")]
         sabotage: SabotageArg,
-        /// Full nodes fold as they go (the scenario's `fold`): with `--order final/1`, their
+        /// Full nodes fold as they go (the scenario's `fold`): with `--order final/2`, their
         /// heartbeats attest checkpoints and C9 checks the certificates they make.
         #[arg(long)]
         fold: bool,
-        /// Run on this order rule instead of the scenario's own (`final/1`: finality safety
+        /// Run on this order rule instead of the scenario's own (`final/2`: finality safety
         /// C9 and liveness C8 are checked too; heartbeats every 500 ms where none were set).
         #[arg(long, value_parser = parse_order)]
         order: Option<FinalOrder>,
@@ -38,9 +38,9 @@ pub enum SimCmd {
         /// Only these scenarios.
         #[arg(long)]
         only: Vec<String>,
-        /// Run on this order rule instead of the scenario's own (`final/1`: finality safety
+        /// Run on this order rule instead of the scenario's own (`final/2`: finality safety
         /// C9 and liveness C8 are checked too; heartbeats every 500 ms where none were set).
-        /// Give it twice (`--order lc-cid/1 --order final/1`) to run the suite on both.
+        /// Give it twice (`--order lc-cid/1 --order final/2`) to run the suite on both.
         #[arg(long, value_parser = parse_suite_order)]
         order: Vec<SuiteOrder>,
         /// Runs at once (each run is single-threaded; CI gives one per core). Each run's report
@@ -72,7 +72,7 @@ pub enum SimCmd {
         /// Also replay every run to check C6 (twice the work).
         #[arg(long)]
         replay: bool,
-        /// Run on this order rule instead of the scenario's own (`final/1`: finality safety
+        /// Run on this order rule instead of the scenario's own (`final/2`: finality safety
         /// C9 and liveness C8 are checked too; heartbeats every 500 ms where none were set).
         #[arg(long, value_parser = parse_order)]
         order: Option<FinalOrder>,
@@ -95,11 +95,11 @@ pub enum SabotageArg {
     NoOwnGossip,
     LightAckAtOnce,
     NoHeartbeats,
-    /// final/1 with a quorum of half the committee (C9 finality safety must fail).
+    /// final/2 with a quorum of half the committee (C9 finality safety must fail).
     QuorumHalf,
-    /// final/1 certificates of one member's word (C9 must fail on a false attestation).
+    /// final/2 certificates of one member's word (C9 must fail on a false attestation).
     CertifyAlone,
-    /// final/1 committee votes carried by one member (C9 must fail on the adversary's vote).
+    /// final/2 committee votes carried by one member (C9 must fail on the adversary's vote).
     VoteAlone,
     /// Take every peer's word in sync (C10 must fail against the `liar`).
     TrustSyncClaims,
@@ -121,21 +121,26 @@ pub enum SabotageArg {
     OrderWithoutLamport,
 }
 
-/// `--order final/1`: the only rule a scenario can be switched to (absent: `lc-cid/1`).
+/// `--order final/2`: the only rule a scenario can be switched to (absent: `lc-cid/1`).
 #[derive(Clone, Copy)]
 pub struct FinalOrder;
 
 fn parse_order(s: &str) -> Result<FinalOrder, String> {
     match s {
-        chorus_core::genesis::ORDER_FINAL_1 | "final" => Ok(FinalOrder),
+        chorus_core::genesis::ORDER_FINAL_2 | "final" => Ok(FinalOrder),
+        chorus_core::genesis::ORDER_FINAL_1 => Err(format!(
+            "order {s:?}: the simulator runs {} (final/1's order and state, with the \
+             committee's handovers in its heartbeats)",
+            chorus_core::genesis::ORDER_FINAL_2
+        )),
         _ => Err(format!(
             "order {s:?}: only {} (scenarios are lc-cid/1 unless they say otherwise)",
-            chorus_core::genesis::ORDER_FINAL_1
+            chorus_core::genesis::ORDER_FINAL_2
         )),
     }
 }
 
-/// An order a suite runs on: the scenarios' own (`lc-cid/1`) or switched to `final/1`.
+/// An order a suite runs on: the scenarios' own (`lc-cid/1`) or switched to `final/2`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SuiteOrder {
     Own,
@@ -151,13 +156,13 @@ fn parse_suite_order(s: &str) -> Result<SuiteOrder, String> {
                 format!(
                     "order {s:?}: {} or {}",
                     chorus_core::genesis::ORDER_LC_CID_1,
-                    chorus_core::genesis::ORDER_FINAL_1
+                    chorus_core::genesis::ORDER_FINAL_2
                 )
             }),
     }
 }
 
-/// The suite, every scenario switched to `final/1` when asked.
+/// The suite, every scenario switched to `final/2` when asked.
 fn load_on(file: Option<PathBuf>, order: Option<FinalOrder>) -> Result<Suite> {
     let mut suite = load(file)?;
     if order.is_some() {
@@ -295,7 +300,7 @@ fn announce(sc: &Scenario, seed: u64, order: Option<FinalOrder>) {
         sc.name,
         sc.name,
         if order.is_some() {
-            " --order final/1"
+            " --order final/2"
         } else {
             ""
         }
@@ -442,7 +447,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                     r.scenario,
                     r.seed,
                     if order.is_some() {
-                        " --order final/1"
+                        " --order final/2"
                     } else {
                         ""
                     },
@@ -507,7 +512,7 @@ struct SuiteRun<'a> {
 
 fn order_name(order: Option<FinalOrder>) -> &'static str {
     match order {
-        Some(FinalOrder) => chorus_core::genesis::ORDER_FINAL_1,
+        Some(FinalOrder) => chorus_core::genesis::ORDER_FINAL_2,
         None => chorus_core::genesis::ORDER_LC_CID_1,
     }
 }
@@ -556,7 +561,7 @@ fn run_suite(runs: &[SuiteRun], jobs: usize) -> Vec<Report> {
     use std::sync::{Mutex, atomic::AtomicUsize, atomic::Ordering};
     let mut by_size: Vec<usize> = (0..runs.len()).collect();
     if jobs > 1 {
-        // Ties: final/1 first, the slower of the two orders.
+        // Ties: final/2 first, the slower of the two orders.
         by_size.sort_by_key(|&i| {
             let sc = runs[i].scenario;
             (

@@ -10,9 +10,14 @@
 //!   timeline, and the committee of its newest certificate's epoch (from its own replay); the
 //!   genesis committee only while that epoch is 0;
 //! * through **another node** (`--api`): the timeline you name (`--timeline`), and the genesis
-//!   committee alone (a certificate of a later epoch is refused as unknown). A quorum of the
-//!   genesis members could sign an epoch-0 certificate even after they left the committee:
-//!   check through a node you run to rule that out.
+//!   committee alone: under `final/2` the snapshot carries the handovers from it to the
+//!   certificate's epoch, each checked against the committee reached so far; under `final/1`
+//!   a certificate of a later epoch is refused as unknown. A quorum of a former committee
+//!   could sign a false handover or certificate after it left (the long-range problem of
+//!   every committee-signed checkpoint): check through a node you run to rule that out.
+//!
+//! Under `final/2` the handover chain is always walked (from the genesis committee), through
+//! your own node too; the committee that walk reaches must be the certificate's.
 
 use std::{cell::Cell, path::Path, time::Instant};
 
@@ -196,6 +201,12 @@ impl WithMachine for Check<'_> {
             c.by.len(),
             c.committee.len()
         );
+        if self.genesis.has_handovers() {
+            println!(
+                "committee   of epoch {} reached from the genesis's through {} handovers",
+                c.epoch, c.epoch
+            );
+        }
         println!(
             "fetched     {} blocks, {} bytes, in {:.1} s",
             blocks.get(),

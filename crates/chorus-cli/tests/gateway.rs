@@ -636,7 +636,7 @@ fn a_client_can_wait_for_a_final_winner_on_a_final_timeline() {
         "{r}"
     );
     let st = get(&n0.api, "/v1/status").unwrap();
-    assert_eq!(st["order"], "final/1");
+    assert_eq!(st["order"], "final/2");
     assert!(
         st["finality"]["final_positions"].as_u64().unwrap() >= 3,
         "{st}"

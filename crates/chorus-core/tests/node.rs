@@ -1196,7 +1196,17 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
 /// A `final/2` timeline started as `chorus init` starts one (the admin alone), then joined by
 /// three writers, one committee change (epoch) each; the four write until everything is final.
 fn handover_mesh() -> (Vec<Keypair>, SignedEvent, Mesh) {
-    use chorus_core::membership::{MemberOp, Role};
+    handover_mesh_with(false, false)
+}
+
+/// [`handover_mesh`]; `liar`: once it joined, member 1 also heartbeats a false claim for the
+/// next committee change (the committee handed to itself alone); `sabotaged`: every replica
+/// certifies a claim on one member's word, unchecked against its own epochs.
+fn handover_mesh_with(liar: bool, sabotaged: bool) -> (Vec<Keypair>, SignedEvent, Mesh) {
+    use chorus_core::{
+        finality::handover::{HandoverClaim, committee_hash, heartbeat_body},
+        membership::{MemberOp, Role},
+    };
     let ks = keys(4);
     let g = testkit::genesis_ordered(&ks[0], &[], "counter/1", 4, Some("final/2"));
     let cfg = Config {
@@ -1204,9 +1214,40 @@ fn handover_mesh() -> (Vec<Keypair>, SignedEvent, Mesh) {
         fold_on_tick: true,
         ..Config::default()
     };
-    let mut m = Mesh::new(ks.iter().map(|k| node(&g, k, cfg)).collect());
+    let mut m = Mesh::new(
+        ks.iter()
+            .map(|k| {
+                let mut tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+                if sabotaged {
+                    assert!(tl.sabotage_handover_quorum(1));
+                }
+                let store = MemStore::with_complete_own_chain(&g);
+                NodeState::new(Local::new(tl, store, k.clone()), cfg)
+            })
+            .collect(),
+    );
     m.settle(2);
     for (i, k) in ks.iter().enumerate().skip(1) {
+        if liar && i == 2 {
+            // Member 1 is on epoch 1's committee, which hands over to epoch 2 next.
+            let n = m.nodes[1].local_mut();
+            let claim = HandoverClaim {
+                epoch: 2,
+                block: g.id(),
+                next: committee_hash(&[ks[1].author()]),
+            };
+            let ev = n
+                .timeline()
+                .prepare(
+                    ks[1].author(),
+                    kind::HEARTBEAT,
+                    heartbeat_body(None, Some(&claim)),
+                )
+                .sign(&ks[1]);
+            n.ingest(vec![ev.clone()]).unwrap();
+            m.gossip_to(1, ev.bytes().to_vec(), 1);
+            m.settle(1);
+        }
         m.inbox[0].push_back(Input::Append {
             write: WriteId(100 + i as u64),
             items: vec![(
@@ -1470,6 +1511,53 @@ fn final_2_handovers_let_a_stranger_with_only_the_genesis_trust_a_later_epoch() 
         |_| None,
     );
     assert!(matches!(r, Err(SnapshotError::Decode(_))), "{r:?}");
+}
+
+/// The attacker of the handover tally: a member of the old committee claims, before the
+/// change, that the next committee is itself alone. Every replica counts it as a conflict and
+/// certifies the true handover, so the chain walks from the genesis committee to the real
+/// members. The sabotage (a claim certified on one member's word, unchecked against the
+/// replica's own epochs) certifies the lie, and the same walk fails.
+#[test]
+fn a_false_handover_claim_is_a_conflict_and_its_sabotage_certifies_the_lie() {
+    use chorus_core::{AuthorId, finality::handover};
+    let walk_all = |liar: bool, sabotaged: bool| {
+        let (ks, g, m) = handover_mesh_with(liar, sabotaged);
+        let mut members: Vec<AuthorId> = ks.iter().map(|k| k.author()).collect();
+        members.sort();
+        m.nodes
+            .iter()
+            .map(|n| {
+                let tl = n.local().timeline();
+                let h = tl.handovers().unwrap();
+                let chain: Vec<handover::Handover> = h
+                    .chain_to(tl.finality().unwrap().epoch)
+                    .expect("every handover certified")
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                let get = |id: &EventId| tl.load(id, n.local().store()).ok();
+                let walked = handover::walk(
+                    g.id(),
+                    tl.genesis().finality_quorum(),
+                    vec![ks[0].author()],
+                    &chain,
+                    get,
+                );
+                (h.conflicts(), walked.map(|c| c == members))
+            })
+            .collect::<Vec<_>>()
+    };
+    for (conflicts, walked) in walk_all(true, false) {
+        assert!(conflicts >= 1, "the lie is seen");
+        assert_eq!(walked, Ok(true), "the true chain is certified");
+    }
+    for (_, walked) in walk_all(true, true) {
+        assert!(
+            matches!(walked, Err((2, _))),
+            "sabotaged, the lie is certified and the walk fails at it: {walked:?}"
+        );
+    }
 }
 
 /// Peer ids are free: the per-peer list of invalid blocks keeps only the most charged peers

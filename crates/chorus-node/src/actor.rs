@@ -971,6 +971,8 @@ impl<M: Describe> Actor<M> {
                         hex::encode(c.against.state)
                     )
                 }),
+                handovers: tl.handovers().map(|h| h.certified().len() as u32),
+                handover_conflicts: tl.handovers().map_or(0, |h| h.conflicts()),
                 voted_off: x.voted_off.iter().map(|k| k.to_string()).collect(),
                 open_votes: x
                     .open_votes

@@ -403,8 +403,9 @@ impl Scenario {
             }
         }
         match self.order.as_deref() {
-            None | Some(chorus_core::genesis::ORDER_FINAL_1) => {}
-            Some(o) => return Err(format!("order {o:?} unknown (final/1, or none)")),
+            None
+            | Some(chorus_core::genesis::ORDER_FINAL_1 | chorus_core::genesis::ORDER_FINAL_2) => {}
+            Some(o) => return Err(format!("order {o:?} unknown (final/1, final/2, or none)")),
         }
         if self.order.is_some() && self.heartbeat_ms.is_none() {
             return Err("final/1 needs heartbeats (heartbeat_ms): rounds advance by them".into());
@@ -414,12 +415,13 @@ impl Scenario {
         }
         Ok(())
     }
-    /// The same scenario on the `final/1` order (`chorus sim … --order final/1`): every
+    /// The same scenario on the `final/2` order (`chorus sim … --order final/2`; `final/1`'s
+    /// order and state, with handovers in the heartbeats, as `chorus init` makes): every
     /// scenario must also pass finality safety (C9) and liveness (C8 on final positions).
     /// A scenario without heartbeats gets them every `FINAL_HEARTBEAT_MS`.
     pub fn on_final_order(&self) -> Scenario {
         let mut s = self.clone();
-        s.order = Some(chorus_core::genesis::ORDER_FINAL_1.to_string());
+        s.order = Some(chorus_core::genesis::ORDER_FINAL_2.to_string());
         s.heartbeat_ms.get_or_insert(FINAL_HEARTBEAT_MS);
         s
     }

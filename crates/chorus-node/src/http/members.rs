@@ -101,7 +101,7 @@ pub async fn change(
     if matches!(change, Change::Vote(_)) && !api.final_order {
         return error(
             StatusCode::BAD_REQUEST,
-            "committee votes need a final/1 timeline (this one orders by lc-cid/1, where only \
+            "committee votes need a final/1 or final/2 timeline (this one orders by lc-cid/1, where only \
              the admin changes membership)"
                 .to_string(),
         );

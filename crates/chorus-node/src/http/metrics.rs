@@ -82,6 +82,22 @@ pub async fn metrics(State(api): State<Api>) -> Response {
              (a member lies, or determinism is broken): alert when it moves",
             f.conflicts,
         );
+        if let Some(h) = f.handovers {
+            gauge(
+                r,
+                "finality_handovers",
+                "final/2: committee changes whose handover (the old committee attesting the \
+                 new one) this node holds certified",
+                u64::from(h),
+            );
+            counter(
+                r,
+                "finality_handover_conflicts",
+                "final/2: handover claims of old committee members that are not what this \
+                 node's final prefix says: alert when it moves",
+                f.handover_conflicts,
+            );
+        }
     }
     counter(r, "appended", "Events signed by this node", st.appended);
     counter(

@@ -57,7 +57,7 @@ pub async fn state(State(api): State<Api>) -> Response {
 /// and checks, with what its certificate says. 404 when the node holds none.
 #[utoipa::path(get, path = "/v1/snapshot", tag = "ipfs", responses(
     (status = 200, description = "The newest certified snapshot: its root CID and what it certifies", body = serde_json::Value),
-    (status = 404, description = "None: the timeline is not final/1, no certificate yet, or the certified checkpoint's state is not held here", body = super::shared::ApiError),
+    (status = 404, description = "None: the timeline is not ordered by finality (final/1, final/2), no certificate yet, or the certified checkpoint's state is not held here", body = super::shared::ApiError),
 ))]
 pub async fn snapshot(State(api): State<Api>) -> Response {
     let newest = api.certified.newest();
@@ -67,7 +67,7 @@ pub async fn snapshot(State(api): State<Api>) -> Response {
     else {
         return error(
             StatusCode::NOT_FOUND,
-            "no certified snapshot here: the timeline is not final/1, no quorum has certified \
+            "no certified snapshot here: the timeline is not ordered by finality (final/1, final/2), no quorum has certified \
              a checkpoint yet, or this node does not hold the certified checkpoint's state",
         );
     };
@@ -80,6 +80,8 @@ pub async fn snapshot(State(api): State<Api>) -> Response {
         "epoch": c.certificate.epoch,
         "size": s.chunks.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
         "chunks": s.chunks.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>(),
+        // final/2: the handovers from the genesis committee to the certificate's (epochs 1…).
+        "handovers": s.handovers.iter().map(|(c, _)| c.to_string()).collect::<Vec<_>>(),
     }))
     .into_response()
 }
@@ -89,14 +91,14 @@ pub async fn snapshot(State(api): State<Api>) -> Response {
 /// it holds none yet, or the timeline is not `final/1`.
 #[utoipa::path(get, path = "/v1/finality/certificate", tag = "node", responses(
     (status = 200, description = "The newest finality certificate, with its DAG-CBOR block", body = serde_json::Value),
-    (status = 404, description = "None yet, or the timeline is not final/1", body = super::shared::ApiError),
+    (status = 404, description = "None yet, or the timeline is not ordered by finality (final/1, final/2)", body = super::shared::ApiError),
 ))]
 pub async fn certificate(State(api): State<Api>) -> Response {
     match api.ask(ApiRequest::Certificate).await {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
-            "no finality certificate here yet: the timeline is not final/1, or no quorum of \
+            "no finality certificate here yet: the timeline is not ordered by finality (final/1, final/2), or no quorum of \
              its committee has attested a checkpoint inside the final prefix",
         ),
         Err(r) => r,

@@ -67,7 +67,7 @@ pub struct NodeStatus {
     pub uptime_ms: u64,
 }
 
-/// `final/1`: the final prefix and the committee that decides it.
+/// `final/1` and `final/2`: the final prefix and the committee that decides it.
 #[derive(Debug, Clone, Serialize)]
 pub struct FinalityView {
     /// Events in the final prefix (the first positions of the order; never reordered).
@@ -89,6 +89,13 @@ pub struct FinalityView {
     pub conflicts: u64,
     /// The newest conflict: who attested what against what.
     pub last_conflict: Option<String>,
+    /// `final/2`: committee changes whose handover this node holds certified (a quorum of
+    /// the old committee attested the new one); equal to `epoch` once all are. `None` under
+    /// `final/1`. A snapshot is served only once every handover up to its epoch is.
+    pub handovers: Option<u32>,
+    /// `final/2`: handover claims by a member of the old committee that are not what this
+    /// node's final prefix says. Should stay 0; alert on it.
+    pub handover_conflicts: u64,
     /// Members the committee voted off (`chorus member vote-remove`), by key.
     pub voted_off: Vec<String>,
     /// Final votes short of a quorum so far: `"remove KEY"` / `"restore KEY"` → members who
