@@ -154,8 +154,15 @@ impl WithMachine for Check<'_> {
             match &self.known {
                 Known::Committee(now, keys) if *now == e => Some(keys.clone()),
                 Known::Genesis | Known::Epoch(0) if e == 0 => epoch0.clone(),
+                // Your own node is at another epoch: no committee of that one is trusted
+                // (under final/2 a walked chain that ends there is refused too).
+                Known::Committee(now, _) | Known::Epoch(now) if *now != e => Some(vec![]),
                 _ => None,
             }
+        };
+        let now = match &self.known {
+            Known::Committee(now, _) | Known::Epoch(now) => Some(*now),
+            Known::Genesis => None,
         };
         let (blocks, bytes) = (Cell::new(0u64), Cell::new(0u64));
         let started = Instant::now();
@@ -180,11 +187,17 @@ impl WithMachine for Check<'_> {
         ) {
             Ok(v) => v,
             Err(e) => {
-                let hint = match e {
-                    SnapshotError::UnknownEpoch(_) => {
-                        " (a node that has replayed to that epoch knows its committee: ask through it with --api)"
+                let hint = match (&e, now) {
+                    (SnapshotError::UnknownEpoch(_), _) => " (a node that has replayed to that \
+                        epoch knows its committee: ask through it with --api)"
+                        .to_string(),
+                    (SnapshotError::NotTheCommittee { epoch }, Some(now)) if *epoch != now => {
+                        format!(
+                            " (your node is at epoch {now}: a certificate of epoch {epoch} is \
+                             not trusted through it)"
+                        )
                     }
-                    _ => "",
+                    _ => String::new(),
                 };
                 bail!("snapshot {} refused: {e}{hint}", self.root);
             }

@@ -174,7 +174,9 @@ impl<S> std::fmt::Debug for Verified<S> {
 /// cannot tell). Nothing is trusted that a quorum of the epoch's committee did not sign.
 ///
 /// A `v: 2` root (`final/2`) carries its own trust: the handovers from the genesis committee to
-/// the certificate's epoch are walked, and `committee_of` is not asked.
+/// the certificate's epoch are walked; `committee_of` then only narrows it (when it answers,
+/// the walk must reach that committee: a node that replayed the timeline is not fooled by a
+/// chain a former committee forked; an empty answer refuses the epoch).
 ///
 /// What the caller must know: `committee_of` answers for the epoch it trusts to be in force
 /// at the certified positions, and for no other. The certificate's epoch is the signers'
@@ -249,7 +251,20 @@ pub fn verify<M: Machine>(
     // The committee first: a certificate checked only against the committee it names itself
     // would take any keys' word.
     let mut known = match &w.hand {
-        Some(chain) => walk_handovers(genesis_id, genesis, certificate.epoch, chain, &fetch)?,
+        Some(chain) => {
+            let walked = walk_handovers(genesis_id, genesis, certificate.epoch, chain, &fetch)?;
+            // What the caller knows still counts: a chain forked by a former committee's
+            // quorum walks to a committee the caller's own replay does not have.
+            if let Some(mut own) = committee_of(certificate.epoch) {
+                own.sort();
+                if own != walked {
+                    return Err(SnapshotError::NotTheCommittee {
+                        epoch: certificate.epoch,
+                    });
+                }
+            }
+            walked
+        }
         None => {
             committee_of(certificate.epoch).ok_or(SnapshotError::UnknownEpoch(certificate.epoch))?
         }
@@ -323,6 +338,16 @@ pub fn verify<M: Machine>(
     })
 }
 
+/// Epoch 0's committee: every member the genesis names (admin, anchors, writers), in key
+/// order — what the timeline's finality starts from.
+pub fn genesis_committee(genesis: &Genesis) -> Vec<AuthorId> {
+    crate::membership::Membership::from_genesis(genesis)
+        .members_at(0)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// The committee of `epoch`, reached by walking `chain` (handovers `1..=epoch`) from the
 /// genesis committee; each handover and its heartbeats fetched by CID and checked against the
 /// committee reached so far, before the next is fetched (a forged link stops the walk there).
@@ -339,11 +364,7 @@ fn walk_handovers(
             chain.len()
         )));
     }
-    let mut committee: Vec<AuthorId> = crate::membership::Membership::from_genesis(genesis)
-        .members_at(0)
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let mut committee = genesis_committee(genesis);
     for (i, link) in chain.iter().enumerate() {
         let epoch = i as u32 + 1;
         let at = |why| SnapshotError::Handover { epoch, why };

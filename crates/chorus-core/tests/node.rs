@@ -1196,13 +1196,18 @@ fn a_certified_snapshot_is_checked_by_a_stranger_and_every_forgery_is_refused() 
 /// A `final/2` timeline started as `chorus init` starts one (the admin alone), then joined by
 /// three writers, one committee change (epoch) each; the four write until everything is final.
 fn handover_mesh() -> (Vec<Keypair>, SignedEvent, Mesh) {
-    handover_mesh_with(false, false)
+    handover_mesh_with(false, false, false)
 }
 
 /// [`handover_mesh`]; `liar`: once it joined, member 1 also heartbeats a false claim for the
 /// next committee change (the committee handed to itself alone); `sabotaged`: every replica
-/// certifies a claim on one member's word, unchecked against its own epochs.
-fn handover_mesh_with(liar: bool, sabotaged: bool) -> (Vec<Keypair>, SignedEvent, Mesh) {
+/// certifies a claim on one member's word, unchecked against its own epochs; `churn`: then
+/// the admin removes member 3 and adds it back, one by one (epochs 4 to 7).
+fn handover_mesh_with(
+    liar: bool,
+    sabotaged: bool,
+    churn: bool,
+) -> (Vec<Keypair>, SignedEvent, Mesh) {
     use chorus_core::{
         finality::handover::{HandoverClaim, committee_hash, heartbeat_body},
         membership::{MemberOp, Role},
@@ -1256,6 +1261,23 @@ fn handover_mesh_with(liar: bool, sabotaged: bool) -> (Vec<Keypair>, SignedEvent
             )],
         });
         m.settle(10);
+    }
+    if churn {
+        for round in 0..2u64 {
+            for (j, op) in [
+                MemberOp::Remove(ks[3].author()),
+                MemberOp::Add(ks[3].author(), Role::Writer),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                m.inbox[0].push_back(Input::Append {
+                    write: WriteId(200 + 2 * round + j as u64),
+                    items: vec![(kind::MEMBER.to_string(), op.to_body())],
+                });
+                m.settle(10);
+            }
+        }
     }
     for i in 0..10u64 {
         m.append((i % 4) as u8, i, &format!("w{i}"));
@@ -1351,6 +1373,30 @@ fn final_2_handovers_let_a_stranger_with_only_the_genesis_trust_a_later_epoch() 
         .unwrap();
     assert_eq!(ok.certificate, cert);
     assert_eq!(ok.state_bytes, *state);
+    // A checker that knows the epoch's committee from its own replay narrows the walk: the
+    // real one passes, another (as a chain forked by a former committee would reach) or
+    // none (an epoch it has moved past) is refused.
+    for (own, ok) in [
+        (members.clone(), true),
+        (members[..3].to_vec(), false),
+        (vec![], false),
+    ] {
+        let r = snapshot::verify(
+            &machine,
+            g.id(),
+            tl.genesis(),
+            snap.root_cid,
+            |c| blocks.get(c).cloned(),
+            |_| Some(own.clone()),
+        );
+        match ok {
+            true => assert!(r.is_ok(), "{r:?}"),
+            false => assert!(
+                matches!(r, Err(SnapshotError::NotTheCommittee { epoch: 3 })),
+                "{r:?}"
+            ),
+        }
+    }
     // Without the chain (a v1 root) the same stranger cannot place epoch 3.
     let v1 = Snapshot::build(&cert, None, &state);
     put(&mut blocks, &v1);
@@ -1522,7 +1568,7 @@ fn final_2_handovers_let_a_stranger_with_only_the_genesis_trust_a_later_epoch() 
 fn a_false_handover_claim_is_a_conflict_and_its_sabotage_certifies_the_lie() {
     use chorus_core::{AuthorId, finality::handover};
     let walk_all = |liar: bool, sabotaged: bool| {
-        let (ks, g, m) = handover_mesh_with(liar, sabotaged);
+        let (ks, g, m) = handover_mesh_with(liar, sabotaged, false);
         let mut members: Vec<AuthorId> = ks.iter().map(|k| k.author()).collect();
         members.sort();
         m.nodes
@@ -1552,12 +1598,84 @@ fn a_false_handover_claim_is_a_conflict_and_its_sabotage_certifies_the_lie() {
         assert!(conflicts >= 1, "the lie is seen");
         assert_eq!(walked, Ok(true), "the true chain is certified");
     }
+    // Sabotaged, the lie (claimed before the change, so the first claim each replica tallies
+    // for epoch 2) is certified on the liar's word alone, and a stranger's walk finds one
+    // signer of a committee of two.
     for (_, walked) in walk_all(true, true) {
         assert!(
-            matches!(walked, Err((2, _))),
+            matches!(
+                walked,
+                Err((
+                    2,
+                    chorus_core::finality::certificate::CertificateError::NoQuorum {
+                        have: 1,
+                        need: 2,
+                        n: 2
+                    }
+                ))
+            ),
             "sabotaged, the lie is certified and the walk fails at it: {walked:?}"
         );
     }
+}
+
+/// `final/2` across seven committee changes: every node certifies every handover, goes quiet
+/// once all are (a handover is claimed once, not every interval), and a node restarted from
+/// its store (`Timeline::restore`: every event indexed before finality is decided, so every
+/// claim arrives before its epoch) certifies the same chain again.
+#[test]
+fn final_2_handovers_survive_a_restart_and_the_mesh_goes_quiet() {
+    use chorus_core::finality::handover::Handover;
+    let (_ks, g, mut m) = handover_mesh_with(false, false, true);
+    let epoch = m.nodes[0].local().timeline().finality().unwrap().epoch;
+    assert_eq!(
+        epoch, 7,
+        "three additions, then two removals and two additions"
+    );
+    let claims = |tl: &Timeline<CounterMachine>| -> Vec<_> {
+        tl.handovers()
+            .unwrap()
+            .chain_to(epoch)
+            .expect("every handover certified")
+            .into_iter()
+            .map(|h: &Handover| h.claim)
+            .collect()
+    };
+    let want = claims(m.nodes[0].local().timeline());
+    for n in &m.nodes {
+        assert_eq!(claims(n.local().timeline()), want);
+    }
+    let events = |m: &Mesh| {
+        m.nodes
+            .iter()
+            .map(|n| n.local().timeline().len())
+            .sum::<usize>()
+    };
+    let before = events(&m);
+    m.settle(30);
+    assert_eq!(
+        events(&m),
+        before,
+        "an idle final/2 mesh heartbeats no more"
+    );
+
+    let n0 = m.nodes[0].local();
+    let store = n0.store();
+    let blocks: Vec<SignedEvent> = store
+        .ordered_blocks()
+        .iter()
+        .map(|b| SignedEvent::decode(b).unwrap())
+        .collect();
+    let restored = Timeline::restore(
+        g.clone(),
+        CounterMachine,
+        blocks,
+        store.checkpoints(),
+        store,
+    )
+    .unwrap();
+    assert_eq!(restored.state_hash(), n0.timeline().state_hash());
+    assert_eq!(claims(&restored), want);
 }
 
 /// Peer ids are free: the per-peer list of invalid blocks keeps only the most charged peers

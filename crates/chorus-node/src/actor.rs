@@ -281,13 +281,16 @@ impl<M: Describe> Actor<M> {
             let retry = newest.as_ref().is_some_and(|n| n.snapshot.is_none())
                 && self.refused_snapshot.as_ref() != Some(c);
             if fresh || retry {
-                let state = tl.final_checkpoint_state(c.att.positions, c.att.last, local.store());
                 // Under final/2 the snapshot carries the handovers up to the certificate's
-                // epoch: none is built (tried again on later ticks) until all are certified.
+                // epoch: none is built (tried again on later ticks, without reading the
+                // state) until all are certified.
                 let chain = match tl.handovers() {
                     None => Some(None),
                     Some(h) => h.chain_to(c.epoch).map(Some),
                 };
+                let state = chain.as_ref().and_then(|_| {
+                    tl.final_checkpoint_state(c.att.positions, c.att.last, local.store())
+                });
                 let snapshot = match state {
                     // sha2-256 of the bytes, as the state hash is.
                     Some(state) if EventId::of_block(&state).0 == c.att.state => chain

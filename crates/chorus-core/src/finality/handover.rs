@@ -32,6 +32,9 @@ use sha2::{Digest, Sha256};
 use super::certificate::{Attestation, CertificateError, check_signers};
 use crate::{AuthorId, EventId, SignedEvent, codec, genesis::FinalityParams, ids::DAG_CBOR};
 
+/// Claims kept per member and epoch before the epoch is reached (an honest member makes one).
+pub const MAX_CLAIMS_PER_MEMBER_AND_EPOCH: usize = 2;
+
 /// What an old committee member attests after a committee change: epoch `epoch` began at the
 /// final block `block`, with the committee whose [`committee_hash`] is `next`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -216,7 +219,7 @@ impl Handover {
             return Err(CertificateError::Decode(format!(
                 "the handover to epoch {} names another committee than epoch {}'s",
                 self.claim.epoch,
-                self.claim.epoch - 1
+                self.claim.epoch.saturating_sub(1)
             )));
         }
         check_signers(genesis, params, &self.committee, &self.by, get, |ev| {
@@ -237,11 +240,13 @@ pub struct Handovers {
     epochs: Vec<(EventId, Vec<AuthorId>)>,
     /// Claims of epochs not certified yet: epoch → claim → (author → its heartbeat). Claims
     /// for an epoch this replica has not reached wait here (its events arrive before its
-    /// finality does), at most [`MAX_OPEN_PER_AUTHOR`](super::certificate::MAX_OPEN_PER_AUTHOR)
-    /// per author.
+    /// finality does), at most [`MAX_CLAIMS_PER_MEMBER_AND_EPOCH`] per member and epoch, for
+    /// epochs the events held can reach.
     open: BTreeMap<u32, BTreeMap<HandoverClaim, BTreeMap<AuthorId, EventId>>>,
     certified: BTreeMap<u32, Handover>,
     conflicts: u64,
+    /// (epoch, member) pairs already counted as conflicts.
+    lied: std::collections::BTreeSet<(u32, AuthorId)>,
     /// A sabotage run's quorum (the simulator's oracle only): a claim is then certified by
     /// its signers' word, not checked against this replica's own epochs.
     sabotage_quorum: Option<usize>,
@@ -254,6 +259,7 @@ impl Handovers {
             open: BTreeMap::new(),
             certified: BTreeMap::new(),
             conflicts: 0,
+            lied: Default::default(),
             sabotage_quorum: None,
         }
     }
@@ -292,7 +298,9 @@ impl Handovers {
         })
     }
 
-    /// Counts `claim` from `author`'s `heartbeat`.
+    /// Counts `claim` from `author`'s `heartbeat`. `reachable`: the highest epoch the events
+    /// held could start (the current one plus every committee-changing event held: each
+    /// epoch needs one); claims beyond it are dropped, claims below wait for their epoch.
     pub fn note(
         &mut self,
         timeline: EventId,
@@ -300,10 +308,14 @@ impl Handovers {
         author: AuthorId,
         heartbeat: EventId,
         claim: HandoverClaim,
+        reachable: u32,
     ) {
+        if claim.epoch == 0 || claim.epoch > reachable {
+            return;
+        }
         if let Some(c) = self.certified.get(&claim.epoch) {
             if c.claim != claim && c.committee.binary_search(&author).is_ok() {
-                self.conflicts += 1;
+                self.conflict(claim.epoch, author);
             }
             return;
         }
@@ -314,21 +326,21 @@ impl Handovers {
             }
             return;
         }
-        // Not reached yet: kept for when it is, a few per author.
-        let mine = self
-            .open
-            .range(self.epochs.len() as u32..)
-            .map(|(_, c)| c)
-            .flat_map(|c| c.values())
-            .filter(|by| by.contains_key(&author))
-            .count();
-        if mine < super::certificate::MAX_OPEN_PER_AUTHOR {
-            self.open
-                .entry(claim.epoch)
-                .or_default()
-                .entry(claim)
-                .or_default()
-                .insert(author, heartbeat);
+        // Not reached yet: kept for when it is (a replica indexes the events before its
+        // finality reaches them: a restart replays them all first). An honest member makes
+        // one claim an epoch; at most two are kept per member and epoch.
+        let open = self.open.entry(claim.epoch).or_default();
+        let mine = open.values().filter(|by| by.contains_key(&author)).count();
+        if mine < MAX_CLAIMS_PER_MEMBER_AND_EPOCH {
+            open.entry(claim).or_default().insert(author, heartbeat);
+        }
+    }
+
+    /// A member of the old committee of `epoch` claimed something else: counted once per
+    /// member and epoch.
+    fn conflict(&mut self, epoch: u32, author: AuthorId) {
+        if self.lied.insert((epoch, author)) {
+            self.conflicts += 1;
         }
     }
 
@@ -345,7 +357,7 @@ impl Handovers {
     ) {
         let truth = self.truth(claim.epoch).expect("reached");
         if claim != truth {
-            self.conflicts += 1;
+            self.conflict(claim.epoch, author);
             if self.sabotage_quorum.is_none() {
                 return;
             }
@@ -381,10 +393,11 @@ impl Handovers {
         }
     }
 
-    /// What `member` owes: the lowest epoch this replica reached whose handover is not
-    /// certified and whose old committee holds `member`.
-    pub fn owed(&self, member: &AuthorId) -> Option<HandoverClaim> {
-        (1..self.epochs.len() as u32)
+    /// What `member` owes after claiming epochs up to `after`: the lowest later epoch this
+    /// replica reached whose handover is not certified and whose old committee holds
+    /// `member`.
+    pub fn owed(&self, member: &AuthorId, after: u32) -> Option<HandoverClaim> {
+        (after + 1..self.epochs.len() as u32)
             .filter(|e| !self.certified.contains_key(e))
             .find(|&e| self.epochs[e as usize - 1].1.binary_search(member).is_ok())
             .and_then(|e| self.truth(e))

@@ -1146,9 +1146,10 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 .finality()
                 .is_some_and(|f| f.committee.binary_search(&me).is_ok());
         // Under final/2 a member of a committee that changed owes the new one's handover
-        // (finality/handover.rs) once: it is carried until certified, like the attestation.
-        let hand = tl.handover_owed(&me);
-        let owes_handover = hand.is_some_and(|h| h.epoch > self.handed);
+        // (finality/handover.rs): one heartbeat claims it, one epoch at a time (after a
+        // restart, again the ones not certified).
+        let hand = tl.handover_owed(&me, self.handed);
+        let owes_handover = hand.is_some();
         if !tl.owes_heartbeat(&me) && !owes_attestation && !owes_handover {
             return;
         }

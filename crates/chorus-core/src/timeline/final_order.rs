@@ -349,7 +349,13 @@ impl<M: Machine> Timeline<M> {
         if let Some(h) = &mut f.handovers
             && let Some(Ok(claim)) = HandoverClaim::from_body(body)
         {
-            h.note(timeline, f.params, author, heartbeat, claim);
+            // Each epoch begins with a final member or vote event: no more epochs than those
+            // held can come.
+            let changes = f.member_event_at.len() + f.vote_at.len();
+            let reachable = f
+                .epoch
+                .saturating_add(u32::try_from(changes).unwrap_or(u32::MAX));
+            h.note(timeline, f.params, author, heartbeat, claim, reachable);
         }
         let Some(Ok(att)) = Attestation::from_body(body) else {
             return;
@@ -477,11 +483,12 @@ impl<M: Machine> Timeline<M> {
         horizon
     }
 
-    /// `final/2`: the handover claim `member`'s next heartbeat carries: the lowest committee
-    /// change this replica reached whose handover it does not hold certified, if `member` was
-    /// on the committee before it. `None` otherwise (and under `lc-cid/1` and `final/1`).
-    pub fn handover_owed(&self, member: &AuthorId) -> Option<HandoverClaim> {
-        self.fin.as_ref()?.handovers.as_ref()?.owed(member)
+    /// `final/2`: the handover claim `member`'s next heartbeat carries, once it claimed epochs
+    /// up to `after`: the lowest later committee change this replica reached whose handover it
+    /// does not hold certified, if `member` was on the committee before it. `None` otherwise
+    /// (and under `lc-cid/1` and `final/1`).
+    pub fn handover_owed(&self, member: &AuthorId, after: u32) -> Option<HandoverClaim> {
+        self.fin.as_ref()?.handovers.as_ref()?.owed(member, after)
     }
 
     /// `final/2`: the handovers this replica gathered (`None` under other orders).
