@@ -271,6 +271,13 @@ struct NodeArgs {
     /// while it is idle (an idle mesh goes quiet after one round). 0: never.
     #[arg(long, env = "CHORUS_HEARTBEAT_MS", default_value_t = chorus_node::DEFAULT_HEARTBEAT_MS)]
     heartbeat_ms: u64,
+    /// Start from this certified snapshot (its root CID, as `chorus snapshot show` or
+    /// `GET /v1/snapshot` on any node prints it): fetched by CID from the peers, checked
+    /// against the genesis alone (final/2), and served at `GET /v1/state` at once while the
+    /// history replays behind it; the replay must agree (`/v1/status` `bootstrap`). Refused or
+    /// not found: the node replays, as without it. Ignored by a node that holds a final prefix.
+    #[arg(long, env = "CHORUS_FROM_SNAPSHOT")]
+    from_snapshot: Option<String>,
 }
 
 #[derive(Args)]

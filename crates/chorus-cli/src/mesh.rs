@@ -146,6 +146,14 @@ fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
         api_open: a.api_open,
         emissaries: emissaries_of(&a)?,
         heartbeat_ms: (a.heartbeat_ms > 0).then_some(a.heartbeat_ms),
+        from_snapshot: a
+            .from_snapshot
+            .as_deref()
+            .map(|r| {
+                ipld_core::cid::Cid::try_from(r)
+                    .with_context(|| format!("--from-snapshot {r:?} is not a CID"))
+            })
+            .transpose()?,
     };
     println!(
         "opened {} events, state_hash {}",

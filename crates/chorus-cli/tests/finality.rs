@@ -41,9 +41,9 @@ fn is_final(n: &Node, id: &str) -> bool {
 
 #[test]
 fn finality_keeps_advancing_with_a_member_stopped_for_good() {
-    let root = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     let dirs: Vec<_> = (0..NODES)
-        .map(|i| root.path().join(format!("n{i}")))
+        .map(|i| tmp.path().join(format!("n{i}")))
         .collect();
     ok(
         &dirs[0],
@@ -275,7 +275,74 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
         f["epoch"].as_u64().map(|e| e as usize),
         "{snap}"
     );
+    // A fresh full node started from the snapshot (`chorus node --from-snapshot ROOT`): it
+    // fetches the blocks by CID from its peers, checks them against the genesis alone, serves
+    // the certified state, and its own replay of the history agrees. Another started from a
+    // CID that is no snapshot says why and replays all the same.
+    let fresh_dir = tmp.path().join("fresh");
+    join(&fresh_dir, &boot[0]);
+    let fresh = Node::start_heartbeating_with(
+        "fresh",
+        &fresh_dir,
+        "127.0.4.7",
+        &boot,
+        &["--from-snapshot", snap["root"].as_str().unwrap()],
+        HEARTBEAT_MS,
+    );
+    let refused_dir = tmp.path().join("refused");
+    join(&refused_dir, &boot[0]);
     let not_a_snapshot = c["last"].as_str().unwrap();
+    let refused = Node::start_heartbeating_with(
+        "refused",
+        &refused_dir,
+        "127.0.4.8",
+        &boot,
+        &["--from-snapshot", not_a_snapshot],
+        HEARTBEAT_MS,
+    );
+    let bootstrap_of = |n: &Node| n.status().map(|s| s["bootstrap"].clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let b = loop {
+        let b = bootstrap_of(&fresh);
+        if b.as_ref().is_some_and(|b| b["phase"] == "agreed") {
+            break b.unwrap();
+        }
+        assert!(Instant::now() < deadline, "fresh node: {b:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(b["state_hash"], c["state_hash"], "{b}");
+    assert_eq!(b["positions"], c["positions"], "{b}");
+    let (ready, verified) = (
+        b["ready_ms"].as_u64().unwrap(),
+        b["verified_ms"].as_u64().unwrap(),
+    );
+    assert!(ready <= verified, "{b}");
+    println!(
+        "fresh full node from snapshot {}: certified state served after {ready} ms, the replay \
+         agreed after {verified} ms",
+        b["root"]
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = bootstrap_of(&refused);
+        let replayed = finality(&refused)
+            .and_then(|f| f["final_positions"].as_u64())
+            .unwrap_or(0);
+        if b.as_ref().is_some_and(|b| b["phase"] == "refused")
+            && replayed >= c["positions"].as_u64().unwrap()
+        {
+            let why = b.unwrap()["why"].as_str().unwrap().to_string();
+            assert!(why.contains("snapshot root block"), "{why}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refused node: {b:?}, {replayed} final"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop((fresh, refused));
+
     let out = chorus(&dirs[1], &["snapshot", "verify", not_a_snapshot]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

@@ -123,6 +123,8 @@ pub enum NodeMsg {
     Api(ApiRequest),
     Tick,
     Shutdown,
+    /// The snapshot `--from-snapshot` named, fetched and checked, or why not (`bootstrap`).
+    Bootstrapped(Box<crate::bootstrap::Fetched>),
 }
 
 /// What queries are answered from while a fold runs in slices: the views of the last complete
@@ -184,6 +186,8 @@ pub struct Actor<M: Describe> {
     /// A certificate whose checkpoint this node holds with another state: not tried again
     /// (nor logged again) on every tick.
     refused_snapshot: Option<chorus_core::finality::certificate::Certificate>,
+    /// Starting from a certified snapshot (`chorus node --from-snapshot`), while it matters.
+    bootstrap: Option<crate::bootstrap::Bootstrap<M::State>>,
 }
 
 impl<M: Describe> Actor<M> {
@@ -259,7 +263,154 @@ impl<M: Describe> Actor<M> {
             advertiser: (!light).then(Default::default),
             certified: Default::default(),
             refused_snapshot: None,
+            bootstrap: None,
         }
+    }
+
+    /// Starts from the snapshot `root` (`chorus node --from-snapshot`): its fetch runs
+    /// elsewhere ([`crate::bootstrap::spawn`]); the outcome comes as
+    /// [`NodeMsg::Bootstrapped`].
+    pub fn with_bootstrap(mut self, root: cid::Cid) -> Self {
+        self.bootstrap = Some(crate::bootstrap::Bootstrap {
+            root,
+            started: Instant::now(),
+            phase: crate::bootstrap::Phase::Fetching,
+        });
+        self
+    }
+
+    /// The snapshot was fetched and checked (or not): serve it, or say why not.
+    fn bootstrapped(&mut self, fetched: crate::bootstrap::Fetched) {
+        use crate::bootstrap::Phase;
+        let Some(b) = &mut self.bootstrap else {
+            return;
+        };
+        let ms = b.started.elapsed().as_millis() as u64;
+        let decoded = fetched.and_then(|(certificate, bytes)| {
+            M::default()
+                .decode_state(&bytes)
+                .map(|state| (certificate, state))
+                .map_err(|e| e.to_string())
+        });
+        b.phase = match decoded {
+            Ok((certificate, state)) => {
+                tracing::info!(
+                    root = %b.root,
+                    positions = certificate.att.positions,
+                    epoch = certificate.epoch,
+                    "serving the certified state of the snapshot after {ms} ms; the history \
+                     replays behind it"
+                );
+                Phase::Serving {
+                    certificate,
+                    state,
+                    ready_ms: ms,
+                }
+            }
+            Err(why) => {
+                tracing::warn!(root = %b.root, "snapshot refused: {why}; replaying the history instead");
+                Phase::Refused(why)
+            }
+        };
+    }
+
+    /// On a tick: once the replay holds the certified checkpoint, its state must be the
+    /// certified one.
+    fn check_bootstrap(&mut self) {
+        use crate::bootstrap::Phase;
+        let Some(b) = &mut self.bootstrap else {
+            return;
+        };
+        let Phase::Serving {
+            certificate,
+            ready_ms,
+            ..
+        } = &b.phase
+        else {
+            return;
+        };
+        let (certificate, ready_ms) = (certificate.clone(), *ready_ms);
+        let local = self.node.local();
+        let tl = local.timeline();
+        let att = certificate.att;
+        let final_positions = tl.finality().map_or(0, |f| f.final_positions);
+        if final_positions < att.positions {
+            return;
+        }
+        let own_last = tl.order().nth(att.positions as usize - 1);
+        let verdict = if own_last != Some(att.last) {
+            Some(Err(format!(
+                "the replay's event at position {} is {}, the snapshot's {}",
+                att.positions,
+                own_last.map_or("none".into(), |e| e.to_string()),
+                att.last
+            )))
+        } else {
+            tl.final_checkpoint_state(att.positions, att.last, local.store())
+                .map(|state| {
+                    let own = EventId::of_block(&state).0;
+                    if own == att.state {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the replay folds to state {} at position {}, the snapshot's is {}",
+                            hex::encode(own),
+                            att.positions,
+                            hex::encode(att.state)
+                        ))
+                    }
+                })
+        };
+        let ms = b.started.elapsed().as_millis() as u64;
+        match verdict {
+            None => {} // the fold has not reached the checkpoint yet
+            Some(Ok(())) => {
+                tracing::info!(
+                    root = %b.root,
+                    "the replay agrees with the snapshot after {ms} ms: serving the node's own state"
+                );
+                b.phase = Phase::Agreed {
+                    certificate,
+                    ready_ms,
+                    verified_ms: ms,
+                };
+            }
+            Some(Err(own)) => {
+                tracing::error!(
+                    root = %b.root,
+                    "SNAPSHOT MISMATCH: {own} (determinism broken here, or a quorum certified a \
+                     false state); serving the node's own replay"
+                );
+                b.phase = Phase::Mismatch { certificate, own };
+            }
+        }
+    }
+
+    /// `GET /v1/state` while the certified state is served in place of the replay's.
+    fn bootstrap_state(&self) -> Option<Value> {
+        let b = self.bootstrap.as_ref()?;
+        let crate::bootstrap::Phase::Serving {
+            certificate, state, ..
+        } = &b.phase
+        else {
+            return None;
+        };
+        let tl = self.node.local().timeline();
+        Some(json!({
+            "timeline": tl.genesis_id().to_string(),
+            "machine": tl.machine().id(),
+            "events": certificate.att.positions,
+            "state_hash": hex::encode(certificate.att.state),
+            "state": M::describe(state),
+            "from_snapshot": {
+                "root": b.root.to_string(),
+                "certificate": certificate.cid().to_string(),
+                "positions": certificate.att.positions,
+                "last": certificate.att.last.to_string(),
+                "epoch": certificate.epoch,
+                "replayed_positions": tl.finality().map_or(0, |f| f.final_positions),
+            },
+        }))
     }
 
     /// Keeps the newest finality certificates and their snapshots in `certified`, to be
@@ -432,6 +583,10 @@ impl<M: Describe> Actor<M> {
                     tick = true;
                     Input::Tick
                 }
+                NodeMsg::Bootstrapped(fetched) => {
+                    self.bootstrapped(*fetched);
+                    continue;
+                }
                 NodeMsg::Api(ApiRequest::Append { items, reply }) => {
                     let write = WriteId(self.next_write);
                     self.next_write += 1;
@@ -478,6 +633,7 @@ impl<M: Describe> Actor<M> {
             self.fold();
         }
         if tick {
+            self.check_bootstrap();
             self.advertise();
             let (events, lag) = (self.node.local().timeline().len() as u64, self.node.lag());
             let catching_up = self.node.syncer().catching_up();
@@ -702,6 +858,9 @@ impl<M: Describe> Actor<M> {
     fn query(&mut self, q: ApiRequest) {
         if let Some(snap) = &self.snapshot {
             match q {
+                ApiRequest::State(reply) if self.bootstrap_state().is_some() => {
+                    let _ = reply.send(self.bootstrap_state().expect("just seen"));
+                }
                 ApiRequest::State(reply) => {
                     let mut v = snap.state.clone();
                     v["folding"] = json!(true);
@@ -730,7 +889,10 @@ impl<M: Describe> Actor<M> {
                 let _ = reply.send(Arc::new(self.status()));
             }
             ApiRequest::State(reply) => {
-                let _ = reply.send(state_json(self.node.local().timeline()));
+                let _ = reply.send(
+                    self.bootstrap_state()
+                        .unwrap_or_else(|| state_json(self.node.local().timeline())),
+                );
             }
             ApiRequest::Events { from, limit, reply } => {
                 let _ = reply.send(self.events(from, limit));
@@ -927,6 +1089,10 @@ impl<M: Describe> Actor<M> {
             light,
             writes_open: node.writes_open(),
             writes_held: node.writes_held(),
+            bootstrap: self
+                .bootstrap
+                .as_ref()
+                .map(|b| b.view(tl.finality().map_or(0, |f| f.final_positions))),
             light_node: light.then(|| LightNodeStatus {
                 horizon_lc: horizon.map(|h| h.0),
                 horizon: horizon.map(|h| h.1.to_string()),

@@ -18,6 +18,7 @@ pub mod access;
 pub mod actor;
 pub mod advertise;
 pub mod blocks;
+pub mod bootstrap;
 pub mod catch_up;
 pub mod describe;
 pub mod election;
@@ -76,6 +77,9 @@ pub struct NodeConfig {
     /// Heartbeats while this node's member key has events to cover (see
     /// `chorus_core::proto::node::Config::heartbeat_ms`); `None`: never.
     pub heartbeat_ms: Option<u64>,
+    /// Serve this certified snapshot's state at once while the history replays (`bootstrap`);
+    /// only for a node that holds no final position yet.
+    pub from_snapshot: Option<cid::Cid>,
 }
 
 /// The git commit this build comes from (`build.rs`; "unknown" outside a clone).
@@ -121,7 +125,25 @@ pub async fn run<M: Describe>(
         );
     }
     let genesis = replica.timeline().genesis_id();
+    let genesis_body = replica.timeline().genesis().clone();
     let final_order = replica.timeline().genesis().is_final_order();
+    // A snapshot only for a node that has no final prefix yet: one that has replayed serves
+    // its own.
+    let from_snapshot = match cfg.from_snapshot {
+        Some(_) if !final_order => {
+            bail!("--from-snapshot: this timeline orders by lc-cid/1, which certifies no state")
+        }
+        Some(root)
+            if replica
+                .timeline()
+                .finality()
+                .is_some_and(|f| f.final_positions > 0) =>
+        {
+            println!("snapshot {root} not used: this node already holds a final prefix");
+            None
+        }
+        other => other,
+    };
     let private = replica.timeline().genesis().is_private();
     let certified = blocks::Certified::default();
     let blocks: std::sync::Arc<dyn chorus_net::bitswap::BlockSource> =
@@ -191,6 +213,19 @@ pub async fn run<M: Describe>(
     )
     .with_feed(feed)
     .with_certified(certified.clone());
+    let actor = match from_snapshot {
+        Some(root) => {
+            bootstrap::spawn::<M>(
+                root,
+                genesis,
+                genesis_body.clone(),
+                net.bitswap.clone(),
+                node_tx.clone(),
+            );
+            actor.with_bootstrap(root)
+        }
+        None => actor,
+    };
     let actor = std::thread::Builder::new()
         .name("chorus-node".into())
         .spawn(move || actor.run(node_rx))

@@ -47,6 +47,7 @@ impl Node {
             api_open: false,
             emissaries: vec![],
             heartbeat_ms: None,
+            from_snapshot: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {

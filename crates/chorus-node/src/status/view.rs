@@ -28,6 +28,8 @@ pub struct NodeStatus {
     pub writes_held: usize,
     /// Set on light nodes only.
     pub light_node: Option<LightNodeStatus>,
+    /// Started from a certified snapshot (`chorus node --from-snapshot`): where that stands.
+    pub bootstrap: Option<crate::bootstrap::BootstrapView>,
     /// The genesis id.
     pub timeline: String,
     pub machine: String,
