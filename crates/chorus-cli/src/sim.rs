@@ -121,21 +121,21 @@ pub enum SabotageArg {
     OrderWithoutLamport,
 }
 
-/// `--order final/2`: the only rule a scenario can be switched to (absent: `lc-cid/1`).
-#[derive(Clone, Copy)]
-pub struct FinalOrder;
+/// `--order final/2` (what `chorus init --order final` makes) or `final/1`: the rules a
+/// scenario can be switched to (absent: `lc-cid/1`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FinalOrder(pub &'static str);
 
 fn parse_order(s: &str) -> Result<FinalOrder, String> {
     match s {
-        chorus_core::genesis::ORDER_FINAL_2 | "final" => Ok(FinalOrder),
-        chorus_core::genesis::ORDER_FINAL_1 => Err(format!(
-            "order {s:?}: the simulator runs {} (final/1's order and state, with the \
-             committee's handovers in its heartbeats)",
-            chorus_core::genesis::ORDER_FINAL_2
-        )),
+        chorus_core::genesis::ORDER_FINAL_2 | "final" => {
+            Ok(FinalOrder(chorus_core::genesis::ORDER_FINAL_2))
+        }
+        chorus_core::genesis::ORDER_FINAL_1 => Ok(FinalOrder(chorus_core::genesis::ORDER_FINAL_1)),
         _ => Err(format!(
-            "order {s:?}: only {} (scenarios are lc-cid/1 unless they say otherwise)",
-            chorus_core::genesis::ORDER_FINAL_2
+            "order {s:?}: only {} or {} (scenarios are lc-cid/1 unless they say otherwise)",
+            chorus_core::genesis::ORDER_FINAL_2,
+            chorus_core::genesis::ORDER_FINAL_1
         )),
     }
 }
@@ -144,30 +144,29 @@ fn parse_order(s: &str) -> Result<FinalOrder, String> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SuiteOrder {
     Own,
-    Final,
+    Final(FinalOrder),
 }
 
 fn parse_suite_order(s: &str) -> Result<SuiteOrder, String> {
     match s {
         chorus_core::genesis::ORDER_LC_CID_1 | "lc-cid" => Ok(SuiteOrder::Own),
-        _ => parse_order(s)
-            .map(|FinalOrder| SuiteOrder::Final)
-            .map_err(|_| {
-                format!(
-                    "order {s:?}: {} or {}",
-                    chorus_core::genesis::ORDER_LC_CID_1,
-                    chorus_core::genesis::ORDER_FINAL_2
-                )
-            }),
+        _ => parse_order(s).map(SuiteOrder::Final).map_err(|_| {
+            format!(
+                "order {s:?}: {}, {} or {}",
+                chorus_core::genesis::ORDER_LC_CID_1,
+                chorus_core::genesis::ORDER_FINAL_2,
+                chorus_core::genesis::ORDER_FINAL_1
+            )
+        }),
     }
 }
 
 /// The suite, every scenario switched to `final/2` when asked.
 fn load_on(file: Option<PathBuf>, order: Option<FinalOrder>) -> Result<Suite> {
     let mut suite = load(file)?;
-    if order.is_some() {
+    if let Some(FinalOrder(id)) = order {
         for sc in &mut suite.scenarios {
-            *sc = sc.on_final_order();
+            *sc = sc.on_order(id);
         }
     }
     Ok(suite)
@@ -299,11 +298,7 @@ fn announce(sc: &Scenario, seed: u64, order: Option<FinalOrder>) {
         "== {} seed {seed} (replay: chorus sim run --scenario {} --seed {seed}{})",
         sc.name,
         sc.name,
-        if order.is_some() {
-            " --order final/2"
-        } else {
-            ""
-        }
+        order.map_or(String::new(), |FinalOrder(id)| format!(" --order {id}"))
     );
     // The derived options, so a run can be reproduced from its output alone.
     let opts = toml::to_string(sc).unwrap_or_default();
@@ -446,11 +441,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                     "  chorus sim run --scenario {} --seed {}{}   # {}",
                     r.scenario,
                     r.seed,
-                    if order.is_some() {
-                        " --order final/2"
-                    } else {
-                        ""
-                    },
+                    order.map_or(String::new(), |FinalOrder(id)| format!(" --order {id}")),
                     r.failures().map(|v| v.check).collect::<Vec<_>>().join(", ")
                 );
             }
@@ -470,7 +461,10 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             orders.dedup();
             let mut suites = vec![];
             for o in orders {
-                let on = (o == SuiteOrder::Final).then_some(FinalOrder);
+                let on = match o {
+                    SuiteOrder::Final(f) => Some(f),
+                    SuiteOrder::Own => None,
+                };
                 suites.push((on, load_on(file.clone(), on)?));
             }
             let mut runs: Vec<SuiteRun> = vec![];
@@ -486,7 +480,7 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
                 }
                 println!("{}", table_header());
                 for (run, r) in runs.iter().zip(&reports) {
-                    if run.order.is_some() == on.is_some() {
+                    if run.order == *on {
                         println!("{}", table_row(r));
                     }
                 }
@@ -512,7 +506,7 @@ struct SuiteRun<'a> {
 
 fn order_name(order: Option<FinalOrder>) -> &'static str {
     match order {
-        Some(FinalOrder) => chorus_core::genesis::ORDER_FINAL_2,
+        Some(FinalOrder(id)) => id,
         None => chorus_core::genesis::ORDER_LC_CID_1,
     }
 }

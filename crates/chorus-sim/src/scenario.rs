@@ -420,8 +420,12 @@ impl Scenario {
     /// scenario must also pass finality safety (C9) and liveness (C8 on final positions).
     /// A scenario without heartbeats gets them every `FINAL_HEARTBEAT_MS`.
     pub fn on_final_order(&self) -> Scenario {
+        self.on_order(chorus_core::genesis::ORDER_FINAL_2)
+    }
+    /// The same scenario on the finality order `order` (`final/1` or `final/2`).
+    pub fn on_order(&self, order: &str) -> Scenario {
         let mut s = self.clone();
-        s.order = Some(chorus_core::genesis::ORDER_FINAL_2.to_string());
+        s.order = Some(order.to_string());
         s.heartbeat_ms.get_or_insert(FINAL_HEARTBEAT_MS);
         s
     }

@@ -56,6 +56,23 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "Events behind the settled frontier",
         st.settled,
     );
+    if let Some(b) = &st.bootstrap {
+        gauge(
+            r,
+            "snapshot_bootstrap_mismatch",
+            "Started from a certified snapshot, and the replay of the history computed another \
+             state at the certified position (1): determinism broken here, or a quorum \
+             certified a false state. Alert on it",
+            u64::from(b.phase == "mismatch"),
+        );
+        gauge(
+            r,
+            "snapshot_bootstrap_serving",
+            "Started from a certified snapshot, whose state /v1/state serves while the history \
+             replays (1); 0 once the replay agreed, or the snapshot was refused",
+            u64::from(b.phase == "serving"),
+        );
+    }
     if let Some(f) = &st.finality {
         gauge(
             r,
