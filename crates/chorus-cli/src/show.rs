@@ -11,6 +11,15 @@ pub fn print_state(v: &Value, as_json: bool) -> Result<i32> {
         return Ok(0);
     }
     let s = &v["state"];
+    if let Some(f) = v.get("from_snapshot") {
+        println!(
+            "snapshot     state certified at {} positions, from snapshot {}; the history is \
+             still replaying here ({} positions final so far)",
+            f["positions"],
+            f["root"].as_str().unwrap_or(""),
+            f["replayed_positions"]
+        );
+    }
     if v["folding"] == true {
         println!(
             "folding      new events are being folded; below is the state of the last complete fold"

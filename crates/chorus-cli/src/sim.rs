@@ -458,7 +458,13 @@ pub fn run(cmd: SimCmd) -> Result<i32> {
             if orders.is_empty() {
                 orders.push(SuiteOrder::Own);
             }
-            orders.dedup();
+            // Each order once, in the order given ("final" and "final/2" are one).
+            let mut seen = vec![];
+            orders.retain(|o| {
+                let fresh = !seen.contains(o);
+                seen.push(*o);
+                fresh
+            });
             let mut suites = vec![];
             for o in orders {
                 let on = match o {

@@ -93,6 +93,11 @@ pub enum SnapshotError {
     Certificate(#[from] CertificateError),
     #[error("the handover to epoch {epoch}: {why}")]
     Handover { epoch: u32, why: CertificateError },
+    #[error(
+        "the certificate attests {positions} positions, no checkpoint of this timeline (one every \
+         {interval})"
+    )]
+    NotACheckpoint { positions: u64, interval: u64 },
     #[error("state of {size} bytes: at most {MAX_SNAPSHOT_BYTES} are taken")]
     TooLarge { size: u64 },
     #[error(
@@ -248,6 +253,15 @@ pub fn verify<M: Machine>(
         return Err(SnapshotError::OtherTimeline(tl));
     }
     let certificate = Certificate::from_block(&fetch(&w.cert)?)?;
+    // Honest members attest only checkpoint positions: a replica can compare its own state
+    // there, and nowhere else.
+    let interval = genesis.body.checkpoint_interval;
+    if certificate.att.positions % interval != 0 {
+        return Err(SnapshotError::NotACheckpoint {
+            positions: certificate.att.positions,
+            interval,
+        });
+    }
     // The committee first: a certificate checked only against the committee it names itself
     // would take any keys' word.
     let mut known = match &w.hand {

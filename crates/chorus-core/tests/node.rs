@@ -1397,6 +1397,22 @@ fn final_2_handovers_let_a_stranger_with_only_the_genesis_trust_a_later_epoch() 
             ),
         }
     }
+    // A certificate of a position that is no checkpoint (the replay could never compare its
+    // own state there): refused before anything else is fetched.
+    let off = chorus_core::finality::certificate::Certificate {
+        att: chorus_core::finality::certificate::Attestation {
+            positions: cert.att.positions + 1,
+            ..cert.att
+        },
+        ..cert.clone()
+    };
+    let s = Snapshot::build(&off, Some(&chain), &state);
+    put(&mut blocks, &s);
+    let r = check(&blocks, s.root_cid);
+    assert!(
+        matches!(r, Err(SnapshotError::NotACheckpoint { interval: 4, .. })),
+        "{r:?}"
+    );
     // Without the chain (a v1 root) the same stranger cannot place epoch 3.
     let v1 = Snapshot::build(&cert, None, &state);
     put(&mut blocks, &v1);

@@ -124,7 +124,7 @@ pub enum NodeMsg {
     Tick,
     Shutdown,
     /// The snapshot `--from-snapshot` named, fetched and checked, or why not (`bootstrap`).
-    Bootstrapped(Box<crate::bootstrap::Fetched>),
+    Bootstrapped(crate::bootstrap::Fetched),
 }
 
 /// What queries are answered from while a fold runs in slices: the views of the last complete
@@ -286,12 +286,16 @@ impl<M: Describe> Actor<M> {
             return;
         };
         let ms = b.started.elapsed().as_millis() as u64;
-        let decoded = fetched.and_then(|(certificate, bytes)| {
-            M::default()
-                .decode_state(&bytes)
-                .map(|state| (certificate, state))
-                .map_err(|e| e.to_string())
-        });
+        let decoded = match fetched.downcast::<Result<(chorus_core::finality::certificate::Certificate, M::State), String>>() {
+            Ok(r) => *r,
+            Err(_) => Err("the fetch sent another machine's state".into()),
+        };
+        let replayed_at_ready = self
+            .node
+            .local()
+            .timeline()
+            .finality()
+            .map_or(0, |f| f.final_positions);
         b.phase = match decoded {
             Ok((certificate, state)) => {
                 tracing::info!(
@@ -305,6 +309,7 @@ impl<M: Describe> Actor<M> {
                     certificate,
                     state,
                     ready_ms: ms,
+                    replayed_at_ready,
                 }
             }
             Err(why) => {
@@ -324,12 +329,14 @@ impl<M: Describe> Actor<M> {
         let Phase::Serving {
             certificate,
             ready_ms,
+            replayed_at_ready,
             ..
         } = &b.phase
         else {
             return;
         };
-        let (certificate, ready_ms) = (certificate.clone(), *ready_ms);
+        let (certificate, ready_ms, replayed_at_ready) =
+            (certificate.clone(), *ready_ms, *replayed_at_ready);
         let local = self.node.local();
         let tl = local.timeline();
         let att = certificate.att;
@@ -362,7 +369,18 @@ impl<M: Describe> Actor<M> {
                 })
         };
         let ms = b.started.elapsed().as_millis() as u64;
+        // The fold passed the position and no checkpoint state is held there: nothing to
+        // compare with, ever (checkpoint bytes dropped); say so rather than serve forever.
+        let folded_past = tl.folded_at().0 as u64 >= att.positions && !tl.needs_catch_up();
         match verdict {
+            None if folded_past => {
+                let why = format!(
+                    "the replay folded past position {} and holds no checkpoint there to compare",
+                    att.positions
+                );
+                tracing::warn!(root = %b.root, "snapshot unchecked: {why}; serving the node's own replay");
+                b.phase = Phase::Unchecked { certificate, why };
+            }
             None => {} // the fold has not reached the checkpoint yet
             Some(Ok(())) => {
                 tracing::info!(
@@ -372,6 +390,7 @@ impl<M: Describe> Actor<M> {
                 b.phase = Phase::Agreed {
                     certificate,
                     ready_ms,
+                    replayed_at_ready,
                     verified_ms: ms,
                 };
             }
@@ -399,7 +418,11 @@ impl<M: Describe> Actor<M> {
         Some(json!({
             "timeline": tl.genesis_id().to_string(),
             "machine": tl.machine().id(),
-            "events": certificate.att.positions,
+            // The node's own: what it holds so far (the state below is of `positions`).
+            "events": tl.len(),
+            "pending": tl.pending_len(),
+            "heads": tl.heads().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            "positions": certificate.att.positions,
             "state_hash": hex::encode(certificate.att.state),
             "state": M::describe(state),
             "from_snapshot": {
@@ -584,7 +607,7 @@ impl<M: Describe> Actor<M> {
                     Input::Tick
                 }
                 NodeMsg::Bootstrapped(fetched) => {
-                    self.bootstrapped(*fetched);
+                    self.bootstrapped(fetched);
                     continue;
                 }
                 NodeMsg::Api(ApiRequest::Append { items, reply }) => {

@@ -9,8 +9,9 @@
 //! history as any node does: that is the verification in the background. Once its own fold
 //! holds the certified checkpoint, the two must agree — `agreed`, or a `mismatch` that is loud
 //! (an error log, `chorus_snapshot_bootstrap_mismatch`, `/v1/status`), after which the node
-//! serves its own replay. A snapshot that is refused, or not fetched in time, changes nothing
-//! but the status: the node replays, as it would without the flag.
+//! serves its own replay. A snapshot that is refused, or not fetched within
+//! [`FETCH_DEADLINE`], changes nothing but the status: the node replays, as it would without
+//! the flag. Full nodes only (a light node keeps no checkpoints to compare).
 
 use std::time::{Duration, Instant};
 
@@ -24,14 +25,16 @@ use tokio::sync::mpsc;
 
 use crate::actor::NodeMsg;
 
-/// How long one block is waited for.
+/// How long one block is waited for (then asked again, within [`FETCH_DEADLINE`]).
 pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the fetch keeps trying while no peer is connected yet (a node just started).
-pub const NO_PEER_PATIENCE: Duration = Duration::from_secs(60);
+/// How long the whole fetch may take (no peer connected yet at start, a peer that has not
+/// got a block yet): past it, a block not had refuses the snapshot.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(120);
 
-/// What the fetch and the check came to: the certificate and the certified state's bytes, or
-/// why the snapshot was refused.
-pub type Fetched = Result<(Certificate, Vec<u8>), String>;
+/// What the fetch and the check came to (`Result<(Certificate, M::State), String>`, boxed so
+/// that the actor's messages stay free of the machine's type): the certificate and the
+/// certified state, decoded, or why the snapshot was refused.
+pub type Fetched = Box<dyn std::any::Any + Send + Sync>;
 
 /// Fetches and checks the snapshot `root` on a blocking thread; the outcome reaches the actor
 /// as [`NodeMsg::Bootstrapped`].
@@ -47,11 +50,24 @@ pub fn spawn<M: Machine + Default + Send + 'static>(
         let started = Instant::now();
         let get = |cid: &Cid| -> Option<Vec<u8>> {
             loop {
-                match handle.block_on(bitswap.fetch(*cid, BLOCK_TIMEOUT)) {
+                // The node is shutting down: stop asking (the runtime waits for this thread).
+                if to_actor.is_closed() {
+                    return None;
+                }
+                let fetch = bitswap.fetch(*cid, BLOCK_TIMEOUT);
+                let r = handle.block_on(async {
+                    tokio::select! {
+                        r = fetch => Some(r),
+                        _ = to_actor.closed() => None,
+                    }
+                })?;
+                match r {
                     Ok(b) => return Some(b),
-                    Err(FetchError::NoPeers(_) | FetchError::Busy(_))
-                        if started.elapsed() < NO_PEER_PATIENCE =>
+                    Err(e)
+                        if started.elapsed() < FETCH_DEADLINE
+                            && !matches!(e, FetchError::UncheckableHash(_)) =>
                     {
+                        tracing::debug!(%cid, "snapshot block not had yet: {e}");
                         std::thread::sleep(Duration::from_millis(250));
                     }
                     Err(e) => {
@@ -65,7 +81,7 @@ pub fn spawn<M: Machine + Default + Send + 'static>(
         let r = snapshot::verify(&M::default(), genesis_id, &genesis, root, get, |e| {
             (e == 0).then(|| epoch0.clone())
         })
-        .map(|v| (v.certificate, v.state_bytes))
+        .map(|v| (v.certificate, v.state))
         .map_err(|e| e.to_string());
         let _ = to_actor.blocking_send(NodeMsg::Bootstrapped(Box::new(r)));
     });
@@ -80,11 +96,13 @@ pub enum Phase<S> {
         certificate: Certificate,
         state: S,
         ready_ms: u64,
+        replayed_at_ready: u64,
     },
     /// The node's own fold computed the certified state: it serves its own from now on.
     Agreed {
         certificate: Certificate,
         ready_ms: u64,
+        replayed_at_ready: u64,
         verified_ms: u64,
     },
     /// The node's own fold computed another state (or another event) at the certified
@@ -96,6 +114,12 @@ pub enum Phase<S> {
     },
     /// Refused or not fetched: the node replays as without a snapshot.
     Refused(String),
+    /// The replay folded past the certified position and holds no checkpoint there to compare
+    /// (a light node keeps none, or its bytes were dropped): loud; the node serves its own.
+    Unchecked {
+        certificate: Certificate,
+        why: String,
+    },
 }
 
 /// A bootstrap from `root`, begun at `started`.
@@ -110,7 +134,7 @@ pub struct Bootstrap<S> {
 pub struct BootstrapView {
     pub root: String,
     /// `fetching`, `serving` (the certified state, while the history replays), `agreed`,
-    /// `mismatch`, `refused`.
+    /// `mismatch`, `unchecked` (the replay passed it with no checkpoint there), `refused`.
     pub phase: &'static str,
     /// The certified positions, state and epoch (once checked).
     pub positions: Option<u64>,
@@ -121,6 +145,9 @@ pub struct BootstrapView {
     pub verified_ms: Option<u64>,
     /// The replay's progress: positions of the final prefix this node holds (of `positions`).
     pub replayed_positions: u64,
+    /// The replay's final positions when the certified state began to be served (how far
+    /// ahead of the replay the snapshot put the node).
+    pub replayed_at_ready: Option<u64>,
     /// Why it was refused, or what the replay computed instead.
     pub why: Option<String>,
 }
@@ -130,7 +157,8 @@ impl<S> Bootstrap<S> {
         let cert = match &self.phase {
             Phase::Serving { certificate, .. }
             | Phase::Agreed { certificate, .. }
-            | Phase::Mismatch { certificate, .. } => Some(certificate),
+            | Phase::Mismatch { certificate, .. }
+            | Phase::Unchecked { certificate, .. } => Some(certificate),
             _ => None,
         };
         BootstrapView {
@@ -141,12 +169,22 @@ impl<S> Bootstrap<S> {
                 Phase::Agreed { .. } => "agreed",
                 Phase::Mismatch { .. } => "mismatch",
                 Phase::Refused(_) => "refused",
+                Phase::Unchecked { .. } => "unchecked",
             },
             positions: cert.map(|c| c.att.positions),
             state_hash: cert.map(|c| hex::encode(c.att.state)),
             epoch: cert.map(|c| c.epoch),
             ready_ms: match &self.phase {
                 Phase::Serving { ready_ms, .. } | Phase::Agreed { ready_ms, .. } => Some(*ready_ms),
+                _ => None,
+            },
+            replayed_at_ready: match &self.phase {
+                Phase::Serving {
+                    replayed_at_ready, ..
+                }
+                | Phase::Agreed {
+                    replayed_at_ready, ..
+                } => Some(*replayed_at_ready),
                 _ => None,
             },
             verified_ms: match &self.phase {
@@ -156,6 +194,7 @@ impl<S> Bootstrap<S> {
             replayed_positions,
             why: match &self.phase {
                 Phase::Mismatch { own, .. } => Some(own.clone()),
+                Phase::Unchecked { why, .. } => Some(why.clone()),
                 Phase::Refused(why) => Some(why.clone()),
                 _ => None,
             },

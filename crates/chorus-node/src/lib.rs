@@ -133,6 +133,10 @@ pub async fn run<M: Describe>(
         Some(_) if !final_order => {
             bail!("--from-snapshot: this timeline orders by lc-cid/1, which certifies no state")
         }
+        Some(_) if cfg.light => bail!(
+            "--from-snapshot: full nodes only for now (a light node keeps no checkpoints to \
+             compare its replay with, and restarting a light node from a snapshot is not built)"
+        ),
         Some(root)
             if replica
                 .timeline()
