@@ -30,6 +30,21 @@ fn finality(n: &Node) -> Option<Value> {
         .filter(|f| f.is_object())
 }
 
+/// The output of a `chorus snapshot verify` that must have passed for `root`.
+fn verified(out: &std::process::Output, root: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("snapshot    {root} verified")),
+        "{text}"
+    );
+    text
+}
+
 /// Whether `id` is final on `n` (`GET /v1/events?from=ID&limit=1`: its `settled` flag, which
 /// under final/1 is "in the final prefix").
 fn is_final(n: &Node, id: &str) -> bool {
@@ -210,17 +225,7 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
     };
     assert_eq!(snap["state_hash"], c["state_hash"]);
     let root = snap["root"].as_str().unwrap();
-    let out = chorus(&dirs[1], &["snapshot", "verify", root]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains(&format!("snapshot    {root} verified")),
-        "{text}"
-    );
+    let text = verified(&chorus(&dirs[1], &["snapshot", "verify", root]), root);
     assert!(
         text.contains(&format!(
             "state_hash  {}",
@@ -244,27 +249,20 @@ fn finality_keeps_advancing_with_a_member_stopped_for_good() {
         .as_str()
         .unwrap()
         .to_string();
-    let out = chorus(
-        &dirs[1],
-        &[
-            "snapshot",
-            "verify",
-            root,
-            "--api",
-            &n0_api,
-            "--timeline",
-            &tl,
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        text.contains(&format!("snapshot    {root} verified")),
-        "{text}"
+    verified(
+        &chorus(
+            &dirs[1],
+            &[
+                "snapshot",
+                "verify",
+                root,
+                "--api",
+                &n0_api,
+                "--timeline",
+                &tl,
+            ],
+        ),
+        root,
     );
     let f = finality(&nodes[0]).unwrap();
     assert!(f["epoch"].as_u64().unwrap() >= 1, "{f}");

@@ -301,15 +301,7 @@ pub fn verify<M: Machine>(
             certificate.committee.len()
         )));
     }
-    let mut heartbeats = std::collections::BTreeMap::new();
-    for id in &certificate.by {
-        let bytes = fetch(&id.to_cid())?;
-        let ev = SignedEvent::decode(&bytes).map_err(|e| SnapshotError::BadHeartbeat {
-            id: *id,
-            why: e.to_string(),
-        })?;
-        heartbeats.insert(*id, ev);
-    }
+    let heartbeats = fetch_heartbeats(&certificate.by, &fetch)?;
     certificate.verify(genesis_id, genesis.finality_quorum(), |id| {
         heartbeats.get(id).cloned()
     })?;
@@ -352,6 +344,24 @@ pub fn verify<M: Machine>(
     })
 }
 
+/// The heartbeats `by` names, each fetched by CID and its signature checked (whether each
+/// is of the right author and claim is the certificate's or handover's check).
+fn fetch_heartbeats(
+    by: &[EventId],
+    fetch: &impl Fn(&cid::Cid) -> Result<Vec<u8>, SnapshotError>,
+) -> Result<std::collections::BTreeMap<EventId, SignedEvent>, SnapshotError> {
+    by.iter()
+        .map(|id| {
+            let bytes = fetch(&id.to_cid())?;
+            let ev = SignedEvent::decode(&bytes).map_err(|e| SnapshotError::BadHeartbeat {
+                id: *id,
+                why: e.to_string(),
+            })?;
+            Ok((*id, ev))
+        })
+        .collect()
+}
+
 /// Epoch 0's committee: every member the genesis names (admin, anchors, writers), in key
 /// order — what the timeline's finality starts from.
 pub fn genesis_committee(genesis: &Genesis) -> Vec<AuthorId> {
@@ -391,15 +401,7 @@ fn walk_handovers(
                 committee.len()
             ))));
         }
-        let mut heartbeats = std::collections::BTreeMap::new();
-        for id in &h.by {
-            let bytes = fetch(&id.to_cid())?;
-            let ev = SignedEvent::decode(&bytes).map_err(|e| SnapshotError::BadHeartbeat {
-                id: *id,
-                why: e.to_string(),
-            })?;
-            heartbeats.insert(*id, ev);
-        }
+        let heartbeats = fetch_heartbeats(&h.by, fetch)?;
         committee = handover::walk_one(
             genesis_id,
             genesis.finality_quorum(),

@@ -780,6 +780,15 @@ fn without_heartbeats_idle_members_hold_the_settled_frontier() {
     }
 }
 
+/// Ten writes by four members in turn, then ticks until everything is final and certified.
+fn write_ten_until_final(m: &mut Mesh) {
+    for i in 0..10u64 {
+        m.append((i % 4) as u8, i, &format!("w{i}"));
+        m.settle(1);
+    }
+    m.settle(20);
+}
+
 /// Four members of a `final/1` counter timeline (checkpoints every 4 positions) that wrote ten
 /// events and heartbeat until all were final: every node holds a certificate.
 fn certified_mesh() -> (Vec<Keypair>, SignedEvent, Mesh) {
@@ -792,11 +801,7 @@ fn certified_mesh() -> (Vec<Keypair>, SignedEvent, Mesh) {
     };
     let mut m = Mesh::new(ks.iter().map(|k| node(&g, k, cfg)).collect());
     m.settle(2);
-    for i in 0..10u64 {
-        m.append((i % 4) as u8, i, &format!("w{i}"));
-        m.settle(1);
-    }
-    m.settle(20);
+    write_ten_until_final(&mut m);
     (ks, g, m)
 }
 
@@ -1279,11 +1284,7 @@ fn handover_mesh_with(
             }
         }
     }
-    for i in 0..10u64 {
-        m.append((i % 4) as u8, i, &format!("w{i}"));
-        m.settle(1);
-    }
-    m.settle(20);
+    write_ten_until_final(&mut m);
     (ks, g, m)
 }
 

@@ -23,8 +23,6 @@ use cid::Cid;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::actor::NodeMsg;
-
 /// How long one block is waited for (then asked again, within [`FETCH_DEADLINE`]).
 pub const BLOCK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the whole fetch may take (no peer connected yet at start, a peer that has not
@@ -37,13 +35,15 @@ pub const FETCH_DEADLINE: Duration = Duration::from_secs(120);
 pub type Fetched = Box<dyn std::any::Any + Send + Sync>;
 
 /// Fetches and checks the snapshot `root` on a blocking thread; the outcome reaches the actor
-/// as [`NodeMsg::Bootstrapped`].
-pub fn spawn<M: Machine + Default + Send + 'static>(
+/// as `wrap(outcome)` (its message for it) through `to_actor`. Stops asking once `to_actor`
+/// is closed (the node is shutting down).
+pub fn spawn<M: Machine + Default + Send + 'static, T: Send + 'static>(
     root: Cid,
     genesis_id: EventId,
     genesis: Genesis,
     bitswap: Bitswap,
-    to_actor: mpsc::Sender<NodeMsg>,
+    to_actor: mpsc::Sender<T>,
+    wrap: fn(Fetched) -> T,
 ) {
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -83,7 +83,7 @@ pub fn spawn<M: Machine + Default + Send + 'static>(
         })
         .map(|v| (v.certificate, v.state))
         .map_err(|e| e.to_string());
-        let _ = to_actor.blocking_send(NodeMsg::Bootstrapped(Box::new(r)));
+        let _ = to_actor.blocking_send(wrap(Box::new(r)));
     });
 }
 

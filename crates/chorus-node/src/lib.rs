@@ -219,12 +219,13 @@ pub async fn run<M: Describe>(
     .with_certified(certified.clone());
     let actor = match from_snapshot {
         Some(root) => {
-            bootstrap::spawn::<M>(
+            bootstrap::spawn::<M, _>(
                 root,
                 genesis,
                 genesis_body.clone(),
                 net.bitswap.clone(),
                 node_tx.clone(),
+                NodeMsg::Bootstrapped,
             );
             actor.with_bootstrap(root)
         }
