@@ -236,8 +236,11 @@ impl Handover {
 /// epoch, every epoch kept: a snapshot of epoch `e` carries handovers `1..=e`).
 #[derive(Debug, Clone)]
 pub struct Handovers {
-    /// `epochs[e]`: the block epoch `e` began at and its committee (`[0]`: the genesis).
+    /// `epochs[e]`: the block epoch `e` began at and its committee (`[0]`: the genesis, whose
+    /// id is the timeline's).
     epochs: Vec<(EventId, Vec<AuthorId>)>,
+    /// The genesis's quorum fraction.
+    params: FinalityParams,
     /// Claims of epochs not certified yet: epoch → claim → (author → its heartbeat). Claims
     /// for an epoch this replica has not reached wait here (its events arrive before its
     /// finality does), at most [`MAX_CLAIMS_PER_MEMBER_AND_EPOCH`] per member and epoch, for
@@ -253,9 +256,10 @@ pub struct Handovers {
 }
 
 impl Handovers {
-    pub fn new(genesis: EventId, committee: Vec<AuthorId>) -> Self {
+    pub fn new(genesis: EventId, params: FinalityParams, committee: Vec<AuthorId>) -> Self {
         Handovers {
             epochs: vec![(genesis, committee)],
+            params,
             open: BTreeMap::new(),
             certified: BTreeMap::new(),
             conflicts: 0,
@@ -265,13 +269,7 @@ impl Handovers {
     }
 
     /// The replica's own final prefix began `epoch` (the next one) at `block`.
-    pub fn epoch_started(
-        &mut self,
-        timeline: EventId,
-        params: FinalityParams,
-        block: EventId,
-        committee: Vec<AuthorId>,
-    ) {
+    pub fn epoch_started(&mut self, block: EventId, committee: Vec<AuthorId>) {
         self.epochs.push((block, committee));
         let epoch = (self.epochs.len() - 1) as u32;
         // Claims that waited for this epoch: only the old committee's count, lies are
@@ -281,7 +279,7 @@ impl Handovers {
             for (claim, by) in claims {
                 for (author, hb) in by {
                     if old.binary_search(&author).is_ok() {
-                        self.tally(timeline, params, author, hb, claim);
+                        self.tally(author, hb, claim);
                     }
                 }
             }
@@ -303,8 +301,6 @@ impl Handovers {
     /// epoch needs one); claims beyond it are dropped, claims below wait for their epoch.
     pub fn note(
         &mut self,
-        timeline: EventId,
-        params: FinalityParams,
         author: AuthorId,
         heartbeat: EventId,
         claim: HandoverClaim,
@@ -322,7 +318,7 @@ impl Handovers {
         if (claim.epoch as usize) < self.epochs.len() {
             let old = &self.epochs[claim.epoch as usize - 1].1;
             if old.binary_search(&author).is_ok() {
-                self.tally(timeline, params, author, heartbeat, claim);
+                self.tally(author, heartbeat, claim);
             }
             return;
         }
@@ -347,14 +343,7 @@ impl Handovers {
     /// `author` (a member of the old committee of `claim.epoch`, which this replica reached)
     /// attests `claim`: certified at a quorum of the old committee, if it is this replica's
     /// own truth; another claim is a conflict.
-    fn tally(
-        &mut self,
-        timeline: EventId,
-        params: FinalityParams,
-        author: AuthorId,
-        heartbeat: EventId,
-        claim: HandoverClaim,
-    ) {
+    fn tally(&mut self, author: AuthorId, heartbeat: EventId, claim: HandoverClaim) {
         let truth = self.truth(claim.epoch).expect("reached");
         if claim != truth {
             self.conflict(claim.epoch, author);
@@ -365,7 +354,7 @@ impl Handovers {
         let old = self.epochs[claim.epoch as usize - 1].1.clone();
         let quorum = self
             .sabotage_quorum
-            .unwrap_or_else(|| params.quorum(old.len()));
+            .unwrap_or_else(|| self.params.quorum(old.len()));
         let signers = self
             .open
             .entry(claim.epoch)
@@ -382,7 +371,7 @@ impl Handovers {
             self.certified.insert(
                 claim.epoch,
                 Handover {
-                    timeline,
+                    timeline: self.epochs[0].0,
                     claim,
                     committee: old,
                     next,

@@ -145,7 +145,7 @@ impl FinalState {
         let params = genesis.finality_quorum();
         let handovers = genesis
             .has_handovers()
-            .then(|| Handovers::new(genesis_id, committee.clone()));
+            .then(|| Handovers::new(genesis_id, params, committee.clone()));
         FinalState {
             engine: Engine::new(n, params.quorum(n)),
             params,
@@ -355,7 +355,7 @@ impl<M: Machine> Timeline<M> {
             let reachable = f
                 .epoch
                 .saturating_add(u32::try_from(changes).unwrap_or(u32::MAX));
-            h.note(timeline, f.params, author, heartbeat, claim, reachable);
+            h.note(author, heartbeat, claim, reachable);
         }
         let Some(Ok(att)) = Attestation::from_body(body) else {
             return;
@@ -571,7 +571,7 @@ impl<M: Machine> Timeline<M> {
                 )
             })
             .collect();
-        let (timeline, block_id) = (self.genesis_id, self.ids[block as usize]);
+        let block_id = self.ids[block as usize];
         let f = self.fin_mut();
         f.epoch += 1;
         // Open tallies keep only the votes of the new committee's members.
@@ -580,7 +580,7 @@ impl<M: Machine> Timeline<M> {
         }
         f.votes.retain(|_, tally| !tally.is_empty());
         if let Some(h) = &mut f.handovers {
-            h.epoch_started(timeline, f.params, block_id, committee.clone());
+            h.epoch_started(block_id, committee.clone());
         }
         f.committee = committee;
         f.engine = Engine::new(n, f.quorum(n));
