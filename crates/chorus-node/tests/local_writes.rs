@@ -249,42 +249,55 @@ fn what_the_api_stores_a_peer_accepts_and_what_it_refuses_changes_nothing() {
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    runner
-        .run(&input(), |i| {
-            let before = node.timeline();
-            let (path, body) = request(&i);
-            let (status, answer) = node.post(path, &body);
-            let after = node.timeline();
-            // The gateway's requests ask for a 1 ms election: 504 means the stimulus was
-            // stored and no emissary answered (there are none).
-            let stored =
-                status == 200 || (status == 504 && !matches!(path, "/v1/events" | "/v1/members"));
-            prop_assert!(
-                stored || (400..500).contains(&status),
-                "{path}: unexpected {status}: {answer}"
-            );
-            if stored {
-                prop_assert!(after.0 > before.0, "{path}: {status} but nothing stored");
-            } else {
-                prop_assert_eq!(
-                    &after,
-                    &before,
-                    "{}: refused ({}) but the timeline changed",
-                    path,
-                    status
+    // Each status below is met in a run of 96 all but about once in a hundred runs (422 and
+    // 504 are the rarest, ~5 %): run again (≤ 4 times) until every one was met.
+    let met_all = |seen: &[u16]| [200, 400, 413, 422, 504].iter().all(|c| seen.contains(c));
+    for _ in 0..4 {
+        if met_all(&outcomes.borrow()) {
+            break;
+        }
+        runner
+            .run(&input(), |i| {
+                let before = node.timeline();
+                let (path, body) = request(&i);
+                let (status, answer) = node.post(path, &body);
+                let after = node.timeline();
+                // The gateway's requests ask for a 1 ms election: 504 means the stimulus was
+                // stored and no emissary answered (there are none).
+                let stored = status == 200
+                    || (status == 504 && !matches!(path, "/v1/events" | "/v1/members"));
+                prop_assert!(
+                    stored || (400..500).contains(&status),
+                    "{path}: unexpected {status}: {answer}"
                 );
-                let why = reason(&answer);
-                prop_assert!(!why.is_empty(), "a refusal says why: {answer}");
-                if status == 413 {
-                    prop_assert!(why.contains("bytes"), "413 names the bound: {why}");
+                if stored {
+                    prop_assert!(after.0 > before.0, "{path}: {status} but nothing stored");
+                } else {
+                    prop_assert_eq!(
+                        &after,
+                        &before,
+                        "{}: refused ({}) but the timeline changed",
+                        path,
+                        status
+                    );
+                    let why = reason(&answer);
+                    prop_assert!(!why.is_empty(), "a refusal says why: {answer}");
+                    if status == 413 {
+                        prop_assert!(why.contains("bytes"), "413 names the bound: {why}");
+                    }
                 }
-            }
-            outcomes.borrow_mut().push(status);
-            Ok(())
-        })
-        .unwrap();
+                outcomes.borrow_mut().push(status);
+                Ok(())
+            })
+            .unwrap();
+    }
     node.stop();
     let outcomes = outcomes.into_inner();
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for &code in &outcomes {
+        *by_status.entry(code).or_default() += 1;
+    }
+    eprintln!("API requests, answers by status: {by_status:?}");
     // Not vacuous: both sides of the bounds were met.
     for code in [200, 400, 413, 422, 504] {
         assert!(outcomes.contains(&code), "no {code} in {outcomes:?}");
@@ -423,38 +436,45 @@ fn the_apis_json_bodies_fuzzed_as_bytes_are_answered_and_refusals_change_nothing
         failure_persistence: None,
         ..ProptestConfig::default()
     });
-    runner
-        .run(&(input(), mutation()), |(i, m)| {
-            let before = node.timeline();
-            let (path, body) = request(&i);
-            let bytes = short_wait(path, mutate(&body, &m));
-            let a = node
-                .api
-                .post_bytes(path, "application/json", &bytes)
-                .map_err(|e| TestCaseError::fail(format!("{path}: no answer: {e}")))?;
-            let after = node.timeline();
-            let stored = a.status == 200
-                || (a.status == 504 && !matches!(path, "/v1/events" | "/v1/members"));
-            prop_assert!(
-                stored || (400..500).contains(&a.status),
-                "{path}: unexpected {}: {}",
-                a.status,
-                a.body
-            );
-            if !stored {
-                prop_assert_eq!(
-                    &after,
-                    &before,
-                    "{}: refused but the timeline changed",
-                    path
+    // A run of 200 meets no taken request about once in three thousand runs: run again
+    // (≤ 4 times) until one was taken.
+    for _ in 0..4 {
+        if outcomes.borrow().keys().any(|&c| c == 200 || c == 504) {
+            break;
+        }
+        runner
+            .run(&(input(), mutation()), |(i, m)| {
+                let before = node.timeline();
+                let (path, body) = request(&i);
+                let bytes = short_wait(path, mutate(&body, &m));
+                let a = node
+                    .api
+                    .post_bytes(path, "application/json", &bytes)
+                    .map_err(|e| TestCaseError::fail(format!("{path}: no answer: {e}")))?;
+                let after = node.timeline();
+                let stored = a.status == 200
+                    || (a.status == 504 && !matches!(path, "/v1/events" | "/v1/members"));
+                prop_assert!(
+                    stored || (400..500).contains(&a.status),
+                    "{path}: unexpected {}: {}",
+                    a.status,
+                    a.body
                 );
-                let why = reason(&a.body);
-                prop_assert!(!why.is_empty(), "a refusal says why, as JSON: {}", a.body);
-            }
-            *outcomes.borrow_mut().entry(a.status).or_default() += 1;
-            Ok(())
-        })
-        .unwrap();
+                if !stored {
+                    prop_assert_eq!(
+                        &after,
+                        &before,
+                        "{}: refused but the timeline changed",
+                        path
+                    );
+                    let why = reason(&a.body);
+                    prop_assert!(!why.is_empty(), "a refusal says why, as JSON: {}", a.body);
+                }
+                *outcomes.borrow_mut().entry(a.status).or_default() += 1;
+                Ok(())
+            })
+            .unwrap();
+    }
     let health = node.api.get_answer("/health").expect("the node answers");
     assert_eq!(health.status, 200, "the node is alive after the fuzzing");
     node.stop();
