@@ -42,6 +42,7 @@ pub mod limits;
 pub mod local;
 pub mod machine;
 pub mod membership;
+pub mod payload;
 pub mod proto;
 pub mod snapshot;
 pub mod storage;

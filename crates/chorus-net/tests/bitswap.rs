@@ -88,3 +88,50 @@ async fn a_forged_block_is_never_returned_and_an_honest_one_is() {
             >= 2
     );
 }
+
+/// `has` asks one peer whether it holds a CID: the answer is that peer's, not another's, and
+/// a peer that is gone gets no question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_question_gets_the_answer_of_the_peer_asked() {
+    let held = b"held by the first peer only".to_vec();
+    let cid = raw_cid(&held);
+    let mut holder = swarm(11, Some(Arc::new(One(held))), vec![]);
+    let mut other = swarm(12, Some(Arc::new(One(b"something else".to_vec()))), vec![]);
+    let bootstrap = vec![listening(&mut holder).await, listening(&mut other).await];
+    let mut asker = swarm(13, None, bootstrap);
+    let mut peers = vec![];
+    while peers.len() < 2 {
+        if let Some(NetEvent::PeerUp(p)) = asker.events.recv().await {
+            peers.push(p);
+        }
+    }
+    let holder_id = holder.peer_id;
+    let other_id = peers.iter().copied().find(|p| *p != holder_id).unwrap();
+    assert!(peers.contains(&holder_id));
+    let bs = asker.bitswap.clone();
+    let t = Duration::from_secs(10);
+    assert_eq!(bs.has(holder_id, cid, t).await, Some(true));
+    assert_eq!(bs.has(other_id, cid, t).await, Some(false));
+    // Asked nothing: no block came.
+    assert_eq!(bs.stats().blocks_fetched.load(Ordering::Relaxed), 0);
+    holder
+        .commands
+        .send(chorus_net::NetCommand::Shutdown)
+        .await
+        .unwrap();
+    let _ = holder.task.await;
+    let gone = tokio::time::Instant::now();
+    loop {
+        if bs
+            .has(holder_id, cid, Duration::from_millis(500))
+            .await
+            .is_none()
+        {
+            break;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(20),
+            "a peer gone still answers"
+        );
+    }
+}

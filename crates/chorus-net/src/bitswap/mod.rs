@@ -192,6 +192,8 @@ struct Inner {
     /// Where fetches ask for DHT lookups (`None`: connected peers only).
     lookups: Option<mpsc::Sender<Lookup>>,
     wants: Mutex<HashMap<Cid, Want>>,
+    /// Open presence questions ([`Bitswap::has`]), by peer and CID.
+    probes: Mutex<HashMap<(PeerId, Cid), Vec<oneshot::Sender<bool>>>>,
     /// Numbers the lookups ([`LookupTask::generation`]).
     lookups_started: AtomicU64,
     peers: Mutex<BTreeSet<PeerId>>,
@@ -341,6 +343,7 @@ impl Bitswap {
                 source,
                 lookups,
                 wants: Default::default(),
+                probes: Default::default(),
                 lookups_started: AtomicU64::new(0),
                 peers: Default::default(),
                 outbound: Default::default(),
@@ -389,8 +392,14 @@ impl Bitswap {
         }
     }
 
-    /// A peer disconnected: a want it was the last hope of fails now.
+    /// A peer disconnected: a want it was the last hope of fails now, a question to it has
+    /// no answer.
     pub fn peer_down(&self, peer: PeerId) {
+        self.inner
+            .probes
+            .lock()
+            .unwrap()
+            .retain(|(p, _), _| *p != peer);
         // Under the writers' lock, as `writer` reads both: no writer is made for it after this.
         {
             let mut out = self.inner.outbound.lock().unwrap();
@@ -495,6 +504,27 @@ impl Bitswap {
         }
     }
 
+    /// Asks `peer` whether it holds `cid` (a want-have asking for `DontHave` too): `Some` with
+    /// its answer, `None` when it is not connected, its queue is full, [`MAX_OPEN_FETCHES`]
+    /// questions are open, or it does not answer within `timeout`. The answer is the peer's
+    /// word: nothing is fetched.
+    pub async fn has(&self, peer: PeerId, cid: Cid, timeout: Duration) -> Option<bool> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut probes = self.inner.probes.lock().unwrap();
+            probes.retain(|_, waiting| {
+                waiting.retain(|tx| !tx.is_closed());
+                !waiting.is_empty()
+            });
+            if probes.len() >= MAX_OPEN_FETCHES && !probes.contains_key(&(peer, cid)) {
+                return None;
+            }
+            probes.entry((peer, cid)).or_default().push(tx);
+        }
+        self.queue(peer, want_have(cid));
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+
     /// Asks the swarm's driver to look `cid` up in the DHT, and starts the task that marks
     /// the end of that lookup on the want; `None` when there is no DHT or [`MAX_LOOKUPS`] are
     /// queued.
@@ -544,9 +574,16 @@ impl Bitswap {
                 .fetch_add(msg.blocks.len() as u64, Ordering::Relaxed);
         }
         for p in msg.block_presences {
-            if p.r#type == PresenceType::DontHave as i32
-                && let Ok(cid) = Cid::try_from(p.cid.as_slice())
-            {
+            let Ok(cid) = Cid::try_from(p.cid.as_slice()) else {
+                continue;
+            };
+            let have = p.r#type == PresenceType::Have as i32;
+            if let Some(asking) = self.inner.probes.lock().unwrap().remove(&(peer, cid)) {
+                for tx in asking {
+                    let _ = tx.send(have);
+                }
+            }
+            if p.r#type == PresenceType::DontHave as i32 {
                 self.dont_have(peer, cid);
             }
         }
@@ -997,6 +1034,22 @@ fn want_blocks(cids: &[Cid]) -> Message {
                     send_dont_have: true,
                 })
                 .collect(),
+            full: false,
+        }),
+        ..Default::default()
+    }
+}
+
+fn want_have(cid: Cid) -> Message {
+    Message {
+        wantlist: Some(Wantlist {
+            entries: vec![Entry {
+                block: cid.to_bytes(),
+                priority: 1,
+                cancel: false,
+                want_type: WantType::Have as i32,
+                send_dont_have: true,
+            }],
             full: false,
         }),
         ..Default::default()
