@@ -66,18 +66,18 @@ pub enum PayloadError {
     #[error("an empty payload: there is nothing to keep")]
     Empty,
     #[error("{0} is not a payload root: a root is a DAG-CBOR block")]
-    NotARoot(cid::Cid),
+    NotARoot(String),
     #[error("payload root {cid}: {why}")]
-    Decode { cid: cid::Cid, why: String },
+    Decode { cid: String, why: String },
     #[error("payload {cid}: part {index} is not a raw sha2-256 block ({part})")]
     BadPart {
-        cid: cid::Cid,
+        cid: String,
         index: usize,
-        part: cid::Cid,
+        part: String,
     },
     #[error("payload {cid}: part {index} holds {got} bytes, {want} expected")]
     PartSize {
-        cid: cid::Cid,
+        cid: String,
         index: usize,
         got: usize,
         want: usize,
@@ -117,9 +117,12 @@ impl Root {
     /// `size`, within the bounds.
     pub fn decode(cid: &cid::Cid, bytes: &[u8]) -> Result<Root, PayloadError> {
         if cid.codec() != DAG_CBOR {
-            return Err(PayloadError::NotARoot(*cid));
+            return Err(PayloadError::NotARoot(cid.to_string()));
         }
-        let bad = |why: String| PayloadError::Decode { cid: *cid, why };
+        let bad = |why: String| PayloadError::Decode {
+            cid: cid.to_string(),
+            why,
+        };
         let w: RootWire = codec::decode_canonical(bytes).map_err(|e| bad(e.to_string()))?;
         if w.v != 1 {
             return Err(bad(format!("version {} (this build reads 1)", w.v)));
@@ -141,9 +144,9 @@ impl Root {
         for (index, part) in w.parts.iter().enumerate() {
             if part.codec() != crate::snapshot::RAW || part.hash().code() != 0x12 {
                 return Err(PayloadError::BadPart {
-                    cid: *cid,
+                    cid: cid.to_string(),
                     index,
-                    part: *part,
+                    part: part.to_string(),
                 });
             }
         }
@@ -169,7 +172,7 @@ impl Root {
         let want = self.part_len(index);
         if bytes.len() != want {
             return Err(PayloadError::PartSize {
-                cid: *cid,
+                cid: cid.to_string(),
                 index,
                 got: bytes.len(),
                 want,

@@ -193,7 +193,7 @@ struct Inner {
     lookups: Option<mpsc::Sender<Lookup>>,
     wants: Mutex<HashMap<Cid, Want>>,
     /// Open presence questions ([`Bitswap::has`]), by peer and CID.
-    probes: Mutex<HashMap<(PeerId, Cid), Vec<oneshot::Sender<bool>>>>,
+    probes: Mutex<HashMap<(PeerId, Cid), Vec<Probe>>>,
     /// Numbers the lookups ([`LookupTask::generation`]).
     lookups_started: AtomicU64,
     peers: Mutex<BTreeSet<PeerId>>,
@@ -212,6 +212,9 @@ struct Inner {
     limits: Limits,
     stats: BitswapStats,
 }
+
+/// Where the answer to one presence question goes: `Have` or not.
+type Probe = oneshot::Sender<bool>;
 
 /// A message for a peer's writer, with the answer budget it holds until written.
 type Outgoing = (Message, Option<AnswerBudget>);
