@@ -259,7 +259,7 @@ mod tests {
         let raw = p.parts[0].0;
         assert_eq!(
             Root::decode(&raw, &p.parts[0].1),
-            Err(PayloadError::NotARoot(raw))
+            Err(PayloadError::NotARoot(raw.to_string()))
         );
         // A root whose parts do not fit its size.
         let lying = codec::encode(&RootWire {
