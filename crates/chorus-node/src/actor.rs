@@ -183,6 +183,8 @@ pub struct Actor<M: Describe> {
     advertiser: Option<crate::advertise::Advertiser>,
     /// The certificates and snapshots served by CID.
     certified: crate::blocks::Certified,
+    /// Payload placement: told what was indexed and who the full peers are.
+    payloads: Option<crate::payloads::Payloads>,
     /// A certificate whose checkpoint this node holds with another state: not tried again
     /// (nor logged again) on every tick.
     refused_snapshot: Option<chorus_core::finality::certificate::Certificate>,
@@ -262,6 +264,7 @@ impl<M: Describe> Actor<M> {
             pages,
             advertiser: (!light).then(Default::default),
             certified: Default::default(),
+            payloads: None,
             refused_snapshot: None,
             bootstrap: None,
         }
@@ -440,6 +443,11 @@ impl<M: Describe> Actor<M> {
     /// served by CID.
     pub fn with_certified(mut self, certified: crate::blocks::Certified) -> Self {
         self.certified = certified;
+        self
+    }
+
+    pub fn with_payloads(mut self, payloads: crate::payloads::Payloads) -> Self {
+        self.payloads = Some(payloads);
         self
     }
 
@@ -658,6 +666,9 @@ impl<M: Describe> Actor<M> {
         if tick {
             self.check_bootstrap();
             self.advertise();
+            if let Some(p) = &self.payloads {
+                p.set_full_peers(self.node.full_peers());
+            }
             let (events, lag) = (self.node.local().timeline().len() as u64, self.node.lag());
             let catching_up = self.node.syncer().catching_up();
             if let Some(line) = self.catch_up.tick(Instant::now(), events, lag, catching_up) {
@@ -785,6 +796,9 @@ impl<M: Describe> Actor<M> {
 
     /// New events on the live feed (loaded only while someone listens).
     fn announce(&mut self, ids: &[EventId]) {
+        if let Some(p) = &self.payloads {
+            p.indexed(ids);
+        }
         self.grew = true;
         self.feed.timeline_grew();
         if !self.feed.listening() {

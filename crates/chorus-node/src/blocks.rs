@@ -1,7 +1,8 @@
 //! The node's blocks by CID: what Bitswap serves (`chorus_net::bitswap`) and what
 //! `GET /v1/blocks/{cid}` reads before it asks the network.
 //!
-//! A node holds two kinds of block: the events of its timeline (the genesis among them),
+//! A node holds three kinds of block: the payload blocks it holds
+//! (`chorus_store::payloads`, files beside the store); the events of its timeline (the genesis among them),
 //! DAG-CBOR blocks under CIDv1 with a sha2-256 digest, kept in the store by that digest (an
 //! [`EventId`]); and, under `final/1`, its newest finality certificates with the certified
 //! snapshot of each (`chorus_core::snapshot`: a root block, the state's raw chunks and, under
@@ -90,6 +91,8 @@ impl Certified {
 pub struct StoreBlocks {
     pub store: StoreReader,
     pub certified: Certified,
+    /// Payload blocks (`None`: a light node, which holds none).
+    pub payloads: Option<chorus_store::payloads::PayloadDir>,
 }
 
 impl BlockSource for StoreBlocks {
@@ -97,14 +100,18 @@ impl BlockSource for StoreBlocks {
         if let Some(b) = self.certified.get(cid) {
             return Some(b);
         }
-        // Any CID but an event's (v1, DAG-CBOR, sha2-256) names nothing here.
-        let id = EventId::from_cid(cid).ok()?;
-        match self.store.read(|block| block(&id).map(|b| b.to_vec())) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(%cid, "block not read: the store could not be read: {e}");
-                None
-            }
-        }
+        // An event's CID (v1, DAG-CBOR, sha2-256) names a block of the store…
+        let event = match EventId::from_cid(cid) {
+            Ok(id) => match self.store.read(|block| block(&id).map(|b| b.to_vec())) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(%cid, "block not read: the store could not be read: {e}");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        // …or of a payload (a DAG-CBOR root or a raw part).
+        event.or_else(|| self.payloads.as_ref()?.get(cid))
     }
 }

@@ -28,6 +28,7 @@ pub mod handle;
 pub mod http;
 pub mod machines;
 pub mod pages;
+pub mod payloads;
 pub mod status;
 pub mod telemetry;
 pub mod write;
@@ -150,10 +151,23 @@ pub async fn run<M: Describe>(
     };
     let private = replica.timeline().genesis().is_private();
     let certified = blocks::Certified::default();
+    // A light node holds no payloads (it fetches them when asked).
+    let payload_dir = match cfg.light {
+        true => None,
+        false => Some(
+            chorus_store::payloads::PayloadDir::open(replica.dir()).with_context(|| {
+                format!(
+                    "opening the payload directory under {}",
+                    replica.dir().display()
+                )
+            })?,
+        ),
+    };
     let blocks: std::sync::Arc<dyn chorus_net::bitswap::BlockSource> =
         std::sync::Arc::new(blocks::StoreBlocks {
             store: replica.store().reader(),
             certified: certified.clone(),
+            payloads: payload_dir.clone(),
         });
     let net = chorus_net::spawn(NetConfig {
         seed: replica.key().seed(),
@@ -208,6 +222,17 @@ pub async fn run<M: Describe>(
             model_seconds,
         ));
     }
+    let (payloads, indexed) = payloads::Payloads::new(
+        payload_dir,
+        chorus_core::payload::DEFAULT_COPIES,
+        net.peer_id,
+        net.bitswap.clone(),
+    );
+    tokio::spawn(payloads::run(
+        payloads.clone(),
+        replica.store().reader(),
+        indexed,
+    ));
     let actor = Actor::new(
         replica,
         net.commands.clone(),
@@ -216,7 +241,8 @@ pub async fn run<M: Describe>(
         cfg.heartbeat_ms,
     )
     .with_feed(feed)
-    .with_certified(certified.clone());
+    .with_certified(certified.clone())
+    .with_payloads(payloads.clone());
     let actor = match from_snapshot {
         Some(root) => {
             bootstrap::spawn::<M, _>(
@@ -269,6 +295,7 @@ pub async fn run<M: Describe>(
         bitswap: net.bitswap.clone(),
         blocks: Some(blocks),
         certified,
+        payloads,
     };
     let mut http_tasks = vec![];
     if let Some(addr) = cfg.metrics {

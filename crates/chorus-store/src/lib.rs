@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod import;
+pub mod payloads;
 pub mod progress;
 pub mod quarantine;
 pub mod replica;

@@ -48,6 +48,7 @@ mod members;
 pub mod metrics;
 mod node;
 mod openai;
+mod payloads;
 pub mod ratelimit;
 pub mod serve;
 mod shared;
@@ -144,6 +145,14 @@ fn documented(api: &Api) -> OpenApiRouter<Api> {
         .routes(routes!(members::change))
         .route_layer(middleware::from_fn(body_within_deadline))
         .merge(gateway)
+        // A payload upload has its own bound (16 MiB) and deadline (`payloads::UPLOAD_TIMEOUT`).
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(payloads::upload))
+                .route_layer(axum::extract::DefaultBodyLimit::max(
+                    chorus_core::payload::MAX_PAYLOAD_BYTES,
+                )),
+        )
         // A whole-store read that holds a thread and a snapshot: guarded like a write.
         .routes(routes!(export::export))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
@@ -159,6 +168,8 @@ fn documented(api: &Api) -> OpenApiRouter<Api> {
         .routes(routes!(openai::models))
         .routes(routes!(metrics::metrics))
         .routes(routes!(blocks::block))
+        .routes(routes!(payloads::list))
+        .routes(routes!(payloads::read))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize_reads));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
@@ -406,6 +417,13 @@ mod tests {
             bitswap: chorus_net::bitswap::Bitswap::unconnected(),
             blocks: None,
             certified: Default::default(),
+            payloads: crate::payloads::Payloads::new(
+                None,
+                3,
+                chorus_net::Peer::random(),
+                chorus_net::bitswap::Bitswap::unconnected(),
+            )
+            .0,
         }
     }
 

@@ -56,6 +56,8 @@ pub struct Api {
     pub blocks: Option<Arc<dyn chorus_net::bitswap::BlockSource>>,
     /// The newest certificates and snapshots (`GET /v1/snapshot`).
     pub certified: crate::blocks::Certified,
+    /// Payloads: upload, read, placement (`GET /v1/payloads`).
+    pub payloads: crate::payloads::Payloads,
 }
 
 /// Most SSE streams open at once (events and elections together). A client that never reads
