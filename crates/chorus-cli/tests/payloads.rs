@@ -116,8 +116,19 @@ fn read(n: &Node, cid: &str) -> (String, String) {
         .get("chorus-payload-source")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
-    let body = r.body_mut().with_config().limit(64 << 20).read_to_vec().unwrap();
-    assert_eq!(status, 200, "{}: {}", n.name, String::from_utf8_lossy(&body));
+    let body = r
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{}: {}",
+        n.name,
+        String::from_utf8_lossy(&body)
+    );
     (hex::encode(Sha256::digest(&body)), source)
 }
 
@@ -130,9 +141,18 @@ fn a_payload_lives_on_exactly_three_of_six_full_nodes_and_returns_to_three_after
     for (i, d) in dirs.iter().enumerate().skip(1) {
         join(d, &nodes[0].addr);
         let boot = [nodes[0].addr.clone()];
-        nodes.push(Node::start(&format!("n{i}"), d, &format!("127.0.0.{}", 61 + i), &boot));
+        nodes.push(Node::start(
+            &format!("n{i}"),
+            d,
+            &format!("127.0.0.{}", 61 + i),
+            &boot,
+        ));
     }
-    peers_at_least(&nodes.iter().collect::<Vec<_>>(), 5, Duration::from_secs(60));
+    peers_at_least(
+        &nodes.iter().collect::<Vec<_>>(),
+        5,
+        Duration::from_secs(60),
+    );
 
     // Upload to n0, then name it in a stimulus.
     let bytes = payload_bytes();
@@ -160,12 +180,19 @@ fn a_payload_lives_on_exactly_three_of_six_full_nodes_and_returns_to_three_after
     for n in &nodes {
         let (hash, source) = read(n, &cid);
         assert_eq!(hash, want, "{}", n.name);
-        let expect = if holders.contains(&n.name) { "store" } else { "network" };
+        let expect = if holders.contains(&n.name) {
+            "store"
+        } else {
+            "network"
+        };
         assert_eq!(source, expect, "{}", n.name);
     }
     if !holders.contains("n0") {
         let v = get(&nodes[0].api, "/v1/payloads").unwrap();
-        assert!(v["dropped"].as_u64().unwrap() >= 1, "the uploader let go: {v}");
+        assert!(
+            v["dropped"].as_u64().unwrap() >= 1,
+            "the uploader let go: {v}"
+        );
     }
 
     // SIGKILL a holder: the survivors put a third copy back.
@@ -191,22 +218,35 @@ fn a_payload_lives_on_exactly_three_of_six_full_nodes_and_returns_to_three_after
         took < Duration::from_secs(30),
         "re-replicated within 30 s (took {took:?})"
     );
-    let kept: BTreeSet<&String> = holders.iter().filter(|h| **h != nodes[victim].name).collect();
-    assert!(kept.iter().all(|h| after.contains(*h)), "the living holders kept theirs");
+    let kept: BTreeSet<&String> = holders
+        .iter()
+        .filter(|h| **h != nodes[victim].name)
+        .collect();
+    assert!(
+        kept.iter().all(|h| after.contains(*h)),
+        "the living holders kept theirs"
+    );
     for n in &survivors {
         assert_eq!(read(n, &cid).0, want, "{}", n.name);
     }
     // Holding a payload or not, the state is the same.
     let hashes: BTreeSet<String> = survivors
         .iter()
-        .map(|n| n.status().unwrap()["state_hash"].as_str().unwrap().to_string())
+        .map(|n| {
+            n.status().unwrap()["state_hash"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(hashes.len(), 1, "{hashes:?}");
 
     // The holder comes back with its disk: it ranks first again, and the stand-in lets go.
     let dropped = |name: &str| {
         let n = nodes.iter().find(|n| n.name == name).unwrap();
-        get(&n.api, "/v1/payloads").unwrap()["dropped"].as_u64().unwrap()
+        get(&n.api, "/v1/payloads").unwrap()["dropped"]
+            .as_u64()
+            .unwrap()
     };
     let stand_in: Vec<(String, u64)> = after
         .iter()
@@ -222,7 +262,11 @@ fn a_payload_lives_on_exactly_three_of_six_full_nodes_and_returns_to_three_after
         &format!("127.0.0.{}", 61 + victim),
         &[survivor],
     );
-    peers_at_least(&nodes.iter().collect::<Vec<_>>(), 5, Duration::from_secs(60));
+    peers_at_least(
+        &nodes.iter().collect::<Vec<_>>(),
+        5,
+        Duration::from_secs(60),
+    );
     let all: Vec<&Node> = nodes.iter().collect();
     let (again, took) = exactly(&all, &cid, 3, Duration::from_secs(60));
     eprintln!("{name} back: on {again:?} {took:?} after it was meshed");

@@ -217,6 +217,54 @@ pub fn holders<'a>(
         .collect()
 }
 
+/// What a node does about one referenced payload in a placement round (the decision; the
+/// node's runtime carries it out: `chorus-node`'s `payloads`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// This node is a holder and misses blocks of it: fetch them.
+    Fetch,
+    /// Nothing to do: a holder with the payload whole, or a non-holder without it.
+    Nothing,
+    /// Not a holder, and it has the payload: let go once each of these holders answers that it
+    /// has the root (a holder writes the root last).
+    LetGoOnceHeld(Vec<&'a [u8]>),
+}
+
+/// Switches the placement defence off, for sabotage tests only.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlacementSabotage {
+    /// Let go of a payload as soon as this node is not a holder, without asking the holders.
+    pub let_go_unconfirmed: bool,
+}
+
+/// The placement decision for `root` on node `me` among `candidates` (this node included if it
+/// holds payloads at all), `k` copies; `whole`: this node holds the payload whole; `some`:
+/// it holds any of its blocks.
+pub fn step<'a>(
+    root: &cid::Cid,
+    me: &[u8],
+    candidates: impl IntoIterator<Item = &'a [u8]>,
+    k: usize,
+    whole: bool,
+    some: bool,
+) -> Step<'a> {
+    let holders = holders(root, candidates, k);
+    if holders.contains(&me) {
+        return if whole { Step::Nothing } else { Step::Fetch };
+    }
+    // Fewer candidates than copies would make every candidate a holder, this one too.
+    if !some || holders.len() < k {
+        return Step::Nothing;
+    }
+    Step::LetGoOnceHeld(holders)
+}
+
+/// Whether a node may let go, given each holder's answer to "do you have the root?" (`None`:
+/// no answer).
+pub fn may_let_go(answers: &[Option<bool>], sabotage: PlacementSabotage) -> bool {
+    sabotage.let_go_unconfirmed || (!answers.is_empty() && answers.iter().all(|a| *a == Some(true)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

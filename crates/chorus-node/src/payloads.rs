@@ -31,7 +31,7 @@ use std::{
 
 use chorus_core::{
     EventId, SignedEvent,
-    payload::{self, Root},
+    payload::{self, PlacementSabotage, Root, Step},
 };
 use chorus_net::Peer as PeerId;
 use chorus_net::bitswap::{Bitswap, FetchError};
@@ -148,12 +148,18 @@ impl Payloads {
         }
     }
 
-    /// The holders of `root` as this node ranks them now.
-    pub fn holders(&self, root: &Cid) -> Vec<PeerId> {
+    /// The candidates: the connected full peers, and this node if it holds payloads.
+    fn candidates(&self) -> BTreeSet<PeerId> {
         let mut candidates: BTreeSet<PeerId> = self.inner.full_peers.lock().unwrap().clone();
         if self.inner.dir.is_some() {
             candidates.insert(self.inner.me);
         }
+        candidates
+    }
+
+    /// The holders of `root` as this node ranks them now.
+    pub fn holders(&self, root: &Cid) -> Vec<PeerId> {
+        let candidates = self.candidates();
         let ids: BTreeMap<Vec<u8>, PeerId> =
             candidates.into_iter().map(|p| (p.to_bytes(), p)).collect();
         payload::holders(root, ids.keys().map(Vec::as_slice), self.inner.copies)
@@ -312,31 +318,52 @@ async fn place(p: &Payloads, dir: &PayloadDir) {
             .await
             .unwrap_or_default()
     };
+    let candidates = p.candidates();
+    let ids: BTreeMap<Vec<u8>, PeerId> = candidates.iter().map(|c| (c.to_bytes(), *c)).collect();
+    let my_id = me.to_bytes();
     let mut fetched_one = false;
     for root in &referenced {
-        let holders = p.holders(root);
-        let mine = holders.contains(&me);
         let here = local.contains(root);
-        if mine && !fetched_one && !(here && dir.holds(root)) {
-            fetched_one = true;
-            match fetch(p, dir, *root).await {
-                Ok(()) => {
-                    p.inner.stats.fetched.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%root, "payload fetched: this node is one of its holders");
-                }
-                Err(e) => {
-                    p.inner.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%root, "payload not fetched (next round tries again): {e}");
+        let whole = here && dir.holds(root);
+        let step = payload::step(
+            root,
+            &my_id,
+            ids.keys().map(Vec::as_slice),
+            p.inner.copies,
+            whole,
+            here,
+        );
+        match step {
+            Step::Nothing => {}
+            Step::Fetch if fetched_one => {}
+            Step::Fetch => {
+                fetched_one = true;
+                match fetch(p, dir, *root).await {
+                    Ok(()) => {
+                        p.inner.stats.fetched.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%root, "payload fetched: this node is one of its holders");
+                    }
+                    Err(e) => {
+                        p.inner.stats.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%root, "payload not fetched (next round tries again): {e}");
+                    }
                 }
             }
-        } else if !mine && here && let_go(p, &holders, *root).await {
-            let d = dir.clone();
-            let (root, others): (Cid, Vec<Cid>) = (*root, local.iter().copied().collect());
-            let freed = tokio::task::spawn_blocking(move || d.remove(&root, &others))
-                .await
-                .unwrap_or(0);
-            p.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%root, freed, "payload let go: its holders have it");
+            Step::LetGoOnceHeld(holders) => {
+                let mut answers = vec![];
+                for h in holders {
+                    answers.push(p.inner.bitswap.has(ids[h], *root, PROBE_TIMEOUT).await);
+                }
+                if payload::may_let_go(&answers, PlacementSabotage::default()) {
+                    let d = dir.clone();
+                    let (root, others): (Cid, Vec<Cid>) = (*root, local.iter().copied().collect());
+                    let freed = tokio::task::spawn_blocking(move || d.remove(&root, &others))
+                        .await
+                        .unwrap_or(0);
+                    p.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%root, freed, "payload let go: its holders have it");
+                }
+            }
         }
     }
     // Uploads nothing referenced within the grace.
@@ -356,20 +383,6 @@ async fn place(p: &Payloads, dir: &PayloadDir) {
             tracing::info!(%root, "payload removed: no event referenced it within {ORPHAN_GRACE:?}");
         }
     }
-}
-
-/// Whether every holder but this node answers `Have` for `root`.
-async fn let_go(p: &Payloads, holders: &[PeerId], root: Cid) -> bool {
-    if holders.len() < p.inner.copies {
-        // Fewer candidates than copies: every full node holds it, this one too.
-        return false;
-    }
-    for h in holders {
-        if p.inner.bitswap.has(*h, root, PROBE_TIMEOUT).await != Some(true) {
-            return false;
-        }
-    }
-    true
 }
 
 /// Fetches payload `root` into `dir`: the root, each missing part (checked), then the root
