@@ -516,6 +516,9 @@ impl<M: Describe> Actor<M> {
                 .as_ref()
                 .and_then(|c| c.snapshot.as_ref())
                 .map(|s| s.root_cid),
+            self.payloads.as_ref().map_or(vec![], |p| {
+                p.on_disk(crate::advertise::MAX_PAYLOADS_ADVERTISED)
+            }),
         );
         self.send(NetCommand::Provide(set));
     }

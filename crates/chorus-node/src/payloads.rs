@@ -76,6 +76,8 @@ struct Inner {
     bitswap: Bitswap,
     referenced: Mutex<BTreeSet<Cid>>,
     full_peers: Mutex<BTreeSet<PeerId>>,
+    /// The roots on disk after the last round (what the node advertises in the DHT).
+    on_disk: Mutex<Vec<Cid>>,
     indexed: mpsc::Sender<Vec<EventId>>,
     /// Ids were dropped (the queue was full): the next round reads the whole store.
     rescan: std::sync::atomic::AtomicBool,
@@ -112,6 +114,7 @@ impl Payloads {
                 bitswap,
                 referenced: Default::default(),
                 full_peers: Default::default(),
+                on_disk: Default::default(),
                 indexed,
                 rescan: true.into(),
                 stats: Default::default(),
@@ -155,6 +158,12 @@ impl Payloads {
             candidates.insert(self.inner.me);
         }
         candidates
+    }
+
+    /// Up to `most` payload roots this node has on disk (as of the last placement round).
+    pub fn on_disk(&self, most: usize) -> Vec<Cid> {
+        let held = self.inner.on_disk.lock().unwrap();
+        held.iter().take(most).copied().collect()
     }
 
     /// The holders of `root` as this node ranks them now.
@@ -366,6 +375,7 @@ async fn place(p: &Payloads, dir: &PayloadDir) {
             }
         }
     }
+    *p.inner.on_disk.lock().unwrap() = dir.roots();
     // Uploads nothing referenced within the grace.
     let referenced: BTreeSet<Cid> = referenced.into_iter().collect();
     for root in local.iter().filter(|r| !referenced.contains(r)) {

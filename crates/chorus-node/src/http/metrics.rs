@@ -300,6 +300,37 @@ pub async fn metrics(State(api): State<Api>) -> Response {
          wants beyond the bound of one message",
         l(&b.refused),
     );
+    let p = api.payloads.stats();
+    counter(
+        r,
+        "payloads_fetched",
+        "Payloads fetched whole because this node is one of their holders",
+        l(&p.fetched),
+    );
+    counter(
+        r,
+        "payload_fetch_failures",
+        "Payload fetches that failed (tried again the next round)",
+        l(&p.fetch_failures),
+    );
+    counter(
+        r,
+        "payloads_dropped",
+        "Payloads let go by a node that is not one of their holders, once every holder had it",
+        l(&p.dropped),
+    );
+    counter(
+        r,
+        "payload_orphans_removed",
+        "Uploaded payloads removed because no event referenced them in time",
+        l(&p.orphans_removed),
+    );
+    counter(
+        r,
+        "payload_bad_roots",
+        "Payload roots fetched and refused (not a payload/1 root)",
+        l(&p.bad_roots),
+    );
     let t = &api.telemetry;
     r.register_with_unit(
         "gateway_wait",
