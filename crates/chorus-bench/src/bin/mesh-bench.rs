@@ -28,6 +28,12 @@
 //!   timeline and on a `final/1` one, ROUNDS alternations in one run: what ordering by quorum
 //!   costs a writer.
 //!
+//! * `snapshot-join [EVENTS]` — a `final/2` timeline of EVENTS counter events (one member: a
+//!   committee of one certifies alone); a fresh full node started with the member's newest
+//!   certified snapshot (`--from-snapshot`): time from its start until it serves the certified
+//!   state, until its replay of the whole history agrees, its peak RSS; and beside it, in the
+//!   same run, a fresh node without the snapshot: time until it has the same state.
+//!
 //! Build first: `cargo build --release -p chorus-cli -p chorus-bench`, then
 //! `target/release/mesh-bench NAME`. The `chorus` binary is taken from the same directory.
 
@@ -793,6 +799,98 @@ fn order_append(nodes_n: usize, events: usize, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// See the module docs (`snapshot-join`).
+fn snapshot_join(events: usize) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let src_dir = root.path().join("n0");
+    run(
+        &src_dir,
+        &["init", "--machine", "counter", "--order", "final", "--name", "bench"],
+    )?;
+    write_events(&src_dir, events, "event {i}")?;
+    let t = Instant::now();
+    let src = node(&src_dir, "127.0.1.70", None)?.heartbeat_ms(500).start()?;
+    let a = agent();
+    // The newest snapshot within two checkpoints of the end (heartbeats after the last event
+    // stay tentative, so the last checkpoint may be one short).
+    let want = events.saturating_sub(512) as u64;
+    let snap = loop {
+        if let Some(s) = get(&a, &src.api, "/v1/snapshot")
+            .filter(|s| s["positions"].as_u64().is_some_and(|p| p >= want))
+        {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(900) {
+            bail!("no snapshot of ≥ {want} positions within 900 s");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (snap_root, certified) = (
+        snap["root"].as_str().unwrap().to_string(),
+        snap["state_hash"].as_str().unwrap().to_string(),
+    );
+    let positions = snap["positions"].as_u64().unwrap();
+    eprintln!(
+        "snapshot {snap_root} of {positions} positions after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let fresh_dir = root.path().join("fresh");
+    run(&fresh_dir, &["join", &src.addr])?;
+    let t0 = Instant::now();
+    let fresh = node(&fresh_dir, "127.0.1.71", Some(&src.addr))?
+        .args(["--from-snapshot", snap_root.as_str()])
+        .start()?;
+    let started = t0.elapsed();
+    let phase = |p: &'static str| move |s: &Value| s["bootstrap"]["phase"] == p;
+    let serving = wait_until(&fresh.api, Duration::from_secs(120), |s| {
+        phase("serving")(s) || phase("agreed")(s)
+    })? + started;
+    let st = get(&a, &fresh.api, "/v1/status").context("status")?;
+    let served = st["bootstrap"]["state_hash"].as_str().unwrap_or("").to_string();
+    let replayed_at_ready = st["bootstrap"]["replayed_at_ready"].as_u64().unwrap_or(0);
+    if served != certified {
+        bail!("served state {served}, certified {certified}");
+    }
+    let agreed = wait_until(&fresh.api, Duration::from_secs(1800), |s| {
+        let p = &s["bootstrap"]["phase"];
+        p == "agreed" || p == "mismatch" || p == "unchecked" || p == "refused"
+    })? + serving;
+    let st = get(&a, &fresh.api, "/v1/status").context("status")?;
+    if st["bootstrap"]["phase"] != "agreed" {
+        bail!("the replay did not agree: {}", st["bootstrap"]);
+    }
+    let peak = fresh.peak_rss_mb();
+    drop(fresh);
+
+    // The same join without the snapshot: until the same certified state is the replay's.
+    let plain_dir = root.path().join("plain");
+    run(&plain_dir, &["join", &src.addr])?;
+    let t1 = Instant::now();
+    let plain = node(&plain_dir, "127.0.1.72", Some(&src.addr))?.start()?;
+    let total = get(&a, &src.api, "/v1/status").context("status")?["events"]
+        .as_u64()
+        .unwrap();
+    let caught_up = wait_until(&plain.api, Duration::from_secs(1800), |s| {
+        s["events"].as_u64() == Some(total) && s["folding"].is_null()
+    })? + t1.elapsed();
+    let plain_peak = plain.peak_rss_mb();
+    println!(
+        "ROW|fresh full node started from a certified snapshot, {events} counter events: certified state served|{:.2}|s|≤ 15|state_hash = the certificate's ({positions} positions); the replay held {replayed_at_ready} final positions then|",
+        serving.as_secs_f64()
+    );
+    println!(
+        "ROW|its background replay of the whole history agrees with the snapshot|{:.1}|s|—|from the process start; every event fetched, verified, folded; the state at position {positions} hashes to the certified one|",
+        agreed.as_secs_f64()
+    );
+    println!("ROW|peak RSS of the node started from the snapshot|{peak:.0}|MB|—|VmHWM, through the replay|");
+    println!(
+        "ROW|the same join without a snapshot: all {total} events held and folded|{:.1}|s|—|nothing served from a certified state meanwhile; peak RSS {plain_peak:.0} MB|",
+        caught_up.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -808,8 +906,9 @@ fn main() -> Result<()> {
         Some("gateway") => gateway(num(1, 10), num(2, 1_000)),
         Some("finality") => finality_bench(num(1, 5), num(2, 40), num(3, 500) as u64),
         Some("order-append") => order_append(num(1, 5), num(2, 1_000), num(3, 3)),
+        Some("snapshot-join") => snapshot_join(num(1, 1_000_000)),
         _ => bail!(
-            "usage: mesh-bench propagation|catchup|idle|light|soak|gateway|finality|order-append [args]"
+            "usage: mesh-bench propagation|catchup|idle|light|soak|gateway|finality|order-append|snapshot-join [args]"
         ),
     }
 }
