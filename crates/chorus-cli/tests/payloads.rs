@@ -44,6 +44,14 @@ fn entry(n: &Node, cid: &str) -> Option<Value> {
 fn settled_holders(nodes: &[&Node], cid: &str) -> Result<BTreeSet<String>, String> {
     let mut held = BTreeSet::new();
     let mut ranked = BTreeSet::new();
+    let mut names = std::collections::BTreeMap::new();
+    for n in nodes {
+        let peer = n.status().ok_or(format!("{} has no status", n.name))?["peer_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        names.insert(peer, n.name.clone());
+    }
     for n in nodes {
         let e = entry(n, cid).ok_or(format!("{} does not list it yet", n.name))?;
         let holders: BTreeSet<String> = e["holders"]
@@ -59,6 +67,15 @@ fn settled_holders(nodes: &[&Node], cid: &str) -> Result<BTreeSet<String>, Strin
     }
     if ranked.len() != 1 {
         return Err(format!("the nodes rank different holders: {ranked:?}"));
+    }
+    let ranked: BTreeSet<String> = ranked
+        .pop_first()
+        .unwrap()
+        .iter()
+        .map(|p| names.get(p).cloned().unwrap_or(format!("unknown {p}")))
+        .collect();
+    if ranked != held {
+        return Err(format!("held by {held:?}, ranked {ranked:?}"));
     }
     Ok(held)
 }
@@ -135,7 +152,8 @@ fn read(n: &Node, cid: &str) -> (String, String) {
 #[test]
 fn a_payload_lives_on_exactly_three_of_six_full_nodes_and_returns_to_three_after_a_sigkill() {
     let root = tempfile::tempdir().unwrap();
-    let dirs = timeline(root.path(), 6, 1);
+    // Payloads are held by members: all six are (writers).
+    let dirs = timeline(root.path(), 6, 6);
     let n0 = Node::start("n0", &dirs[0], "127.0.0.61", &[]);
     let mut nodes = vec![n0];
     for (i, d) in dirs.iter().enumerate().skip(1) {
@@ -153,6 +171,26 @@ fn a_payload_lives_on_exactly_three_of_six_full_nodes_and_returns_to_three_after
         5,
         Duration::from_secs(60),
     );
+
+    // A hostile member names payloads first that no node can fetch: a CID that sorts before
+    // any other (all-zero digest; nobody holds it) and the genesis event (a block, but no
+    // payload root). Neither may hold up the real one.
+    let zero = cid::Cid::new_v1(
+        0x71,
+        multihash::Multihash::<64>::wrap(0x12, &[0; 32]).unwrap(),
+    );
+    let genesis = get(&nodes[0].api, "/v1/status").unwrap()["timeline"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for bogus in [zero.to_string(), genesis] {
+        post(
+            &nodes[0].api,
+            "/v1/events",
+            &json!({"kind": "stimulus", "body": {"text": "nothing", "payload": {"/": bogus}}}),
+        )
+        .unwrap();
+    }
 
     // Upload to n0, then name it in a stimulus.
     let bytes = payload_bytes();
@@ -176,6 +214,16 @@ fn a_payload_lives_on_exactly_three_of_six_full_nodes_and_returns_to_three_after
     let all: Vec<&Node> = nodes.iter().collect();
     let (holders, took) = exactly(&all, &cid, 3, Duration::from_secs(90));
     eprintln!("placed on {holders:?} after {took:?}");
+    // The genesis named as a payload was fetched by its holders and refused as no root.
+    let bad: u64 = nodes
+        .iter()
+        .map(|n| {
+            get(&n.api, "/v1/payloads").unwrap()["bad_roots"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert!(bad >= 1, "the bogus root was tried and refused");
     // Every node reads it, from its own disk where it holds it, over Bitswap where not.
     for n in &nodes {
         let (hash, source) = read(n, &cid);

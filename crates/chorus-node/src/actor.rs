@@ -185,6 +185,8 @@ pub struct Actor<M: Describe> {
     certified: crate::blocks::Certified,
     /// Payload placement: told what was indexed and who the full peers are.
     payloads: Option<crate::payloads::Payloads>,
+    /// The members' libp2p identities, as of this membership version (payload candidates).
+    member_peers: Option<(u32, std::collections::BTreeSet<chorus_net::Peer>)>,
     /// A certificate whose checkpoint this node holds with another state: not tried again
     /// (nor logged again) on every tick.
     refused_snapshot: Option<chorus_core::finality::certificate::Certificate>,
@@ -265,6 +267,7 @@ impl<M: Describe> Actor<M> {
             advertiser: (!light).then(Default::default),
             certified: Default::default(),
             payloads: None,
+            member_peers: None,
             refused_snapshot: None,
             bootstrap: None,
         }
@@ -349,7 +352,10 @@ impl<M: Describe> Actor<M> {
         }
         // A slice index, not a walk of the order (a million positions on a large timeline).
         let at = att.positions as usize;
-        let own_last = tl.order_range(at.saturating_sub(1), at).next().filter(|_| at > 0);
+        let own_last = tl
+            .order_range(at.saturating_sub(1), at)
+            .next()
+            .filter(|_| at > 0);
         let verdict = if own_last != Some(att.last) {
             Some(Err(format!(
                 "the replay's event at position {} is {}, the snapshot's {}",
@@ -671,9 +677,7 @@ impl<M: Describe> Actor<M> {
         if tick {
             self.check_bootstrap();
             self.advertise();
-            if let Some(p) = &self.payloads {
-                p.set_full_peers(self.node.full_peers());
-            }
+            self.tell_payload_candidates();
             let (events, lag) = (self.node.local().timeline().len() as u64, self.node.lag());
             let catching_up = self.node.syncer().catching_up();
             if let Some(line) = self.catch_up.tick(Instant::now(), events, lag, catching_up) {
@@ -757,6 +761,36 @@ impl<M: Describe> Actor<M> {
                 Output::StoreFailed(e) => tracing::error!("{e}"),
             }
         }
+    }
+
+    /// Payload placement's candidates: the connected full peers that are members, and this
+    /// node if it is one (a member's identity is its key: an outsider cannot make up ids that
+    /// rank first for a payload and then claim to hold it).
+    fn tell_payload_candidates(&mut self) {
+        let Some(p) = &self.payloads else { return };
+        let m = self.node.local().timeline().membership();
+        let version = m.version_now();
+        if self
+            .member_peers
+            .as_ref()
+            .is_none_or(|(v, _)| *v != version)
+        {
+            let peers = m
+                .current()
+                .into_iter()
+                .filter_map(|(k, _)| chorus_net::peer_id_of_author(&k.0))
+                .collect();
+            self.member_peers = Some((version, peers));
+        }
+        let members = &self.member_peers.as_ref().expect("set above").1;
+        let full: std::collections::BTreeSet<chorus_net::Peer> = self
+            .node
+            .full_peers()
+            .iter()
+            .filter(|peer| members.contains(peer))
+            .copied()
+            .collect();
+        p.set_candidates(full, members.contains(&self.peer_id));
     }
 
     /// A private timeline's membership changed: the swarm connects to the new members only.

@@ -10,11 +10,18 @@
 //! * A payload is **held** when its root block and every part it names are here. Its parts are
 //!   written before its root, so a root on disk means the parts were all written.
 //! * Only sha2-256 CIDs of raw or DAG-CBOR blocks are kept: what can be checked here.
+//! * Writes of whole payloads and removals take one lock (per directory handle and its
+//!   clones), so a removal never takes a part that an upload running beside it shares.
 
 use std::{
+    collections::BTreeSet,
     io::Write,
     path::{Path, PathBuf},
-    time::SystemTime,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
 };
 
 use chorus_core::payload::{Payload, Root};
@@ -27,7 +34,13 @@ pub const PAYLOAD_DIR: &str = "payloads";
 #[derive(Debug, Clone)]
 pub struct PayloadDir {
     dir: PathBuf,
+    /// Held by whole-payload writes and removals.
+    lock: Arc<Mutex<()>>,
 }
+
+/// Tells temporary files apart (two writes of one block at once, e.g. an upload beside a
+/// fetch, never share one).
+static TEMP: AtomicU64 = AtomicU64::new(0);
 
 /// Whether `bytes` hash to `cid` (sha2-256 only).
 pub fn matches(cid: &Cid, bytes: &[u8]) -> bool {
@@ -46,7 +59,10 @@ impl PayloadDir {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(PayloadDir { dir })
+        Ok(PayloadDir {
+            dir,
+            lock: Default::default(),
+        })
     }
 
     fn path(&self, cid: &Cid) -> PathBuf {
@@ -54,15 +70,22 @@ impl PayloadDir {
     }
 
     /// Writes one block, durably; `false` (nothing written) when its bytes do not hash to `cid`.
+    /// A block already here is not written again, but its time is renewed (an upload of the
+    /// same bytes starts its grace again).
     pub fn put(&self, cid: &Cid, bytes: &[u8]) -> std::io::Result<bool> {
         if !matches(cid, bytes) {
             return Ok(false);
         }
         let path = self.path(cid);
         if path.exists() {
+            let f = std::fs::File::options().write(true).open(&path)?;
+            f.set_modified(SystemTime::now())?;
             return Ok(true);
         }
-        let tmp = self.dir.join(format!("{cid}.{}.tmp", std::process::id()));
+        let n = TEMP.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!("{cid}.{}.{n}.tmp", std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -74,6 +97,7 @@ impl PayloadDir {
 
     /// Writes a whole payload: its parts, then its root.
     pub fn put_payload(&self, p: &Payload) -> std::io::Result<()> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         for (cid, bytes) in &p.parts {
             self.put(cid, bytes)?;
         }
@@ -113,19 +137,32 @@ impl PayloadDir {
         std::fs::metadata(self.path(root)).ok()?.modified().ok()
     }
 
+    /// Writes the root of a payload whose parts are all here (a fetch's last step), under the
+    /// lock, so a removal beside it cannot take a part in between.
+    pub fn put_root(&self, root: &Cid, bytes: &[u8]) -> std::io::Result<bool> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.put(root, bytes)
+    }
+
+    /// The parts named by the roots on disk but `except`.
+    fn named_parts(&self, except: Option<&Cid>) -> BTreeSet<Cid> {
+        self.roots()
+            .iter()
+            .filter(|o| Some(*o) != except)
+            .filter_map(|o| self.root(o))
+            .flat_map(|o| o.parts)
+            .collect()
+    }
+
     /// Removes payload `root`: its root first (so it no longer counts as held), then the parts
-    /// no other held root names. Returns the bytes freed.
-    pub fn remove(&self, root: &Cid, others: &[Cid]) -> u64 {
+    /// no other root on disk names. Returns the bytes freed.
+    pub fn remove(&self, root: &Cid) -> u64 {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(r) = self.root(root) else {
             return 0;
         };
         let mut freed = 0;
-        let kept: std::collections::BTreeSet<Cid> = others
-            .iter()
-            .filter(|o| *o != root)
-            .filter_map(|o| self.root(o))
-            .flat_map(|o| o.parts)
-            .collect();
+        let kept = self.named_parts(Some(root));
         for c in std::iter::once(root).chain(r.parts.iter().filter(|p| !kept.contains(p))) {
             let len = std::fs::metadata(self.path(c)).map_or(0, |m| m.len());
             if std::fs::remove_file(self.path(c)).is_ok() {
@@ -133,6 +170,36 @@ impl PayloadDir {
             }
         }
         freed
+    }
+
+    /// Removes the parts no root on disk names that were written more than `older_than` ago
+    /// (left by a fetch that never finished). Returns how many.
+    pub fn remove_stray_parts(&self, older_than: Duration) -> usize {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let named = self.named_parts(None);
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in entries.flatten() {
+            let Some(cid) = e.file_name().to_str().and_then(|n| n.parse::<Cid>().ok()) else {
+                continue;
+            };
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > older_than);
+            if cid.codec() == chorus_core::snapshot::RAW
+                && old
+                && !named.contains(&cid)
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// The roots held here (DAG-CBOR blocks on disk), in CID order.
@@ -189,10 +256,17 @@ mod tests {
         let q = split(&bytes[..PART_BYTES_FOR_TEST]).unwrap();
         assert_eq!(q.parts[0].0, p.parts[0].0);
         d.put_payload(&q).unwrap();
-        assert!(d.remove(&p.root_cid, &d.roots()) > 0);
+        assert!(d.remove(&p.root_cid) > 0);
         assert!(!d.holds(&p.root_cid));
         assert!(d.holds(&q.root_cid));
         assert_eq!(d.roots(), vec![q.root_cid]);
+        // A part no root names: removed once old enough, never while a root names it.
+        let stray = split(&[7u8; 1000]).unwrap();
+        d.put(&stray.parts[0].0, &stray.parts[0].1).unwrap();
+        assert_eq!(d.remove_stray_parts(Duration::from_secs(3600)), 0);
+        assert_eq!(d.remove_stray_parts(Duration::ZERO), 1);
+        assert!(!d.has(&stray.parts[0].0));
+        assert!(d.holds(&q.root_cid), "a named part stays");
     }
 
     const PART_BYTES_FOR_TEST: usize = chorus_core::payload::PART_BYTES;

@@ -805,11 +805,21 @@ fn snapshot_join(events: usize) -> Result<()> {
     let src_dir = root.path().join("n0");
     run(
         &src_dir,
-        &["init", "--machine", "counter", "--order", "final", "--name", "bench"],
+        &[
+            "init",
+            "--machine",
+            "counter",
+            "--order",
+            "final",
+            "--name",
+            "bench",
+        ],
     )?;
     write_events(&src_dir, events, "event {i}")?;
     let t = Instant::now();
-    let src = node(&src_dir, "127.0.1.70", None)?.heartbeat_ms(500).start()?;
+    let src = node(&src_dir, "127.0.1.70", None)?
+        .heartbeat_ms(500)
+        .start()?;
     let a = agent();
     // The newest snapshot within two checkpoints of the end (heartbeats after the last event
     // stay tentative, so the last checkpoint may be one short).
@@ -847,7 +857,10 @@ fn snapshot_join(events: usize) -> Result<()> {
         phase("serving")(s) || phase("agreed")(s)
     })? + started;
     let st = get(&a, &fresh.api, "/v1/status").context("status")?;
-    let served = st["bootstrap"]["state_hash"].as_str().unwrap_or("").to_string();
+    let served = st["bootstrap"]["state_hash"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     let replayed_at_ready = st["bootstrap"]["replayed_at_ready"].as_u64().unwrap_or(0);
     if served != certified {
         bail!("served state {served}, certified {certified}");
@@ -883,7 +896,9 @@ fn snapshot_join(events: usize) -> Result<()> {
         "ROW|its background replay of the whole history agrees with the snapshot|{:.1}|s|—|from the process start; every event fetched, verified, folded; the state at position {positions} hashes to the certified one|",
         agreed.as_secs_f64()
     );
-    println!("ROW|peak RSS of the node started from the snapshot|{peak:.0}|MB|—|VmHWM, through the replay|");
+    println!(
+        "ROW|peak RSS of the node started from the snapshot|{peak:.0}|MB|—|VmHWM, through the replay|"
+    );
     println!(
         "ROW|the same join without a snapshot: all {total} events held and folded|{:.1}|s|—|nothing served from a certified state meanwhile; peak RSS {plain_peak:.0} MB|",
         caught_up.as_secs_f64()

@@ -512,6 +512,9 @@ impl Bitswap {
     /// questions are open, or it does not answer within `timeout`. The answer is the peer's
     /// word: nothing is fetched.
     pub async fn has(&self, peer: PeerId, cid: Cid, timeout: Duration) -> Option<bool> {
+        if !self.inner.peers.lock().unwrap().contains(&peer) {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
         {
             let mut probes = self.inner.probes.lock().unwrap();

@@ -33,12 +33,22 @@ pub const MAX_LISTED: usize = 1_000;
     (status = 401, description = "The node has a write token and the request does not carry it", body = super::shared::ApiError),
     (status = 408, description = "The body did not arrive within 60 s", body = super::shared::ApiError),
     (status = 413, description = "More than 16 MiB", body = super::shared::ApiError),
+    (status = 503, description = "2 uploads are running on this node", body = super::shared::ApiError),
 ), security(("token" = [])))]
 pub async fn upload(State(api): State<Api>, body: Body) -> Response {
     let Some(dir) = api.payloads.dir().cloned() else {
         return error(
             StatusCode::BAD_REQUEST,
             "a light node holds no payloads: upload to a full node",
+        );
+    };
+    let Some(_slot) = api.payloads.upload_slot() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} uploads are running on this node: try again once one ends",
+                crate::payloads::MAX_UPLOADS
+            ),
         );
     };
     let bytes = match tokio::time::timeout(
@@ -100,9 +110,10 @@ pub struct ReadQuery {
 
 #[utoipa::path(get, path = "/v1/payloads/{cid}", tag = "ipfs", params(("cid" = String, Path, description = "The payload's root CID"), ReadQuery), responses(
     (status = 200, description = "The payload's bytes; header `chorus-payload-source`: `store` (every block here) or `network`", content_type = "application/octet-stream"),
-    (status = 400, description = "Not a CID, or not a payload root", body = super::shared::ApiError),
+    (status = 400, description = "Not a CID, or not a DAG-CBOR one (a payload root is DAG-CBOR)", body = super::shared::ApiError),
     (status = 404, description = "A block of it is not held here and no peer asked has it", body = super::shared::ApiError),
-    (status = 502, description = "A block arrived that does not fit the root (a bad root)", body = super::shared::ApiError),
+    (status = 502, description = "The block under the CID is no payload root, or a part does not fit it", body = super::shared::ApiError),
+    (status = 503, description = "4 payload reads are running here, or too many Bitswap fetches are open", body = super::shared::ApiError),
     (status = 504, description = "No peer sent a block within the timeout", body = super::shared::ApiError),
 ))]
 pub async fn read(
@@ -125,6 +136,15 @@ pub async fn read(
             .unwrap_or(super::blocks::DEFAULT_FETCH_MS)
             .min(super::blocks::MAX_FETCH_MS),
     );
+    let Some(_slot) = api.payloads.read_slot() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} payload reads are running on this node: try again once one ends",
+                crate::payloads::MAX_READS
+            ),
+        );
+    };
     match api.payloads.read(root, timeout).await {
         Ok((bytes, local)) => {
             let mut r = bytes.into_response();
