@@ -619,23 +619,47 @@ impl<M: Machine> Timeline<M> {
         // Positions in the order before the change.
         let applied_pos = self.applied_key.map(|k| self.lower_bound(&k));
         let rewind_pos = self.rewind_from.map(|k| self.lower_bound(&k));
-        let tentative_checkpoints: Vec<(Rank, usize)> = self
-            .checkpoints
-            .keys()
-            .filter(|r| r.0 == TENTATIVE)
-            .map(|r| (*r, self.lower_bound(r)))
-            .collect();
+        // The common case, and the one that must not cost the whole tentative part per
+        // segment (a replica opening a million events commits segment after segment): the
+        // segment is already the front of the tentative part, in order. The order does not
+        // move, and only the checkpoints inside the segment change rank; the others keep
+        // theirs (same event, same position, still tentative).
+        let seg_end = old_len + seg.len();
+        let seg_is_front = !seg.is_empty()
+            && seg_end <= self.order.len()
+            && self.order[old_len..seg_end] == seg[..];
+        let front_rank = seg_is_front.then(|| self.rank(self.order[seg_end - 1]));
+        let tentative_checkpoints: Vec<(Rank, usize)> = match &front_rank {
+            Some(last) => self
+                .checkpoints
+                .range(..=*last)
+                .map(|(r, _)| *r)
+                .filter(|r| r.0 == TENTATIVE)
+                .map(|r| (r, self.lower_bound(&r)))
+                .collect(),
+            None => self
+                .checkpoints
+                .keys()
+                .filter(|r| r.0 == TENTATIVE)
+                .map(|r| (*r, self.lower_bound(r)))
+                .collect(),
+        };
 
         // The new tentative part: the segment first, then the rest in their order.
-        let in_seg: BTreeSet<u32> = seg.iter().copied().collect();
         let old_tail = &self.order[old_len..];
-        let mut new_tail = seg.clone();
-        new_tail.extend(old_tail.iter().copied().filter(|i| !in_seg.contains(i)));
-        let mut unchanged = old_tail
-            .iter()
-            .zip(&new_tail)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let (new_tail, mut unchanged) = if seg_is_front {
+            (None, old_tail.len())
+        } else {
+            let in_seg: BTreeSet<u32> = seg.iter().copied().collect();
+            let mut new_tail = seg.clone();
+            new_tail.extend(old_tail.iter().copied().filter(|i| !in_seg.contains(i)));
+            let unchanged = old_tail
+                .iter()
+                .zip(&new_tail)
+                .take_while(|(a, b)| a == b)
+                .count();
+            (Some(new_tail), unchanged)
+        };
 
         // Mark the segment final and decide its exclusions, in order.
         let metas: Vec<(u32, u64, AdminKey, u32)> = seg
@@ -694,7 +718,9 @@ impl<M: Machine> Timeline<M> {
         f.segments += 1;
         f.final_len += seg.len();
         let final_len = f.final_len;
-        self.order.splice(old_len.., new_tail);
+        if let Some(new_tail) = new_tail {
+            self.order.splice(old_len.., new_tail);
+        }
         self.settled = final_len;
 
         // The fold: positions before `first_changed` hold the same events with the same
@@ -710,7 +736,22 @@ impl<M: Machine> Timeline<M> {
             .map(|r| self.rank(self.order[r]));
 
         // Checkpoints after the old final prefix: re-ranked where unchanged (and persisted if
-        // now final), dropped where the order changed.
+        // now final), dropped where the order changed. In the common case those beyond the
+        // segment were not listed: they keep their rank unless an exclusion inside the segment
+        // changed, and then they are all after the change and go.
+        if let Some(last) = front_rank
+            && first_changed < seg_end
+        {
+            let beyond: Vec<Rank> = self
+                .checkpoints
+                .range((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
+                .map(|(r, _)| *r)
+                .filter(|r| r.0 == TENTATIVE)
+                .collect();
+            for r in beyond {
+                self.checkpoints.remove(&r);
+            }
+        }
         for (old, pos) in tentative_checkpoints {
             let ck = self.checkpoints.remove(&old).expect("listed above");
             if pos >= first_changed {
