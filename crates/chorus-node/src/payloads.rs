@@ -215,9 +215,8 @@ impl Payloads {
         held.iter().take(most).copied().collect()
     }
 
-    /// The holders of `root` as this node ranks them now.
-    pub fn holders(&self, root: &Cid) -> Vec<PeerId> {
-        let ids = self.candidates();
+    /// The holders of `root` among the candidates `ids` ([`Payloads::candidates`]).
+    fn holders_among(&self, root: &Cid, ids: &BTreeMap<Vec<u8>, PeerId>) -> Vec<PeerId> {
         payload::holders(root, ids.keys().map(Vec::as_slice), self.inner.copies)
             .into_iter()
             .map(|b| ids[b])
@@ -231,10 +230,11 @@ impl Payloads {
             let r = self.inner.referenced.lock().unwrap();
             (r.iter().take(most).copied().collect(), r.len())
         };
+        let ids = self.candidates();
         let list = listed
             .iter()
             .map(|root| {
-                let holders = self.holders(root);
+                let holders = self.holders_among(root, &ids);
                 PayloadView {
                     cid: root.to_string(),
                     held: self.dir().is_some_and(|d| d.holds(root)),

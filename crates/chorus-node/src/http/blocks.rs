@@ -49,7 +49,7 @@ pub async fn block(
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a CID: {cid:?}: {e}")),
     };
-    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(DEFAULT_FETCH_MS).min(MAX_FETCH_MS));
+    let timeout = fetch_timeout(q.timeout_ms);
     if let Some(source) = api.blocks.clone() {
         let held = tokio::task::spawn_blocking(move || source.get(&cid))
             .await
@@ -61,16 +61,25 @@ pub async fn block(
     }
     match api.bitswap.fetch(cid, timeout).await {
         Ok(bytes) => raw(bytes, "network"),
-        Err(e) => {
-            let code = match e {
-                FetchError::UncheckableHash(_) => StatusCode::BAD_REQUEST,
-                FetchError::NoPeers(_) | FetchError::NotFound { .. } => StatusCode::NOT_FOUND,
-                FetchError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                FetchError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            error(code, e.to_string())
-        }
+        Err(e) => fetch_failed(&e),
     }
+}
+
+/// The answer to a failed Bitswap fetch (here and for payloads).
+pub fn fetch_failed(e: &FetchError) -> Response {
+    let code = match e {
+        FetchError::UncheckableHash(_) => StatusCode::BAD_REQUEST,
+        FetchError::NoPeers(_) | FetchError::NotFound { .. } => StatusCode::NOT_FOUND,
+        FetchError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        FetchError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(code, e.to_string())
+}
+
+/// How long a fetch may wait for a peer: `timeout_ms` as asked, or the default, at most the
+/// bound.
+pub fn fetch_timeout(timeout_ms: Option<u64>) -> Duration {
+    Duration::from_millis(timeout_ms.unwrap_or(DEFAULT_FETCH_MS).min(MAX_FETCH_MS))
 }
 
 fn raw(bytes: Vec<u8>, from: &'static str) -> Response {

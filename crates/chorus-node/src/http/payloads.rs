@@ -14,7 +14,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chorus_core::payload::{self, MAX_PAYLOAD_BYTES};
-use chorus_net::bitswap::FetchError;
 use cid::Cid;
 use serde::Deserialize;
 use serde_json::json;
@@ -131,11 +130,7 @@ pub async fn read(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a CID: {cid:?}: {e}")),
     };
-    let timeout = Duration::from_millis(
-        q.timeout_ms
-            .unwrap_or(super::blocks::DEFAULT_FETCH_MS)
-            .min(super::blocks::MAX_FETCH_MS),
-    );
+    let timeout = super::blocks::fetch_timeout(q.timeout_ms);
     let Some(_slot) = api.payloads.read_slot() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -159,15 +154,7 @@ pub async fn read(
             r
         }
         Err(ReadError::Bad(e)) => error(StatusCode::BAD_GATEWAY, e),
-        Err(ReadError::Fetch(e)) => {
-            let code = match e {
-                FetchError::UncheckableHash(_) => StatusCode::BAD_REQUEST,
-                FetchError::NoPeers(_) | FetchError::NotFound { .. } => StatusCode::NOT_FOUND,
-                FetchError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                FetchError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            error(code, e.to_string())
-        }
+        Err(ReadError::Fetch(e)) => super::blocks::fetch_failed(&e),
     }
 }
 
