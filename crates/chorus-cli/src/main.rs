@@ -224,11 +224,17 @@ struct NodeArgs {
     /// This node is meant to be an anchor (warns if its key is not one).
     #[arg(long, env = "CHORUS_ANCHOR")]
     anchor: bool,
-    /// Light node (Pi Zero class): holds the timeline in memory, catches up from full nodes at
-    /// start, forgets blocks behind the settled horizon, acknowledges its writes only once a
-    /// full node stored them; serves no blocks and announces no provider record.
+    /// Light node (Pi Zero class): acknowledges its writes only once a full node stored them;
+    /// serves no blocks and announces no provider record. Its replica is on disk in the data
+    /// directory (a small page cache): a restart opens it and goes on from its newest
+    /// checkpoint, and its own writes not settled yet go to the full nodes again.
     #[arg(long, env = "CHORUS_LIGHT")]
     light: bool,
+    /// With --light: hold the timeline in memory only; nothing of it is written to the data
+    /// directory, blocks behind the settled horizon are forgotten, and every start catches up
+    /// from full nodes again.
+    #[arg(long, env = "CHORUS_IN_MEMORY", requires = "light")]
+    in_memory: bool,
     /// HTTP API address: the dashboard, the swarm API and the CLI's way in while the node runs.
     /// Default loopback port 4711 (port 0 picks a free one; the bound address is written to
     /// DATA_DIR/api.addr). Off loopback it needs a token (CHORUS_API_TOKEN).

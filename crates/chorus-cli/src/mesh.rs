@@ -92,10 +92,13 @@ pub fn node(dir: &Path, a: NodeArgs) -> Result<i32> {
 }
 
 fn run_node<M: Describe>(dir: &Path, a: NodeArgs) -> Result<i32> {
-    // A light node keeps its timeline in memory and catches up from full nodes at each start;
-    // the data dir only gives it its key and the genesis.
-    let replica = if a.light {
+    // A light node in memory catches up from full nodes at each start (the data dir only
+    // gives it its key and the genesis); one on disk opens its replica as a full node does,
+    // with a small page cache.
+    let replica = if a.light && a.in_memory {
         Replica::in_memory(dir, M::default())?
+    } else if a.light {
+        Replica::open_light(dir, M::default())?
     } else {
         Replica::open(dir, M::default())?
     };

@@ -1,7 +1,8 @@
 //! A light node (`chorus node --light`) among real full node processes on 127.0.0.x: it
-//! follows the timeline to the same state_hash, forgets blocks behind the settled horizon,
-//! acknowledges its own writes only once a full node stored them, and keeps retrying a write
-//! no full node took until one does.
+//! follows the timeline to the same state_hash, acknowledges its own writes only once a full
+//! node stored them, and keeps retrying a write no full node took until one does. In memory
+//! (`--in-memory`) it forgets blocks behind the settled horizon and starts empty; on disk (the
+//! default) it restarts from its own replica and hands on the writes a crash left unsettled.
 
 mod common;
 
@@ -24,7 +25,7 @@ fn light_status(n: &Node) -> Value {
 }
 
 #[test]
-fn light_node_follows_prunes_and_writes_through_full_nodes() {
+fn light_node_in_memory_follows_prunes_and_writes_through_full_nodes() {
     let root = tempfile::tempdir().unwrap();
     let dirs = timeline(root.path(), 4, 4);
     let mut n0 = Node::start("n0", &dirs[0], "127.0.0.71", &[]);
@@ -34,7 +35,14 @@ fn light_node_follows_prunes_and_writes_through_full_nodes() {
     join(&dirs[3], &n0.addr);
     let mut n1 = Node::start("n1", &dirs[1], "127.0.0.72", &boot);
     let mut n2 = Node::start("n2", &dirs[2], "127.0.0.73", &boot);
-    let mut light = Node::start_with("light", &dirs[3], "127.0.0.74", &boot, &["--light"], None);
+    let mut light = Node::start_with(
+        "light",
+        &dirs[3],
+        "127.0.0.74",
+        &boot,
+        &["--light", "--in-memory"],
+        None,
+    );
     meshed(&[&n0, &n1, &n2, &light], Duration::from_secs(30));
     initial_sync(&mut [&mut n0, &mut n1, &mut n2, &mut light], 4);
     assert_eq!(light.status().unwrap()["light"], true);
@@ -85,13 +93,21 @@ fn light_node_follows_prunes_and_writes_through_full_nodes() {
     assert!(ls["pruned_blocks"].as_u64().unwrap() > 500, "{ls}");
     assert!(ls["horizon"].is_string(), "{ls}");
     assert_eq!(ls["stored_by_full_nodes"], 6, "{ls}");
+    assert_eq!(ls["on_disk"], false, "{ls}");
     assert_eq!(ls["outbox"], 0, "{ls}");
     eprintln!("light node: {ls}");
 
     // A light node serves no blocks; a full node it asks for nothing but summaries. And it
     // restarts empty: it catches up from the full nodes again, to the same state.
     light.stop();
-    light = Node::start_with("light", &dirs[3], "127.0.0.74", &boot, &["--light"], None);
+    light = Node::start_with(
+        "light",
+        &dirs[3],
+        "127.0.0.74",
+        &boot,
+        &["--light", "--in-memory"],
+        None,
+    );
     let again = converge(&mut [&mut n0, &mut light], 934, Duration::from_secs(120));
     assert_eq!(again, hash);
 
@@ -132,4 +148,89 @@ fn light_node_follows_prunes_and_writes_through_full_nodes() {
     }
     let total = n0.status().unwrap()["events"].as_u64().unwrap();
     assert_eq!(total, 935, "n0 holds the write made while it was down");
+}
+
+/// A light node on disk (`--light` alone) restarts from its own replica: with no full node
+/// reachable it is back at once with every event it held. A write it made just before a
+/// SIGKILL, which no full node had stored (the request was still waiting for one), is on its
+/// disk; the restarted node hands it to the outbox again, and the full node holds it once it
+/// returns. Without that hand-on the event would stay on the light node alone (it serves no
+/// blocks) and the two would never converge.
+#[test]
+fn a_light_node_on_disk_restarts_from_its_replica_and_hands_on_an_unsettled_write() {
+    let root = tempfile::tempdir().unwrap();
+    let dirs = timeline(root.path(), 2, 2);
+    let mut n0 = Node::start("n0", &dirs[0], "127.0.0.76", &[]);
+    let boot = vec![n0.addr.clone()];
+    join(&dirs[1], &n0.addr);
+    let mut light = Node::start_with("light", &dirs[1], "127.0.0.77", &boot, &["--light"], None);
+    meshed(&[&n0, &light], Duration::from_secs(30));
+    initial_sync(&mut [&mut n0, &mut light], 2);
+    n0.append("full event {i}", 300).expect("full append");
+    light
+        .append("light event {i}", 3)
+        .expect("light append acknowledged");
+    let hash = converge(&mut [&mut n0, &mut light], 305, Duration::from_secs(60));
+    let ls = light_status(&light);
+    assert_eq!(ls["on_disk"], true, "{ls}");
+    assert_eq!(ls["pruned_blocks"], 0, "{ls}");
+
+    // Every full node down; a write the light node signs and stores but no full node takes:
+    // the light node dies while the request still waits for one.
+    let n0_listen = n0.addr.split("/p2p/").next().unwrap().to_string();
+    n0.stop();
+    let api = light.api.clone();
+    let writer = thread::spawn(move || {
+        post(
+            &api,
+            "/v1/events",
+            &serde_json::json!({"kind": "stimulus", "text": "written just before a crash"}),
+        )
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while light_status(&light)["outbox"].as_u64() < Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never reached the outbox: {}",
+            light_status(&light)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // What it holds when it dies, the write included (it is on the disk before it is sent).
+    let held = light.status().unwrap()["events"].as_u64().unwrap();
+    light.kill();
+    let answer = writer.join().unwrap();
+    assert!(
+        answer.is_err(),
+        "a write no full node stored was acknowledged: {answer:?}"
+    );
+
+    // Back with no full node reachable: everything it held, and the write, from its own disk.
+    light = Node::start_with("light", &dirs[1], "127.0.0.77", &boot, &["--light"], None);
+    let s = light.status().unwrap();
+    assert_eq!(s["events"].as_u64(), Some(held), "{s}");
+    assert_eq!(s["light_node"]["full_peers"], 0, "{s}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while light_status(&light)["resubmitted_at_start"].as_u64() < Some(1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unsettled write was not handed on: {}",
+            light_status(&light)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // The full node returns on its old address: the write reaches it.
+    let mut n0 = Node::start_with(
+        "n0",
+        &dirs[0],
+        "127.0.0.76",
+        &[],
+        &["--listen", &n0_listen],
+        None,
+    );
+    let after = converge(&mut [&mut n0, &mut light], held, Duration::from_secs(60));
+    assert_ne!(after, hash, "the write is in the state");
+    let ls = light_status(&light);
+    assert_eq!(ls["outbox"], 0, "{ls}");
 }

@@ -73,6 +73,15 @@ pub trait Storage: BlockSource {
     fn own_chain_complete(&self) -> bool {
         false
     }
+    /// Whether the node's key may have signed events this store never saw (the same data
+    /// directory ran as a light node in memory): then neither [`own_chain_complete`] nor own
+    /// events held here tell the next sequence number, and the node waits for its confirmed
+    /// peers before writing, as a wiped node does.
+    ///
+    /// [`own_chain_complete`]: Storage::own_chain_complete
+    fn own_chain_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 /// Storage in memory: what the simulator uses as a node's disk (a wipe is

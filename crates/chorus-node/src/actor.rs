@@ -26,6 +26,7 @@ use chorus_core::{
         WriteError, WriteId, WriteResult,
         node::{Config, Input, NodeState, Output, Transport},
     },
+    storage::Storage,
     sync,
 };
 use chorus_kairos::body::Intent;
@@ -152,6 +153,9 @@ pub struct Actor<M: Describe> {
     /// The data directory, to hand the replica back at the end.
     dir: std::path::PathBuf,
     node: NodeState<M, Store, Libp2p>,
+    /// The data directory's store may miss own events (`replica::OWN_CHAIN_ELSEWHERE_FILE`):
+    /// its marker goes once the write gate opens.
+    own_chain_elsewhere: bool,
     net: mpsc::Sender<NetCommand>,
     started: Instant,
     peer_id: Peer,
@@ -202,6 +206,8 @@ impl<M: Describe> Actor<M> {
         light: bool,
         heartbeat_ms: Option<u64>,
     ) -> Self {
+        // A light node's replica is on disk unless it was made in memory (`--in-memory`).
+        let light_on_disk = light && replica.store().is_durable();
         let access_version = replica
             .timeline()
             .genesis()
@@ -239,13 +245,16 @@ impl<M: Describe> Actor<M> {
         // The actor folds itself, on its tick and before queries (in slices when long).
         let cfg = Config {
             light,
+            light_on_disk,
             fold_on_tick: false,
             sliced_fold: true,
             heartbeat_ms,
             pages_outside: pages.is_some(),
         };
+        let own_chain_elsewhere = local.store().own_chain_elsewhere();
         Actor {
             dir,
+            own_chain_elsewhere,
             node: NodeState::new(local, cfg),
             net,
             started: Instant::now(),
@@ -668,6 +677,14 @@ impl<M: Describe> Actor<M> {
         self.node.end_turn(now, &mut |raw| decode_parallel(raw));
         self.carry_out();
         self.follow_membership();
+        if self.own_chain_elsewhere && self.node.writes_open() {
+            // The peers confirmed the own chain and this store holds it: from here on every
+            // own event is committed here first.
+            self.own_chain_elsewhere = false;
+            if let Err(e) = chorus_store::replica::own_chain_held_again(&self.dir) {
+                tracing::warn!("{e} (the next start waits for its peers again before writing)");
+            }
+        }
         // Elections are pushed after a fold: while anyone follows them, every turn that grew
         // the timeline folds (a new intent reaches the gateway in the turn it arrived).
         let push = self.grew && self.feed.following_elections();
@@ -1173,6 +1190,8 @@ impl<M: Describe> Actor<M> {
                 horizon_lc: horizon.map(|h| h.0),
                 horizon: horizon.map(|h| h.1.to_string()),
                 pruned_blocks,
+                on_disk: node.config().light_on_disk,
+                resubmitted_at_start: node.resubmitted,
                 outbox: outbox.len(),
                 stored_by_full_nodes: outbox.stored,
                 unacknowledged_in_time: outbox.late,

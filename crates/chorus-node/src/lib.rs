@@ -63,7 +63,9 @@ pub struct NodeConfig {
     /// on the API).
     pub metrics: Option<SocketAddr>,
     /// Light node: not a replica (no provider record, serves no blocks, writes through full
-    /// nodes, prunes behind the settled horizon). Give it a `Replica::in_memory`.
+    /// nodes). Give it a `Replica::open_light` (on disk: restarts from its own checkpoint)
+    /// or a `Replica::in_memory` (prunes behind the settled horizon, catches up at each
+    /// start).
     pub light: bool,
     /// Where to write the API's bound address while the node runs (removed at exit).
     pub api_addr_file: Option<std::path::PathBuf>,

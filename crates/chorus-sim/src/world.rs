@@ -1895,6 +1895,8 @@ fn node_over(
 ) -> Node {
     let cfg = Config {
         light,
+        // The simulator's light nodes keep their replica in memory (`--in-memory`).
+        light_on_disk: false,
         fold_on_tick: light || fold,
         sliced_fold: false,
         heartbeat_ms,

@@ -34,6 +34,39 @@ pub const KEY_FILE: &str = "node.key";
 /// A key copied in from elsewhere has no such file: its node waits for confirmed peers.
 pub const KEY_UNUSED_FILE: &str = "node.key.unused";
 
+/// Beside a store that may not hold every event its key signed: the directory ran as a light
+/// node in memory (whose events never reach this store), or as a light node made by a build
+/// that kept light nodes in memory only. Its node waits for its confirmed peers before
+/// writing (`Storage::own_chain_elsewhere`); once they confirmed, the node holds its whole own
+/// chain again and removes the file ([`own_chain_held_again`]).
+pub const OWN_CHAIN_ELSEWHERE_FILE: &str = "own-chain.elsewhere";
+
+/// `meta-v1` flag: this store was opened by a light node on disk before (see
+/// [`Replica::open_light`]).
+const LIGHT_ON_DISK_FLAG: &str = "light-on-disk";
+
+/// Writes the [`OWN_CHAIN_ELSEWHERE_FILE`] marker, durably, before the key signs anything the
+/// store will not see.
+fn mark_own_chain_elsewhere(dir: &Path) -> Result<(), ReplicaError> {
+    let path = dir.join(OWN_CHAIN_ELSEWHERE_FILE);
+    let f = fs::File::create(&path).map_err(io(&path))?;
+    f.sync_all().map_err(io(&path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
+}
+
+/// The node's peers confirmed its own chain and it holds it: every event its key signs from
+/// now on is committed here first, so the [`OWN_CHAIN_ELSEWHERE_FILE`] marker goes.
+pub fn own_chain_held_again(dir: &Path) -> Result<(), ReplicaError> {
+    let path = dir.join(OWN_CHAIN_ELSEWHERE_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
 /// Replica failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -218,6 +251,10 @@ impl<M: Machine> Replica<M> {
     /// caught up from full nodes. Nothing of it is written to `dir`.
     pub fn in_memory(dir: &Path, machine: M) -> Result<Self, ReplicaError> {
         let genesis = Store::open(&dir.join(STORE_FILE))?.genesis()?;
+        // This key now signs events the store on disk never sees: should the directory later
+        // run on disk (a full node, or a light node without `--in-memory`), it must not take
+        // its next sequence number from that store (it would reuse one).
+        mark_own_chain_elsewhere(dir)?;
         Self::fresh(dir, genesis, machine, false, Store::create_in_memory)
     }
 
@@ -239,8 +276,24 @@ impl<M: Machine> Replica<M> {
         Self::open_checked(dir, store, machine)
     }
 
+    /// [`Replica::open`] for a light node on disk: the same replica, with a small page cache
+    /// ([`crate::store::LIGHT_STORE_CACHE_BYTES`]).
+    pub fn open_light(dir: &Path, machine: M) -> Result<Self, ReplicaError> {
+        let store =
+            Store::open_with_cache(&dir.join(STORE_FILE), crate::store::LIGHT_STORE_CACHE_BYTES)?;
+        store.integrity_check()?;
+        // The first time on disk: an earlier build ran light nodes in memory only, so this
+        // key may have signed what the store never saw (once the peers confirm, it holds it).
+        if !store.flag(LIGHT_ON_DISK_FLAG)? {
+            mark_own_chain_elsewhere(dir)?;
+            store.set_flag(LIGHT_ON_DISK_FLAG)?;
+        }
+        Self::open_checked(dir, store, machine)
+    }
+
     /// Opens an already-opened and checked store.
-    pub fn open_checked(dir: &Path, store: Store, machine: M) -> Result<Self, ReplicaError> {
+    pub fn open_checked(dir: &Path, mut store: Store, machine: M) -> Result<Self, ReplicaError> {
+        store.set_own_chain_elsewhere(dir.join(OWN_CHAIN_ELSEWHERE_FILE).exists());
         let key = load_or_create_key(dir)?;
         let genesis = store.genesis()?;
         let mut first_error: Option<StoreError> = None;

@@ -65,6 +65,11 @@ pub struct Store {
     /// `meta-v1` `genesis-signed-here`: made by `chorus init` (see
     /// `chorus_core::storage::Storage::own_chain_complete`).
     own_chain_complete: bool,
+    /// Held in memory only ([`Store::create_in_memory`]): gone when the process ends.
+    in_memory: bool,
+    /// The key may have signed events this store never saw (set by the replica from the data
+    /// directory's marker; see `Storage::own_chain_elsewhere`).
+    own_chain_elsewhere: bool,
 }
 
 /// Events read per read transaction when streaming the order.
@@ -79,14 +84,19 @@ pub const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// the cache only duplicates them.
 pub const MEMORY_STORE_CACHE_BYTES: usize = 1024 * 1024;
 
+/// redb page cache of a light node's store on disk ([`Store::open_with_cache`]): a light node
+/// is meant for small machines (a light node's whole process stays within 64 MB), and it
+/// reads the order's tail, not pages of history for peers.
+pub const LIGHT_STORE_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 // `MAX_PRUNE_PER_CALL`: most blocks one `Store::prune_through` call deletes (one transaction;
 // a light node prunes on its timer, so a long backlog is cleared over several ticks without a
 // long stall). Defined with the `Storage` trait in chorus-core.
 pub use chorus_core::storage::{Batch, MAX_PRUNE_PER_CALL, Pruned};
 
-fn builder() -> redb::Builder {
+fn builder(cache_bytes: usize) -> redb::Builder {
     let mut b = Database::builder();
-    b.set_cache_size(STORE_CACHE_BYTES);
+    b.set_cache_size(cache_bytes);
     b
 }
 
@@ -96,8 +106,8 @@ impl Store {
         if path.exists() {
             return Err(StoreError::AlreadyInitialised(path.display().to_string()));
         }
-        let db = builder().create(path).map_err(dberr)?;
-        Self::create_in(db, genesis, machine)
+        let db = builder(STORE_CACHE_BYTES).create(path).map_err(dberr)?;
+        Self::create_in(db, genesis, machine, false)
     }
 
     /// A store held in memory only (light nodes: nothing of the timeline touches the disk, and
@@ -108,10 +118,15 @@ impl Store {
         let db = b
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(dberr)?;
-        Self::create_in(db, genesis, machine)
+        Self::create_in(db, genesis, machine, true)
     }
 
-    fn create_in(db: Database, genesis: &SignedEvent, machine: &str) -> Result<Store, StoreError> {
+    fn create_in(
+        db: Database,
+        genesis: &SignedEvent,
+        machine: &str,
+        in_memory: bool,
+    ) -> Result<Store, StoreError> {
         let txn = db.begin_write().map_err(dberr)?;
         {
             let mut meta = txn.open_table(META).map_err(dberr)?;
@@ -136,6 +151,8 @@ impl Store {
             genesis: genesis.id(),
             machine: machine.to_string(),
             own_chain_complete: false,
+            in_memory,
+            own_chain_elsewhere: false,
         };
         store.commit(Batch {
             blocks: vec![genesis.clone()],
@@ -148,10 +165,16 @@ impl Store {
     /// Opens an existing store and checks its schema version (running numbered migrations when
     /// there are any; version 1 has none).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Self::open_with_cache(path, STORE_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes` (a light node's:
+    /// [`LIGHT_STORE_CACHE_BYTES`]).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         if !path.exists() {
             return Err(StoreError::NotInitialised(path.display().to_string()));
         }
-        let db = builder().open(path).map_err(dberr)?;
+        let db = builder(cache_bytes).open(path).map_err(dberr)?;
         let txn = db.begin_read().map_err(dberr)?;
         let meta = txn.open_table(META).map_err(dberr)?;
         let get = |k: &str| -> Result<Vec<u8>, StoreError> {
@@ -199,7 +222,39 @@ impl Store {
             genesis,
             machine,
             own_chain_complete,
+            in_memory: false,
+            own_chain_elsewhere: false,
         })
+    }
+
+    /// See `Storage::own_chain_elsewhere` (the replica reads it from its data directory).
+    pub fn set_own_chain_elsewhere(&mut self, elsewhere: bool) {
+        self.own_chain_elsewhere = elsewhere;
+    }
+
+    /// A `meta-v1` flag (`[1]`), e.g. `light-on-disk`.
+    pub fn flag(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let meta = txn.open_table(META).map_err(dberr)?;
+        Ok(meta
+            .get(name)
+            .map_err(dberr)?
+            .is_some_and(|v| v.value() == [1]))
+    }
+
+    /// Sets a `meta-v1` flag, durably.
+    pub fn set_flag(&self, name: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(dberr)?;
+        {
+            let mut meta = txn.open_table(META).map_err(dberr)?;
+            meta.insert(name, [1u8].as_slice()).map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)
+    }
+
+    /// Whether what is committed survives the process (false for [`Store::create_in_memory`]).
+    pub fn is_durable(&self) -> bool {
+        !self.in_memory
     }
 
     /// Records that this store holds every event its node's key signs on this timeline: the
@@ -604,6 +659,9 @@ fn pair_sum(id: &[u8; 32], lc: u64) -> u64 {
 impl chorus_core::storage::Storage for Store {
     fn own_chain_complete(&self) -> bool {
         self.own_chain_complete
+    }
+    fn own_chain_elsewhere(&self) -> bool {
+        self.own_chain_elsewhere
     }
     type Error = StoreError;
     fn get_pending(&self, id: &EventId) -> Option<Arc<[u8]>> {

@@ -427,3 +427,32 @@ fn a_page_read_by_another_thread_is_the_page_read_in_place_while_the_owner_write
     assert_eq!(b.blocks.len(), 201);
     assert_eq!(b.next, None);
 }
+
+/// A directory whose key was made there claims its whole own chain once a store takes it
+/// (`chorus key`, then `join`). Run as a light node in memory, the key signs events that store
+/// never sees: the same directory opened on disk later must not take its next sequence number
+/// from the store (it would write from sequence number 2 again: an equivocation).
+#[test]
+fn a_directory_run_in_memory_is_known_to_miss_own_events_on_disk() {
+    use chorus_core::storage::Storage;
+    let full_dir = tempfile::tempdir().unwrap();
+    let full = init(full_dir.path(), 16);
+    let genesis = full.store().genesis().unwrap();
+    let light_dir = tempfile::tempdir().unwrap();
+    // A key made here (`chorus key`): it leaves the unused-key marker the first store takes.
+    chorus_store::replica::load_or_create_key(light_dir.path()).unwrap();
+    drop(Replica::create_from_genesis(light_dir.path(), genesis, KairosMachine).unwrap());
+    let store_path = light_dir.path().join(STORE_FILE);
+    assert!(Store::open(&store_path).unwrap().own_chain_complete());
+    let fresh = Replica::open(light_dir.path(), KairosMachine).unwrap();
+    assert!(!fresh.store().own_chain_elsewhere());
+    drop(fresh);
+    drop(Replica::in_memory(light_dir.path(), KairosMachine).unwrap());
+    let reopened = Replica::open(light_dir.path(), KairosMachine).unwrap();
+    assert!(reopened.store().own_chain_elsewhere());
+    // Its peers confirmed its chain: the marker goes, the next open trusts the store again.
+    chorus_store::replica::own_chain_held_again(light_dir.path()).unwrap();
+    drop(reopened);
+    let again = Replica::open(light_dir.path(), KairosMachine).unwrap();
+    assert!(!again.store().own_chain_elsewhere());
+}

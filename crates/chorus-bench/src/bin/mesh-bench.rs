@@ -6,9 +6,15 @@
 //! * `catchup [EVENTS] [counter|kairos]` — a fresh node joins a peer holding EVENTS events: time
 //!   until it holds them all (verified, durable), and until its `state_hash` equals the peer's.
 //! * `idle` — RSS of idle full nodes (a fresh timeline, and one holding 100 000 events).
-//! * `light [EVENTS] [RUNNER...]` — a light node catches up with a full node holding EVENTS
-//!   KAIROS events: peak RSS (VmHWM) and RSS after 10 s idle. RUNNER (e.g. `qemu-arm -cpu
-//!   arm1176 dist/arm-unknown-linux-musleabihf/chorus`) runs the light node's binary.
+//! * `light [EVENTS] [RUNNER...]` — a light node in memory (`--light --in-memory`) catches up
+//!   with a full node holding EVENTS KAIROS events: peak RSS (VmHWM) and RSS after 10 s idle.
+//!   RUNNER (e.g. `qemu-arm -cpu arm1176 dist/arm-unknown-linux-musleabihf/chorus`) runs the
+//!   light node's binary.
+//! * `light-restart [EVENTS]` — a light node on disk (`--light`) holding EVENTS KAIROS events
+//!   is SIGKILLed and started again: time from the new process's start until it is current
+//!   (the full node's events and `state_hash`, no fold in flight), its peak RSS; beside it its
+//!   first start on an empty disk (every event from the full node), which is what every start
+//!   of a light node in memory (`--in-memory`) costs.
 //! * `soak [NODES] [MINUTES]` — NODES processes under a trickle of writes: every 10 s all alive,
 //!   RSS, peers; convergence at the end.
 //!
@@ -315,7 +321,7 @@ fn light(events: usize, runner: &[String]) -> Result<()> {
         ),
     };
     let t0 = Instant::now();
-    let node = cmd.args(["--light"]).start()?;
+    let node = cmd.args(["--light", "--in-memory"]).start()?;
     // Under emulation, the guest's own pages, sampled (the process's peak includes qemu).
     let pid = node.pid().context("the light node's pid")?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -360,6 +366,60 @@ fn light(events: usize, runner: &[String]) -> Result<()> {
             guest_rss_kb(pid).unwrap_or(0) as f64 / 1024.0
         );
     }
+    Ok(())
+}
+
+/// See the module docs (`light-restart`).
+fn light_restart(events: usize) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), 1, "kairos")?;
+    write_events(
+        &dirs[0],
+        events,
+        "stimulus {i} the traveller asks the gate keeper for the old road",
+    )?;
+    let src = node(&dirs[0], "127.0.1.64", None)?.start()?;
+    let s = get(&agent(), &src.api, "/v1/status").context("status")?;
+    let total = s["events"].as_u64().unwrap();
+    let hash = s["state_hash"].as_str().unwrap().to_string();
+    let light_dir = root.path().join("light");
+    run(&light_dir, &["join", &src.addr])?;
+    let current = |s: &Value| {
+        s["events"].as_u64() == Some(total)
+            && s["folding"].is_null()
+            && s["state_hash"].as_str() == Some(hash.as_str())
+    };
+    let t0 = Instant::now();
+    let mut first = node(&light_dir, "127.0.1.65", Some(&src.addr))?
+        .args(["--light"])
+        .start()?;
+    let first_current =
+        t0.elapsed()
+            .max(wait_until(&first.api, Duration::from_secs(3600), current)?);
+    let first_peak = first.peak_rss_mb();
+    // Let the newest checkpoints reach the disk, as they do on a light node that runs a while.
+    std::thread::sleep(Duration::from_secs(5));
+    first.kill();
+    let t1 = Instant::now();
+    let again = node(&light_dir, "127.0.1.65", Some(&src.addr))?
+        .args(["--light"])
+        .start()?;
+    let api_up = t1.elapsed();
+    let current_again =
+        t1.elapsed()
+            .max(wait_until(&again.api, Duration::from_secs(600), current)?);
+    let peak = again.peak_rss_mb();
+    std::thread::sleep(Duration::from_secs(5));
+    println!(
+        "ROW|light node on disk holding {total} KAIROS events, SIGKILLed and restarted: current again|{:.2}|s|≤ 5|API up after {:.2} s; the first start on an empty disk (what every start of a light node in memory costs) was current after {:.1} s",
+        current_again.as_secs_f64(),
+        api_up.as_secs_f64(),
+        first_current.as_secs_f64()
+    );
+    println!(
+        "ROW|the restarted light node's peak RSS|{peak:.1}|MB peak RSS|≤ 64|{:.1} MB 5 s later; {first_peak:.1} MB peak during the first start",
+        again.rss_mb()
+    );
     Ok(())
 }
 
@@ -917,13 +977,14 @@ fn main() -> Result<()> {
         ),
         Some("idle") => idle(),
         Some("light") => light(num(1, 10_000), &args[2.min(args.len())..]),
+        Some("light-restart") => light_restart(num(1, 100_000)),
         Some("soak") => soak(num(1, 20), num(2, 10) as u64),
         Some("gateway") => gateway(num(1, 10), num(2, 1_000)),
         Some("finality") => finality_bench(num(1, 5), num(2, 40), num(3, 500) as u64),
         Some("order-append") => order_append(num(1, 5), num(2, 1_000), num(3, 3)),
         Some("snapshot-join") => snapshot_join(num(1, 1_000_000)),
         _ => bail!(
-            "usage: mesh-bench propagation|catchup|idle|light|soak|gateway|finality|order-append|snapshot-join [args]"
+            "usage: mesh-bench propagation|catchup|idle|light|light-restart|soak|gateway|finality|order-append|snapshot-join [args]"
         ),
     }
 }

@@ -61,8 +61,15 @@ pub trait Transport {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Config {
     /// A light node: not a replica (serves only summaries, writes through full nodes,
-    /// forgets the settled past).
+    /// forgets the settled past unless [`light_on_disk`](Self::light_on_disk)).
     pub light: bool,
+    /// A light node whose replica is on disk (`chorus node --light` without `--in-memory`):
+    /// it forgets nothing (its blocks cost disk, not memory, and a replica reopened from disk
+    /// needs every block to index its events again), so it restarts from its own newest
+    /// checkpoint instead of catching up from nothing. Its outbox does not survive a restart:
+    /// at its first tick it hands its own events that are not settled yet to the outbox again
+    /// (a full node that holds them already answers `Stored` at once). Ignored for full nodes.
+    pub light_on_disk: bool,
     /// Fold the machine state on every tick (so summaries carry a `state_hash` and a light
     /// node can prune). The simulator sets it for light nodes only; the actor folds itself.
     pub fold_on_tick: bool,
@@ -387,6 +394,11 @@ pub struct NodeState<M: Machine, S: Storage, T: Transport> {
     /// Light nodes: the order key up to which blocks were forgotten, and how many.
     horizon: Option<OrderKey>,
     pruned_blocks: u64,
+    /// A light node on disk, until its first tick: its own unsettled events are still to be
+    /// handed to the outbox again (see [`Config::light_on_disk`]).
+    resubmit_own: bool,
+    /// How many own events were handed to the outbox again at start.
+    pub resubmitted: u64,
     /// False while this node's storage holds none of its own events and its peers have not
     /// yet confirmed that it holds its whole own chain: writing then could reuse a sequence
     /// number (an equivocation that excludes all its later events). Writes wait in `gated`.
@@ -419,12 +431,15 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         // its sequence numbers: `chorus sim run --scenario wipe --seed 33756 --order final/1`).
         // A store there from the key's first signature needs no proof.
         let genesis_sq = u64::from(local.timeline().genesis().admin == me);
-        let writes_open = local.store().own_chain_complete()
-            || local
-                .timeline()
-                .version_vector()
-                .get(&me)
-                .is_some_and(|&sq| sq > genesis_sq);
+        // Unless the key may have signed events elsewhere that this store never saw (the
+        // directory ran as a light node in memory): then only the peers can tell.
+        let writes_open = !local.store().own_chain_elsewhere()
+            && (local.store().own_chain_complete()
+                || local
+                    .timeline()
+                    .version_vector()
+                    .get(&me)
+                    .is_some_and(|&sq| sq > genesis_sq));
         if writes_open {
             syncer.own_chain_settled();
         }
@@ -443,6 +458,8 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             outbox: Outbox::default(),
             horizon: None,
             pruned_blocks: 0,
+            resubmit_own: cfg.light && cfg.light_on_disk,
+            resubmitted: 0,
             writes_open,
             gated: vec![],
             next_heartbeat: 0,
@@ -712,6 +729,10 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             let a = self.syncer.tick(now, self.local.timeline());
             self.act(a);
             if self.cfg.light {
+                if self.resubmit_own {
+                    self.resubmit_own = false;
+                    self.resubmit_unsettled_own(now);
+                }
                 self.prune();
                 let settled = self.outbox.settle(&self.full_peers);
                 for (write, result) in settled.into_iter().chain(self.outbox.expire(now)) {
@@ -981,7 +1002,11 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     }
 
     /// Light nodes: forget the blocks behind the settled horizon.
+    /// A light node forgets the settled past, unless its replica is on disk.
     fn prune(&mut self) {
+        if self.cfg.light_on_disk {
+            return;
+        }
         match self.local.prune() {
             Ok((h, p)) => {
                 self.pruned_blocks += p.blocks;
@@ -995,6 +1020,65 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             Err(e) => self
                 .out
                 .push_back(Output::StoreFailed(format!("pruning failed: {e}"))),
+        }
+    }
+
+    /// A light node on disk, at its first tick: its own events after the settled frontier go
+    /// to the outbox again, oldest first, in submissions of at most
+    /// [`MAX_SUBMIT_BLOCKS`](sync::MAX_SUBMIT_BLOCKS) events and
+    /// [`MAX_PAGE_BYTES`](sync::MAX_PAGE_BYTES) bytes, at most half the outbox (the rest stays
+    /// for new writes). Before a restart they may have sat in an outbox no full node had
+    /// answered yet; without this they would stay on this disk alone (a light node serves no
+    /// blocks), and every later own event, naming them as parents, would wait on the full
+    /// nodes for good. Settled ones need nothing: the
+    /// settled prefix is what every member's past holds. Past the bound, the newest are left
+    /// (their older parents go first; a later restart hands on the rest).
+    fn resubmit_unsettled_own(&mut self, now: u64) {
+        let me = self.local.key().author();
+        let tl = self.local.timeline();
+        let Some(&last) = tl.version_vector().get(&me) else {
+            return;
+        };
+        let Some(chain) = tl.chain_span(&me, 1, last) else {
+            // A forked own chain: this key equivocated, its events are excluded anyway.
+            return;
+        };
+        let mut unsettled: Vec<EventId> = chain
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .take_while(|id| !tl.is_settled(id) && *id != tl.genesis_id())
+            .collect();
+        unsettled.reverse();
+        // Submissions as a write makes them: at most MAX_SUBMIT_BLOCKS events and
+        // MAX_PAGE_BYTES bytes each.
+        let mut subs: Vec<(Vec<EventId>, Vec<Vec<u8>>)> = vec![];
+        let mut bytes = 0;
+        for id in unsettled {
+            let Some(block) = tl.block(&id, self.local.store()) else {
+                self.out.push_back(Output::StoreFailed(format!(
+                    "own event {id}, to be submitted again, is not in the store"
+                )));
+                return;
+            };
+            let full = subs.last().is_none_or(|(ids, _)| {
+                ids.len() == sync::MAX_SUBMIT_BLOCKS || bytes + block.len() > sync::MAX_PAGE_BYTES
+            });
+            if full {
+                if subs.len() == crate::proto::outbox::MAX_OUTBOX / 2 {
+                    break;
+                }
+                subs.push((vec![], vec![]));
+                bytes = 0;
+            }
+            let (ids, blocks) = subs.last_mut().expect("pushed above");
+            bytes += block.len();
+            ids.push(id);
+            blocks.push(block.to_vec());
+        }
+        for (ids, blocks) in subs {
+            self.resubmitted += ids.len() as u64;
+            self.outbox.push_unanswered(ids, blocks, now);
         }
     }
 

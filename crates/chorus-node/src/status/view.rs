@@ -111,6 +111,11 @@ pub struct LightNodeStatus {
     pub horizon_lc: Option<u64>,
     pub horizon: Option<String>,
     pub pruned_blocks: u64,
+    /// The replica is on disk: it restarts from its own newest checkpoint and forgets
+    /// nothing (false: `--in-memory`, it catches up from full nodes at every start).
+    pub on_disk: bool,
+    /// Own events not yet settled that went to the outbox again at start (on disk only).
+    pub resubmitted_at_start: u64,
     /// Own events not yet stored by a full node.
     pub outbox: usize,
     pub stored_by_full_nodes: u64,
