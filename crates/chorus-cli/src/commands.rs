@@ -158,6 +158,17 @@ fn with_machine<M: Describe>(dir: &Path, store: Store, cmd: Command) -> Result<i
     }
     store.integrity_check()?;
     let mut replica = Replica::open_checked(dir, store, M::default())?;
+    if matches!(cmd, Command::Member { .. } | Command::Append(_))
+        && chorus_core::storage::Storage::own_chain_elsewhere(replica.store())
+    {
+        bail!(
+            "this directory's key may have signed events its store does not hold (it ran as a \
+             light node in memory, or as a light node of an earlier build): writing offline \
+             could reuse a sequence number, which excludes every later event of this key. \
+             Start `chorus node` on it until its peers have confirmed its own chain (its \
+             status says writes_open: true), then write through it or offline"
+        );
+    }
     match cmd {
         Command::Member { op, .. } => member(&mut replica, op),
         Command::Append(a) => append(&mut replica, a),

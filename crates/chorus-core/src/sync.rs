@@ -666,6 +666,14 @@ impl<P: Ord + Clone> Syncer<P> {
     pub fn stats(&self) -> &SyncStats {
         &self.stats
     }
+    /// The highest sequence number of our own chain that `peer`'s last summary held (its
+    /// word, unchecked), once it answered one.
+    pub fn own_chain_held_by(&self, peer: &P) -> Option<u64> {
+        self.peers
+            .get(peer)
+            .filter(|s| s.own_sq.is_some())
+            .map(|s| s.own_claim)
+    }
     /// Peers currently connected and not banned.
     pub fn peers(&self) -> impl Iterator<Item = &P> {
         self.peers

@@ -1720,3 +1720,49 @@ fn the_invalid_peer_list_keeps_the_most_charged_within_its_bound() {
     s.charge_invalid("peer 6".into(), 3);
     assert_eq!(s.invalid_by_peer["peer 6"], 10);
 }
+
+/// A light node on disk restarted holding 600 own events no full node has (its outbox, gone
+/// with the restart, held them): it hands them to the full node once the full node's summary
+/// says it lacks them, in submissions of at most 256 events, a few at a time. A light node
+/// serves no blocks, so without the hand-on (`light_on_disk: false`, the in-memory light node,
+/// whose restart loses such events with its memory) the full node never gets them.
+#[test]
+fn a_restarted_light_node_on_disk_hands_on_the_own_events_its_full_peer_lacks() {
+    let ks = keys(2);
+    let g = testkit::genesis(&ks[0], &ks, "counter/1", 16);
+    let own = chain(&g, &ks[1], 600);
+    for on_disk in [true, false] {
+        let light = Config {
+            light: true,
+            light_on_disk: on_disk,
+            fold_on_tick: true,
+            ..Config::default()
+        };
+        let tl = Timeline::new(g.clone(), CounterMachine).unwrap();
+        let mut l = Local::new(tl, MemStore::with_complete_own_chain(&g), ks[1].clone());
+        l.ingest(own.clone()).unwrap();
+        let mut m = Mesh::new(vec![
+            node(&g, &ks[0], Config::default()),
+            NodeState::new(l, light),
+        ]);
+        m.settle(40);
+        let held = own
+            .iter()
+            .filter(|e| m.nodes[0].local().timeline().contains(&e.id()))
+            .count();
+        if on_disk {
+            assert_eq!(held, 600, "every own event handed on");
+            assert_eq!(m.nodes[1].resubmitted, 600);
+            assert_eq!(m.nodes[1].outbox().len(), 0);
+            m.nodes[0].fold();
+            m.nodes[1].fold();
+            assert_eq!(
+                m.nodes[0].local().timeline().state_hash(),
+                m.nodes[1].local().timeline().state_hash()
+            );
+        } else {
+            assert_eq!(held, 0, "a light node serves no blocks");
+            assert_eq!(m.nodes[1].resubmitted, 0);
+        }
+    }
+}

@@ -49,6 +49,21 @@ pub const MAX_GATED_WRITES: usize = 64;
 /// A held write fails with a clear error after this long.
 pub const WRITE_GATE_TIMEOUT_MS: u64 = 15_000;
 
+/// Bytes of own events one submission handed on after a light node's restart carries at most
+/// (at least one event; see [`NodeState::resubmit_step`]).
+pub const RESUBMIT_BYTES: usize = 1024 * 1024;
+/// No further submission is handed on while this many that no write waits for are queued.
+pub const RESUBMIT_QUEUED: usize = 2;
+
+/// A light node on disk handing its own events on after a start.
+#[derive(Debug, Clone, Copy)]
+struct Resubmit {
+    /// The highest own sequence number held at start.
+    upto: u64,
+    /// The next one to hand on; `None` until a full peer said what it holds.
+    next: Option<u64>,
+}
+
 /// The identifiers of one transport: who a peer is, and the handles by which a gossiped
 /// message and an inbound request are answered.
 pub trait Transport {
@@ -67,8 +82,8 @@ pub struct Config {
     /// it forgets nothing (its blocks cost disk, not memory, and a replica reopened from disk
     /// needs every block to index its events again), so it restarts from its own newest
     /// checkpoint instead of catching up from nothing. Its outbox does not survive a restart:
-    /// at its first tick it hands its own events that are not settled yet to the outbox again
-    /// (a full node that holds them already answers `Stored` at once). Ignored for full nodes.
+    /// it hands the own events its full peers lack to the outbox again
+    /// ([`NodeState::resubmit_step`]). Ignored for full nodes.
     pub light_on_disk: bool,
     /// Fold the machine state on every tick (so summaries carry a `state_hash` and a light
     /// node can prune). The simulator sets it for light nodes only; the actor folds itself.
@@ -394,10 +409,10 @@ pub struct NodeState<M: Machine, S: Storage, T: Transport> {
     /// Light nodes: the order key up to which blocks were forgotten, and how many.
     horizon: Option<OrderKey>,
     pruned_blocks: u64,
-    /// A light node on disk, until its first tick: its own unsettled events are still to be
-    /// handed to the outbox again (see [`Config::light_on_disk`]).
-    resubmit_own: bool,
-    /// How many own events were handed to the outbox again at start.
+    /// A light node on disk, after a start: own events still to be handed to the outbox again
+    /// (see [`NodeState::resubmit_step`]).
+    resubmit: Option<Resubmit>,
+    /// How many own events were handed to the outbox again since the start.
     pub resubmitted: u64,
     /// False while this node's storage holds none of its own events and its peers have not
     /// yet confirmed that it holds its whole own chain: writing then could reuse a sequence
@@ -443,6 +458,10 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         if writes_open {
             syncer.own_chain_settled();
         }
+        let resubmit = (cfg.light && cfg.light_on_disk)
+            .then(|| local.timeline().version_vector().get(&me).copied())
+            .flatten()
+            .map(|upto| Resubmit { upto, next: None });
         NodeState {
             local,
             cfg,
@@ -458,7 +477,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             outbox: Outbox::default(),
             horizon: None,
             pruned_blocks: 0,
-            resubmit_own: cfg.light && cfg.light_on_disk,
+            resubmit,
             resubmitted: 0,
             writes_open,
             gated: vec![],
@@ -729,10 +748,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             let a = self.syncer.tick(now, self.local.timeline());
             self.act(a);
             if self.cfg.light {
-                if self.resubmit_own {
-                    self.resubmit_own = false;
-                    self.resubmit_unsettled_own(now);
-                }
+                self.resubmit_step(now);
                 self.prune();
                 let settled = self.outbox.settle(&self.full_peers);
                 for (write, result) in settled.into_iter().chain(self.outbox.expire(now)) {
@@ -1023,63 +1039,76 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         }
     }
 
-    /// A light node on disk, at its first tick: its own events after the settled frontier go
-    /// to the outbox again, oldest first, in submissions of at most
-    /// [`MAX_SUBMIT_BLOCKS`](sync::MAX_SUBMIT_BLOCKS) events and
-    /// [`MAX_PAGE_BYTES`](sync::MAX_PAGE_BYTES) bytes, at most half the outbox (the rest stays
-    /// for new writes). Before a restart they may have sat in an outbox no full node had
-    /// answered yet; without this they would stay on this disk alone (a light node serves no
-    /// blocks), and every later own event, naming them as parents, would wait on the full
-    /// nodes for good. Settled ones need nothing: the
-    /// settled prefix is what every member's past holds. Past the bound, the newest are left
-    /// (their older parents go first; a later restart hands on the rest).
-    fn resubmit_unsettled_own(&mut self, now: u64) {
+    /// A light node on disk, on its ticks after a start: its own events that the full nodes
+    /// may lack go to the outbox again. Before the restart they may have sat in an outbox no
+    /// full node had answered yet; without this they would stay on this disk alone (a light
+    /// node serves no blocks), and every later own event, naming them as parents, would wait on
+    /// the full nodes for good. Which ones: those above the *lowest* of what the full peers'
+    /// summaries hold of this key's chain (a lagging full node gets a few it could have had
+    /// from the others; a full node claiming more than it holds cannot make the others miss
+    /// them), up to the highest sequence number held at start (later writes take the outbox's
+    /// usual way). Nothing is sent before a full peer answered a summary. A submission at a
+    /// time of at most [`MAX_SUBMIT_BLOCKS`](sync::MAX_SUBMIT_BLOCKS) events and
+    /// [`RESUBMIT_BYTES`], and no new one while [`RESUBMIT_QUEUED`] submissions no write waits
+    /// for are in the outbox: the memory it takes is bounded whatever the backlog.
+    fn resubmit_step(&mut self, now: u64) {
+        let Some(r) = &mut self.resubmit else {
+            return;
+        };
         let me = self.local.key().author();
+        if r.next.is_none() {
+            let Some(held) = self
+                .full_peers
+                .iter()
+                .filter_map(|p| self.syncer.own_chain_held_by(p))
+                .min()
+            else {
+                return;
+            };
+            r.next = Some(held + 1);
+        }
+        let (next, upto) = (r.next.expect("set above"), r.upto);
+        if next > upto {
+            self.resubmit = None;
+            return;
+        }
+        if self.outbox.unanswered_len() >= RESUBMIT_QUEUED {
+            return;
+        }
         let tl = self.local.timeline();
-        let Some(&last) = tl.version_vector().get(&me) else {
+        let end = upto.min(next + sync::MAX_SUBMIT_BLOCKS as u64 - 1);
+        let Some(span) = tl.chain_span(&me, next, end) else {
+            // This key forked its own chain: its events from the fork on are excluded
+            // everywhere, and which branch to hand on is no question worth answering.
+            self.resubmit = None;
             return;
         };
-        let Some(chain) = tl.chain_span(&me, 1, last) else {
-            // A forked own chain: this key equivocated, its events are excluded anyway.
-            return;
-        };
-        let mut unsettled: Vec<EventId> = chain
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .take_while(|id| !tl.is_settled(id) && *id != tl.genesis_id())
-            .collect();
-        unsettled.reverse();
-        // Submissions as a write makes them: at most MAX_SUBMIT_BLOCKS events and
-        // MAX_PAGE_BYTES bytes each.
-        let mut subs: Vec<(Vec<EventId>, Vec<Vec<u8>>)> = vec![];
-        let mut bytes = 0;
-        for id in unsettled {
+        let (mut ids, mut blocks, mut bytes) = (vec![], vec![], 0);
+        for id in span {
             let Some(block) = tl.block(&id, self.local.store()) else {
+                self.resubmit = None;
                 self.out.push_back(Output::StoreFailed(format!(
                     "own event {id}, to be submitted again, is not in the store"
                 )));
                 return;
             };
-            let full = subs.last().is_none_or(|(ids, _)| {
-                ids.len() == sync::MAX_SUBMIT_BLOCKS || bytes + block.len() > sync::MAX_PAGE_BYTES
-            });
-            if full {
-                if subs.len() == crate::proto::outbox::MAX_OUTBOX / 2 {
-                    break;
-                }
-                subs.push((vec![], vec![]));
-                bytes = 0;
+            if !ids.is_empty() && bytes + block.len() > RESUBMIT_BYTES {
+                break;
             }
-            let (ids, blocks) = subs.last_mut().expect("pushed above");
             bytes += block.len();
             ids.push(id);
             blocks.push(block.to_vec());
         }
-        for (ids, blocks) in subs {
-            self.resubmitted += ids.len() as u64;
-            self.outbox.push_unanswered(ids, blocks, now);
+        if ids.is_empty() {
+            // Fewer own events held than the start said: nothing more to hand on.
+            self.resubmit = None;
+            return;
         }
+        if let Some(r) = &mut self.resubmit {
+            r.next = Some(next + ids.len() as u64);
+        }
+        self.resubmitted += ids.len() as u64;
+        self.outbox.push_unanswered(ids, blocks, now);
     }
 
     // ------------------------------------------------------------------ the write half

@@ -85,6 +85,11 @@ impl<P: Ord + Clone + std::fmt::Display> Outbox<P> {
         self.queue.is_empty()
     }
 
+    /// Submissions queued that no write waits for.
+    pub fn unanswered_len(&self) -> usize {
+        self.queue.iter().filter(|s| s.write.is_none()).count()
+    }
+
     /// Whether a write of `n` events of at most `bytes` bytes once signed can be queued.
     pub fn admit(&self, n: usize, bytes: usize) -> Result<(), WriteError> {
         if n > MAX_SUBMIT_BLOCKS || bytes > MAX_PAGE_BYTES {

@@ -114,7 +114,8 @@ pub struct LightNodeStatus {
     /// The replica is on disk: it restarts from its own newest checkpoint and forgets
     /// nothing (false: `--in-memory`, it catches up from full nodes at every start).
     pub on_disk: bool,
-    /// Own events not yet settled that went to the outbox again at start (on disk only).
+    /// Own events held at start that went to the outbox again because a full peer lacked
+    /// them (on disk only; `NodeState::resubmit_step`).
     pub resubmitted_at_start: u64,
     /// Own events not yet stored by a full node.
     pub outbox: usize,
