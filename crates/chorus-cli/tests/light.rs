@@ -212,7 +212,7 @@ fn a_light_node_on_disk_restarts_from_its_replica_and_hands_on_an_unsettled_writ
     assert_eq!(s["events"].as_u64(), Some(held), "{s}");
     assert_eq!(s["light_node"]["full_peers"], 0, "{s}");
     assert_eq!(s["writes_open"], true, "{s}");
-    assert_eq!(s["light_node"]["resubmitted_at_start"], 0, "{s}");
+    assert_eq!(s["light_node"]["resubmitted_since_start"], 0, "{s}");
 
     // The full node returns on its old address: the write reaches it.
     let mut n0 = Node::start_with(
@@ -234,5 +234,5 @@ fn a_light_node_on_disk_restarts_from_its_replica_and_hands_on_an_unsettled_writ
         thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(ls["outbox"], 0, "{ls}");
-    assert!(ls["resubmitted_at_start"].as_u64() >= Some(1), "{ls}");
+    assert!(ls["resubmitted_since_start"].as_u64() >= Some(1), "{ls}");
 }

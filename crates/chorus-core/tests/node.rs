@@ -1721,11 +1721,12 @@ fn the_invalid_peer_list_keeps_the_most_charged_within_its_bound() {
     assert_eq!(s.invalid_by_peer["peer 6"], 10);
 }
 
-/// A light node on disk restarted holding 600 own events no full node has (its outbox, gone
-/// with the restart, held them): it hands them to the full node once the full node's summary
-/// says it lacks them, in submissions of at most 256 events, a few at a time. A light node
-/// serves no blocks, so without the hand-on (`light_on_disk: false`, the in-memory light node,
-/// whose restart loses such events with its memory) the full node never gets them.
+/// A light node on disk restarted holding 600 own events of which its full peer has the first
+/// 300 (the rest sat in its outbox, gone with the restart): it hands on exactly the 300 the
+/// full node's summary says it lacks, one submission of at most 256 events a tick, never more
+/// than `RESUBMIT_QUEUED` queued. A light node serves no blocks, so without the hand-on
+/// (`light_on_disk: false`, the in-memory light node, whose restart loses such events with its
+/// memory) the full node never gets them.
 #[test]
 fn a_restarted_light_node_on_disk_hands_on_the_own_events_its_full_peer_lacks() {
     let ks = keys(2);
@@ -1742,17 +1743,30 @@ fn a_restarted_light_node_on_disk_hands_on_the_own_events_its_full_peer_lacks() 
         let mut l = Local::new(tl, MemStore::with_complete_own_chain(&g), ks[1].clone());
         l.ingest(own.clone()).unwrap();
         let mut m = Mesh::new(vec![
-            node(&g, &ks[0], Config::default()),
+            node_with(&g, &ks[0], &own[..300]),
             NodeState::new(l, light),
         ]);
-        m.settle(40);
+        let mut last = 0;
+        for _ in 0..60 {
+            // One tick each: at most one submission handed on.
+            m.settle(0);
+            let now = m.nodes[1].resubmitted;
+            assert!(now - last <= 256, "{} in one tick", now - last);
+            assert!(
+                m.nodes[1].outbox().unanswered_len() <= chorus_core::proto::node::RESUBMIT_QUEUED
+            );
+            last = now;
+        }
         let held = own
             .iter()
             .filter(|e| m.nodes[0].local().timeline().contains(&e.id()))
             .count();
         if on_disk {
             assert_eq!(held, 600, "every own event handed on");
-            assert_eq!(m.nodes[1].resubmitted, 600);
+            assert_eq!(
+                m.nodes[1].resubmitted, 300,
+                "only what the full node lacked"
+            );
             assert_eq!(m.nodes[1].outbox().len(), 0);
             m.nodes[0].fold();
             m.nodes[1].fold();
@@ -1761,7 +1775,7 @@ fn a_restarted_light_node_on_disk_hands_on_the_own_events_its_full_peer_lacks() 
                 m.nodes[1].local().timeline().state_hash()
             );
         } else {
-            assert_eq!(held, 0, "a light node serves no blocks");
+            assert_eq!(held, 300, "a light node serves no blocks");
             assert_eq!(m.nodes[1].resubmitted, 0);
         }
     }

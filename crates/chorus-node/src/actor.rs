@@ -1191,7 +1191,7 @@ impl<M: Describe> Actor<M> {
                 horizon: horizon.map(|h| h.1.to_string()),
                 pruned_blocks,
                 on_disk: node.config().light_on_disk,
-                resubmitted_at_start: node.resubmitted,
+                resubmitted_since_start: node.resubmitted,
                 outbox: outbox.len(),
                 stored_by_full_nodes: outbox.stored,
                 unacknowledged_in_time: outbox.late,

@@ -295,18 +295,7 @@ fn catchup(events: usize, machine: &str) -> Result<()> {
 /// emulator's own memory included); empty = the native `chorus` beside this binary.
 fn light(events: usize, runner: &[String]) -> Result<()> {
     let root = tempfile::tempdir()?;
-    let dirs = timeline(root.path(), 1, "kairos")?;
-    write_events(
-        &dirs[0],
-        events,
-        "stimulus {i} the traveller asks the gate keeper for the old road",
-    )?;
-    let src = node(&dirs[0], "127.0.1.60", None)?.start()?;
-    let s = get(&agent(), &src.api, "/v1/status").context("status")?;
-    let total = s["events"].as_u64().unwrap();
-    let hash = s["state_hash"].as_str().unwrap().to_string();
-    let light_dir = root.path().join("light");
-    run(&light_dir, &["join", &src.addr])?;
+    let (src, total, hash, light_dir) = kairos_source_and_light_dir(root.path(), events, 60)?;
     let (cmd, what) = match runner.split_last() {
         None => (
             node(&light_dir, "127.0.1.61", Some(&src.addr))?,
@@ -369,21 +358,36 @@ fn light(events: usize, runner: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// See the module docs (`light-restart`).
-fn light_restart(events: usize) -> Result<()> {
-    let root = tempfile::tempdir()?;
-    let dirs = timeline(root.path(), 1, "kairos")?;
+/// A full node on 127.0.1.`ip` holding `events` KAIROS stimuli of 12 tokens (written offline,
+/// 1 000 per commit), and a data dir under `root` joined to it for a light node: the running
+/// source, its event count and `state_hash`, the light node's dir.
+fn kairos_source_and_light_dir(
+    root: &Path,
+    events: usize,
+    ip: u8,
+) -> Result<(Node, u64, String, PathBuf)> {
+    let dirs = timeline(root, 1, "kairos")?;
     write_events(
         &dirs[0],
         events,
         "stimulus {i} the traveller asks the gate keeper for the old road",
     )?;
-    let src = node(&dirs[0], "127.0.1.64", None)?.start()?;
+    let src = node(&dirs[0], &format!("127.0.1.{ip}"), None)?.start()?;
     let s = get(&agent(), &src.api, "/v1/status").context("status")?;
-    let total = s["events"].as_u64().unwrap();
-    let hash = s["state_hash"].as_str().unwrap().to_string();
-    let light_dir = root.path().join("light");
+    let total = s["events"].as_u64().context("status: events")?;
+    let hash = s["state_hash"]
+        .as_str()
+        .context("status: state_hash")?
+        .to_string();
+    let light_dir = root.join("light");
     run(&light_dir, &["join", &src.addr])?;
+    Ok((src, total, hash, light_dir))
+}
+
+/// See the module docs (`light-restart`).
+fn light_restart(events: usize) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let (src, total, hash, light_dir) = kairos_source_and_light_dir(root.path(), events, 64)?;
     let current = |s: &Value| {
         s["events"].as_u64() == Some(total)
             && s["folding"].is_null()

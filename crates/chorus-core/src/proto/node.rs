@@ -55,13 +55,20 @@ pub const RESUBMIT_BYTES: usize = 1024 * 1024;
 /// No further submission is handed on while this many that no write waits for are queued.
 pub const RESUBMIT_QUEUED: usize = 2;
 
+/// Reads of an own event to hand on that may fail before the hand-on gives up (until the
+/// next start).
+pub const RESUBMIT_READ_TRIES: u32 = 5;
+
 /// A light node on disk handing its own events on after a start.
-#[derive(Debug, Clone, Copy)]
-struct Resubmit {
+#[derive(Debug, Clone)]
+struct Resubmit<P> {
     /// The highest own sequence number held at start.
     upto: u64,
     /// The next one to hand on; `None` until a full peer said what it holds.
     next: Option<u64>,
+    /// Each connected full peer's figure for this key's chain, as last counted.
+    counted: BTreeMap<P, u64>,
+    read_failures: u32,
 }
 
 /// The identifiers of one transport: who a peer is, and the handles by which a gossiped
@@ -411,7 +418,7 @@ pub struct NodeState<M: Machine, S: Storage, T: Transport> {
     pruned_blocks: u64,
     /// A light node on disk, after a start: own events still to be handed to the outbox again
     /// (see [`NodeState::resubmit_step`]).
-    resubmit: Option<Resubmit>,
+    resubmit: Option<Resubmit<T::Peer>>,
     /// How many own events were handed to the outbox again since the start.
     pub resubmitted: u64,
     /// False while this node's storage holds none of its own events and its peers have not
@@ -461,7 +468,12 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         let resubmit = (cfg.light && cfg.light_on_disk)
             .then(|| local.timeline().version_vector().get(&me).copied())
             .flatten()
-            .map(|upto| Resubmit { upto, next: None });
+            .map(|upto| Resubmit {
+                upto,
+                next: None,
+                counted: BTreeMap::new(),
+                read_failures: 0,
+            });
         NodeState {
             local,
             cfg,
@@ -1043,40 +1055,46 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
     /// may lack go to the outbox again. Before the restart they may have sat in an outbox no
     /// full node had answered yet; without this they would stay on this disk alone (a light
     /// node serves no blocks), and every later own event, naming them as parents, would wait on
-    /// the full nodes for good. Which ones: those above the *lowest* of what the full peers'
-    /// summaries hold of this key's chain (a lagging full node gets a few it could have had
-    /// from the others; a full node claiming more than it holds cannot make the others miss
-    /// them), up to the highest sequence number held at start (later writes take the outbox's
-    /// usual way). Nothing is sent before a full peer answered a summary. A submission at a
-    /// time of at most [`MAX_SUBMIT_BLOCKS`](sync::MAX_SUBMIT_BLOCKS) events and
-    /// [`RESUBMIT_BYTES`], and no new one while [`RESUBMIT_QUEUED`] submissions no write waits
-    /// for are in the outbox: the memory it takes is bounded whatever the backlog.
+    /// the full nodes for good.
+    ///
+    /// Which ones: from just above what a full peer's summary holds of this key's chain up to
+    /// the highest sequence number held at start (later writes take the outbox's usual way).
+    /// Every full peer's figure is counted when it first arrives and again when it changes,
+    /// and a lower one moves the start back: a full node that claims more than it holds, or
+    /// answers first, cannot keep the events from a lagging one (and full nodes pass them on
+    /// among themselves). Nothing is sent before a full peer answered. One submission of at
+    /// most [`MAX_SUBMIT_BLOCKS`](sync::MAX_SUBMIT_BLOCKS) events and [`RESUBMIT_BYTES`] per
+    /// tick, none while [`RESUBMIT_QUEUED`] submissions no write waits for are queued (light
+    /// heartbeats and timed-out writes count too; full nodes answer them as they store them):
+    /// the memory it takes is bounded whatever the backlog.
     fn resubmit_step(&mut self, now: u64) {
         let Some(r) = &mut self.resubmit else {
             return;
         };
         let me = self.local.key().author();
-        if r.next.is_none() {
-            let Some(held) = self
-                .full_peers
-                .iter()
-                .filter_map(|p| self.syncer.own_chain_held_by(p))
-                .min()
-            else {
-                return;
+        r.counted.retain(|p, _| self.full_peers.contains(p));
+        for p in &self.full_peers {
+            let Some(held) = self.syncer.own_chain_held_by(p) else {
+                continue;
             };
-            r.next = Some(held + 1);
+            if r.counted.get(p) == Some(&held) {
+                continue;
+            }
+            r.counted.insert(p.clone(), held);
+            let from = held.saturating_add(1);
+            if r.next.is_none_or(|n| from < n) {
+                r.next = Some(from);
+            }
         }
-        let (next, upto) = (r.next.expect("set above"), r.upto);
-        if next > upto {
-            self.resubmit = None;
+        let Some(next) = r.next else {
             return;
-        }
-        if self.outbox.unanswered_len() >= RESUBMIT_QUEUED {
+        };
+        let upto = r.upto;
+        if next > upto || self.outbox.unanswered_len() >= RESUBMIT_QUEUED {
             return;
         }
         let tl = self.local.timeline();
-        let end = upto.min(next + sync::MAX_SUBMIT_BLOCKS as u64 - 1);
+        let end = upto.min(next.saturating_add(sync::MAX_SUBMIT_BLOCKS as u64 - 1));
         let Some(span) = tl.chain_span(&me, next, end) else {
             // This key forked its own chain: its events from the fork on are excluded
             // everywhere, and which branch to hand on is no question worth answering.
@@ -1086,9 +1104,13 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         let (mut ids, mut blocks, mut bytes) = (vec![], vec![], 0);
         for id in span {
             let Some(block) = tl.block(&id, self.local.store()) else {
-                self.resubmit = None;
+                // A read that failed: tried again on the next ticks, a few times.
+                r.read_failures += 1;
+                if r.read_failures >= RESUBMIT_READ_TRIES {
+                    self.resubmit = None;
+                }
                 self.out.push_back(Output::StoreFailed(format!(
-                    "own event {id}, to be submitted again, is not in the store"
+                    "own event {id}, to be submitted again, could not be read"
                 )));
                 return;
             };
@@ -1099,13 +1121,15 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             ids.push(id);
             blocks.push(block.to_vec());
         }
+        // Fewer own events held than the start said (an empty span): nothing more to hand on
+        // until a peer's figure moves the start back.
+        r.next = Some(if ids.is_empty() {
+            upto + 1
+        } else {
+            next + ids.len() as u64
+        });
         if ids.is_empty() {
-            // Fewer own events held than the start said: nothing more to hand on.
-            self.resubmit = None;
             return;
-        }
-        if let Some(r) = &mut self.resubmit {
-            r.next = Some(next + ids.len() as u64);
         }
         self.resubmitted += ids.len() as u64;
         self.outbox.push_unanswered(ids, blocks, now);

@@ -114,9 +114,9 @@ pub struct LightNodeStatus {
     /// The replica is on disk: it restarts from its own newest checkpoint and forgets
     /// nothing (false: `--in-memory`, it catches up from full nodes at every start).
     pub on_disk: bool,
-    /// Own events held at start that went to the outbox again because a full peer lacked
-    /// them (on disk only; `NodeState::resubmit_step`).
-    pub resubmitted_at_start: u64,
+    /// Own events held at start that went to the outbox again since the start because a full
+    /// peer lacked them (on disk only; `NodeState::resubmit_step`).
+    pub resubmitted_since_start: u64,
     /// Own events not yet stored by a full node.
     pub outbox: usize,
     pub stored_by_full_nodes: u64,
