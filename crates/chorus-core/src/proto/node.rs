@@ -1029,8 +1029,8 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         })
     }
 
-    /// Light nodes: forget the blocks behind the settled horizon.
-    /// A light node forgets the settled past, unless its replica is on disk.
+    /// Light nodes in memory: forget the blocks behind the settled horizon (a light node on
+    /// disk keeps them: reopening needs every block).
     fn prune(&mut self) {
         if self.cfg.light_on_disk {
             return;
