@@ -261,13 +261,7 @@ impl Store {
     /// key signed the genesis into it (`chorus init`), or was made together with it (see
     /// `chorus_core::storage::Storage::own_chain_complete`). Only right after creating it.
     pub fn mark_own_chain_complete(&mut self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(dberr)?;
-        {
-            let mut meta = txn.open_table(META).map_err(dberr)?;
-            meta.insert("own-chain-complete", [1u8].as_slice())
-                .map_err(dberr)?;
-        }
-        txn.commit().map_err(dberr)?;
+        self.set_flag("own-chain-complete")?;
         self.own_chain_complete = true;
         Ok(())
     }
