@@ -11,6 +11,7 @@ use std::{collections::VecDeque, f64::consts::PI, sync::Arc};
 
 use crate::{
     encoder::{DIM, PhaseEncoder, phasors},
+    hermitian::{BATCH, Kernel, Phasors},
     noise,
 };
 
@@ -104,6 +105,13 @@ impl Entry {
     }
 
     /// Argument of the mean phasor (the "eigen-phase" of the text).
+    fn phasors(&self) -> Phasors<'_> {
+        Phasors {
+            re: &self.re,
+            im: &self.im,
+        }
+    }
+
     pub fn mean_phase(&self) -> f64 {
         let (mut sr, mut si) = (0.0, 0.0);
         for k in 0..DIM {
@@ -132,6 +140,8 @@ pub struct Engine {
     pub t_tau: (f64, f64),
     /// `e^{i omega i dt}` for i < window, via libm, computed once per profile.
     carousel: Arc<Vec<(f64, f64)>>,
+    /// How the Hermitian products are computed (same bits whichever; not part of the state).
+    kernel: Kernel,
 }
 
 /// Result of one step.
@@ -169,7 +179,14 @@ impl Engine {
             coherence: 0.0,
             t_tau: (0.0, 0.0),
             carousel: Arc::new(carousel),
+            kernel: Kernel::best(),
         }
+    }
+
+    /// The same engine computing its products with `kernel` (benches and tests compare them).
+    pub fn with_kernel(mut self, kernel: Kernel) -> Engine {
+        self.kernel = kernel;
+        self
     }
 
     /// Integrates one token: push its phasors, recompute T_tau with fresh, keyed noise, check the
@@ -212,10 +229,22 @@ impl Engine {
         let mu = -0.5 * self.recovery;
         let sqrt_dt = dt.sqrt();
         let (mut tr, mut ti, mut d) = (0.0, 0.0, 0.0);
+        let mut products = [(0.0, 0.0); BATCH];
         for i in 1..n {
             let j = i.saturating_sub(lag);
-            let (a, b) = (&self.window[i], &self.window[j]);
-            let (br, bi) = hermitian(b, a);
+            let b = &self.window[j];
+            // The products of pairs i.. i + BATCH - 1, computed together when i starts a batch.
+            let slot = (i - 1) % BATCH;
+            if slot == 0 {
+                let pairs: [_; BATCH] = std::array::from_fn(|s| {
+                    let i = (i + s).min(n - 1);
+                    let j = i.saturating_sub(lag);
+                    (self.window[j].phasors(), self.window[i].phasors())
+                });
+                let len = BATCH.min(n - i);
+                self.kernel.products(&pairs[..len], &mut products);
+            }
+            let (br, bi) = products[slot];
             // mean_k sin(arg a_k - arg b_k) == Im(<b, a>/N) for unit phasors.
             let c = p.coupling * b.order * bi;
             let m0 = (br * br + bi * bi).sqrt();
@@ -246,25 +275,6 @@ impl Engine {
         }
         (tr / d, ti / d)
     }
-}
-
-/// `<b, a> / N = sum_k conj(b_k) a_k / N`, summed in four interleaved lanes (fixed order, so the
-/// result is the same on every platform; the lanes only shorten the dependency chain).
-fn hermitian(b: &Entry, a: &Entry) -> (f64, f64) {
-    let mut re = [0.0f64; 4];
-    let mut im = [0.0f64; 4];
-    for k in (0..DIM).step_by(4) {
-        for l in 0..4 {
-            let (ar, ai, br, bi) = (a.re[k + l], a.im[k + l], b.re[k + l], b.im[k + l]);
-            re[l] += br * ar + bi * ai;
-            im[l] += br * ai - bi * ar;
-        }
-    }
-    let n = DIM as f64;
-    (
-        ((re[0] + re[1]) + (re[2] + re[3])) / n,
-        ((im[0] + im[1]) + (im[2] + im[3])) / n,
-    )
 }
 
 #[cfg(test)]
@@ -321,5 +331,44 @@ mod tests {
             )
         };
         assert_eq!(run(), run());
+    }
+
+    /// Both profiles (master pairs every entry with the oldest, emissary with its neighbour),
+    /// past a full window, with every kernel this CPU has: the reference's bits at every step.
+    #[test]
+    fn every_kernel_steps_to_the_same_bits() {
+        let words: Vec<String> = (0..1_100).map(|i| format!("w{}", i * 7 % 131)).collect();
+        for profile in [Profile::MASTER, Profile::EMISSARY] {
+            let trace = |kernel: Kernel| {
+                let mut e = Engine::new(profile).with_kernel(kernel);
+                let steps = if profile.window > 200 { 1_100 } else { 300 };
+                (0..steps)
+                    .map(|i| {
+                        e.temporalize(
+                            entry(&words[i]),
+                            NoiseKey {
+                                event: [9; 32],
+                                token: i as u64,
+                            },
+                        );
+                        (
+                            e.coherence.to_bits(),
+                            e.t_tau.0.to_bits(),
+                            e.recovery.to_bits(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let reference = trace(Kernel::Scalar);
+            for kernel in Kernel::available() {
+                assert_eq!(
+                    trace(kernel),
+                    reference,
+                    "{} {}",
+                    profile.name,
+                    kernel.name()
+                );
+            }
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod council;
 pub mod encoder;
 pub mod engine;
 pub mod guard;
+pub mod hermitian;
 pub mod machine;
 pub mod noise;
 pub mod state;
