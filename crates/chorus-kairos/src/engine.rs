@@ -183,6 +183,16 @@ impl Engine {
         }
     }
 
+    /// The window entry of `key`: shared with an entry of the window holding the same key (a
+    /// word seen in the last `window` tokens), else computed (768 `libm` calls, about as long
+    /// as a step). Phasors are a pure function of the key, so sharing changes no bit.
+    pub fn entry(&self, encoder: &dyn PhaseEncoder, key: [u8; 32]) -> Arc<Entry> {
+        match self.window.iter().rev().find(|e| e.key == key) {
+            Some(e) => e.clone(),
+            None => Arc::new(Entry::new(encoder, key)),
+        }
+    }
+
     /// The same engine computing its products with `kernel` (benches and tests compare them).
     pub fn with_kernel(mut self, kernel: Kernel) -> Engine {
         self.kernel = kernel;

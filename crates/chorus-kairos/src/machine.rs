@@ -8,13 +8,11 @@
 //! council with the rules of [`crate::guard`] against a hostile writer). They share everything
 //! else; the older ones are kept so their timelines replay bit for bit.
 
-use std::sync::Arc;
-
 use crate::{
     body::{Escalation, Intent, Registration},
     council,
     encoder::{PhaseEncoder, Sha256Encoder},
-    engine::{Engine, Entry, NoiseKey, Profile},
+    engine::{Engine, NoiseKey, Profile},
     guard, ward,
 };
 use chorus_core::{
@@ -80,10 +78,6 @@ impl Rules {
         &Sha256Encoder
     }
 
-    fn entry(&self, token: &str) -> Arc<Entry> {
-        let enc = self.encoder();
-        Arc::new(Entry::new(enc, enc.key(token)))
-    }
 
     fn integrate(&self, s: &mut KairosState, id: &EventId, text: &str) -> Vec<f64> {
         let mut fired = vec![];
@@ -93,8 +87,10 @@ impl Rules {
             usize::MAX
         };
         for (i, token) in text.split_whitespace().take(cap).enumerate() {
+            let enc = self.encoder();
+            let entry = s.engine.entry(enc, enc.key(token));
             let step = s.engine.temporalize(
-                self.entry(token),
+                entry,
                 NoiseKey {
                     event: id.0,
                     token: i as u64,
@@ -275,7 +271,8 @@ impl Rules {
             && counts
             && let Some(open) = s.open.as_mut().filter(|o| o.id == re)
         {
-            let theta = self.entry(text).mean_phase();
+            let enc = self.encoder();
+            let theta = s.engine.entry(enc, enc.key(text)).mean_phase();
             open.sum.0 += libm::cos(theta);
             open.sum.1 += libm::sin(theta);
             open.n += 1;

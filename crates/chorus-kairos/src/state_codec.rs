@@ -6,17 +6,14 @@
 //! as its IEEE-754 bits after canonicalisation: any NaN becomes `0x7FF8_0000_0000_0000` and
 //! `-0.0` becomes `+0.0`, because NaN signs and zero signs differ between x86-64 and ARM.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    sync::Arc,
-};
+use std::collections::{BTreeMap, VecDeque};
 
 use chorus_core::{AuthorId, EventId};
 
 use crate::{
     council::MAX_SELECTED,
     encoder::PhaseEncoder,
-    engine::{Engine, Entry, Profile},
+    engine::{Engine, Profile},
     state::{KairosState, OpenStimulus, StimulusRecord, Version},
 };
 
@@ -200,9 +197,8 @@ pub fn decode(
     engine.t_tau = (r.f64()?, r.f64()?);
     let n = r.count(profile.window)?;
     for _ in 0..n {
-        engine
-            .window
-            .push_back(Arc::new(Entry::new(encoder, r.b32()?)));
+        let entry = engine.entry(encoder, r.b32()?);
+        engine.window.push_back(entry);
     }
     let integrations = r.u64()?;
     let has_ema = r.u8()? != 0;
