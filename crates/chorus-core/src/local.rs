@@ -186,6 +186,11 @@ impl<M: Machine, S: Storage> Local<M, S> {
         self.deferred_fold = on;
     }
 
+    /// Whether folding is left to [`fold`](Self::fold) (see [`set_deferred_fold`](Self::set_deferred_fold)).
+    pub fn deferred_fold(&self) -> bool {
+        self.deferred_fold
+    }
+
     /// See [`Timeline::set_auto_fold`]: off for an owner that folds in slices.
     pub fn set_auto_fold(&mut self, on: bool) {
         self.timeline.set_auto_fold(on);

@@ -78,7 +78,6 @@ impl Rules {
         &Sha256Encoder
     }
 
-
     fn integrate(&self, s: &mut KairosState, id: &EventId, text: &str) -> Vec<f64> {
         let mut fired = vec![];
         let cap = if self.guarded() {

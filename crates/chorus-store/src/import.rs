@@ -40,6 +40,18 @@ pub fn import<M: Machine>(
     blocks: impl Iterator<Item = Result<RawBlock, ArchiveError>> + Send,
     progress: &mut dyn Progress,
 ) -> Result<IngestReport, ImportError> {
+    // One fold at the end: an archive whose events sort before what is folded (writers one
+    // after another, a merge of two exports) costs one rewind, not one per chunk.
+    let out = r.fold_once(progress, |r, progress| import_chunks(r, blocks, progress));
+    progress.finish();
+    out
+}
+
+fn import_chunks<M: Machine>(
+    r: &mut Replica<M>,
+    blocks: impl Iterator<Item = Result<RawBlock, ArchiveError>> + Send,
+    progress: &mut dyn Progress,
+) -> Result<IngestReport, ImportError> {
     let genesis = r.timeline().genesis_id();
     let mut total = IngestReport::default();
     progress.stage("import", None);
@@ -98,6 +110,5 @@ pub fn import<M: Machine>(
         Ok(())
     })?;
     total.pending = r.timeline().pending_len() as u64;
-    progress.finish();
     Ok(total)
 }

@@ -44,6 +44,8 @@ pub const OWN_CHAIN_ELSEWHERE_FILE: &str = "own-chain.elsewhere";
 /// `meta-v1` flag: this store was opened by a light node on disk before (see
 /// [`Replica::open_light`]).
 const LIGHT_ON_DISK_FLAG: &str = "light-on-disk";
+/// Positions a [`Replica::fold_once`] folds between two progress reports.
+pub const FOLD_ONCE_STEP: usize = 1024;
 
 /// Writes the [`OWN_CHAIN_ELSEWHERE_FILE`] marker, durably, before the key signs anything the
 /// store will not see.
@@ -351,9 +353,43 @@ impl<M: Machine> Replica<M> {
         self.local.set_deferred_fold(on);
     }
 
+    pub fn deferred_fold(&self) -> bool {
+        self.local.deferred_fold()
+    }
+
     /// Brings the state up to date and persists the checkpoints taken meanwhile.
     pub fn fold(&mut self) -> Result<(), ReplicaError> {
         Ok(self.local.fold()?)
+    }
+
+    /// One slice of [`fold`](Self::fold): at most `positions` positions applied. Returns
+    /// whether the state is up to date.
+    pub fn fold_step(&mut self, positions: usize) -> Result<bool, ReplicaError> {
+        Ok(self.local.fold_step(positions)?)
+    }
+
+    /// Runs `session` (ingests, appends) with folding deferred, then folds once: events that
+    /// sort before what is folded cost one rewind from the earliest of them, not one per
+    /// ingest. Events in order still fold as they come (while their blocks are cached). The
+    /// fold runs even when the session fails (what it committed stays), reporting its progress
+    /// as the stage `fold`.
+    pub fn fold_once<T, E: From<ReplicaError>>(
+        &mut self,
+        progress: &mut dyn crate::progress::Progress,
+        session: impl FnOnce(&mut Self, &mut dyn crate::progress::Progress) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let was = self.deferred_fold();
+        self.set_deferred_fold(true);
+        let out = session(self, progress);
+        self.set_deferred_fold(was);
+        let cost = self.timeline().fold_cost();
+        if cost > 0 {
+            progress.stage("fold", Some(cost as u64));
+            while !self.fold_step(FOLD_ONCE_STEP)? {
+                progress.add(FOLD_ONCE_STEP as u64);
+            }
+        }
+        out
     }
 
     /// Signs and appends one local event; returns after it is durable.
