@@ -1404,6 +1404,12 @@ impl<M: Machine> Timeline<M> {
         }
     }
 
+    /// Whether an event that sorts before what is folded arrived since the last fold step:
+    /// the next step rewinds to a checkpoint before it.
+    pub fn rewind_pending(&self) -> bool {
+        self.rewind_from.is_some()
+    }
+
     /// How many positions a [`catch_up`](Self::catch_up) would apply now, at most: from the
     /// newest checkpoint before a pending rewind (or from the genesis when there is none),
     /// else from the last folded position.

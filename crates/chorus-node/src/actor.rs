@@ -41,7 +41,7 @@ use crate::{
     election::{Election, ElectionList, Published, Selected},
     feed::Feed,
     pages::PageReader,
-    status::{FinalityView, Folding, LightNodeStatus, NodeStatus, Received, SyncStatus},
+    status::{FinalityView, FoldStats, Folding, LightNodeStatus, NodeStatus, Received, SyncStatus},
     write::Reply,
 };
 
@@ -67,6 +67,11 @@ pub const FOLD_AT_ONCE_POSITIONS: usize = 32;
 pub const FOLD_SLICE: Duration = Duration::from_millis(10);
 /// Positions per step of a slice.
 pub const FOLD_STEP_POSITIONS: usize = 8;
+/// While a catch-up stream brings events that sort before what is folded, a fold waits for the
+/// stream's end (each page would restart it from further back: a merge streamed in pages would
+/// cost a rewind per page), but never longer than this: then it folds, and a page after that
+/// costs a rewind again.
+pub const MAX_FOLD_WAIT: Duration = Duration::from_secs(10);
 
 /// A request from the HTTP API.
 pub enum ApiRequest {
@@ -174,6 +179,10 @@ pub struct Actor<M: Describe> {
     fold_slices: bool,
     /// Set while a fold runs in slices.
     snapshot: Option<Snapshot>,
+    /// Since when the fold under way waits for a catch-up stream (see [`MAX_FOLD_WAIT`]).
+    fold_waiting_since: Option<Instant>,
+    /// Folds that waited for a catch-up stream to end (status `fold.waited_for_catch_up`).
+    fold_waits: u64,
     /// The elections as last pushed on the feed.
     published: Published,
     /// The timeline grew since the last complete fold.
@@ -269,6 +278,8 @@ impl<M: Describe> Actor<M> {
             feed: Feed::new(1),
             fold_slices: true,
             snapshot: None,
+            fold_waiting_since: None,
+            fold_waits: 0,
             published: Published::default(),
             grew: false,
             access_version,
@@ -578,8 +589,9 @@ impl<M: Describe> Actor<M> {
         let mut stop = false;
         while !stop {
             // While a fold runs in slices, a slice goes between turns: take what is queued
-            // without waiting for more.
-            let first = if self.snapshot.is_some() {
+            // without waiting for more (unless the fold waits for a catch-up stream: then the
+            // next message, at the latest the tick, is waited for).
+            let first = if self.snapshot.is_some() && !self.fold_waits_for_stream() {
                 match inbox.try_recv() {
                     Ok(m) => Some(m),
                     Err(mpsc::error::TryRecvError::Empty) => None,
@@ -910,8 +922,29 @@ impl<M: Describe> Actor<M> {
         }
     }
 
+    /// Whether the fold under way should wait: a catch-up stream is running and brought events
+    /// that sort before what is folded (the fold would start over at each of its pages). At
+    /// most [`MAX_FOLD_WAIT`] in a row; queries are answered from the last complete fold
+    /// meanwhile, as during any sliced fold.
+    fn fold_waits_for_stream(&mut self) -> bool {
+        let wait =
+            self.node.syncer().catching_up() && self.node.local().timeline().rewind_pending();
+        if !wait {
+            self.fold_waiting_since = None;
+            return false;
+        }
+        let since = *self.fold_waiting_since.get_or_insert_with(|| {
+            self.fold_waits += 1;
+            Instant::now()
+        });
+        since.elapsed() < MAX_FOLD_WAIT
+    }
+
     /// One slice of a fold under way: steps until the fold is done or the slice's time is up.
     fn fold_slice(&mut self) {
+        if self.fold_waits_for_stream() {
+            return;
+        }
         let start = Instant::now();
         loop {
             if self.node.fold_step(FOLD_STEP_POSITIONS) {
@@ -1208,7 +1241,16 @@ impl<M: Describe> Actor<M> {
                 state_of_events: s.events,
                 state_of_heads: text(&s.heads),
                 positions_left: tl.fold_cost(),
+                waiting_for_catch_up: self
+                    .fold_waiting_since
+                    .is_some_and(|t| t.elapsed() < MAX_FOLD_WAIT),
             }),
+            fold: FoldStats {
+                applied: tl.stats().applied,
+                reapplied: tl.stats().reapplied,
+                rewinds: tl.stats().rewinds,
+                waited_for_catch_up: self.fold_waits,
+            },
             order: tl
                 .genesis()
                 .body

@@ -6,4 +6,6 @@ pub mod cache;
 pub mod view;
 
 pub use cache::{Snapshot, StatusCache, merge_objects};
-pub use view::{FinalityView, Folding, LightNodeStatus, NodeStatus, Received, SyncStatus};
+pub use view::{
+    FinalityView, FoldStats, Folding, LightNodeStatus, NodeStatus, Received, SyncStatus,
+};

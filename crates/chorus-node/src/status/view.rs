@@ -45,6 +45,7 @@ pub struct NodeStatus {
     pub state_hash: String,
     /// Set while a fold runs in slices: which events the state fields are the state of.
     pub folding: Option<Folding>,
+    pub fold: FoldStats,
     /// The order rule of the genesis: `lc-cid/1` or `final/1`.
     pub order: String,
     /// Events in the settled prefix of the order (under `final/1`: the final prefix).
@@ -131,6 +132,22 @@ pub struct Folding {
     pub state_of_heads: Vec<String>,
     /// Positions of the order still to fold.
     pub positions_left: usize,
+    /// The fold waits for a catch-up stream that brings events sorting before what is folded
+    /// (it folds once the stream ends, at most `MAX_FOLD_WAIT` later).
+    pub waiting_for_catch_up: bool,
+}
+
+/// What folding the state has cost since the node started.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoldStats {
+    /// Events applied to the machine, re-applications included.
+    pub applied: u64,
+    /// Applications of events applied before (late events re-apply what sorts after them).
+    pub reapplied: u64,
+    /// Rewinds to a checkpoint.
+    pub rewinds: u64,
+    /// Folds that waited for a catch-up stream to end instead of starting over at each page.
+    pub waited_for_catch_up: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
