@@ -268,35 +268,63 @@ impl<M: Machine, S: Storage> Local<M, S> {
         &mut self,
         items: Vec<(String, Ipld)>,
     ) -> Result<Vec<SignedEvent>, LocalError<S::Error>> {
+        let (out, refused) = self.sign_write(items);
+        match refused {
+            None => self.commit_signed(out),
+            Some(e) => {
+                if !out.is_empty() {
+                    self.commit_signed(out)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The signing half of [`append_batch`](Self::append_batch): every item's kind and body
+    /// checked, then each signed and indexed on top of the previous; nothing committed. On a
+    /// refusal the events indexed before it come back with the error: the timeline holds them,
+    /// so the caller commits them ([`commit_signed`](Self::commit_signed)) like the others.
+    pub fn sign_write(
+        &mut self,
+        items: Vec<(String, Ipld)>,
+    ) -> (Vec<SignedEvent>, Option<LocalError<S::Error>>) {
         for (index, (k, body)) in items.iter().enumerate() {
-            check_content(k, body).map_err(|error| LocalError::Refused {
-                index,
-                stored: 0,
-                error,
-            })?;
+            if let Err(error) = check_content(k, body) {
+                let refused = LocalError::Refused {
+                    index,
+                    stored: 0,
+                    error,
+                };
+                return (vec![], Some(refused));
+            }
         }
         let mut out = Vec::with_capacity(items.len());
         for (index, (k, body)) in items.into_iter().enumerate() {
-            let failed = match self.sign_and_insert(&k, body) {
-                Ok(ev) => {
-                    out.push(ev);
-                    continue;
+            match self.sign_and_insert(&k, body) {
+                Ok(ev) => out.push(ev),
+                Err(failed) => {
+                    let stored = out.len();
+                    let e = match failed {
+                        LocalError::Invalid(error) => LocalError::Refused {
+                            index,
+                            stored,
+                            error,
+                        },
+                        other => other,
+                    };
+                    return (out, Some(e));
                 }
-                Err(e) => e,
-            };
-            let stored = out.len();
-            if stored > 0 {
-                self.commit_local(out)?;
             }
-            return Err(match failed {
-                LocalError::Invalid(error) => LocalError::Refused {
-                    index,
-                    stored,
-                    error,
-                },
-                other => other,
-            });
         }
+        (out, None)
+    }
+
+    /// The committing half: events signed by [`sign_write`](Self::sign_write), of one write or
+    /// of many (a node commits every write of a turn together), in one durable transaction.
+    pub fn commit_signed(
+        &mut self,
+        out: Vec<SignedEvent>,
+    ) -> Result<Vec<SignedEvent>, LocalError<S::Error>> {
         self.commit_local(out)
     }
 

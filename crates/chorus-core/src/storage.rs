@@ -96,6 +96,8 @@ pub struct MemStore {
     heads: Vec<EventId>,
     membership: Vec<(AuthorId, &'static str)>,
     own_chain_complete: bool,
+    /// Commits so far (tests count group commits with it).
+    commits: u64,
 }
 
 /// [`MemStore`] never fails.
@@ -115,7 +117,13 @@ impl MemStore {
             heads: vec![id],
             membership: vec![],
             own_chain_complete: false,
+            commits: 0,
         }
+    }
+
+    /// Commits made so far.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// A store there from its key's first signature (see [`Storage::own_chain_complete`]): the
@@ -207,6 +215,7 @@ impl Storage for MemStore {
     }
 
     fn commit(&mut self, batch: Batch) -> Result<(), Never> {
+        self.commits += 1;
         for ev in batch.blocks {
             self.blocks.insert(ev.id(), (ev.lamport, ev.bytes_arc()));
         }

@@ -1780,3 +1780,52 @@ fn a_restarted_light_node_on_disk_hands_on_the_own_events_its_full_peer_lacks() 
         }
     }
 }
+
+/// Every write of a turn is signed and checked on its own and committed in one transaction:
+/// many clients appending one event each cost one commit a turn. A write refused for its
+/// content is refused alone.
+#[test]
+fn the_writes_of_a_turn_are_committed_together_and_refused_alone() {
+    let ks = keys(1);
+    let g = testkit::genesis(&ks[0], &[], "counter/1", 64);
+    let mut n = node(&g, &ks[0], Config::default());
+    let before = n.local().store().commits();
+    for w in 0..64u64 {
+        let kind = if w == 7 {
+            "no such kind!"
+        } else {
+            kind::STIMULUS
+        };
+        n.handle(
+            0,
+            Input::Append {
+                write: WriteId(w),
+                items: vec![(kind.to_string(), testkit::text(&format!("client {w}")))],
+            },
+        );
+    }
+    n.end_turn(0, &mut decode);
+    let mut done = BTreeMap::new();
+    while let Some(o) = n.poll_output() {
+        if let Output::WriteDone { write, result } = o {
+            done.insert(write.0, result);
+        }
+    }
+    assert_eq!(done.len(), 64, "every write answered");
+    assert_eq!(
+        n.local().store().commits() - before,
+        1,
+        "one commit for the turn's writes"
+    );
+    for (w, result) in &done {
+        match result {
+            Ok(ids) if *w != 7 => {
+                assert_eq!(ids.len(), 1);
+                assert!(n.local().store().holds(&ids[0]), "write {w} is durable");
+            }
+            Err(WriteError::Refused { .. }) if *w == 7 => {}
+            other => panic!("write {w}: {other:?}"),
+        }
+    }
+    assert_eq!(n.local().timeline().len(), 1 + 63);
+}

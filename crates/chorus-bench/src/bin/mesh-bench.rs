@@ -968,6 +968,98 @@ fn snapshot_join(events: usize) -> Result<()> {
     Ok(())
 }
 
+/// `clients` concurrent clients, each on its own kept-alive connection, sending the request
+/// `make` builds in a loop for `secs` seconds; returns the successful requests per second. The
+/// clients are tasks on one async thread, so they take as little of the node's two cores as
+/// they can.
+fn hammer(
+    clients: usize,
+    secs: f64,
+    make: impl Fn(&reqwest::Client, usize, usize) -> reqwest::RequestBuilder + Send + Sync + 'static,
+) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(clients)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let make = std::sync::Arc::new(make);
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|c| {
+                let (client, make) = (client.clone(), make.clone());
+                tokio::spawn(async move {
+                    let (mut done, mut failed) = (0u64, 0u64);
+                    let mut i = 0;
+                    while Instant::now() < until {
+                        let ok = match make(&client, c, i).send().await {
+                            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if ok {
+                            done += 1;
+                        } else {
+                            failed += 1;
+                        }
+                        i += 1;
+                    }
+                    (done, failed)
+                })
+            })
+            .collect();
+        let (mut done, mut failed) = (0, 0);
+        for task in tasks {
+            let (d, f) = task.await?;
+            done += d;
+            failed += f;
+        }
+        if failed > 0 {
+            bail!("{failed} requests failed");
+        }
+        Ok(done as f64 / t.elapsed().as_secs_f64())
+    })
+}
+
+/// Many HTTP clients appending one event per request to one node (issue 19): durable events
+/// a second, beside what the same clients get from a request that does no work (their own
+/// cost and the HTTP stack's, on the same two cores).
+fn concurrent_appends(clients: usize, secs: u64, machine: &str) -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dirs = timeline(root.path(), 1, machine)?;
+    let n0 = node(&dirs[0], "127.0.1.81", None)?.start()?;
+    let api = n0.api.clone();
+    let secs = secs as f64;
+    let health = format!("http://{api}/health");
+    let floor = hammer(clients, secs, move |c, _, _| c.get(&health))?;
+    let a = agent();
+    let before = get(&a, &api, "/v1/status").context("status")?["events"]
+        .as_u64()
+        .unwrap_or(0);
+    let events = format!("http://{api}/v1/events");
+    let appends = hammer(clients, secs, move |c, client, i| {
+        c.post(&events)
+            .header("content-type", "application/json")
+            .body(
+                json!({"kind": "stimulus", "text": format!("client {client} says {i}")})
+                    .to_string(),
+            )
+    })?;
+    let after = get(&a, &api, "/v1/status").context("status")?["events"]
+        .as_u64()
+        .unwrap_or(0);
+    let held = after - before;
+    if (held as f64) < appends * secs * 0.99 {
+        bail!("{held} events held after {appends:.0}/s acknowledged for {secs} s");
+    }
+    println!(
+        "ROW|{clients} concurrent HTTP clients, one {machine} event per request: durable events acknowledged|{appends:.0}|events/s|≥ 20 000|{secs:.0} s, {held} events held after; the same clients (one async thread) against GET /health, which does no work: {floor:.0} requests/s|"
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -985,8 +1077,13 @@ fn main() -> Result<()> {
         Some("finality") => finality_bench(num(1, 5), num(2, 40), num(3, 500) as u64),
         Some("order-append") => order_append(num(1, 5), num(2, 1_000), num(3, 3)),
         Some("snapshot-join") => snapshot_join(num(1, 1_000_000)),
+        Some("appends") => concurrent_appends(
+            num(1, 64),
+            num(2, 10) as u64,
+            args.get(3).map_or("counter", String::as_str),
+        ),
         _ => bail!(
-            "usage: mesh-bench propagation|catchup|idle|light|light-restart|soak|gateway|finality|order-append|snapshot-join [args]"
+            "usage: mesh-bench propagation|catchup|idle|light|light-restart|soak|gateway|finality|order-append|snapshot-join|appends [args]"
         ),
     }
 }

@@ -738,9 +738,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             self.act(a);
         }
         self.open_writes_if_confirmed(now);
-        for (write, items) in turn.appends {
-            self.append(now, write, items);
-        }
+        self.append_group(now, turn.appends);
         for (peer, id, req) in turn.requests {
             let out = match self.serve(&peer, now, &req) {
                 Planned::Answer(resp) => Output::Respond { id, resp },
@@ -1148,9 +1146,11 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         self.writes_open = true;
         self.syncer.own_chain_settled();
         self.out.push_back(Output::WritesOpen { last_sq });
-        for (write, items, _) in std::mem::take(&mut self.gated) {
-            self.append(now, write, items);
-        }
+        let held = std::mem::take(&mut self.gated)
+            .into_iter()
+            .map(|(write, items, _)| (write, items))
+            .collect();
+        self.append_group(now, held);
     }
 
     fn expire_gated(&mut self, now: u64) {
@@ -1166,9 +1166,70 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         }
     }
 
-    /// A local write: durable here (full node) or on a full node (light node, through the
-    /// outbox) before it is acknowledged. Held while writes are not open yet.
-    fn append(&mut self, now: u64, write: WriteId, items: Vec<(String, Ipld)>) {
+    /// The local writes of a turn: each durable here (full node) or on a full node (light
+    /// node, through the outbox) before it is acknowledged; held while writes are not open
+    /// yet. Every write is signed and checked on its own (a refusal is that write's alone),
+    /// then all are committed in **one** durable transaction (group commit): many clients
+    /// appending one event each cost one commit a turn, not one each.
+    fn append_group(&mut self, now: u64, writes: Vec<(WriteId, Vec<(String, Ipld)>)>) {
+        if self.cfg.light && writes.len() > 1 {
+            // A light node's outbox admits a write against what the writes before it queued:
+            // one write at a time (a light node's writes go out through its full peers anyway).
+            for w in writes {
+                self.append_group(now, vec![w]);
+            }
+            return;
+        }
+        let mut signed = Vec::with_capacity(writes.len());
+        for (write, items) in writes {
+            if let Some(items) = self.admit_write(now, write, items) {
+                let (evs, refused) = self.local.sign_write(items);
+                signed.push((write, evs, refused));
+            }
+        }
+        if signed.is_empty() {
+            return;
+        }
+        let all: Vec<SignedEvent> = signed.iter().flat_map(|(_, e, _)| e.clone()).collect();
+        let committed = if all.is_empty() {
+            Ok(())
+        } else {
+            self.local
+                .commit_signed(all)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        for (write, evs, refused) in signed {
+            let result = match (&committed, refused) {
+                // Nothing of the turn's writes is durable: none is acknowledged.
+                (Err(e), _) => Err(WriteError::Failed(e.clone())),
+                (Ok(()), Some(e)) => {
+                    if let LocalError::Refused { error, .. } = &e {
+                        *self.stats.refused_writes.entry(error.code()).or_insert(0) += 1;
+                    }
+                    Err(e.into())
+                }
+                (Ok(()), None) => Ok(evs),
+            };
+            match result {
+                Ok(evs) => self.written(now, write, evs),
+                Err(e) => self.out.push_back(Output::WriteDone {
+                    write,
+                    result: Err(e),
+                }),
+            }
+        }
+    }
+
+    /// Whether a write goes ahead now: held while writes are not open (refused once too many
+    /// are held), refused when a light node's outbox has no room for it. The items back when
+    /// it goes ahead.
+    fn admit_write(
+        &mut self,
+        now: u64,
+        write: WriteId,
+        items: Vec<(String, Ipld)>,
+    ) -> Option<Vec<(String, Ipld)>> {
         if !self.writes_open && self.sabotage != NodeSabotage::NoWriteGate {
             if self.gated.len() >= MAX_GATED_WRITES {
                 self.out.push_back(Output::WriteDone {
@@ -1178,7 +1239,7 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
             } else {
                 self.gated.push((write, items, now));
             }
-            return;
+            return None;
         }
         if self.cfg.light {
             // Checked before anything is signed, with every event at its largest envelope: a
@@ -1192,22 +1253,15 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                     write,
                     result: Err(e),
                 });
-                return;
+                return None;
             }
         }
-        let evs = match self.local.append_batch(items) {
-            Ok(evs) => evs,
-            Err(e) => {
-                if let LocalError::Refused { error, .. } = &e {
-                    *self.stats.refused_writes.entry(error.code()).or_insert(0) += 1;
-                }
-                self.out.push_back(Output::WriteDone {
-                    write,
-                    result: Err(e.into()),
-                });
-                return;
-            }
-        };
+        Some(items)
+    }
+
+    /// A write signed and durable here (full node) or signed and handed to the outbox (light
+    /// node, which acknowledges it once a full node stored it): indexed, published, answered.
+    fn written(&mut self, now: u64, write: WriteId, evs: Vec<SignedEvent>) {
         self.stats.appended += evs.len() as u64;
         self.stats.grew += 1;
         // An own write covers the heads as a heartbeat would: the next heartbeat is owed one
