@@ -277,10 +277,11 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let angle = (x >> 11) as f64 / (1u64 << 53) as f64 * std::f64::consts::TAU;
+            // Products stay finite and normal (no NaN, whose bits Rust does not pin down).
             let scale = match seed % 4 {
                 0 => 1.0,
-                1 => 1e-300,
-                2 => 1e300,
+                1 => 1e-150,
+                2 => 1e150,
                 _ => {
                     if k % 2 == 0 {
                         1.0

@@ -69,8 +69,9 @@ pub const FOLD_SLICE: Duration = Duration::from_millis(10);
 pub const FOLD_STEP_POSITIONS: usize = 8;
 /// While a catch-up stream brings events that sort before what is folded, a fold waits for the
 /// stream's end (each page would restart it from further back: a merge streamed in pages would
-/// cost a rewind per page), but never longer than this: then it folds, and a page after that
-/// costs a rewind again.
+/// cost a rewind per page), but no longer than this in all, counted from the stream's first
+/// wait: then folds run as if no stream were running until it ends, and each later page that
+/// sorts before what is folded costs a rewind again.
 pub const MAX_FOLD_WAIT: Duration = Duration::from_secs(10);
 
 /// A request from the HTTP API.
@@ -179,7 +180,8 @@ pub struct Actor<M: Describe> {
     fold_slices: bool,
     /// Set while a fold runs in slices.
     snapshot: Option<Snapshot>,
-    /// Since when the fold under way waits for a catch-up stream (see [`MAX_FOLD_WAIT`]).
+    /// When the running catch-up stream first made a fold wait (see [`MAX_FOLD_WAIT`]); kept
+    /// until the stream ends, so the bound is on the stream's waits together.
     fold_waiting_since: Option<Instant>,
     /// Folds that waited for a catch-up stream to end (status `fold.waited_for_catch_up`).
     fold_waits: u64,
@@ -924,13 +926,14 @@ impl<M: Describe> Actor<M> {
 
     /// Whether the fold under way should wait: a catch-up stream is running and brought events
     /// that sort before what is folded (the fold would start over at each of its pages). At
-    /// most [`MAX_FOLD_WAIT`] in a row; queries are answered from the last complete fold
-    /// meanwhile, as during any sliced fold.
+    /// most [`MAX_FOLD_WAIT`] after the stream's first wait; queries are answered from the
+    /// last complete fold meanwhile, as during any sliced fold.
     fn fold_waits_for_stream(&mut self) -> bool {
-        let wait =
-            self.node.syncer().catching_up() && self.node.local().timeline().rewind_pending();
-        if !wait {
+        if !self.node.syncer().catching_up() {
             self.fold_waiting_since = None;
+            return false;
+        }
+        if !self.node.local().timeline().rewind_pending() {
             return false;
         }
         let since = *self.fold_waiting_since.get_or_insert_with(|| {
@@ -1241,9 +1244,11 @@ impl<M: Describe> Actor<M> {
                 state_of_events: s.events,
                 state_of_heads: text(&s.heads),
                 positions_left: tl.fold_cost(),
-                waiting_for_catch_up: self
-                    .fold_waiting_since
-                    .is_some_and(|t| t.elapsed() < MAX_FOLD_WAIT),
+                waiting_for_catch_up: self.node.syncer().catching_up()
+                    && tl.rewind_pending()
+                    && self
+                        .fold_waiting_since
+                        .is_some_and(|t| t.elapsed() < MAX_FOLD_WAIT),
             }),
             fold: FoldStats {
                 applied: tl.stats().applied,

@@ -382,14 +382,32 @@ impl<M: Machine> Replica<M> {
         self.set_deferred_fold(true);
         let out = session(self, progress);
         self.set_deferred_fold(was);
-        let cost = self.timeline().fold_cost();
-        if cost > 0 {
-            progress.stage("fold", Some(cost as u64));
-            while !self.fold_step(FOLD_ONCE_STEP)? {
-                progress.add(FOLD_ONCE_STEP as u64);
+        let folded = self.fold_reporting(progress);
+        // The session's own error first: it is why the session stopped.
+        let out = out?;
+        folded?;
+        Ok(out)
+    }
+
+    /// Folds to the end in steps of [`FOLD_ONCE_STEP`], reported as the stage `fold`.
+    fn fold_reporting(
+        &mut self,
+        progress: &mut dyn crate::progress::Progress,
+    ) -> Result<(), ReplicaError> {
+        let mut left = self.timeline().fold_cost();
+        if left == 0 {
+            return Ok(());
+        }
+        progress.stage("fold", Some(left as u64));
+        loop {
+            let done = self.fold_step(FOLD_ONCE_STEP)?;
+            let step = FOLD_ONCE_STEP.min(left);
+            progress.add(step as u64);
+            left -= step;
+            if done {
+                return Ok(());
             }
         }
-        out
     }
 
     /// Signs and appends one local event; returns after it is durable.

@@ -49,14 +49,17 @@ fn one_batch(g: &SignedEvent, chains: &[Vec<SignedEvent>]) -> (u64, [u8; 32]) {
 
 #[test]
 fn ingests_in_a_fold_once_session_rewind_once() {
-    let (g, chains) = three_writers(300);
+    // 3 000 events: more than the timeline lets wait unfolded while their blocks are cached
+    // (`RECENT_BLOCK_CACHE / 2`), so part of the session is folded before its end and the
+    // rest sorts before it.
+    let (g, chains) = three_writers(1_000);
     let (applied_once, hash) = one_batch(&g, &chains);
     let session = |fold_once: bool| {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Replica::create_from_genesis(dir.path(), g.clone(), CounterMachine).unwrap();
         let ingest_all = |r: &mut Replica<CounterMachine>| {
             for chain in &chains {
-                for chunk in chain.chunks(100) {
+                for chunk in chain.chunks(250) {
                     r.ingest(chunk.to_vec())?;
                 }
             }
@@ -75,17 +78,15 @@ fn ingests_in_a_fold_once_session_rewind_once() {
         );
         (r.timeline().stats().rewinds, r.timeline().stats().applied)
     };
-    // Nothing folded before the session's end (its events are few enough to wait in the
-    // block cache), so no rewind at all; at most one in any case.
     let (rewinds, applied) = session(true);
-    assert!(rewinds <= 1, "{rewinds} rewinds for one session");
+    assert_eq!(rewinds, 1, "one rewind for the whole session");
     assert!(
         applied <= applied_once,
         "{applied} applications, one batch {applied_once}"
     );
     // The same ingests, each folded: the second and third writers rewind at every chunk.
     let (rewinds, applied) = session(false);
-    assert!(rewinds >= 6, "{rewinds} rewinds");
+    assert!(rewinds >= 4, "{rewinds} rewinds");
     assert!(applied > applied_once * 3 / 2, "{applied} applications");
 }
 
