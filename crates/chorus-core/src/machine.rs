@@ -51,6 +51,13 @@ pub trait Machine: Send + Sync + 'static {
     fn state_hash(&self, state: &Self::State) -> [u8; 32] {
         Sha256::digest(self.encode_state(state)).into()
     }
+    /// For a machine whose events are expensive to fold: keep a copy of the state in memory
+    /// every this many positions (besides the genesis's checkpoint interval), so a late event
+    /// re-applies at most this many positions more than it must. Never persisted and never
+    /// part of what a timeline computes: only where a rewind starts.
+    fn dense_checkpoint_every(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Counts applied events per kind. State bytes: for each kind in byte order,

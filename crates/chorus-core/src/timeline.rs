@@ -187,6 +187,9 @@ struct Meta {
 /// key and are read back from the block source on a deep rewind. Bounds a long-running node's
 /// memory: without it every checkpoint's state (hundreds of KiB for KAIROS) stays resident.
 pub const CHECKPOINTS_IN_MEMORY: usize = 8;
+/// States kept in memory at [`Machine::dense_checkpoint_every`] spacing, newest first: with
+/// KAIROS's 16 they cover the last 128 positions.
+pub const DENSE_CHECKPOINTS: usize = 8;
 
 struct Checkpoint<S> {
     /// `None` once evicted from memory (persisted by the store).
@@ -272,6 +275,10 @@ pub struct Timeline<M: Machine> {
     /// kept in memory only, and are persisted once their position becomes final unchanged.
     checkpoints: BTreeMap<Rank, Checkpoint<M::State>>,
     checkpoint_log: Vec<CheckpointChange>,
+    /// States at [`Machine::dense_checkpoint_every`] spacing, in memory only, oldest first, at
+    /// most [`DENSE_CHECKPOINTS`]: restore points for a late event a little way back (the
+    /// persisted checkpoints are further apart). `lc-cid/1` only.
+    dense: VecDeque<(Rank, M::State)>,
     /// Bit per event index: applied at least once (to count re-applications).
     applied_once: Vec<u64>,
     recent: HashMap<EventId, SignedEvent>,
@@ -349,6 +356,7 @@ impl<M: Machine> Timeline<M> {
             folded_at: (0, vec![]),
             checkpoints: BTreeMap::new(),
             checkpoint_log: vec![],
+            dense: VecDeque::new(),
             applied_once: vec![],
             recent: HashMap::new(),
             recent_fifo: VecDeque::new(),
@@ -995,6 +1003,9 @@ impl<M: Machine> Timeline<M> {
     /// Forgets the checkpoints at or after `key` and tells the store. Under `final/1` only
     /// checkpoints after the final prefix go stale, and the store holds none of those.
     fn drop_checkpoints_from(&mut self, key: &Rank) {
+        while self.dense.back().is_some_and(|(k, _)| k >= key) {
+            self.dense.pop_back();
+        }
         let stale = self.checkpoints.split_off(key);
         if !stale.is_empty() && self.fin.is_none() {
             self.checkpoint_log.push(CheckpointChange::DropFrom {
@@ -1415,10 +1426,14 @@ impl<M: Machine> Timeline<M> {
     /// else from the last folded position.
     pub fn fold_cost(&self) -> usize {
         let from = match self.rewind_from {
-            Some(from) => match self.checkpoints.range(..from).next_back() {
-                Some((k, _)) => self.lower_bound(k) + 1,
-                None => 0,
-            },
+            Some(from) => {
+                let persisted = self.checkpoints.range(..from).next_back().map(|(k, _)| k);
+                let dense = self.dense.iter().rev().map(|(k, _)| k).find(|k| **k < from);
+                match persisted.max(dense) {
+                    Some(k) => self.lower_bound(k) + 1,
+                    None => 0,
+                }
+            }
             None => return self.unfolded(),
         };
         self.order.len().saturating_sub(from)
@@ -1437,9 +1452,19 @@ impl<M: Machine> Timeline<M> {
         if let Some(from) = self.rewind_from.take() {
             self.stats.rewinds += 1;
             self.drop_checkpoints_from(&from);
+            // A dense state newer than every checkpoint: the closest restore point.
+            let newest = self.checkpoints.keys().next_back();
+            let dense = self
+                .dense
+                .back()
+                .filter(|(k, _)| newest.is_none_or(|n| k > n));
+            if let Some((key, state)) = dense {
+                self.state = state.clone();
+                self.applied_key = Some(*key);
+            }
             // The newest checkpoint before `from` whose state is at hand (in memory, or read
             // back from `src`); checkpoints whose bytes are gone are forgotten.
-            loop {
+            while dense.is_none() {
                 let Some((key, ck)) = self.checkpoints.iter_mut().next_back() else {
                     self.state = self.machine.init(&self.genesis);
                     self.applied_key = None;
@@ -1511,6 +1536,14 @@ impl<M: Machine> Timeline<M> {
             self.applied_key = Some(key);
             if (pos as u64 + 1).is_multiple_of(self.checkpoint_interval) {
                 self.take_checkpoint(key);
+            } else if let Some(every) = self.machine.dense_checkpoint_every()
+                && self.fin.is_none()
+                && (pos as u64 + 1).is_multiple_of(every)
+            {
+                if self.dense.len() == DENSE_CHECKPOINTS {
+                    self.dense.pop_front();
+                }
+                self.dense.push_back((key, self.state.clone()));
             }
         }
         if !self.needs_catch_up() {

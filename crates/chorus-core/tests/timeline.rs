@@ -45,6 +45,32 @@ impl Machine for ChainMachine {
     }
 }
 
+/// [`ChainMachine`] with a state kept in memory every 3 positions
+/// ([`Machine::dense_checkpoint_every`]): rewinds start from those when they are closer.
+#[derive(Clone, Copy)]
+struct DenseChainMachine;
+impl Machine for DenseChainMachine {
+    type State = [u8; 32];
+    fn id(&self) -> &'static str {
+        ChainMachine.id()
+    }
+    fn init(&self, g: &Genesis) -> [u8; 32] {
+        ChainMachine.init(g)
+    }
+    fn apply(&self, s: &mut [u8; 32], e: &Applied<'_>) {
+        ChainMachine.apply(s, e)
+    }
+    fn encode_state(&self, s: &[u8; 32]) -> Vec<u8> {
+        ChainMachine.encode_state(s)
+    }
+    fn decode_state(&self, b: &[u8]) -> Result<[u8; 32], StateDecodeError> {
+        ChainMachine.decode_state(b)
+    }
+    fn dense_checkpoint_every(&self) -> Option<u64> {
+        Some(3)
+    }
+}
+
 /// Reference model: fold the chain over the given ids sorted by (lc, id), skipping `excluded`.
 fn reference_hash(events: &[SignedEvent], excluded: &dyn Fn(&SignedEvent) -> bool) -> [u8; 32] {
     let mut by_key: BTreeMap<(u64, EventId), &SignedEvent> = BTreeMap::new();
@@ -87,7 +113,7 @@ fn history(
     (g, all)
 }
 
-fn fingerprint(tl: &Timeline<ChainMachine>) -> (Vec<EventId>, Vec<EventId>, [u8; 32]) {
+fn fingerprint<M: Machine>(tl: &Timeline<M>) -> (Vec<EventId>, Vec<EventId>, [u8; 32]) {
     (tl.heads(), tl.order().collect(), tl.state_hash())
 }
 
@@ -115,7 +141,7 @@ proptest! {
         }
         let dups: Vec<SignedEvent> = shuffled.iter().step_by(dup_every).cloned().collect();
         shuffled.extend(dups);
-        let mut other = Timeline::new(g, ChainMachine).unwrap();
+        let mut other = Timeline::new(g.clone(), ChainMachine).unwrap();
         for chunk in shuffled.chunks(batch) {
             for r in other.insert_batch(chunk.iter().cloned(), &NoBlocks).unwrap() {
                 prop_assert!(r.is_ok(), "{r:?}");
@@ -123,6 +149,12 @@ proptest! {
         }
         prop_assert_eq!(other.pending_len(), 0);
         prop_assert_eq!(fingerprint(&in_order), fingerprint(&other));
+        // Rewinds that start from the dense in-memory states fold to the same state.
+        let mut dense = Timeline::new(g, DenseChainMachine).unwrap();
+        for chunk in shuffled.chunks(batch) {
+            dense.insert_batch(chunk.iter().cloned(), &NoBlocks).unwrap();
+        }
+        prop_assert_eq!(fingerprint(&in_order), fingerprint(&dense));
         let mut with_genesis = vec![];
         with_genesis.extend(evs.iter().cloned());
         let reference = {
@@ -729,4 +761,54 @@ fn an_admin_fork_gives_every_replica_the_same_membership_whatever_the_arrival_or
         rng.shuffle(&mut order);
         assert_eq!(replay(&order), first, "arrival order {order:?}");
     }
+}
+
+/// A late event a few positions back re-applies only from the dense state before it, not from
+/// the persisted checkpoint far behind.
+#[test]
+fn a_late_event_rewinds_to_the_dense_state_before_it() {
+    let (g, evs) = history(9, 3, 90, 64);
+    // A head of the history (no event names it as a parent) that sorts before the tip: held
+    // back, it arrives last and lands that many positions back.
+    let named: std::collections::BTreeSet<EventId> =
+        evs.iter().flat_map(|e| e.parents.clone()).collect();
+    let late = evs
+        .iter()
+        .filter(|e| !named.contains(&e.id()))
+        .min_by_key(|e| (e.lamport, e.id()))
+        .unwrap()
+        .clone();
+    let back = evs
+        .iter()
+        .filter(|e| (e.lamport, e.id()) > (late.lamport, late.id()))
+        .count() as u64;
+    assert!((2..60).contains(&back), "{back} positions back");
+    let early: Vec<SignedEvent> = evs
+        .iter()
+        .filter(|e| e.id() != late.id())
+        .cloned()
+        .collect();
+    fn reapplied<M: Machine>(
+        m: M,
+        g: &SignedEvent,
+        early: &[SignedEvent],
+        late: &SignedEvent,
+    ) -> (u64, [u8; 32]) {
+        let mut tl = Timeline::new(g.clone(), m).unwrap();
+        tl.insert_batch(early.to_vec(), &NoBlocks).unwrap();
+        let before = tl.stats().reapplied;
+        tl.insert(late.clone(), &NoBlocks).unwrap();
+        (tl.stats().reapplied - before, tl.state_hash())
+    }
+    let (sparse, h1) = reapplied(ChainMachine, &g, &early, &late);
+    let (dense, h2) = reapplied(DenseChainMachine, &g, &early, &late);
+    assert_eq!(h1, h2);
+    assert!(
+        dense <= back + 3,
+        "{dense} re-applied, {back} back, a state every 3"
+    );
+    assert!(
+        sparse > back + 3,
+        "{sparse} re-applied from the checkpoint at 64 or the genesis"
+    );
 }
