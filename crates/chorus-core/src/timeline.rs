@@ -1003,9 +1003,7 @@ impl<M: Machine> Timeline<M> {
     /// Forgets the checkpoints at or after `key` and tells the store. Under `final/1` only
     /// checkpoints after the final prefix go stale, and the store holds none of those.
     fn drop_checkpoints_from(&mut self, key: &Rank) {
-        while self.dense.back().is_some_and(|(k, _)| k >= key) {
-            self.dense.pop_back();
-        }
+        self.dense.retain(|(k, _)| k < key);
         let stale = self.checkpoints.split_off(key);
         if !stale.is_empty() && self.fin.is_none() {
             self.checkpoint_log.push(CheckpointChange::DropFrom {
@@ -1422,8 +1420,8 @@ impl<M: Machine> Timeline<M> {
     }
 
     /// How many positions a [`catch_up`](Self::catch_up) would apply now, at most: from the
-    /// newest checkpoint before a pending rewind (or from the genesis when there is none),
-    /// else from the last folded position.
+    /// newest checkpoint or dense state before a pending rewind (or from the genesis when
+    /// there is none), else from the last folded position.
     pub fn fold_cost(&self) -> usize {
         let from = match self.rewind_from {
             Some(from) => {
@@ -1458,37 +1456,45 @@ impl<M: Machine> Timeline<M> {
                 .dense
                 .back()
                 .filter(|(k, _)| newest.is_none_or(|n| k > n));
+            let from_dense = dense.is_some();
             if let Some((key, state)) = dense {
                 self.state = state.clone();
                 self.applied_key = Some(*key);
             }
             // The newest checkpoint before `from` whose state is at hand (in memory, or read
             // back from `src`); checkpoints whose bytes are gone are forgotten.
-            while dense.is_none() {
-                let Some((key, ck)) = self.checkpoints.iter_mut().next_back() else {
-                    self.state = self.machine.init(&self.genesis);
-                    self.applied_key = None;
-                    break;
-                };
-                let key = *key;
-                let state = match (&ck.live, &ck.bytes) {
-                    (Some(s), _) => Some(s.clone()),
-                    (None, Some(b)) => self.machine.decode_state(b).ok(),
-                    (None, None) => src
-                        .get_checkpoint(&order_key(&key))
-                        .and_then(|b| self.machine.decode_state(&b).ok()),
-                };
-                match state {
-                    Some(state) => {
-                        ck.live = Some(state.clone());
-                        self.state = state;
-                        self.applied_key = Some(key);
+            if !from_dense {
+                loop {
+                    let Some((key, ck)) = self.checkpoints.iter_mut().next_back() else {
+                        self.state = self.machine.init(&self.genesis);
+                        self.applied_key = None;
                         break;
-                    }
-                    None => {
-                        self.checkpoints.remove(&key);
+                    };
+                    let key = *key;
+                    let state = match (&ck.live, &ck.bytes) {
+                        (Some(s), _) => Some(s.clone()),
+                        (None, Some(b)) => self.machine.decode_state(b).ok(),
+                        (None, None) => src
+                            .get_checkpoint(&order_key(&key))
+                            .and_then(|b| self.machine.decode_state(&b).ok()),
+                    };
+                    match state {
+                        Some(state) => {
+                            ck.live = Some(state.clone());
+                            self.state = state;
+                            self.applied_key = Some(key);
+                            break;
+                        }
+                        None => {
+                            self.checkpoints.remove(&key);
+                        }
                     }
                 }
+                // The fold takes the dense states after the restore point again: drop them, so
+                // the queue stays in key order.
+                let restored = self.applied_key;
+                self.dense
+                    .retain(|(k, _)| restored.is_some_and(|r| *k <= r));
             }
         }
         let start = match self.applied_key {

@@ -1201,6 +1201,14 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         };
         for (write, evs, refused) in signed {
             let result = match (&committed, refused) {
+                // Refused before anything of it was signed: its own refusal, whatever became of
+                // the others.
+                (_, Some(e)) if evs.is_empty() => {
+                    if let LocalError::Refused { error, .. } = &e {
+                        *self.stats.refused_writes.entry(error.code()).or_insert(0) += 1;
+                    }
+                    Err(e.into())
+                }
                 // Nothing of the turn's writes is durable: none is acknowledged.
                 (Err(e), _) => Err(WriteError::Failed(e.clone())),
                 (Ok(()), Some(e)) => {
