@@ -187,8 +187,8 @@ struct Meta {
 /// key and are read back from the block source on a deep rewind. Bounds a long-running node's
 /// memory: without it every checkpoint's state (hundreds of KiB for KAIROS) stays resident.
 pub const CHECKPOINTS_IN_MEMORY: usize = 8;
-/// States kept in memory at [`Machine::dense_checkpoint_every`] spacing, newest first: with
-/// KAIROS's 16 they cover the last 128 positions.
+/// States kept in memory at [`Machine::dense_checkpoint_every`] spacing, at most this many (the
+/// newest): with KAIROS's 16 they cover the last 128 positions.
 pub const DENSE_CHECKPOINTS: usize = 8;
 
 struct Checkpoint<S> {

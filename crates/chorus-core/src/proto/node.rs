@@ -1200,24 +1200,20 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
                 .map_err(|e| e.to_string())
         };
         for (write, evs, refused) in signed {
-            let result = match (&committed, refused) {
-                // Refused before anything of it was signed: its own refusal, whatever became of
-                // the others.
-                (_, Some(e)) if evs.is_empty() => {
+            let result = match refused {
+                // The write's own refusal: what of it was signed is durable, or nothing of it
+                // was signed (whatever became of the others).
+                Some(e) if committed.is_ok() || evs.is_empty() => {
                     if let LocalError::Refused { error, .. } = &e {
                         *self.stats.refused_writes.entry(error.code()).or_insert(0) += 1;
                     }
                     Err(e.into())
                 }
-                // Nothing of the turn's writes is durable: none is acknowledged.
-                (Err(e), _) => Err(WriteError::Failed(e.clone())),
-                (Ok(()), Some(e)) => {
-                    if let LocalError::Refused { error, .. } = &e {
-                        *self.stats.refused_writes.entry(error.code()).or_insert(0) += 1;
-                    }
-                    Err(e.into())
-                }
-                (Ok(()), None) => Ok(evs),
+                _ => match &committed {
+                    // Nothing of the turn's writes is durable: none is acknowledged.
+                    Err(e) => Err(WriteError::Failed(e.clone())),
+                    Ok(()) => Ok(evs),
+                },
             };
             match result {
                 Ok(evs) => self.written(now, write, evs),
