@@ -605,25 +605,22 @@ fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
         w2.push(solo(k, 2_500, "w2")?);
     }
     let w3 = solo(&w.keys[4], 1_000, "w3")?;
-    // Before: a fold after every chunk, so each writer's chunks rewind into the ones before.
-    {
-        let dir = tempfile::tempdir()?;
-        let mut r = Replica::create_from_genesis(dir.path(), g.clone(), machine)?;
-        let t = Instant::now();
+    let ingest_w2 = |r: &mut Replica<M>| -> Result<(), chorus_store::ReplicaError> {
         for writer in &w2 {
             for chunk in writer.chunks(1000) {
                 r.ingest(chunk.to_vec())?;
             }
         }
-        let d = t.elapsed();
-        let s = r.timeline().stats().clone();
+        Ok(())
+    };
+    let w2_row = |how: &str, target: &str, d: Duration, s: &chorus_core::timeline::Stats| {
         row(
             &format!(
-                "W2 ({id}): merge 4 × 2 500 concurrent events, writer after writer (chunks of 1 000), a fold after every chunk"
+                "W2 ({id}): merge 4 × 2 500 concurrent events, writer after writer (chunks of 1 000), {how}"
             ),
             d.as_secs_f64(),
             "s",
-            "",
+            target,
             &format!(
                 "{:.0} events/s; {} applications for 10 000 events ({} re-applied, {} rewinds)",
                 rate(10_000, d),
@@ -631,6 +628,19 @@ fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
                 s.reapplied,
                 s.rewinds
             ),
+        )
+    };
+    // Before: a fold after every chunk, so each writer's chunks rewind into the ones before.
+    {
+        let dir = tempfile::tempdir()?;
+        let mut r = Replica::create_from_genesis(dir.path(), g.clone(), machine)?;
+        let t = Instant::now();
+        ingest_w2(&mut r)?;
+        w2_row(
+            "a fold after every chunk",
+            "",
+            t.elapsed(),
+            r.timeline().stats(),
         );
     }
     // Now: the chunks are one session (as a sync stream's pages or an import's chunks are),
@@ -638,31 +648,10 @@ fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut r = Replica::create_from_genesis(dir.path(), g.clone(), machine)?;
     let t = Instant::now();
-    r.fold_once(&mut (), |r, _| {
-        for writer in &w2 {
-            for chunk in writer.chunks(1000) {
-                r.ingest(chunk.to_vec())?;
-            }
-        }
-        Ok::<_, chorus_store::ReplicaError>(())
-    })?;
-    let d2 = t.elapsed();
+    r.fold_once(&mut (), |r, _| ingest_w2(r))?;
     let s2 = r.timeline().stats().clone();
-    row(
-        &format!(
-            "W2 ({id}): merge 4 × 2 500 concurrent events, writer after writer (chunks of 1 000), folded once"
-        ),
-        d2.as_secs_f64(),
-        "s",
-        if id == "counter/1" { "" } else { "≤ 3 s" },
-        &format!(
-            "{:.0} events/s; {} applications for 10 000 events ({} re-applied, {} rewinds)",
-            rate(10_000, d2),
-            s2.applied,
-            s2.reapplied,
-            s2.rewinds
-        ),
-    );
+    let target = if id == "counter/1" { "" } else { "≤ 3 s" };
+    w2_row("folded once", target, t.elapsed(), &s2);
     let t = Instant::now();
     r.fold_once(&mut (), |r, _| {
         for chunk in w3.chunks(1000) {

@@ -1190,20 +1190,27 @@ impl<M: Machine, S: Storage, T: Transport> NodeState<M, S, T> {
         if signed.is_empty() {
             return;
         }
-        let all: Vec<SignedEvent> = signed.iter().flat_map(|(_, e, _)| e.clone()).collect();
-        let committed = if all.is_empty() {
-            Ok(())
-        } else {
-            self.local
-                .commit_signed(all)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
+        // The events move into one batch and come back from the commit, split by write again.
+        let mut all = Vec::new();
+        let mut parts = Vec::with_capacity(signed.len());
         for (write, evs, refused) in signed {
+            parts.push((write, evs.len(), refused));
+            all.extend(evs);
+        }
+        let (committed, mut durable) = if all.is_empty() {
+            (Ok(()), Vec::new().into_iter())
+        } else {
+            match self.local.commit_signed(all) {
+                Ok(evs) => (Ok(()), evs.into_iter()),
+                Err(e) => (Err(e.to_string()), Vec::new().into_iter()),
+            }
+        };
+        for (write, n, refused) in parts {
+            let evs: Vec<SignedEvent> = durable.by_ref().take(n).collect();
             let result = match refused {
                 // The write's own refusal: what of it was signed is durable, or nothing of it
                 // was signed (whatever became of the others).
-                Some(e) if committed.is_ok() || evs.is_empty() => {
+                Some(e) if committed.is_ok() || n == 0 => {
                     if let LocalError::Refused { error, .. } = &e {
                         *self.stats.refused_writes.entry(error.code()).or_insert(0) += 1;
                     }
