@@ -43,6 +43,8 @@ const SCENARIOS: &[&str] = &[
     "w1",
     "w2-w3-counter",
     "w2-w3-kairos",
+    "w3-final-counter",
+    "w3-final-kairos",
     "store-1m",
     "open-1m",
 ];
@@ -111,6 +113,8 @@ fn run_one(name: &str, args: &[String]) -> Result<()> {
         "w1" => w1(),
         "w2-w3-counter" => w2_w3(CounterMachine, "counter/1"),
         "w2-w3-kairos" => w2_w3(KairosMachine, "kairos/1"),
+        "w3-final-counter" => w3_after_finality(CounterMachine, "counter/1"),
+        "w3-final-kairos" => w3_after_finality(KairosMachine, "kairos/1"),
         "store-1m" => store_1m(&shared.expect("shared dir")),
         "open-1m" => open_1m(&shared.expect("shared dir")),
         "decode-parts" => decode_parts(),
@@ -581,30 +585,153 @@ fn w1() -> Result<()> {
 
 /// W2: four writers × 2 500 events created without seeing each other, merged into a fresh
 /// replica; W3: a fifth writer's 1 000 events, concurrent with all of W2, integrated after.
+/// `n` events of one writer that heard nobody (each names only its own previous one).
+fn solo_chain(
+    g: &SignedEvent,
+    id: &'static str,
+    k: &Keypair,
+    n: usize,
+    tag: &str,
+) -> Result<Vec<SignedEvent>> {
+    let mut tl = Timeline::new(g.clone(), NullMachine(id))?;
+    let mut out = vec![];
+    for i in 0..n {
+        let e = tl
+            .prepare(
+                k.author(),
+                kind::STIMULUS,
+                testkit::text(&format!("{tag} {}", sentence(i, 10))),
+            )
+            .sign(k);
+        tl.insert_deferred(e.clone())?;
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// W3 on a `final/2` timeline (what `chorus swarm` and `chorus init --order final` make): the
+/// four writers' W2 work is made final first (the admin and the four writers, a quorum of 5 of
+/// the 6 members, heartbeat until nothing is owed), then the fifth writer is heard. Its events
+/// sort after the final prefix (docs/design/finality.md), so the fold never rewinds into the
+/// 10 000 final events: W3 costs the 1 000 events and the tentative tail after the prefix.
+fn w3_after_finality<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
+    let w = writers(5);
+    let g = testkit::genesis_ordered(
+        &w.admin,
+        &w.keys,
+        id,
+        256,
+        Some(chorus_core::genesis::ORDER_FINAL_2),
+    );
+    let mut w2 = vec![];
+    for k in &w.keys[..4] {
+        w2.push(solo_chain(&g, id, k, 2_500, "w2")?);
+    }
+    let w3 = solo_chain(&g, id, &w.keys[4], 1_000, "w3")?;
+    let mut blocks: BTreeMap<EventId, Arc<[u8]>> = BTreeMap::new();
+    for e in std::iter::once(&g).chain(w2.iter().flatten()) {
+        blocks.insert(e.id(), e.bytes_arc());
+    }
+    // Each member's own view of W2, from which it signs its heartbeats.
+    let members: Vec<&Keypair> = std::iter::once(&w.admin).chain(&w.keys[..4]).collect();
+    let mut views = vec![];
+    for _ in &members {
+        let mut view = Timeline::new(g.clone(), NullMachine(id))?;
+        for r in view.insert_batch(w2.iter().flatten().cloned(), &blocks)? {
+            r?;
+        }
+        views.push(view);
+    }
+    let mut beats = vec![];
+    for round in 0.. {
+        if round == 60 {
+            bail!("the heartbeats of the four writers and the admin never stopped");
+        }
+        let mut fresh = vec![];
+        for (view, key) in views.iter_mut().zip(&members) {
+            if view.owes_heartbeat(&key.author()) {
+                let e = view.sign_local(key, kind::HEARTBEAT, Ipld::Null)?;
+                blocks.insert(e.id(), e.bytes_arc());
+                view.insert(e.clone(), &blocks)?;
+                fresh.push(e);
+            }
+        }
+        if fresh.is_empty() {
+            break;
+        }
+        for view in &mut views {
+            // A view's own heartbeat comes back as `Inserted::Duplicate`.
+            for r in view.insert_batch(fresh.iter().cloned(), &blocks)? {
+                r?;
+            }
+        }
+        beats.extend(fresh);
+    }
+    let dir = tempfile::tempdir()?;
+    let mut r = Replica::create_from_genesis(dir.path(), g.clone(), machine)?;
+    r.fold_once(&mut (), |r, _| {
+        for writer in &w2 {
+            for chunk in writer.chunks(1000) {
+                r.ingest(chunk.to_vec())?;
+            }
+        }
+        r.ingest(beats.clone())
+    })?;
+    let final_before = r.timeline().finality().map_or(0, |f| f.final_positions);
+    if final_before < 10_000 {
+        bail!("only {final_before} positions final before the fifth writer");
+    }
+    let before = r.timeline().stats().clone();
+    let t = Instant::now();
+    r.fold_once(&mut (), |r, _| {
+        for chunk in w3.chunks(1000) {
+            r.ingest(chunk.to_vec())?;
+        }
+        Ok::<_, chorus_store::ReplicaError>(())
+    })?;
+    let d = t.elapsed();
+    let after = r.timeline().stats().clone();
+    let final_after = r.timeline().finality().map_or(0, |f| f.final_positions);
+    if final_after < final_before {
+        bail!("the final prefix shrank: {final_before} -> {final_after}");
+    }
+    // Every late event is held, and after the prefix that was final when it came.
+    for e in &w3 {
+        match r.timeline().position_of(&e.id()) {
+            Some(p) if p as u64 >= final_before => {}
+            p => bail!("a late event at {p:?}, inside the final prefix of {final_before}"),
+        }
+    }
+    row(
+        &format!(
+            "W3 ({id}, final/2): integrate a 5th writer's 1 000 concurrent events after W2 is final"
+        ),
+        d.as_secs_f64() * 1e3,
+        "ms",
+        if id == "counter/1" {
+            "≤ 30 ms"
+        } else {
+            "≤ 1 500 ms"
+        },
+        &format!(
+            "{final_before} positions final before ({} heartbeats); {} applications, {} re-applied, {} rewinds",
+            beats.len(),
+            after.applied - before.applied,
+            after.reapplied - before.reapplied,
+            after.rewinds - before.rewinds
+        ),
+    );
+    Ok(())
+}
+
 fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
     let w = writers(5);
     let g = testkit::genesis(&w.admin, &w.keys, id, 256);
-    let solo = |k: &Keypair, n: usize, tag: &str| -> Result<Vec<SignedEvent>> {
-        let mut tl = Timeline::new(g.clone(), NullMachine(id))?;
-        let mut out = vec![];
-        for i in 0..n {
-            let e = tl
-                .prepare(
-                    k.author(),
-                    kind::STIMULUS,
-                    testkit::text(&format!("{tag} {}", sentence(i, 10))),
-                )
-                .sign(k);
-            tl.insert_deferred(e.clone())?;
-            out.push(e);
-        }
-        Ok(out)
-    };
     let mut w2 = vec![];
     for k in &w.keys[..4] {
-        w2.push(solo(k, 2_500, "w2")?);
+        w2.push(solo_chain(&g, id, k, 2_500, "w2")?);
     }
-    let w3 = solo(&w.keys[4], 1_000, "w3")?;
+    let w3 = solo_chain(&g, id, &w.keys[4], 1_000, "w3")?;
     let ingest_w2 = |r: &mut Replica<M>| -> Result<(), chorus_store::ReplicaError> {
         for writer in &w2 {
             for chunk in writer.chunks(1000) {
