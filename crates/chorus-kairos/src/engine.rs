@@ -142,6 +142,9 @@ pub struct Engine {
     carousel: Arc<Vec<(f64, f64)>>,
     /// How the Hermitian products are computed (same bits whichever; not part of the state).
     kernel: Kernel,
+    /// Recent tokens' noise, shared with the clones (same bits held or not; not part of the
+    /// state): a re-fold after a late event draws none of it again.
+    noise: Arc<noise::NoiseCache>,
 }
 
 /// Result of one step.
@@ -180,6 +183,7 @@ impl Engine {
             t_tau: (0.0, 0.0),
             carousel: Arc::new(carousel),
             kernel: Kernel::best(),
+            noise: Arc::default(),
         }
     }
 
@@ -240,6 +244,7 @@ impl Engine {
         let sqrt_dt = dt.sqrt();
         let (mut tr, mut ti, mut d) = (0.0, 0.0, 0.0);
         let mut products = [(0.0, 0.0); BATCH];
+        let normals = self.noise.normals(&key.event, key.token, n - 1);
         for i in 1..n {
             let j = i.saturating_sub(lag);
             let b = &self.window[j];
@@ -268,7 +273,7 @@ impl Engine {
             if m > 0.0 {
                 sr /= m;
                 si /= m;
-                let dw = noise::normal(&key.event, key.token, i as u64) * sqrt_dt;
+                let dw = normals[i - 1] * sqrt_dt; // noise::normal(event, token, i)
                 let g = 1.0 + (mu * dt + p.sigma * dw);
                 sr *= g;
                 si *= g;

@@ -12,7 +12,16 @@
 //! ```
 //! `mix` is the SplitMix64 finaliser.
 
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+};
+
 const P53: f64 = 1.0 / (1u64 << 53) as f64;
+
+/// Most normals a [`NoiseCache`] holds (4 MiB of `f64`): the last ~4 400 tokens of the master
+/// profile (119 pairs a token), ~520 of the emissary profile (999).
+pub const NOISE_CACHE_VALUES: usize = 1 << 19;
 
 fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -31,9 +40,101 @@ pub fn normal(event: &[u8; 32], token: u64, pair: u64) -> f64 {
     (-2.0 * libm::log(a)).sqrt() * libm::cos(2.0 * std::f64::consts::PI * b)
 }
 
+/// The normals of recently integrated tokens, so that a re-fold (a late event rewinding a few
+/// hundred positions, then the same events applied again) does not draw them again. [`normal`]
+/// is a pure function of (event bytes 0..16, token, pair): a held value *is* the value, bit for
+/// bit, and what the cache holds can never change a state. An engine and its clones (the
+/// timeline's checkpoints) share one cache; oldest tokens are dropped first past
+/// [`NOISE_CACHE_VALUES`]. Lookups only: no iteration order reaches anything.
+#[derive(Default)]
+pub struct NoiseCache {
+    inner: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    by_token: HashMap<(u128, u64), Arc<[f64]>>,
+    oldest_first: VecDeque<(u128, u64)>,
+    values: usize,
+}
+
+impl NoiseCache {
+    /// `normal(event, token, pair)` for pair in `1..=pairs`, in that order.
+    pub fn normals(&self, event: &[u8; 32], token: u64, pairs: usize) -> Arc<[f64]> {
+        let key = (
+            u128::from_le_bytes(event[..16].try_into().expect("16 bytes")),
+            token,
+        );
+        // A poisoned lock only means another clone's step panicked mid-insert; the map is
+        // still a set of correct values.
+        let mut held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = held.by_token.get(&key)
+            && v.len() >= pairs
+        {
+            return v.clone();
+        }
+        let v: Arc<[f64]> = (1..=pairs as u64)
+            .map(|pair| normal(event, token, pair))
+            .collect();
+        // A token seen before with a shorter window (fewer pairs) is replaced in place.
+        match held.by_token.insert(key, v.clone()) {
+            Some(shorter) => held.values -= shorter.len(),
+            None => held.oldest_first.push_back(key),
+        }
+        held.values += v.len();
+        while held.values > NOISE_CACHE_VALUES {
+            let Some(old) = held.oldest_first.pop_front() else {
+                break;
+            };
+            if let Some(gone) = held.by_token.remove(&old) {
+                held.values -= gone.len();
+            }
+        }
+        v
+    }
+
+    /// Normals held (tests).
+    pub fn held_values(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).values
+    }
+}
+
+impl std::fmt::Debug for NoiseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NoiseCache({} values)", self.held_values())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_gives_the_function_bits_and_stays_bounded() {
+        let cache = NoiseCache::default();
+        let event = [7; 32];
+        for token in 0..10_000u64 {
+            // Windows that grow, as a timeline's first tokens do, then full.
+            let pairs = (token as usize % 150).max(1);
+            let got = cache.normals(&event, token % 6_000, pairs);
+            assert!(got.len() >= pairs);
+            for (k, v) in got.iter().enumerate().take(pairs) {
+                assert_eq!(
+                    v.to_bits(),
+                    normal(&event, token % 6_000, k as u64 + 1).to_bits()
+                );
+            }
+            assert!(cache.held_values() <= NOISE_CACHE_VALUES);
+        }
+        assert!(cache.held_values() > NOISE_CACHE_VALUES / 2);
+        // Only bytes 0..16 of the event key the noise, and so the cache.
+        let mut other = event;
+        other[20] ^= 1;
+        assert_eq!(
+            cache.normals(&other, 3, 5)[4].to_bits(),
+            normal(&event, 3, 5).to_bits()
+        );
+    }
 
     #[test]
     fn moments_look_standard_normal() {
