@@ -353,6 +353,55 @@ mod tests {
     /// engine before the kernels (one pair at a time in plain Rust, commit 6b1a6b3), whose
     /// trace digests are written below. The golden timelines cover master only.
     #[test]
+    fn a_refold_from_a_clone_reuses_the_noise_and_steps_to_a_fresh_engines_bits() {
+        // Tokens of 30 events, 10 each; a late event's token is inserted after event 10.
+        let tokens: Vec<(String, NoiseKey)> = (0..300usize)
+            .map(|k| {
+                let key = NoiseKey {
+                    event: [k as u8 / 10; 32],
+                    token: k as u64 % 10,
+                };
+                (format!("w{}", k * 7 % 53), key)
+            })
+            .collect();
+        let late = (
+            "late".to_string(),
+            NoiseKey {
+                event: [200; 32],
+                token: 3,
+            },
+        );
+        let run = |e: &mut Engine, steps: &[(String, NoiseKey)]| -> Vec<[u64; 4]> {
+            steps
+                .iter()
+                .map(|(w, key)| {
+                    e.temporalize(entry(w), *key);
+                    [e.coherence, e.t_tau.0, e.t_tau.1, e.recovery].map(f64::to_bits)
+                })
+                .collect()
+        };
+        let mut first = Engine::new(Profile::MASTER);
+        run(&mut first, &tokens[..100]);
+        let mut checkpoint = first.clone();
+        let before_late = run(&mut first, &tokens[100..]);
+        let held = first.noise.held_values();
+        // The re-fold: the late token first, then the same 200 tokens again from the clone.
+        let mut again = vec![late.clone()];
+        again.extend(tokens[100..].iter().cloned());
+        let got = run(&mut checkpoint, &again);
+        assert_eq!(
+            checkpoint.noise.held_values(),
+            held + 119,
+            "only the late token's noise is drawn again"
+        );
+        let mut fresh = Engine::new(Profile::MASTER);
+        run(&mut fresh, &tokens[..100]);
+        assert_eq!(got, run(&mut fresh, &again));
+        // Not vacuous: the late token moved every later step's bits.
+        assert_ne!(got[1..], before_late[..]);
+    }
+
+    #[test]
     fn every_kernel_steps_to_the_bits_of_the_engine_before_the_kernels() {
         use sha2::{Digest, Sha256};
         let before = [
