@@ -276,7 +276,7 @@ pub async fn run<M: Describe>(
         Some(addr) => Some(bind(addr, "the API", "--api or CHORUS_API_LISTEN").await?),
         None => None,
     };
-    let api = http::Api {
+    let api = http::Api::new(http::ApiShared {
         node: node.clone(),
         gateway: Default::default(),
         telemetry: telemetry.clone(),
@@ -298,7 +298,7 @@ pub async fn run<M: Describe>(
         blocks: Some(blocks),
         certified,
         payloads,
-    };
+    });
     let mut http_tasks = vec![];
     if let Some(addr) = cfg.metrics {
         let listener = bind(addr, "the metrics", "--metrics-listen").await?;

@@ -66,8 +66,8 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use shared::{
-    Api, GatewayStats, MAX_API_BODY_BYTES, MAX_APPEND_REQUEST_BYTES, MAX_EXPORTS, MAX_STREAMS,
-    error, export_slots, json_body, stream_slots, write_error,
+    Api, ApiShared, GatewayStats, MAX_API_BODY_BYTES, MAX_APPEND_REQUEST_BYTES, MAX_EXPORTS,
+    MAX_STREAMS, error, export_slots, json_body, stream_slots, write_error,
 };
 pub use swarm::{
     DEFAULT_INTENT_TIMEOUT_MS, MAX_BACKSTORY_BYTES, MAX_CONTEXT_BYTES, MAX_INTENT_TIMEOUT_MS,
@@ -211,7 +211,10 @@ async fn rate_limit(State(api): State<Api>, req: Request, next: Next) -> Respons
 /// `GET /metrics` alone, for `--metrics-listen` (no token, nothing else served); `loopback`:
 /// that address is a loopback one (then requests must name a loopback host, as on the API).
 pub fn metrics_router(api: Api, loopback: bool) -> Router {
-    let api = Api { loopback, ..api };
+    let api = Api::new(ApiShared {
+        loopback,
+        ..(*api).clone()
+    });
     Router::new()
         .route("/metrics", get(metrics::metrics))
         .layer(middleware::from_fn_with_state(api.clone(), loopback_host))
@@ -399,7 +402,11 @@ mod tests {
     use crate::{feed::Feed, handle::NodeHandle};
 
     fn api(node: NodeHandle) -> Api {
-        Api {
+        Api::new(shared(node))
+    }
+
+    fn shared(node: NodeHandle) -> ApiShared {
+        ApiShared {
             node,
             gateway: Default::default(),
             telemetry: Default::default(),
@@ -485,10 +492,10 @@ mod tests {
         for private in [true, false] {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             drop(rx);
-            let mut a = api(NodeHandle::new(tx, Feed::default()));
+            let mut a = shared(NodeHandle::new(tx, Feed::default()));
             a.token = Some("s3cret".into());
             a.private = private;
-            let app = router(a);
+            let app = router(Api::new(a));
             for path in ["/v1/status", "/v1/state", "/v1/events", "/metrics"] {
                 let none = status(app.clone(), get(path, None)).await;
                 assert_eq!(
