@@ -273,15 +273,30 @@ fn limits(dir: &std::path::Path) -> Result<()> {
     const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("limits");
     let path = dir.join("limits.redb");
     let db = redb::Database::create(&path)?;
-    let commits = 200;
-    let t = Instant::now();
-    for (e, p) in events.iter().zip(&payloads).take(commits) {
+    // The table is made before the passes: the first commit does not pay for it.
+    {
         let txn = db.begin_write()?;
-        txn.open_table(BLOCKS)?
-            .insert(e.id().0.as_slice(), p.as_slice())?;
+        txn.open_table(BLOCKS)?;
         txn.commit()?;
     }
-    let commit = per(t.elapsed(), commits);
+    let commits = 100;
+    let mut pass = 0;
+    let commit = best(&mut || {
+        let t = Instant::now();
+        for (e, p) in events
+            .iter()
+            .zip(&payloads)
+            .skip(pass * commits)
+            .take(commits)
+        {
+            let txn = db.begin_write()?;
+            txn.open_table(BLOCKS)?
+                .insert(e.id().0.as_slice(), p.as_slice())?;
+            txn.commit()?;
+        }
+        pass += 1;
+        Ok(per(t.elapsed(), commits))
+    })?;
     row(
         "limit: a durable redb commit of one event (fsync, this disk)",
         commit,
@@ -292,16 +307,23 @@ fn limits(dir: &std::path::Path) -> Result<()> {
             1e6 / commit
         ),
     );
-    let txn = db.begin_write()?;
-    let t = Instant::now();
-    {
-        let mut table = txn.open_table(BLOCKS)?;
-        for (e, p) in events.iter().zip(&payloads).skip(commits) {
-            table.insert(e.id().0.as_slice(), p.as_slice())?;
+    // Three passes of 500 inserts after the 300 committed, each pass one transaction.
+    let mut pass = 0;
+    let insert = best(&mut || {
+        let txn = db.begin_write()?;
+        let t = Instant::now();
+        {
+            let mut table = txn.open_table(BLOCKS)?;
+            let batch = events.iter().zip(&payloads).skip(3 * commits + pass * 500);
+            for (e, p) in batch.take(500) {
+                table.insert(e.id().0.as_slice(), p.as_slice())?;
+            }
         }
-    }
-    let insert = per(t.elapsed(), events.len() - commits);
-    txn.commit()?;
+        let d = per(t.elapsed(), 500);
+        txn.commit()?;
+        pass += 1;
+        Ok(d)
+    })?;
     row(
         "limit: redb insert of one event block inside a transaction",
         insert,
@@ -733,8 +755,19 @@ fn w1() -> Result<()> {
     Ok(())
 }
 
-/// W2: four writers × 2 500 events created without seeing each other, merged into a fresh
-/// replica; W3: a fifth writer's 1 000 events, concurrent with all of W2, integrated after.
+/// Ingests `events` in chunks of 1 000 as one session folded once (as a sync stream's pages
+/// or an import's chunks are); how long that took.
+fn fold_in_chunks<M: Machine>(r: &mut Replica<M>, events: &[SignedEvent]) -> Result<Duration> {
+    let t = Instant::now();
+    r.fold_once(&mut (), |r, _| {
+        for chunk in events.chunks(1000) {
+            r.ingest(chunk.to_vec())?;
+        }
+        Ok::<_, chorus_store::ReplicaError>(())
+    })?;
+    Ok(t.elapsed())
+}
+
 /// `n` events of one writer that heard nobody (each names only its own previous one).
 fn solo_chain(
     g: &SignedEvent,
@@ -832,14 +865,7 @@ fn w3_after_finality<M: Machine + Copy>(machine: M, id: &'static str) -> Result<
         bail!("only {final_before} positions final before the fifth writer");
     }
     let before = r.timeline().stats().clone();
-    let t = Instant::now();
-    r.fold_once(&mut (), |r, _| {
-        for chunk in w3.chunks(1000) {
-            r.ingest(chunk.to_vec())?;
-        }
-        Ok::<_, chorus_store::ReplicaError>(())
-    })?;
-    let d = t.elapsed();
+    let d = fold_in_chunks(&mut r, &w3)?;
     let after = r.timeline().stats().clone();
     let final_after = r.timeline().finality().map_or(0, |f| f.final_positions);
     if final_after < final_before {
@@ -851,6 +877,32 @@ fn w3_after_finality<M: Machine + Copy>(machine: M, id: &'static str) -> Result<
             Some(p) if p as u64 >= final_before => {}
             p => bail!("a late event at {p:?}, inside the final prefix of {final_before}"),
         }
+    }
+    // Nothing final was reordered, and the fold restarted from the newest checkpoint before
+    // the end of the final prefix: what was re-applied is the tentative tail and at most one
+    // checkpoint interval of final events.
+    let tentative_before = r.timeline().len() as u64 - w3.len() as u64 - final_before;
+    let reapplied = after.reapplied - before.reapplied;
+    if reapplied > tentative_before + 256 {
+        bail!(
+            "{reapplied} re-applied: more than the {tentative_before} tentative positions and \
+             one checkpoint interval"
+        );
+    }
+    // The merged replica equals a from-scratch replay of the same events.
+    let mut all: Vec<SignedEvent> = w2
+        .into_iter()
+        .flatten()
+        .chain(beats.iter().cloned())
+        .chain(w3)
+        .collect();
+    all.sort_by_key(|e| e.lamport);
+    let mut fresh = Timeline::new(g, machine)?;
+    for res in fresh.insert_batch(all, r.store())? {
+        res?;
+    }
+    if fresh.state_hash() != r.timeline().state_hash() {
+        bail!("the merge and a replay of the same events differ");
     }
     row(
         &format!(
@@ -864,7 +916,7 @@ fn w3_after_finality<M: Machine + Copy>(machine: M, id: &'static str) -> Result<
             "≤ 1 500 ms"
         },
         &format!(
-            "{final_before} positions final before ({} heartbeats); {} applications, {} re-applied, {} rewinds",
+            "{final_before} positions final before ({} heartbeats); {} applications, {} re-applied (the {tentative_before} tentative positions and the final ones after the newest checkpoint), {} rewinds",
             beats.len(),
             after.applied - before.applied,
             after.reapplied - before.reapplied,
@@ -874,6 +926,8 @@ fn w3_after_finality<M: Machine + Copy>(machine: M, id: &'static str) -> Result<
     Ok(())
 }
 
+/// W2: four writers × 2 500 events created without seeing each other, merged into a fresh
+/// replica; W3: a fifth writer's 1 000 events, concurrent with all of W2, integrated after.
 fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
     let w = writers(5);
     let g = testkit::genesis(&w.admin, &w.keys, id, 256);
@@ -929,14 +983,7 @@ fn w2_w3<M: Machine + Copy>(machine: M, id: &'static str) -> Result<()> {
     let s2 = r.timeline().stats().clone();
     let target = if id == "counter/1" { "" } else { "≤ 3 s" };
     w2_row("folded once", target, t.elapsed(), &s2);
-    let t = Instant::now();
-    r.fold_once(&mut (), |r, _| {
-        for chunk in w3.chunks(1000) {
-            r.ingest(chunk.to_vec())?;
-        }
-        Ok::<_, chorus_store::ReplicaError>(())
-    })?;
-    let d3 = t.elapsed();
+    let d3 = fold_in_chunks(&mut r, &w3)?;
     let s3 = r.timeline().stats().clone();
     row(
         &format!("W3 ({id}): integrate a 5th writer's 1 000 concurrent events after W2"),

@@ -58,6 +58,11 @@ pub trait Machine: Send + Sync + 'static {
     fn dense_checkpoint_every(&self) -> Option<u64> {
         None
     }
+    /// A rewind replaces `from` (the state being left) with `to` (a checkpoint's state, decoded
+    /// or fresh): a machine may hand over memos of pure functions that `from` holds (KAIROS: its
+    /// recent noise), so the re-fold does not compute them again. Nothing that feeds the state's
+    /// bytes may pass.
+    fn carry_over(&self, _from: &Self::State, _to: &mut Self::State) {}
 }
 
 /// Counts applied events per kind. State bytes: for each kind in byte order,

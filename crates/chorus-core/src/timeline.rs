@@ -1466,7 +1466,9 @@ impl<M: Machine> Timeline<M> {
             if !from_dense {
                 loop {
                     let Some((key, ck)) = self.checkpoints.iter_mut().next_back() else {
-                        self.state = self.machine.init(&self.genesis);
+                        let mut fresh = self.machine.init(&self.genesis);
+                        self.machine.carry_over(&self.state, &mut fresh);
+                        self.state = fresh;
                         self.applied_key = None;
                         break;
                     };
@@ -1479,7 +1481,8 @@ impl<M: Machine> Timeline<M> {
                             .and_then(|b| self.machine.decode_state(&b).ok()),
                     };
                     match state {
-                        Some(state) => {
+                        Some(mut state) => {
+                            self.machine.carry_over(&self.state, &mut state);
                             ck.live = Some(state.clone());
                             self.state = state;
                             self.applied_key = Some(key);

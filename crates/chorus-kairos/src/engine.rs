@@ -197,6 +197,12 @@ impl Engine {
         }
     }
 
+    /// Shares `other`'s noise memo (a restored checkpoint takes over the state it replaces:
+    /// the re-fold reads back what was drawn). Values of a pure function only: no bit changes.
+    pub fn share_noise(&mut self, other: &Engine) {
+        self.noise = other.noise.clone();
+    }
+
     /// The same engine computing its products with `kernel` (benches and tests compare them).
     pub fn with_kernel(mut self, kernel: Kernel) -> Engine {
         self.kernel = kernel;
@@ -348,17 +354,16 @@ mod tests {
         assert_eq!(run(), run());
     }
 
-    /// Both profiles (master pairs every entry with the oldest, emissary with its neighbour),
-    /// past a full window, with every kernel this CPU has: every step's bits are those of the
-    /// engine before the kernels (one pair at a time in plain Rust, commit 6b1a6b3), whose
-    /// trace digests are written below. The golden timelines cover master only.
+    /// A re-fold from a checkpoint clone (the window full) reads its noise back: it draws only
+    /// the late token's 119 normals, and every step has a fresh engine's bits.
     #[test]
     fn a_refold_from_a_clone_reuses_the_noise_and_steps_to_a_fresh_engines_bits() {
-        // Tokens of 30 events, 10 each; a late event's token is inserted after event 10.
-        let tokens: Vec<(String, NoiseKey)> = (0..300usize)
+        // Tokens of 40 events, 10 each; a late event's token goes in after event 15 (the
+        // window, 120 tokens, is full by then: every step has 119 pairs).
+        let tokens: Vec<(String, NoiseKey)> = (0..400usize)
             .map(|k| {
                 let key = NoiseKey {
-                    event: [k as u8 / 10; 32],
+                    event: [(k / 10) as u8; 32],
                     token: k as u64 % 10,
                 };
                 (format!("w{}", k * 7 % 53), key)
@@ -381,26 +386,35 @@ mod tests {
                 .collect()
         };
         let mut first = Engine::new(Profile::MASTER);
-        run(&mut first, &tokens[..100]);
-        let mut checkpoint = first.clone();
-        let before_late = run(&mut first, &tokens[100..]);
-        let held = first.noise.held_values();
-        // The re-fold: the late token first, then the same 200 tokens again from the clone.
+        run(&mut first, &tokens[..150]);
+        let checkpoint = first.clone();
+        let before_late = run(&mut first, &tokens[150..]);
+        // The re-fold: the late token first, then the same 250 tokens again.
         let mut again = vec![late.clone()];
-        again.extend(tokens[100..].iter().cloned());
-        let got = run(&mut checkpoint, &again);
-        assert_eq!(
-            checkpoint.noise.held_values(),
-            held + 119,
-            "only the late token's noise is drawn again"
-        );
+        again.extend(tokens[150..].iter().cloned());
         let mut fresh = Engine::new(Profile::MASTER);
-        run(&mut fresh, &tokens[..100]);
-        assert_eq!(got, run(&mut fresh, &again));
+        run(&mut fresh, &tokens[..150]);
+        let want = run(&mut fresh, &again);
+        // From the clone (an in-memory checkpoint), and from an engine with its own memo that
+        // takes the first one's over (a checkpoint decoded from bytes, `Machine::carry_over`).
+        let mut restored = Engine::new(Profile::MASTER);
+        run(&mut restored, &tokens[..150]);
+        restored.share_noise(&first);
+        // The first re-fold draws the late token's 119 normals and nothing else; the second
+        // finds even those.
+        for (mut e, draws) in [(checkpoint, 119), (restored, 0)] {
+            let drawn = e.noise.drawn();
+            assert_eq!(run(&mut e, &again), want);
+            assert_eq!(e.noise.drawn() - drawn, draws, "normals drawn again");
+        }
         // Not vacuous: the late token moved every later step's bits.
-        assert_ne!(got[1..], before_late[..]);
+        assert_ne!(want[1..], before_late[..]);
     }
 
+    /// Both profiles (master pairs every entry with the oldest, emissary with its neighbour),
+    /// past a full window, with every kernel this CPU has: every step's bits are those of the
+    /// engine before the kernels (one pair at a time in plain Rust, commit 6b1a6b3), whose
+    /// trace digests are written below. The golden timelines cover master only.
     #[test]
     fn every_kernel_steps_to_the_bits_of_the_engine_before_the_kernels() {
         use sha2::{Digest, Sha256};

@@ -380,6 +380,9 @@ macro_rules! kairos_machine {
             fn dense_checkpoint_every(&self) -> Option<u64> {
                 Some(DENSE_CHECKPOINT_EVERY)
             }
+            fn carry_over(&self, from: &KairosState, to: &mut KairosState) {
+                to.engine.share_noise(&from.engine);
+            }
         }
     };
 }

@@ -56,6 +56,8 @@ struct Held {
     by_token: HashMap<(u128, u64), Arc<[f64]>>,
     oldest_first: VecDeque<(u128, u64)>,
     values: usize,
+    /// Normals drawn (not read back) since the cache was made (tests, benches).
+    drawn: u64,
 }
 
 impl NoiseCache {
@@ -65,17 +67,17 @@ impl NoiseCache {
             u128::from_le_bytes(event[..16].try_into().expect("16 bytes")),
             token,
         );
-        // A poisoned lock only means another clone's step panicked mid-insert; the map is
-        // still a set of correct values.
-        let mut held = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = held.by_token.get(&key)
+        if let Some(v) = self.lock().by_token.get(&key)
             && v.len() >= pairs
         {
             return v.clone();
         }
+        // Drawn outside the lock (clones may step on other threads).
         let v: Arc<[f64]> = (1..=pairs as u64)
             .map(|pair| normal(event, token, pair))
             .collect();
+        let mut held = self.lock();
+        held.drawn += pairs as u64;
         // A token seen before with a shorter window (fewer pairs) is replaced in place.
         match held.by_token.insert(key, v.clone()) {
             Some(shorter) => held.values -= shorter.len(),
@@ -93,9 +95,20 @@ impl NoiseCache {
         v
     }
 
-    /// Normals held (tests).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        // A poisoned lock only means another clone's step panicked mid-insert; the map is
+        // still a set of correct values.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Normals held.
     pub fn held_values(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).values
+        self.lock().values
+    }
+
+    /// Normals drawn rather than read back, since the cache was made.
+    pub fn drawn(&self) -> u64 {
+        self.lock().drawn
     }
 }
 
@@ -113,20 +126,32 @@ mod tests {
     fn the_cache_gives_the_function_bits_and_stays_bounded() {
         let cache = NoiseCache::default();
         let event = [7; 32];
-        for token in 0..10_000u64 {
-            // Windows that grow, as a timeline's first tokens do, then full.
-            let pairs = (token as usize % 150).max(1);
-            let got = cache.normals(&event, token % 6_000, pairs);
+        // 12 000 tokens of up to 149 pairs: past the bound (about 900 000 values), and a token
+        // seen again with a longer window.
+        for token in 0..12_000u64 {
+            // Odd tokens are asked again at once with a longer window: replaced in place.
+            let pairs = (token as usize % 150).max(1) + (token as usize % 2) * 7;
+            if token % 2 == 1 {
+                cache.normals(&event, token % 9_000, pairs - 7);
+            }
+            let got = cache.normals(&event, token % 9_000, pairs);
             assert!(got.len() >= pairs);
             for (k, v) in got.iter().enumerate().take(pairs) {
                 assert_eq!(
                     v.to_bits(),
-                    normal(&event, token % 6_000, k as u64 + 1).to_bits()
+                    normal(&event, token % 9_000, k as u64 + 1).to_bits()
                 );
             }
-            assert!(cache.held_values() <= NOISE_CACHE_VALUES);
+            let held = cache.lock();
+            assert!(held.values <= NOISE_CACHE_VALUES);
+            assert_eq!(
+                held.values,
+                held.by_token.values().map(|v| v.len()).sum::<usize>()
+            );
+            assert_eq!(held.by_token.len(), held.oldest_first.len());
         }
-        assert!(cache.held_values() > NOISE_CACHE_VALUES / 2);
+        assert!(cache.held_values() > NOISE_CACHE_VALUES - 150);
+        assert!(cache.drawn() > NOISE_CACHE_VALUES as u64 + 100_000);
         // Only bytes 0..16 of the event key the noise, and so the cache.
         let mut other = event;
         other[20] ^= 1;
