@@ -1419,6 +1419,41 @@ impl<M: Machine> Timeline<M> {
         self.rewind_from.is_some()
     }
 
+    /// Restores the newest checkpoint whose state is at hand (in memory, or read back from
+    /// `src`), else the genesis state; checkpoints whose bytes are gone are forgotten. The
+    /// restored state takes over the machine's memos of the one it replaces.
+    fn restore_newest_checkpoint(&mut self, src: &dyn BlockSource) {
+        loop {
+            let Some((key, ck)) = self.checkpoints.iter_mut().next_back() else {
+                let mut fresh = self.machine.init(&self.genesis);
+                self.machine.carry_over(&self.state, &mut fresh);
+                self.state = fresh;
+                self.applied_key = None;
+                break;
+            };
+            let key = *key;
+            let state = match (&ck.live, &ck.bytes) {
+                (Some(s), _) => Some(s.clone()),
+                (None, Some(b)) => self.machine.decode_state(b).ok(),
+                (None, None) => src
+                    .get_checkpoint(&order_key(&key))
+                    .and_then(|b| self.machine.decode_state(&b).ok()),
+            };
+            match state {
+                Some(mut state) => {
+                    self.machine.carry_over(&self.state, &mut state);
+                    ck.live = Some(state.clone());
+                    self.state = state;
+                    self.applied_key = Some(key);
+                    break;
+                }
+                None => {
+                    self.checkpoints.remove(&key);
+                }
+            }
+        }
+    }
+
     /// How many positions a [`catch_up`](Self::catch_up) would apply now, at most: from the
     /// newest checkpoint or dense state before a pending rewind (or from the genesis when
     /// there is none), else from the last folded position.
@@ -1456,48 +1491,19 @@ impl<M: Machine> Timeline<M> {
                 .dense
                 .back()
                 .filter(|(k, _)| newest.is_none_or(|n| k > n));
-            let from_dense = dense.is_some();
-            if let Some((key, state)) = dense {
-                self.state = state.clone();
-                self.applied_key = Some(*key);
-            }
-            // The newest checkpoint before `from` whose state is at hand (in memory, or read
-            // back from `src`); checkpoints whose bytes are gone are forgotten.
-            if !from_dense {
-                loop {
-                    let Some((key, ck)) = self.checkpoints.iter_mut().next_back() else {
-                        let mut fresh = self.machine.init(&self.genesis);
-                        self.machine.carry_over(&self.state, &mut fresh);
-                        self.state = fresh;
-                        self.applied_key = None;
-                        break;
-                    };
-                    let key = *key;
-                    let state = match (&ck.live, &ck.bytes) {
-                        (Some(s), _) => Some(s.clone()),
-                        (None, Some(b)) => self.machine.decode_state(b).ok(),
-                        (None, None) => src
-                            .get_checkpoint(&order_key(&key))
-                            .and_then(|b| self.machine.decode_state(&b).ok()),
-                    };
-                    match state {
-                        Some(mut state) => {
-                            self.machine.carry_over(&self.state, &mut state);
-                            ck.live = Some(state.clone());
-                            self.state = state;
-                            self.applied_key = Some(key);
-                            break;
-                        }
-                        None => {
-                            self.checkpoints.remove(&key);
-                        }
-                    }
+            match dense {
+                Some((key, state)) => {
+                    self.state = state.clone();
+                    self.applied_key = Some(*key);
                 }
-                // The fold takes the dense states after the restore point again: drop them, so
-                // the queue stays in key order.
-                let restored = self.applied_key;
-                self.dense
-                    .retain(|(k, _)| restored.is_some_and(|r| *k <= r));
+                None => {
+                    self.restore_newest_checkpoint(src);
+                    // The fold takes the dense states after the restore point again: drop
+                    // them, so the queue stays in key order.
+                    let restored = self.applied_key;
+                    self.dense
+                        .retain(|(k, _)| restored.is_some_and(|r| *k <= r));
+                }
             }
         }
         let start = match self.applied_key {
